@@ -1,0 +1,105 @@
+"""Exporters: torch nn.Module -> ONNX, TFLite (litert-torch), torch.export .pt2 or TorchScript Artifact.
+
+Exports are cached by content: the cache key hashes the module's structure, its weights, the example
+inputs, the format and the exporter's version, and the file is stored under its own sha256, so the same
+network is exported once however often it is asked for.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .errors import LatkitError
+from .job import Artifact, sha256_file
+
+EXTENSIONS = {"onnx": ".onnx", "tflite": ".tflite", "pt2": ".pt2", "torchscript": ".pt"}
+DEFAULT_CACHE = Path(os.environ.get("LATKIT_CACHE", Path.home() / ".cache" / "latkit" / "exports"))
+
+
+def _exporter_version(fmt: str) -> str:
+    import torch
+    from importlib import metadata
+    extra = {"onnx": "onnx", "tflite": "litert-torch"}.get(fmt)
+    return torch.__version__ + (f"+{extra}-{metadata.version(extra)}" if extra else "")
+
+
+def export_key(module, example_inputs: Sequence, fmt: str) -> str:
+    """sha256 over what determines the exported file (structure, weights, inputs, format, exporter)."""
+    h = hashlib.sha256()
+    h.update(f"{fmt}\n{_exporter_version(fmt)}\n{module!r}\n".encode())
+    for name, t in module.state_dict().items():
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().float().contiguous().numpy().tobytes())
+    for x in example_inputs:
+        h.update(f"{tuple(x.shape)}{x.dtype}".encode())
+    return h.hexdigest()
+
+
+def _write(module, example_inputs: tuple, fmt: str, path: str) -> None:
+    import torch
+    names = [f"input_{i}" for i in range(len(example_inputs))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if fmt == "onnx":
+            # The TorchScript-based exporter is ~50x faster than dynamo on small nets; dynamo is the fallback.
+            try:
+                torch.onnx.export(module, example_inputs, path, input_names=names, dynamo=False, opset_version=17)
+            except Exception:
+                torch.onnx.export(module, example_inputs, path, input_names=names, dynamo=True, verbose=False)
+        elif fmt == "tflite":
+            try:
+                import litert_torch
+            except ImportError:
+                raise LatkitError("TFLite export needs litert-torch; pip install 'latkit[tflite]'") from None
+            litert_torch.convert(module, example_inputs).export(path)
+        elif fmt == "pt2":
+            torch.export.save(torch.export.export(module, example_inputs), path)
+        elif fmt == "torchscript":
+            torch.jit.save(torch.jit.trace(module, example_inputs), path)
+
+
+def export(module, example_inputs: Sequence, fmt: str = "onnx", space: str = "custom", arch: str = "",
+           cache_dir: Optional[Path] = None) -> Artifact:
+    """Export `module` (in eval mode) for `example_inputs` to `fmt`; cached, so repeated calls are free."""
+    if fmt not in EXTENSIONS:
+        raise LatkitError(f"unknown export format {fmt!r}; choose one of {', '.join(EXTENSIONS)}")
+    import torch
+    cache = Path(cache_dir or DEFAULT_CACHE)
+    (cache / "index").mkdir(parents=True, exist_ok=True)
+    example_inputs = tuple(example_inputs)
+    module = module.eval()
+    inputs = tuple({"name": f"input_{i}", "shape": list(x.shape), "dtype": str(x.dtype).replace("torch.", "")}
+                   for i, x in enumerate(example_inputs))
+    key = export_key(module, example_inputs, fmt)
+    index = cache / "index" / f"{key}.json"
+    if index.exists():
+        sha = json.loads(index.read_text())["sha256"]
+        path = cache / f"{sha}{EXTENSIONS[fmt]}"
+        if path.exists():
+            return Artifact(path=path, sha256=sha, format=fmt, space=space, arch=arch, inputs=inputs)
+    fd, tmp = tempfile.mkstemp(suffix=EXTENSIONS[fmt], dir=cache, prefix=".export-")
+    os.close(fd)
+    try:
+        with torch.no_grad():
+            _write(module, example_inputs, fmt, tmp)
+        sha = sha256_file(Path(tmp))
+        path = cache / f"{sha}{EXTENSIONS[fmt]}"
+        os.replace(tmp, path)
+    except LatkitError:
+        raise
+    except Exception as e:
+        raise LatkitError(f"{fmt} export of {arch or type(module).__name__} failed: "
+                          f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    index_tmp = index.with_suffix(".tmp")
+    index_tmp.write_text(json.dumps({"sha256": sha, "format": fmt}))
+    os.replace(index_tmp, index)
+    return Artifact(path=path, sha256=sha, format=fmt, space=space, arch=arch, inputs=inputs)

@@ -1,0 +1,119 @@
+"""The Parquet store: an append-only, Hive-partitioned dataset (device=.../space=.../part-<uuid>.parquet).
+
+Rows are never rewritten. Each append writes a new file under a dot-prefixed temporary name (which
+readers ignore) and renames it into place, so a crash leaves either the whole file or none of it.
+Any pyarrow filesystem URI works (a local path, file://, s3://, gs://, hdfs://); on object stores the
+final move is the store's copy-then-delete, still never visible half-written.
+
+Columns (one row per (model, device, runtime, settings) measurement):
+
+| column | type | meaning |
+|---|---|---|
+| space, arch | string | search space ("custom" for user models) and arch string (file name for user models) |
+| model_sha256, model_format | string | content hash of the timed file; onnx, tflite, pt2, torchscript |
+| device, device_fingerprint | string | registry name; hash of hardware, kernel and runtime versions at the time |
+| runtime, runtime_version, accelerator | string | onnxruntime / tflite / torch, its version, cpu / cuda |
+| batch_size | int64 | first dimension of the first input |
+| input_shape | string | shapes of all inputs, e.g. "1x3x32x32" (";" between inputs) |
+| threads | int64, cores string | runtime threads; pinned CPU ids ("" = not pinned) |
+| settings, key | string | canonical JSON of Settings; sha256(model, device, settings) used to skip work done |
+| latency_ms | double | median of samples_ms: the headline number |
+| mean_ms, std_ms, min_ms, max_ms, p10_ms, p90_ms, iqr_ms, cv | double | statistics of samples_ms (cv = std/mean) |
+| repeats, warmup | int64 | timed runs kept; untimed warmup runs before them |
+| samples_ms | list<double> | every timed run, in order |
+| telemetry_{before,after}_{freq_mhz,temp_c,load1} | double | CPU frequency, hottest sensor, 1-min load |
+| agent_version | string | version of agents/agent.py that timed it |
+| measured_at | timestamp[us, UTC] | when the host received the result |
+| status, error_kind, error | string | "ok" or "error"; error tag and one-line message |
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Iterable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from .errors import LatkitError
+
+_STATS = ["latency_ms", "mean_ms", "std_ms", "min_ms", "max_ms", "p10_ms", "p90_ms", "iqr_ms", "cv"]
+_TELEMETRY = [f"telemetry_{w}_{k}" for w in ("before", "after") for k in ("freq_mhz", "temp_c", "load1")]
+
+SCHEMA = pa.schema(
+    [(n, pa.string()) for n in ("space", "arch", "model_sha256", "model_format", "device", "device_fingerprint",
+                                "runtime", "runtime_version", "accelerator")]
+    + [("batch_size", pa.int64()), ("input_shape", pa.string()), ("threads", pa.int64()), ("cores", pa.string()),
+       ("settings", pa.string()), ("key", pa.string())]
+    + [(n, pa.float64()) for n in _STATS]
+    + [("repeats", pa.int64()), ("warmup", pa.int64()), ("samples_ms", pa.list_(pa.float64()))]
+    + [(n, pa.float64()) for n in _TELEMETRY]
+    + [("agent_version", pa.string()), ("measured_at", pa.timestamp("us", tz="UTC")),
+       ("status", pa.string()), ("error_kind", pa.string()), ("error", pa.string())]
+)
+PARTITIONS = ("device", "space")
+_PARTITIONING = ds.partitioning(pa.schema([(p, pa.string()) for p in PARTITIONS]), flavor="hive")
+_FILE_SCHEMA = pa.schema([f for f in SCHEMA if f.name not in PARTITIONS])
+
+
+class Store:
+    """Append rows, read them back, and tell which job keys are already measured."""
+
+    def __init__(self, uri: str | os.PathLike = "latkit-data"):
+        self.uri = str(uri)
+        try:
+            self.fs, self.root = pafs.FileSystem.from_uri(self.uri)
+        except (pa.ArrowInvalid, ValueError):  # a plain relative path
+            self.fs, self.root = pafs.LocalFileSystem(), str(Path(self.uri).absolute())
+
+    def check_writable(self) -> None:
+        """Fail before any device time is spent if rows could not be kept."""
+        probe = f"{self.root}/.latkit-write-test-{uuid.uuid4().hex}"
+        try:
+            self.fs.create_dir(self.root, recursive=True)
+            with self.fs.open_output_stream(probe) as f:
+                f.write(b"ok")
+            self.fs.delete_file(probe)
+        except OSError as e:
+            reason = e.strerror if getattr(e, "strerror", None) else str(e).splitlines()[0]
+            raise LatkitError(f"cannot write to {self.uri}: {reason}; choose another --out") from None
+
+    def append(self, rows: Iterable[dict]) -> int:
+        """Write rows as new files, one per partition; returns the number written."""
+        table = pa.Table.from_pylist(list(rows), schema=SCHEMA)
+        if table.num_rows == 0:
+            return 0
+        groups = {}
+        for i, (dev, space) in enumerate(zip(table["device"].to_pylist(), table["space"].to_pylist())):
+            groups.setdefault((dev, space), []).append(i)
+        for (dev, space), idx in groups.items():
+            folder = f"{self.root}/device={dev}/space={space}"
+            name = f"part-{uuid.uuid4().hex}.parquet"
+            tmp, final = f"{folder}/.{name}.tmp", f"{folder}/{name}"
+            self.fs.create_dir(folder, recursive=True)
+            part = table.take(idx).select(_FILE_SCHEMA.names)
+            with self.fs.open_output_stream(tmp) as out:
+                pq.write_table(part, out, compression="zstd")
+            self.fs.move(tmp, final)
+        return table.num_rows
+
+    def exists(self) -> bool:
+        return self.fs.get_file_info(self.root).type == pafs.FileType.Directory
+
+    def dataset(self) -> ds.Dataset:
+        return ds.dataset(self.root, filesystem=self.fs, format="parquet", partitioning=_PARTITIONING,
+                          schema=SCHEMA)
+
+    def read(self, columns=None, filter=None) -> pa.Table:
+        if not self.exists():
+            return SCHEMA.empty_table() if columns is None else SCHEMA.empty_table().select(columns)
+        return self.dataset().to_table(columns=columns, filter=filter)
+
+    def done_keys(self) -> set:
+        """Keys measured successfully: resume skips these. Error rows stay as history and are retried."""
+        t = self.read(columns=["key"], filter=pc.field("status") == "ok")
+        return set(t["key"].to_pylist())

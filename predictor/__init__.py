@@ -1,0 +1,1 @@
+"""latkit's predictors: encodings, samplers, surrogate models, transfer and metrics (arriving in [4/5])."""

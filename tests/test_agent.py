@@ -1,0 +1,123 @@
+"""The agent as devices run it: a subprocess speaking JSON lines, stdlib-only, Python >= 3.8."""
+import ast
+import dataclasses
+import glob
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from collector import Settings
+from conftest import AGENT
+
+
+def load_agent_module():
+    spec = importlib.util.spec_from_file_location("latkit_agent", AGENT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def ask(proc, req):
+    proc.stdin.write(json.dumps(req) + "\n")
+    proc.stdin.flush()
+    return json.loads(proc.stdout.readline())
+
+
+def test_protocol_round_trip(agent_proc, artifacts, tmp_path):
+    r = ask(agent_proc, {"id": 1, "op": "ping"})
+    assert r["ok"] and r["id"] == 1 and r["result"]["pid"] == agent_proc.pid
+
+    probe = ask(agent_proc, {"id": 2, "op": "probe"})["result"]
+    assert probe["cpu_count"] >= 1 and probe["memory_mb"] > 0 and probe["kernel"]
+    assert {"onnxruntime", "tflite", "torch"} <= set(probe["runtimes"])
+    assert probe["runtimes"]["tflite"]["module"] == "ai_edge_litert"
+
+    shutil.copy(artifacts["onnx"].path, tmp_path / "wd" / "models" / artifacts["onnx"].name)
+    has = ask(agent_proc, {"id": 3, "op": "has", "models": [artifacts["onnx"].name, "nope.onnx"]})
+    assert has["result"]["present"] == [artifacts["onnx"].name]
+
+    settings = dict(Settings().agent_settings(), repeats_min_s=0.05, repeats_max_s=0.2, warmup_min_s=0.01)
+    r = ask(agent_proc, {"id": 4, "op": "measure", "model": artifacts["onnx"].name, "runtime": "onnxruntime",
+                         "settings": settings})
+    assert r["ok"], r
+    res = r["result"]
+    assert len(res["samples_ms"]) >= settings["repeats_min_count"] and all(s > 0 for s in res["samples_ms"])
+    assert sum(res["samples_ms"]) >= 50.0  # the minimum total time (0.05 s) was honoured
+    assert res["inputs"] == [{"name": "input_0", "shape": [1, 3, 32, 32], "dtype": "float32"}]
+    assert res["warmup"] >= 2 and set(res["telemetry_before"]) == {"freq_mhz", "temp_c", "load1"}
+
+    assert ask(agent_proc, {"id": 5, "op": "nope"})["error"]["kind"] == "bad_request"
+    agent_proc.stdin.write("this is not json\n")
+    agent_proc.stdin.flush()
+    assert json.loads(agent_proc.stdout.readline())["error"]["kind"] == "bad_request"
+    r = ask(agent_proc, {"id": 6, "op": "measure", "model": "missing.onnx", "runtime": "onnxruntime"})
+    assert r["error"]["kind"] == "model_not_found"
+    r = ask(agent_proc, {"id": 7, "op": "measure", "model": artifacts["onnx"].name, "runtime": "onnxruntime",
+                         "settings": {"thread": 2}})
+    assert r["error"]["kind"] == "bad_request" and "thread" in r["error"]["message"]
+
+    assert ask(agent_proc, {"id": 8, "op": "shutdown"})["ok"]
+    assert agent_proc.wait(timeout=10) == 0
+
+
+def test_agent_parses_as_python_38():
+    ast.parse(AGENT.read_text(), feature_version=(3, 8))
+    tree = ast.parse(AGENT.read_text())
+    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert not {"collector", "predictor", "numpy", "psutil", "torch"} & imported  # stdlib only at import time
+
+
+def python38():
+    """A working Python 3.8 (pyenv's shims exist even where that version is not selected)."""
+    for cand in [shutil.which("python3.8")] + sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.8*/bin/python3.8"))):
+        if cand and subprocess.run([cand, "-c", "pass"], capture_output=True).returncode == 0:
+            return cand
+    return None
+
+
+@pytest.mark.skipif(python38() is None, reason="no python3.8 on this machine")
+def test_agent_runs_on_bare_python_38(tmp_path):
+    """A device with nothing but Python 3.8: ping and probe work, measure says what to install."""
+    out = subprocess.run([python38(), str(AGENT), "--workdir", str(tmp_path)], text=True, capture_output=True,
+                         input='{"id":1,"op":"probe"}\n{"id":2,"op":"measure","model":"/etc/hostname",'
+                               '"runtime":"onnxruntime"}\n', timeout=60)
+    probe, measure = [json.loads(line) for line in out.stdout.splitlines()]
+    assert probe["ok"] and probe["result"]["python"].startswith("3.8")
+    assert measure["error"]["kind"] == "runtime_missing" and "pip install" in measure["error"]["message"]
+
+
+def test_settings_defaults_match_agent():
+    agent = load_agent_module()
+    host = Settings().agent_settings()
+    assert host == agent.DEFAULT_SETTINGS
+    assert {f.name for f in dataclasses.fields(Settings)} == set(agent.DEFAULT_SETTINGS) | {"runtime"}
+
+
+def test_protocol_minimums_and_caps():
+    """Timing a real 1 ms sleep: minimums hold, the caps stop a run whose CV never reaches the target."""
+    agent = load_agent_module()
+    s = dict(agent.DEFAULT_SETTINGS, warmup_min_count=3, warmup_min_s=0.0, repeats_min_count=15,
+             repeats_min_s=0.0, repeats_max_count=40, cv_target=0.0)
+    samples, warmup = agent.time_callable(lambda: time.sleep(0.001), s)
+    assert warmup == 3 and len(samples) == 40 and min(samples) >= 1.0
+
+    s.update(repeats_min_count=5, repeats_min_s=0.05, repeats_max_count=10)  # min time beats the count cap
+    samples, _ = agent.time_callable(lambda: time.sleep(0.001), s)
+    assert sum(samples) >= 50.0 and len(samples) > 10
+
+    s.update(repeats_min_count=20, repeats_min_s=0.0, repeats_max_count=10000, repeats_max_s=0.1, cv_target=1.0)
+    samples, _ = agent.time_callable(lambda: time.sleep(0.001), s)
+    assert len(samples) < 40  # a loose CV target stops soon after the minimum count
+
+
+def test_robust_cv_ignores_outliers():
+    agent = load_agent_module()
+    steady = [1.0 + 0.001 * (i % 5) for i in range(200)]
+    assert agent.robust_cv(steady + [50.0, 80.0]) < 0.01  # two preempted runs do not inflate it
+    assert agent.robust_cv([1.0, 2.0, 3.0, 4.0, 5.0, 6.0]) > 0.3
