@@ -443,10 +443,10 @@ def time_callable(fn, s):
     """Warm up, then time until both the minimum count and minimum time are reached; go on while the
     robust CV is above cv_target, up to a count or time cap (the minimums always win over the caps).
 
-    gc is off while timing so collector pauses do not land inside samples; samples are in ms.
+    gc is off while timing so collector pauses do not land inside samples (as timeit does; no full
+    collection first: with torch loaded one costs ~0.1 s per measurement); samples are in ms.
     """
     gc_was_enabled = gc.isenabled()
-    gc.collect()
     gc.disable()
     clock = time.perf_counter_ns
     min_ns, max_ns = s["repeats_min_s"] * 1e9, s["repeats_max_s"] * 1e9
@@ -456,6 +456,7 @@ def time_callable(fn, s):
         while warmup < s["warmup_min_count"] or (clock() - start) < s["warmup_min_s"] * 1e9:
             fn()
             warmup += 1
+        warmup_s = (clock() - start) / 1e9
         samples = []
         total_ns = 0
         check_every = 10
@@ -478,7 +479,7 @@ def time_callable(fn, s):
     finally:
         if gc_was_enabled:
             gc.enable()
-    return samples, warmup
+    return samples, warmup, warmup_s
 
 
 def measure(model, runtime, settings, workdir, inputs=None):
@@ -499,12 +500,12 @@ def measure(model, runtime, settings, workdir, inputs=None):
     load_s = time.perf_counter() - t_load
     before = telemetry()
     try:
-        samples, warmup = time_callable(fn, s)
+        samples, warmup, warmup_s = time_callable(fn, s)
     except Exception as e:
         raise AgentError("runtime_error", "%s failed while running the model: %s" % (runtime, _first_line(str(e))))
     after = telemetry()
     return {"samples_ms": samples, "warmup": warmup, "runtime_version": version, "inputs": inputs,
-            "load_s": load_s, "telemetry_before": before, "telemetry_after": after,
+            "load_s": load_s, "warmup_s": warmup_s, "telemetry_before": before, "telemetry_after": after,
             "settings": s, "agent_version": AGENT_VERSION}
 
 

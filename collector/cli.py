@@ -19,7 +19,8 @@ console = Console(width=None if sys.stdout.isatty() else 140)
 def _settings(args) -> Settings:
     cores = tuple(int(c) for c in args.cores.split(",")) if args.cores else None
     return Settings(threads=args.threads, cores=cores, batch_size=args.batch_size,
-                    repeats_min_count=args.repeats, repeats_min_s=args.min_time, cv_target=args.cv_target)
+                    repeats_min_count=args.repeats, repeats_min_s=args.min_time, repeats_max_s=args.max_time,
+                    cv_target=args.cv_target)
 
 
 def cmd_measure(args) -> int:
@@ -67,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--batch-size", type=int, help="fills a dynamic batch dimension")
     m.add_argument("--repeats", type=int, default=Settings.repeats_min_count, help="minimum timed runs")
     m.add_argument("--min-time", type=float, default=Settings.repeats_min_s, help="minimum timed seconds")
+    m.add_argument("--max-time", type=float, default=Settings.repeats_max_s,
+                   help="stop repeating after this many timed seconds once the minimums are met")
     m.add_argument("--cv-target", type=float, default=Settings.cv_target,
                    help="keep repeating while std/mean is above this (default 0.01)")
     m.add_argument("--out", default="latkit-data", help="dataset directory or URI (default ./latkit-data)")

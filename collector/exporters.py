@@ -6,9 +6,11 @@ network is exported once however often it is asked for.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -39,6 +41,27 @@ def export_key(module, example_inputs: Sequence, fmt: str) -> str:
     for x in example_inputs:
         h.update(f"{tuple(x.shape)}{x.dtype}".encode())
     return h.hexdigest()
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Send fds 1 and 2 to a temporary file while converters run (litert-torch and its C++ log chatter);
+    the captured text is re-raised with an error, so nothing useful is lost."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with tempfile.TemporaryFile() as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
 
 
 def _write(module, example_inputs: tuple, fmt: str, path: str) -> None:
@@ -86,7 +109,7 @@ def export(module, example_inputs: Sequence, fmt: str = "onnx", space: str = "cu
     fd, tmp = tempfile.mkstemp(suffix=EXTENSIONS[fmt], dir=cache, prefix=".export-")
     os.close(fd)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _quiet():
             _write(module, example_inputs, fmt, tmp)
         sha = sha256_file(Path(tmp))
         path = cache / f"{sha}{EXTENSIONS[fmt]}"

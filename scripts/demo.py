@@ -1,0 +1,75 @@
+"""latkit's story on this machine: export a few real networks, time them on `local` with ONNX Runtime and
+TFLite, keep every row in ./latkit-data, and print what was measured."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from collector import Settings, export, measure_many, probe
+
+nn = torch.nn
+
+
+def inverted_residual(cin, cout, stride, expand):
+    mid = cin * expand
+    return nn.Sequential(nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU6(),
+                         nn.Conv2d(mid, mid, 3, stride, 1, groups=mid, bias=False), nn.BatchNorm2d(mid), nn.ReLU6(),
+                         nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout))
+
+
+class Residual(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(),
+                                  nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c))
+
+    def forward(self, x):
+        return torch.relu(x + self.body(x))
+
+
+def models():
+    """(name, module, input) for three small but real network families."""
+    mobile = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.ReLU6(), inverted_residual(16, 24, 2, 6),
+                           inverted_residual(24, 32, 2, 6), inverted_residual(32, 64, 2, 4),
+                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 1000))
+    resnet = nn.Sequential(nn.Conv2d(3, 32, 3, 1, 1), nn.ReLU(), Residual(32), nn.Conv2d(32, 64, 3, 2, 1), nn.ReLU(),
+                           Residual(64), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
+    mlp = nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))
+    return [("mobilenet_ish_128", mobile, torch.randn(1, 3, 128, 128)),
+            ("resnet_ish_32", resnet, torch.randn(1, 3, 32, 32)),
+            ("mlp_784", mlp, torch.randn(1, 784))]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--out", default="latkit-data")
+    ap.add_argument("--min-time", type=float, default=0.5, help="minimum timed seconds per model")
+    args = ap.parse_args()
+    console = Console(width=None if sys.stdout.isatty() else 120)
+    p = probe("local")
+    console.print(f"[bold]device local[/]: {p['cpu_model']}, {p['cpu_count']} CPUs, {p['memory_mb']} MB, "
+                  f"runtimes " + ", ".join(f"{k} {v['version']}" for k, v in p["runtimes"].items()))
+    settings = Settings(repeats_min_s=args.min_time, repeats_max_s=3.0)
+    table = Table("model", "runtime", "latency_ms (median)", "p10-p90 ms", "CV", "repeats", "status")
+    t0 = time.time()
+    for fmt, runtime in (("onnx", "onnxruntime"), ("tflite", "tflite")):
+        arts = [export(m.eval(), (x,), fmt, arch=name) for name, m, x in models()]
+        for m in measure_many(arts, "local", runtime, settings, out=args.out):
+            s = m.stats
+            if m.status == "ok":
+                table.add_row(m.job.artifact.arch, runtime, f"{s['latency_ms']:.3f}",
+                              f"{s['p10_ms']:.3f}-{s['p90_ms']:.3f}", f"{s['cv'] * 100:.1f}%", str(s["repeats"]), "ok")
+            else:
+                table.add_row(m.job.artifact.arch, runtime, "-", "-", "-", "-", f"{m.error_kind}: {m.error}")
+    console.print(table)
+    console.print(f"{time.time() - t0:.0f} s; rows kept in [bold]{args.out}/[/] (Parquet). "
+                  f"Next: latkit data show {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""Exporters produce real files that run, and export each network only once."""
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from collector import LatkitError, export
+from conftest import tiny_cnn
+
+
+def test_onnx_matches_torch(artifacts):
+    x = torch.randn(2, 3, 32, 32)
+    art = artifacts["onnx"]
+    assert art.path.name == f"{art.sha256}.onnx" and art.space == "custom" and art.arch == "tiny_cnn"
+    sess = ort.InferenceSession(str(art.path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"input_0": x[:1].numpy()})[0]
+    np.testing.assert_allclose(got, tiny_cnn()(x[:1]).detach().numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_tflite_matches_torch(artifacts):
+    from ai_edge_litert.interpreter import Interpreter
+    x = torch.randn(1, 3, 32, 32)
+    it = Interpreter(model_path=str(artifacts["tflite"].path))
+    it.allocate_tensors()
+    it.set_tensor(it.get_input_details()[0]["index"], x.numpy())
+    it.invoke()
+    got = it.get_tensor(it.get_output_details()[0]["index"])
+    np.testing.assert_allclose(got, tiny_cnn()(x).detach().numpy(), rtol=1e-3, atol=1e-4)
+
+
+def test_export_is_cached(artifacts, export_cache):
+    x = torch.randn(1, 3, 32, 32)
+    mtime = artifacts["onnx"].path.stat().st_mtime_ns
+    again = export(tiny_cnn(), (x,), "onnx", arch="tiny_cnn", cache_dir=export_cache)
+    assert again.path == artifacts["onnx"].path and again.path.stat().st_mtime_ns == mtime
+
+    other = tiny_cnn()
+    with torch.no_grad():
+        other[0].weight.add_(1.0)  # other weights: another file
+    assert export(other, (x,), "onnx", cache_dir=export_cache).sha256 != artifacts["onnx"].sha256
+    bigger = export(tiny_cnn(), (torch.randn(4, 3, 32, 32),), "onnx", cache_dir=export_cache)
+    assert bigger.sha256 != artifacts["onnx"].sha256 and bigger.inputs[0]["shape"] == [4, 3, 32, 32]
+
+
+def test_export_errors(export_cache):
+    with pytest.raises(LatkitError, match="unknown export format 'keras'"):
+        export(tiny_cnn(), (torch.randn(1, 3, 32, 32),), "keras", cache_dir=export_cache)
+    with pytest.raises(LatkitError, match="pt2 export of broken failed"):
+        export(tiny_cnn(), (torch.randn(1, 5, 32, 32),), "pt2", arch="broken", cache_dir=export_cache)
+    assert not list(export_cache.glob(".export-*"))  # no temporary file left behind

@@ -1,0 +1,26 @@
+import math
+
+import numpy as np
+import pytest
+
+from collector import summarize
+
+
+def test_known_samples():
+    s = summarize([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert s["latency_ms"] == 3.0 and s["mean_ms"] == 3.0 and s["min_ms"] == 1.0 and s["max_ms"] == 5.0
+    assert s["std_ms"] == pytest.approx(math.sqrt(2.5))          # sample std (ddof=1)
+    assert s["p10_ms"] == pytest.approx(1.4) and s["p90_ms"] == pytest.approx(4.6)  # linear interpolation
+    assert s["iqr_ms"] == pytest.approx(2.0)
+    assert s["cv"] == pytest.approx(math.sqrt(2.5) / 3.0) and s["repeats"] == 5
+
+
+def test_median_is_robust_to_a_preempted_sample():
+    s = summarize([2.0] * 99 + [200.0])
+    assert s["latency_ms"] == 2.0 and s["mean_ms"] == pytest.approx(3.98)
+
+
+def test_single_and_empty():
+    assert summarize([7.5])["std_ms"] == 0.0
+    with pytest.raises(ValueError):
+        summarize(np.array([]))
