@@ -2,68 +2,150 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterable, Optional
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
 
 import pyarrow.compute as pc
 
-from .devices import get_device
+from .devices import Device, Registry, now_utc
 from .errors import LatkitError
-from .job import RUNTIME_FOR_FORMAT, Artifact, Job, Settings
-from .measurement import Measurement
+from .job import FORMATS, RUNTIME_FOR_FORMAT, Artifact, Job, Settings
+from .measurement import Measurement, fingerprint
 from .runner import DeviceRunner
+from .scheduler import CollectReport, DeviceReport, collect, run_device
 from .store import Store
 
 
-def probe(device: str = "local") -> dict:
+def probe(device: str = "local", registry: Optional[Registry] = None) -> dict:
     """What the device reports about itself: OS, CPU, memory, GPUs, Python and runtimes."""
-    with DeviceRunner(get_device(device)) as runner:
+    with DeviceRunner((registry or Registry()).get(device)) as runner:
         return runner.probe
 
 
+def _probe_summary(p: dict) -> dict:
+    """The part of a probe kept in the registry (TOML has no null)."""
+    keep = {k: p.get(k) for k in ("machine", "cpu_model", "cpu_count", "cpu_affinity", "memory_mb", "os_release",
+                                  "kernel", "python")}
+    keep["runtimes"] = {k: v["version"] for k, v in p.get("runtimes", {}).items()}
+    keep["gpus"] = [g["name"] for g in p.get("gpus", [])]
+    return {k: v for k, v in keep.items() if v is not None}
+
+
+def add_device(name: str, host: str, port: int = 22, user: Optional[str] = None, key: Optional[str] = None,
+               python: Optional[str] = None, workdir: Optional[str] = None, tags: Sequence[str] = (),
+               trust_host_key: bool = False, registry: Optional[Registry] = None) -> Device:
+    """Connect (verifying the host key), deploy the agent, probe, and record the device with its fingerprint."""
+    reg = registry or Registry()
+    if name in {d.name for d in reg.devices()}:
+        raise LatkitError(f"device {name!r} is already registered; remove it first or choose another name")
+    dev = Device(name=name, transport="ssh", host=host, port=port, user=user, key=key, python=python,
+                 workdir=workdir, tags=tuple(tags), known_hosts=str(reg.known_hosts))
+    with DeviceRunner(dev, trust_host_key=trust_host_key) as runner:
+        p = runner.probe
+    dev = dataclasses.replace(dev, fingerprint=fingerprint(p), last_probe=now_utc(), probe=_probe_summary(p))
+    reg.save(dev)
+    return dev
+
+
+def reprobe_device(name: str, registry: Optional[Registry] = None) -> dict:
+    """Probe a registered device and refresh its fingerprint in the registry."""
+    reg = registry or Registry()
+    dev = reg.get(name)
+    with DeviceRunner(dev) as runner:
+        p = runner.probe
+    if dev.transport == "ssh":
+        reg.save(dataclasses.replace(dev, fingerprint=fingerprint(p), last_probe=now_utc(), probe=_probe_summary(p)))
+    return p
+
+
+def reachable(device: Device) -> bool:
+    """Whether an agent starts on the device now (connect, deploy if needed, ping)."""
+    transport = device.connect()
+    try:
+        transport.start()
+        return True
+    except LatkitError:
+        return False
+    finally:
+        transport.close()
+
+
+def model_files(paths: Iterable) -> list:
+    """Model files from files and directories (searched recursively for known extensions)."""
+    found = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found += sorted(f for f in p.rglob("*") if f.suffix.lower() in FORMATS and f.is_file())
+        elif p.exists():
+            found.append(p)
+        else:
+            raise LatkitError(f"model path {p} not found; give model files or folders holding them")
+    if not found:
+        raise LatkitError(f"no model files ({', '.join(sorted(FORMATS))}) in {', '.join(map(str, paths))}")
+    return found
+
+
+def make_jobs(artifacts: Sequence[Artifact], devices: Sequence[str], runtime: Optional[str] = None,
+              settings: Optional[Settings] = None) -> list:
+    """Every artifact on every device; the runtime defaults to the one the file format calls for."""
+    base = settings or Settings()
+    return [Job(a, d, dataclasses.replace(base, runtime=runtime or RUNTIME_FOR_FORMAT[a.format]))
+            for d in devices for a in artifacts]
+
+
+def collect_models(models: Sequence, devices: Sequence[str], runtime: Optional[str] = None,
+                   settings: Optional[Settings] = None, out="latkit-data", registry: Optional[Registry] = None,
+                   **kwargs) -> CollectReport:
+    """`latkit collect --models`: every model file on every device, resumable."""
+    reg = registry or Registry()
+    devs = [reg.get(d) for d in devices]
+    arts = [m if isinstance(m, Artifact) else Artifact.from_file(m) for m in models]
+    return collect(make_jobs(arts, [d.name for d in devs], runtime, settings), devs, out=out, **kwargs)
+
+
 def measure(model, device: str = "local", runtime: Optional[str] = None, settings: Optional[Settings] = None,
-            out="latkit-data", force: bool = False) -> Measurement:
+            out="latkit-data", force: bool = False, registry: Optional[Registry] = None) -> Measurement:
     """Time one model file on one device and append the row to the store at `out`.
 
     A model already measured under the same key is not timed again (unless `force`): the stored
     row is returned instead.
     """
     artifact = model if isinstance(model, Artifact) else Artifact.from_file(model)
-    return measure_many([artifact], device, runtime, settings, out, force)[0]
+    return measure_many([artifact], device, runtime, settings, out, force, registry)[0]
 
 
-def measure_many(artifacts: Iterable[Artifact], device: str = "local", runtime: Optional[str] = None,
-                 settings: Optional[Settings] = None, out="latkit-data", force: bool = False) -> list:
-    """Time several artifacts on one device with one agent, each row appended as soon as it is measured."""
-    dev = get_device(device)
+def measure_many(artifacts: Sequence[Artifact], device: str = "local", runtime: Optional[str] = None,
+                 settings: Optional[Settings] = None, out="latkit-data", force: bool = False,
+                 registry: Optional[Registry] = None) -> list:
+    """Time several artifacts on one device with one agent; each row is appended as soon as it is measured."""
+    dev = (registry or Registry()).get(device)
     store = Store(out)
     store.check_writable()
-    base = settings or Settings()
-    jobs = [Job(a, dev.name, dataclasses.replace(base, runtime=runtime or RUNTIME_FOR_FORMAT[a.format]))
-            for a in artifacts]
+    jobs = make_jobs(artifacts, [dev.name], runtime, settings)
     done = set() if force else store.done_keys()
-    results: list = [None] * len(jobs)
-    todo = [i for i, j in enumerate(jobs) if j.key not in done]
-    for i in set(range(len(jobs))) - set(todo):
-        results[i] = stored_measurement(store, jobs[i])
-    if todo:
-        with DeviceRunner(dev) as runner:
-            for i in todo:
-                results[i] = runner.measure(jobs[i])
-                store.append([results[i].to_row()])
-    return results
+    todo = [j for j in jobs if j.key not in done]
+    fresh = {}
+    report = DeviceReport(dev.name, total=len(todo))
+    run_device(dev, todo, store, report, on_row=lambda _, m: fresh.__setitem__(m.job.key, m))
+    if report.status == "failed":
+        raise LatkitError(report.message)
+    return [fresh[j.key] if j.key in fresh else stored_measurement(store, j) for j in jobs]
 
 
 def stored_measurement(store: Store, job: Job) -> Measurement:
-    """The newest ok row of `job` in the store, as a Measurement."""
-    t = store.read(filter=(pc.field("key") == job.key) & (pc.field("status") == "ok"))
+    """The newest row of `job` in the store, as a Measurement."""
+    t = store.read(filter=pc.field("key") == job.key)
     row = t.sort_by([("measured_at", "descending")]).slice(0, 1).to_pylist()[0]
-    m = Measurement.from_result(job, {
-        "samples_ms": row["samples_ms"], "warmup": row["warmup"], "runtime_version": row["runtime_version"],
-        "agent_version": row["agent_version"],
-        "inputs": [{"shape": [int(d) for d in s.split("x")]} for s in row["input_shape"].split(";") if s],
-        "telemetry_before": {k: row[f"telemetry_before_{k}"] for k in ("freq_mhz", "temp_c", "load1")},
-        "telemetry_after": {k: row[f"telemetry_after_{k}"] for k in ("freq_mhz", "temp_c", "load1")},
-    }, row["device_fingerprint"])
+    if row["status"] != "ok":
+        m = Measurement.failed(job, row["error_kind"], row["error"], row["device_fingerprint"])
+    else:
+        m = Measurement.from_result(job, {
+            "samples_ms": row["samples_ms"], "warmup": row["warmup"], "runtime_version": row["runtime_version"],
+            "agent_version": row["agent_version"],
+            "inputs": [{"shape": [int(d) for d in s.split("x")]} for s in row["input_shape"].split(";") if s],
+            "telemetry_before": {k: row[f"telemetry_before_{k}"] for k in ("freq_mhz", "temp_c", "load1")},
+            "telemetry_after": {k: row[f"telemetry_after_{k}"] for k in ("freq_mhz", "temp_c", "load1")},
+        }, row["device_fingerprint"])
     m.measured_at = row["measured_at"]
     return m
 
@@ -79,4 +161,3 @@ def data_summary(path="latkit-data"):
         [("status", "count"), ("ok", "sum"), ("latency_ms", "min"), ("latency_ms", "approximate_median"),
          ("latency_ms", "max"), ("measured_at", "max")])
     return g.sort_by([("device", "ascending"), ("runtime", "ascending"), ("space", "ascending")])
-

@@ -104,7 +104,8 @@ class Measurement:
 
 def fingerprint(probe: dict) -> str:
     """Short hash of what makes a device's numbers comparable: hardware, OS kernel and runtime versions."""
-    keys = ("machine", "cpu_model", "cpu_count", "memory_mb", "kernel", "os_release", "gpus", "python")
+    keys = ("machine", "cpu_model", "cpu_count", "cpu_affinity", "memory_mb", "kernel", "os_release", "gpus",
+            "python")
     basis = {k: probe.get(k) for k in keys}
     basis["runtimes"] = {k: v.get("version") for k, v in (probe.get("runtimes") or {}).items()}
     return hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()[:16]

@@ -12,10 +12,10 @@ from .measurement import MODEL_ERRORS, Measurement, fingerprint
 class DeviceRunner:
     """One agent on one device, measuring jobs one at a time (timings must not contend)."""
 
-    def __init__(self, device: Device, timeout: float = 600.0):
+    def __init__(self, device: Device, timeout: float = 600.0, trust_host_key: bool = False):
         self.device = device
         self.timeout = timeout
-        self.transport = device.connect()
+        self.transport = device.connect(trust_host_key=trust_host_key)
         self.probe: Optional[dict] = None
 
     def start(self) -> dict:

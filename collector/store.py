@@ -29,6 +29,7 @@ Columns (one row per (model, device, runtime, settings) measurement):
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from pathlib import Path
 from typing import Iterable
@@ -40,6 +41,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .errors import LatkitError
+from .measurement import MODEL_ERRORS
 
 _STATS = ["latency_ms", "mean_ms", "std_ms", "min_ms", "max_ms", "p10_ms", "p90_ms", "iqr_ms", "cv"]
 _TELEMETRY = [f"telemetry_{w}_{k}" for w in ("before", "after") for k in ("freq_mhz", "temp_c", "load1")]
@@ -70,8 +72,8 @@ class Store:
         except (pa.ArrowInvalid, ValueError):  # a plain relative path
             self.fs, self.root = pafs.LocalFileSystem(), str(Path(self.uri).absolute())
 
-    def check_writable(self) -> None:
-        """Fail before any device time is spent if rows could not be kept."""
+    def check_writable(self, min_free_mb: int = 64) -> None:
+        """Fail before any device time is spent if rows could not be kept (unwritable, or a full local disk)."""
         probe = f"{self.root}/.latkit-write-test-{uuid.uuid4().hex}"
         try:
             self.fs.create_dir(self.root, recursive=True)
@@ -81,6 +83,10 @@ class Store:
         except OSError as e:
             reason = e.strerror if getattr(e, "strerror", None) else str(e).splitlines()[0]
             raise LatkitError(f"cannot write to {self.uri}: {reason}; choose another --out") from None
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            free_mb = shutil.disk_usage(self.root).free // 2 ** 20
+            if free_mb < min_free_mb:
+                raise LatkitError(f"only {free_mb} MiB free at {self.uri}; free some space or choose another --out")
 
     def append(self, rows: Iterable[dict]) -> int:
         """Write rows as new files, one per partition; returns the number written."""
@@ -113,7 +119,10 @@ class Store:
             return SCHEMA.empty_table() if columns is None else SCHEMA.empty_table().select(columns)
         return self.dataset().to_table(columns=columns, filter=filter)
 
-    def done_keys(self) -> set:
-        """Keys measured successfully: resume skips these. Error rows stay as history and are retried."""
-        t = self.read(columns=["key"], filter=pc.field("status") == "ok")
-        return set(t["key"].to_pylist())
+    def done_keys(self, include_errors: bool = True) -> set:
+        """Keys a re-run skips: measured ok, and (by default) failed for a reason of the model itself
+        (corrupt file, unsupported op), which would only fail again."""
+        done = pc.field("status") == "ok"
+        if include_errors:
+            done = done | pc.field("error_kind").isin(sorted(MODEL_ERRORS))
+        return set(self.read(columns=["key"], filter=done)["key"].to_pylist())

@@ -45,18 +45,49 @@ def fast():
                     repeats_max_s=0.2)
 
 
-@pytest.fixture(scope="session")
-def tflite_venv():
-    """A realistic device environment: its own Python with numpy<2 and tflite-runtime, nothing else.
-
-    scripts/test builds it once (LATKIT_TFLITE_VENV); without that, it is built here.
-    """
-    path = Path(os.environ.get("LATKIT_TFLITE_VENV", ROOT / ".venv-tflite"))
+def device_venv(name: str, packages: list) -> str:
+    """A device's own Python environment (.venv-<name> in the repo; scripts/test builds them once)."""
+    path = ROOT / f".venv-{name}"
     python = path / "bin" / "python"
     if not python.exists():
         venv.create(path, with_pip=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "numpy<2", "tflite-runtime"], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *packages],
+                       check=True)
     return str(python)
+
+
+@pytest.fixture(scope="session")
+def tflite_venv():
+    """A realistic small-board environment: numpy<2 and tflite-runtime, nothing else."""
+    return device_venv("tflite", ["numpy<2", "tflite-runtime"])
+
+
+@pytest.fixture(scope="session")
+def ort_venv():
+    """A lean device environment: numpy 2, onnxruntime, ai-edge-litert, psutil (no torch)."""
+    return device_venv("ort", ["numpy", "onnxruntime", "ai-edge-litert", "psutil"])
+
+
+@pytest.fixture(scope="session")
+def fleet(tmp_path_factory, tflite_venv, ort_venv):
+    """Three real sshd devices on 127.0.0.2-4: the host venv, the tflite-runtime venv, and the lean venv
+    pinned to CPU 0 with taskset. Torn down after the session."""
+    from collector.loopback import start_fleet, stop_fleet
+    base = tmp_path_factory.mktemp("fleet")
+    devices = start_fleet(base, [sys.executable, tflite_venv, ort_venv], cores=[None, None, "0"])
+    yield devices
+    stop_fleet(base)
+
+
+@pytest.fixture(scope="session")
+def registry(fleet, tmp_path_factory):
+    """A registry with the three fleet devices added (host keys trusted on first contact)."""
+    from collector import Registry, add_device
+    reg = Registry(tmp_path_factory.mktemp("registry") / "devices.toml")
+    for d in fleet:
+        add_device(d.name, d.host, d.port, d.user, d.key, d.python, d.workdir, ["loopback"], trust_host_key=True,
+                   registry=reg)
+    return reg
 
 
 @pytest.fixture

@@ -41,11 +41,13 @@ def test_append_read_partitions(tmp_path):
     assert ds.dataset(tmp_path / "data", partitioning="hive").to_table().num_rows == 4
 
 
-def test_done_keys_skip_only_ok(tmp_path):
+def test_done_keys(tmp_path):
+    """Ok rows and model errors (which would only fail again) count as done; retry_errors drops the latter."""
     store = Store(tmp_path)
     ok, bad = make_measurement(1), make_measurement(2, status="error")
     store.append([ok.to_row(), bad.to_row()])
-    assert store.done_keys() == {ok.job.key}
+    assert store.done_keys() == {ok.job.key, bad.job.key}
+    assert store.done_keys(include_errors=False) == {ok.job.key}
     assert store.read().filter(ds.field("status") == "error").to_pylist()[0]["error_kind"] == "corrupt_model"
 
 

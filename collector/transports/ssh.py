@@ -1,0 +1,226 @@
+"""The SSH transport (paramiko): one long-lived agent per device on an exec channel, files over SFTP.
+
+The agent is deployed by content hash (<workdir>/agent-<sha16>.py, re-sent only when it changes) and
+models go to <workdir>/models/<sha256>.<ext>, each shipped once. Uploads land under a temporary name and
+are renamed, so a broken upload never looks like a cached model. Host keys are checked against the user's
+~/.ssh/known_hosts and latkit's own known_hosts: an unknown key is refused unless trusted explicitly,
+a changed key always.
+"""
+from __future__ import annotations
+
+import collections
+import hashlib
+import shlex
+import socket
+import threading
+from pathlib import Path
+from typing import Optional
+
+import paramiko
+
+from ..errors import LatkitError, TransportError
+from ..job import Artifact
+from .base import AGENT_PATH, AgentClient, Transport
+
+CONNECT_TIMEOUT = 10.0
+KEEPALIVE_S = 15
+
+
+def _fp(key: paramiko.PKey) -> str:
+    return f"{key.get_name()} {key.fingerprint}"
+
+
+class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
+    """Unknown host key: refuse with instructions, or (trust=True) record it in latkit's known_hosts."""
+
+    def __init__(self, known_hosts: Path, trust: bool):
+        self.known_hosts, self.trust = known_hosts, trust
+
+    def missing_host_key(self, client, hostname, key):
+        if not self.trust:
+            raise LatkitError(f"host key of {hostname} is not known ({_fp(key)}); check it, then add the device "
+                              "with --trust-host-key")
+        keys = paramiko.HostKeys()
+        if self.known_hosts.exists():
+            keys.load(str(self.known_hosts))
+        keys.add(hostname, key.get_name(), key)
+        self.known_hosts.parent.mkdir(parents=True, exist_ok=True)
+        keys.save(str(self.known_hosts))
+        client.get_host_keys().add(hostname, key.get_name(), key)
+
+
+class SSHTransport(Transport):
+    def __init__(self, device, trust_host_key: bool = False):
+        self.device = device
+        self.describe = f"{device.name} ({device.address})"
+        self.known_hosts = Path(device.known_hosts or Path.home() / ".config" / "latkit" / "known_hosts")
+        self.trust_host_key = trust_host_key
+        self.workdir = device.workdir or ".latkit"
+        self.python = device.python or "python3"
+        self._ssh: Optional[paramiko.SSHClient] = None
+        self._sftp: Optional[paramiko.SFTPClient] = None
+        self._chan: Optional[paramiko.Channel] = None
+        self._client: Optional[AgentClient] = None
+        self._stderr: collections.deque = collections.deque(maxlen=20)
+        self._present: set = set()
+        self.agent_pid: Optional[int] = None
+
+    # -- connection ---------------------------------------------------------------------------------
+    def _connect(self) -> None:
+        d = self.device
+        ssh = paramiko.SSHClient()
+        ssh.load_system_host_keys()
+        if self.known_hosts.exists():
+            ssh.get_host_keys().load(str(self.known_hosts))
+        ssh.set_missing_host_key_policy(_HostKeyPolicy(self.known_hosts, self.trust_host_key))
+        key = str(Path(d.key).expanduser()) if d.key else None
+        if key and not Path(key).is_file():
+            raise LatkitError(f"key file {d.key} for device {d.name} not found; fix --key")
+        try:
+            ssh.connect(d.host, port=d.port, username=d.user, key_filename=key, timeout=CONNECT_TIMEOUT,
+                        banner_timeout=CONNECT_TIMEOUT, auth_timeout=CONNECT_TIMEOUT, channel_timeout=CONNECT_TIMEOUT,
+                        allow_agent=key is None, look_for_keys=key is None)
+        except LatkitError:
+            ssh.close()
+            raise
+        except paramiko.BadHostKeyException as e:
+            ssh.close()
+            raise LatkitError(f"host key of {d.host}:{d.port} changed (now {_fp(e.key)}, known {_fp(e.expected_key)});"
+                              f" refused. If the device was reinstalled, remove its line from {self.known_hosts} "
+                              "and add it again with --trust-host-key") from None
+        except paramiko.AuthenticationException:
+            ssh.close()
+            raise LatkitError(f"authentication to {d.address} failed with "
+                              f"{'key ' + d.key if d.key else 'ssh-agent and default keys'}; check --key and the "
+                              "device's authorized_keys") from None
+        except (OSError, socket.timeout, paramiko.SSHException, EOFError) as e:
+            ssh.close()
+            raise TransportError(f"cannot reach {d.name} at {d.address}: {e or type(e).__name__}") from None
+        ssh.get_transport().set_keepalive(KEEPALIVE_S)
+        self._ssh = ssh
+        self._sftp = ssh.open_sftp()
+
+    def _connected(self) -> bool:
+        return self._ssh is not None and self._ssh.get_transport() is not None and self._ssh.get_transport().is_active()
+
+    def _mkdirs(self, path: str) -> None:
+        parts = path.split("/")
+        for i in range(1, len(parts) + 1):
+            sub = "/".join(parts[:i])
+            if not sub:
+                continue
+            try:
+                self._sftp.stat(sub)
+            except FileNotFoundError:
+                self._sftp.mkdir(sub)
+
+    def _upload(self, local: Path, remote: str) -> None:
+        """Upload under a temporary name and rename, so an interrupted upload leaves nothing usable."""
+        tmp = f"{remote}.part"
+        self._sftp.put(str(local), tmp)
+        self._sftp.posix_rename(tmp, remote)
+
+    def _exists(self, remote: str) -> bool:
+        try:
+            self._sftp.stat(remote)
+            return True
+        except FileNotFoundError:
+            return False
+
+    # -- Transport ----------------------------------------------------------------------------------
+    def start(self) -> dict:
+        if self._chan is not None and not self._chan.closed and self._connected():
+            return self.call("ping")
+        try:
+            if not self._connected():
+                self._connect()
+            self._mkdirs(f"{self.workdir}/models")
+            agent_sha = hashlib.sha256(AGENT_PATH.read_bytes()).hexdigest()[:16]
+            remote_agent = f"{self.workdir}/agent-{agent_sha}.py"
+            if not self._exists(remote_agent):
+                self._upload(AGENT_PATH, remote_agent)
+            chan = self._ssh.get_transport().open_session(timeout=CONNECT_TIMEOUT)
+            chan.exec_command(" ".join(shlex.quote(a) for a in (self.python, remote_agent, "--workdir", self.workdir)))
+        except (OSError, paramiko.SSHException, EOFError) as e:
+            self.close()
+            raise TransportError(f"cannot start the agent on {self.describe}: {e or type(e).__name__}") from None
+        self._chan = chan
+        self._stderr.clear()
+        threading.Thread(target=self._drain_stderr, args=(chan.makefile_stderr("rb"),), daemon=True).start()
+        self._client = AgentClient(chan.makefile_stdin("wb"), chan.makefile("rb"), self.describe)
+        try:
+            pong = self._client.call("ping", 60)
+        except TransportError:
+            status = chan.recv_exit_status() if chan.exit_status_ready() else None
+            tail = " | ".join(self._stderr) or "no output"
+            self.close()
+            if status in (126, 127):
+                raise LatkitError(f"cannot run {self.python} on {self.describe} ({tail}); set the device's --python") from None
+            raise TransportError(f"agent on {self.describe} did not start: {tail}") from None
+        self.agent_pid = pong["pid"]
+        return pong
+
+    def _drain_stderr(self, stream) -> None:
+        try:
+            for line in stream:
+                self._stderr.append(line.decode(errors="replace").rstrip())
+        except (OSError, EOFError, paramiko.SSHException):
+            pass
+
+    def put(self, artifact: Artifact) -> str:
+        if artifact.name not in self._present:
+            remote = f"{self.workdir}/models/{artifact.name}"
+            try:
+                if not self._exists(remote):
+                    self._upload(artifact.path, remote)
+            except (OSError, paramiko.SSHException, EOFError) as e:
+                if isinstance(e, (PermissionError,)) or "No space" in str(e):
+                    raise LatkitError(f"cannot store {artifact.name} on {self.describe}: {e}; free space or change --workdir") from None
+                self.kill()
+                raise TransportError(f"upload to {self.describe} failed: {e or type(e).__name__}") from None
+            self._present.add(artifact.name)
+        return artifact.name
+
+    def call(self, op: str, timeout: Optional[float] = 60.0, **fields) -> dict:
+        if self._client is None:
+            raise TransportError(f"agent on {self.describe} is not started")
+        try:
+            return self._client.call(op, timeout, **fields)
+        except TransportError as e:
+            tail = " | ".join(list(self._stderr)[-3:])
+            self.kill()
+            raise TransportError(f"{e}{'; agent stderr: ' + tail if tail else ''}") from None
+
+    def kill(self) -> None:
+        """Stop the agent even if it hangs in a runtime: closing the channel alone would leave it timing."""
+        if self.agent_pid and self._connected():
+            try:
+                chan = self._ssh.get_transport().open_session(timeout=CONNECT_TIMEOUT)
+                chan.exec_command(f"kill -9 {int(self.agent_pid)}")
+                chan.recv_exit_status()
+                chan.close()
+            except (OSError, paramiko.SSHException, EOFError):
+                pass
+        self._close_channel()
+
+    def _close_channel(self) -> None:
+        if self._chan is not None:
+            self._chan.close()
+        self._chan = self._client = None
+        self.agent_pid = None
+
+    def close(self) -> None:
+        if self._client is not None and self._chan is not None and not self._chan.closed:
+            try:
+                self._client.call("shutdown", 10)
+            except TransportError:
+                self.kill()
+        self._close_channel()
+        for obj in (self._sftp, self._ssh):
+            if obj is not None:
+                try:
+                    obj.close()
+                except (OSError, paramiko.SSHException, EOFError):
+                    pass
+        self._sftp = self._ssh = None
+        self._present.clear()

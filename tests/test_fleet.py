@@ -1,0 +1,277 @@
+"""The SSH fleet for real: sshd on 127.0.0.2-4, paramiko, agents deployed by hash, faults injected for real."""
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+
+import psutil
+import pytest
+
+from collector import Artifact, LatkitError, Registry, Settings, Store, add_device, collect, collect_models, export
+from collector.api import make_jobs
+from collector.loopback import _keygen, kill_sshd, start_sshd
+from conftest import ROOT, tiny_cnn
+
+QUICK = Settings(warmup_min_count=2, warmup_min_s=0.01, repeats_min_count=10, repeats_min_s=0.05, repeats_max_s=0.2)
+
+
+def latkit(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "collector.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, export_cache):
+    """Eight distinct small ONNX models and their TFLite twins (a width per model)."""
+    import torch
+    out = tmp_path_factory.mktemp("models")
+    arts = {"onnx": [], "tflite": []}
+    for width in range(4, 12):
+        m = torch.nn.Sequential(torch.nn.Conv2d(3, width, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(width * 16 * 16, 10)).eval()
+        for fmt in arts:
+            a = export(m, (torch.randn(1, 3, 16, 16),), fmt, arch=f"w{width}", cache_dir=export_cache)
+            dst = out / fmt / f"w{width}{a.path.suffix}"
+            dst.parent.mkdir(exist_ok=True)
+            dst.write_bytes(a.path.read_bytes())
+            arts[fmt].append(Artifact.from_file(dst, arch=f"w{width}"))
+    return arts
+
+
+def agent_procs(device):
+    """Agent processes serving `device` (identified by its workdir on the command line)."""
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = p.info["cmdline"] or []
+        if any("agent-" in c for c in cmd) and device.workdir in cmd:
+            found.append(p)
+    return found
+
+
+def rows_per_key(out):
+    return Counter(Store(out).read(columns=["key"])["key"].to_pylist())
+
+
+# -- registry, host keys, keys ------------------------------------------------------------------------
+
+
+def test_registered_fleet(registry, fleet):
+    devs = {d.name: d for d in registry.devices()}
+    assert set(devs) == {"local", "dev0", "dev1", "dev2"}
+    assert devs["dev1"].probe["runtimes"] == {"tflite": "2.14.0"}
+    assert "torch" not in devs["dev2"].probe["runtimes"] and devs["dev2"].probe["cpu_affinity"] == [0]
+    assert len({devs[n].fingerprint for n in ("dev0", "dev1", "dev2")}) == 3
+    assert registry.known_hosts.read_text().count("ssh-ed25519") == 3
+    # the agent was deployed once, by content hash
+    agents = list((fleet[0].workdir and __import__("pathlib").Path(fleet[0].workdir)).glob("agent-*.py"))
+    assert len(agents) == 1
+    r = latkit("device", "list", "--registry", registry.path)
+    assert r.returncode == 0
+    for name in ("dev0", "dev1", "dev2"):
+        line = next(l for l in r.stdout.splitlines() if f" {name} " in l)
+        assert " yes " in line
+    assert "tflite 2.14.0" in r.stdout
+
+
+def test_unknown_host_key_refused_then_trusted(fleet, tmp_path):
+    reg = tmp_path / "devices.toml"
+    d = fleet[0]
+    args = ["device", "add", "x", "--host", d.host, "--port", d.port, "--user", d.user, "--key", d.key,
+            "--python", d.python, "--workdir", d.workdir, "--registry", reg]
+    r = latkit(*args)
+    assert r.returncode == 2 and "is not known (ssh-ed25519 SHA256:" in r.stderr and "--trust-host-key" in r.stderr
+    assert not reg.exists()
+    r = latkit(*args, "--trust-host-key")
+    assert r.returncode == 0, r.stderr
+    assert "added x" in r.stdout and Registry(reg).get("x").fingerprint
+    r = latkit("device", "remove", "x", "--registry", reg)
+    assert r.returncode == 0 and [d.name for d in Registry(reg).devices()] == ["local"]
+
+
+def test_changed_host_key_always_refused(fleet, tmp_path):
+    d = fleet[0]
+    reg = Registry(tmp_path / "devices.toml")
+    _keygen(tmp_path / "other")
+    other = (tmp_path / "other.pub").read_text().split()
+    reg.known_hosts.write_text(f"[{d.host}]:{d.port} {other[0]} {other[1]}\n")
+    for trust in (False, True):
+        with pytest.raises(LatkitError, match=r"host key of .* changed .* refused.*remove its line"):
+            add_device("x", d.host, d.port, d.user, d.key, d.python, d.workdir, trust_host_key=trust, registry=reg)
+    assert reg.devices() == reg.devices()[:1]
+
+
+def test_wrong_key(fleet, tmp_path, registry):
+    d = fleet[0]
+    _keygen(tmp_path / "stranger")
+    r = latkit("device", "add", "x", "--host", d.host, "--port", d.port, "--user", d.user, "--key",
+               tmp_path / "stranger", "--trust-host-key", "--registry", tmp_path / "r.toml")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1
+    assert "authentication to" in lines[0] and "failed with key" in lines[0] and "authorized_keys" in lines[0]
+
+
+def test_unreachable_host(tmp_path):
+    reg = Registry(tmp_path / "devices.toml")
+    t0 = time.time()
+    with pytest.raises(LatkitError, match=r"cannot reach x at 127\.0\.0\.9:1"):
+        add_device("x", "127.0.0.9", 1, registry=reg, trust_host_key=True)
+    assert time.time() - t0 < 15
+
+
+# -- collection -----------------------------------------------------------------------------------------
+
+
+def test_collect_over_fleet_and_resume(registry, models, tmp_path):
+    out = tmp_path / "data"
+    report = collect_models([a.path for a in models["tflite"][:4]], ["dev0", "dev1", "dev2"], settings=QUICK,
+                            out=out, registry=registry, progress=False)
+    assert report.ok and report.measured == 12
+    t = Store(out).read()
+    assert t.num_rows == 12 and set(t["status"].to_pylist()) == {"ok"}
+    fps = {d.name: d.fingerprint for d in registry.devices()}
+    for row in t.select(["device", "device_fingerprint", "runtime_version"]).to_pylist():
+        assert row["device_fingerprint"] == fps[row["device"]]
+    assert {r["runtime_version"] for r in t.to_pylist() if r["device"] == "dev1"} == {"2.14.0"}
+    # each model was shipped once per device, under its sha256
+    for d in ("dev0", "dev1", "dev2"):
+        shipped = os.listdir(os.path.join(registry.get(d).workdir, "models"))
+        assert sorted(shipped) == sorted(a.name for a in models["tflite"][:4])
+    again = collect_models([a.path for a in models["tflite"][:4]], ["dev0", "dev1", "dev2"], settings=QUICK,
+                           out=out, registry=registry, progress=False)
+    assert again.ok and again.measured == 0 and sum(d.skipped for d in again.devices) == 12
+    assert Store(out).read().num_rows == 12
+
+
+def test_runtime_missing_fails_that_device_only(registry, models, tmp_path):
+    """dev1 has no onnxruntime: it is marked failed with the reason; the others finish."""
+    report = collect_models([a.path for a in models["onnx"][:2]], ["dev0", "dev1"], settings=QUICK,
+                            out=tmp_path / "d", registry=registry, progress=False)
+    by = {d.device: d for d in report.devices}
+    assert by["dev0"].status == "done" and by["dev0"].measured == 2
+    assert by["dev1"].status == "failed" and "onnxruntime is not installed" in by["dev1"].message
+
+
+def test_corrupt_model_stored_as_error_and_collection_goes_on(registry, models, tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not onnx" * 64)
+    paths = [models["onnx"][0].path, bad, models["onnx"][1].path]
+    out = tmp_path / "d"
+    args = ["collect", "--models", *paths, "--devices", "dev0", "--registry", registry.path, "--out", out,
+            "--min-time", "0.05", "--max-time", "0.2", "--quiet"]
+    r = latkit(*args)
+    assert r.returncode == 0, r.stderr
+    t = Store(out).read().to_pylist()
+    assert sorted(x["status"] for x in t) == ["error", "ok", "ok"]
+    assert next(x for x in t if x["status"] == "error")["error_kind"] == "corrupt_model"
+    r = latkit(*args)
+    assert r.returncode == 0 and Store(out).read().num_rows == 3  # the error row counts as done
+
+
+def test_sshd_killed_mid_collection(registry, fleet, models, tmp_path):
+    out = tmp_path / "d"
+    jobs = make_jobs(models["tflite"], ["dev0", "dev2"], settings=dataclasses.replace(QUICK, repeats_min_s=0.2,
+                                                                                      repeats_max_s=0.3))
+    devices = [registry.get("dev0"), registry.get("dev2")]
+    victim = fleet[0]
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(r=collect(jobs, devices, out=out, retries=2, backoff_s=0.2,
+                                                                       progress=False)))
+    thread.start()
+    try:
+        while sum(1 for k in Store(out).read(columns=["device"])["device"].to_pylist() if k == "dev0") < 2:
+            time.sleep(0.05)
+        kill_sshd(victim)
+        thread.join(120)
+        report = {d.device: d for d in result["r"].devices}
+        assert report["dev0"].status == "failed" and "cannot reach dev0" in report["dev0"].message
+        assert report["dev2"].status == "done" and report["dev2"].measured == 8
+        assert 2 <= report["dev0"].measured < 8
+    finally:
+        start_sshd(victim)
+    again = collect(jobs, devices, out=out, progress=False)
+    assert again.ok
+    counts = rows_per_key(out)
+    assert len(counts) == 16 and set(counts.values()) == {1}
+
+
+def test_agent_killed_mid_measure_is_retried(registry, fleet, models, tmp_path):
+    out = tmp_path / "d"
+    slow = dataclasses.replace(QUICK, repeats_min_s=1.5, repeats_max_s=1.5)
+    jobs = make_jobs(models["tflite"][:2], ["dev0"], settings=slow)
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(r=collect(jobs, [registry.get("dev0")], out=out,
+                                                                       backoff_s=0.1, progress=False)))
+    thread.start()
+    deadline = time.time() + 60
+    while not agent_procs(fleet[0]) and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.8)  # inside the first measurement
+    for p in agent_procs(fleet[0]):
+        p.send_signal(signal.SIGKILL)
+    thread.join(120)
+    assert result["r"].ok and result["r"].devices[0].measured == 2
+    counts = rows_per_key(out)
+    assert len(counts) == 2 and set(counts.values()) == {1}
+
+
+def test_hung_agent_is_killed_after_job_timeout(registry, fleet, models, tmp_path):
+    """A measurement past --job-timeout: the agent is killed on the device (not left timing), the job retried,
+    and the device marked failed once retries run out."""
+    hung = dataclasses.replace(QUICK, repeats_min_s=30.0, repeats_max_s=30.0)
+    jobs = make_jobs(models["tflite"][:1], ["dev0"], settings=hung)
+    t0 = time.time()
+    report = collect(jobs, [registry.get("dev0")], out=tmp_path / "d", retries=1, backoff_s=0.1, job_timeout=2.0,
+                     progress=False)
+    assert time.time() - t0 < 25
+    d = report.devices[0]
+    assert d.status == "failed" and "no answer to 'measure' within 2 s" in d.message
+    time.sleep(0.5)
+    assert agent_procs(fleet[0]) == []
+    assert Store(tmp_path / "d").read().num_rows == 0
+
+
+def test_orchestrator_sigkill_then_rerun(registry, models, tmp_path):
+    out = tmp_path / "d"
+    args = ["collect", "--models", *[a.path for a in models["tflite"]], "--devices", "dev0,dev1", "--registry",
+            registry.path, "--out", out, "--min-time", "0.2", "--max-time", "0.3", "--quiet"]
+    proc = subprocess.Popen([sys.executable, "-m", "collector.cli", *map(str, args)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while Store(out).read(columns=["key"]).num_rows < 3 and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = Store(out).read(columns=["key"]).num_rows
+    assert 3 <= partial < 16
+    r = latkit(*args)
+    assert r.returncode == 0, r.stderr
+    counts = rows_per_key(out)
+    assert len(counts) == 16 and set(counts.values()) == {1}
+
+
+def test_unwritable_out_before_device_time(registry, models, tmp_path):
+    (tmp_path / "file").write_text("x")
+    fresh = models["onnx"][7]
+    shipped = os.path.join(registry.get("dev0").workdir, "models", fresh.name)
+    r = latkit("collect", "--models", fresh.path, "--devices", "dev0", "--registry", registry.path,
+               "--out", tmp_path / "file" / "d", "--quiet")
+    assert r.returncode == 2 and "cannot write to" in r.stderr and "choose another --out" in r.stderr
+    assert not os.path.exists(shipped)  # nothing was shipped, nothing timed
+
+
+def test_full_disk_before_device_time(registry, models, tmp_path):
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        r = latkit("collect", "--models", models["onnx"][6].path, "--devices", "dev0", "--registry", registry.path,
+                   "--out", mnt / "d", "--quiet")
+        assert r.returncode == 2 and "MiB free at" in r.stderr
+        assert not os.path.exists(os.path.join(registry.get("dev0").workdir, "models", models["onnx"][6].name))
+    finally:
+        subprocess.run(["umount", str(mnt)])
