@@ -70,6 +70,19 @@ def _free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
+def _previous_port(config: Path) -> Optional[int]:
+    """The port an earlier start of this device used, if still free: registered devices stay valid."""
+    if not config.exists():
+        return None
+    host, port = config.read_text().split()[1].rsplit(":", 1)
+    try:
+        with socket.socket() as s:
+            s.bind((host, int(port)))
+        return int(port)
+    except OSError:
+        return None
+
+
 def _keygen(path: Path) -> None:
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
 
@@ -99,11 +112,13 @@ def start_sshd(dev: FleetDevice) -> int:
 
 def kill_sshd(dev: FleetDevice) -> None:
     """Take the device down hard: its sshd, every session under it and the agents they run."""
-    if dev.pid is None:
+    pid_file = Path(dev.dir) / "sshd.pid"
+    pid = dev.pid or (int(pid_file.read_text()) if pid_file.exists() else None)
+    if pid is None:
         return
     try:
-        root = psutil.Process(dev.pid)
-        procs = root.children(recursive=True) + [root]
+        root = psutil.Process(pid)
+        procs = root.children(recursive=True) + [root] if "sshd" in root.name() else []
     except psutil.NoSuchProcess:
         procs = []
     for p in procs:
@@ -132,7 +147,7 @@ def start_fleet(base: Path, pythons: Sequence[str], cores: Sequence[Optional[str
         if not (d / "ssh_host_ed25519_key").exists():
             _keygen(d / "ssh_host_ed25519_key")
         shutil.copy(f"{client_key}.pub", d / "authorized_keys")
-        port = _free_port(host)
+        port = _previous_port(d / "sshd_config") or _free_port(host)
         (d / "sshd_config").write_text(SSHD_CONFIG.format(host=host, port=port, dir=d))
         dev = FleetDevice(name=f"{prefix}{i}", host=host, port=port, user=user, key=str(client_key),
                           python=python, workdir=str(d / "work"), dir=str(d),
@@ -144,8 +159,9 @@ def start_fleet(base: Path, pythons: Sequence[str], cores: Sequence[Optional[str
 
 
 def stop_fleet(base: Path) -> None:
+    """Stop every sshd of the fleet at `base` (by pid file, so restarted ones go too)."""
     state = Path(base) / "fleet.json"
     if state.exists():
         for entry in json.loads(state.read_text()):
-            kill_sshd(FleetDevice(**entry))
+            kill_sshd(FleetDevice(**dict(entry, pid=None)))
         state.unlink()

@@ -39,6 +39,8 @@ class Measurement:
     samples_ms: list = field(default_factory=list)
     stats: dict = field(default_factory=dict)
     warmup: int = 0
+    load_s: float = 0.0  # agent-side model load (not stored: it describes the run, not the model)
+    warmup_s: float = 0.0
     runtime_version: str = ""
     agent_version: str = ""
     inputs: list = field(default_factory=list)
@@ -52,7 +54,8 @@ class Measurement:
     @classmethod
     def from_result(cls, job: Job, result: dict, fingerprint: str = "") -> "Measurement":
         return cls(job=job, status="ok", samples_ms=list(result["samples_ms"]), stats=summarize(result["samples_ms"]),
-                   warmup=result["warmup"], runtime_version=result["runtime_version"],
+                   warmup=result["warmup"], load_s=result.get("load_s", 0.0), warmup_s=result.get("warmup_s", 0.0),
+                   runtime_version=result["runtime_version"],
                    agent_version=result["agent_version"], inputs=result["inputs"],
                    telemetry_before=result["telemetry_before"], telemetry_after=result["telemetry_after"],
                    device_fingerprint=fingerprint)

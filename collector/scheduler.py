@@ -30,8 +30,9 @@ class DeviceReport:
     errors: int = 0  # rows with status=error (model failures); they count as done
     status: str = "pending"  # pending | running | done | failed
     message: str = ""
-    busy_s: float = 0.0  # time inside measure requests (load, warmup, timing)
-    timed_s: float = 0.0  # sum of the kept samples
+    busy_s: float = 0.0  # host time inside measure calls: upload, request, and the agent's work
+    agent_s: float = 0.0  # the agent's own work: model load, warmup and timed runs
+    timing_s: float = 0.0  # warmup and timed runs: the device doing what it is here for
     wall_s: float = 0.0
 
     @property
@@ -89,7 +90,8 @@ def run_device(device: Device, jobs: Sequence[Job], store: Store, report: Device
             pending.pop(0)
             if m.status == "ok":
                 report.measured += 1
-                report.timed_s += sum(m.samples_ms) / 1e3
+                report.timing_s += m.warmup_s + sum(m.samples_ms) / 1e3
+                report.agent_s += m.load_s + m.warmup_s + sum(m.samples_ms) / 1e3
             else:
                 report.errors += 1
             if on_row:
