@@ -9,10 +9,13 @@ import pyarrow.compute as pc
 
 from .devices import Device, Registry, now_utc
 from .errors import LatkitError
+from .exporters import export
 from .job import FORMATS, RUNTIME_FOR_FORMAT, Artifact, Job, Settings
 from .measurement import Measurement, fingerprint
 from .runner import DeviceRunner
+from .samplers import sample
 from .scheduler import CollectReport, DeviceReport, collect, run_device
+from .spaces import get_space
 from .store import Store
 
 
@@ -101,6 +104,46 @@ def collect_models(models: Sequence, devices: Sequence[str], runtime: Optional[s
     devs = [reg.get(d) for d in devices]
     arts = [m if isinstance(m, Artifact) else Artifact.from_file(m) for m in models]
     return collect(make_jobs(arts, [d.name for d in devs], runtime, settings), devs, out=out, **kwargs)
+
+
+EXPORT_FORMAT = {"onnxruntime": "onnx", "tflite": "tflite", "torch": "pt2"}
+
+
+def space_artifacts(space: str, archs: Sequence[str], runtime: str = "onnxruntime", batch_size: int = 1,
+                    resolution: Optional[int] = None, progress: bool = False, **space_options) -> list:
+    """Build and export each arch (cached by content) in the format `runtime` times."""
+    import torch
+    sp = get_space(space, **space_options)
+    archs = [sp.validate(a) for a in archs]
+    fmt = EXPORT_FORMAT[runtime]
+    if progress:
+        from rich.progress import track
+        archs_iter = track(archs, description=f"exporting {len(archs)} {space} archs to {fmt}")
+    else:
+        archs_iter = archs
+    arts = []
+    for a in archs_iter:
+        # weights seeded by the arch: the same arch is the same file (same sha256, same key), so re-running
+        # a collection resumes instead of timing fresh random copies
+        torch.manual_seed(int(hashlib.sha256(f"{space}\n{a}".encode()).hexdigest()[:15], 16))
+        arts.append(export(sp.build(a, resolution), (torch.randn(sp.input_shape(a, batch_size, resolution)),), fmt,
+                           space=space, arch=a))
+    return arts
+
+
+def collect_space(space: str, n: int, devices: Sequence[str], runtime: str = "onnxruntime",
+                  sampler: str = "uniform", seed: int = 0, settings: Optional[Settings] = None, out="latkit-data",
+                  batch_size: int = 1, resolution: Optional[int] = None, registry: Optional[Registry] = None,
+                  progress: bool = True, **kwargs) -> CollectReport:
+    """`latkit collect --space`: sample n archs, export them (cached), time them on every device."""
+    reg = registry or Registry()
+    devs = [reg.get(d) for d in devices]
+    Store(out).check_writable()  # before sampling and exporting, as before any device time
+    archs = sample(get_space(space), n, sampler, seed)
+    arts = space_artifacts(space, archs, runtime, batch_size, resolution, progress=progress)
+    jobs = [dataclasses.replace(j, sampler=f"{sampler}(seed={seed})")
+            for j in make_jobs(arts, [d.name for d in devs], runtime, settings)]
+    return collect(jobs, devs, out=out, progress=progress, **kwargs)
 
 
 def measure(model, device: str = "local", runtime: Optional[str] = None, settings: Optional[Settings] = None,

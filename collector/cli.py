@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from . import api
+from . import api, dataset
 from .devices import Registry
 from .errors import LatkitError
 from .job import RUNTIMES, Settings
@@ -33,9 +35,20 @@ def cmd_measure(args) -> int:
 
 def cmd_collect(args) -> int:
     devices = [d for d in args.devices.split(",") if d]
-    report = api.collect_models(api.model_files(args.models), devices, args.runtime, _settings(args), args.out,
-                                registry=Registry(args.registry), retries=args.retries, job_timeout=args.job_timeout,
-                                progress=not args.quiet, retry_errors=args.retry_errors)
+    common = dict(registry=Registry(args.registry), retries=args.retries, job_timeout=args.job_timeout,
+                  progress=not args.quiet, retry_errors=args.retry_errors)
+    if bool(args.models) == bool(args.space):
+        raise LatkitError("give either --models DIR_OR_FILES or --space S --n N")
+    if args.space:
+        if not args.n:
+            raise LatkitError("--space needs --n (how many archs to sample)")
+        settings = dataclasses.replace(_settings(args), batch_size=None)  # the export fixes the batch size
+        report = api.collect_space(args.space, args.n, devices, args.runtime or "onnxruntime", args.sampler,
+                                   args.seed, settings, args.out, batch_size=args.batch_size or 1,
+                                   resolution=args.resolution, **common)
+    else:
+        report = api.collect_models(api.model_files(args.models), devices, args.runtime, _settings(args), args.out,
+                                    **common)
     table = Table("device", "jobs", "skipped", "measured", "errors", "left", "status")
     for d in report.devices:
         table.add_row(d.device, str(d.total), str(d.skipped), str(d.measured), str(d.errors), str(d.remaining),
@@ -95,11 +108,88 @@ def cmd_data_show(args) -> int:
     return 0
 
 
+def cmd_data_card(args) -> int:
+    print(f"wrote {dataset.write_card(args.dir, args.title, args.licence)}")
+    return 0
+
+
+def cmd_data_import_help(args) -> int:
+    n = dataset.import_help(args.src, args.out)
+    print(f"imported {n} rows into {args.out}")
+    return 0
+
+
+def cmd_data_plot(args) -> int:
+    for path in dataset.plot(args.dir, args.out):
+        print(path)
+    return 0
+
+
+def cmd_predictor_fit(args) -> int:
+    from predictor.esm import fit
+    from predictor.report import write_report
+    surrogate, result, test = fit(args.data, args.space, args.device, args.budget, args.sampler, args.model, args.seed)
+    out = args.out or f"{args.space}-{args.device}.latkit-model"
+    surrogate.save(out)
+    shown = {k: result[k] for k in ("spearman", "kendall", "mape", "rmse", "acc5", "acc10", "n_train", "n_test",
+                                    "model")}
+    print(f"{args.space} on {args.device}: " + ", ".join(
+        f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()) + f"; saved {out}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(shown, indent=2))
+    if args.report:
+        from predictor.data import LatencyTable
+        table = LatencyTable(args.data, args.space)
+        write_report(args.report, f"{args.space} / {args.device} / {result['model']} ({result['n_train']} samples)",
+                     surrogate.predict(test), table.latency(args.device, test), shown)
+    return 0
+
+
+def cmd_predictor_transfer(args) -> int:
+    from predictor.transfer import transfer
+    split = lambda s: [x for x in s.split(",") if x]  # noqa: E731
+    r = transfer(args.data, args.space, split(args.source), split(args.target), args.target_samples,
+                 args.source_samples, args.seeds, use_gnn=not args.no_gnn)
+    table = Table("target", "spearman", "± (seeds)", "kendall", "mape %")
+    for dev, m in r["per_target"].items():
+        table.add_row(dev, f"{m['spearman']:.3f}", f"{m['spearman_std']:.3f}", f"{m['kendall']:.3f}", f"{m['mape']:.1f}")
+    console.print(table)
+    print(f"mean spearman {r['mean_spearman']:.3f} ± {r['mean_spearman_std']:.3f} over {r['seeds']} seeds "
+          f"in {r['seconds']:.0f} s")
+    if args.json:
+        Path(args.json).write_text(json.dumps(r, indent=2))
+    return 0
+
+
+def cmd_predictor_predict(args) -> int:
+    from collector.spaces import get_space
+    from predictor.models import Surrogate
+    model = Surrogate.load(args.model)
+    space = get_space(args.space)
+    if model.space != args.space:
+        raise LatkitError(f"{args.model} predicts {model.space}, not {args.space}; give --space {model.space}")
+    if args.all:
+        archs = space.enumerate()
+    elif args.file:
+        archs = [line.strip() for line in Path(args.file).read_text().splitlines() if line.strip()]
+    else:
+        archs = args.arch or []
+    if not archs:
+        raise LatkitError("give --arch A ..., --file F (one arch per line) or --all")
+    archs = [space.validate(a) for a in archs]
+    pred = model.predict(archs)
+    out = sys.stdout
+    out.write("arch\tlatency_ms\n")
+    for a, p in zip(archs, pred):
+        out.write(f"{a}\t{p:.6g}\n")
+    return 0
+
+
 def _protocol_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtime", choices=RUNTIMES, help="default: from each file's extension")
     p.add_argument("--threads", type=int, default=1, help="runtime threads (default 1)")
     p.add_argument("--cores", help="pin the agent to these CPU ids, e.g. 0 or 2,3")
-    p.add_argument("--batch-size", type=int, help="fills a dynamic batch dimension")
+    p.add_argument("--batch-size", type=int, help="batch size (with --space: exported at it; else fills a dynamic batch)")
     p.add_argument("--repeats", type=int, default=Settings.repeats_min_count, help="minimum timed runs")
     p.add_argument("--min-time", type=float, default=Settings.repeats_min_s, help="minimum timed seconds")
     p.add_argument("--max-time", type=float, default=Settings.repeats_max_s,
@@ -123,7 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(func=cmd_measure)
 
     c = sub.add_parser("collect", parents=[common], help="time many models on many devices in parallel (resumable)")
-    c.add_argument("--models", nargs="+", required=True, metavar="DIR_OR_FILE", help="model files or folders")
+    c.add_argument("--models", nargs="+", metavar="DIR_OR_FILE", help="model files or folders")
+    c.add_argument("--space", help="search space to sample archs from: nb201, fbnet, ofa")
+    c.add_argument("--n", type=int, help="number of archs to sample (with --space)")
+    c.add_argument("--sampler", default="uniform", choices=["uniform", "balanced", "diverse"])
+    c.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
+    c.add_argument("--resolution", type=int, help="input side length (default: the space's, or the ofa arch's)")
     c.add_argument("--devices", required=True, help="comma-separated device names")
     _protocol_args(c)
     c.add_argument("--retries", type=int, default=3, help="reconnects per device before it is marked failed")
@@ -156,10 +251,56 @@ def build_parser() -> argparse.ArgumentParser:
     rm.add_argument("name")
     rm.set_defaults(func=cmd_device_remove)
 
+    pred = sub.add_parser("predictor", help="train and use latency predictors").add_subparsers(
+        dest="predictor_command", required=True)
+    f = pred.add_parser("fit", help="ESM-style surrogate for one device from a dataset")
+    f.add_argument("--data", required=True, help="latkit dataset folder or Parquet latency table")
+    f.add_argument("--space", required=True)
+    f.add_argument("--device", required=True)
+    f.add_argument("--budget", type=int, default=500, help="training archs whose latency may be read")
+    f.add_argument("--sampler", default="balanced", choices=["balanced", "uniform", "diverse"])
+    f.add_argument("--model", default="auto", choices=["auto", "ridge", "gbdt", "rf", "mlp", "gnn"])
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--out", help="where to save the model (default SPACE-DEVICE.latkit-model)")
+    f.add_argument("--json", help="write the metrics as JSON here")
+    f.add_argument("--report", help="folder for a scatter PNG and a Markdown summary")
+    f.set_defaults(func=cmd_predictor_fit)
+    t = pred.add_parser("transfer", help="NASFLAT-style few-shot transfer to new devices")
+    t.add_argument("--data", required=True)
+    t.add_argument("--space", required=True)
+    t.add_argument("--source", required=True, help="comma-separated source devices")
+    t.add_argument("--target", required=True, help="comma-separated target devices")
+    t.add_argument("--target-samples", type=int, default=20)
+    t.add_argument("--source-samples", type=int, default=900)
+    t.add_argument("--seeds", type=int, default=3)
+    t.add_argument("--no-gnn", action="store_true", help="source bank + proxies only (faster, a little weaker)")
+    t.add_argument("--json")
+    t.set_defaults(func=cmd_predictor_transfer)
+    pp = pred.add_parser("predict", help="latency_ms of archs from a saved model")
+    pp.add_argument("--model", required=True)
+    pp.add_argument("--space", required=True)
+    pp.add_argument("--arch", nargs="+")
+    pp.add_argument("--file")
+    pp.add_argument("--all", action="store_true", help="every arch of the space (nb201)")
+    pp.set_defaults(func=cmd_predictor_predict)
+
     data = sub.add_parser("data", help="inspect datasets").add_subparsers(dest="data_command", required=True)
     show = data.add_parser("show", help="summary table of a dataset")
     show.add_argument("dir", nargs="?", default="latkit-data")
     show.set_defaults(func=cmd_data_show)
+    card = data.add_parser("card", help="write or refresh the dataset card (README.md) from the data")
+    card.add_argument("dir")
+    card.add_argument("--title")
+    card.add_argument("--licence", default="CC-BY-4.0")
+    card.set_defaults(func=cmd_data_card)
+    imp = data.add_parser("import-help", help="bring the HELP latency tables into the latkit schema")
+    imp.add_argument("src", help="folder with *_latency.parquet (e.g. ../shared/data/help) or one such file")
+    imp.add_argument("out")
+    imp.set_defaults(func=cmd_data_import_help)
+    pl = data.add_parser("plot", help="latency histograms per device and a device-vs-device Spearman heatmap")
+    pl.add_argument("dir")
+    pl.add_argument("--out", help="folder for the PNGs (default DIR/plots)")
+    pl.set_defaults(func=cmd_data_plot)
     return p
 
 

@@ -104,6 +104,7 @@ class Job:
     artifact: Artifact
     device: str
     settings: Settings
+    sampler: str = field(default="", compare=False)  # how the arch was chosen; not part of the key
 
     @property
     def key(self) -> str:

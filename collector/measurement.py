@@ -91,7 +91,7 @@ class Measurement:
             "runtime": st.runtime, "runtime_version": self.runtime_version, "accelerator": st.accelerator,
             "batch_size": int(first[0]) if first else st.batch_size, "input_shape": self.input_shape,
             "threads": st.threads, "cores": ",".join(map(str, st.cores)) if st.cores else "",
-            "settings": st.canonical(), "key": j.key,
+            "settings": st.canonical(), "key": j.key, "sampler": j.sampler,
             "warmup": self.warmup, "samples_ms": self.samples_ms,
             "agent_version": self.agent_version, "measured_at": self.measured_at,
             "status": self.status, "error_kind": self.error_kind, "error": self.error,

@@ -66,6 +66,7 @@ def run_device(device: Device, jobs: Sequence[Job], store: Store, report: Device
             try:
                 if runner.probe is None:
                     runner.start()
+                    store.record_devices({runner.fingerprint: dict(runner.probe, device=device.name)})
                 t_job = time.perf_counter()
                 m = runner.measure(pending[0])
                 report.busy_s += time.perf_counter() - t_job

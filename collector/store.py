@@ -17,6 +17,7 @@ Columns (one row per (model, device, runtime, settings) measurement):
 | input_shape | string | shapes of all inputs, e.g. "1x3x32x32" (";" between inputs) |
 | threads | int64, cores string | runtime threads; pinned CPU ids ("" = not pinned) |
 | settings, key | string | canonical JSON of Settings; sha256(model, device, settings) used to skip work done |
+| sampler | string | how the arch was chosen, e.g. "balanced(seed=0)"; "" for single models |
 | latency_ms | double | median of samples_ms: the headline number |
 | mean_ms, std_ms, min_ms, max_ms, p10_ms, p90_ms, iqr_ms, cv | double | statistics of samples_ms (cv = std/mean) |
 | repeats, warmup | int64 | timed runs kept; untimed warmup runs before them |
@@ -28,8 +29,10 @@ Columns (one row per (model, device, runtime, settings) measurement):
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import threading
 import uuid
 from pathlib import Path
 from typing import Iterable
@@ -50,7 +53,7 @@ SCHEMA = pa.schema(
     [(n, pa.string()) for n in ("space", "arch", "model_sha256", "model_format", "device", "device_fingerprint",
                                 "runtime", "runtime_version", "accelerator")]
     + [("batch_size", pa.int64()), ("input_shape", pa.string()), ("threads", pa.int64()), ("cores", pa.string()),
-       ("settings", pa.string()), ("key", pa.string())]
+       ("settings", pa.string()), ("key", pa.string()), ("sampler", pa.string())]
     + [(n, pa.float64()) for n in _STATS]
     + [("repeats", pa.int64()), ("warmup", pa.int64()), ("samples_ms", pa.list_(pa.float64()))]
     + [(n, pa.float64()) for n in _TELEMETRY]
@@ -71,6 +74,7 @@ class Store:
             self.fs, self.root = pafs.FileSystem.from_uri(self.uri)
         except (pa.ArrowInvalid, ValueError):  # a plain relative path
             self.fs, self.root = pafs.LocalFileSystem(), str(Path(self.uri).absolute())
+        self._lock = threading.Lock()
 
     def check_writable(self, min_free_mb: int = 64) -> None:
         """Fail before any device time is spent if rows could not be kept (unwritable, or a full local disk)."""
@@ -110,14 +114,39 @@ class Store:
     def exists(self) -> bool:
         return self.fs.get_file_info(self.root).type == pafs.FileType.Directory
 
+    def files(self) -> list:
+        """The dataset's Parquet files; anything else in the folder (README.md card, plots/, _devices.json,
+        dot-prefixed temporaries) is not data."""
+        infos = self.fs.get_file_info(pafs.FileSelector(self.root, recursive=True))
+        return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
+                      and not i.base_name.startswith((".", "_")))
+
     def dataset(self) -> ds.Dataset:
-        return ds.dataset(self.root, filesystem=self.fs, format="parquet", partitioning=_PARTITIONING,
-                          schema=SCHEMA)
+        return ds.dataset(self.files(), filesystem=self.fs, format="parquet", partitioning=_PARTITIONING,
+                          partition_base_dir=self.root, schema=SCHEMA)
 
     def read(self, columns=None, filter=None) -> pa.Table:
         if not self.exists():
             return SCHEMA.empty_table() if columns is None else SCHEMA.empty_table().select(columns)
         return self.dataset().to_table(columns=columns, filter=filter)
+
+    def record_devices(self, probes: dict) -> None:
+        """Keep each device's probe beside the rows (`_devices.json`, keyed by fingerprint; readers skip
+        names starting with '_'), so dataset cards can name the hardware behind a fingerprint."""
+        with self._lock:
+            known = self.devices()
+            known.update(probes)
+            tmp = f"{self.root}/._devices.json.tmp"
+            with self.fs.open_output_stream(tmp) as f:
+                f.write(json.dumps(known, indent=1, sort_keys=True).encode())
+            self.fs.move(tmp, f"{self.root}/_devices.json")
+
+    def devices(self) -> dict:
+        try:
+            with self.fs.open_input_stream(f"{self.root}/_devices.json") as f:
+                return json.loads(f.read())
+        except (FileNotFoundError, OSError):
+            return {}
 
     def done_keys(self, include_errors: bool = True) -> set:
         """Keys a re-run skips: measured ok, and (by default) failed for a reason of the model itself

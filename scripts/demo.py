@@ -1,5 +1,8 @@
-"""latkit's story on this machine: export a few real networks, time them on `local` with ONNX Runtime and
-TFLite, keep every row in ./latkit-data, and print what was measured."""
+"""latkit's story on this machine, in a few minutes:
+1. time three hand-written networks on `local` with ONNX Runtime and TFLite;
+2. collect a small NB201 latency dataset on `local` (balanced sampler);
+3. fit an ESM-style surrogate on part of it and show its accuracy on the archs it never saw.
+Every row is kept in ./latkit-data (Parquet); re-running resumes instead of measuring again."""
 from __future__ import annotations
 
 import argparse
@@ -11,6 +14,8 @@ from rich.console import Console
 from rich.table import Table
 
 from collector import Settings, export, measure_many, probe
+from collector.api import collect_space
+from predictor.esm import fit
 
 nn = torch.nn
 
@@ -49,6 +54,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default="latkit-data")
     ap.add_argument("--min-time", type=float, default=0.5, help="minimum timed seconds per model")
+    ap.add_argument("--n", type=int, default=60, help="NB201 archs to collect")
     args = ap.parse_args()
     console = Console(width=None if sys.stdout.isatty() else 120)
     p = probe("local")
@@ -67,8 +73,20 @@ def main():
             else:
                 table.add_row(m.job.artifact.arch, runtime, "-", "-", "-", "-", f"{m.error_kind}: {m.error}")
     console.print(table)
+
+    console.print(f"\n[bold]collecting {args.n} NB201 archs[/] (balanced over FLOPs) on local with onnxruntime")
+    quick = Settings(repeats_min_s=0.2, repeats_max_s=0.5)
+    report = collect_space("nb201", args.n, ["local"], "onnxruntime", "balanced", 0, quick, args.out, progress=True)
+    d = report.devices[0]
+    console.print(f"{d.measured} measured, {d.skipped} already in the dataset, status {d.status}")
+    budget = max(10, int(args.n * 2 / 3))
+    surrogate, r, test = fit(args.out, "nb201", "local", budget=budget)
+    console.print(f"\n[bold]surrogate[/] ({r['model']}, trained on {r['n_train']} archs, tested on the other {r['n_test']}): "
+                  f"Spearman {r['spearman']:.3f}, Kendall {r['kendall']:.3f}, MAPE {r['mape']:.1f} %, "
+                  f"within ±10 %: {r['acc10'] * 100:.0f} %")
     console.print(f"{time.time() - t0:.0f} s; rows kept in [bold]{args.out}/[/] (Parquet). "
-                  f"Next: latkit data show {args.out}")
+                  f"Next: latkit data show {args.out}; latkit predictor fit --data {args.out} --space nb201 "
+                  f"--device local")
 
 
 if __name__ == "__main__":

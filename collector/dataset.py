@@ -1,0 +1,192 @@
+"""Datasets as a whole: reading latencies for predictors, importing public tables, cards and plots."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .errors import LatkitError
+from .store import Store
+
+LATENCY_COLUMNS = ["space", "arch", "device", "latency_ms"]
+
+
+def read_latency(path, space: Optional[str] = None) -> pa.Table:
+    """`space, arch, device, latency_ms` of every ok measurement in a latkit dataset folder or in a Parquet
+    file with those columns (such as the HELP tables), optionally of one space."""
+    p = Path(path)
+    if p.is_file():
+        t = pq.read_table(p)
+        missing = set(LATENCY_COLUMNS) - set(t.column_names)
+        if missing:
+            raise LatkitError(f"{p} lacks columns {sorted(missing)}; a latency table needs {LATENCY_COLUMNS}")
+        t = t.select(LATENCY_COLUMNS).cast(pa.schema([(c, pa.float64() if c == "latency_ms" else pa.string())
+                                                      for c in LATENCY_COLUMNS]))
+    else:
+        store = Store(path)
+        if not store.exists() or not store.files():
+            raise LatkitError(f"no dataset at {path}; give a latkit dataset folder or a Parquet latency table")
+        t = store.read(columns=LATENCY_COLUMNS, filter=pc.field("status") == "ok")
+    if space is not None:
+        t = t.filter(pc.equal(t["space"], space))
+    return t
+
+
+def help_key(space: str, arch: str, device: str) -> str:
+    return hashlib.sha256(f"help\n{space}\n{arch}\n{device}".encode()).hexdigest()
+
+
+def import_help(src, out) -> int:
+    """Rewrite the HELP tables (`*_latency.parquet` in `src`, or one such file) into the latkit schema at
+    `out`. Runtime and settings are unknown ("published"); the batch size comes from the device name's
+    suffix (`titan_rtx_32` -> 32). Re-importing adds nothing."""
+    src = Path(src)
+    files = sorted(src.glob("*_latency.parquet")) if src.is_dir() else [src]
+    if not files or not all(f.exists() for f in files):
+        raise LatkitError(f"no HELP latency tables (*_latency.parquet) at {src}")
+    store = Store(out)
+    store.check_writable()
+    done = store.done_keys()
+    added = 0
+    for f in files:
+        t = read_latency(f)
+        rows = []
+        for space, arch, device, lat in zip(*(t[c].to_pylist() for c in LATENCY_COLUMNS)):
+            key = help_key(space, arch, device)
+            if key in done:
+                continue
+            suffix = device.rsplit("_", 1)[-1]
+            rows.append({"space": space, "arch": arch, "device": device, "latency_ms": lat, "key": key,
+                         "runtime": "published", "settings": "{}", "sampler": "help", "status": "ok",
+                         "batch_size": int(suffix) if suffix.isdigit() else 1, "samples_ms": [],
+                         "model_sha256": "", "model_format": "", "error_kind": "", "error": ""})
+        added += store.append(rows)
+    return added
+
+
+def summary(path) -> dict:
+    """What a dataset card states, computed from the rows themselves."""
+    store = Store(path)
+    if not store.exists() or not store.files():
+        raise LatkitError(f"no dataset at {path}; collect into it first")
+    t = store.read(columns=["space", "device", "device_fingerprint", "runtime", "runtime_version", "agent_version",
+                            "settings", "sampler", "status", "latency_ms", "measured_at", "batch_size",
+                            "input_shape", "threads", "cores"])
+    rows = t.to_pylist()
+    groups: dict = {}
+    for r in rows:
+        g = groups.setdefault((r["device"], r["runtime"], r["space"]), {"rows": 0, "ok": 0, "lat": []})
+        g["rows"] += 1
+        if r["status"] == "ok":
+            g["ok"] += 1
+            g["lat"].append(r["latency_ms"])
+    stamps = [r["measured_at"] for r in rows if r["measured_at"]]
+    return {
+        "rows": len(rows), "ok": sum(r["status"] == "ok" for r in rows),
+        "groups": {k: {"rows": v["rows"], "ok": v["ok"],
+                       "latency_ms": [float(np.min(v["lat"])), float(np.median(v["lat"])), float(np.max(v["lat"]))]
+                       if v["lat"] else None} for k, v in sorted(groups.items())},
+        "devices": sorted({(r["device"], r["device_fingerprint"] or "-", r["runtime"], r["runtime_version"] or "-",
+                            r["agent_version"] or "-") for r in rows}),
+        "settings": sorted({r["settings"] for r in rows}),
+        "samplers": sorted({r["sampler"] for r in rows if r["sampler"]}),
+        "inputs": sorted({(r["space"], r["input_shape"] or "-", r["threads"] or 0, r["cores"] or "-") for r in rows}),
+        "from": min(stamps).strftime("%Y-%m-%d") if stamps else "-",
+        "to": max(stamps).strftime("%Y-%m-%d") if stamps else "-",
+        "hardware": store.devices(),
+    }
+
+
+MARKER = "<!-- everything below is generated by `latkit data card` from the rows -->"
+
+
+def write_card(path, title: Optional[str] = None, licence: str = "CC-BY-4.0", notes: str = "") -> Path:
+    """Write (or refresh) `README.md` in the dataset folder from its rows and recorded device probes.
+    On a refresh, what stands above the marker line (title, hand-written notes) is kept."""
+    s = summary(path)
+    out = Path(path) / "README.md"
+    if out.exists() and MARKER in out.read_text():
+        head = out.read_text().split(MARKER)[0].rstrip("\n")
+    else:
+        head = f"# {title or Path(path).resolve().name}\n\n{notes.strip()}".rstrip()
+    lines = [head, "", MARKER, "",
+             f"{s['rows']} rows ({s['ok']} ok), measured {s['from']} to {s['to']}. Licence: {licence}.",
+             "The schema is documented in `collector/store.py`.", "",
+             "## Contents", "", "| device | runtime | space | rows | ok | latency_ms min / median / max |",
+             "|---|---|---|---|---|---|"]
+    for (dev, rt, sp), g in s["groups"].items():
+        lat = " / ".join(f"{x:.4g}" for x in g["latency_ms"]) if g["latency_ms"] else "-"
+        lines.append(f"| {dev} | {rt or '-'} | {sp} | {g['rows']} | {g['ok']} | {lat} |")
+    lines += ["", "## Devices and runtimes", "", "| device | fingerprint | runtime | version | agent |",
+              "|---|---|---|---|---|"]
+    lines += [f"| {d} | {fp} | {rt or '-'} | {v} | {a} |" for d, fp, rt, v, a in s["devices"]]
+    if s["hardware"]:
+        lines += ["", "Hardware at probe time (by fingerprint):", ""]
+        for fp, p in sorted(s["hardware"].items()):
+            rts = ", ".join(f"{k} {v['version']}" for k, v in p.get("runtimes", {}).items())
+            lines.append(f"- `{fp}` ({p.get('device', '?')}): {p.get('cpu_model')}, {p.get('cpu_count')} CPUs "
+                         f"(affinity {p.get('cpu_affinity')}), {p.get('memory_mb')} MB, {p.get('os_release')}, "
+                         f"kernel {p.get('kernel')}, governor {p.get('cpu_governor') or 'n/a'}, Python "
+                         f"{p.get('python')}; {rts}")
+    lines += ["", "## Protocol", "", "| space | input | threads | pinned cores |", "|---|---|---|---|"]
+    lines += [f"| {sp} | {shape} | {th} | {cores} |" for sp, shape, th, cores in s["inputs"]]
+    lines += ["", "Settings (canonical JSON, part of each row's key):", ""]
+    lines += [f"- `{x}`" for x in s["settings"]]
+    lines += ["", f"Sampler: {', '.join(s['samplers']) or 'none (single models)'}.", ""]
+    out.write_text("\n".join(lines))
+    return out
+
+
+def plot(path, out_dir=None) -> list:
+    """PNGs: latency histogram per device (one figure per space) and device-vs-device Spearman heatmap
+    over the archs every device of that space has."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from scipy.stats import spearmanr
+
+    t = read_latency(path)
+    if t.num_rows == 0:
+        raise LatkitError(f"no ok rows in {path} to plot")
+    out = Path(out_dir or Path(path) / "plots")
+    out.mkdir(parents=True, exist_ok=True)
+    df = t.to_pandas()
+    written = []
+    for space, d in df.groupby("space"):
+        devices = sorted(d["device"].unique())
+        cols = min(4, len(devices))
+        rows_ = -(-len(devices) // cols)
+        fig, axes = plt.subplots(rows_, cols, figsize=(3.2 * cols, 2.4 * rows_), squeeze=False)
+        for ax, dev in zip(axes.ravel(), devices):
+            ax.hist(d.loc[d["device"] == dev, "latency_ms"], bins=40, color="tab:blue")
+            ax.set_title(dev, fontsize=9)
+            ax.set_xlabel("latency_ms", fontsize=8)
+        for ax in axes.ravel()[len(devices):]:
+            ax.axis("off")
+        fig.suptitle(f"{space}: latency per device")
+        fig.tight_layout()
+        written.append(out / f"{space}_latency_hist.png")
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
+        if len(devices) > 1:
+            wide = d.pivot_table(index="arch", columns="device", values="latency_ms", aggfunc="median").dropna()
+            if len(wide) >= 3:
+                rho = spearmanr(wide.values).statistic
+                rho = np.atleast_2d(rho)
+                fig, ax = plt.subplots(figsize=(1.0 + 0.42 * len(devices), 0.6 + 0.42 * len(devices)))
+                im = ax.imshow(rho, vmin=min(0.0, float(np.nanmin(rho))), vmax=1.0, cmap="viridis")
+                ax.set_xticks(range(len(wide.columns)), wide.columns, rotation=90, fontsize=7)
+                ax.set_yticks(range(len(wide.columns)), wide.columns, fontsize=7)
+                fig.colorbar(im, ax=ax, label="Spearman ρ")
+                ax.set_title(f"{space}: device vs device ({len(wide)} common archs)", fontsize=9)
+                fig.tight_layout()
+                written.append(out / f"{space}_spearman.png")
+                fig.savefig(written[-1], dpi=110)
+                plt.close(fig)
+    return written
+

@@ -1,0 +1,62 @@
+"""Latency tables for predictors: one (arch x device) matrix of a space, with the checks users need."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from collector.dataset import read_latency
+from collector.errors import LatkitError
+from collector.spaces import get_space
+
+
+class LatencyTable:
+    """latency_ms of a space's archs on its devices (median over repeated rows). Loaded once; readers that
+    must not see some latencies (samplers, pipelines) are given archs, not this table."""
+
+    def __init__(self, path, space: str):
+        get_space(space)  # unknown space: a clear error first
+        t = read_latency(path, space)
+        if t.num_rows == 0:
+            raise LatkitError(f"no {space} rows in {path}; pick the space the data holds")
+        df = t.to_pandas()
+        bad = df[~np.isfinite(df["latency_ms"]) | (df["latency_ms"] <= 0)]
+        if len(bad):
+            raise LatkitError(f"{len(bad)} rows in {path} have NaN, zero or negative latency_ms "
+                              f"(e.g. {bad.iloc[0]['device']} / {bad.iloc[0]['arch'][:40]}); fix or drop them")
+        self.space = space
+        self.wide = df.pivot_table(index="arch", columns="device", values="latency_ms", aggfunc="median")
+
+    @property
+    def devices(self) -> list:
+        return list(self.wide.columns)
+
+    def check_devices(self, devices: Sequence[str]) -> None:
+        missing = [d for d in devices if d not in self.wide.columns]
+        if missing:
+            raise LatkitError(f"unknown device(s) {', '.join(missing)} for {self.space}; "
+                              f"this data has: {', '.join(self.devices)}")
+
+    def archs(self, device: str) -> list:
+        """Archs measured on `device`."""
+        self.check_devices([device])
+        return list(self.wide.index[self.wide[device].notna()])
+
+    def latency(self, device: str, archs: Sequence[str]) -> np.ndarray:
+        self.check_devices([device])
+        col = self.wide[device]
+        values = col.reindex(list(archs)).to_numpy(dtype=np.float64)
+        if np.isnan(values).any():
+            missing = [a for a, v in zip(archs, values) if np.isnan(v)]
+            raise LatkitError(f"{len(missing)} archs have no latency on {device} (e.g. {missing[0][:60]}); "
+                              "collect them or choose archs the device has")
+        return values
+
+    def common_archs(self, devices: Sequence[str]) -> list:
+        self.check_devices(devices)
+        return list(self.wide.index[self.wide[list(devices)].notna().all(axis=1)])
+
+
+def frame(archs, values, name="latency_ms") -> pd.DataFrame:
+    return pd.DataFrame({"arch": list(archs), name: np.asarray(values)})

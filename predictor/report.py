@@ -1,0 +1,34 @@
+"""A fit's report for people: predicted-vs-measured scatter (PNG) and a Markdown summary."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def write_report(out_dir, title: str, pred, true, metrics: dict) -> list:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pred, true = np.asarray(pred), np.asarray(true)
+    fig, ax = plt.subplots(figsize=(4.6, 4.4))
+    ax.scatter(true, pred, s=6, alpha=0.5)
+    lo, hi = float(min(true.min(), pred.min())), float(max(true.max(), pred.max()))
+    xs = np.linspace(lo, hi, 50)
+    ax.plot(xs, xs, "k-", lw=0.8, label="exact")
+    ax.fill_between(xs, xs * 0.9, xs * 1.1, color="tab:green", alpha=0.15, label="±10 %")
+    ax.set_xlabel("measured latency_ms")
+    ax.set_ylabel("predicted latency_ms")
+    ax.set_title(f"{title}\nρ={metrics['spearman']:.3f}  ±10 %: {metrics['acc10'] * 100:.1f} %", fontsize=9)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    png = out / "scatter.png"
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+    rows = "\n".join(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |"
+                     for k, v in metrics.items() if not isinstance(v, (list, dict)))
+    md = out / "summary.md"
+    md.write_text(f"# {title}\n\n| metric | value |\n|---|---|\n{rows}\n\n![predicted vs measured](scatter.png)\n")
+    return [png, md]

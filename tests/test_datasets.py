@@ -1,0 +1,121 @@
+"""Collection by space, dataset cards, the HELP import and plots, on real data."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from collector import SCHEMA, Store
+from collector.dataset import import_help, plot, read_latency, write_card
+from conftest import ROOT
+
+HELP = ROOT.parent / "shared" / "data" / "help"
+needs_help = pytest.mark.skipif(not (HELP / "nb201_latency.parquet").exists(), reason="../shared/data/help absent")
+
+
+def latkit(*args):
+    return subprocess.run([sys.executable, "-m", "collector.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=600, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def collected(tmp_path_factory):
+    """A small real dataset: 6 nb201 (balanced) + 4 fbnet archs timed on `local` with onnxruntime."""
+    out = tmp_path_factory.mktemp("ds") / "small"
+    quick = ["--min-time", "0.05", "--max-time", "0.1", "--quiet", "--devices", "local", "--out", out]
+    r = latkit("collect", "--space", "nb201", "--n", 6, "--sampler", "balanced", "--seed", 1, *quick)
+    assert r.returncode == 0, r.stderr
+    r = latkit("collect", "--space", "fbnet", "--n", 4, *quick)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_collect_by_space(collected):
+    t = Store(collected).read()
+    assert t.num_rows == 10 and set(t["status"].to_pylist()) == {"ok"}
+    rows = t.to_pylist()
+    from collector.spaces import get_space
+    for r in rows:
+        assert get_space(r["space"]).validate(r["arch"]) == r["arch"]
+        assert r["input_shape"] == "1x3x32x32" and r["batch_size"] == 1
+    assert {r["sampler"] for r in rows} == {"balanced(seed=1)", "uniform(seed=0)"}
+    assert Store(collected).devices()  # the probe is kept beside the rows
+
+
+def test_collect_by_space_resumes(collected):
+    """The same command again measures nothing: an arch is always exported with the same weights, so it
+    is the same file and the same key."""
+    before = {p: p.stat().st_mtime_ns for p in collected.rglob("*.parquet")}
+    r = latkit("collect", "--space", "nb201", "--n", 6, "--sampler", "balanced", "--seed", 1, "--min-time", "0.05",
+               "--max-time", "0.1", "--quiet", "--devices", "local", "--out", collected)
+    assert r.returncode == 0, r.stderr
+    assert {p: p.stat().st_mtime_ns for p in collected.rglob("*.parquet")} == before
+
+
+def test_collect_by_space_batch_and_resolution(tmp_path):
+    r = latkit("collect", "--space", "nb201", "--n", 1, "--batch-size", 4, "--resolution", 16, "--devices", "local",
+               "--out", tmp_path, "--min-time", "0.05", "--max-time", "0.1", "--quiet")
+    assert r.returncode == 0, r.stderr
+    row = Store(tmp_path).read().to_pylist()[0]
+    assert row["input_shape"] == "4x3x16x16" and row["batch_size"] == 4
+
+
+def test_collect_bad_space_and_arguments(tmp_path):
+    r = latkit("collect", "--space", "darts", "--n", 3, "--devices", "local", "--out", tmp_path)
+    assert r.returncode == 2 and "unknown space 'darts'; known spaces: nb201, fbnet, ofa" in r.stderr
+    r = latkit("collect", "--space", "nb201", "--devices", "local", "--out", tmp_path)
+    assert r.returncode == 2 and "--space needs --n" in r.stderr
+    r = latkit("collect", "--devices", "local", "--out", tmp_path)
+    assert r.returncode == 2 and "give either --models" in r.stderr
+
+
+def test_card_from_data(collected):
+    r = latkit("data", "card", collected, "--title", "test set")
+    assert r.returncode == 0, r.stderr
+    card = (collected / "README.md").read_text()
+    assert card.startswith("# test set") and "10 rows (10 ok)" in card
+    assert "| local | onnxruntime | nb201 | 6 | 6 |" in card and "| local | onnxruntime | fbnet | 4 | 4 |" in card
+    fp = Store(collected).read(columns=["device_fingerprint"])["device_fingerprint"][0].as_py()
+    assert f"`{fp}` (local)" in card and "CPUs" in card
+    assert "balanced(seed=1)" in card and '"repeats_min_s":0.05' in card and "Licence: CC-BY-4.0" in card
+    assert Store(collected).read().num_rows == 10  # the card is not read as data
+
+
+def test_plot(collected, tmp_path):
+    paths = plot(collected, tmp_path)
+    assert {p.name for p in paths} == {"nb201_latency_hist.png", "fbnet_latency_hist.png"}
+    assert all(p.stat().st_size > 5000 and p.read_bytes()[:4] == b"\x89PNG" for p in paths)
+
+
+@needs_help
+def test_import_help_schema_and_readers(tmp_path, collected):
+    src = tmp_path / "src"
+    src.mkdir()
+    # a slice of the real table keeps the test quick: 3 devices x all fbnet archs
+    full = pq.read_table(HELP / "fbnet_latency.parquet").to_pandas()
+    part = full[full["device"].isin(["raspi4", "titan_rtx_32", "pixel3"])]
+    pq.write_table(__import__("pyarrow").Table.from_pandas(part, preserve_index=False), src / "fbnet_latency.parquet")
+    out = tmp_path / "help"
+    r = latkit("data", "import-help", src, out)
+    assert r.returncode == 0 and "imported 15000 rows" in r.stdout
+    imported = Store(out).read()
+    assert imported.schema.equals(SCHEMA) and Store(collected).read().schema.equals(imported.schema)
+    rows = {(x["device"], x["arch"]): x for x in imported.to_pylist()}
+    sample_row = part.iloc[123]
+    row = rows[(sample_row["device"], sample_row["arch"])]
+    assert row["latency_ms"] == pytest.approx(sample_row["latency_ms"]) and row["space"] == "fbnet"
+    assert rows[("titan_rtx_32", sample_row["arch"])]["batch_size"] == 32
+    assert latkit("data", "import-help", src, out).stdout.strip() == f"imported 0 rows into {out}"
+    # predictors read a raw HELP table, an imported one and a collected one the same way
+    a, b, c = read_latency(src / "fbnet_latency.parquet"), read_latency(out), read_latency(collected, "fbnet")
+    assert a.schema.equals(b.schema) and b.schema.equals(c.schema) and a.num_rows == b.num_rows == 15000
+
+
+def test_read_latency_bad_input(tmp_path):
+    from collector import LatkitError
+    with pytest.raises(LatkitError, match="no dataset at"):
+        read_latency(tmp_path / "nothing")
+    pq.write_table(__import__("pyarrow").table({"x": [1]}), tmp_path / "t.parquet")
+    with pytest.raises(LatkitError, match="lacks columns"):
+        read_latency(tmp_path / "t.parquet")
