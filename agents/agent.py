@@ -46,6 +46,9 @@ DEFAULT_SETTINGS = {
     "repeats_max_s": 10.0,
     "cv_target": 0.01,     # keep repeating (up to the caps) while the robust CV is above this
     "seed": 0,             # seed of the generated inputs
+    "dtype": "float32",    # torch on cuda: float32, float16 or bfloat16 weights and inputs
+    "cuda_graphs": False,  # torch on cuda: capture the forward once as a CUDA graph and replay it
+    "include_copies": False,  # torch on cuda: time host->device input and device->host output copies too
 }
 
 RUNTIMES = ("onnxruntime", "tflite", "torch")
@@ -127,7 +130,8 @@ def runtime_versions():
         found["tflite"] = {"version": _tflite_version(module), "module": module}
     torch = _try_import("torch")
     if torch is not None:
-        found["torch"] = {"version": torch.__version__.split("+")[0], "cuda": bool(torch.cuda.is_available())}
+        found["torch"] = {"version": torch.__version__.split("+")[0], "cuda": bool(torch.cuda.is_available()),
+                          "cuda_version": torch.version.cuda}
     return found
 
 
@@ -207,12 +211,56 @@ def _temp_c():
     return round(max(temps), 1) if temps else None
 
 
-def telemetry():
+def telemetry(gpu=False):
     try:
         load1 = round(os.getloadavg()[0], 2)
     except OSError:
         load1 = None
-    return {"freq_mhz": _cpu_freq_mhz(), "temp_c": _temp_c(), "load1": load1}
+    t = {"freq_mhz": _cpu_freq_mhz(), "temp_c": _temp_c(), "load1": load1}
+    if gpu:
+        t.update(gpu_telemetry())
+    return t
+
+
+_GPU_FIELDS = ("gpu_sm_mhz", "gpu_mem_mhz", "gpu_temp_c", "gpu_power_w", "gpu_clocks_locked")
+
+
+def gpu_telemetry(index=0):
+    """Clocks, temperature, power and whether application clocks are pinned, of GPU `index`: NVML
+    (nvidia-ml-py) when it imports, nvidia-smi otherwise; all None where there is no NVIDIA GPU."""
+    nvml = _try_import("pynvml")
+    if nvml is not None:
+        try:
+            nvml.nvmlInit()
+            h = nvml.nvmlDeviceGetHandleByIndex(index)
+            sm = nvml.nvmlDeviceGetClockInfo(h, nvml.NVML_CLOCK_SM)
+            app = nvml.nvmlDeviceGetApplicationsClock(h, nvml.NVML_CLOCK_SM)
+            default = nvml.nvmlDeviceGetDefaultApplicationsClock(h, nvml.NVML_CLOCK_SM)
+            return {"gpu_sm_mhz": sm, "gpu_mem_mhz": nvml.nvmlDeviceGetClockInfo(h, nvml.NVML_CLOCK_MEM),
+                    "gpu_temp_c": nvml.nvmlDeviceGetTemperature(h, nvml.NVML_TEMPERATURE_GPU),
+                    "gpu_power_w": nvml.nvmlDeviceGetPowerUsage(h) / 1000.0, "gpu_clocks_locked": app != default}
+        except Exception:
+            pass
+    if shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(["nvidia-smi", "-i", str(index), "--query-gpu=clocks.sm,clocks.mem,temperature.gpu,"
+                                  "power.draw,clocks.applications.graphics,clocks.default_applications.graphics",
+                                  "--format=csv,noheader,nounits"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                 universal_newlines=True, timeout=20).stdout.strip().split(",")
+            vals = [_number(v) for v in out]
+            if len(vals) == 6:
+                return {"gpu_sm_mhz": vals[0], "gpu_mem_mhz": vals[1], "gpu_temp_c": vals[2], "gpu_power_w": vals[3],
+                        "gpu_clocks_locked": None if None in vals[4:] else vals[4] != vals[5]}
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return dict.fromkeys(_GPU_FIELDS)
+
+
+def _number(text):
+    try:
+        return float(text)
+    except ValueError:
+        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,7 +343,8 @@ def load_onnxruntime(path, s, inputs):
             raise AgentError("bad_model", "input %r has type %s, which latkit cannot generate" % (inp.name, inp.type))
         shape = _resolve_shape(inp.shape, s["batch_size"], "input %r" % inp.name)
         feeds[inp.name] = _make_input(np, rng, shape, _ORT_DTYPES[inp.type])
-    return (lambda: sess.run(None, feeds)), ort.__version__, [_input_desc(k, v) for k, v in feeds.items()]
+    # session.run returns host arrays, so with the CUDA EP the wall clock includes the output copy
+    return wall_timer(lambda: sess.run(None, feeds)), ort.__version__, [_input_desc(k, v) for k, v in feeds.items()]
 
 
 def _tflite_interpreter():
@@ -327,8 +376,6 @@ def load_tflite(path, s, inputs):
     if interpreter_cls is None:
         raise AgentError("runtime_missing", "no TFLite runtime imports on this device; "
                          "pip install ai-edge-litert (or tflite-runtime with numpy<2)")
-    if s["accelerator"] != "cpu":
-        raise AgentError("bad_request", "the tflite runner times on the CPU only; use accelerator cpu")
     np = _np()
     try:
         interp = interpreter_cls(model_path=path, num_threads=s["threads"])
@@ -352,15 +399,17 @@ def load_tflite(path, s, inputs):
         data = _make_input(np, rng, shape, d["dtype"])
         interp.set_tensor(d["index"], data)
         descs.append(_input_desc(d["name"], data))
-    return interp.invoke, _tflite_version(module), descs
+    return wall_timer(interp.invoke), _tflite_version(module), descs
 
 
 def load_torch(path, s, inputs):
     torch = _try_import("torch")
     if torch is None:
         raise AgentError("runtime_missing", "torch is not installed on this device; pip install torch")
-    if s["accelerator"] != "cpu":
-        raise AgentError("bad_request", "the torch runner times on the CPU for now; use accelerator cpu")
+    cuda = s["accelerator"] == "cuda"
+    if cuda and not torch.cuda.is_available():
+        raise AgentError("runtime_missing", "torch %s here sees no CUDA device; use accelerator cpu or a CUDA "
+                         "build of torch" % torch.__version__)
     torch.set_num_threads(s["threads"])
     torch.manual_seed(s["seed"])
     try:
@@ -371,7 +420,7 @@ def load_torch(path, s, inputs):
                       if n.op == "placeholder" and n.name in program.graph_signature.user_inputs]
             specs = [(name, [int(d) for d in val.shape], val.dtype) for name, val in shapes]
         else:
-            module = torch.jit.load(path)
+            module = torch.jit.load(path, map_location="cpu")
             specs = None
     except Exception as e:
         raise AgentError("corrupt_model", "torch could not load the model: %s" % _first_line(str(e)))
@@ -380,22 +429,84 @@ def load_torch(path, s, inputs):
         if not specs:
             raise AgentError("bad_request", "a TorchScript file declares no input shapes; "
                              "send inputs with the request or export to .pt2 (torch.export) instead")
-    inputs = []
+    dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[s["dtype"]]
+    host = []
     gen = torch.Generator().manual_seed(s["seed"])
-    for name, shape, dtype in specs:
+    for name, shape, in_dtype in specs:
         if s["batch_size"] and shape:
             shape = [s["batch_size"]] + list(shape[1:])
-        if dtype.is_floating_point:
-            inputs.append(torch.randn(shape, generator=gen, dtype=dtype))
+        if in_dtype.is_floating_point:
+            host.append(torch.randn(shape, generator=gen).to(dtype))
         else:
-            inputs.append(torch.randint(0, 10, shape, generator=gen, dtype=dtype))
+            host.append(torch.randint(0, 10, shape, generator=gen, dtype=in_dtype))
     descs = [{"name": n, "shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")}
-             for (n, _, _), t in zip(specs, inputs)]
+             for (n, _, _), t in zip(specs, host)]
+    version = torch.__version__.split("+")[0]
+    if not cuda:
+        def run():
+            with torch.inference_mode():
+                module(*host)
+        return wall_timer(run), version, descs
+    return _cuda_sampler(torch, module, host, dtype, s), version, descs
 
-    def run():
+
+def _cuda_sampler(torch, module, host, dtype, s):
+    """Time on the GPU with CUDA events around the forward only (inputs already on the device), or around
+    copy-in + forward + copy-out with include_copies; optionally as a replayed CUDA graph."""
+    try:
+        module = module.to("cuda")
+        if dtype != torch.float32:
+            module = module.to(dtype)
+    except Exception as e:
+        raise AgentError("runtime_error", "cannot move the model to cuda/%s: %s" % (s["dtype"], _first_line(str(e))))
+    dev = [x.to("cuda") for x in host]
+    if s["include_copies"]:
+        host = [x.pin_memory() for x in host]
+
+        def forward():
+            for d, h in zip(dev, host):
+                d.copy_(h, non_blocking=True)
+            out = module(*dev)
+            for o in (out if isinstance(out, (tuple, list)) else [out]):
+                o.to("cpu", non_blocking=True)
+    else:
+        def forward():
+            module(*dev)
+    with torch.inference_mode():
+        if s["cuda_graphs"]:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(3):
+                    forward()
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                forward()
+            step = graph.replay
+        else:
+            step = forward
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+    def sample():
         with torch.inference_mode():
-            module(*inputs)
-    return run, torch.__version__.split("+")[0], descs
+            start.record()
+            step()
+            end.record()
+            end.synchronize()
+        return start.elapsed_time(end)
+    return sample
+
+
+def wall_timer(fn):
+    """A sampler timing one call of fn with perf_counter_ns (ms)."""
+    clock = time.perf_counter_ns
+
+    def sample():
+        t0 = clock()
+        fn()
+        return (clock() - t0) / 1e6
+    return sample
 
 
 LOADERS = {"onnxruntime": load_onnxruntime, "tflite": load_tflite, "torch": load_torch}
@@ -439,37 +550,35 @@ def robust_cv(samples):
     return (q[2] - q[0]) / 1.349 / med if med > 0 else float("inf")
 
 
-def time_callable(fn, s):
+def time_callable(sample, s):
     """Warm up, then time until both the minimum count and minimum time are reached; go on while the
     robust CV is above cv_target, up to a count or time cap (the minimums always win over the caps).
 
-    gc is off while timing so collector pauses do not land inside samples (as timeit does; no full
-    collection first: with torch loaded one costs ~0.1 s per measurement); samples are in ms.
+    `sample()` runs the model once and returns its time in ms (wall clock, or CUDA events). gc is off while
+    timing so collector pauses do not land inside samples (as timeit does; no full collection first: with
+    torch loaded one costs ~0.1 s per measurement).
     """
     gc_was_enabled = gc.isenabled()
     gc.disable()
-    clock = time.perf_counter_ns
-    min_ns, max_ns = s["repeats_min_s"] * 1e9, s["repeats_max_s"] * 1e9
+    min_ms, max_ms = s["repeats_min_s"] * 1e3, s["repeats_max_s"] * 1e3
     try:
         warmup = 0
-        start = clock()
-        while warmup < s["warmup_min_count"] or (clock() - start) < s["warmup_min_s"] * 1e9:
-            fn()
+        start = time.perf_counter()
+        while warmup < s["warmup_min_count"] or (time.perf_counter() - start) < s["warmup_min_s"]:
+            sample()
             warmup += 1
-        warmup_s = (clock() - start) / 1e9
+        warmup_s = time.perf_counter() - start
         samples = []
-        total_ns = 0
+        total_ms = 0.0
         check_every = 10
         while True:
-            t0 = clock()
-            fn()
-            dt = clock() - t0
-            samples.append(dt / 1e6)
-            total_ns += dt
+            dt = sample()
+            samples.append(dt)
+            total_ms += dt
             n = len(samples)
-            if n < s["repeats_min_count"] or total_ns < min_ns:
+            if n < s["repeats_min_count"] or total_ms < min_ms:
                 continue
-            if n >= s["repeats_max_count"] or total_ns >= max_ns:
+            if n >= s["repeats_max_count"] or total_ms >= max_ms:
                 break
             # The CV costs O(n log n): checking at geometric intervals keeps the loop's overhead negligible.
             if n >= check_every:
@@ -488,6 +597,10 @@ def measure(model, runtime, settings, workdir, inputs=None):
     unknown = set(s) - set(DEFAULT_SETTINGS)
     if unknown:
         raise AgentError("bad_request", "unknown settings %s; known: %s" % (sorted(unknown), sorted(DEFAULT_SETTINGS)))
+    if s["accelerator"] == "cpu" and (s["dtype"] != "float32" or s["cuda_graphs"] or s["include_copies"]):
+        raise AgentError("bad_request", "dtype, cuda_graphs and include_copies apply to accelerator cuda only")
+    if s["accelerator"] != "cpu" and runtime == "tflite":
+        raise AgentError("bad_request", "the tflite runner times on the CPU only; use accelerator cpu")
     if runtime not in LOADERS:
         raise AgentError("bad_request", "unknown runtime %r; choose one of %s" % (runtime, ", ".join(RUNTIMES)))
     path = model if os.path.isabs(model) else os.path.join(workdir, "models", model)
@@ -496,14 +609,14 @@ def measure(model, runtime, settings, workdir, inputs=None):
     if s["cores"]:
         _pin(s["cores"])
     t_load = time.perf_counter()
-    fn, version, inputs = LOADERS[runtime](path, s, inputs)
+    sample, version, inputs = LOADERS[runtime](path, s, inputs)
     load_s = time.perf_counter() - t_load
-    before = telemetry()
+    before = telemetry(s["accelerator"] == "cuda")
     try:
-        samples, warmup, warmup_s = time_callable(fn, s)
+        samples, warmup, warmup_s = time_callable(sample, s)
     except Exception as e:
         raise AgentError("runtime_error", "%s failed while running the model: %s" % (runtime, _first_line(str(e))))
-    after = telemetry()
+    after = telemetry(s["accelerator"] == "cuda")
     return {"samples_ms": samples, "warmup": warmup, "runtime_version": version, "inputs": inputs,
             "load_s": load_s, "warmup_s": warmup_s, "telemetry_before": before, "telemetry_after": after,
             "settings": s, "agent_version": AGENT_VERSION}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
@@ -11,7 +12,7 @@ from .devices import Device, Registry, now_utc
 from .errors import LatkitError
 from .exporters import export
 from .job import FORMATS, RUNTIME_FOR_FORMAT, Artifact, Job, Settings
-from .measurement import Measurement, fingerprint
+from .measurement import TELEMETRY, Measurement, fingerprint
 from .runner import DeviceRunner
 from .samplers import sample
 from .scheduler import CollectReport, DeviceReport, collect, run_device
@@ -186,8 +187,8 @@ def stored_measurement(store: Store, job: Job) -> Measurement:
             "samples_ms": row["samples_ms"], "warmup": row["warmup"], "runtime_version": row["runtime_version"],
             "agent_version": row["agent_version"],
             "inputs": [{"shape": [int(d) for d in s.split("x")]} for s in row["input_shape"].split(";") if s],
-            "telemetry_before": {k: row[f"telemetry_before_{k}"] for k in ("freq_mhz", "temp_c", "load1")},
-            "telemetry_after": {k: row[f"telemetry_after_{k}"] for k in ("freq_mhz", "temp_c", "load1")},
+            "telemetry_before": {k: row[f"telemetry_before_{k}"] for k in TELEMETRY},
+            "telemetry_after": {k: row[f"telemetry_after_{k}"] for k in TELEMETRY},
         }, row["device_fingerprint"])
     m.measured_at = row["measured_at"]
     return m

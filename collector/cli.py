@@ -23,7 +23,8 @@ def _settings(args) -> Settings:
     cores = tuple(int(c) for c in args.cores.split(",")) if args.cores else None
     return Settings(threads=args.threads, cores=cores, batch_size=args.batch_size,
                     repeats_min_count=args.repeats, repeats_min_s=args.min_time, repeats_max_s=args.max_time,
-                    cv_target=args.cv_target)
+                    cv_target=args.cv_target, accelerator=args.accelerator, dtype=args.dtype,
+                    cuda_graphs=args.cuda_graphs, include_copies=args.include_copies)
 
 
 def cmd_measure(args) -> int:
@@ -196,6 +197,12 @@ def _protocol_args(p: argparse.ArgumentParser) -> None:
                    help="stop repeating after this many timed seconds once the minimums are met")
     p.add_argument("--cv-target", type=float, default=Settings.cv_target,
                    help="keep repeating while the robust CV is above this (default 0.01)")
+    p.add_argument("--accelerator", default="cpu", choices=["cpu", "cuda"],
+                   help="cuda: torch on the GPU timed with CUDA events, or onnxruntime's CUDA EP")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="torch on cuda")
+    p.add_argument("--cuda-graphs", action="store_true", help="torch on cuda: replay the forward as a CUDA graph")
+    p.add_argument("--include-copies", action="store_true",
+                   help="torch on cuda: time host->device input and device->host output copies too")
     p.add_argument("--out", default="latkit-data", help="dataset directory or URI (default ./latkit-data)")
 
 

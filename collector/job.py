@@ -37,6 +37,9 @@ class Settings:
     repeats_max_s: float = 10.0
     cv_target: float = 0.01
     seed: int = 0
+    dtype: str = "float32"
+    cuda_graphs: bool = False
+    include_copies: bool = False
 
     def __post_init__(self):
         if self.runtime not in RUNTIMES:
@@ -49,6 +52,12 @@ class Settings:
             raise LatkitError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.repeats_max_count < self.repeats_min_count:
             raise LatkitError("repeats_max_count must be >= repeats_min_count")
+        if self.accelerator not in ("cpu", "cuda"):
+            raise LatkitError(f"unknown accelerator {self.accelerator!r}; choose cpu or cuda")
+        if self.dtype not in ("float32", "float16", "bfloat16"):
+            raise LatkitError(f"unknown dtype {self.dtype!r}; choose float32, float16 or bfloat16")
+        if self.accelerator == "cpu" and (self.dtype != "float32" or self.cuda_graphs or self.include_copies):
+            raise LatkitError("dtype, cuda_graphs and include_copies apply to accelerator cuda only")
 
     def agent_settings(self) -> dict:
         """What the agent's measure op takes (everything but the runtime, which travels beside it)."""

@@ -11,6 +11,8 @@ import numpy as np
 
 from .job import Job
 
+TELEMETRY = ("freq_mhz", "temp_c", "load1", "gpu_sm_mhz", "gpu_mem_mhz", "gpu_temp_c", "gpu_power_w")
+
 # Agent error kinds that are facts about (model, device, runtime) and so are stored as rows.
 # Others (runtime_missing, model_not_found, bad_request, transport) describe the set-up and are only reported.
 MODEL_ERRORS = frozenset({"corrupt_model", "unsupported_op", "bad_model", "runtime_error"})
@@ -100,8 +102,9 @@ class Measurement:
             row[name] = self.stats.get(name)
         row["repeats"] = self.stats.get("repeats", 0)
         for when, tel in (("before", self.telemetry_before), ("after", self.telemetry_after)):
-            for k in ("freq_mhz", "temp_c", "load1"):
+            for k in TELEMETRY:
                 row[f"telemetry_{when}_{k}"] = tel.get(k)
+        row["gpu_clocks_locked"] = self.telemetry_before.get("gpu_clocks_locked")
         return row
 
 

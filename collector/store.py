@@ -23,6 +23,8 @@ Columns (one row per (model, device, runtime, settings) measurement):
 | repeats, warmup | int64 | timed runs kept; untimed warmup runs before them |
 | samples_ms | list<double> | every timed run, in order |
 | telemetry_{before,after}_{freq_mhz,temp_c,load1} | double | CPU frequency, hottest sensor, 1-min load |
+| telemetry_{before,after}_gpu_{sm_mhz,mem_mhz,temp_c,power_w} | double | GPU clocks, temperature, power (cuda rows) |
+| gpu_clocks_locked | bool | application clocks differ from the defaults (set with nvidia-smi -ac); null = unknown |
 | agent_version | string | version of agents/agent.py that timed it |
 | measured_at | timestamp[us, UTC] | when the host received the result |
 | status, error_kind, error | string | "ok" or "error"; error tag and one-line message |
@@ -44,10 +46,10 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .errors import LatkitError
-from .measurement import MODEL_ERRORS
+from .measurement import MODEL_ERRORS, TELEMETRY
 
 _STATS = ["latency_ms", "mean_ms", "std_ms", "min_ms", "max_ms", "p10_ms", "p90_ms", "iqr_ms", "cv"]
-_TELEMETRY = [f"telemetry_{w}_{k}" for w in ("before", "after") for k in ("freq_mhz", "temp_c", "load1")]
+_TELEMETRY = [f"telemetry_{w}_{k}" for w in ("before", "after") for k in TELEMETRY]
 
 SCHEMA = pa.schema(
     [(n, pa.string()) for n in ("space", "arch", "model_sha256", "model_format", "device", "device_fingerprint",
@@ -56,7 +58,7 @@ SCHEMA = pa.schema(
        ("settings", pa.string()), ("key", pa.string()), ("sampler", pa.string())]
     + [(n, pa.float64()) for n in _STATS]
     + [("repeats", pa.int64()), ("warmup", pa.int64()), ("samples_ms", pa.list_(pa.float64()))]
-    + [(n, pa.float64()) for n in _TELEMETRY]
+    + [(n, pa.float64()) for n in _TELEMETRY] + [("gpu_clocks_locked", pa.bool_())]
     + [("agent_version", pa.string()), ("measured_at", pa.timestamp("us", tz="UTC")),
        ("status", pa.string()), ("error_kind", pa.string()), ("error", pa.string())]
 )

@@ -104,15 +104,15 @@ def test_protocol_minimums_and_caps():
     agent = load_agent_module()
     s = dict(agent.DEFAULT_SETTINGS, warmup_min_count=3, warmup_min_s=0.0, repeats_min_count=15,
              repeats_min_s=0.0, repeats_max_count=40, cv_target=0.0)
-    samples, warmup, _ = agent.time_callable(lambda: time.sleep(0.001), s)
+    samples, warmup, _ = agent.time_callable(agent.wall_timer(lambda: time.sleep(0.001)), s)
     assert warmup == 3 and len(samples) == 40 and min(samples) >= 1.0
 
     s.update(repeats_min_count=5, repeats_min_s=0.05, repeats_max_count=10)  # min time beats the count cap
-    samples, _, _ = agent.time_callable(lambda: time.sleep(0.001), s)
+    samples, _, _ = agent.time_callable(agent.wall_timer(lambda: time.sleep(0.001)), s)
     assert sum(samples) >= 50.0 and len(samples) > 10
 
     s.update(repeats_min_count=20, repeats_min_s=0.0, repeats_max_count=10000, repeats_max_s=0.1, cv_target=1.0)
-    samples, _, _ = agent.time_callable(lambda: time.sleep(0.001), s)
+    samples, _, _ = agent.time_callable(agent.wall_timer(lambda: time.sleep(0.001)), s)
     assert len(samples) < 40  # a loose CV target stops soon after the minimum count
 
 

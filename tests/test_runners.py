@@ -87,14 +87,12 @@ def test_tflite_in_numpy1_tflite_runtime_venv(tflite_venv, artifacts, fast, tmp_
             r.measure(Job(artifacts["onnx"], "tfl-device", fast))
 
 
-def test_inputs_are_seeded(artifacts):
-    """The generated inputs come from the seed: the same seed gives the same model output."""
+def test_inputs_are_seeded():
+    """Generated inputs come from the seed: the same seed gives the same tensors, another seed others."""
     import importlib.util
     from conftest import AGENT
     spec = importlib.util.spec_from_file_location("agent", AGENT)
     agent = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(agent)
-    s = dict(agent.DEFAULT_SETTINGS)
-    outs = [agent.load_onnxruntime(str(artifacts["onnx"].path), dict(s, seed=seed), None)[0]()[0]
-            for seed in (0, 0, 1)]
-    assert np.array_equal(outs[0], outs[1]) and not np.array_equal(outs[0], outs[2])
+    make = lambda seed: agent._make_input(np, np.random.default_rng(seed), [1, 3, 8, 8], "float32")  # noqa: E731
+    assert np.array_equal(make(0), make(0)) and not np.array_equal(make(0), make(1))
