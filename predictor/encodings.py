@@ -26,7 +26,7 @@ def encode(space: str, archs: Sequence[str], kind: str = "features") -> np.ndarr
     if kind == "analytic":
         return np.stack([_analytic(space, a) for a in archs]) if len(archs) else np.zeros((0, 1), np.float32)
     if kind == "features":
-        return np.hstack([encode(space, archs, "onehot"), encode(space, archs, "analytic")])
+        return np.hstack([encode(space, archs, k) for k in ("onehot", "analytic", "proxies")])
     if kind == "proxies":
         return np.stack([_proxies(space, a) for a in archs]) if len(archs) else np.zeros((0, 1), np.float32)
     raise ValueError(f"unknown encoding {kind!r}; choose one of {', '.join(ENCODINGS)}")

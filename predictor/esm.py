@@ -7,7 +7,8 @@
    latency, weighted by the relative error the surrogate made in each bin on the batch before (its
    latencies were read when it was chosen, before it joined the training set). Stops at the budget, or
    when the batch error stops improving (plateau: < 0.5 point of +-10 % accuracy over two rounds).
-4. Model choice: `auto` takes the model with the best 5-fold cross-validated Spearman on the training set.
+4. Model choice: `auto` takes the model with the best 5-fold cross-validated Spearman, on the first batch
+   for the rounds and on the whole training set for the final surrogate.
 5. Every arch never chosen is the test set: Spearman, Kendall, MAPE, RMSE, +-5 % and +-10 % accuracy.
 """
 from __future__ import annotations
@@ -30,6 +31,7 @@ AUTO_CANDIDATES = ("ridge", "gbdt", "rf", "mlp")
 
 def choose_model(space: str, archs: list, y: np.ndarray, seed: int, candidates=AUTO_CANDIDATES) -> str:
     """The candidate with the best mean 5-fold Spearman (on log-latency) over the training archs."""
+    import warnings
     from scipy.stats import spearmanr
     from sklearn.model_selection import KFold
     scores = {}
@@ -37,7 +39,9 @@ def choose_model(space: str, archs: list, y: np.ndarray, seed: int, candidates=A
         rho = []
         for tr, te in KFold(5, shuffle=True, random_state=seed).split(archs):
             m = make_model(name, space, seed).fit([archs[i] for i in tr], y[tr])
-            rho.append(spearmanr(m.predict([archs[i] for i in te]), y[te]).statistic)
+            with warnings.catch_warnings():  # a constant prediction has no rank: it scores as the worst
+                warnings.simplefilter("ignore")
+                rho.append(np.nan_to_num(spearmanr(m.predict([archs[i] for i in te]), y[te]).statistic, nan=-1.0))
         scores[name] = float(np.mean(rho))
     return max(scores, key=scores.get)
 
@@ -65,9 +69,9 @@ def fit(data, space: str, device: str, budget: int = 500, sampler: str = "balanc
     y_train = table.latency(device, train)
     batch = (budget - first) // max(1, rounds - 1)
     history = []
-    name = model
+    # auto: chosen by CV on the first batch for the rounds, and again on the full training set at the end
+    name = choose_model(space, train, y_train, seed) if model == "auto" else model
     while len(train) < budget:
-        name = choose_model(space, train, y_train, seed) if model == "auto" else model
         surrogate = make_model(name, space, seed).fit(train, y_train)
         taken = set(train)
         rest = [a for a in pool if a not in taken]

@@ -34,6 +34,7 @@ def main():
     ap.add_argument("--help-dir", default=str(HELP))
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--skip-fit", action="store_true")
+    ap.add_argument("--skip-transfer", action="store_true")
     ap.add_argument("--json", help="write every figure here")
     args = ap.parse_args()
     console = Console(width=None if sys.stdout.isatty() else 150)
@@ -47,6 +48,8 @@ def main():
     for space, by_id in tasks.items():
         tables[space] = LatencyTable(Path(args.help_dir) / f"{space}_latency.parquet", space)
         for tid, task in by_id.items():
+            if args.skip_transfer:
+                continue
             r = transfer(tables[space], space, task["source"], task["target"], seeds=args.seeds)
             nasflat, multi, helpn = PUBLISHED.get((space, tid), (float("nan"),) * 3)
             out["transfer"][f"{space} {tid}"] = r
@@ -54,7 +57,8 @@ def main():
                           f"{nasflat:.3f}", f"{multi:.3f}", f"{helpn:.3f}",
                           "yes" if r["mean_spearman"] > nasflat else "no", f"{r['seconds']:.0f}")
             console.print(f"{space} {tid}: " + ", ".join(f"{d} {m['spearman']:.3f}" for d, m in r["per_target"].items()))
-    console.print(table)
+    if not args.skip_transfer:
+        console.print(table)
     if not args.skip_fit:
         ft = Table("space", "device", "model", "n_train", "spearman", "kendall", "mape %", "acc5", "acc10", "seconds")
         for space, devices in FIT_DEVICES.items():
