@@ -4,7 +4,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-import pandas as pd
 
 from collector.dataset import read_latency
 from collector.errors import LatkitError
@@ -57,6 +56,3 @@ class LatencyTable:
         self.check_devices(devices)
         return list(self.wide.index[self.wide[list(devices)].notna().all(axis=1)])
 
-
-def frame(archs, values, name="latency_ms") -> pd.DataFrame:
-    return pd.DataFrame({"arch": list(archs), name: np.asarray(values)})
