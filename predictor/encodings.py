@@ -26,10 +26,17 @@ def encode(space: str, archs: Sequence[str], kind: str = "features") -> np.ndarr
     if kind == "analytic":
         return np.stack([_analytic(space, a) for a in archs]) if len(archs) else np.zeros((0, 1), np.float32)
     if kind == "features":
-        return np.hstack([encode(space, archs, k) for k in ("onehot", "analytic", "proxies")])
+        extra = np.stack([_extra(space, a) for a in archs]) if len(archs) else np.zeros((0, 0), np.float32)
+        return np.hstack([encode(space, archs, "onehot"), extra.reshape(len(archs), -1)])
     if kind == "proxies":
         return np.stack([_proxies(space, a) for a in archs]) if len(archs) else np.zeros((0, 1), np.float32)
     raise ValueError(f"unknown encoding {kind!r}; choose one of {', '.join(ENCODINGS)}")
+
+
+@lru_cache(maxsize=200_000)
+def _extra(space: str, arch: str) -> np.ndarray:
+    """analytic ++ proxies of one arch, cached together: one lookup per arch on the prediction path."""
+    return np.concatenate([_analytic(space, arch), _proxies(space, arch)])
 
 
 @lru_cache(maxsize=200_000)
