@@ -35,6 +35,11 @@ def _probe_summary(p: dict) -> dict:
     return {k: v for k, v in keep.items() if v is not None}
 
 
+def _with_probe(dev: Device, p: dict) -> Device:
+    """The registry entry refreshed from a probe: fingerprint, time, and the summary kept in TOML."""
+    return dataclasses.replace(dev, fingerprint=fingerprint(p), last_probe=now_utc(), probe=_probe_summary(p))
+
+
 def add_device(name: str, host: str, port: int = 22, user: Optional[str] = None, key: Optional[str] = None,
                python: Optional[str] = None, workdir: Optional[str] = None, tags: Sequence[str] = (),
                trust_host_key: bool = False, registry: Optional[Registry] = None) -> Device:
@@ -45,8 +50,7 @@ def add_device(name: str, host: str, port: int = 22, user: Optional[str] = None,
     dev = Device(name=name, transport="ssh", host=host, port=port, user=user, key=key, python=python,
                  workdir=workdir, tags=tuple(tags), known_hosts=str(reg.known_hosts))
     with DeviceRunner(dev, trust_host_key=trust_host_key) as runner:
-        p = runner.probe
-    dev = dataclasses.replace(dev, fingerprint=fingerprint(p), last_probe=now_utc(), probe=_probe_summary(p))
+        dev = _with_probe(dev, runner.probe)
     reg.save(dev)
     return dev
 
@@ -58,7 +62,7 @@ def reprobe_device(name: str, registry: Optional[Registry] = None) -> dict:
     with DeviceRunner(dev) as runner:
         p = runner.probe
     if dev.transport == "ssh":
-        reg.save(dataclasses.replace(dev, fingerprint=fingerprint(p), last_probe=now_utc(), probe=_probe_summary(p)))
+        reg.save(_with_probe(dev, p))
     return p
 
 

@@ -78,9 +78,10 @@ def fit(data, space: str, device: str, budget: int = 500, sampler: str = "balanc
         k = min(batch or budget - len(train), budget - len(train))
         nxt = _weak_batch(surrogate, rest, k, history[-1] if history else None, rng)
         y_nxt = table.latency(device, nxt)
-        err = relative_error(surrogate.predict(nxt), y_nxt)
+        pred_nxt = surrogate.predict(nxt)
+        err = relative_error(pred_nxt, y_nxt)
         history.append({"n_train": len(train), "acc10": float(np.mean(err <= 0.10)), "mape": float(err.mean() * 100),
-                        "bins": _bin_errors(surrogate.predict(nxt), err)})
+                        "bins": _bin_errors(pred_nxt, err)})
         train, y_train = train + nxt, np.concatenate([y_train, y_nxt])
         if len(history) >= 3 and history[-1]["acc10"] - history[-3]["acc10"] < 0.005:
             break

@@ -100,10 +100,11 @@ def finetune(pretrained: GNN, archs: Sequence[str], log_y: np.ndarray, bank_at_s
              slot: int, epochs: int) -> GNN:
     """A copy of the pretrained GNN adapted to the target: its hardware embedding (slot) starts as that of
     the best-correlated source, then every weight is fine-tuned on the samples."""
+    import torch
     g = copy.deepcopy(pretrained)
     rho = [spearmanr(bank_at_samples[:, j], log_y).statistic for j in range(bank_at_samples.shape[1])]
     best = int(np.nanargmax(rho))
-    with __import__("torch").no_grad():
+    with torch.no_grad():
         g.net_.hw.weight[slot] = g.net_.hw.weight[best]
     g.lr, g.batch_size = pretrained.lr / 3, len(archs)
     g.fit_devices(archs, [slot] * len(archs), _z(log_y), n_devices=slot + 1, epochs=epochs)

@@ -9,7 +9,6 @@ Measures one model N times in a row (same agent, same settings) per runtime and 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib.util
 import platform
 import statistics
@@ -21,7 +20,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from collector import Device, Job, Settings, export
+from collector import Device, Settings, export
 from collector.runner import DeviceRunner
 from collector.transports import AGENT_PATH
 from demo import models
@@ -59,7 +58,6 @@ def main():
         for fmt, runtime in (("onnx", "onnxruntime"), ("tflite", "tflite")):
             art = export(module, (x,), fmt, arch=name)
             settings = Settings(runtime=runtime, threads=args.threads, cores=cores)
-            job = Job(art, "local", settings)
             medians, cvs, rcvs, overheads, timed = [], [], [], [], []
             for _ in range(args.runs):
                 t0 = time.perf_counter()

@@ -1,7 +1,6 @@
 """Shared fixtures: small real models in every format, fast protocol settings, a numpy<2 tflite-runtime venv."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import venv

@@ -1,13 +1,13 @@
 """Collection by space, dataset cards, the HELP import and plots, on real data."""
 import subprocess
 import sys
-from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from collector import SCHEMA, Store
-from collector.dataset import import_help, plot, read_latency, write_card
+from collector.dataset import plot, read_latency
 from conftest import ROOT
 
 HELP = ROOT.parent / "shared" / "data" / "help"
@@ -95,7 +95,7 @@ def test_import_help_schema_and_readers(tmp_path, collected):
     # a slice of the real table keeps the test quick: 3 devices x all fbnet archs
     full = pq.read_table(HELP / "fbnet_latency.parquet").to_pandas()
     part = full[full["device"].isin(["raspi4", "titan_rtx_32", "pixel3"])]
-    pq.write_table(__import__("pyarrow").Table.from_pandas(part, preserve_index=False), src / "fbnet_latency.parquet")
+    pq.write_table(pa.Table.from_pandas(part, preserve_index=False), src / "fbnet_latency.parquet")
     out = tmp_path / "help"
     r = latkit("data", "import-help", src, out)
     assert r.returncode == 0 and "imported 15000 rows" in r.stdout
@@ -116,6 +116,6 @@ def test_read_latency_bad_input(tmp_path):
     from collector import LatkitError
     with pytest.raises(LatkitError, match="no dataset at"):
         read_latency(tmp_path / "nothing")
-    pq.write_table(__import__("pyarrow").table({"x": [1]}), tmp_path / "t.parquet")
+    pq.write_table(pa.table({"x": [1]}), tmp_path / "t.parquet")
     with pytest.raises(LatkitError, match="lacks columns"):
         read_latency(tmp_path / "t.parquet")

@@ -7,6 +7,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 
 import psutil
 import pytest
@@ -14,7 +15,7 @@ import pytest
 from collector import Artifact, LatkitError, Registry, Settings, Store, add_device, collect, collect_models, export
 from collector.api import make_jobs
 from collector.loopback import _keygen, kill_sshd, start_sshd
-from conftest import ROOT, tiny_cnn
+from conftest import ROOT
 
 QUICK = Settings(warmup_min_count=2, warmup_min_s=0.01, repeats_min_count=10, repeats_min_s=0.05, repeats_max_s=0.2)
 
@@ -67,7 +68,7 @@ def test_registered_fleet(registry, fleet):
     assert len({devs[n].fingerprint for n in ("dev0", "dev1", "dev2")}) == 3
     assert registry.known_hosts.read_text().count("ssh-ed25519") == 3
     # the agent was deployed once, by content hash
-    agents = list((fleet[0].workdir and __import__("pathlib").Path(fleet[0].workdir)).glob("agent-*.py"))
+    agents = list(Path(fleet[0].workdir).glob("agent-*.py"))
     assert len(agents) == 1
     r = latkit("device", "list", "--registry", registry.path)
     assert r.returncode == 0

@@ -6,7 +6,7 @@ import onnx
 import onnx.helper as oh
 import pytest
 
-from collector import Artifact, Device, Job, LatkitError, Settings
+from collector import Artifact, Device, Job, LatkitError
 from collector.runner import DeviceRunner
 
 

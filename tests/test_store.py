@@ -5,7 +5,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from datetime import datetime, timezone
 
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
