@@ -5,50 +5,62 @@ This one file is copied to every device, so it uses only the standard library pl
 whichever runtime it times (numpy comes with all of them); psutil is used when present.
 It must run on Python >= 3.8 and never imports latkit.
 
-Protocol: newline-delimited JSON on stdin/stdout, one request per line, one reply per line.
+Protocol: newline-delimited JSON on stdin/stdout, one request per line, one reply per line. Every reply
+line starts with FRAME, so whatever else a device prints on stdout (a login banner, a wrapper script)
+is skipped by the host instead of breaking it.
 
     -> {"id": 7, "op": "measure", "model": "<sha256>.onnx", "runtime": "onnxruntime", "settings": {...},
         "inputs": [{"name": "x", "shape": [1, 3, 32, 32], "dtype": "float32"}]}   # inputs: TorchScript only
-    <- {"id": 7, "ok": true, "result": {"samples_ms": [...], "runtime_version": "...", ...}}
-    <- {"id": 7, "ok": false, "error": {"kind": "unsupported_op", "message": "..."}}
+    <- FRAME {"id": 7, "ok": true, "result": {"samples_ms": [...], "runtime_version": "...", ...}}
+    <- FRAME {"id": 7, "ok": false, "error": {"kind": "unsupported_op", "message": "..."}}
 
-Ops: ping, probe, has, measure, shutdown. Models arrive out of band into <workdir>/models/.
-Runtime libraries sometimes print to file descriptor 1, so replies go to a private
-duplicate of stdout and fd 1 is pointed at stderr.
+Ops: ping, probe, has, lease, measure, shutdown. `measure` needs the device lease (an flock held for
+the agent's lifetime, so two hosts never time on one device at once). Models arrive out of band into
+<workdir>/models/. The agent exits within a second or two once its host is gone (stdin closed or
+parent changed), also in the middle of a measurement. Runtime libraries sometimes print to file
+descriptor 1, so replies go to a private duplicate of stdout and fd 1 is pointed at stderr.
 """
 import argparse
+import errno
 import gc
 import glob
 import json
+import math
 import os
 import platform
+import queue
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import traceback
 
-AGENT_VERSION = "0.1.0"
+AGENT_VERSION = "0.2.0"
+FRAME = "@@latkit "  # starts every reply line; the host ignores lines without it
+EXIT_GRACE_S = 3.0      # once stdin closes (the host is gone), the agent exits this much later
 
 # The timing protocol's defaults; the host sends its own Settings, these apply to missing keys.
 DEFAULT_SETTINGS = {
     "threads": 1,          # intra-op threads of the runtime
-    "cores": None,         # list of CPU ids to pin the agent to (os.sched_setaffinity), None = no pinning
+    "cores": None,         # CPU ids to pin the agent to (os.sched_setaffinity); None = the agent's own affinity
     "accelerator": "cpu",  # "cpu" or "cuda"
     "batch_size": None,    # fills a dynamic first dimension; None = the model's declared size (1 if dynamic)
-    "warmup_min_count": 10,
-    "warmup_min_s": 0.2,
-    "repeats_min_count": 20,
-    "repeats_min_s": 1.0,
+    "warmup_min_count": 5,
+    "warmup_min_s": 0.05,
+    "repeats_min_count": 10,
+    "repeats_min_s": 0.2,
     "repeats_max_count": 10000,
-    "repeats_max_s": 10.0,
-    "cv_target": 0.01,     # keep repeating (up to the caps) while the robust CV is above this
+    "repeats_max_s": 0.5,
+    "ci_target": 0.005,    # stop once the 95 % CI of the median is within +-0.5 % of it (or at a cap)
     "seed": 0,             # seed of the generated inputs
     "dtype": "float32",    # torch on cuda: float32, float16 or bfloat16 weights and inputs
     "cuda_graphs": False,  # torch on cuda: capture the forward once as a CUDA graph and replay it
     "include_copies": False,  # torch on cuda: time host->device input and device->host output copies too
+    "cooldown_temp_c": None,  # wait until the hottest sensor is at or below this before timing
+    "cooldown_max_s": 300.0,  # ... but no longer than this
 }
 
 RUNTIMES = ("onnxruntime", "tflite", "torch")
@@ -263,6 +275,88 @@ def _number(text):
         return None
 
 
+def _sys(path):
+    """A /sys or /proc path under LATKIT_SYSROOT (default /): tests and containers point it at a fake tree."""
+    return os.path.join(os.environ.get("LATKIT_SYSROOT", "/"), path.lstrip("/"))
+
+
+def _run(cmd):
+    """stdout of a device tool (vcgencmd, nvpmodel), or None where it is absent or fails."""
+    if not shutil.which(cmd[0]):
+        return None
+    try:
+        return subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, universal_newlines=True,
+                              timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def throttle_state(cpus):
+    """Why the device may be running below its rated speed right now: '' when it can tell and saw nothing,
+    None when it cannot tell. Sources: cpufreq (current vs rated maximum, and a policy cap below it) of the
+    CPUs we run on, Raspberry Pi `vcgencmd get_throttled`, Jetson `nvpmodel -q` (a power mode below MAXN)."""
+    reasons, known = [], False
+    for c in cpus:
+        base = _sys("/sys/devices/system/cpu/cpu%d/cpufreq/" % c)
+        cur, cap, rated = (_khz_to_mhz(_read(base + f)) for f in ("scaling_cur_freq", "scaling_max_freq",
+                                                                    "cpuinfo_max_freq"))
+        if not (cur and rated):
+            continue
+        known = True
+        if cap and cap < 0.99 * rated:
+            reasons.append("cpu%d capped at %.0f of %.0f MHz" % (c, cap, rated))
+        elif cur < 0.75 * rated:
+            reasons.append("cpu%d at %.0f of %.0f MHz" % (c, cur, rated))
+    out = _run(["vcgencmd", "get_throttled"])
+    if out and "=" in out:
+        known = True
+        try:
+            bits = int(out.split("=", 1)[1].strip(), 16)
+        except ValueError:
+            bits = 0
+        if bits & 0xF:  # under-voltage, frequency capped, throttled, soft temperature limit: now
+            reasons.append("vcgencmd throttled=0x%x" % bits)
+    out = _run(["nvpmodel", "-q"])
+    if out:
+        known = True
+        mode = next((line.split(":", 1)[1].strip() for line in out.splitlines() if "Power Mode" in line), "")
+        if mode and mode.upper() != "MAXN":
+            reasons.append("nvpmodel power mode %s" % mode)
+    return "; ".join(reasons) if reasons else ("" if known else None)
+
+
+def cooldown(limit_c, max_s):
+    """Wait until the hottest sensor reads <= limit_c (at most max_s). Returns (seconds waited, reached);
+    reached is None where no sensor can be read."""
+    if limit_c is None:
+        return 0.0, None
+    t0 = time.perf_counter()
+    temp = _temp_c()
+    if temp is None:
+        return 0.0, None
+    while temp > limit_c and time.perf_counter() - t0 < max_s:
+        time.sleep(1.0)
+        temp = _temp_c()
+    return round(time.perf_counter() - t0, 3), temp <= limit_c
+
+
+def peak_rss_reset():
+    """Reset the kernel's peak-RSS mark (VmHWM) so the next read is this model's; False where unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb():
+    for line in (_read("/proc/self/status") or "").splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024.0, 1)
+    return None
+
+
 # ---------------------------------------------------------------------------------------------
 # Runners: load a model, generate inputs from its declared shapes, return a zero-argument callable
 
@@ -344,7 +438,9 @@ def load_onnxruntime(path, s, inputs):
         shape = _resolve_shape(inp.shape, s["batch_size"], "input %r" % inp.name)
         feeds[inp.name] = _make_input(np, rng, shape, _ORT_DTYPES[inp.type])
     # session.run returns host arrays, so with the CUDA EP the wall clock includes the output copy
-    return wall_timer(lambda: sess.run(None, feeds)), ort.__version__, [_input_desc(k, v) for k, v in feeds.items()]
+    return {"sample": wall_timer(lambda: sess.run(None, feeds)), "version": ort.__version__,
+            "inputs": [_input_desc(k, v) for k, v in feeds.items()],
+            "applied": {"threads": sess.get_session_options().intra_op_num_threads}}
 
 
 def _tflite_interpreter():
@@ -399,7 +495,9 @@ def load_tflite(path, s, inputs):
         data = _make_input(np, rng, shape, d["dtype"])
         interp.set_tensor(d["index"], data)
         descs.append(_input_desc(d["name"], data))
-    return wall_timer(interp.invoke), _tflite_version(module), descs
+    # the Interpreter has no getter for its thread count: the requested one is what it was built with
+    return {"sample": wall_timer(interp.invoke), "version": _tflite_version(module), "inputs": descs,
+            "applied": {"threads": s["threads"]}}
 
 
 def load_torch(path, s, inputs):
@@ -441,18 +539,28 @@ def load_torch(path, s, inputs):
             host.append(torch.randint(0, 10, shape, generator=gen, dtype=in_dtype))
     descs = [{"name": n, "shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")}
              for (n, _, _), t in zip(specs, host)]
-    version = torch.__version__.split("+")[0]
+    loaded = {"version": torch.__version__.split("+")[0], "inputs": descs,
+              "applied": {"threads": torch.get_num_threads()}}
     if not cuda:
         def run():
             with torch.inference_mode():
                 module(*host)
-        return wall_timer(run), version, descs
-    return _cuda_sampler(torch, module, host, dtype, s), version, descs
+        loaded["sample"] = wall_timer(run)
+        return loaded
+    loaded.update(_cuda_sampler(torch, module, host, dtype, s))
+    loaded["applied"]["threads"] = torch.get_num_threads()
+    return loaded
 
 
 def _cuda_sampler(torch, module, host, dtype, s):
     """Time on the GPU with CUDA events around the forward only (inputs already on the device), or around
-    copy-in + forward + copy-out with include_copies; optionally as a replayed CUDA graph."""
+    copy-in + forward + copy-out with include_copies. With cuda_graphs the forward is captured once and
+    replayed, so the GPU is timed rather than the host's kernel launches; a capture that fails falls back
+    to eager and says why. The host time to enqueue one eager forward (launch_ms) is kept either way:
+    an eager row whose latency is no longer than that measured the host CPU, not the GPU."""
+    # cuDNN picks algorithms by heuristics, the same in every process: benchmark mode would pick by timing
+    # races, so two runs of one model could time different kernels
+    torch.backends.cudnn.benchmark = False
     try:
         module = module.to("cuda")
         if dtype != torch.float32:
@@ -472,20 +580,36 @@ def _cuda_sampler(torch, module, host, dtype, s):
     else:
         def forward():
             module(*dev)
+    torch.cuda.reset_peak_memory_stats()
+    clock = time.perf_counter
     with torch.inference_mode():
+        t0 = clock()
+        forward()
+        torch.cuda.synchronize()
+        first_ms = (clock() - t0) * 1e3
+        launches = []
+        for _ in range(5):
+            torch.cuda.synchronize()
+            t0 = clock()
+            forward()
+            launches.append((clock() - t0) * 1e3)
+        torch.cuda.synchronize()
+        step, fallback = forward, ""
         if s["cuda_graphs"]:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(3):
+            try:
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    for _ in range(3):
+                        forward()
+                torch.cuda.current_stream().wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
                     forward()
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                forward()
-            step = graph.replay
-        else:
-            step = forward
+                step = graph.replay
+            except Exception as e:
+                fallback = "capture failed, timed eager: %s" % _first_line(str(e))
+                torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
 
     def sample():
@@ -495,7 +619,13 @@ def _cuda_sampler(torch, module, host, dtype, s):
             end.record()
             end.synchronize()
         return start.elapsed_time(end)
-    return sample
+    param = next(iter(module.parameters()), None)
+    applied = {"dtype": str(param.dtype if param is not None else dtype).replace("torch.", ""),
+               "cuda_graphs": step is not forward, "graph_fallback": fallback,
+               "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+               "tf32": bool(torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32)}
+    return {"sample": sample, "first_ms": first_ms, "launch_ms": sorted(launches)[2], "applied": applied,
+            "gpu_peak_mb": lambda: round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)}
 
 
 def wall_timer(fn):
@@ -520,11 +650,18 @@ def _first_line(text):
 # ---------------------------------------------------------------------------------------------
 # The timing protocol
 
+# the agent's affinity at start: what an unpinned job runs with
+_BASE_AFFINITY = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+
 
 def _pin(cores):
-    """Pin every thread of this process (runtimes may already have pools) to `cores`."""
+    """Pin every thread of this process (runtimes may already have pools) to `cores`, or back to the agent's
+    own affinity when cores is None (a pinning must not stick to later jobs). Returns the affinity read back."""
     if not hasattr(os, "sched_setaffinity"):
-        raise AgentError("bad_request", "core pinning needs os.sched_setaffinity (Linux); drop the cores setting")
+        if cores:
+            raise AgentError("bad_request", "core pinning needs os.sched_setaffinity (Linux); drop the cores setting")
+        return None
+    target = set(cores) if cores else _BASE_AFFINITY
     try:
         tids = [int(t) for t in os.listdir("/proc/self/task")]
     except OSError:
@@ -532,27 +669,42 @@ def _pin(cores):
     try:
         for tid in tids:
             try:
-                os.sched_setaffinity(tid, cores)
+                os.sched_setaffinity(tid, target)
             except ProcessLookupError:
                 pass
     except OSError as e:
         raise AgentError("bad_request", "cannot pin to cores %s: %s; pick cores from %s"
-                         % (cores, e, sorted(os.sched_getaffinity(0))))
+                         % (cores, e, sorted(_BASE_AFFINITY)))
+    return sorted(os.sched_getaffinity(0))
 
 
-def robust_cv(samples):
-    """IQR / 1.349 / median: the spread of the bulk of the samples, which std/mean is not once an
-    occasional preempted run lands in the tail (it would keep every small model running to the cap)."""
-    if len(samples) < 4:
+def quantile(sorted_x, q):
+    """Linear-interpolation quantile of sorted data (numpy's default), so host and agent agree exactly."""
+    pos = q * (len(sorted_x) - 1)
+    lo = int(math.floor(pos))
+    hi = min(lo + 1, len(sorted_x) - 1)
+    return sorted_x[lo] + (pos - lo) * (sorted_x[hi] - sorted_x[lo])
+
+
+def median_ci_rel(samples, z=1.96):
+    """Half-width of the distribution-free 95 % confidence interval of the median (order statistics
+    n/2 -+ z*sqrt(n)/2), relative to the median. Unlike the spread of the samples, it shrinks as samples
+    are added, so it can serve as a stopping rule on any host."""
+    x = sorted(samples)
+    n = len(x)
+    if n < 6:
         return float("inf")
-    q = statistics.quantiles(samples, n=4)
-    med = q[1]
-    return (q[2] - q[0]) / 1.349 / med if med > 0 else float("inf")
+    half = z * math.sqrt(n) / 2.0
+    lo = max(0, int(math.floor(n / 2.0 - half)) - 1)
+    hi = min(n - 1, int(math.ceil(n / 2.0 + half)) - 1)
+    med = quantile(x, 0.5)
+    return (x[hi] - x[lo]) / 2.0 / med if med > 0 else float("inf")
 
 
 def time_callable(sample, s):
-    """Warm up, then time until both the minimum count and minimum time are reached; go on while the
-    robust CV is above cv_target, up to a count or time cap (the minimums always win over the caps).
+    """Warm up, then time until both the minimum count and the minimum time are reached; go on until the
+    median's 95 % CI is within ci_target, or a count or time cap is reached (the minimums win over the
+    caps). Returns the samples and why timing stopped.
 
     `sample()` runs the model once and returns its time in ms (wall clock, or CUDA events). gc is off while
     timing so collector pauses do not land inside samples (as timeit does; no full collection first: with
@@ -562,15 +714,14 @@ def time_callable(sample, s):
     gc.disable()
     min_ms, max_ms = s["repeats_min_s"] * 1e3, s["repeats_max_s"] * 1e3
     try:
-        warmup = 0
+        warmup, first_ms = 0, None
         start = time.perf_counter()
         while warmup < s["warmup_min_count"] or (time.perf_counter() - start) < s["warmup_min_s"]:
-            sample()
+            dt = sample()
+            first_ms = dt if first_ms is None else first_ms
             warmup += 1
         warmup_s = time.perf_counter() - start
-        samples = []
-        total_ms = 0.0
-        check_every = 10
+        samples, total_ms, check_at = [], 0.0, 0
         while True:
             dt = sample()
             samples.append(dt)
@@ -578,17 +729,27 @@ def time_callable(sample, s):
             n = len(samples)
             if n < s["repeats_min_count"] or total_ms < min_ms:
                 continue
-            if n >= s["repeats_max_count"] or total_ms >= max_ms:
-                break
-            # The CV costs O(n log n): checking at geometric intervals keeps the loop's overhead negligible.
-            if n >= check_every:
-                check_every = int(n * 1.1) + 1
-                if robust_cv(samples) <= s["cv_target"]:
+            # sorting is O(n log n): checking at geometric intervals keeps the loop's overhead negligible
+            if n >= check_at:
+                check_at = int(n * 1.1) + 1
+                if median_ci_rel(samples) <= s["ci_target"]:
+                    stopped_by = "ci_target"
                     break
+            if n >= s["repeats_max_count"]:
+                stopped_by = "max_count"
+                break
+            if total_ms >= max_ms:
+                stopped_by = "max_time"
+                break
     finally:
         if gc_was_enabled:
             gc.enable()
-    return samples, warmup, warmup_s
+    return {"samples_ms": samples, "warmup": warmup, "warmup_s": warmup_s, "first_ms": first_ms,
+            "stopped_by": stopped_by, "ci_rel": median_ci_rel(samples)}
+
+
+def _utc(t):
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + ".%06dZ" % int((t % 1) * 1e6)
 
 
 def measure(model, runtime, settings, workdir, inputs=None):
@@ -606,20 +767,96 @@ def measure(model, runtime, settings, workdir, inputs=None):
     path = model if os.path.isabs(model) else os.path.join(workdir, "models", model)
     if not os.path.isfile(path):
         raise AgentError("model_not_found", "model file %s is not on the device; upload it first" % path)
-    if s["cores"]:
-        _pin(s["cores"])
+    _pin(s["cores"])  # before loading, so runtime thread pools start inside the affinity
+    cooldown_s, cooled = cooldown(s["cooldown_temp_c"], s["cooldown_max_s"])
+    rss_reset = peak_rss_reset()
     t_load = time.perf_counter()
-    sample, version, inputs = LOADERS[runtime](path, s, inputs)
+    loaded = LOADERS[runtime](path, s, inputs)
     load_s = time.perf_counter() - t_load
-    before = telemetry(s["accelerator"] == "cuda")
+    applied = dict(loaded["applied"], cores=_pin(s["cores"]))  # read back right before timing
+    cuda = s["accelerator"] == "cuda"
+    before = telemetry(cuda)
+    started = time.time()
     try:
-        samples, warmup, warmup_s = time_callable(sample, s)
+        timed = time_callable(loaded["sample"], s)
     except Exception as e:
         raise AgentError("runtime_error", "%s failed while running the model: %s" % (runtime, _first_line(str(e))))
-    after = telemetry(s["accelerator"] == "cuda")
-    return {"samples_ms": samples, "warmup": warmup, "runtime_version": version, "inputs": inputs,
-            "load_s": load_s, "warmup_s": warmup_s, "telemetry_before": before, "telemetry_after": after,
-            "settings": s, "agent_version": AGENT_VERSION}
+    finished = time.time()
+    throttle = throttle_state(applied["cores"] or [])
+    after = telemetry(cuda)
+    timed.update(runtime_version=loaded["version"], inputs=loaded["inputs"], load_s=load_s, applied=applied,
+                 telemetry_before=before, telemetry_after=after, settings=s, agent_version=AGENT_VERSION,
+                 started_at=_utc(started), finished_at=_utc(finished), cooldown_s=cooldown_s, cooled=cooled,
+                 throttle=throttle, peak_rss_mb=peak_rss_mb() if rss_reset else None,
+                 launch_ms=loaded.get("launch_ms"),
+                 gpu_peak_mb=loaded["gpu_peak_mb"]() if "gpu_peak_mb" in loaded else None)
+    if loaded.get("first_ms") is not None:  # the CUDA path times its first eager forward itself
+        timed["first_ms"] = loaded["first_ms"]
+    return timed
+
+
+# ---------------------------------------------------------------------------------------------
+# The device lease
+
+
+def default_lease_path():
+    """One file per machine, whoever runs the agent and from whichever workdir (TMPDIR is honoured: Termux)."""
+    return os.path.join(tempfile.gettempdir(), "latkit-device.lease")
+
+
+class Lease:
+    """At most one measuring agent per device: an exclusive flock, which the kernel releases when the
+    holder dies however it dies. The holder writes who it is into the file so a waiter can say so."""
+
+    def __init__(self, path):
+        self.path = path
+        self.fd = None
+
+    def _open(self):
+        nofollow = getattr(os, "O_NOFOLLOW", 0)  # never truncate a file a planted symlink points to
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | nofollow, 0o666)
+            if os.fstat(fd).st_uid == os.getuid():
+                os.fchmod(fd, 0o666)  # other users of the device must be able to take it (and say who they are)
+            return fd
+        except PermissionError:
+            pass
+        try:
+            return os.open(self.path, os.O_RDONLY | nofollow)
+        except OSError as e:
+            raise AgentError("lease_unavailable", "cannot open the device lease %s: %s; give the device another "
+                             "lease path (latkit device add --lease)" % (self.path, e.strerror))
+
+    def holder(self, fd):
+        try:
+            return json.loads(os.pread(fd, 4096, 0).decode("utf-8", "replace") or "{}")
+        except (OSError, ValueError):
+            return {}
+
+    def acquire(self, who):
+        if self.fd is not None:
+            return {"acquired": True, "path": self.path}
+        try:
+            import fcntl
+        except ImportError:
+            raise AgentError("lease_unavailable", "this device has no fcntl (not a POSIX system)")
+        fd = self._open()
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            held = self.holder(fd)
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EACCES):
+                return {"acquired": False, "path": self.path, "holder": held}
+            raise AgentError("lease_unavailable", "cannot lock %s: %s" % (self.path, e.strerror))
+        info = dict(who or {}, agent_pid=os.getpid(), since=_utc(time.time()))
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(info).encode(), 0)
+        except OSError:
+            pass  # a read-only lease file still locks; waiters just cannot see who holds it
+        self.fd = fd
+        return {"acquired": True, "path": self.path}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -630,7 +867,7 @@ def has(models, workdir):
     return {"present": [m for m in models if os.path.isfile(os.path.join(workdir, "models", m))]}
 
 
-def handle(req, workdir):
+def handle(req, workdir, lease):
     op = req.get("op")
     if op == "ping":
         return {"agent_version": AGENT_VERSION, "pid": os.getpid()}
@@ -638,52 +875,106 @@ def handle(req, workdir):
         return probe()
     if op == "has":
         return has(req.get("models") or [], workdir)
+    if op == "lease":
+        return lease.acquire(req.get("holder"))
     if op == "measure":
+        if lease.fd is None:
+            raise AgentError("bad_request", "measure needs the device lease: send {\"op\": \"lease\"} first")
         return measure(req.get("model") or "", req.get("runtime"), req.get("settings"), workdir, req.get("inputs"))
-    raise AgentError("bad_request", "unknown op %r; known: ping, probe, has, measure, shutdown" % op)
+    raise AgentError("bad_request", "unknown op %r; known: ping, probe, has, lease, measure, shutdown" % op)
 
 
-def serve(inp, out, workdir):
-    for line in inp:
+def _read_requests(inp, lines):
+    """Feed request lines to the main loop; when the host is gone (EOF), exit even mid-measurement."""
+    try:
+        for line in inp:
+            lines.put(line)
+    except (OSError, ValueError):
+        pass
+    lines.put(None)
+    time.sleep(EXIT_GRACE_S)
+    os._exit(0)
+
+
+def _watch_parent(ppid):
+    """Exit when re-parented: the process that started us (the host, or sshd's session) is gone."""
+    while True:
+        time.sleep(0.5)
+        if os.getppid() != ppid:
+            os._exit(0)
+
+
+def _reply(out, req_id, ok, body):
+    out.write(FRAME + json.dumps({"id": req_id, "ok": ok, ("result" if ok else "error"): body}) + "\n")
+    out.flush()
+
+
+def serve(inp, out, workdir, lease=None):
+    lease = lease or Lease(default_lease_path())
+    lines = queue.Queue()
+    threading.Thread(target=_read_requests, args=(inp, lines), daemon=True).start()
+    while True:
+        line = lines.get()
+        if line is None:
+            return
+        if isinstance(line, bytes):
+            line = line.decode("utf-8", "replace")
         line = line.strip()
         if not line:
             continue
         try:
             req = json.loads(line)
+            if not isinstance(req, dict):
+                raise ValueError("a request is a JSON object")
         except ValueError as e:
-            reply = {"id": None, "ok": False, "error": {"kind": "bad_request", "message": "not JSON: %s" % e}}
-        else:
-            if req.get("op") == "shutdown":
-                out.write(json.dumps({"id": req.get("id"), "ok": True, "result": {}}) + "\n")
-                out.flush()
-                return
-            try:
-                reply = {"id": req.get("id"), "ok": True, "result": handle(req, workdir)}
-            except AgentError as e:
-                reply = {"id": req.get("id"), "ok": False, "error": {"kind": e.kind, "message": e.message}}
-            except Exception as e:  # a bug here must not kill a long collection: report it as a value
-                traceback.print_exc(file=sys.stderr)
-                reply = {"id": req.get("id"), "ok": False,
-                         "error": {"kind": "agent_error", "message": "%s: %s" % (type(e).__name__, e)}}
-        out.write(json.dumps(reply) + "\n")
-        out.flush()
+            _reply(out, None, False, {"kind": "bad_request", "message": "not a JSON request: %s" % e})
+            continue
+        req_id = req.get("id")
+        if req.get("op") == "shutdown":
+            _reply(out, req_id, True, {})
+            return
+        try:
+            _reply(out, req_id, True, handle(req, workdir, lease))
+        except AgentError as e:
+            _reply(out, req_id, False, {"kind": e.kind, "message": e.message})
+        except Exception as e:  # a bug here must not kill a long collection: report it as a value
+            traceback.print_exc(file=sys.stderr)
+            _reply(out, req_id, False, {"kind": "agent_error", "message": "%s: %s" % (type(e).__name__, e)})
+
+
+def _die_with_parent(ppid):
+    """Local agents: SIGKILL from the kernel the moment the host process dies (Linux prctl)."""
+    try:
+        import ctypes
+        import signal
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != ppid:  # the parent died before the prctl
+        os._exit(0)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description="latkit device agent (JSON lines on stdin/stdout)")
     parser.add_argument("--workdir", default=os.path.expanduser("~/.latkit"),
                         help="folder holding models/ (default ~/.latkit)")
+    parser.add_argument("--lease", default=None, help="device lease file (default %s)" % default_lease_path())
+    parser.add_argument("--parent-pid", type=int, help="die with this process (the local host)")
     parser.add_argument("--version", action="store_true", help="print the agent version and exit")
     args = parser.parse_args(argv)
     if args.version:
         print(AGENT_VERSION)
         return 0
+    if args.parent_pid and sys.platform.startswith("linux"):
+        _die_with_parent(args.parent_pid)
+    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
     # Keep the protocol stream clean: replies go to a duplicate of fd 1, and fd 1 becomes stderr.
     proto = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     os.makedirs(os.path.join(args.workdir, "models"), exist_ok=True)
-    serve(sys.stdin, proto, args.workdir)
+    serve(sys.stdin, proto, args.workdir, Lease(args.lease or default_lease_path()))
     return 0
 
 

@@ -12,7 +12,8 @@ from .devices import Device, Registry, now_utc
 from .errors import LatkitError
 from .exporters import export
 from .job import FORMATS, RUNTIME_FOR_FORMAT, Artifact, Job, Settings
-from .measurement import TELEMETRY, Measurement, fingerprint
+from .dataset import group_summary
+from .measurement import TELEMETRY, Measurement, Stats, fingerprint
 from .runner import DeviceRunner
 from .samplers import sample
 from .scheduler import CollectReport, DeviceReport, collect, run_device
@@ -21,9 +22,12 @@ from .store import Store
 
 
 def probe(device: str = "local", registry: Optional[Registry] = None) -> dict:
-    """What the device reports about itself: OS, CPU, memory, GPUs, Python and runtimes."""
-    with DeviceRunner((registry or Registry()).get(device)) as runner:
-        return runner.probe
+    """What the device reports about itself: OS, CPU, memory, GPUs, Python and runtimes (no lease needed)."""
+    runner = DeviceRunner((registry or Registry()).get(device))
+    try:
+        return runner.start()
+    finally:
+        runner.close()
 
 
 def _probe_summary(p: dict) -> dict:
@@ -42,15 +46,19 @@ def _with_probe(dev: Device, p: dict) -> Device:
 
 def add_device(name: str, host: str, port: int = 22, user: Optional[str] = None, key: Optional[str] = None,
                python: Optional[str] = None, workdir: Optional[str] = None, tags: Sequence[str] = (),
-               trust_host_key: bool = False, registry: Optional[Registry] = None) -> Device:
+               trust_host_key: bool = False, registry: Optional[Registry] = None,
+               lease: Optional[str] = None) -> Device:
     """Connect (verifying the host key), deploy the agent, probe, and record the device with its fingerprint."""
     reg = registry or Registry()
     if name in {d.name for d in reg.devices()}:
         raise LatkitError(f"device {name!r} is already registered; remove it first or choose another name")
     dev = Device(name=name, transport="ssh", host=host, port=port, user=user, key=key, python=python,
-                 workdir=workdir, tags=tuple(tags), known_hosts=str(reg.known_hosts))
-    with DeviceRunner(dev, trust_host_key=trust_host_key) as runner:
-        dev = _with_probe(dev, runner.probe)
+                 workdir=workdir, lease=lease, tags=tuple(tags), known_hosts=str(reg.known_hosts))
+    runner = DeviceRunner(dev, trust_host_key=trust_host_key)
+    try:
+        dev = _with_probe(dev, runner.start())
+    finally:
+        runner.close()
     reg.save(dev)
     return dev
 
@@ -59,8 +67,7 @@ def reprobe_device(name: str, registry: Optional[Registry] = None) -> dict:
     """Probe a registered device and refresh its fingerprint in the registry."""
     reg = registry or Registry()
     dev = reg.get(name)
-    with DeviceRunner(dev) as runner:
-        p = runner.probe
+    p = probe(name, reg)
     if dev.transport == "ssh":
         reg.save(_with_probe(dev, p))
     return p
@@ -152,29 +159,32 @@ def collect_space(space: str, n: int, devices: Sequence[str], runtime: str = "on
 
 
 def measure(model, device: str = "local", runtime: Optional[str] = None, settings: Optional[Settings] = None,
-            out="latkit-data", force: bool = False, registry: Optional[Registry] = None) -> Measurement:
+            out="latkit-data", force: bool = False, registry: Optional[Registry] = None,
+            wait: bool = True) -> Measurement:
     """Time one model file on one device and append the row to the store at `out`.
 
     A model already measured under the same key is not timed again (unless `force`): the stored
     row is returned instead.
     """
     artifact = model if isinstance(model, Artifact) else Artifact.from_file(model)
-    return measure_many([artifact], device, runtime, settings, out, force, registry)[0]
+    return measure_many([artifact], device, runtime, settings, out, force, registry, wait)[0]
 
 
 def measure_many(artifacts: Sequence[Artifact], device: str = "local", runtime: Optional[str] = None,
                  settings: Optional[Settings] = None, out="latkit-data", force: bool = False,
-                 registry: Optional[Registry] = None) -> list:
-    """Time several artifacts on one device with one agent; each row is appended as soon as it is measured."""
+                 registry: Optional[Registry] = None, wait: bool = True) -> list:
+    """Time several artifacts on one device with one agent (in shuffled rounds); each row is appended as
+    soon as its job is done."""
     dev = (registry or Registry()).get(device)
     store = Store(out)
     store.check_writable()
     jobs = make_jobs(artifacts, [dev.name], runtime, settings)
     done = set() if force else store.done_keys()
-    todo = [j for j in jobs if j.key not in done]
+    todo = list({j.key: j for j in jobs if j.key not in done}.values())
     fresh = {}
     report = DeviceReport(dev.name, total=len(todo))
-    run_device(dev, todo, store, report, on_row=lambda _, m: fresh.__setitem__(m.job.key, m))
+    run_device(dev, todo, store, report, on_row=lambda _, m: fresh.__setitem__(m.job.key, m), wait=wait,
+               retry_errors=force)
     if report.status == "failed":
         raise LatkitError(report.message)
     return [fresh[j.key] if j.key in fresh else stored_measurement(store, j) for j in jobs]
@@ -186,26 +196,31 @@ def stored_measurement(store: Store, job: Job) -> Measurement:
     row = t.sort_by([("measured_at", "descending")]).slice(0, 1).to_pylist()[0]
     if row["status"] != "ok":
         m = Measurement.failed(job, row["error_kind"], row["error"], row["device_fingerprint"])
-    else:
-        m = Measurement.from_result(job, {
-            "samples_ms": row["samples_ms"], "warmup": row["warmup"], "runtime_version": row["runtime_version"],
-            "agent_version": row["agent_version"],
-            "inputs": [{"shape": [int(d) for d in s.split("x")]} for s in row["input_shape"].split(";") if s],
-            "telemetry_before": {k: row[f"telemetry_before_{k}"] for k in TELEMETRY},
-            "telemetry_after": {k: row[f"telemetry_after_{k}"] for k in TELEMETRY},
-        }, row["device_fingerprint"])
-    m.measured_at = row["measured_at"]
-    return m
+        return dataclasses.replace(m, measured_at=row["measured_at"])
+    samples = tuple(row["samples_ms"])
+    stats = (Stats(**{f.name: row[f.name] for f in dataclasses.fields(Stats)}) if row["median_ms"] is not None
+             else Stats.of(samples))
+    applied = {"threads": row["threads_applied"], "dtype": row["dtype"], "cuda_graphs": row["cuda_graphs"],
+               "graph_fallback": row["graph_fallback"], "cudnn_benchmark": row["cudnn_benchmark"], "tf32": row["tf32"],
+               "cores": [int(c) for c in row["cores_applied"].split(",") if c] if row["cores_applied"] else None}
+    return Measurement(
+        job=job, status="ok", samples_ms=samples, stats=stats, warmup=row["warmup"], load_ms=row["load_ms"],
+        first_ms=row["first_ms"], runtime_version=row["runtime_version"], agent_version=row["agent_version"],
+        inputs=tuple({"shape": [int(d) for d in s.split("x")]} for s in row["input_shape"].split(";") if s),
+        telemetry_before={k: row[f"telemetry_before_{k}"] for k in TELEMETRY},
+        telemetry_after={k: row[f"telemetry_after_{k}"] for k in TELEMETRY},
+        applied={k: v for k, v in applied.items() if v is not None}, stopped_by=row["stopped_by"] or "",
+        ci_rel=row["ci_rel"], cooldown_s=row["cooldown_s"], throttle=row["throttle"], peak_rss_mb=row["peak_rss_mb"],
+        gpu_peak_mb=row["gpu_peak_mb"], launch_ms=row["launch_ms"], round_ms=tuple(row["round_ms"] or ()),
+        round_started_at=tuple(row["round_started_at"] or ()), round_finished_at=tuple(row["round_finished_at"] or ()),
+        device_fingerprint=row["device_fingerprint"], measured_at=row["measured_at"])
 
 
-def data_summary(path="latkit-data"):
-    """One row per (device, runtime, space): counts, median latency range and the newest measurement."""
+def data_summary(path="latkit-data") -> list:
+    """One dict per (device, runtime, space): rows, ok, rows that missed the CI target, min / median / max of
+    latency_ms and the newest measurement (the dataset card states the same figures)."""
     store = Store(path)
     if not store.exists():
         raise LatkitError(f"no dataset at {path}; measure something first (latkit measure MODEL --out {path})")
-    t = store.read(columns=["device", "runtime", "space", "status", "latency_ms", "measured_at"])
-    t = t.append_column("ok", pc.cast(pc.equal(t["status"], "ok"), "int64"))
-    g = t.group_by(["device", "runtime", "space"]).aggregate(
-        [("status", "count"), ("ok", "sum"), ("latency_ms", "min"), ("latency_ms", "approximate_median"),
-         ("latency_ms", "max"), ("measured_at", "max")])
-    return g.sort_by([("device", "ascending"), ("runtime", "ascending"), ("space", "ascending")])
+    return group_summary(store.read(columns=["device", "runtime", "space", "status", "latency_ms", "measured_at",
+                                             "stopped_by"]))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import signal
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,31 +14,37 @@ from rich.table import Table
 
 from . import api, dataset
 from .devices import Registry
-from .errors import LatkitError
+from .errors import Interrupted, LatkitError
 from .job import RUNTIMES, Settings
 
 console = Console(width=None if sys.stdout.isatty() else 140)
 
 
 def _settings(args) -> Settings:
-    cores = tuple(int(c) for c in args.cores.split(",")) if args.cores else None
+    try:
+        cores = tuple(int(c) for c in args.cores.split(",")) if args.cores else None
+    except ValueError:
+        raise LatkitError(f"--cores takes CPU ids separated by commas, e.g. 0 or 2,3; got {args.cores!r}") from None
     return Settings(threads=args.threads, cores=cores, batch_size=args.batch_size,
                     repeats_min_count=args.repeats, repeats_min_s=args.min_time, repeats_max_s=args.max_time,
-                    cv_target=args.cv_target, accelerator=args.accelerator, dtype=args.dtype,
-                    cuda_graphs=args.cuda_graphs, include_copies=args.include_copies)
+                    ci_target=args.ci_target, accelerator=args.accelerator, dtype=args.dtype,
+                    cuda_graphs=args.cuda_graphs, include_copies=args.include_copies, rounds=args.rounds,
+                    cooldown_temp_c=args.cooldown_temp, cooldown_max_s=args.cooldown_max)
 
 
 def cmd_measure(args) -> int:
     m = api.measure(args.model, device=args.device, runtime=args.runtime, settings=_settings(args), out=args.out,
-                    force=args.force, registry=Registry(args.registry))
+                    force=args.force, registry=Registry(args.registry), wait=not args.no_wait)
     print(m.summary())
     return 0 if m.status == "ok" else 1
 
 
 def cmd_collect(args) -> int:
     devices = [d for d in args.devices.split(",") if d]
+    if not devices:
+        raise LatkitError("--devices names no device; give comma-separated names (see latkit device list)")
     common = dict(registry=Registry(args.registry), retries=args.retries, job_timeout=args.job_timeout,
-                  progress=not args.quiet, retry_errors=args.retry_errors)
+                  progress=not args.quiet, retry_errors=args.retry_errors, wait=not args.no_wait)
     if bool(args.models) == bool(args.space):
         raise LatkitError("give either --models DIR_OR_FILES or --space S --n N")
     if args.space:
@@ -61,9 +68,25 @@ def cmd_collect(args) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_data_retest(args) -> int:
+    from .retest import retest
+    r = retest(args.dir, args.n, args.seed, args.models or (), Registry(args.registry), progress=not args.quiet,
+               job_timeout=args.job_timeout)
+    table = Table("statistic", "spearman", "median rel. diff", "p90 rel. diff")
+    for k, v in r["statistics"].items():
+        table.add_row(k, f"{v['spearman']:.4f}", f"{v['median_rel_diff'] * 100:.2f} %", f"{v['p90_rel_diff'] * 100:.2f} %")
+    console.print(table)
+    print(f"{r['n']} rows measured again into {args.dir}/{r['side_table']}; the card's test-retest section "
+          f"is refreshed by latkit data card {args.dir}")
+    if (Path(args.dir) / "README.md").exists():
+        dataset.write_card(args.dir)
+    return 0
+
+
 def cmd_device_add(args) -> int:
     dev = api.add_device(args.name, args.host, args.port, args.user, args.key, args.python, args.workdir,
-                         [t for t in (args.tags or "").split(",") if t], args.trust_host_key, Registry(args.registry))
+                         [t for t in (args.tags or "").split(",") if t], args.trust_host_key, Registry(args.registry),
+                         lease=args.lease)
     print(f"added {dev.name} ({dev.address}): {dev.probe.get('cpu_model')}, {dev.probe.get('cpu_count')} CPUs, "
           f"runtimes {', '.join(f'{k} {v}' for k, v in dev.probe.get('runtimes', {}).items()) or 'none'}; "
           f"fingerprint {dev.fingerprint}")
@@ -98,13 +121,12 @@ def cmd_device_remove(args) -> int:
 
 
 def cmd_data_show(args) -> int:
-    g = api.data_summary(args.dir)
-    table = Table("device", "runtime", "space", "rows", "ok", "min ms", "median ms", "max ms", "newest (UTC)")
-    for r in g.to_pylist():
-        fmt = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731
-        table.add_row(r["device"], r["runtime"], r["space"], str(r["status_count"]), str(r["ok_sum"]),
-                      fmt(r["latency_ms_min"]), fmt(r["latency_ms_approximate_median"]), fmt(r["latency_ms_max"]),
-                      r["measured_at_max"].strftime("%Y-%m-%d %H:%M") if r["measured_at_max"] else "-")
+    table = Table("device", "runtime", "space", "rows", "ok", "missed CI", "min ms", "median ms", "max ms",
+                  "newest (UTC)")
+    for r in api.data_summary(args.dir):
+        lat = [f"{v:.4g}" for v in r["latency_ms"]] if r["latency_ms"] else ["-"] * 3
+        table.add_row(r["device"], r["runtime"], r["space"], str(r["rows"]), str(r["ok"]), str(r["missed_ci"]), *lat,
+                      r["newest"].strftime("%Y-%m-%d %H:%M") if r["newest"] is not None else "-")
     console.print(table)
     return 0
 
@@ -191,16 +213,23 @@ def _protocol_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=1, help="runtime threads (default 1)")
     p.add_argument("--cores", help="pin the agent to these CPU ids, e.g. 0 or 2,3")
     p.add_argument("--batch-size", type=int, help="batch size (with --space: exported at it; else fills a dynamic batch)")
-    p.add_argument("--repeats", type=int, default=Settings.repeats_min_count, help="minimum timed runs")
-    p.add_argument("--min-time", type=float, default=Settings.repeats_min_s, help="minimum timed seconds")
+    p.add_argument("--repeats", type=int, default=Settings.repeats_min_count, help="minimum timed runs per round")
+    p.add_argument("--min-time", type=float, default=Settings.repeats_min_s, help="minimum timed seconds per round")
     p.add_argument("--max-time", type=float, default=Settings.repeats_max_s,
-                   help="stop repeating after this many timed seconds once the minimums are met")
-    p.add_argument("--cv-target", type=float, default=Settings.cv_target,
-                   help="keep repeating while the robust CV is above this (default 0.01)")
+                   help="stop a round after this many timed seconds once the minimums are met")
+    p.add_argument("--ci-target", type=float, default=Settings.ci_target,
+                   help="stop a round once the median's 95%% CI is within +- this fraction (default 0.005)")
+    p.add_argument("--rounds", type=int, help="shuffled rounds per model (default 4 on cpu, 1 on cuda)")
+    p.add_argument("--cooldown-temp", type=float, metavar="C",
+                   help="before each model wait until the device's hottest sensor reads <= C degrees")
+    p.add_argument("--cooldown-max", type=float, default=Settings.cooldown_max_s, metavar="S",
+                   help="wait at most S seconds for --cooldown-temp (default 300)")
+    p.add_argument("--no-wait", action="store_true", help="fail at once if another collection holds the device")
     p.add_argument("--accelerator", default="cpu", choices=["cpu", "cuda"],
                    help="cuda: torch on the GPU timed with CUDA events, or onnxruntime's CUDA EP")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="torch on cuda")
-    p.add_argument("--cuda-graphs", action="store_true", help="torch on cuda: replay the forward as a CUDA graph")
+    p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch on cuda: replay the forward as a CUDA graph (default on; --no-cuda-graphs times eager)")
     p.add_argument("--include-copies", action="store_true",
                    help="torch on cuda: time host->device input and device->host output copies too")
     p.add_argument("--out", default="latkit-data", help="dataset directory or URI (default ./latkit-data)")
@@ -247,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--tags", help="comma-separated, e.g. cpu,arm,phone")
     a.add_argument("--trust-host-key", action="store_true", help="record an unknown host key (a changed one is "
                                                                  "always refused)")
+    a.add_argument("--lease", help="the device's lease file (default: one per machine, "
+                                   "<tempdir>/latkit-device.lease); give devices that share a machine their own")
     a.set_defaults(func=cmd_device_add)
     ls = dev.add_parser("list", parents=[common], help="registered devices and whether they answer now")
     ls.add_argument("--no-check", action="store_true", help="do not contact the devices")
@@ -304,6 +335,16 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("src", help="folder with *_latency.parquet (e.g. ../shared/data/help) or one such file")
     imp.add_argument("out")
     imp.set_defaults(func=cmd_data_import_help)
+    rt = data.add_parser("retest", parents=[common],
+                         help="measure a random sample of a dataset's rows again (side table) and compare")
+    rt.add_argument("dir")
+    rt.add_argument("--n", type=int, default=50, help="rows to measure again (default 50)")
+    rt.add_argument("--seed", type=int, default=0)
+    rt.add_argument("--models", nargs="+", metavar="DIR", help="folders holding the measured model files "
+                                                                "(rows of a search space are re-exported)")
+    rt.add_argument("--job-timeout", type=float, default=600.0)
+    rt.add_argument("--quiet", action="store_true")
+    rt.set_defaults(func=cmd_data_retest)
     pl = data.add_parser("plot", help="latency histograms per device and a device-vs-device Spearman heatmap")
     pl.add_argument("dir")
     pl.add_argument("--out", help="folder for the PNGs (default DIR/plots)")
@@ -311,15 +352,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _terminate(signum, frame):
+    raise Interrupted("SIGTERM", 143)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.func(args)
     except LatkitError as e:
         print(f"latkit: error: {e}", file=sys.stderr)
         return 2
+    except Interrupted as e:
+        print(f"latkit: {e.summary or f'interrupted by {e.signame}; rows measured so far are kept'}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
-        print("latkit: interrupted; rows measured so far are kept", file=sys.stderr)
+        print("latkit: interrupted by SIGINT; rows measured so far are kept", file=sys.stderr)
         return 130
 
 

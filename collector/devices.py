@@ -39,6 +39,7 @@ class Device:
     key: Optional[str] = None
     python: Optional[str] = None
     workdir: Optional[str] = None
+    lease: Optional[str] = None  # the device lease file; default: one per machine (see agents/agent.py)
     tags: tuple = ()
     fingerprint: str = ""
     last_probe: str = ""
@@ -62,7 +63,7 @@ class Device:
         """A transport for this device (not yet started)."""
         from .transports import LocalTransport, SSHTransport
         if self.transport == "local":
-            return LocalTransport(python=self.python, workdir=self.workdir, name=self.name)
+            return LocalTransport(python=self.python, workdir=self.workdir, name=self.name, lease=self.lease)
         return SSHTransport(self, trust_host_key=trust_host_key)
 
     def to_toml(self) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -19,9 +20,13 @@ RUNTIME_FOR_FORMAT = {"onnx": "onnxruntime", "tflite": "tflite", "pt2": "torch",
 class Settings:
     """The timing protocol. Every field is part of the measurement key.
 
-    Defaults mirror the agent's DEFAULT_SETTINGS (a test keeps them equal): one thread, no pinning,
-    >= 10 warmup runs and 0.2 s, then >= 20 repeats and 1 s of timed work, continuing while the robust
-    CV (IQR / 1.349 / median) is above 1 %, up to 10,000 repeats or 10 s; the minimums win over the caps.
+    Defaults mirror the agent's DEFAULT_SETTINGS (a test keeps them equal). On the CPU a job is timed in
+    `rounds` (4) shuffled rounds: the scheduler visits every model once per round in a new order, so a
+    slow spell of a shared host hits all models alike instead of a contiguous block. Each round: one
+    thread, no pinning, >= 5 warmup runs and 0.05 s, then >= 10 timed runs and 0.2 s of timed work,
+    continuing until the median's 95 % CI is within +-0.5 % (`ci_target`) or 0.5 s / 10,000 runs; the
+    minimums win over the caps. On a GPU: one round, CUDA graphs on (eager timing of a small network on a
+    fast GPU measures the host's kernel launches).
     """
 
     runtime: str = "onnxruntime"
@@ -29,25 +34,45 @@ class Settings:
     cores: Optional[tuple] = None
     accelerator: str = "cpu"
     batch_size: Optional[int] = None
-    warmup_min_count: int = 10
-    warmup_min_s: float = 0.2
-    repeats_min_count: int = 20
-    repeats_min_s: float = 1.0
+    warmup_min_count: int = 5
+    warmup_min_s: float = 0.05
+    repeats_min_count: int = 10
+    repeats_min_s: float = 0.2
     repeats_max_count: int = 10000
-    repeats_max_s: float = 10.0
-    cv_target: float = 0.01
+    repeats_max_s: float = 0.5
+    ci_target: float = 0.005
     seed: int = 0
     dtype: str = "float32"
-    cuda_graphs: bool = False
+    cuda_graphs: Optional[bool] = None  # None: on for cuda, off for cpu
     include_copies: bool = False
+    cooldown_temp_c: Optional[float] = None
+    cooldown_max_s: float = 300.0
+    rounds: Optional[int] = None  # None: 4 on the CPU, 1 on a GPU
 
     def __post_init__(self):
+        cuda = self.accelerator == "cuda"
+        if self.cuda_graphs is None:
+            object.__setattr__(self, "cuda_graphs", cuda)
+        if self.rounds is None:
+            object.__setattr__(self, "rounds", 1 if cuda else 4)
         if self.runtime not in RUNTIMES:
             raise LatkitError(f"unknown runtime {self.runtime!r}; choose one of {', '.join(RUNTIMES)}")
-        if self.threads < 1:
-            raise LatkitError(f"threads must be >= 1, got {self.threads}")
+        for name in ("threads", "warmup_min_count", "repeats_min_count", "repeats_max_count", "rounds", "seed"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name in ("seed", "warmup_min_count") else 1):
+                raise LatkitError(f"{name} must be a whole number >= {0 if name in ('seed', 'warmup_min_count') else 1}"
+                                  f", got {v!r}")
+        for name in ("warmup_min_s", "repeats_min_s", "repeats_max_s", "ci_target", "cooldown_max_s"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 or (name == "ci_target" and v <= 0):
+                raise LatkitError(f"{name} must be a finite number {'> 0' if name == 'ci_target' else '>= 0'}, got {v!r}")
+        if self.cooldown_temp_c is not None and not (isinstance(self.cooldown_temp_c, (int, float))
+                                                     and 0 < self.cooldown_temp_c < 150):
+            raise LatkitError(f"cooldown_temp_c must be between 0 and 150 (degrees C), got {self.cooldown_temp_c!r}")
         if self.cores is not None:
             object.__setattr__(self, "cores", tuple(sorted(int(c) for c in self.cores)))
+            if not self.cores or min(self.cores) < 0:
+                raise LatkitError(f"cores must be CPU ids >= 0, got {self.cores}")
         if self.batch_size is not None and self.batch_size < 1:
             raise LatkitError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.repeats_max_count < self.repeats_min_count:
@@ -56,13 +81,15 @@ class Settings:
             raise LatkitError(f"unknown accelerator {self.accelerator!r}; choose cpu or cuda")
         if self.dtype not in ("float32", "float16", "bfloat16"):
             raise LatkitError(f"unknown dtype {self.dtype!r}; choose float32, float16 or bfloat16")
-        if self.accelerator == "cpu" and (self.dtype != "float32" or self.cuda_graphs or self.include_copies):
+        if not cuda and (self.dtype != "float32" or self.cuda_graphs or self.include_copies):
             raise LatkitError("dtype, cuda_graphs and include_copies apply to accelerator cuda only")
 
     def agent_settings(self) -> dict:
-        """What the agent's measure op takes (everything but the runtime, which travels beside it)."""
+        """What the agent's measure op takes (everything but the runtime, which travels beside it, and the
+        rounds, which the scheduler runs)."""
         d = dataclasses.asdict(self)
-        d.pop("runtime")
+        for host_only in ("runtime", "rounds"):
+            d.pop(host_only)
         d["cores"] = list(self.cores) if self.cores else None
         return d
 

@@ -1,11 +1,12 @@
 """Measurement: raw samples from the agent plus the statistics derived from them (the MeasureResult)."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -13,41 +14,112 @@ from .job import Job
 
 TELEMETRY = ("freq_mhz", "temp_c", "load1", "gpu_sm_mhz", "gpu_mem_mhz", "gpu_temp_c", "gpu_power_w")
 
-# Agent error kinds that are facts about (model, device, runtime) and so are stored as rows.
-# Others (runtime_missing, model_not_found, bad_request, transport) describe the set-up and are only reported.
-MODEL_ERRORS = frozenset({"corrupt_model", "unsupported_op", "bad_model", "runtime_error"})
+# Every error kind the agent or the host gives a job: kind -> (stored as a row, permanent). A stored kind is
+# a fact about (model, device, settings) and becomes a row; a permanent one would only fail again under the
+# same key, so a re-run skips it (--retry-errors measures it again). The other kinds describe the set-up
+# (runtime missing, bad request...) and fail the device instead. tests/test_agent.py keeps this table and
+# the agent's kinds in step.
+ERROR_KINDS = {
+    "corrupt_model": (True, True),
+    "unsupported_op": (True, True),
+    "bad_model": (True, True),
+    "runtime_error": (True, True),
+    "timeout": (True, True),  # no answer within --job-timeout: the agent was killed and restarted
+    "settings_not_applied": (True, False),  # the agent read back other settings than the key's
+    "runtime_missing": (False, False),
+    "model_not_found": (False, False),
+    "bad_request": (False, False),
+    "lease_unavailable": (False, False),
+    "agent_error": (False, False),
+}
+STORED_ERRORS = frozenset(k for k, (stored, _) in ERROR_KINDS.items() if stored)
+PERMANENT_ERRORS = frozenset(k for k, (_, permanent) in ERROR_KINDS.items() if permanent)
+
+NOISY_ROBUST_CV = 0.10  # above this IQR/1.349/median a row carries a "noisy" warning
+LAUNCH_BOUND = 0.8      # an eager CUDA row whose host launch time is >= this share of its latency is launch-bound
 
 
-def summarize(samples_ms) -> dict:
-    """Statistics of one run's samples. The median is the headline latency: robust to the odd
-    preempted sample, which inflates the mean."""
-    x = np.asarray(samples_ms, dtype=np.float64)
-    if x.size == 0:
-        raise ValueError("no samples")
-    p10, p25, p50, p75, p90 = np.percentile(x, [10, 25, 50, 75, 90])
-    mean = float(x.mean())
-    std = float(x.std(ddof=1)) if x.size > 1 else 0.0
-    return {"latency_ms": float(p50), "mean_ms": mean, "std_ms": std, "min_ms": float(x.min()),
-            "max_ms": float(x.max()), "p10_ms": float(p10), "p90_ms": float(p90), "iqr_ms": float(p75 - p25),
-            "cv": std / mean if mean > 0 else float("nan"), "repeats": int(x.size)}
+@dataclass(frozen=True)
+class Stats:
+    """Statistics of one job's samples. `latency_ms` is the headline: the median of the samples for one
+    round; with several rounds the minimum of the round medians (see README, "How latkit times a model":
+    on a drifting host it retests best). The others are kept so every choice can be re-made from the data."""
+
+    latency_ms: float
+    median_ms: float
+    mean_ms: float
+    std_ms: float
+    min_ms: float
+    max_ms: float
+    p10_ms: float
+    p90_ms: float
+    p99_ms: float
+    iqr_ms: float
+    mode_ms: float     # midpoint of the shortest interval holding half the samples
+    cv: float          # std / mean
+    robust_cv: float   # IQR / 1.349 / median
+    repeats: int
+
+    @classmethod
+    def of(cls, samples_ms, round_medians: Sequence[float] = ()) -> "Stats":
+        x = np.sort(np.asarray(samples_ms, dtype=np.float64))
+        if x.size == 0:
+            raise ValueError("no samples")
+        p10, p25, p50, p75, p90, p99 = np.percentile(x, [10, 25, 50, 75, 90, 99])
+        mean = float(x.mean())
+        std = float(x.std(ddof=1)) if x.size > 1 else 0.0
+        k = (x.size + 1) // 2
+        widths = x[k - 1:] - x[:x.size - k + 1]
+        i = int(np.argmin(widths))
+        return cls(latency_ms=float(min(round_medians)) if len(round_medians) > 1 else float(p50),
+                   median_ms=float(p50), mean_ms=mean, std_ms=std, min_ms=float(x[0]), max_ms=float(x[-1]),
+                   p10_ms=float(p10), p90_ms=float(p90), p99_ms=float(p99), iqr_ms=float(p75 - p25),
+                   mode_ms=float((x[i] + x[i + k - 1]) / 2), cv=std / mean if mean > 0 else float("nan"),
+                   robust_cv=float((p75 - p25) / 1.349 / p50) if p50 > 0 else float("nan"), repeats=int(x.size))
 
 
-@dataclass
+def summarize(samples_ms) -> Stats:
+    """Statistics of one run's samples (one round)."""
+    return Stats.of(samples_ms)
+
+
+def _ts(text) -> Optional[datetime]:
+    """The agent's UTC timestamps ("...Z") as aware datetimes."""
+    if text is None or isinstance(text, datetime):
+        return text
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+
+
+@dataclass(frozen=True)
 class Measurement:
-    """The outcome of one Job: status 'ok' with samples and stats, or 'error' with a kind and message."""
+    """The outcome of one Job: status 'ok' with samples and stats, or 'error' with a kind and message.
+    Raw samples are the truth; `stats` derives from them."""
 
     job: Job
     status: str
-    samples_ms: list = field(default_factory=list)
-    stats: dict = field(default_factory=dict)
+    samples_ms: tuple = ()
+    stats: Optional[Stats] = None
     warmup: int = 0
-    load_s: float = 0.0  # agent-side model load (not stored: it describes the run, not the model)
     warmup_s: float = 0.0
+    load_ms: Optional[float] = None    # model load and session set-up on the device
+    first_ms: Optional[float] = None   # the first inference after load (cold caches, lazy init)
     runtime_version: str = ""
     agent_version: str = ""
-    inputs: list = field(default_factory=list)
+    inputs: tuple = ()
     telemetry_before: dict = field(default_factory=dict)
     telemetry_after: dict = field(default_factory=dict)
+    applied: dict = field(default_factory=dict)  # what the agent read back: threads, cores, dtype, cuda graphs...
+    stopped_by: str = ""               # ci_target | max_time | max_count
+    ci_rel: Optional[float] = None     # the median's 95 % CI half-width / median when timing stopped (worst round)
+    cooldown_s: Optional[float] = None
+    cooled: Optional[bool] = None
+    throttle: Optional[str] = None
+    peak_rss_mb: Optional[float] = None
+    gpu_peak_mb: Optional[float] = None
+    launch_ms: Optional[float] = None
+    round_ms: tuple = ()               # each round's median
+    round_started_at: tuple = ()
+    round_finished_at: tuple = ()
     device_fingerprint: str = ""
     error_kind: str = ""
     error: str = ""
@@ -55,20 +127,81 @@ class Measurement:
 
     @classmethod
     def from_result(cls, job: Job, result: dict, fingerprint: str = "") -> "Measurement":
-        return cls(job=job, status="ok", samples_ms=list(result["samples_ms"]), stats=summarize(result["samples_ms"]),
-                   warmup=result["warmup"], load_s=result.get("load_s", 0.0), warmup_s=result.get("warmup_s", 0.0),
-                   runtime_version=result["runtime_version"],
-                   agent_version=result["agent_version"], inputs=result["inputs"],
+        samples = tuple(result["samples_ms"])
+        return cls(job=job, status="ok", samples_ms=samples, stats=Stats.of(samples), warmup=result["warmup"],
+                   warmup_s=result.get("warmup_s", 0.0), load_ms=result.get("load_s", 0.0) * 1e3,
+                   first_ms=result.get("first_ms"), runtime_version=result["runtime_version"],
+                   agent_version=result["agent_version"], inputs=tuple(result["inputs"]),
                    telemetry_before=result["telemetry_before"], telemetry_after=result["telemetry_after"],
-                   device_fingerprint=fingerprint)
+                   applied=result.get("applied") or {}, stopped_by=result.get("stopped_by", ""),
+                   ci_rel=result.get("ci_rel"), cooldown_s=result.get("cooldown_s"), cooled=result.get("cooled"),
+                   throttle=result.get("throttle"), peak_rss_mb=result.get("peak_rss_mb"),
+                   gpu_peak_mb=result.get("gpu_peak_mb"), launch_ms=result.get("launch_ms"),
+                   round_ms=(float(np.median(samples)),), round_started_at=(_ts(result.get("started_at")),),
+                   round_finished_at=(_ts(result.get("finished_at")),), device_fingerprint=fingerprint)
 
     @classmethod
     def failed(cls, job: Job, kind: str, message: str, fingerprint: str = "") -> "Measurement":
         return cls(job=job, status="error", error_kind=kind, error=message, device_fingerprint=fingerprint)
 
+    @classmethod
+    def combine(cls, rounds: Sequence["Measurement"]) -> "Measurement":
+        """One row from a job's shuffled rounds (all ok, in time order): samples pooled, latency_ms from
+        the round medians, load and first inference from the first round."""
+        if len(rounds) == 1:
+            return rounds[0]
+        first, samples = rounds[0], tuple(s for r in rounds for s in r.samples_ms)
+        medians = tuple(m for r in rounds for m in r.round_ms)
+        reasons = {r.stopped_by for r in rounds}
+        return dataclasses.replace(
+            first, samples_ms=samples, stats=Stats.of(samples, medians), warmup=sum(r.warmup for r in rounds),
+            warmup_s=sum(r.warmup_s for r in rounds), telemetry_after=rounds[-1].telemetry_after,
+            stopped_by="ci_target" if reasons == {"ci_target"} else sorted(reasons - {"ci_target"})[0],
+            ci_rel=max(r.ci_rel for r in rounds if r.ci_rel is not None) if any(r.ci_rel is not None for r in rounds)
+            else None,
+            cooldown_s=sum(r.cooldown_s or 0.0 for r in rounds) if first.cooldown_s is not None else None,
+            cooled=None if first.cooled is None else all(r.cooled for r in rounds),
+            throttle="; ".join(sorted({r.throttle for r in rounds if r.throttle})) or first.throttle,
+            peak_rss_mb=max((r.peak_rss_mb for r in rounds if r.peak_rss_mb is not None), default=None),
+            gpu_peak_mb=max((r.gpu_peak_mb for r in rounds if r.gpu_peak_mb is not None), default=None),
+            round_ms=medians, round_started_at=tuple(t for r in rounds for t in r.round_started_at),
+            round_finished_at=tuple(t for r in rounds for t in r.round_finished_at),
+            measured_at=rounds[-1].measured_at)
+
     @property
     def latency_ms(self) -> Optional[float]:
-        return self.stats.get("latency_ms")
+        return self.stats.latency_ms if self.stats else None
+
+    @property
+    def launch_bound(self) -> Optional[bool]:
+        """An eager CUDA forward whose host launch time is about its latency: the row timed the host CPU."""
+        if self.launch_ms is None or self.stats is None:
+            return None
+        return not self.applied.get("cuda_graphs") and self.launch_ms >= LAUNCH_BOUND * self.stats.latency_ms
+
+    @property
+    def warnings(self) -> tuple:
+        """What makes this row less trustworthy, in words (torch.utils.benchmark prints the like)."""
+        if self.status != "ok":
+            return ()
+        s, out = self.stats, []
+        if s.robust_cv > NOISY_ROBUST_CV:
+            out.append(f"noisy: robust CV {s.robust_cv * 100:.1f} % (IQR/1.349/median); pin a core (--cores) "
+                       "or measure when the device is idle")
+        if self.stopped_by and self.stopped_by != "ci_target":
+            out.append(f"missed the +-{self.job.settings.ci_target * 100:g} % CI target (stopped by "
+                       f"{self.stopped_by}, +-{(self.ci_rel or 0) * 100:.2f} %)")
+        if self.throttle:
+            out.append(f"throttled: {self.throttle}")
+        if self.cooled is False:
+            out.append(f"did not cool to {self.job.settings.cooldown_temp_c} C within "
+                       f"{self.job.settings.cooldown_max_s:g} s")
+        if self.applied.get("graph_fallback"):
+            out.append(self.applied["graph_fallback"])
+        if self.launch_bound:
+            out.append(f"launch-bound: the host takes {self.launch_ms:.3f} ms to launch a forward of "
+                       f"{s.latency_ms:.3f} ms; time with CUDA graphs")
+        return tuple(out)
 
     def summary(self) -> str:
         j = self.job
@@ -76,31 +209,46 @@ class Measurement:
         if self.status != "ok":
             return f"{head}: {self.error_kind}: {self.error}"
         s = self.stats
-        return (f"{head}: {s['latency_ms']:.4f} ms median, p10-p90 {s['p10_ms']:.4f}-{s['p90_ms']:.4f} ms, "
-                f"CV {s['cv'] * 100:.2f}%, {s['repeats']} repeats, input {self.input_shape or '?'}")
+        return (f"{head}: {s.latency_ms:.4f} ms, median {s.median_ms:.4f}, p10-p90 {s.p10_ms:.4f}-{s.p90_ms:.4f} ms, "
+                f"robust CV {s.robust_cv * 100:.2f}%, {s.repeats} repeats in {len(self.round_ms)} round(s), "
+                f"input {self.input_shape or '?'}" + "".join(f"\n  warning: {w}" for w in self.warnings))
 
     @property
     def input_shape(self) -> str:
         return ";".join("x".join(str(d) for d in i["shape"]) for i in self.inputs)
 
     def to_row(self) -> dict:
-        """One store row; column names are documented in collector/store.py."""
-        j, st = self.job, self.job.settings
+        """One store row; the columns are documented in collector/store.py."""
+        j, st, a = self.job, self.job.settings, self.applied
         first = self.inputs[0]["shape"] if self.inputs else None
+        rounds_at = [t for t in self.round_started_at if t is not None]
+        ends = [t for t in self.round_finished_at if t is not None]
         row = {
             "space": j.artifact.space, "arch": j.artifact.arch, "model_sha256": j.artifact.sha256,
             "model_format": j.artifact.format, "device": j.device, "device_fingerprint": self.device_fingerprint,
             "runtime": st.runtime, "runtime_version": self.runtime_version, "accelerator": st.accelerator,
             "batch_size": int(first[0]) if first else st.batch_size, "input_shape": self.input_shape,
             "threads": st.threads, "cores": ",".join(map(str, st.cores)) if st.cores else "",
+            "threads_applied": a.get("threads"),
+            "cores_applied": ",".join(map(str, a["cores"])) if a.get("cores") is not None else None,
+            "dtype": a.get("dtype", st.dtype if st.accelerator == "cuda" else None) if self.status == "ok" else None,
+            "cuda_graphs": a.get("cuda_graphs"), "graph_fallback": a.get("graph_fallback"),
+            "cudnn_benchmark": a.get("cudnn_benchmark"), "tf32": a.get("tf32"),
+            "launch_ms": self.launch_ms, "launch_bound": self.launch_bound,
             "settings": st.canonical(), "key": j.key, "sampler": j.sampler,
-            "warmup": self.warmup, "samples_ms": self.samples_ms,
+            "warmup": self.warmup, "samples_ms": list(self.samples_ms),
+            "rounds": len(self.round_ms) if self.status == "ok" else None, "round_ms": list(self.round_ms) or None,
+            "round_started_at": rounds_at or None, "round_finished_at": ends or None,
+            "started_at": rounds_at[0] if rounds_at else None, "finished_at": ends[-1] if ends else None,
+            "stopped_by": self.stopped_by or None, "ci_rel": self.ci_rel, "load_ms": self.load_ms,
+            "first_ms": self.first_ms, "peak_rss_mb": self.peak_rss_mb, "gpu_peak_mb": self.gpu_peak_mb,
+            "cooldown_s": self.cooldown_s, "throttle": self.throttle, "warnings": "; ".join(self.warnings),
             "agent_version": self.agent_version, "measured_at": self.measured_at,
             "status": self.status, "error_kind": self.error_kind, "error": self.error,
         }
-        for name in ("latency_ms", "mean_ms", "std_ms", "min_ms", "max_ms", "p10_ms", "p90_ms", "iqr_ms", "cv"):
-            row[name] = self.stats.get(name)
-        row["repeats"] = self.stats.get("repeats", 0)
+        for f in dataclasses.fields(Stats):
+            row[f.name] = getattr(self.stats, f.name) if self.stats else None
+        row["repeats"] = row["repeats"] or 0
         for when, tel in (("before", self.telemetry_before), ("after", self.telemetry_after)):
             for k in TELEMETRY:
                 row[f"telemetry_{when}_{k}"] = tel.get(k)

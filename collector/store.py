@@ -15,19 +15,32 @@ Columns (one row per (model, device, runtime, settings) measurement):
 | runtime, runtime_version, accelerator | string | onnxruntime / tflite / torch, its version, cpu / cuda |
 | batch_size | int64 | first dimension of the first input |
 | input_shape | string | shapes of all inputs, e.g. "1x3x32x32" (";" between inputs) |
-| threads | int64, cores string | runtime threads; pinned CPU ids ("" = not pinned) |
+| threads, cores | int64, string | runtime threads and pinned CPU ids ("" = not pinned) as the key asked for them |
+| threads_applied, cores_applied | int64, string | what the agent read back right before timing: the runtime's thread count (tflite has no getter: as built) and os.sched_getaffinity |
+| dtype, cuda_graphs, graph_fallback | string, bool, string | GPU rows: parameter dtype on the device; whether a CUDA graph was replayed; why capture fell back to eager |
+| cudnn_benchmark, tf32 | bool | GPU rows: cuDNN benchmark mode (latkit turns it off); TF32 allowed in matmul or cuDNN |
+| launch_ms, launch_bound | double, bool | GPU rows: host time to enqueue one eager forward; an eager row whose launch_ms >= 0.8 x latency (it timed the host) |
 | settings, key | string | canonical JSON of Settings; sha256(model, device, settings) used to skip work done |
 | sampler | string | how the arch was chosen, e.g. "balanced(seed=0)"; "" for single models |
-| latency_ms | double | median of samples_ms: the headline number |
-| mean_ms, std_ms, min_ms, max_ms, p10_ms, p90_ms, iqr_ms, cv | double | statistics of samples_ms (cv = std/mean) |
+| latency_ms | double | the headline: median of samples_ms for one round; with rounds > 1 the minimum of the round medians, which retests best on a drifting host (README, "How latkit times a model") |
+| median_ms, mean_ms, std_ms, min_ms, max_ms, p10_ms, p90_ms, p99_ms, iqr_ms | double | statistics of all samples_ms |
+| mode_ms | double | midpoint of the shortest interval holding half the samples |
+| cv, robust_cv | double | std/mean; IQR/1.349/median |
+| rounds, round_ms | int64, list<double> | shuffled rounds this job was timed in; each round's median |
+| round_started_at, round_finished_at, started_at, finished_at | timestamp[us, UTC] (lists per round) | device clock at the start of warmup and after the last timed run, per round; the first start and last end. No two rows of one device overlap |
+| stopped_by, ci_rel | string, double | why timing stopped (ci_target, max_time, max_count; with rounds the first cap any round hit); the median's 95 % CI half-width / median then (worst round) |
 | repeats, warmup | int64 | timed runs kept; untimed warmup runs before them |
-| samples_ms | list<double> | every timed run, in order |
+| samples_ms | list<double> | every timed run, in order (rounds one after the other) |
+| load_ms, first_ms | double | model load and session set-up; the first inference after it (GPU: first eager forward) |
+| peak_rss_mb, gpu_peak_mb | double | the agent's peak resident memory while loading and timing (Linux VmHWM, reset per model); torch.cuda peak allocation |
+| cooldown_s, throttle | double, string | seconds waited for --cooldown-temp; why the device ran below rated speed ("" = nothing seen, null = cannot tell) |
+| warnings | string | "; "-joined: noisy, missed CI target, throttled, launch-bound, CUDA-graph fallback |
 | telemetry_{before,after}_{freq_mhz,temp_c,load1} | double | CPU frequency, hottest sensor, 1-min load |
 | telemetry_{before,after}_gpu_{sm_mhz,mem_mhz,temp_c,power_w} | double | GPU clocks, temperature, power (cuda rows) |
 | gpu_clocks_locked | bool | application clocks differ from the defaults (set with nvidia-smi -ac); null = unknown |
 | agent_version | string | version of agents/agent.py that timed it |
 | measured_at | timestamp[us, UTC] | when the host received the result |
-| status, error_kind, error | string | "ok" or "error"; error tag and one-line message |
+| status, error_kind, error | string | "ok" or "error"; error kind (collector/measurement.py ERROR_KINDS) and one-line message |
 """
 from __future__ import annotations
 
@@ -46,20 +59,31 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .errors import LatkitError
-from .measurement import MODEL_ERRORS, TELEMETRY
+from .measurement import PERMANENT_ERRORS, TELEMETRY
 
-_STATS = ["latency_ms", "mean_ms", "std_ms", "min_ms", "max_ms", "p10_ms", "p90_ms", "iqr_ms", "cv"]
+_STATS = ["latency_ms", "median_ms", "mean_ms", "std_ms", "min_ms", "max_ms", "p10_ms", "p90_ms", "p99_ms", "iqr_ms",
+          "mode_ms", "cv", "robust_cv"]
 _TELEMETRY = [f"telemetry_{w}_{k}" for w in ("before", "after") for k in TELEMETRY]
+_TS = pa.timestamp("us", tz="UTC")
 
 SCHEMA = pa.schema(
     [(n, pa.string()) for n in ("space", "arch", "model_sha256", "model_format", "device", "device_fingerprint",
                                 "runtime", "runtime_version", "accelerator")]
     + [("batch_size", pa.int64()), ("input_shape", pa.string()), ("threads", pa.int64()), ("cores", pa.string()),
+       ("threads_applied", pa.int64()), ("cores_applied", pa.string()), ("dtype", pa.string()),
+       ("cuda_graphs", pa.bool_()), ("graph_fallback", pa.string()), ("cudnn_benchmark", pa.bool_()),
+       ("tf32", pa.bool_()), ("launch_ms", pa.float64()), ("launch_bound", pa.bool_()),
        ("settings", pa.string()), ("key", pa.string()), ("sampler", pa.string())]
     + [(n, pa.float64()) for n in _STATS]
-    + [("repeats", pa.int64()), ("warmup", pa.int64()), ("samples_ms", pa.list_(pa.float64()))]
+    + [("rounds", pa.int64()), ("round_ms", pa.list_(pa.float64())), ("round_started_at", pa.list_(_TS)),
+       ("round_finished_at", pa.list_(_TS)), ("started_at", _TS), ("finished_at", _TS),
+       ("stopped_by", pa.string()), ("ci_rel", pa.float64()),
+       ("repeats", pa.int64()), ("warmup", pa.int64()), ("samples_ms", pa.list_(pa.float64())),
+       ("load_ms", pa.float64()), ("first_ms", pa.float64()), ("peak_rss_mb", pa.float64()),
+       ("gpu_peak_mb", pa.float64()), ("cooldown_s", pa.float64()), ("throttle", pa.string()),
+       ("warnings", pa.string())]
     + [(n, pa.float64()) for n in _TELEMETRY] + [("gpu_clocks_locked", pa.bool_())]
-    + [("agent_version", pa.string()), ("measured_at", pa.timestamp("us", tz="UTC")),
+    + [("agent_version", pa.string()), ("measured_at", _TS),
        ("status", pa.string()), ("error_kind", pa.string()), ("error", pa.string())]
 )
 PARTITIONS = ("device", "space")
@@ -96,7 +120,12 @@ class Store:
 
     def append(self, rows: Iterable[dict]) -> int:
         """Write rows as new files, one per partition; returns the number written."""
-        table = pa.Table.from_pylist(list(rows), schema=SCHEMA)
+        rows = list(rows)
+        for row in rows:  # from_pylist drops unknown keys silently: a typo would become a null column
+            extra = set(row) - set(SCHEMA.names)
+            if extra:
+                raise ValueError(f"row keys not in the schema: {sorted(extra)}")
+        table = pa.Table.from_pylist(rows, schema=SCHEMA)
         if table.num_rows == 0:
             return 0
         groups = {}
@@ -118,10 +147,11 @@ class Store:
 
     def files(self) -> list:
         """The dataset's Parquet files; anything else in the folder (README.md card, plots/, _devices.json,
-        dot-prefixed temporaries) is not data."""
+        side tables under _retest/, dot-prefixed temporaries) is not data."""
         infos = self.fs.get_file_info(pafs.FileSelector(self.root, recursive=True))
+        root = self.root.rstrip("/") + "/"
         return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
-                      and not i.base_name.startswith((".", "_")))
+                      and not any(p.startswith((".", "_")) for p in i.path[len(root):].split("/")))
 
     def dataset(self) -> ds.Dataset:
         return ds.dataset(self.files(), filesystem=self.fs, format="parquet", partitioning=_PARTITIONING,
@@ -151,9 +181,9 @@ class Store:
             return {}
 
     def done_keys(self, include_errors: bool = True) -> set:
-        """Keys a re-run skips: measured ok, and (by default) failed for a reason of the model itself
-        (corrupt file, unsupported op), which would only fail again."""
+        """Keys a re-run skips: measured ok, and (by default) failed for a reason that would only fail
+        again under the same key (corrupt file, unsupported op, timeout: PERMANENT_ERRORS)."""
         done = pc.field("status") == "ok"
         if include_errors:
-            done = done | pc.field("error_kind").isin(sorted(MODEL_ERRORS))
+            done = done | pc.field("error_kind").isin(sorted(PERMANENT_ERRORS))
         return set(self.read(columns=["key"], filter=done)["key"].to_pylist())

@@ -40,7 +40,7 @@ def artifacts(export_cache):
 def fast():
     """Settings that keep each measurement around 0.1 s."""
     from collector import Settings
-    return Settings(warmup_min_count=2, warmup_min_s=0.01, repeats_min_count=10, repeats_min_s=0.05,
+    return Settings(warmup_min_count=2, warmup_min_s=0.01, repeats_min_count=10, repeats_min_s=0.05, rounds=1,
                     repeats_max_s=0.2)
 
 

@@ -22,10 +22,18 @@ def load_agent_module():
     return mod
 
 
+FRAME = "@@latkit "
+
+
+def reply(line):
+    assert line.startswith(FRAME), line
+    return json.loads(line[len(FRAME):])
+
+
 def ask(proc, req):
     proc.stdin.write(json.dumps(req) + "\n")
     proc.stdin.flush()
-    return json.loads(proc.stdout.readline())
+    return reply(proc.stdout.readline())
 
 
 def test_protocol_round_trip(agent_proc, artifacts, tmp_path):
@@ -44,17 +52,24 @@ def test_protocol_round_trip(agent_proc, artifacts, tmp_path):
     settings = dict(Settings().agent_settings(), repeats_min_s=0.05, repeats_max_s=0.2, warmup_min_s=0.01)
     r = ask(agent_proc, {"id": 4, "op": "measure", "model": artifacts["onnx"].name, "runtime": "onnxruntime",
                          "settings": settings})
+    assert r["error"]["kind"] == "bad_request" and "lease" in r["error"]["message"]  # no timing without the lease
+    assert ask(agent_proc, {"id": 4, "op": "lease", "holder": {"pid": 1}})["result"]["acquired"]
+    r = ask(agent_proc, {"id": 4, "op": "measure", "model": artifacts["onnx"].name, "runtime": "onnxruntime",
+                         "settings": settings})
     assert r["ok"], r
     res = r["result"]
     assert len(res["samples_ms"]) >= settings["repeats_min_count"] and all(s > 0 for s in res["samples_ms"])
     assert sum(res["samples_ms"]) >= 50.0  # the minimum total time (0.05 s) was honoured
     assert res["inputs"] == [{"name": "input_0", "shape": [1, 3, 32, 32], "dtype": "float32"}]
     assert res["warmup"] >= 2 and set(res["telemetry_before"]) == {"freq_mhz", "temp_c", "load1"}
+    assert res["stopped_by"] in ("ci_target", "max_time", "max_count") and res["ci_rel"] > 0
+    assert res["applied"]["threads"] == 1 and res["applied"]["cores"] == sorted(os.sched_getaffinity(0))
+    assert res["started_at"] < res["finished_at"] and res["load_s"] > 0 and res["first_ms"] > 0
 
     assert ask(agent_proc, {"id": 5, "op": "nope"})["error"]["kind"] == "bad_request"
     agent_proc.stdin.write("this is not json\n")
     agent_proc.stdin.flush()
-    assert json.loads(agent_proc.stdout.readline())["error"]["kind"] == "bad_request"
+    assert reply(agent_proc.stdout.readline())["error"]["kind"] == "bad_request"
     r = ask(agent_proc, {"id": 6, "op": "measure", "model": "missing.onnx", "runtime": "onnxruntime"})
     assert r["error"]["kind"] == "model_not_found"
     r = ask(agent_proc, {"id": 7, "op": "measure", "model": artifacts["onnx"].name, "runtime": "onnxruntime",
@@ -85,9 +100,10 @@ def python38():
 def test_agent_runs_on_bare_python_38(tmp_path):
     """A device with nothing but Python 3.8: ping and probe work, measure says what to install."""
     out = subprocess.run([python38(), str(AGENT), "--workdir", str(tmp_path)], text=True, capture_output=True,
-                         input='{"id":1,"op":"probe"}\n{"id":2,"op":"measure","model":"/etc/hostname",'
-                               '"runtime":"onnxruntime"}\n', timeout=60)
-    probe, measure = [json.loads(line) for line in out.stdout.splitlines()]
+                     input='{"id":1,"op":"probe"}\n{"id":2,"op":"lease"}\n{"id":3,"op":"measure",'
+                               '"model":"/etc/hostname","runtime":"onnxruntime"}\n', timeout=60)
+    probe, lease, measure = [reply(line) for line in out.stdout.splitlines()]
+    assert lease["result"]["acquired"] or lease["result"]["holder"]
     assert probe["ok"] and probe["result"]["python"].startswith("3.8")
     assert measure["error"]["kind"] == "runtime_missing" and "pip install" in measure["error"]["message"]
 
@@ -96,28 +112,42 @@ def test_settings_defaults_match_agent():
     agent = load_agent_module()
     host = Settings().agent_settings()
     assert host == agent.DEFAULT_SETTINGS
-    assert {f.name for f in dataclasses.fields(Settings)} == set(agent.DEFAULT_SETTINGS) | {"runtime"}
+    assert {f.name for f in dataclasses.fields(Settings)} == set(agent.DEFAULT_SETTINGS) | {"runtime", "rounds"}
 
 
 def test_protocol_minimums_and_caps():
-    """Timing a real 1 ms sleep: minimums hold, the caps stop a run whose CV never reaches the target."""
+    """Timing a real 1 ms sleep: minimums hold, the caps stop a run that never reaches the CI target."""
     agent = load_agent_module()
     s = dict(agent.DEFAULT_SETTINGS, warmup_min_count=3, warmup_min_s=0.0, repeats_min_count=15,
-             repeats_min_s=0.0, repeats_max_count=40, cv_target=0.0)
-    samples, warmup, _ = agent.time_callable(agent.wall_timer(lambda: time.sleep(0.001)), s)
-    assert warmup == 3 and len(samples) == 40 and min(samples) >= 1.0
+             repeats_min_s=0.0, repeats_max_count=40, ci_target=1e-9)
+    t = agent.time_callable(agent.wall_timer(lambda: time.sleep(0.001)), s)
+    assert t["warmup"] == 3 and len(t["samples_ms"]) == 40 and min(t["samples_ms"]) >= 1.0
+    assert t["stopped_by"] == "max_count" and t["first_ms"] >= 1.0
 
     s.update(repeats_min_count=5, repeats_min_s=0.05, repeats_max_count=10)  # min time beats the count cap
-    samples, _, _ = agent.time_callable(agent.wall_timer(lambda: time.sleep(0.001)), s)
-    assert sum(samples) >= 50.0 and len(samples) > 10
+    t = agent.time_callable(agent.wall_timer(lambda: time.sleep(0.001)), s)
+    assert sum(t["samples_ms"]) >= 50.0 and len(t["samples_ms"]) > 10
 
-    s.update(repeats_min_count=20, repeats_min_s=0.0, repeats_max_count=10000, repeats_max_s=0.1, cv_target=1.0)
-    samples, _, _ = agent.time_callable(agent.wall_timer(lambda: time.sleep(0.001)), s)
-    assert len(samples) < 40  # a loose CV target stops soon after the minimum count
+    s.update(repeats_min_count=20, repeats_min_s=0.0, repeats_max_count=10000, repeats_max_s=0.1, ci_target=1.0)
+    t = agent.time_callable(agent.wall_timer(lambda: time.sleep(0.001)), s)
+    assert len(t["samples_ms"]) < 40 and t["stopped_by"] == "ci_target"  # a loose target stops soon
+
+    s.update(repeats_max_s=0.05, ci_target=1e-9)
+    t = agent.time_callable(agent.wall_timer(lambda: time.sleep(0.001)), s)
+    assert t["stopped_by"] == "max_time" and t["ci_rel"] > 1e-9
 
 
-def test_robust_cv_ignores_outliers():
+def test_median_ci_shrinks_with_repeats_and_ignores_outliers():
+    """The stopping statistic narrows as samples are added, whatever the spread of the samples: that is
+    what lets a noisy host stop before the cap (a CV target never would)."""
+    import random
     agent = load_agent_module()
+    rng = random.Random(0)
+    noisy = [1.0 + abs(rng.gauss(0, 0.2)) for _ in range(4000)]
+    widths = [agent.median_ci_rel(noisy[:n]) for n in (50, 200, 800, 3200)]
+    assert widths == sorted(widths, reverse=True) and widths[-1] < widths[0] / 4
     steady = [1.0 + 0.001 * (i % 5) for i in range(200)]
-    assert agent.robust_cv(steady + [50.0, 80.0]) < 0.01  # two preempted runs do not inflate it
-    assert agent.robust_cv([1.0, 2.0, 3.0, 4.0, 5.0, 6.0]) > 0.3
+    assert agent.median_ci_rel(steady + [50.0, 80.0]) < 0.01  # two preempted runs do not inflate it
+    assert agent.median_ci_rel([1.0, 2.0]) == float("inf")
+    xs = sorted(noisy[:101])
+    assert agent.quantile(xs, 0.5) == pytest.approx(float(__import__("numpy").median(xs)))

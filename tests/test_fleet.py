@@ -17,7 +17,8 @@ from collector.api import make_jobs
 from collector.loopback import _keygen, kill_sshd, start_sshd
 from conftest import ROOT
 
-QUICK = Settings(warmup_min_count=2, warmup_min_s=0.01, repeats_min_count=10, repeats_min_s=0.05, repeats_max_s=0.2)
+QUICK = Settings(warmup_min_count=2, warmup_min_s=0.01, repeats_min_count=10, repeats_min_s=0.05, repeats_max_s=0.2,
+                 rounds=1)
 
 
 def latkit(*args, timeout=300):

@@ -62,7 +62,7 @@ def test_cuda_runner_times_on_the_gpu(artifacts, fast, options):
     with DeviceRunner(Device("local")) as r:
         m = r.measure(Job(artifacts["pt2"], "local", s))
     assert m.status == "ok", m.error
-    assert 0 < m.stats["min_ms"] < 100 and m.stats["repeats"] >= fast.repeats_min_count
+    assert 0 < m.stats.min_ms < 100 and m.stats.repeats >= fast.repeats_min_count
     row = m.to_row()
     assert row["accelerator"] == "cuda" and row["telemetry_before_gpu_sm_mhz"] > 0
     assert row["telemetry_before_gpu_temp_c"] > 0 and row["telemetry_before_gpu_power_w"] > 0

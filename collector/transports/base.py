@@ -1,6 +1,8 @@
 """The transport interface and the JSON-lines client both transports speak through."""
 from __future__ import annotations
 
+import abc
+import collections
 import itertools
 import json
 import queue
@@ -8,26 +10,35 @@ import threading
 from pathlib import Path
 from typing import IO, Optional
 
-from ..errors import AgentCallError, TransportError
+from ..errors import AgentCallError, CallTimeout, TransportError
 from ..job import Artifact
 
 AGENT_PATH = Path(__file__).resolve().parents[2] / "agents" / "agent.py"
 
 
+# Every reply line of the agent starts with this (agents/agent.py FRAME); other stdout lines are device noise.
+FRAME = b"@@latkit "
+
+
 class AgentClient:
     """Request/reply over an agent's stdin/stdout. A reader thread feeds a queue so every call can time out
-    (a hung runtime must not hang the host)."""
+    (a hung runtime must not hang the host). Lines without the FRAME prefix (login banners, wrapper
+    scripts) are kept aside for error messages and otherwise ignored."""
 
     def __init__(self, stdin: IO[bytes], stdout: IO[bytes], describe: str):
         self._stdin, self._describe = stdin, describe
         self._replies: queue.Queue = queue.Queue()
         self._ids = itertools.count(1)
+        self.noise: collections.deque = collections.deque(maxlen=5)
         threading.Thread(target=self._read, args=(stdout,), daemon=True).start()
 
     def _read(self, stdout) -> None:
         try:
             for line in stdout:
-                self._replies.put(line)
+                if line.startswith(FRAME):
+                    self._replies.put(line[len(FRAME):])
+                elif line.strip():
+                    self.noise.append(line.decode(errors="replace").strip()[:200])
         except (OSError, ValueError):
             pass
         self._replies.put(None)  # end of stream
@@ -43,10 +54,14 @@ class AgentClient:
             try:
                 line = self._replies.get(timeout=timeout)
             except queue.Empty:
-                raise TransportError(f"agent on {self._describe} gave no answer to {op!r} within {timeout:.0f} s") from None
+                raise CallTimeout(f"agent on {self._describe} gave no answer to {op!r} within {timeout:.0f} s") from None
             if line is None:
-                raise TransportError(f"agent on {self._describe} exited during {op!r}")
-            reply = json.loads(line)
+                noise = f" (it printed: {' | '.join(self.noise)})" if self.noise else ""
+                raise TransportError(f"agent on {self._describe} exited during {op!r}{noise}")
+            try:
+                reply = json.loads(line)
+            except ValueError:
+                continue  # a framed line garbled in transit cannot be matched to a request
             if reply.get("id") != req_id:  # a late answer to a request that timed out
                 continue
             if reply["ok"]:
@@ -55,24 +70,41 @@ class AgentClient:
             raise AgentCallError(err["kind"], err["message"])
 
 
-class Transport:
+class Transport(abc.ABC):
     """Starts one long-lived agent on a device, puts model files there, and carries requests to it."""
 
     describe = "device"
+    _client: Optional[AgentClient] = None
 
+    @abc.abstractmethod
     def start(self) -> dict:
         """Start (or reuse) the agent; returns its ping reply."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def put(self, artifact: Artifact) -> str:
         """Make the model file available on the device; returns the name to send in measure requests."""
-        raise NotImplementedError
+
+    @abc.abstractmethod
+    def kill(self) -> None:
+        """Stop the agent now, even mid-measurement (it releases the device lease as it dies)."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Shut the agent down politely and release the connection."""
+
+    def stderr_tail(self) -> str:
+        return ""
 
     def call(self, op: str, timeout: Optional[float] = 60.0, **fields) -> dict:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        raise NotImplementedError
+        """One request; a broken link or a timeout kills the agent so nothing keeps running on the device."""
+        if self._client is None:
+            raise TransportError(f"agent on {self.describe} is not started")
+        try:
+            return self._client.call(op, timeout, **fields)
+        except TransportError as e:
+            tail = self.stderr_tail()
+            self.kill()
+            raise type(e)(f"{e}{'; agent stderr: ' + tail if tail else ''}") from None
 
     def __enter__(self):
         self.start()

@@ -1,6 +1,7 @@
 """The local transport: the agent as a subprocess of the host, with the host's Python by default."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,9 +15,11 @@ from .base import AGENT_PATH, AgentClient, Transport
 class LocalTransport(Transport):
     """Models are timed where they lie (no copy); `python` may point at another environment, as a device's own."""
 
-    def __init__(self, python: Optional[str] = None, workdir: Optional[str] = None, name: str = "local"):
+    def __init__(self, python: Optional[str] = None, workdir: Optional[str] = None, name: str = "local",
+                 lease: Optional[str] = None):
         self.python = python or sys.executable
         self.workdir = Path(workdir or Path.home() / ".cache" / "latkit" / "agent").expanduser()
+        self.lease = lease
         self.describe = name
         self._proc: Optional[subprocess.Popen] = None
         self._client: Optional[AgentClient] = None
@@ -27,7 +30,9 @@ class LocalTransport(Transport):
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._stderr = open(self.workdir / "agent.log", "ab")
         try:
-            self._proc = subprocess.Popen([self.python, str(AGENT_PATH), "--workdir", str(self.workdir)],
+            # --parent-pid: the agent dies with this process (PR_SET_PDEATHSIG), however it dies
+            cmd = [self.python, str(AGENT_PATH), "--workdir", str(self.workdir), "--parent-pid", str(os.getpid())]
+            self._proc = subprocess.Popen(cmd + (["--lease", self.lease] if self.lease else []),
                                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr)
         except OSError as e:
             raise LatkitError(f"cannot start the agent with {self.python}: {e.strerror}; check the device's python") from None
@@ -36,15 +41,6 @@ class LocalTransport(Transport):
 
     def put(self, artifact: Artifact) -> str:
         return str(artifact.path)
-
-    def call(self, op: str, timeout: Optional[float] = 60.0, **fields) -> dict:
-        if self._client is None:
-            raise TransportError(f"agent on {self.describe} is not started")
-        try:
-            return self._client.call(op, timeout, **fields)
-        except TransportError:
-            self.kill()
-            raise
 
     def kill(self) -> None:
         if self._proc is not None and self._proc.poll() is None:

@@ -140,7 +140,8 @@ class SSHTransport(Transport):
             if not self._exists(remote_agent):
                 self._upload(AGENT_PATH, remote_agent)
             chan = self._ssh.get_transport().open_session(timeout=CONNECT_TIMEOUT)
-            chan.exec_command(" ".join(shlex.quote(a) for a in (self.python, remote_agent, "--workdir", self.workdir)))
+            cmd = [self.python, remote_agent, "--workdir", self.workdir]
+            chan.exec_command(" ".join(map(shlex.quote, cmd + (["--lease", self.device.lease] if self.device.lease else []))))
         except (OSError, paramiko.SSHException, EOFError) as e:
             self.close()
             raise TransportError(f"cannot start the agent on {self.describe}: {e or type(e).__name__}") from None
@@ -181,15 +182,8 @@ class SSHTransport(Transport):
             self._present.add(artifact.name)
         return artifact.name
 
-    def call(self, op: str, timeout: Optional[float] = 60.0, **fields) -> dict:
-        if self._client is None:
-            raise TransportError(f"agent on {self.describe} is not started")
-        try:
-            return self._client.call(op, timeout, **fields)
-        except TransportError as e:
-            tail = " | ".join(list(self._stderr)[-3:])
-            self.kill()
-            raise TransportError(f"{e}{'; agent stderr: ' + tail if tail else ''}") from None
+    def stderr_tail(self) -> str:
+        return " | ".join(list(self._stderr)[-3:])
 
     def kill(self) -> None:
         """Stop the agent even if it hangs in a runtime: closing the channel alone would leave it timing."""

@@ -1,0 +1,119 @@
+"""Test-retest: measure a random sample of a dataset's rows again and say how well the numbers repeat.
+
+The second measurement goes to a side table (`<dataset>/_retest/<UTC stamp>/`, which readers of the
+dataset skip), never among the rows. Each statistic latkit stores is compared, so the choice of
+`latency_ms` rests on data: Spearman's rho between the two passes, and the median and p90 of the
+relative difference |b - a| / a.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import pyarrow.compute as pc
+from scipy.stats import spearmanr
+
+from .api import space_artifacts
+from .devices import Registry
+from .errors import LatkitError
+from .job import FORMATS, Artifact, Job, Settings, sha256_file
+from .scheduler import collect
+from .spaces import SPACES
+from .store import Store
+
+STATISTICS = ("latency_ms", "median_ms", "min_ms", "p10_ms", "mode_ms", "mean_ms")
+
+
+def settings_of(row_settings: str) -> Settings:
+    """The Settings a row was measured with (keys a newer latkit no longer knows are refused)."""
+    d = json.loads(row_settings)
+    known = {f.name for f in dataclasses.fields(Settings)}
+    if set(d) - known:
+        raise LatkitError(f"a row was measured with settings latkit no longer has ({sorted(set(d) - known)}); "
+                          "retest datasets collected with this version")
+    if d.get("cores") is not None:
+        d["cores"] = tuple(d["cores"])
+    return Settings(**d)
+
+
+def _artifact(row: dict, models: dict) -> Artifact:
+    """The exact file the row timed: re-exported from its arch (spaces), or found by hash among `models`."""
+    if row["model_sha256"] in models:
+        return Artifact.from_file(models[row["model_sha256"]], space=row["space"], arch=row["arch"])
+    if row["space"] in SPACES:
+        shape = [int(d) for d in row["input_shape"].split(";")[0].split("x")]
+        sp = SPACES[row["space"]]()
+        res = shape[-1] if shape[-1] != sp.resolution(row["arch"]) else None
+        art = space_artifacts(row["space"], [row["arch"]], row["runtime"], shape[0], res)[0]
+        if art.sha256 == row["model_sha256"]:
+            return art
+        raise LatkitError(f"re-exporting {row['space']} arch {row['arch'][:40]} gave another file than the one "
+                          "measured (exporter versions changed?); give the model files with --models")
+    raise LatkitError(f"model {row['arch']} ({row['model_sha256'][:12]}) is not among --models; give the folder "
+                      "holding the measured files")
+
+
+def compare(a: Sequence[float], b: Sequence[float]) -> dict:
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    rel = np.abs(b - a) / a
+    return {"spearman": float(spearmanr(a, b).statistic), "median_rel_diff": float(np.median(rel)),
+            "p90_rel_diff": float(np.percentile(rel, 90))}
+
+
+def retest(path, n: int = 50, seed: int = 0, models: Sequence = (), registry: Optional[Registry] = None,
+           progress: bool = True, job_timeout: float = 600.0) -> dict:
+    """Re-measure n random ok rows of the dataset at `path` on their devices with their settings (shuffled,
+    into a side table), compare, and write `retest.json` beside the side table. Returns the figures."""
+    if n < 2:
+        raise LatkitError(f"--n must be >= 2 to compare rankings, got {n}")
+    store = Store(path)
+    if not store.exists() or not store.files():
+        raise LatkitError(f"no dataset at {path}; collect into it first")
+    rows = store.read(filter=(pc.field("status") == "ok") & (pc.field("runtime") != "published")).to_pylist()
+    if len(rows) < 2:
+        raise LatkitError(f"{path} has {len(rows)} measured ok rows; a retest needs at least 2")
+    newest = {}
+    for r in sorted(rows, key=lambda r: r["measured_at"]):
+        newest[r["key"]] = r
+    picked = random.Random(seed).sample(sorted(newest), min(n, len(newest)))
+    files = {}
+    for folder in models:
+        for f in Path(folder).rglob("*"):
+            if f.is_file() and f.suffix.lower() in FORMATS:
+                files[sha256_file(f)] = f
+    reg = registry or Registry()
+    jobs, original = [], {}
+    for key in picked:
+        r = newest[key]
+        job = Job(_artifact(r, files), r["device"], settings_of(r["settings"]), sampler="retest")
+        if job.key != key:  # the key is recomputed from the same file, device and settings
+            raise LatkitError(f"cannot reproduce the key of {r['arch'][:40]} on {r['device']}; was it measured by "
+                              "an older latkit?")
+        jobs.append(job)
+        original[key] = r
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    side = f"{store.root}/_retest/{stamp}"
+    report = collect(jobs, [reg.get(d) for d in sorted({j.device for j in jobs})], out=side, progress=progress,
+                     job_timeout=job_timeout)
+    if not report.ok:
+        raise LatkitError("; ".join(f"{d.device}: {d.message}" for d in report.devices if d.message)
+                          + f"; the measurements so far are in {side}")
+    again = {r["key"]: r for r in Store(side).read(filter=pc.field("status") == "ok").to_pylist()}
+    keys = [k for k in picked if k in again]
+    figures = {"n": len(keys), "seed": seed, "stamp": stamp, "side_table": f"_retest/{stamp}",
+               "statistics": {s: compare([original[k][s] for k in keys], [again[k][s] for k in keys])
+                              for s in STATISTICS if all(original[k][s] is not None for k in keys)}}
+    rel = sorted(((abs(again[k]["latency_ms"] - original[k]["latency_ms"]) / original[k]["latency_ms"], k)
+                  for k in keys), reverse=True)
+    figures["worst"] = [{"arch": original[k]["arch"], "device": original[k]["device"],
+                         "a_ms": original[k]["latency_ms"], "b_ms": again[k]["latency_ms"], "rel_diff": d}
+                        for d, k in rel[:5]]
+    store.fs.create_dir(side, recursive=True)
+    with store.fs.open_output_stream(f"{side}/retest.json") as f:
+        f.write(json.dumps(figures, indent=1, default=str).encode())
+    return figures
