@@ -301,7 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     card.add_argument("--licence", default="CC-BY-4.0")
     card.set_defaults(func=cmd_data_card)
     imp = data.add_parser("import-help", help="bring the HELP latency tables into the latkit schema")
-    imp.add_argument("src", help="folder with *_latency.parquet (e.g. ../shared/data/help) or one such file")
+    imp.add_argument("src", nargs="?", default=str(dataset.HELP_DIR),
+                     help="folder with *_latency.parquet or one such file (default: the shipped datasets/help)")
     imp.add_argument("out")
     imp.set_defaults(func=cmd_data_import_help)
     pl = data.add_parser("plot", help="latency histograms per device and a device-vs-device Spearman heatmap")

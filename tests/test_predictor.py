@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from collector import LatkitError
+from collector.dataset import HELP_DIR
 from conftest import ROOT
 from predictor.data import LatencyTable
 from predictor.esm import fit
@@ -17,15 +18,13 @@ from predictor.metrics import report
 from predictor.models import MODELS, Surrogate, make_model
 from predictor.transfer import Pretrained, transfer
 
-HELP = ROOT.parent / "shared" / "data" / "help"
 OWN = ROOT / "datasets" / "local-cpu-nb201-fbnet"
-needs_help = pytest.mark.skipif(not (HELP / "fbnet_latency.parquet").exists(), reason="../shared/data/help absent")
 
 
 @pytest.fixture(scope="module")
 def fbnet_slice(tmp_path_factory):
     """6 devices x 1,500 fbnet archs from the HELP table, as a Parquet file."""
-    t = pq.read_table(HELP / "fbnet_latency.parquet").to_pandas()
+    t = pq.read_table(HELP_DIR / "fbnet_latency.parquet").to_pandas()
     keep = sorted(t["arch"].unique())[:1500]
     t = t[t["arch"].isin(keep) & t["device"].isin(["raspi4", "pixel3", "samsung_a50", "eyeriss", "fpga", "1080ti_1"])]
     path = tmp_path_factory.mktemp("help") / "fbnet_slice.parquet"
@@ -62,7 +61,6 @@ def test_models_beat_the_mean_on_own_data_and_round_trip(model, tmp_path):
     assert np.array_equal(Surrogate.load(tmp_path / "m.latkit-model").predict(te), pred)
 
 
-@needs_help
 def test_esm_fit_reads_only_training_latencies(fbnet_slice, tmp_path):
     """Hidden (test) latencies changed after the fact change nothing about the fit: same training set,
     same predictions; only the scores differ."""
@@ -76,7 +74,6 @@ def test_esm_fit_reads_only_training_latencies(fbnet_slice, tmp_path):
     assert r2["spearman"] < r1["spearman"]
 
 
-@needs_help
 def test_transfer_reads_only_the_chosen_target_latencies(fbnet_slice):
     table = LatencyTable(fbnet_slice, "fbnet")
     archs = table.common_archs(["raspi4"])
@@ -92,7 +89,6 @@ def test_transfer_reads_only_the_chosen_target_latencies(fbnet_slice):
     assert np.allclose(pre2.predict_target(chosen, np.log(table.latency("raspi4", chosen))), pred)
 
 
-@needs_help
 def test_transfer_end_to_end_cli(fbnet_slice, tmp_path):
     out = tmp_path / "t.json"
     r = subprocess.run([sys.executable, "-m", "collector.cli", "predictor", "transfer", "--data", str(fbnet_slice),
