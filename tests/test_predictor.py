@@ -1,5 +1,7 @@
 """Predictors on real latencies (HELP tables and latkit's own collected dataset)."""
 import json
+import os
+import shutil
 import subprocess
 import sys
 
@@ -119,6 +121,32 @@ def test_fit_cli_on_own_dataset_and_predict(tmp_path):
     lines = r.stdout.strip().splitlines()
     assert r.returncode == 0 and lines[0] == "arch\tlatency_ms" and lines[1].startswith(arch)
     assert float(lines[1].split("\t")[1]) > 0
+
+
+def test_fit_saves_beside_the_data_and_checks_out_first(tmp_path, fbnet_slice):
+    """Without --out the model goes beside the data, never into the current folder; an unwritable --out is
+    one error line before any work (here it wins over a budget the data cannot meet)."""
+    ds, cwd = tmp_path / "ds", tmp_path / "cwd"
+    shutil.copytree(OWN, ds)
+    cwd.mkdir()
+
+    def fit_cli(*args):
+        return subprocess.run([sys.executable, "-m", "collector.cli", "predictor", "fit", "--space", "fbnet",
+                               "--model", "ridge", *map(str, args)], capture_output=True, text=True, timeout=600,
+                              cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    r = fit_cli("--data", ds, "--device", "local", "--budget", 50)
+    assert r.returncode == 0, r.stderr
+    assert Surrogate.load(ds / "models" / "fbnet-local.latkit-model").space == "fbnet"
+    assert len(LatencyTable(ds, "fbnet").archs("local")) == 200  # the model is not read as data
+    r = fit_cli("--data", fbnet_slice, "--device", "raspi4", "--budget", 50)
+    assert r.returncode == 0 and (fbnet_slice.parent / "fbnet-raspi4.latkit-model").is_file(), r.stderr
+    assert list(cwd.iterdir()) == []
+    (tmp_path / "file").write_text("")
+    for out, why in ((tmp_path / "file" / "m.latkit-model", f"{tmp_path / 'file'} is a file"),
+                     (tmp_path / "file" / "sub" / "m.latkit-model", "Not a directory"), (cwd, "it is a folder")):
+        r = fit_cli("--data", ds, "--device", "local", "--budget", 100000, "--out", out)
+        assert r.returncode == 2 and r.stderr.splitlines() == [
+            f"latkit: error: cannot write {out}: {why}; give --out a writable file path"], r.stderr
 
 
 def test_gnn_predicts_all_nb201_archs_fast():
