@@ -12,7 +12,6 @@ from collector.dataset import HELP_DIR, plot, read_latency
 from conftest import ROOT
 
 
-
 def latkit(*args):
     return subprocess.run([sys.executable, "-m", "collector.cli", *map(str, args)], capture_output=True, text=True,
                           timeout=600, cwd=ROOT)
@@ -89,7 +88,7 @@ def test_plot(collected, tmp_path):
 
 def test_shipped_help_tables():
     """The HELP tables ship in the repository (a clean clone needs nothing outside it): every arch of each
-    table on every device, canonical arch strings, and every device a task or baseline names is there."""
+    table on every device, canonical arch strings, every device a task names, every task a baseline cites."""
     from collector.cli import build_parser
     from collector.spaces import get_space
     assert build_parser().parse_args(["data", "import-help", "out"]).src == str(HELP_DIR)
