@@ -149,10 +149,27 @@ def cmd_data_plot(args) -> int:
 
 
 def cmd_predictor_fit(args) -> int:
+    import tempfile
+    from predictor.data import LatencyTable
     from predictor.esm import fit
     from predictor.report import write_report
-    surrogate, result, test = fit(args.data, args.space, args.device, args.budget, args.sampler, args.model, args.seed)
-    out = args.out or f"{args.space}-{args.device}.latkit-model"
+    table = LatencyTable(args.data, args.space)  # bad data or device: one line before anything is written
+    table.check_devices([args.device])
+    # default: beside the data (DATA/models/ of a dataset folder, the folder of a Parquet table), never the cwd
+    if not args.out and "://" in args.data:
+        raise LatkitError(f"--data {args.data} is not a local path, so the model has no default place; give --out")
+    data, name = Path(args.data), f"{args.space}-{args.device}.latkit-model"
+    out = Path(args.out) if args.out else (data.parent if data.is_file() else data / "models") / name
+    try:  # writable before any training time is spent
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out.parent).close()
+    except FileExistsError:
+        raise LatkitError(f"cannot write {out}: {out.parent} is a file; give --out a writable file path") from None
+    except OSError as e:
+        raise LatkitError(f"cannot write {out}: {e.strerror or e}; give --out a writable file path") from None
+    if out.is_dir():
+        raise LatkitError(f"cannot write {out}: it is a folder; give --out a writable file path")
+    surrogate, result, test = fit(table, args.space, args.device, args.budget, args.sampler, args.model, args.seed)
     surrogate.save(out)
     shown = {k: result[k] for k in ("spearman", "kendall", "mape", "rmse", "acc5", "acc10", "n_train", "n_test",
                                     "model")}
@@ -161,8 +178,6 @@ def cmd_predictor_fit(args) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(shown, indent=2))
     if args.report:
-        from predictor.data import LatencyTable
-        table = LatencyTable(args.data, args.space)
         write_report(args.report, f"{args.space} / {args.device} / {result['model']} ({result['n_train']} samples)",
                      surrogate.predict(test), table.latency(args.device, test), shown)
     return 0
@@ -299,7 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--sampler", default="balanced", choices=["balanced", "uniform", "diverse"])
     f.add_argument("--model", default="auto", choices=["auto", "ridge", "gbdt", "rf", "mlp", "gnn"])
     f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--out", help="where to save the model (default SPACE-DEVICE.latkit-model)")
+    f.add_argument("--out", help="where to save the model (default beside the data: DATA/models/SPACE-DEVICE"
+                                 ".latkit-model for a dataset folder, SPACE-DEVICE.latkit-model next to a table)")
     f.add_argument("--json", help="write the metrics as JSON here")
     f.add_argument("--report", help="folder for a scatter PNG and a Markdown summary")
     f.set_defaults(func=cmd_predictor_fit)
@@ -332,7 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
     card.add_argument("--licence", default="CC-BY-4.0")
     card.set_defaults(func=cmd_data_card)
     imp = data.add_parser("import-help", help="bring the HELP latency tables into the latkit schema")
-    imp.add_argument("src", help="folder with *_latency.parquet (e.g. ../shared/data/help) or one such file")
+    imp.add_argument("src", nargs="?", default=str(dataset.HELP_DIR),
+                     help="folder with *_latency.parquet or one such file (default: the shipped datasets/help)")
     imp.add_argument("out")
     imp.set_defaults(func=cmd_data_import_help)
     rt = data.add_parser("retest", parents=[common],

@@ -15,6 +15,8 @@ from .errors import LatkitError
 from .store import Store
 
 LATENCY_COLUMNS = ["space", "arch", "device", "latency_ms"]
+# The HELP tables shipped in the repository (datasets/help/README.md); absent from an installed wheel.
+HELP_DIR = Path(__file__).resolve().parents[1] / "datasets" / "help"
 
 
 def read_latency(path, space: Optional[str] = None) -> pa.Table:

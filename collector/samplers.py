@@ -89,14 +89,13 @@ def balanced_indices(values: np.ndarray, n: int, rng: np.random.Generator) -> li
 
 
 def nearest_distinct(x: np.ndarray, centers: np.ndarray) -> list:
-    """For each centre, the nearest row of x not already taken."""
-    d = ((x[None, :, :] - centers[:, None, :]) ** 2).sum(-1) if len(x) * len(centers) < 5e7 else None
-    taken, out = set(), []
-    for c in range(len(centers)):
-        dist = d[c] if d is not None else ((x - centers[c]) ** 2).sum(-1)
-        for i in np.argsort(dist):
-            if int(i) not in taken:
-                taken.add(int(i))
-                out.append(int(i))
-                break
+    """For each centre in turn, the nearest row of x not already taken (ties: the lowest index). Distances
+    come a block of centres at a time, so memory stays O(len(x)) however many centres there are."""
+    from sklearn.metrics import pairwise_distances_chunked
+    taken, out = np.zeros(len(x), dtype=bool), []
+    for block in pairwise_distances_chunked(centers, x, working_memory=64):
+        for dist in block:
+            i = int(np.argmin(np.where(taken, np.inf, dist)))
+            taken[i] = True
+            out.append(i)
     return out

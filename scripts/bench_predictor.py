@@ -1,8 +1,9 @@
-"""Predictor benchmark on the public HELP tables (../shared/data/help).
+"""Predictor benchmark on the public HELP tables shipped in datasets/help.
 
 1. Every few-shot transfer task in tasks.json, with the same defaults for all (20 target samples chosen by
    latkit's own sampler, <= 900 archs per source, 3 seeds): latkit's mean Spearman over the targets, beside
-   the published NASFLAT / MultiPredict / HELP numbers, and the wall time of the whole task.
+   the published NASFLAT / MultiPredict / HELP numbers (published.json, with their papers), and the wall
+   time of the whole task.
 2. `fit` (ESM pipeline, budget 500, model auto) on a few single devices: Spearman, MAPE, +-5 % / +-10 %.
 """
 from __future__ import annotations
@@ -18,20 +19,17 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from collector.dataset import HELP_DIR
 from predictor.data import LatencyTable
 from predictor.esm import fit
 from predictor.transfer import transfer
 
-HELP = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "help"
-PUBLISHED = {("nb201", "0"): (0.959, 0.930, 0.948), ("fbnet", "0"): (0.961, 0.960, 0.910),
-             ("fbnet", "1"): (0.809, 0.756, 0.793), ("fbnet", "2"): (0.871, 0.567, 0.543),
-             ("fbnet", "5"): (0.577, 0.450, 0.370)}
 FIT_DEVICES = {"nb201": ["titan_rtx_256", "gold_6226", "raspi4", "pixel3"], "fbnet": ["1080ti_32", "raspi4", "pixel3"]}
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--help-dir", default=str(HELP))
+    ap.add_argument("--help-dir", default=str(HELP_DIR))
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--skip-fit", action="store_true")
     ap.add_argument("--skip-transfer", action="store_true")
@@ -39,6 +37,7 @@ def main():
     args = ap.parse_args()
     console = Console(width=None if sys.stdout.isatty() else 150)
     tasks = json.loads((Path(args.help_dir) / "tasks.json").read_text())
+    published = json.loads((Path(args.help_dir) / "published.json").read_text())["tasks"]
     console.print(f"machine: {platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} CPUs; "
                   f"seeds {args.seeds}")
     out = {"transfer": {}, "fit": {}}
@@ -51,7 +50,8 @@ def main():
             if args.skip_transfer:
                 continue
             r = transfer(tables[space], space, task["source"], task["target"], seeds=args.seeds)
-            nasflat, multi, helpn = PUBLISHED.get((space, tid), (float("nan"),) * 3)
+            paper = published.get(f"{space} {tid}", {})
+            nasflat, multi, helpn = (paper.get(m, float("nan")) for m in ("NASFLAT", "MultiPredict", "HELP"))
             out["transfer"][f"{space} {tid}"] = r
             table.add_row(f"{space} {tid}", f"{r['mean_spearman']:.3f} ± {r['mean_spearman_std']:.3f}",
                           f"{nasflat:.3f}", f"{multi:.3f}", f"{helpn:.3f}",

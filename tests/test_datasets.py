@@ -1,4 +1,5 @@
 """Collection by space, dataset cards, the HELP import and plots, on real data."""
+import json
 import subprocess
 import sys
 
@@ -7,11 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from collector import SCHEMA, Store
-from collector.dataset import plot, read_latency
+from collector.dataset import HELP_DIR, plot, read_latency
 from conftest import ROOT
-
-HELP = ROOT.parent / "shared" / "data" / "help"
-needs_help = pytest.mark.skipif(not (HELP / "nb201_latency.parquet").exists(), reason="../shared/data/help absent")
 
 
 def latkit(*args):
@@ -88,12 +86,33 @@ def test_plot(collected, tmp_path):
     assert all(p.stat().st_size > 5000 and p.read_bytes()[:4] == b"\x89PNG" for p in paths)
 
 
-@needs_help
+def test_shipped_help_tables():
+    """The HELP tables ship in the repository (a clean clone needs nothing outside it): every arch of each
+    table on every device, canonical arch strings, every device a task names, every task a baseline cites."""
+    from collector.cli import build_parser
+    from collector.spaces import get_space
+    assert build_parser().parse_args(["data", "import-help", "out"]).src == str(HELP_DIR)
+    tasks = json.loads((HELP_DIR / "tasks.json").read_text())
+    published = json.loads((HELP_DIR / "published.json").read_text())
+    for space, n_archs in (("nb201", 15625), ("fbnet", 5000)):
+        t = read_latency(HELP_DIR / f"{space}_latency.parquet").to_pandas()
+        devices = set(t["device"])
+        assert len(devices) == 27 and len(t) == 27 * n_archs and (t["latency_ms"] > 0).all()
+        assert t.groupby("device")["arch"].nunique().eq(n_archs).all()
+        assert all(get_space(space).validate(a) == a for a in t["arch"].unique())
+        for task in tasks[space].values():
+            assert set(task["source"]) | set(task["target"]) <= devices
+    for key in published["tasks"]:
+        space, tid = key.split()
+        assert tid in tasks[space], key
+    assert (HELP_DIR / "LICENSE").read_text().startswith("MIT License")
+
+
 def test_import_help_schema_and_readers(tmp_path, collected):
     src = tmp_path / "src"
     src.mkdir()
     # a slice of the real table keeps the test quick: 3 devices x all fbnet archs
-    full = pq.read_table(HELP / "fbnet_latency.parquet").to_pandas()
+    full = pq.read_table(HELP_DIR / "fbnet_latency.parquet").to_pandas()
     part = full[full["device"].isin(["raspi4", "titan_rtx_32", "pixel3"])]
     pq.write_table(pa.Table.from_pandas(part, preserve_index=False), src / "fbnet_latency.parquet")
     out = tmp_path / "help"
