@@ -205,8 +205,9 @@ def _cpu_freq_mhz():
 
 
 def _temp_c():
-    """Hottest readable sensor: psutil first, /sys/class/thermal as fallback; None where unreadable."""
-    psutil = _try_import("psutil")
+    """Hottest readable sensor: psutil first, /sys/class/thermal as fallback (only that under LATKIT_SYSROOT);
+    None where unreadable."""
+    psutil = None if os.environ.get("LATKIT_SYSROOT") else _try_import("psutil")
     if psutil is not None and hasattr(psutil, "sensors_temperatures"):
         try:
             temps = [t.current for ts in psutil.sensors_temperatures().values() for t in ts if t.current]
@@ -215,7 +216,7 @@ def _temp_c():
         except (OSError, NotImplementedError):
             pass
     temps = []
-    for path in glob.glob("/sys/class/thermal/thermal_zone*/temp"):
+    for path in glob.glob(_sys("/sys/class/thermal/thermal_zone*/temp")):
         try:
             temps.append(int(_read(path)) / 1000.0)
         except (TypeError, ValueError):

@@ -53,7 +53,8 @@ class FleetDevice:
     def add_command(self, registry: Optional[str] = None) -> list:
         cmd = ["latkit", "device", "add", self.name, "--host", self.host, "--port", str(self.port), "--user",
                self.user, "--key", self.key, "--python", self.python, "--workdir", self.workdir,
-               "--tags", "loopback" + (",pinned" if self.cores else ""), "--trust-host-key"]
+               "--tags", "loopback" + (",pinned" if self.cores else ""), "--trust-host-key",
+               "--lease", f"{self.dir}/lease"]  # loopback devices share a machine: a lease each
         return cmd + (["--registry", registry] if registry else [])
 
 

@@ -84,8 +84,9 @@ def registry(fleet, tmp_path_factory):
     from collector import Registry, add_device
     reg = Registry(tmp_path_factory.mktemp("registry") / "devices.toml")
     for d in fleet:
+        # the loopback devices share one machine: each gets its own lease (a real fleet uses the default)
         add_device(d.name, d.host, d.port, d.user, d.key, d.python, d.workdir, ["loopback"], trust_host_key=True,
-                   registry=reg)
+                   registry=reg, lease=f"{d.dir}/lease")
     return reg
 
 

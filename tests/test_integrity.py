@@ -1,0 +1,417 @@
+"""Numbers you can trust: one measuring agent per device, nothing outlives the host, Ctrl-C stops, a hung
+model is a row, banners are ignored, settings are read back, throttling is flagged, rounds interleave, and a
+retest says how well a dataset repeats. Real processes throughout: agents, sshd, signals."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import psutil
+import pytest
+
+from collector import Artifact, Device, Job, Registry, Settings, Store, export
+from collector.measurement import ERROR_KINDS
+from collector.runner import DeviceRunner
+from conftest import AGENT, ROOT
+
+QUICK = ["--min-time", "0.05", "--max-time", "0.1", "--repeats", "5", "--quiet"]
+
+
+def latkit(*args, timeout=300, env=None):
+    return subprocess.run([sys.executable, "-m", "collector.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, env=env)
+
+
+def spawn(*args):
+    return subprocess.Popen([sys.executable, "-m", "collector.cli", *map(str, args)], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, export_cache):
+    """Six small distinct ONNX models in a folder."""
+    import torch
+    out = tmp_path_factory.mktemp("models")
+    for width in range(4, 10):
+        m = torch.nn.Sequential(torch.nn.Conv2d(3, width, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(width * 16 * 16, 10)).eval()
+        a = export(m, (torch.randn(1, 3, 16, 16),), "onnx", arch=f"w{width}", cache_dir=export_cache)
+        (out / f"w{width}.onnx").write_bytes(a.path.read_bytes())
+    return out
+
+
+@pytest.fixture
+def reg(tmp_path):
+    """A registry with two local-transport devices, each with its own lease and workdir (the machine-wide
+    default lease is shared with whatever else runs here)."""
+    path = tmp_path / "devices.toml"
+    lines = []
+    for name in ("loc", "loc2"):
+        lines += [f"[devices.{name}]", 'transport = "local"', f'workdir = "{tmp_path / name}"',
+                  f'lease = "{tmp_path / "lease"}"' if name == "loc" else f'lease = "{tmp_path / "lease2"}"', ""]
+    path.write_text("\n".join(lines))
+    return Registry(path)
+
+
+def agents_of(marker: str) -> list:
+    """Live agent processes whose command line mentions `marker` (a workdir or lease path)."""
+    found = []
+    for p in psutil.process_iter(["cmdline", "status"]):
+        cmd = p.info["cmdline"] or []
+        if any(c.endswith(".py") and "agent" in c for c in cmd) and any(marker in c for c in cmd) \
+                and p.info["status"] != psutil.STATUS_ZOMBIE:
+            found.append(p)
+    return found
+
+
+def intervals(out) -> dict:
+    """device -> every (start, end) of a timed round stored in the dataset."""
+    by = {}
+    for r in Store(out).read(columns=["device", "round_started_at", "round_finished_at"]).to_pylist():
+        by.setdefault(r["device"], []).extend(zip(r["round_started_at"] or [], r["round_finished_at"] or []))
+    return by
+
+
+def assert_no_overlap(out):
+    for dev, spans in intervals(out).items():
+        spans.sort()
+        for (s1, e1), (s2, e2) in zip(spans, spans[1:]):
+            assert e1 <= s2, f"{dev}: rounds overlap ({s1}..{e1} and {s2}..{e2})"
+
+
+# -- the device lease ------------------------------------------------------------------------------------
+
+
+def test_two_collections_on_one_device_take_turns(reg, models, tmp_path):
+    """Two orchestrators, same device, same dataset: the second waits for the lease and says who holds it;
+    no two timed rounds overlap and no key is stored twice."""
+    out = tmp_path / "d"
+    args = ["collect", "--models", models, "--devices", "loc", "--registry", reg.path, "--out", out,
+            "--rounds", "2", *QUICK]
+    first = spawn(*args)
+    deadline = time.time() + 60
+    while not agents_of(str(tmp_path / "loc")) and time.time() < deadline:
+        time.sleep(0.05)
+    second = spawn(*args)
+    out1, err1 = first.communicate(timeout=300)
+    out2, err2 = second.communicate(timeout=300)
+    assert first.returncode == 0 and second.returncode == 0, err1 + err2
+    assert "waiting for device loc: held by pid " + str(first.pid) in err2 and " since " in err2
+    counts = Counter(Store(out).read(columns=["key"])["key"].to_pylist())
+    assert len(counts) == 6 and set(counts.values()) == {1}
+    assert_no_overlap(out)
+
+
+def test_no_wait_fails_at_once_naming_the_holder(reg, models, tmp_path):
+    holder = DeviceRunner(reg.get("loc"))
+    holder.start()
+    holder.lease()
+    try:
+        t0 = time.time()
+        r = latkit("measure", models / "w4.onnx", "--device", "loc", "--registry", reg.path, "--out", tmp_path / "d",
+                   "--no-wait")
+        assert time.time() - t0 < 30
+        assert r.returncode == 2 and f"device loc is busy: held by pid {os.getpid()}" in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+    finally:
+        holder.close()
+    r = latkit("measure", models / "w4.onnx", "--device", "loc", "--registry", reg.path, "--out", tmp_path / "d",
+               "--no-wait", *QUICK[:-1])
+    assert r.returncode == 0, r.stderr  # released on close
+
+
+def test_lease_spans_ssh_and_local_on_one_machine(registry, models, tmp_path):
+    """A loopback sshd device and a local device given the same lease file are one physical device: their
+    collections take turns."""
+    lease = registry.get("dev0").lease
+    reg2 = Registry(tmp_path / "r.toml")
+    reg2.path.write_text(f'[devices.same]\ntransport = "local"\nworkdir = "{tmp_path / "w"}"\nlease = "{lease}"\n')
+    out = tmp_path / "d"
+    a = spawn("collect", "--models", models, "--devices", "dev0", "--registry", registry.path, "--out", out,
+              "--rounds", "1", *QUICK)
+    time.sleep(1.0)
+    b = spawn("collect", "--models", models, "--devices", "same", "--registry", reg2.path, "--out", out,
+              "--rounds", "1", *QUICK)
+    for p in (a, b):
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    spans = sorted(s for v in intervals(out).values() for s in v)
+    assert len(spans) == 12
+    for (s1, e1), (s2, e2) in zip(spans, spans[1:]):
+        assert e1 <= s2
+
+
+# -- nothing outlives the orchestrator -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["local", "ssh"])
+def test_sigkilled_orchestrator_leaves_no_agent(where, reg, registry, fleet, models, tmp_path):
+    if where == "local":
+        device, registry_path, marker = "loc", reg.path, str(tmp_path / "loc")
+    else:
+        device, registry_path, marker = "dev0", registry.path, fleet[0].workdir
+    proc = spawn("collect", "--models", models, "--devices", device, "--registry", registry_path,
+                 "--out", tmp_path / "d", "--min-time", "20", "--max-time", "20", "--rounds", "1", "--quiet")
+    deadline = time.time() + 60
+    while not agents_of(marker) and time.time() < deadline:
+        time.sleep(0.05)
+    assert agents_of(marker), proc.stderr.read() if proc.poll() is not None else "no agent started"
+    time.sleep(1.5)  # well inside a 20 s measurement
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 10
+    while agents_of(marker) and time.time() < deadline:
+        time.sleep(0.1)
+    assert agents_of(marker) == []
+
+
+def test_agent_exits_when_stdin_closes_mid_measurement(tmp_path, models):
+    proc = subprocess.Popen([sys.executable, str(AGENT), "--workdir", str(tmp_path / "wd"), "--lease",
+                             str(tmp_path / "lease")], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    settings = dict(Settings(rounds=1).agent_settings(), repeats_min_s=60.0, repeats_max_s=60.0)
+    proc.stdin.write(json.dumps({"id": 1, "op": "lease"}) + "\n")
+    proc.stdin.write(json.dumps({"id": 2, "op": "measure", "model": str(models / "w4.onnx"),
+                                 "runtime": "onnxruntime", "settings": settings}) + "\n")
+    proc.stdin.flush()
+    assert json.loads(proc.stdout.readline()[len("@@latkit "):])["result"]["acquired"]
+    time.sleep(1.0)
+    t0 = time.time()
+    proc.stdin.close()
+    proc.wait(timeout=10)
+    assert time.time() - t0 < 5
+
+
+# -- Ctrl-C and SIGTERM ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_stops_collection_then_resume(sig, code, reg, models, tmp_path):
+    out = tmp_path / "d"
+    args = ["collect", "--models", models, "--devices", "loc,loc2", "--registry", reg.path, "--out", out,
+            "--min-time", "0.3", "--max-time", "0.3", "--rounds", "1", "--quiet"]
+    proc = spawn(*args)
+    deadline = time.time() + 120
+    while Store(out).read(columns=["key"]).num_rows < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    t0 = time.time()
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=30)
+    assert time.time() - t0 < 5 and proc.returncode == code
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith(f"latkit: interrupted by {sig.name}: ") and " left on 2 device(s)" in lines[0]
+    assert "run the same command again to resume" in lines[0]
+    time.sleep(0.5)
+    assert agents_of(str(tmp_path / "loc")) == [] and agents_of(str(tmp_path / "loc2")) == []
+    r = latkit(*args)
+    assert r.returncode == 0, r.stderr
+    counts = Counter(Store(out).read(columns=["key"])["key"].to_pylist())
+    assert len(counts) == 12 and set(counts.values()) == {1}
+
+
+# -- a hung model is a row ----------------------------------------------------------------------------------
+
+
+def test_slow_model_is_a_timeout_row_and_the_rest_is_measured(reg, models, tmp_path):
+    """A model taking seconds per inference with a 3 s --job-timeout: timeout row, agent restarted, the other
+    models measured, exit 0, the device not failed."""
+    import torch
+    slow = tmp_path / "slow"
+    slow.mkdir()
+    big = torch.nn.Sequential(*[torch.nn.Conv2d(64, 64, 3, padding=1) for _ in range(24)]).eval()  # ~2 s a run
+    torch.onnx.export(big, (torch.randn(1, 64, 512, 512),), str(slow / "big.onnx"), dynamo=False)
+    for name in ("w4.onnx", "w5.onnx"):
+        (slow / name).write_bytes((models / name).read_bytes())
+    out = tmp_path / "d"
+    r = latkit("collect", "--models", slow, "--devices", "loc", "--registry", reg.path, "--out", out,
+               "--job-timeout", "3", "--rounds", "1", *QUICK)
+    assert r.returncode == 0, r.stderr
+    rows = {x["arch"]: x for x in Store(out).read().to_pylist()}
+    assert rows["big.onnx"]["status"] == "error" and rows["big.onnx"]["error_kind"] == "timeout"
+    assert rows["w4.onnx"]["status"] == "ok" and rows["w5.onnx"]["status"] == "ok"
+    assert agents_of(str(tmp_path / "loc")) == []
+
+
+# -- banners and wrappers ----------------------------------------------------------------------------------
+
+
+def banner_python(tmp_path) -> str:
+    """A device Python behind a wrapper that talks on stdout first, as login scripts and wrappers do."""
+    wrapper = tmp_path / "python-with-banner"
+    wrapper.write_text(f"#!/bin/sh\necho 'Welcome to board-7 (last login: yesterday)'\nprintf 'no newline yet'\n"
+                       f"echo '{{\"id\": 1, \"ok\": true}}'\nexec {sys.executable} \"$@\"\n")
+    wrapper.chmod(0o755)
+    return str(wrapper)
+
+
+def test_banner_printing_device_works(fleet, registry, models, tmp_path):
+    from collector import add_device, measure
+    py = banner_python(tmp_path)
+    reg = Registry(tmp_path / "r.toml")
+    reg.path.write_text(f'[devices.chatty]\ntransport = "local"\npython = "{py}"\nworkdir = "{tmp_path / "w"}"\n'
+                        f'lease = "{tmp_path / "lease"}"\n')
+    fast = Settings(repeats_min_s=0.05, repeats_max_s=0.1, rounds=1)
+    m = measure(models / "w4.onnx", device="chatty", settings=fast, out=tmp_path / "d", registry=reg)
+    assert m.status == "ok" and m.latency_ms > 0
+    d = fleet[0]  # the same wrapper as an SSH device's python
+    add_device("chatty-ssh", d.host, d.port, d.user, d.key, py, str(tmp_path / "sw"), trust_host_key=True,
+               registry=reg, lease=str(tmp_path / "lease-ssh"))
+    m = measure(models / "w5.onnx", device="chatty-ssh", settings=fast, out=tmp_path / "d", registry=reg)
+    assert m.status == "ok" and m.latency_ms > 0
+
+
+# -- settings read back -----------------------------------------------------------------------------------
+
+
+def test_applied_settings_are_read_back_and_pinning_does_not_stick(reg, models):
+    base = sorted(os.sched_getaffinity(0))
+    fast = Settings(repeats_min_s=0.05, repeats_max_s=0.1, rounds=1)
+    art = Artifact.from_file(models / "w4.onnx")
+    with DeviceRunner(reg.get("loc")) as r:
+        pinned = r.measure(Job(art, "loc", Settings(repeats_min_s=0.05, repeats_max_s=0.1, rounds=1, cores=(0,),
+                                                    threads=2)))
+        free = r.measure(Job(art, "loc", fast))
+    assert pinned.to_row()["cores_applied"] == "0" and pinned.to_row()["threads_applied"] == 2
+    assert free.to_row()["cores_applied"] == ",".join(map(str, base))  # back to the agent's own affinity
+    assert free.to_row()["threads_applied"] == 1 and free.to_row()["cores"] == ""
+
+
+def test_a_row_whose_settings_were_not_applied_is_refused():
+    from collector.runner import not_applied
+    job = Job(Artifact(Path("m.onnx"), "0" * 64, "onnx"), "d", Settings(threads=2, cores=(1,), rounds=1))
+    assert not_applied(job, {"threads": 2, "cores": [1]}) == ""
+    assert "threads=1 (asked 2)" in not_applied(job, {"threads": 1, "cores": [1]})
+    assert "cores=[0, 1] (asked [1])" in not_applied(job, {"threads": 2, "cores": [0, 1]})
+    gpu = Job(Artifact(Path("m.pt2"), "0" * 64, "pt2"), "d", Settings(runtime="torch", accelerator="cuda",
+                                                                       dtype="float16"))
+    assert "dtype=float32" in not_applied(gpu, {"dtype": "float32", "cuda_graphs": True})
+    assert "cuda_graphs=False" in not_applied(gpu, {"dtype": "float16", "cuda_graphs": False})
+    assert not_applied(gpu, {"dtype": "float16", "cuda_graphs": False, "graph_fallback": "capture failed"}) == ""
+
+
+# -- thermals and clocks, against a fake sysfs and fake device tools ------------------------------------------
+
+
+def fake_root(tmp_path, cur_khz, max_khz, policy_khz=None, temp_mc=45000):
+    root = tmp_path / "sysroot"
+    for c in range(os.cpu_count()):
+        d = root / f"sys/devices/system/cpu/cpu{c}/cpufreq"
+        d.mkdir(parents=True)
+        (d / "scaling_cur_freq").write_text(f"{cur_khz}\n")
+        (d / "cpuinfo_max_freq").write_text(f"{max_khz}\n")
+        (d / "scaling_max_freq").write_text(f"{policy_khz or max_khz}\n")
+    z = root / "sys/class/thermal/thermal_zone0"
+    z.mkdir(parents=True)
+    (z / "temp").write_text(f"{temp_mc}\n")
+    return root
+
+
+def fake_tool(bin_dir, name, output):
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / name).write_text(f"#!/bin/sh\nprintf '{output}'\n")
+    (bin_dir / name).chmod(0o755)
+
+
+def test_throttle_state_reads_cpufreq_vcgencmd_and_nvpmodel(tmp_path, monkeypatch):
+    from test_agent import load_agent_module
+    agent = load_agent_module()
+    monkeypatch.setenv("LATKIT_SYSROOT", str(fake_root(tmp_path, 3000000, 3000000)))
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    assert agent.throttle_state([0]) == ""  # readable and at full speed
+    monkeypatch.setenv("LATKIT_SYSROOT", str(fake_root(tmp_path / "slow", 1200000, 3000000)))
+    assert agent.throttle_state([0]) == "cpu0 at 1200 of 3000 MHz"
+    monkeypatch.setenv("LATKIT_SYSROOT", str(fake_root(tmp_path / "cap", 1800000, 3000000, policy_khz=1800000)))
+    assert agent.throttle_state([0]) == "cpu0 capped at 1800 of 3000 MHz"
+    monkeypatch.setenv("LATKIT_SYSROOT", str(tmp_path / "nothing"))
+    assert agent.throttle_state([0]) is None  # cannot tell
+    bins = tmp_path / "bin"
+    fake_tool(bins, "vcgencmd", "throttled=0x50005\\n")
+    fake_tool(bins, "nvpmodel", "NV Power Mode: 15W\\n2\\n")
+    monkeypatch.setenv("PATH", f"{bins}:/usr/bin:/bin")
+    assert agent.throttle_state([0]) == "vcgencmd throttled=0x50005; nvpmodel power mode 15W"
+    fake_tool(bins, "vcgencmd", "throttled=0x50000\\n")  # happened since boot, not now
+    fake_tool(bins, "nvpmodel", "NV Power Mode: MAXN\\n0\\n")
+    assert agent.throttle_state([0]) == ""
+
+
+def test_rows_flag_throttling_and_cooldown(tmp_path, models, monkeypatch):
+    """End to end through a real agent: a hot fake sensor makes the agent wait (bounded) and say so; a slow
+    clock lands in the row's throttle column and warnings."""
+    from collector import measure
+    monkeypatch.setenv("LATKIT_SYSROOT", str(fake_root(tmp_path, 1000000, 3000000, temp_mc=90000)))
+    reg = Registry(tmp_path / "r.toml")
+    reg.path.write_text(f'[devices.hot]\ntransport = "local"\nworkdir = "{tmp_path / "w"}"\n'
+                        f'lease = "{tmp_path / "lease"}"\n')
+    s = Settings(repeats_min_s=0.05, repeats_max_s=0.1, rounds=1, cooldown_temp_c=60, cooldown_max_s=1.5)
+    m = measure(models / "w4.onnx", device="hot", settings=s, out=tmp_path / "d", registry=reg)
+    row = m.to_row()
+    assert m.status == "ok" and 1.5 <= row["cooldown_s"] < 4 and m.cooled is False
+    assert row["throttle"].startswith("cpu") and "of 3000 MHz" in row["throttle"]
+    assert "did not cool to 60 C" in row["warnings"] and "throttled: cpu" in row["warnings"]
+
+
+# -- rounds, statistics, error kinds --------------------------------------------------------------------------
+
+
+def test_rounds_interleave_and_take_the_fastest_round(reg, models, tmp_path):
+    from collector import collect_models
+    s = Settings(repeats_min_s=0.05, repeats_max_s=0.1, rounds=3)
+    report = collect_models(sorted(models.glob("*.onnx"))[:3], ["loc"], settings=s, out=tmp_path / "d", registry=reg,
+                            progress=False)
+    assert report.ok and report.measured == 3
+    rows = Store(tmp_path / "d").read().to_pylist()
+    for r in rows:
+        assert r["rounds"] == 3 and len(r["round_ms"]) == 3 and r["latency_ms"] == min(r["round_ms"])
+        assert r["repeats"] == len(r["samples_ms"]) and r["stopped_by"] in ("ci_target", "max_time", "max_count")
+        assert r["load_ms"] > 0 and r["first_ms"] > 0 and r["p99_ms"] >= r["p90_ms"] and r["peak_rss_mb"] > 10
+    # interleaved: every model's first round comes before any model's last round
+    firsts = [r["round_started_at"][0] for r in rows]
+    lasts = [r["round_started_at"][-1] for r in rows]
+    assert max(firsts) < min(lasts)
+    assert_no_overlap(tmp_path / "d")
+
+
+def test_agent_error_kinds_are_all_classified():
+    import re
+    kinds = set(re.findall(r'AgentError\("([a-z_]+)"', AGENT.read_text()))
+    assert kinds and kinds <= set(ERROR_KINDS)
+    assert {"timeout", "settings_not_applied"} <= set(ERROR_KINDS)
+
+
+def test_data_show_counts_rows_that_missed_the_ci_target(reg, models, tmp_path):
+    from collector import measure
+    m = measure(models / "w4.onnx", device="loc", settings=Settings(repeats_min_s=0.02, repeats_max_s=0.05, rounds=1),
+                out=tmp_path / "d", registry=reg)
+    row = m.to_row()
+    Store(tmp_path / "d").append([dict(row, key="k2", stopped_by="max_time"), dict(row, key="k3", stopped_by="max_count")])
+    r = latkit("data", "show", tmp_path / "d")
+    assert r.returncode == 0 and "missed CI" in r.stdout
+    line = next(x for x in r.stdout.splitlines() if " loc " in x)
+    cells = [c.strip() for c in line.split("│")]
+    assert cells[4:7] == ["3", "3", str(2 + (row["stopped_by"] != "ci_target"))]
+
+
+# -- test-retest ----------------------------------------------------------------------------------------------
+
+
+def test_retest_measures_again_into_a_side_table(reg, models, tmp_path):
+    out = tmp_path / "d"
+    r = latkit("collect", "--models", models, "--devices", "loc", "--registry", reg.path, "--out", out,
+               "--rounds", "2", *QUICK)
+    assert r.returncode == 0, r.stderr
+    latkit("data", "card", out)
+    r = latkit("data", "retest", out, "--n", "5", "--seed", "1", "--models", models, "--registry", reg.path,
+               "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert "latency_ms" in r.stdout and "min_ms" in r.stdout and "5 rows measured again" in r.stdout
+    assert Store(out).read().num_rows == 6  # the side table is never mixed with the rows
+    figures = json.loads(next((out / "_retest").glob("*/retest.json")).read_text())
+    assert figures["n"] == 5 and -1 <= figures["statistics"]["latency_ms"]["spearman"] <= 1
+    assert "## Test-retest" in (out / "README.md").read_text()
+    r = latkit("data", "retest", out, "--n", "3", "--registry", reg.path, "--quiet")
+    assert r.returncode == 2 and "not among --models" in r.stderr
