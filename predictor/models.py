@@ -22,7 +22,6 @@ import json
 import re
 import zipfile
 import zlib
-from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
