@@ -1,16 +1,23 @@
 """A loopback fleet: real sshd "devices" on 127.0.0.2, .3, ... for trying latkit and for its tests.
 
-Each device gets its own sshd (temporary host key, authorized_keys, pid file, config), its own Python
-and workdir; traffic never leaves loopback. Needs the openssh-server package (scripts/test installs it).
+Each device gets its own sshd (host key, authorized_keys, pid file, config), its own Python and workdir;
+traffic never leaves loopback. Needs the openssh-server package (scripts/test installs it).
+
+The state dir holds what decides who may log in, so it must be private: a fresh one per fleet by default
+(new_fleet_dir, under ~/.cache/latkit/fleets), and an existing one is refused unless this user owns it and
+no one else can write it or a directory above it (sshd's StrictModes rule; world-writable /tmp fails it).
+The client key is generated anew on every start, so a key found in the dir is never authorized.
 """
 from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,7 +36,7 @@ PubkeyAuthentication yes
 PasswordAuthentication no
 KbdInteractiveAuthentication no
 PermitRootLogin prohibit-password
-StrictModes no
+StrictModes yes
 UsePAM no
 Subsystem sftp internal-sftp
 LogLevel ERROR
@@ -84,7 +91,54 @@ def _previous_port(config: Path) -> Optional[int]:
         return None
 
 
+def fleets_root() -> Path:
+    return Path.home() / ".cache" / "latkit" / "fleets"
+
+
+def new_fleet_dir() -> Path:
+    """A fresh private (0700) state dir for one fleet, under fleets_root()."""
+    root = fleets_root()
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return Path(tempfile.mkdtemp(prefix="latkit-fleet-", dir=root))
+
+
+def private_dir(path, create: bool = True) -> Path:
+    """`path` resolved (created 0700 if missing and `create`); refused in one line unless this user owns
+    it, no one else can write it, and every directory above it up to the home directory is owned by this
+    user or root and not writable by group or others: sshd's StrictModes refuses keys below anything else."""
+    path = Path(path).resolve()
+    if create:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    elif not path.is_dir():
+        raise LatkitError(f"no fleet dir {path}; give the --dir the fleet was started with")
+    uid, home = os.getuid(), Path(pwd.getpwuid(os.getuid()).pw_dir).resolve()
+    for d in [path, *path.parents]:
+        st = d.stat()
+        if st.st_uid not in ((uid,) if d == path else (uid, 0)):
+            why = f"is owned by uid {st.st_uid}"
+        elif st.st_mode & 0o022:
+            why = f"is writable by group or others (mode {st.st_mode & 0o7777:04o})"
+        elif d == home:
+            break
+        else:
+            continue
+        what = "it" if d == path else f"{d} above it"
+        raise LatkitError(f"refusing fleet dir {path}: {what} {why}, so sshd could not trust the keys inside; "
+                          "give a --dir of your own under your home that only you can write, or leave --dir out")
+    return path
+
+
+def _write_private(path: Path, text: str) -> None:
+    """A new 0600 file at `path`, whatever was there before."""
+    path.unlink(missing_ok=True)
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+        f.write(text)
+
+
 def _keygen(path: Path) -> None:
+    """A new ed25519 key pair at `path` (private 0600) and `path`.pub, replacing any there."""
+    path.unlink(missing_ok=True)
+    Path(f"{path}.pub").unlink(missing_ok=True)
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
 
 
@@ -133,21 +187,23 @@ def kill_sshd(dev: FleetDevice) -> None:
 
 def start_fleet(base: Path, pythons: Sequence[str], cores: Sequence[Optional[str]] = (), prefix: str = "dev"
                 ) -> list:
-    """Start len(pythons) devices on 127.0.0.2, .3, ...; device i runs its agent with pythons[i]."""
-    base = Path(base)
-    base.mkdir(parents=True, exist_ok=True)
+    """Start len(pythons) devices on 127.0.0.2, .3, ...; device i runs its agent with pythons[i].
+
+    `base` must pass private_dir (new_fleet_dir gives one). Host keys and ports are kept across restarts
+    of the same fleet, so registered devices stay valid; the client key is new each time."""
+    base = private_dir(base)
+    if (base / "fleet.json").exists():
+        raise LatkitError(f"a fleet is already up in {base}; stop it first (scripts/fleet down --dir {base})")
     client_key = base / "client_key"
-    if not client_key.exists():
-        _keygen(client_key)
-    user = os.environ.get("USER") or psutil.Process().username()
+    _keygen(client_key)
+    user = pwd.getpwuid(os.getuid()).pw_name  # sshd checks key ownership against this login's uid
     fleet = []
     for i, python in enumerate(pythons):
         host = f"127.0.0.{i + 2}"
-        d = base / f"{prefix}{i}"
-        d.mkdir(exist_ok=True)
+        d = private_dir(base / f"{prefix}{i}")
         if not (d / "ssh_host_ed25519_key").exists():
             _keygen(d / "ssh_host_ed25519_key")
-        shutil.copy(f"{client_key}.pub", d / "authorized_keys")
+        _write_private(d / "authorized_keys", Path(f"{client_key}.pub").read_text())
         port = _previous_port(d / "sshd_config") or _free_port(host)
         (d / "sshd_config").write_text(SSHD_CONFIG.format(host=host, port=port, dir=d))
         dev = FleetDevice(name=f"{prefix}{i}", host=host, port=port, user=user, key=str(client_key),
@@ -159,10 +215,14 @@ def start_fleet(base: Path, pythons: Sequence[str], cores: Sequence[Optional[str
     return fleet
 
 
-def stop_fleet(base: Path) -> None:
-    """Stop every sshd of the fleet at `base` (by pid file, so restarted ones go too)."""
-    state = Path(base) / "fleet.json"
+def stop_fleet(base: Path, remove: bool = False) -> None:
+    """Stop every sshd of the fleet at `base` (by pid file, so restarted ones go too); `remove` deletes
+    its state (keys included) as well. `base` is checked first: its pid files decide what is killed."""
+    base = private_dir(base, create=False)
+    state = base / "fleet.json"
     if state.exists():
         for entry in json.loads(state.read_text()):
             kill_sshd(FleetDevice(**dict(entry, pid=None)))
         state.unlink()
+    if remove:
+        shutil.rmtree(base)

@@ -4,11 +4,24 @@ All models learn log-latency (latency spans orders of magnitude across a space, 
 ridge, gbdt (LightGBM), rf and mlp work on `features` (one-hot + analytic costs); gnn is a NASFLAT-style
 graph network (op embeddings + a learned hardware embedding on every node, graph convolutions, an MLP head,
 MSE + pairwise ranking loss) that can hold several devices at once.
+
+Learned state is plain arrays (standardiser mean/scale, ridge coefficients, MLP weights, the forest's
+trees as flat node arrays walked with numpy, the GNN's state_dict) or LightGBM's own text model, so a
+model file is data only. A `.latkit-model` file is a zip archive of:
+- `meta.json`: {"format": "latkit-model", "version": 1, "model": "ridge", "params": {hyperparameters}};
+- `<attr>.npy`: a learned array (a number as a 0-d array), numpy's .npy format, read with allow_pickle=False;
+- `<attr>.<key>.npy`: entry <key> of a learned dict of arrays (MLP layers, the GNN's state_dict);
+- `<attr>.txt`: learned text (the LightGBM booster, `model_to_string` format).
+Loading runs nothing from the file: pickles, object arrays, other member names (paths included) and
+format versions newer than this code are refused in one line.
 """
 from __future__ import annotations
 
-import pickle
-from pathlib import Path
+import io
+import json
+import re
+import zipfile
+import zlib
 from typing import Optional, Sequence
 
 import numpy as np
@@ -18,6 +31,8 @@ from collector.errors import LatkitError
 from .encodings import adjacency, encode, graph_vocab, graphs
 
 MODELS = ("ridge", "gbdt", "rf", "mlp", "gnn")
+FORMAT_VERSION = 1
+_MEMBER = re.compile(r"([a-z][a-z0-9_]*_)(?:\.([A-Za-z0-9_.]+))?\.(npy|txt)")  # attr[.key].ext, no path
 
 
 class Surrogate:
@@ -36,18 +51,93 @@ class Surrogate:
     def predict(self, archs: Sequence[str]) -> np.ndarray:
         return np.exp(self._predict(list(archs)))
 
+    def _state(self) -> dict:
+        """Learned state: attribute -> array, number, str or dict of arrays (the attributes ending in '_')."""
+        return {k: v for k, v in vars(self).items() if k.endswith("_")}
+
+    def _restore(self, state: dict) -> None:
+        vars(self).update(state)
+
     def save(self, path) -> None:
-        Path(path).write_bytes(pickle.dumps(self))
+        """Write the model file described in the module docstring."""
+        params = {k: v for k, v in vars(self).items() if not k.endswith("_")}
+        meta = {"format": "latkit-model", "version": FORMAT_VERSION, "model": self.name, "params": params}
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+            z.writestr("meta.json", json.dumps(meta, indent=1))
+            for attr, value in self._state().items():
+                if isinstance(value, str):
+                    z.writestr(f"{attr}.txt", value)
+                elif isinstance(value, dict):
+                    for key, arr in value.items():
+                        z.writestr(f"{attr}.{key}.npy", _npy(arr))
+                else:
+                    z.writestr(f"{attr}.npy", _npy(value))
 
     @staticmethod
     def load(path) -> "Surrogate":
+        """Read a model file as data; anything else is refused in one line and nothing in it is run."""
         try:
-            obj = pickle.loads(Path(path).read_bytes())
-        except (OSError, pickle.UnpicklingError, EOFError) as e:
-            raise LatkitError(f"cannot load a predictor from {path}: {e}; give a file written by latkit predictor fit")
-        if not isinstance(obj, Surrogate):
-            raise LatkitError(f"{path} is not a latkit predictor")
-        return obj
+            with open(path, "rb") as f:
+                pickled = f.read(1) == b"\x80"  # a pickle (protocol >= 2), as latkit wrote before format 1
+        except OSError as e:
+            raise LatkitError(f"cannot read predictor file {path}: {e.strerror}; give a file written by latkit "
+                              "predictor fit") from None
+        if pickled:
+            raise LatkitError(f"{path} is an old pickle-based model file, which latkit no longer reads (it could "
+                              "run code); re-fit with latkit predictor fit")
+        try:
+            with zipfile.ZipFile(path) as z:
+                return _read(z, path)
+        except (OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, ValueError, TypeError,
+                RuntimeError) as e:
+            raise LatkitError(f"cannot load a predictor from {path}: {e}; give a file written by latkit predictor "
+                              "fit") from None
+
+
+def _npy(arr) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(arr), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _read(z: zipfile.ZipFile, path) -> Surrogate:
+    names = z.namelist()
+    stray = [n for n in names if n != "meta.json" and not _MEMBER.fullmatch(n)]
+    if stray:
+        raise ValueError(f"it holds {stray[0]!r}, which is no member of a model file")
+    if "meta.json" not in names:
+        raise ValueError("it has no meta.json")
+    meta = json.loads(z.read("meta.json"))
+    if not isinstance(meta, dict) or meta.get("format") != "latkit-model":
+        raise ValueError("its meta.json does not describe a latkit model")
+    version = meta.get("version")
+    if not isinstance(version, int) or version < 1:
+        raise ValueError(f"its format version {version!r} is not one latkit ever wrote")
+    if version > FORMAT_VERSION:
+        raise LatkitError(f"{path} is model format {version}, newer than this latkit reads ({FORMAT_VERSION}); "
+                          "upgrade latkit, or re-fit the model with this one")
+    if meta.get("model") not in REGISTRY:
+        raise ValueError(f"it names an unknown model kind {meta.get('model')!r}")
+    model = REGISTRY[meta["model"]](**meta.get("params", {}))
+    state = {}
+    for name in names:
+        if name == "meta.json":
+            continue
+        attr, key, ext = _MEMBER.fullmatch(name).groups()
+        if ext == "txt":
+            value = z.read(name).decode()
+        else:
+            arr = np.lib.format.read_array(io.BytesIO(z.read(name)), allow_pickle=False)
+            value = arr.item() if arr.ndim == 0 else arr
+        if key:
+            state.setdefault(attr, {})[key] = value
+        else:
+            state[attr] = value
+    try:
+        model._restore(state)
+    except KeyError as e:
+        raise ValueError(f"it lacks learned state {e.args[0]!r}") from None
+    return model
 
 
 def _check_latency(latency_ms) -> np.ndarray:
@@ -58,7 +148,8 @@ def _check_latency(latency_ms) -> np.ndarray:
 
 
 class _Tabular(Surrogate):
-    """Models on the `features` encoding, standardised."""
+    """Models on the `features` encoding, standardised. Each fits a library estimator (_make) and keeps
+    only its learned arrays (_export), which _predict_scaled evaluates with numpy (or LightGBM)."""
 
     def _x(self, archs):
         return encode(self.space, archs, "features")
@@ -66,11 +157,12 @@ class _Tabular(Surrogate):
     def _fit(self, archs, y):
         from sklearn.preprocessing import StandardScaler
         x = self._x(archs)
-        self.scaler_ = StandardScaler().fit(x)
-        self.model_ = self._make().fit(self.scaler_.transform(x), y)
+        scaler = StandardScaler().fit(x)
+        self.mean_, self.scale_ = scaler.mean_, scaler.scale_
+        self._export(self._make().fit(scaler.transform(x), y))
 
     def _predict(self, archs):
-        return self.model_.predict(self.scaler_.transform(self._x(archs)))
+        return self._predict_scaled((self._x(archs) - self.mean_) / self.scale_)
 
 
 class Ridge(_Tabular):
@@ -79,6 +171,12 @@ class Ridge(_Tabular):
     def _make(self):
         from sklearn.linear_model import RidgeCV
         return RidgeCV(alphas=np.logspace(-3, 3, 13))
+
+    def _export(self, est):
+        self.coef_, self.intercept_ = est.coef_, float(est.intercept_)
+
+    def _predict_scaled(self, x):
+        return x @ self.coef_ + self.intercept_
 
 
 class GBDT(_Tabular):
@@ -94,18 +192,62 @@ class GBDT(_Tabular):
                                       min_child_samples=5, subsample=0.8, subsample_freq=1, colsample_bytree=0.8,
                                       random_state=self.seed, n_jobs=2, verbose=-1)
 
+    def _export(self, est):
+        self.booster_ = est.booster_
+
+    def _predict_scaled(self, x):
+        return self.booster_.predict(x)
+
+    def _state(self):
+        return dict(super()._state(), booster_=self.booster_.model_to_string())
+
+    def _restore(self, state):
+        import lightgbm
+        text = state.pop("booster_")
+        super()._restore(state)
+        try:
+            self.booster_ = lightgbm.Booster(model_str=text)
+        except lightgbm.basic.LightGBMError as e:
+            raise ValueError(f"its LightGBM model does not parse ({e})") from None
+
 
 class RF(_Tabular):
-    name = "rf"
+    """scikit-learn's random forest, kept as its trees' node arrays (all trees end to end, a leaf's children
+    being itself) and walked with numpy: every tree at once, one level per step."""
 
-    def _fit(self, archs, y):
-        super()._fit(archs, y)
-        self.model_.set_params(n_jobs=1)  # threaded prediction sums trees in varying order: not reproducible
+    name = "rf"
 
     def _make(self):
         from sklearn.ensemble import RandomForestRegressor
         return RandomForestRegressor(n_estimators=300, min_samples_leaf=1, max_features=0.5, n_jobs=2,
                                      random_state=self.seed)
+
+    def _export(self, est):
+        trees = [e.tree_ for e in est.estimators_]
+        sizes = [t.node_count for t in trees]
+        start = np.cumsum([0] + sizes)[:-1]
+
+        def cat(name):
+            return np.concatenate([getattr(t, name) for t in trees])
+
+        node, offset, leaf = np.arange(sum(sizes)), np.repeat(start, sizes), cat("children_left") < 0
+        self.left_ = np.where(leaf, node, cat("children_left") + offset).astype(np.int32)
+        self.right_ = np.where(leaf, node, cat("children_right") + offset).astype(np.int32)
+        self.feature_ = np.where(leaf, 0, cat("feature")).astype(np.int32)
+        self.threshold_, self.value_ = cat("threshold"), cat("value")[:, 0, 0]
+        self.roots_, self.depth_ = start.astype(np.int32), max(t.max_depth for t in trees)
+
+    def _predict_scaled(self, x, chunk: int = 1024):
+        x = x.astype(np.float32)  # the trees split float32 features, as scikit-learn does
+        out = []
+        for part in np.array_split(x, max(1, -(-len(x) // chunk))):  # chunks that stay in cache
+            flat, first = part.ravel(), (np.arange(len(part), dtype=np.int32) * x.shape[1])[None, :]
+            node = np.repeat(self.roots_[:, None], len(part), 1)
+            for _ in range(self.depth_):
+                node = np.where(flat[first + self.feature_[node]] <= self.threshold_[node], self.left_[node],
+                                self.right_[node])
+            out.append(self.value_[node].mean(0))
+        return np.concatenate(out)
 
 
 class MLP(_Tabular):
@@ -124,6 +266,18 @@ class MLP(_Tabular):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             super()._fit(archs, y)
+
+    def _export(self, est):
+        self.layers_ = {**{f"w{i}": w for i, w in enumerate(est.coefs_)},
+                        **{f"b{i}": b for i, b in enumerate(est.intercepts_)}}
+
+    def _predict_scaled(self, x):
+        n = len(self.layers_) // 2
+        for i in range(n):  # ReLU hidden layers, identity output, as MLPRegressor
+            x = x @ self.layers_[f"w{i}"] + self.layers_[f"b{i}"]
+            if i < n - 1:
+                x = np.maximum(x, 0)
+        return x[:, 0]
 
 
 def _torch():
@@ -229,19 +383,16 @@ class GNN(Surrogate):
     def _predict(self, archs):
         return self.predict_device(archs, 0) * self.y_std_ + self.y_mean_
 
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        if "net_" in state:
-            state["net_"] = (state["net_"].state_dict(), state["net_"].hw.num_embeddings)
-        return state
+    def _state(self):
+        return dict(super()._state(), net_={k: v.numpy() for k, v in self.net_.state_dict().items()})
 
-    def __setstate__(self, state):
-        net = state.pop("net_", None)
-        self.__dict__.update(state)
-        if net is not None:
-            self.net_ = self._build(net[1])
-            self.net_.load_state_dict(net[0])
-            self.net_.eval()
+    def _restore(self, state):
+        torch = _torch()
+        net = state.pop("net_")
+        super()._restore(state)
+        self.net_ = self._build(len(net["hw.weight"]))
+        self.net_.load_state_dict({k: torch.tensor(v) for k, v in net.items()})
+        self.net_.eval()
 
 
 REGISTRY = {"ridge": Ridge, "gbdt": GBDT, "rf": RF, "mlp": MLP, "gnn": GNN}

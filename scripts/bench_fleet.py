@@ -22,7 +22,7 @@ from rich.table import Table
 
 from collector import Registry, Settings, add_device, collect, export
 from collector.api import make_jobs
-from collector.loopback import start_fleet, stop_fleet
+from collector.loopback import new_fleet_dir, start_fleet, stop_fleet
 
 
 def small_models(n: int, cache: Path):
@@ -52,7 +52,8 @@ def main():
         t0 = time.time()
         arts = small_models(args.models, tmp / "exports")
         export_s = time.time() - t0
-        fleet = start_fleet(tmp / "fleet", [sys.executable] * args.devices)
+        base = new_fleet_dir()
+        fleet = start_fleet(base, [sys.executable] * args.devices)
         try:
             reg = Registry(tmp / "devices.toml")
             for d in fleet:
@@ -63,7 +64,7 @@ def main():
             report = collect(make_jobs(arts, [d.name for d in devices], "onnxruntime", settings), devices,
                              out=tmp / "data", progress=False)
         finally:
-            stop_fleet(tmp / "fleet")
+            stop_fleet(base, remove=True)
     table = Table("device", "models", "wall s", "duty cycle (goal >= 90%)", "transport overhead / model (goal < 100 ms)",
                   "model load / model", "start-up s")
     for d in report.devices:

@@ -68,14 +68,15 @@ def ort_venv():
 
 
 @pytest.fixture(scope="session")
-def fleet(tmp_path_factory, tflite_venv, ort_venv):
+def fleet(tflite_venv, ort_venv):
     """Three real sshd devices on 127.0.0.2-4: the host venv, the tflite-runtime venv, and the lean venv
-    pinned to CPU 0 with taskset. Torn down after the session."""
-    from collector.loopback import start_fleet, stop_fleet
-    base = tmp_path_factory.mktemp("fleet")
+    pinned to CPU 0 with taskset. Torn down after the session. Its state is under ~/.cache/latkit/fleets,
+    not the pytest tmp dir: sshd refuses keys below world-writable /tmp."""
+    from collector.loopback import new_fleet_dir, start_fleet, stop_fleet
+    base = new_fleet_dir()
     devices = start_fleet(base, [sys.executable, tflite_venv, ort_venv], cores=[None, None, "0"])
     yield devices
-    stop_fleet(base)
+    stop_fleet(base, remove=True)
 
 
 @pytest.fixture(scope="session")
