@@ -1,89 +1,107 @@
-"""Test-retest of the timing protocol and the agent's own overhead, on the `local` device.
+"""Test-retest of latkit's default timing protocol on this machine, beside torch.utils.benchmark.
 
-Measures one model N times in a row (same agent, same settings) per runtime and prints:
-- the spread of the median latency across runs ((max - min) / median and std / mean of the medians),
-- the median CV within a run (std/mean, and the robust IQR-based CV the stopping rule uses),
-- the agent's overhead per measurement: request wall time minus model load, warmup and timed work,
-  against the timed work itself, and the timing loop's own cost per sample (an empty callable).
+N NB201 archs (uniform, seed 0) are measured twice on `local` with latkit's defaults, once as ONNX in
+ONNX Runtime and once as torch.export files in torch; the peer (torch.utils.benchmark's
+`blocked_autorange`, the usual way to time a torch module) measures the same torch modules twice,
+given the same time per arch as latkit's torch passes took. Passes alternate (latkit, peer, latkit, peer)
+so drift of the host hits both. For every statistic it prints Spearman's rho between the two passes and
+the median relative difference, and writes everything to a JSON file that README tables are rendered
+from (scripts/render_readme.py).
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import hashlib
+import json
 import platform
-import statistics
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
+import torch.utils.benchmark as tub
 from rich.console import Console
 from rich.table import Table
 
-from collector import Device, Settings, export
-from collector.runner import DeviceRunner
-from collector.transports import AGENT_PATH
-from demo import models
+from collector import Settings, probe
+from collector.api import collect_space, space_artifacts
+from collector.retest import STATISTICS, compare
+from collector.samplers import sample
+from collector.spaces import get_space
+from collector.store import Store
 
 
-def robust_cv(samples):
-    q1, q3 = np.percentile(samples, [25, 75])
-    return (q3 - q1) / 1.349 / np.median(samples)
+def latkit_pass(archs, runtime, out, settings) -> tuple:
+    """One collection of every arch; returns (wall seconds per arch, {arch: row})."""
+    t0 = time.perf_counter()
+    report = collect_space("nb201", len(archs), ["local"], runtime, "uniform", 0, settings, out, progress=False)
+    wall = time.perf_counter() - t0
+    assert report.ok, report.devices[0].message
+    rows = {r["arch"]: r for r in Store(out).read().to_pylist() if r["status"] == "ok"}
+    return wall / len(archs), rows
 
 
-def in_sample_overhead_ns(n=100_000):
-    """What the timing loop adds to each sample (two clock reads and a call), from timing a no-op."""
-    spec = importlib.util.spec_from_file_location("agent", AGENT_PATH)
-    agent = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(agent)
-    s = dict(agent.DEFAULT_SETTINGS, warmup_min_count=100, warmup_min_s=0.0, repeats_min_count=n,
-             repeats_min_s=0.0, repeats_max_count=n, cv_target=0.0)
-    samples, _, _ = agent.time_callable(agent.wall_timer(lambda: None), s)
-    return statistics.median(samples) * 1e6
+def peer_pass(archs, min_run_time) -> tuple:
+    """torch.utils.benchmark on the same modules (same seeded weights as latkit's exports)."""
+    space = get_space("nb201")
+    torch.set_num_threads(1)
+    medians = {}
+    t0 = time.perf_counter()
+    for a in archs:
+        torch.manual_seed(int(hashlib.sha256(f"nb201\n{a}".encode()).hexdigest()[:15], 16))
+        m, x = space.build(a).eval(), torch.randn(space.input_shape(a))
+        with torch.inference_mode():
+            r = tub.Timer("m(x)", globals={"m": m, "x": x}, num_threads=1).blocked_autorange(min_run_time=min_run_time)
+        medians[a] = r.median * 1e3
+    return (time.perf_counter() - t0) / len(archs), medians
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", type=int, default=10)
-    ap.add_argument("--model", default="mobilenet_ish_128", choices=[m[0] for m in models()])
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--cores", help="pin to these CPU ids, e.g. 1")
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--n", type=int, default=60, help="NB201 archs (default 60)")
+    ap.add_argument("--json", default="scripts/bench_measure.json", help="where to write the figures")
     args = ap.parse_args()
-    name, module, x = next(m for m in models() if m[0] == args.model)
-    cores = tuple(int(c) for c in args.cores.split(",")) if args.cores else None
-    console = Console(width=None if sys.stdout.isatty() else 160)
-    table = Table("runtime", "runs", "median of medians ms", "spread (max-min)/median", "std/mean of medians",
-                  "median CV (std/mean)", "median robust CV", "overhead / measurement", "timed work / measurement")
-    with DeviceRunner(Device("local")) as runner:
-        for fmt, runtime in (("onnx", "onnxruntime"), ("tflite", "tflite")):
-            art = export(module, (x,), fmt, arch=name)
-            settings = Settings(runtime=runtime, threads=args.threads, cores=cores)
-            medians, cvs, rcvs, overheads, timed = [], [], [], [], []
-            for _ in range(args.runs):
-                t0 = time.perf_counter()
-                r = runner.transport.call("measure", timeout=600, model=runner.transport.put(art), runtime=runtime,
-                                          settings=settings.agent_settings(), inputs=list(art.inputs))
-                wall = time.perf_counter() - t0
-                s = np.asarray(r["samples_ms"])
-                medians.append(float(np.median(s)))
-                cvs.append(float(s.std(ddof=1) / s.mean()))
-                rcvs.append(float(robust_cv(s)))
-                timed.append(s.sum() / 1e3)
-                overheads.append(wall - r["load_s"] - r["warmup_s"] - s.sum() / 1e3)
-            med = statistics.median(medians)
-            table.add_row(runtime, str(args.runs), f"{med:.4f}", f"{(max(medians) - min(medians)) / med * 100:.2f}%",
-                          f"{statistics.stdev(medians) / statistics.mean(medians) * 100:.2f}%",
-                          f"{statistics.median(cvs) * 100:.2f}%", f"{statistics.median(rcvs) * 100:.2f}%",
-                          f"{statistics.median(overheads) * 1e3:.1f} ms",
-                          f"{statistics.median(timed):.2f} s")
-        probe = runner.probe
-    console.print(f"model {name} (input {list(x.shape)}), threads={args.threads}, cores={args.cores or 'unpinned'}; "
-                  f"machine: {probe['cpu_model']}, {probe['cpu_count']} CPUs, {platform.python_version()}, "
-                  f"torch {torch.__version__}")
+    console = Console(width=None if sys.stdout.isatty() else 130)
+    p = probe("local")
+    archs = sample(get_space("nb201"), args.n, "uniform", 0)
+    settings = {rt: Settings(runtime=rt) for rt in ("onnxruntime", "torch")}
+    for rt in settings:  # exports happen before any timing (cached by content)
+        space_artifacts("nb201", archs, rt)
+    res = {"machine": f"{p['cpu_model']}, {p['cpu_count']} CPUs, {p['memory_mb']} MB, Python {p['python']}, "
+                      + ", ".join(f"{k} {v['version']}" for k, v in p["runtimes"].items() if k != "tflite"),
+           "n": args.n, "settings": json.loads(Settings().canonical()), "date": time.strftime("%Y-%m-%d"),
+           "runs": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        passes = {}
+        for k in (0, 1):
+            for rt in settings:
+                console.print(f"latkit pass {k + 1}, {rt} ...")
+                passes[(rt, k)] = latkit_pass(archs, rt, f"{tmp}/{rt}-{k}", settings[rt])
+            budget = passes[("torch", 0)][0]
+            console.print(f"peer pass {k + 1} (min_run_time {0.9 * budget:.2f} s) ...")
+            passes[("peer", k)] = peer_pass(archs, 0.9 * budget)
+    for rt in settings:
+        (s_a, a), (s_b, b) = passes[(rt, 0)], passes[(rt, 1)]
+        common = [x for x in archs if x in a and x in b]
+        res["runs"][f"latkit {rt}"] = {
+            "seconds_per_arch": (s_a + s_b) / 2, "n": len(common),
+            "stopped_by_ci": float(np.mean([a[x]["stopped_by"] == "ci_target" for x in common])),
+            "statistics": {s: compare([a[x][s] for x in common], [b[x][s] for x in common]) for s in STATISTICS}}
+    (s_a, a), (s_b, b) = passes[("peer", 0)], passes[("peer", 1)]
+    res["runs"]["torch.utils.benchmark"] = {"seconds_per_arch": (s_a + s_b) / 2, "n": len(archs),
+                                            "statistics": {"median": compare([a[x] for x in archs],
+                                                                             [b[x] for x in archs])}}
+    table = Table("timer", "statistic", "Spearman", "median rel. diff", "s / arch")
+    for name, run in res["runs"].items():
+        for stat, c in run["statistics"].items():
+            table.add_row(name, stat, f"{c['spearman']:.4f}", f"{c['median_rel_diff'] * 100:.2f} %",
+                          f"{run['seconds_per_arch']:.2f}")
+    console.print(f"[bold]test-retest, {args.n} NB201 archs, two passes[/] on {res['machine']}")
     console.print(table)
-    console.print(f"timing loop's own share of each sample (median of a timed no-op): {in_sample_overhead_ns():.0f} ns")
-    console.print("anchors: spread of the median <= 2% and overhead <= 5% of the timed work "
-                  "(torch.utils.benchmark-style repeat-until-stable timing on a shared 2-core VM)")
+    Path(args.json).write_text(json.dumps(res, indent=1))
+    console.print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

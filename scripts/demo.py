@@ -53,30 +53,30 @@ def models():
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default="latkit-data")
-    ap.add_argument("--min-time", type=float, default=0.5, help="minimum timed seconds per model")
     ap.add_argument("--n", type=int, default=60, help="NB201 archs to collect")
     args = ap.parse_args()
     console = Console(width=None if sys.stdout.isatty() else 120)
     p = probe("local")
     console.print(f"[bold]device local[/]: {p['cpu_model']}, {p['cpu_count']} CPUs, {p['memory_mb']} MB, "
                   f"runtimes " + ", ".join(f"{k} {v['version']}" for k, v in p["runtimes"].items()))
-    settings = Settings(repeats_min_s=args.min_time, repeats_max_s=3.0)
-    table = Table("model", "runtime", "latency_ms (median)", "p10-p90 ms", "CV", "repeats", "status")
+    settings = Settings()  # the default protocol: 4 shuffled rounds, each stopped by the median's CI or 0.5 s
+    table = Table("model", "runtime", "latency_ms", "p10-p90 ms", "robust CV", "repeats", "stopped by", "status")
     t0 = time.time()
     for fmt, runtime in (("onnx", "onnxruntime"), ("tflite", "tflite")):
         arts = [export(m.eval(), (x,), fmt, arch=name) for name, m, x in models()]
         for m in measure_many(arts, "local", runtime, settings, out=args.out):
             s = m.stats
             if m.status == "ok":
-                table.add_row(m.job.artifact.arch, runtime, f"{s['latency_ms']:.3f}",
-                              f"{s['p10_ms']:.3f}-{s['p90_ms']:.3f}", f"{s['cv'] * 100:.1f}%", str(s["repeats"]), "ok")
+                table.add_row(m.job.artifact.arch, runtime, f"{s.latency_ms:.3f}", f"{s.p10_ms:.3f}-{s.p90_ms:.3f}",
+                              f"{s.robust_cv * 100:.1f}%", str(s.repeats), m.stopped_by,
+                              "ok" + (f" ({len(m.warnings)} warnings)" if m.warnings else ""))
             else:
-                table.add_row(m.job.artifact.arch, runtime, "-", "-", "-", "-", f"{m.error_kind}: {m.error}")
+                table.add_row(m.job.artifact.arch, runtime, "-", "-", "-", "-", "-", f"{m.error_kind}: {m.error}")
     console.print(table)
 
     console.print(f"\n[bold]collecting {args.n} NB201 archs[/] (balanced over FLOPs) on local with onnxruntime")
-    quick = Settings(repeats_min_s=0.2, repeats_max_s=0.5)
-    report = collect_space("nb201", args.n, ["local"], "onnxruntime", "balanced", 0, quick, args.out, progress=True)
+    report = collect_space("nb201", args.n, ["local"], "onnxruntime", "balanced", 0, Settings(), args.out,
+                           progress=True)
     d = report.devices[0]
     console.print(f"{d.measured} measured, {d.skipped} already in the dataset, status {d.status}")
     budget = max(10, int(args.n * 2 / 3))

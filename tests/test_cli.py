@@ -24,7 +24,7 @@ def dataset(tmp_path_factory, artifacts):
     out = tmp_path_factory.mktemp("cli") / "data"
     r = latkit("measure", artifacts["onnx"].path, "--out", out, *FAST)
     assert r.returncode == 0, r.stderr
-    assert "on local/onnxruntime (threads=1):" in r.stdout and "ms median" in r.stdout
+    assert "on local/onnxruntime (threads=1):" in r.stdout and "ms, median" in r.stdout
     return out
 
 
@@ -32,7 +32,7 @@ def test_measure_appends_and_skips_known_key(dataset, artifacts):
     assert Store(dataset).read().num_rows == 1
     before = snapshot(dataset)
     r = latkit("measure", artifacts["onnx"].path, "--out", dataset, *FAST)
-    assert r.returncode == 0 and "ms median" in r.stdout
+    assert r.returncode == 0 and "ms, median" in r.stdout
     assert snapshot(dataset) == before  # already measured under this key: nothing timed, nothing written
     r = latkit("measure", artifacts["tflite"].path, "--out", dataset, "--threads", "2", *FAST)
     assert r.returncode == 0 and "local/tflite (threads=2)" in r.stdout
