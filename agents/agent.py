@@ -801,8 +801,9 @@ def measure(model, runtime, settings, workdir, inputs=None):
 
 
 def default_lease_path():
-    """One file per machine, whoever runs the agent and from whichever workdir (TMPDIR is honoured: Termux)."""
-    return os.path.join(tempfile.gettempdir(), "latkit-device.lease")
+    """One file per machine, whoever runs the agent and from whichever workdir (TMPDIR is honoured: Termux).
+    LATKIT_LEASE in the agent's environment moves it (a test session isolating itself from other runs)."""
+    return os.environ.get("LATKIT_LEASE") or os.path.join(tempfile.gettempdir(), "latkit-device.lease")
 
 
 class Lease:

@@ -58,7 +58,7 @@ def main():
             reg = Registry(tmp / "devices.toml")
             for d in fleet:
                 add_device(d.name, d.host, d.port, d.user, d.key, d.python, d.workdir, trust_host_key=True,
-                           registry=reg)
+                           registry=reg, lease=f"{d.dir}/lease")  # devices sharing this machine: a lease each
             devices = [reg.get(d.name) for d in fleet]
             settings = Settings(repeats_min_s=args.min_time, repeats_max_s=args.max_time)
             report = collect(make_jobs(arts, [d.name for d in devices], "onnxruntime", settings), devices,

@@ -1,8 +1,11 @@
 """Shared fixtures: small real models in every format, fast protocol settings, a numpy<2 tflite-runtime venv."""
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import venv
 from pathlib import Path
 
@@ -10,6 +13,16 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 AGENT = ROOT / "agents" / "agent.py"
+
+
+def pytest_configure(config):
+    """The machine-wide device lease (agents/agent.py) would make concurrent test runs on one machine wait for
+    each other: each session gets its own default lease (inherited by every agent it starts locally)."""
+    os.environ["LATKIT_LEASE"] = os.path.join(tempfile.mkdtemp(prefix="latkit-test-"), "lease")
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(os.path.dirname(os.environ.pop("LATKIT_LEASE", "/nonexistent/x")), ignore_errors=True)
 
 
 def tiny_cnn():

@@ -44,7 +44,7 @@ def test_measure_appends_and_skips_known_key(dataset, artifacts):
     (["measure", "{onnx}", "--device", "nope"], "unknown device 'nope'; known devices: local"),
     (["measure", "{txt}"], "cannot tell the format of model.txt; use one of"),
     (["measure", "{onnx}", "--out", "{file}/sub"], "cannot write to"),
-    (["measure", "{onnx}", "--threads", "0"], "threads must be >= 1"),
+    (["measure", "{onnx}", "--threads", "0"], "threads must be a whole number >= 1"),
     (["data", "show", "{missing}"], "no dataset at"),
 ])
 def test_bad_input_one_line_and_data_untouched(dataset, artifacts, tmp_path, args, message):

@@ -78,7 +78,9 @@ def test_agent_survives_errors(local_runner, artifacts, fast):
 
 def test_tflite_in_numpy1_tflite_runtime_venv(tflite_venv, artifacts, fast, tmp_path):
     """A device whose Python has only numpy<2 and tflite-runtime: the agent falls back to tflite_runtime."""
-    with DeviceRunner(Device("tfl-device", python=tflite_venv, workdir=str(tmp_path))) as r:
+    # another "device" on this machine while local_runner holds the machine's lease: it needs its own lease
+    with DeviceRunner(Device("tfl-device", python=tflite_venv, workdir=str(tmp_path),
+                             lease=str(tmp_path / "lease"))) as r:
         assert set(r.probe["runtimes"]) == {"tflite"}
         assert r.probe["runtimes"]["tflite"]["module"] == "tflite_runtime"
         m = r.measure(Job(artifacts["tflite"], "tfl-device", dataclasses.replace(fast, runtime="tflite")))
