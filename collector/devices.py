@@ -15,8 +15,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
-import tomli_w
-
 from .errors import LatkitError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -61,9 +59,10 @@ class Device:
 
     def connect(self, trust_host_key: bool = False):
         """A transport for this device (not yet started)."""
-        from .transports import LocalTransport, SSHTransport
         if self.transport == "local":
+            from .transports import LocalTransport
             return LocalTransport(python=self.python, workdir=self.workdir, name=self.name, lease=self.lease)
+        from .transports.ssh import SSHTransport  # paramiko only where a device is reached over ssh
         return SSHTransport(self, trust_host_key=trust_host_key)
 
     def to_toml(self) -> dict:
@@ -120,6 +119,7 @@ class Registry:
         self._write(entries)
 
     def _write(self, entries: dict) -> None:
+        import tomli_w  # only writers of the registry need it (reading is tomllib, in the standard library)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(tomli_w.dumps({"devices": entries}))

@@ -25,6 +25,16 @@ def agent_module():
     return mod
 
 
+def test_collector_imports_without_the_ssh_extras():
+    """A bare GPU machine has no paramiko or tomli-w: timing on `local` must not need them."""
+    code = ("import sys; sys.modules['paramiko'] = sys.modules['tomli_w'] = None\n"
+            "import collector, collector.cli, collector.scheduler\n"
+            "from collector import Registry\n"
+            "print(type(Registry().get('local').connect()).__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "LocalTransport", out.stderr
+
+
 def test_gpu_settings_are_checked():
     with pytest.raises(LatkitError, match="apply to accelerator cuda only"):
         Settings(dtype="float16")
