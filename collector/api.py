@@ -1,10 +1,14 @@
 """The Python API behind the CLI: every `latkit` command is one of these functions."""
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
+import itertools
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Iterator, Optional, Sequence
 
 import pyarrow.compute as pc
 
@@ -121,38 +125,80 @@ def collect_models(models: Sequence, devices: Sequence[str], runtime: Optional[s
 EXPORT_FORMAT = {"onnxruntime": "onnx", "tflite": "tflite", "torch": "pt2"}
 
 
-def space_artifacts(space: str, archs: Sequence[str], runtime: str = "onnxruntime", batch_size: int = 1,
-                    resolution: Optional[int] = None, progress: bool = False, **space_options) -> list:
-    """Build and export each arch (cached by content) in the format `runtime` times."""
+def export_arch(space: str, arch: str, fmt: str, batch_size: int = 1, resolution: Optional[int] = None,
+                cache_dir=None, **space_options) -> Artifact:
+    """Build one arch and export it to `fmt` (cached by content). The weights are seeded by the arch: the
+    same arch is the same file (same sha256, same key), so re-running a collection resumes instead of
+    timing fresh random copies."""
     import torch
     sp = get_space(space, **space_options)
+    torch.manual_seed(int(hashlib.sha256(f"{space}\n{arch}".encode()).hexdigest()[:15], 16))
+    return export(sp.build(arch, resolution), (torch.randn(sp.input_shape(arch, batch_size, resolution)),), fmt,
+                  space=space, arch=arch, cache_dir=cache_dir)
+
+
+def _one_torch_thread() -> None:
+    """Export workers: one thread each, so N workers use N cores instead of N x all of them."""
+    import torch
+    torch.set_num_threads(1)
+
+
+def iter_space_artifacts(space: str, archs: Sequence[str], fmt: str, batch_size: int = 1,
+                         resolution: Optional[int] = None, workers: int = 1, ahead: Optional[int] = None,
+                         cache_dir=None, **space_options) -> Iterator[Artifact]:
+    """Export archs and yield their artifacts in the order given, each as soon as it is ready, so timing
+    can start while later archs are still exporting. With workers > 1 a process pool exports (spawned:
+    a forked torch can hang), keeping at most `ahead` (default 4 x workers) archs beyond the consumer, so
+    a slow consumer bounds the files on disk. Closing the iterator cancels what has not started."""
+    sp = get_space(space, **space_options)
     archs = [sp.validate(a) for a in archs]
+    if workers < 1:
+        raise LatkitError(f"export workers must be >= 1, got {workers}")
+    if workers == 1:
+        for a in archs:
+            yield export_arch(space, a, fmt, batch_size, resolution, cache_dir, **space_options)
+        return
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_one_torch_thread)
+    try:
+        todo, queued = iter(archs), collections.deque()
+        for a in itertools.islice(todo, ahead or 4 * workers):
+            queued.append(pool.submit(export_arch, space, a, fmt, batch_size, resolution, cache_dir, **space_options))
+        while queued:
+            art = queued.popleft().result()
+            nxt = next(todo, None)
+            if nxt is not None:
+                queued.append(pool.submit(export_arch, space, nxt, fmt, batch_size, resolution, cache_dir,
+                                          **space_options))
+            yield art
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def space_artifacts(space: str, archs: Sequence[str], runtime: str = "onnxruntime", batch_size: int = 1,
+                    resolution: Optional[int] = None, progress: bool = False, workers: int = 1,
+                    **space_options) -> list:
+    """Build and export each arch (cached by content) in the format `runtime` times, on `workers` processes."""
     fmt = EXPORT_FORMAT[runtime]
+    arts = iter_space_artifacts(space, archs, fmt, batch_size, resolution, workers, **space_options)
     if progress:
         from rich.progress import track
-        archs_iter = track(archs, description=f"exporting {len(archs)} {space} archs to {fmt}")
-    else:
-        archs_iter = archs
-    arts = []
-    for a in archs_iter:
-        # weights seeded by the arch: the same arch is the same file (same sha256, same key), so re-running
-        # a collection resumes instead of timing fresh random copies
-        torch.manual_seed(int(hashlib.sha256(f"{space}\n{a}".encode()).hexdigest()[:15], 16))
-        arts.append(export(sp.build(a, resolution), (torch.randn(sp.input_shape(a, batch_size, resolution)),), fmt,
-                           space=space, arch=a))
-    return arts
+        arts = track(arts, total=len(archs), description=f"exporting {len(archs)} {space} archs to {fmt}")
+    return list(arts)
 
 
 def collect_space(space: str, n: int, devices: Sequence[str], runtime: str = "onnxruntime",
                   sampler: str = "uniform", seed: int = 0, settings: Optional[Settings] = None, out="latkit-data",
                   batch_size: int = 1, resolution: Optional[int] = None, registry: Optional[Registry] = None,
-                  progress: bool = True, **kwargs) -> CollectReport:
-    """`latkit collect --space`: sample n archs, export them (cached), time them on every device."""
+                  progress: bool = True, export_workers: int = 1, **kwargs) -> CollectReport:
+    """`latkit collect --space`: sample n archs, export them (cached, on `export_workers` processes), time
+    them on every device."""
     reg = registry or Registry()
     devs = [reg.get(d) for d in devices]
     Store(out).check_writable()  # before sampling and exporting, as before any device time
     archs = sample(get_space(space), n, sampler, seed)
-    arts = space_artifacts(space, archs, runtime, batch_size, resolution, progress=progress)
+    arts = space_artifacts(space, archs, runtime, batch_size, resolution, progress=progress,
+                           workers=export_workers)
     jobs = [dataclasses.replace(j, sampler=f"{sampler}(seed={seed})")
             for j in make_jobs(arts, [d.name for d in devs], runtime, settings)]
     return collect(jobs, devs, out=out, progress=progress, **kwargs)

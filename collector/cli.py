@@ -53,7 +53,7 @@ def cmd_collect(args) -> int:
         settings = dataclasses.replace(_settings(args), batch_size=None)  # the export fixes the batch size
         report = api.collect_space(args.space, args.n, devices, args.runtime or "onnxruntime", args.sampler,
                                    args.seed, settings, args.out, batch_size=args.batch_size or 1,
-                                   resolution=args.resolution, **common)
+                                   resolution=args.resolution, export_workers=args.export_workers, **common)
     else:
         report = api.collect_models(api.model_files(args.models), devices, args.runtime, _settings(args), args.out,
                                     **common)
@@ -270,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--sampler", default="uniform", choices=["uniform", "balanced", "diverse"])
     c.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
     c.add_argument("--resolution", type=int, help="input side length (default: the space's, or the ofa arch's)")
+    c.add_argument("--export-workers", type=int, default=1, metavar="N",
+                   help="export the sampled archs on N processes (default 1; e.g. the host's cores - 1)")
     c.add_argument("--devices", required=True, help="comma-separated device names")
     _protocol_args(c)
     c.add_argument("--retries", type=int, default=3, help="reconnects per device before it is marked failed")

@@ -48,3 +48,32 @@ def test_export_errors(export_cache):
     with pytest.raises(LatkitError, match="pt2 export of broken failed"):
         export(tiny_cnn(), (torch.randn(1, 5, 32, 32),), "pt2", arch="broken", cache_dir=export_cache)
     assert not list(export_cache.glob(".export-*"))  # no temporary file left behind
+
+
+def test_parallel_export_is_the_serial_export_in_order(tmp_path):
+    """Worker processes seed the weights by the arch as the serial path does: their export keys (which hash
+    the weights) find the serial exports in the cache, and the artifacts come back in the order given."""
+    from collector.api import iter_space_artifacts
+    from collector.samplers import sample
+    from collector.spaces import get_space
+    archs = sample(get_space("nb201"), 3, "uniform", 1)
+    serial = list(iter_space_artifacts("nb201", archs, "torchscript", cache_dir=tmp_path))
+    mtimes = [a.path.stat().st_mtime_ns for a in serial]
+    pooled = list(iter_space_artifacts("nb201", archs, "torchscript", workers=2, cache_dir=tmp_path))
+    assert [a.arch for a in pooled] == archs
+    assert [(a.path, a.sha256) for a in pooled] == [(a.path, a.sha256) for a in serial]
+    assert [a.path.stat().st_mtime_ns for a in pooled] == mtimes  # found, not written again
+
+
+def test_parallel_export_stays_a_bounded_distance_ahead(tmp_path):
+    """A consumer that stops early leaves at most 1 + `ahead` files exported, not the whole list."""
+    from collector.api import iter_space_artifacts
+    from collector.samplers import sample
+    from collector.spaces import get_space
+    archs = sample(get_space("nb201"), 8, "uniform", 2)
+    it = iter_space_artifacts("nb201", archs, "torchscript", workers=2, ahead=2, cache_dir=tmp_path)
+    first = next(it)
+    it.close()
+    assert first.arch == archs[0] and 1 <= len(list(tmp_path.glob("*.pt"))) <= 3
+    with pytest.raises(LatkitError, match="export workers must be >= 1, got 0"):
+        next(iter_space_artifacts("nb201", archs, "torchscript", workers=0, cache_dir=tmp_path))
