@@ -569,18 +569,27 @@ def _cuda_sampler(torch, module, host, dtype, s):
     except Exception as e:
         raise AgentError("runtime_error", "cannot move the model to cuda/%s: %s" % (s["dtype"], _first_line(str(e))))
     dev = [x.to("cuda") for x in host]
+    if isinstance(module, torch.jit.ScriptModule):
+        # TorchScript's profiling executor would compile fusion kernels (NVRTC) on the first calls, possibly
+        # inside the graph capture, and then time other kernels than eager; its simple executor runs the
+        # traced aten ops as they are, the same kernels a .pt2 program launches
+        def call(*xs):
+            with torch.jit.optimized_execution(False):
+                return module(*xs)
+    else:
+        call = module
     if s["include_copies"]:
         host = [x.pin_memory() for x in host]
 
         def forward():
             for d, h in zip(dev, host):
                 d.copy_(h, non_blocking=True)
-            out = module(*dev)
+            out = call(*dev)
             for o in (out if isinstance(out, (tuple, list)) else [out]):
                 o.to("cpu", non_blocking=True)
     else:
         def forward():
-            module(*dev)
+            call(*dev)
     torch.cuda.reset_peak_memory_stats()
     clock = time.perf_counter
     with torch.inference_mode():
