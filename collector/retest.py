@@ -96,15 +96,30 @@ def retest(path, n: int = 50, seed: int = 0, models: Sequence = (), registry: Op
                               "an older latkit?")
         jobs.append(job)
         original[key] = r
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    side = f"{store.root}/_retest/{stamp}"
+    stamp, side = side_table(store)
     report = collect(jobs, [reg.get(d) for d in sorted({j.device for j in jobs})], out=side, progress=progress,
                      job_timeout=job_timeout)
     if not report.ok:
         raise LatkitError("; ".join(f"{d.device}: {d.message}" for d in report.devices if d.message)
                           + f"; the measurements so far are in {side}")
+    return compare_side(store, stamp, original, seed)
+
+
+def side_table(store: Store) -> tuple:
+    """(stamp, uri) of a fresh side table for a retest of `store`: `<dataset>/_retest/<UTC stamp>`."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return stamp, f"{store.root}/_retest/{stamp}"
+
+
+def compare_side(store: Store, stamp: str, original: dict, seed: int = 0) -> dict:
+    """Compare the rows measured again into the side table `stamp` with `original` (key -> the dataset's
+    row, in the order picked) and write the figures to retest.json there, where the dataset card finds
+    them. Returns the figures."""
+    side = f"{store.root}/_retest/{stamp}"
     again = {r["key"]: r for r in Store(side).read(filter=pc.field("status") == "ok").to_pylist()}
-    keys = [k for k in picked if k in again]
+    keys = [k for k in original if k in again]
+    if len(keys) < 2:
+        raise LatkitError(f"{len(keys)} of {len(original)} rows were measured again; a retest needs at least 2")
     figures = {"n": len(keys), "seed": seed, "stamp": stamp, "side_table": f"_retest/{stamp}",
                "statistics": {s: compare([original[k][s] for k in keys], [again[k][s] for k in keys])
                               for s in STATISTICS if all(original[k][s] is not None for k in keys)}}
