@@ -29,13 +29,24 @@ from .models import MODELS, make_model
 AUTO_CANDIDATES = ("ridge", "gbdt", "rf", "mlp")
 
 
-def choose_model(space: str, archs: list, y: np.ndarray, seed: int, candidates=AUTO_CANDIDATES) -> str:
-    """The candidate with the best mean 5-fold Spearman (on log-latency) over the training archs."""
+def auto_candidates() -> tuple:
+    """The AUTO_CANDIDATES that can run here: gbdt needs LightGBM, whose wheel also needs the system's
+    libgomp (absent from some bare machines); `auto` then chooses among the others."""
+    try:
+        import lightgbm  # noqa: F401
+    except (ImportError, OSError):
+        return tuple(c for c in AUTO_CANDIDATES if c != "gbdt")
+    return AUTO_CANDIDATES
+
+
+def choose_model(space: str, archs: list, y: np.ndarray, seed: int, candidates=None) -> str:
+    """The candidate (default: auto_candidates()) with the best mean 5-fold Spearman (on log-latency) over
+    the training archs."""
     import warnings
     from scipy.stats import spearmanr
     from sklearn.model_selection import KFold
     scores = {}
-    for name in candidates:
+    for name in candidates or auto_candidates():
         rho = []
         for tr, te in KFold(5, shuffle=True, random_state=seed).split(archs):
             m = make_model(name, space, seed).fit([archs[i] for i in tr], y[tr])

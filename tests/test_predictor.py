@@ -76,6 +76,16 @@ def test_esm_fit_reads_only_training_latencies(fbnet_slice, tmp_path):
     assert r2["spearman"] < r1["spearman"]
 
 
+def test_auto_does_without_lightgbm_where_it_cannot_load():
+    """A bare machine may lack LightGBM or the libgomp its wheel needs: auto then picks among the rest."""
+    code = ("import sys; sys.modules['lightgbm'] = None\n"
+            "from predictor.esm import auto_candidates; print(','.join(auto_candidates()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0 and out.stdout.strip() == "ridge,rf,mlp", out.stderr
+    from predictor.esm import auto_candidates
+    assert auto_candidates() == ("ridge", "gbdt", "rf", "mlp")  # here LightGBM loads
+
+
 def test_transfer_reads_only_the_chosen_target_latencies(fbnet_slice):
     table = LatencyTable(fbnet_slice, "fbnet")
     archs = table.common_archs(["raspi4"])
