@@ -2,7 +2,8 @@
 
 `collect` needs every job up front (it shuffles rounds over all of them); a job's key needs its model's
 sha256, so that means every model exported before the device times anything. Here jobs come from any
-iterable, e.g. one that waits on exports still running, and the device starts on the first one. Each row
+iterable, e.g. one that waits on exports still running; the agent starts at once, while the first job
+is still on its way, and times each job the moment it comes. Each row
 is written the moment it is measured; the caller sees each Measurement and may stop at any time (a
 time budget, enough rows), which shuts the agent down and releases the lease. Jobs are timed in one
 round each, in arrival order: GPU jobs (one round by default) lose nothing; CPU jobs that want shuffled
@@ -30,7 +31,18 @@ def measure_stream(device: Device, jobs: Iterable[Job], store_of: Callable[[Job]
     runner = DeviceRunner(device, timeout=job_timeout, wait=wait)
     writable: set = set()  # roots of the stores checked writable
     probed: set = set()  # ... and of those that have this agent's probe
+
+    def ready():
+        if not runner.started:
+            runner.start()
+            runner.lease()
+            probed.clear()  # a restarted agent probes again: record what it found
+
     try:
+        try:
+            ready()  # the agent's start (runtime imports, probe, lease) overlaps the wait for the first job
+        except TransportError:
+            runner.close()  # retried with the first job
         for job in jobs:
             if job.settings.rounds != 1:
                 raise LatkitError(f"a streamed job is timed in one round, this one asks for {job.settings.rounds}; "
@@ -44,10 +56,7 @@ def measure_stream(device: Device, jobs: Iterable[Job], store_of: Callable[[Job]
             failures = 0
             while True:
                 try:
-                    if not runner.started:
-                        runner.start()
-                        runner.lease()
-                        probed.clear()  # a restarted agent probes again: record what it found
+                    ready()
                     if store.root not in probed:
                         store.record_devices({runner.fingerprint: dict(runner.probe, device=device.name)})
                         probed.add(store.root)

@@ -49,8 +49,8 @@ def test_stopping_early_releases_the_device(torch_artifacts, fast, tmp_path):
     dev = Device("local", lease=str(tmp_path / "lease"))
     job = Job(torch_artifacts["pt2"], "local", dataclasses.replace(fast, runtime="torch"))
     store = Store(tmp_path / "data")
-    stream = measure_stream(dev, iter([job, dataclasses.replace(job, settings=dataclasses.replace(job.settings, seed=1))]),
-                            lambda j: store)
+    other = dataclasses.replace(job, settings=dataclasses.replace(job.settings, seed=1))
+    stream = measure_stream(dev, iter([job, other]), lambda j: store)
     assert next(stream).status == "ok"
     stream.close()  # e.g. a time budget is spent
     assert store.read().num_rows == 1
