@@ -41,7 +41,8 @@ def torch_models(tmp_path_factory):
     from collector import export
     cache = tmp_path_factory.mktemp("exports")
     x = torch.randn(1, 3, 32, 32)
-    return {fmt: export(tiny_cnn(), (x,), fmt, arch=f"tiny_cnn_{fmt}", cache_dir=cache) for fmt in ("pt2", "torchscript")}
+    return {fmt: export(tiny_cnn(), (x,), fmt, arch=f"tiny_cnn_{fmt}", cache_dir=cache)
+            for fmt in ("pt2", "torchscript")}
 
 
 @pytest.fixture(scope="module")
