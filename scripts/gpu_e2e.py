@@ -252,7 +252,6 @@ def collect(args, plan: Plan, work: Path, stores: dict, log) -> dict:
     result.update(stop=state["stop"], counts=counts, archs_started=state["archs"], sampled=len(archs),
                   export_wait_s=round(state["export_wait_s"], 1), export_workers=args.export_workers,
                   settings={"big": big.canonical(), "small": small.canonical()},
-                  rows={k: describe(stores[k]) for k in ("big", "small", "retest")},
                   seconds_per_measurement={k: _quantiles(v) for k, v in plan.cost.items()},
                   agent_seconds_per_measurement={k: _quantiles(v) for k, v in timing.items()})
     if counts["retest"] >= 2:
@@ -265,11 +264,9 @@ def collect(args, plan: Plan, work: Path, stores: dict, log) -> dict:
     return result
 
 
-def describe(store) -> dict:
-    """What the stored rows say about the protocol: errors, spread, set-up costs, graphs, GPU state."""
-    if not (store.exists() and store.files()):
-        return {}
-    df = store.read().to_pandas()
+def describe(table) -> dict:
+    """What a dataset's rows say about the protocol: errors, spread, set-up costs, graphs, GPU state."""
+    df = table.to_pandas()
     ok = df[df["status"] == "ok"]
 
     def q(col):
@@ -373,10 +370,11 @@ def pack_datasets(args, out_dir: Path, stores: dict, summary: dict, log) -> dict
         if name != "retest":
             write_card(store.uri, title=f"{args.space} on the GPU, batch {batch} (latkit GPU study)",
                        notes=card_notes(args, summary, batch))
-        pq.write_table(store.read(), out_dir / f".{base}.parquet", compression="zstd")
+        table = store.read()
+        pq.write_table(table, out_dir / f".{base}.parquet", compression="zstd")
         os.replace(out_dir / f".{base}.parquet", out_dir / f"{base}.parquet")
-        written[f"{base}.parquet"] = (out_dir / f"{base}.parquet").stat().st_size
-    log(f"datasets written: {written}")
+        written[f"{base}.parquet"] = {"bytes": (out_dir / f"{base}.parquet").stat().st_size, **describe(table)}
+        log(f"{base}.parquet: {table.num_rows} rows, {written[f'{base}.parquet']['bytes']} bytes")
     return written
 
 
@@ -405,11 +403,13 @@ def write_summary(out_dir: Path, summary: dict) -> None:
 
 
 def goals(args, summary: dict) -> dict:
-    c = summary.get("collect", {}).get("counts", {})
-    rt = (summary.get("collect", {}).get("retest") or {}).get("n", 0)
-    fit = summary.get("fits", {}).get("big", {})
-    reached = {f"batch {args.batch} archs >= {args.goal_big}": (c.get("big", 0), args.goal_big),
-               f"batch 1 archs >= {args.goal_small}": (c.get("small", 0), args.goal_small),
+    """Each goal of the study against what the written datasets hold (also after an early stop)."""
+    ok = {name: v.get("ok", 0) for name, v in summary.get("datasets", {}).items() if isinstance(v, dict)}
+    rt = ((summary.get("collect") or {}).get("retest") or {}).get("n", 0)
+    fit = (summary.get("fits") or {}).get("big", {})
+    big, small = ok.get(f"{args.space}-bs{args.batch}.parquet", 0), ok.get(f"{args.space}-bs1.parquet", 0)
+    reached = {f"batch {args.batch} archs >= {args.goal_big}": (big, args.goal_big),
+               f"batch 1 archs >= {args.goal_small}": (small, args.goal_small),
                f"retest archs >= {args.retest}": (rt, args.retest),
                "big-batch fit +-10 % accuracy >= 0.99": (fit.get("acc10"), 0.99),
                "big-batch fit spearman >= 0.99": (fit.get("spearman"), 0.99)}
@@ -451,6 +451,8 @@ def main(argv=None) -> int:
         tests = start_tests(args, work, min(args.tests_timeout_s, plan.left() - args.pack_reserve_s))
         phase("fits", fits, args, plan, work, stores, log)
     finally:
+        if "datasets" not in summary:  # stopped (SIGTERM) before they were written
+            phase("datasets", pack_datasets, args, out_dir, stores, summary, log)
         if tests is not None:
             summary["tests"] = finish_tests(tests, work, log)
         summary["goals"] = goals(args, summary)
