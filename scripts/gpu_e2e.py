@@ -297,8 +297,12 @@ def fit_one(data: str, space: str, device: str, budget: int, model: str, prefix:
     import csv
     from predictor.data import LatencyTable
     from predictor.esm import fit
-    table = LatencyTable(data, space)
-    surrogate, result, test = fit(table, space, device, budget, model=model)
+    try:
+        table = LatencyTable(data, space)
+        surrogate, result, test = fit(table, space, device, budget, model=model)
+    except Exception as e:  # the parent reports it: this process's stderr may never come back
+        Path(f"{prefix}.json").write_text(json.dumps({"error": f"{type(e).__name__}: {e}"}))
+        raise
     pred, true = surrogate.predict(test), table.latency(device, test)
     Path(f"{prefix}.json").write_text(json.dumps(result, indent=1, default=float))
     with open(f"{prefix}-pred.csv", "w", newline="") as f:
@@ -334,12 +338,13 @@ def fits(args, plan: Plan, work: Path, stores: dict, log) -> dict:
             p.terminate()
             p.join()
             out[name] = {"skipped": f"stopped at the deadline (budget {budget})"}
-        elif Path(f"{prefix}.json").exists():
+        elif Path(f"{prefix}.json").exists() and "error" not in json.loads(Path(f"{prefix}.json").read_text()):
             r = json.loads(Path(f"{prefix}.json").read_text())
             out[name] = {k: r[k] for k in ("model", "n_train", "n_test", "spearman", "kendall", "mape", "acc5",
                                            "acc10", "seconds")}
         else:
-            out[name] = {"skipped": f"the fit failed (exit code {p.exitcode}); see log"}
+            said = json.loads(Path(f"{prefix}.json").read_text()) if Path(f"{prefix}.json").exists() else {}
+            out[name] = {"skipped": f"the fit failed (exit code {p.exitcode}): {said.get('error', 'no message')}"}
         log(f"fit {name}: {out[name]}")
     return out
 
