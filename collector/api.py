@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import itertools
 import multiprocessing
+import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence
@@ -137,10 +138,12 @@ def export_arch(space: str, arch: str, fmt: str, batch_size: int = 1, resolution
                   space=space, arch=arch, cache_dir=cache_dir)
 
 
-def _one_torch_thread() -> None:
-    """Export workers: one thread each, so N workers use N cores instead of N x all of them."""
+def _export_worker() -> None:
+    """Export workers: one thread each, so N workers use N cores instead of N x all of them, and a lower
+    priority, so a device timing on this host while they export (the local agent) gets the CPU first."""
     import torch
     torch.set_num_threads(1)
+    os.nice(10)
 
 
 def iter_space_artifacts(space: str, archs: Sequence[str], fmt: str, batch_size: int = 1,
@@ -159,7 +162,7 @@ def iter_space_artifacts(space: str, archs: Sequence[str], fmt: str, batch_size:
             yield export_arch(space, a, fmt, batch_size, resolution, cache_dir, **space_options)
         return
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_one_torch_thread)
+                               initializer=_export_worker)
     try:
         todo, queued = iter(archs), collections.deque()
         for a in itertools.islice(todo, ahead or 4 * workers):
