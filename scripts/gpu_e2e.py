@@ -286,7 +286,7 @@ def describe(table) -> dict:
 def _quantiles(values) -> dict:
     if not values:
         return {}
-    q = statistics.quantiles(values, n=10) if len(values) > 1 else [values[0]] * 9
+    q = statistics.quantiles(values, n=10, method="inclusive") if len(values) > 1 else [values[0]] * 9
     return {"n": len(values), "median": round(statistics.median(values), 4), "p10": round(q[0], 4),
             "p90": round(q[-1], 4), "sum": round(sum(values), 1)}
 
