@@ -40,7 +40,7 @@ import traceback
 
 AGENT_VERSION = "0.2.0"
 FRAME = "@@latkit "  # starts every reply line; the host ignores lines without it
-EXIT_GRACE_S = 3.0      # once stdin closes (the host is gone), the agent exits this much later
+EXIT_GRACE_S = 3.0      # once stdin closes, a measurement still running this much later is abandoned
 
 # The timing protocol's defaults; the host sends its own Settings, these apply to missing keys.
 DEFAULT_SETTINGS = {
@@ -896,20 +896,32 @@ def handle(req, workdir, lease):
     if op == "measure":
         if lease.fd is None:
             raise AgentError("bad_request", "measure needs the device lease: send {\"op\": \"lease\"} first")
-        return measure(req.get("model") or "", req.get("runtime"), req.get("settings"), workdir, req.get("inputs"))
+        _MEASURING.set()
+        try:
+            return measure(req.get("model") or "", req.get("runtime"), req.get("settings"), workdir, req.get("inputs"))
+        finally:
+            _MEASURING.clear()
     raise AgentError("bad_request", "unknown op %r; known: ping, probe, has, lease, measure, shutdown" % op)
 
 
+_MEASURING = threading.Event()  # set while a measure request runs
+
+
 def _read_requests(inp, lines):
-    """Feed request lines to the main loop; when the host is gone (EOF), exit even mid-measurement."""
+    """Feed request lines to the main loop. At EOF (the host is gone, or has nothing more to ask) the
+    requests already read are answered, but a measurement still running EXIT_GRACE_S later is abandoned:
+    nobody may be left to read it, and the device must not stay busy."""
     try:
         for line in inp:
             lines.put(line)
     except (OSError, ValueError):
         pass
     lines.put(None)
-    time.sleep(EXIT_GRACE_S)
-    os._exit(0)
+    deadline = time.time() + EXIT_GRACE_S
+    while True:
+        time.sleep(0.1)
+        if _MEASURING.is_set() and time.time() > deadline:
+            os._exit(0)
 
 
 def _watch_parent(ppid):
