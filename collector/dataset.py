@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from . import validate
 from .errors import LatkitError
 from .store import Store
 
@@ -24,12 +25,23 @@ def read_latency(path, space: Optional[str] = None) -> pa.Table:
     file with those columns (such as the HELP tables), optionally of one space."""
     p = Path(path)
     if p.is_file():
-        t = pq.read_table(p)
+        try:
+            t = pq.read_table(p)
+        except (pa.ArrowException, OSError) as e:
+            raise LatkitError(f"{p} is not a Parquet file ({str(e).splitlines()[0]}); give a latkit dataset folder "
+                              "or a Parquet latency table") from None
         missing = set(LATENCY_COLUMNS) - set(t.column_names)
         if missing:
             raise LatkitError(f"{p} lacks columns {sorted(missing)}; a latency table needs {LATENCY_COLUMNS}")
-        t = t.select(LATENCY_COLUMNS).cast(pa.schema([(c, pa.float64() if c == "latency_ms" else pa.string())
-                                                      for c in LATENCY_COLUMNS]))
+        kind = t.schema.field("latency_ms").type
+        if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
+            raise LatkitError(f"column latency_ms of {p} is {kind}, not a number; a latency table holds "
+                              "milliseconds as numbers")
+        try:
+            t = t.select(LATENCY_COLUMNS).cast(pa.schema([(c, pa.float64() if c == "latency_ms" else pa.string())
+                                                          for c in LATENCY_COLUMNS]))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            raise LatkitError(f"columns space, arch and device of {p} must be text") from None
     else:
         store = Store(path)
         if not store.exists() or not store.files():
@@ -125,7 +137,7 @@ def write_card(path, title: Optional[str] = None, licence: str = "CC-BY-4.0", no
     """Write (or refresh) `README.md` in the dataset folder from its rows and recorded device probes.
     On a refresh, what stands above the marker line (title, hand-written notes) is kept."""
     s = summary(path)
-    out = Path(path) / "README.md"
+    out = validate.writable_file(Path(path) / "README.md", "make the dataset folder writable")
     if out.exists() and MARKER in out.read_text():
         head = out.read_text().split(MARKER)[0].rstrip("\n")
     else:
@@ -180,8 +192,7 @@ def plot(path, out_dir=None) -> list:
     t = read_latency(path)
     if t.num_rows == 0:
         raise LatkitError(f"no ok rows in {path} to plot")
-    out = Path(out_dir or Path(path) / "plots")
-    out.mkdir(parents=True, exist_ok=True)
+    out = validate.writable_dir(out_dir or Path(path) / "plots", "give --out a writable folder")
     df = t.to_pandas()
     written = []
     for space, d in df.groupby("space"):

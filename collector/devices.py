@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import tomllib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
+from . import validate
 from .errors import LatkitError
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_TEXT = ("host", "user", "key", "python", "workdir", "lease", "fingerprint", "last_probe")
 
 
 def default_registry_path() -> Path:
@@ -45,12 +45,19 @@ class Device:
     known_hosts: Optional[str] = field(default=None, compare=False)
 
     def __post_init__(self):
-        if not _NAME.match(self.name):
-            raise LatkitError(f"device name {self.name!r} is not valid; use letters, digits, '.', '_' or '-'")
+        validate.name(self.name, "device name")
         if self.transport not in ("local", "ssh"):
             raise LatkitError(f"device {self.name} has transport {self.transport!r}; use local or ssh")
         if self.transport == "ssh" and not self.host:
             raise LatkitError(f"device {self.name} needs a host (--host)")
+        validate.whole(self.port, f"the port of device {self.name}", 1, 65535)
+        for key in _TEXT:
+            if getattr(self, key) is not None and not isinstance(getattr(self, key), str):
+                raise LatkitError(f"the {key} of device {self.name} must be text, got {getattr(self, key)!r}")
+        if isinstance(self.tags, str) or not all(isinstance(t, str) for t in self.tags):
+            raise LatkitError(f"the tags of device {self.name} must be a list of text, got {self.tags!r}")
+        if not isinstance(self.probe, dict):
+            raise LatkitError(f"the probe of device {self.name} must be a table, got {self.probe!r}")
         object.__setattr__(self, "tags", tuple(self.tags))
 
     @property
@@ -73,6 +80,7 @@ class Device:
 
 
 LOCAL = Device(name="local", tags=("builtin",))
+_ENTRY_KEYS = {f.name for f in dataclasses.fields(Device)} - {"name", "known_hosts"}
 
 
 class Registry:
@@ -86,15 +94,29 @@ class Registry:
         if not self.path.exists():
             return {}
         try:
-            return tomllib.loads(self.path.read_text()).get("devices", {})
-        except tomllib.TOMLDecodeError as e:
+            doc = tomllib.loads(self.path.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise LatkitError(f"registry {self.path} is not valid TOML ({e}); fix or remove it") from None
+        except OSError as e:
+            raise LatkitError(f"cannot read registry {self.path}: {e.strerror}; fix its permissions") from None
+        unknown = set(doc) - {"devices"}
+        devices = doc.get("devices", {})
+        if unknown or not isinstance(devices, dict) or not all(isinstance(e, dict) for e in devices.values()):
+            raise LatkitError(f"registry {self.path} must hold only [devices.NAME] tables"
+                              f"{f', not {sorted(unknown)}' if unknown else ''}; fix or remove it")
+        return devices
 
     def devices(self) -> list:
         found = [LOCAL]
         for name, entry in sorted(self._load().items()):
-            entry = dict(entry, tags=tuple(entry.get("tags", ())))
-            found.append(Device(name=name, known_hosts=str(self.known_hosts), **entry))
+            unknown = set(entry) - _ENTRY_KEYS
+            if unknown:
+                raise LatkitError(f"registry {self.path}: device {name!r} has unknown key(s) "
+                                  f"{', '.join(sorted(unknown))}; known keys: {', '.join(sorted(_ENTRY_KEYS))}")
+            try:
+                found.append(Device(name=name, known_hosts=str(self.known_hosts), **entry))
+            except LatkitError as e:
+                raise LatkitError(f"registry {self.path}: {e}") from None
         return found
 
     def get(self, name: str) -> Device:

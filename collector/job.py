@@ -4,16 +4,26 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from . import validate
 from .errors import LatkitError
 
 RUNTIMES = ("onnxruntime", "tflite", "torch")
 FORMATS = {".onnx": "onnx", ".tflite": "tflite", ".pt2": "pt2", ".pt": "torchscript", ".ts": "torchscript"}
 RUNTIME_FOR_FORMAT = {"onnx": "onnxruntime", "tflite": "tflite", "pt2": "torch", "torchscript": "torch"}
+
+# Allowed values of the numeric settings; the CLI's options take theirs from here too.
+# Whole numbers: name -> (lowest, highest).
+WHOLE = {"threads": (1, 256), "batch_size": (1, 4096), "warmup_min_count": (0, 1_000_000),
+         "repeats_min_count": (1, 1_000_000), "repeats_max_count": (1, 10_000_000), "rounds": (1, 100),
+         "seed": (0, 2 ** 32 - 1)}
+# Finite numbers: name -> (lowest, highest, both ends excluded). Seconds are capped at an hour (a day for
+# the cooldown wait); ci_target is a fraction of the median.
+NUMBER = {"warmup_min_s": (0, 3600, False), "repeats_min_s": (0, 3600, False), "repeats_max_s": (0, 3600, False),
+          "ci_target": (0, 1, True), "cooldown_max_s": (0, 86400, False), "cooldown_temp_c": (0, 150, True)}
 
 
 @dataclass(frozen=True)
@@ -57,24 +67,17 @@ class Settings:
             object.__setattr__(self, "rounds", 1 if cuda else 4)
         if self.runtime not in RUNTIMES:
             raise LatkitError(f"unknown runtime {self.runtime!r}; choose one of {', '.join(RUNTIMES)}")
-        for name in ("threads", "warmup_min_count", "repeats_min_count", "repeats_max_count", "rounds", "seed"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name in ("seed", "warmup_min_count") else 1):
-                raise LatkitError(f"{name} must be a whole number >= {0 if name in ('seed', 'warmup_min_count') else 1}"
-                                  f", got {v!r}")
-        for name in ("warmup_min_s", "repeats_min_s", "repeats_max_s", "ci_target", "cooldown_max_s"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 or (name == "ci_target" and v <= 0):
-                raise LatkitError(f"{name} must be a finite number {'> 0' if name == 'ci_target' else '>= 0'}, got {v!r}")
-        if self.cooldown_temp_c is not None and not (isinstance(self.cooldown_temp_c, (int, float))
-                                                     and 0 < self.cooldown_temp_c < 150):
-            raise LatkitError(f"cooldown_temp_c must be between 0 and 150 (degrees C), got {self.cooldown_temp_c!r}")
+        for name, (lo, hi) in WHOLE.items():
+            if name != "batch_size" or self.batch_size is not None:
+                validate.whole(getattr(self, name), name, lo, hi)
+        for name, (lo, hi, open_) in NUMBER.items():
+            if name != "cooldown_temp_c" or self.cooldown_temp_c is not None:
+                validate.number(getattr(self, name), name, lo, hi, open_, open_)  # kept as given: part of the key
         if self.cores is not None:
-            object.__setattr__(self, "cores", tuple(sorted(int(c) for c in self.cores)))
-            if not self.cores or min(self.cores) < 0:
-                raise LatkitError(f"cores must be CPU ids >= 0, got {self.cores}")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise LatkitError(f"batch_size must be >= 1, got {self.batch_size}")
+            if isinstance(self.cores, (str, bytes)) or not hasattr(self.cores, "__iter__") or not self.cores:
+                raise LatkitError(f"cores must be CPU ids, e.g. (0,) or (2, 3); got {self.cores!r}")
+            object.__setattr__(self, "cores", tuple(sorted({validate.whole(c, "a core id", 0, validate.MAX_CPU_ID)
+                                                            for c in self.cores})))
         if self.repeats_max_count < self.repeats_min_count:
             raise LatkitError("repeats_max_count must be >= repeats_min_count")
         if self.accelerator not in ("cpu", "cuda"):

@@ -58,6 +58,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from . import validate
 from .errors import LatkitError
 from .measurement import PERMANENT_ERRORS, TELEMETRY
 
@@ -87,6 +88,17 @@ SCHEMA = pa.schema(
        ("status", pa.string()), ("error_kind", pa.string()), ("error", pa.string())]
 )
 PARTITIONS = ("device", "space")
+
+
+def _castable(have: pa.DataType, want: pa.DataType) -> bool:
+    """Whether a column read as `have` can stand for latkit's `want` (a null column always can)."""
+    if have == want or pa.types.is_null(have):
+        return True
+    try:
+        pa.array([], type=have).cast(want)
+        return True
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return False
 _PARTITIONING = ds.partitioning(pa.schema([(p, pa.string()) for p in PARTITIONS]), flavor="hive")
 _FILE_SCHEMA = pa.schema([f for f in SCHEMA if f.name not in PARTITIONS])
 
@@ -100,6 +112,9 @@ class Store:
             self.fs, self.root = pafs.FileSystem.from_uri(self.uri)
         except (pa.ArrowInvalid, ValueError):  # a plain relative path
             self.fs, self.root = pafs.LocalFileSystem(), str(Path(self.uri).absolute())
+        except OSError as e:  # s3://no-such-bucket, an unreachable endpoint, missing credentials
+            raise LatkitError(f"cannot open dataset {self.uri}: {str(e).splitlines()[0]}; check the URI, the "
+                              "network and the credentials") from None
         self._lock = threading.Lock()
 
     def check_writable(self, min_free_mb: int = 64) -> None:
@@ -125,6 +140,8 @@ class Store:
             extra = set(row) - set(SCHEMA.names)
             if extra:
                 raise ValueError(f"row keys not in the schema: {sorted(extra)}")
+            for part in PARTITIONS:  # they become folder names
+                validate.name(row.get(part), part)
         table = pa.Table.from_pylist(rows, schema=SCHEMA)
         if table.num_rows == 0:
             return 0
@@ -158,9 +175,39 @@ class Store:
                           partition_base_dir=self.root, schema=SCHEMA)
 
     def read(self, columns=None, filter=None) -> pa.Table:
+        """The rows (optionally some columns, filtered). A file in the folder that latkit did not write (not
+        Parquet, other columns or types, no status) is named in a LatkitError instead of read as nonsense."""
         if not self.exists():
             return SCHEMA.empty_table() if columns is None else SCHEMA.empty_table().select(columns)
-        return self.dataset().to_table(columns=columns, filter=filter)
+        cols = None if columns is None else list(dict.fromkeys([*columns, "status"]))
+        # rows with no status (a foreign file) are read whatever the filter, to be caught below
+        wanted = None if filter is None else filter | pc.field("status").is_null()
+        try:
+            t = self.dataset().to_table(columns=cols, filter=wanted)
+        except (pa.ArrowException, OSError):
+            raise self._foreign() from None
+        if t["status"].null_count:
+            raise self._foreign()
+        return t if columns is None else t.select(columns)
+
+    def _foreign(self) -> LatkitError:
+        """An error naming the first data file latkit did not write (the slow path, after a read failed)."""
+        for path in self.files():
+            try:
+                with self.fs.open_input_file(path) as f:
+                    schema = pq.read_schema(f)
+            except (pa.ArrowException, OSError) as e:
+                why = f"not a Parquet file ({str(e).splitlines()[0]})"
+            else:
+                missing = {"status", "key"} - set(schema.names)
+                clash = [n for n in schema.names if n in _FILE_SCHEMA.names
+                         and not _castable(schema.field(n).type, _FILE_SCHEMA.field(n).type)]
+                if not missing and not clash:
+                    continue
+                why = f"no {' and no '.join(sorted(missing))} column" if missing else \
+                    f"column {clash[0]} is {schema.field(clash[0]).type}, not {_FILE_SCHEMA.field(clash[0]).type}"
+            return LatkitError(f"{path} is not latkit data ({why}); move it out of the dataset {self.uri}")
+        return LatkitError(f"dataset {self.uri} cannot be read; check that its files were written by latkit")
 
     def record_devices(self, probes: dict) -> None:
         """Keep each device's probe beside the rows (`_devices.json`, keyed by fingerprint; readers skip
@@ -174,11 +221,19 @@ class Store:
             self.fs.move(tmp, f"{self.root}/_devices.json")
 
     def devices(self) -> dict:
+        path = f"{self.root}/_devices.json"
         try:
-            with self.fs.open_input_stream(f"{self.root}/_devices.json") as f:
-                return json.loads(f.read())
+            with self.fs.open_input_stream(path) as f:
+                known = json.loads(f.read())
         except (FileNotFoundError, OSError):
             return {}
+        except ValueError as e:
+            raise LatkitError(f"{path} is not valid JSON ({e}); remove it (it only names the hardware behind "
+                              "each fingerprint; the next collection writes it again)") from None
+        if not isinstance(known, dict) or not all(isinstance(p, dict) for p in known.values()):
+            raise LatkitError(f"{path} is not a table of device probes; remove it (the next collection writes it "
+                              "again)")
+        return known
 
     def done_keys(self, include_errors: bool = True) -> set:
         """Keys a re-run skips: measured ok, and (by default) failed for a reason that would only fail

@@ -1,0 +1,131 @@
+"""One place that checks what users give latkit: names that become paths, numbers, and outputs.
+
+The Python API (Settings, Device, Store, collect_space) and the CLI (through the argparse types `arg_whole`,
+`arg_number` and `arg_cores`) call the same checks, so a bad value gets the same one-line answer either way,
+and gets it before any exporting, timing or training starts.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+from .errors import LatkitError
+
+# One path component, never "." or ".." or hidden: device, space and dataset names become folder and file
+# names (device=<name>/space=<name>/, <space>-<device>.latkit-model).
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+def name(value, what: str) -> str:
+    """`value` if it is safe as one path component, else a LatkitError naming `what`."""
+    if not isinstance(value, str) or not NAME.fullmatch(value):
+        raise LatkitError(f"{what} {value!r} is not a valid name; use up to 128 letters, digits, '.', '_' or '-', "
+                          "starting with a letter or digit")
+    return value
+
+
+def _bounds(lo=None, hi=None, lo_open=False, hi_open=False) -> str:
+    text = lambda x: f"{x:g}" if isinstance(x, float) else str(x)  # noqa: E731
+    parts = ([f"{'>' if lo_open else '>='} {text(lo)}"] if lo is not None else []) + \
+            ([f"{'<' if hi_open else '<='} {text(hi)}"] if hi is not None else [])
+    return " and ".join(parts)
+
+
+def whole(value, what: str, lo: Optional[int] = None, hi: Optional[int] = None) -> int:
+    """`value` if it is an int (not a bool) within [lo, hi]."""
+    if isinstance(value, bool) or not isinstance(value, int) or (lo is not None and value < lo) \
+            or (hi is not None and value > hi):
+        raise LatkitError(f"{what} must be a whole number {_bounds(lo, hi)}, got {value!r}".strip())
+    return value
+
+
+def number(value, what: str, lo: Optional[float] = None, hi: Optional[float] = None, lo_open: bool = False,
+           hi_open: bool = False) -> float:
+    """`value` as a float if it is a finite real number within the bounds (open bounds exclude the ends)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and lo is not None:
+        ok = value > lo if lo_open else value >= lo
+    if ok and hi is not None:
+        ok = value < hi if hi_open else value <= hi
+    if not ok:
+        raise LatkitError(f"{what} must be a finite number {_bounds(lo, hi, lo_open, hi_open)}, got {value!r}".strip())
+    return float(value)
+
+
+def arg_whole(lo: Optional[int] = None, hi: Optional[int] = None):
+    """An argparse type for whole numbers in [lo, hi]; argparse names the option in the error."""
+    def whole_number(text: str) -> int:
+        try:
+            return whole(int(text), "", lo, hi)
+        except (ValueError, LatkitError):
+            raise argparse.ArgumentTypeError(f"must be a whole number {_bounds(lo, hi)}, got {text!r}") from None
+    return whole_number
+
+
+def arg_number(lo: Optional[float] = None, hi: Optional[float] = None, lo_open: bool = False, hi_open: bool = False):
+    """An argparse type for finite numbers within the bounds."""
+    def finite_number(text: str) -> float:
+        try:
+            return number(float(text), "", lo, hi, lo_open, hi_open)
+        except (ValueError, LatkitError):
+            raise argparse.ArgumentTypeError(f"must be a finite number {_bounds(lo, hi, lo_open, hi_open)}, "
+                                             f"got {text!r}") from None
+    return finite_number
+
+
+MAX_CPU_ID = 8191  # Linux builds for at most 8192 CPUs
+
+
+def arg_cores(text: str) -> tuple:
+    """An argparse type for CPU ids separated by commas ("0", "2,3")."""
+    try:
+        return tuple(whole(int(c), "", 0, MAX_CPU_ID) for c in text.split(","))
+    except (ValueError, LatkitError):
+        raise argparse.ArgumentTypeError(f"takes CPU ids (0 to {MAX_CPU_ID}) separated by commas, e.g. 0 or 2,3; "
+                                         f"got {text!r}") from None
+
+
+def writable_dir(path, advice: str) -> Path:
+    """`path` as a folder that accepts new files (created if missing), else a LatkitError ending in `advice`
+    (what to do, e.g. "give --out a writable folder")."""
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=p).close()
+    except FileExistsError:
+        raise LatkitError(f"cannot write {p}: it is a file; {advice}") from None
+    except OSError as e:
+        raise LatkitError(f"cannot write {p}: {e.strerror or e}; {advice}") from None
+    return p
+
+
+def writable_file(path, advice: str) -> Path:
+    """`path` as a file that can be written (its folder is created if missing), else a LatkitError."""
+    p = Path(path)
+    if p.is_dir():
+        raise LatkitError(f"cannot write {p}: it is a folder; {advice}")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=p.parent).close()
+    except FileExistsError:
+        raise LatkitError(f"cannot write {p}: {p.parent} is a file; {advice}") from None
+    except OSError as e:
+        raise LatkitError(f"cannot write {p}: {e.strerror or e}; {advice}") from None
+    return p
+
+
+def readable_file(path, what: str) -> Path:
+    """`path` if it is a file this process can read, else a LatkitError naming `what`."""
+    p = Path(path)
+    try:
+        with open(p, "rb"):
+            pass
+    except IsADirectoryError:
+        raise LatkitError(f"{what} {p} is a folder; give a file") from None
+    except OSError as e:
+        raise LatkitError(f"cannot read {what} {p}: {e.strerror or e}; check the path") from None
+    return p
