@@ -16,6 +16,7 @@ class Space:
 
     name = ""
     default_resolution = 32
+    resolutions = range(16, 513, 4)  # input sides (pixels) a network of the space is built for
     num_classes = 10
 
     def parse(self, arch: str):
@@ -44,7 +45,20 @@ class Space:
         raise NotImplementedError
 
     def resolution(self, arch: str, resolution: Optional[int] = None) -> int:
-        return resolution or self.default_resolution
+        """The input side `arch` is built and exported at: `resolution` (checked), else the default."""
+        return self.default_resolution if resolution is None else self.check_resolution(resolution)
+
+    def check_resolution(self, resolution) -> int:
+        r = self.resolutions
+        if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution not in r:
+            raise LatkitError(f"resolution {resolution!r} is not an input side of {self.name}; choose {r.start} to "
+                              f"{r[-1]} in steps of {r.step}")
+        return resolution
+
+    def at_resolution(self, resolution: int) -> "Space":
+        """The space whose archs are all built at `resolution` (this one, where archs do not carry it)."""
+        self.check_resolution(resolution)
+        return self
 
     def input_shape(self, arch: str, batch_size: int = 1, resolution: Optional[int] = None) -> tuple:
         r = self.resolution(arch, resolution)

@@ -14,11 +14,12 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from ..errors import LatkitError
 from .base import bad
 from .mobile import Layer, PlanSpace, make_divisible, out_side
 
 KS, ES, DS = (3, 5, 7), (3, 4, 6), (2, 3, 4)
-RESOLUTIONS = tuple(range(128, 225, 4))
+RESOLUTIONS = range(128, 225, 4)
 WIDTHS = (24, 40, 80, 112, 160)
 STRIDES = (2, 2, 2, 1, 2)
 ACTS = ("relu", "relu", "h_swish", "h_swish", "h_swish")
@@ -27,9 +28,21 @@ N_BLOCKS = 20
 
 
 class OFA(PlanSpace):
+    """The arch string carries the input side (r), so the exported input always agrees with the stored arch:
+    a resolution that contradicts an arch's r is refused, and `at_resolution(R)` is the space of archs with
+    r = R (what `latkit collect --space ofa --resolution R` samples from)."""
+
     name = "ofa"
     default_resolution = 224
+    resolutions = RESOLUTIONS
     num_classes = 1000
+
+    def __init__(self, num_classes: Optional[int] = None, resolution: Optional[int] = None):
+        super().__init__(num_classes)
+        self.fixed = None if resolution is None else self.check_resolution(resolution)
+
+    def at_resolution(self, resolution: int) -> "OFA":
+        return OFA(self.num_classes, resolution)
 
     def parse(self, arch: str) -> dict:
         try:
@@ -46,7 +59,7 @@ class OFA(PlanSpace):
             for i, x in enumerate(v):
                 if x not in allowed:
                     raise bad(self.name, f"{key}[{i}] = {x!r} is out of range", allowed)
-        if d["r"] not in RESOLUTIONS:
+        if isinstance(d["r"], bool) or not isinstance(d["r"], int) or d["r"] not in RESOLUTIONS:
             raise bad(self.name, f"r = {d['r']!r} is out of range", "128 to 224 in steps of 4")
         return {"ks": list(d["ks"]), "e": list(d["e"]), "d": list(d["d"]), "r": d["r"]}
 
@@ -57,15 +70,19 @@ class OFA(PlanSpace):
     def size(self) -> int:
         # distinct networks: per stage sum over depth of (3 x 3)^depth, times the resolutions
         per_stage = sum(9 ** d for d in DS)
-        return per_stage ** 5 * len(RESOLUTIONS)
+        return per_stage ** 5 * (1 if self.fixed else len(RESOLUTIONS))
 
     def sample(self, n: int, rng: np.random.Generator) -> list:
         return [self.format({"ks": [int(x) for x in rng.choice(KS, N_BLOCKS)], "e": [int(x) for x in rng.choice(ES, N_BLOCKS)],
-                             "d": [int(x) for x in rng.choice(DS, 5)], "r": int(rng.choice(RESOLUTIONS))})
+                             "d": [int(x) for x in rng.choice(DS, 5)], "r": self.fixed or int(rng.choice(RESOLUTIONS))})
                 for _ in range(n)]
 
     def resolution(self, arch: str, resolution: Optional[int] = None) -> int:
-        return resolution or self.parse(arch)["r"]
+        r, asked = self.parse(arch)["r"], resolution if resolution is not None else self.fixed
+        if asked is not None and asked != r:
+            raise LatkitError(f"ofa arch has r={r} but resolution {asked} was asked; an ofa arch carries its input "
+                              f"side, so leave the resolution out or give archs with r={asked}")
+        return r
 
     def onehot(self, archs: Sequence[str]) -> np.ndarray:
         """ks and e one-hot per block (all zero for blocks beyond the stage's depth: they are not built),
