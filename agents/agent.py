@@ -687,7 +687,7 @@ def _pin(cores):
                 os.sched_setaffinity(tid, target)
             except ProcessLookupError:
                 pass
-    except OSError as e:
+    except (OSError, OverflowError) as e:  # OverflowError: an id past what the kernel interface takes
         raise AgentError("bad_request", "cannot pin to cores %s: %s; pick cores from %s"
                          % (cores, e, sorted(_BASE_AFFINITY)))
     return sorted(os.sched_getaffinity(0))
@@ -767,12 +767,88 @@ def _utc(t):
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + ".%06dZ" % int((t % 1) * 1e6)
 
 
+_WHOLE_SETTINGS = {"threads": 1, "warmup_min_count": 0, "repeats_min_count": 1, "repeats_max_count": 1, "seed": 0}
+_SECOND_SETTINGS = ("warmup_min_s", "repeats_min_s", "repeats_max_s", "cooldown_max_s")
+
+
+def _whole(x):
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _real(x):
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def check_settings(s):
+    """Refuse settings of the wrong type or range as a bad request, before they reach a runtime (where a
+    negative thread count would surface as a misleading load error)."""
+    def bad(key, want):
+        raise AgentError("bad_request", "setting %s must be %s, got %r" % (key, want, s[key]))
+    for key, lo in _WHOLE_SETTINGS.items():
+        if not _whole(s[key]) or s[key] < lo:
+            bad(key, "a whole number >= %d" % lo)
+    for key in _SECOND_SETTINGS:
+        if not _real(s[key]) or s[key] < 0:
+            bad(key, "a number of seconds >= 0")
+    if not _real(s["ci_target"]) or s["ci_target"] <= 0:
+        bad("ci_target", "a number > 0")
+    if s["batch_size"] is not None and (not _whole(s["batch_size"]) or s["batch_size"] < 1):
+        bad("batch_size", "null or a whole number >= 1")
+    if s["cores"] is not None and not (isinstance(s["cores"], list) and s["cores"]
+                                       and all(_whole(c) and c >= 0 for c in s["cores"])):
+        bad("cores", "null or a list of CPU ids")
+    if s["cooldown_temp_c"] is not None and not _real(s["cooldown_temp_c"]):
+        bad("cooldown_temp_c", "null or a number of degrees")
+    if s["accelerator"] not in ("cpu", "cuda"):
+        bad("accelerator", "cpu or cuda")
+    if s["dtype"] not in ("float32", "float16", "bfloat16"):
+        bad("dtype", "float32, float16 or bfloat16")
+    for key in ("cuda_graphs", "include_copies"):
+        if not isinstance(s[key], bool):
+            bad(key, "true or false")
+
+
+# The runtime each model file extension is for, and the names of the formats in messages.
+RUNTIME_OF_EXTENSION = {".onnx": "onnxruntime", ".tflite": "tflite", ".pt2": "torch", ".pt": "torch", ".ts": "torch"}
+FORMAT_OF_RUNTIME = {"onnxruntime": "an ONNX model", "tflite": "a TFLite model",
+                     "torch": "a torch.export or TorchScript archive"}
+
+
+def sniff_runtime(path):
+    """The runtime a model file's content is for, or None when its first bytes say nothing: TFLite
+    flatbuffers carry the identifier TFL3 at byte 4, torch.export and TorchScript files are zip archives, and
+    an ONNX model is a protobuf whose first field is a small ir_version (bytes 08 0N)."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head[4:8] == b"TFL3":
+        return "tflite"
+    if head[:4] == b"PK\x03\x04":
+        return "torch"
+    if len(head) > 1 and head[0] == 0x08 and 0 < head[1] < 0x40:
+        return "onnxruntime"
+    return None
+
+
+def check_format(path, runtime):
+    """A wrong_runtime error when the file is for another runtime than the one asked for: by its content
+    where that is recognisable, else by its extension. Unrecognisable content is left to the runtime."""
+    found = sniff_runtime(path)
+    named = RUNTIME_OF_EXTENSION.get(os.path.splitext(path)[1].lower())
+    if found is not None and found != runtime:
+        raise AgentError("wrong_runtime", "the content of %s is %s, which %s cannot run; use runtime %s"
+                         % (os.path.basename(path), FORMAT_OF_RUNTIME[found], runtime, found))
+    if found is None and named is not None and named != runtime:
+        raise AgentError("wrong_runtime", "the name of %s says %s, which %s cannot run; use runtime %s"
+                         % (os.path.basename(path), FORMAT_OF_RUNTIME[named], runtime, named))
+
+
 def measure(model, runtime, settings, workdir, inputs=None):
     s = dict(DEFAULT_SETTINGS)
     s.update(settings or {})
     unknown = set(s) - set(DEFAULT_SETTINGS)
     if unknown:
         raise AgentError("bad_request", "unknown settings %s; known: %s" % (sorted(unknown), sorted(DEFAULT_SETTINGS)))
+    check_settings(s)
     if s["accelerator"] == "cpu" and (s["dtype"] != "float32" or s["cuda_graphs"] or s["include_copies"]):
         raise AgentError("bad_request", "dtype, cuda_graphs and include_copies apply to accelerator cuda only")
     if s["accelerator"] != "cpu" and runtime == "tflite":
@@ -782,6 +858,7 @@ def measure(model, runtime, settings, workdir, inputs=None):
     path = model if os.path.isabs(model) else os.path.join(workdir, "models", model)
     if not os.path.isfile(path):
         raise AgentError("model_not_found", "model file %s is not on the device; upload it first" % path)
+    check_format(path, runtime)
     _pin(s["cores"])  # before loading, so runtime thread pools start inside the affinity
     cooldown_s, cooled = cooldown(s["cooldown_temp_c"], s["cooldown_max_s"])
     rss_reset = peak_rss_reset()
@@ -835,13 +912,15 @@ class Lease:
             if os.fstat(fd).st_uid == os.getuid():
                 os.fchmod(fd, 0o666)  # other users of the device must be able to take it (and say who they are)
             return fd
-        except PermissionError:
-            pass
-        try:
-            return os.open(self.path, os.O_RDONLY | nofollow)
-        except OSError as e:
-            raise AgentError("lease_unavailable", "cannot open the device lease %s: %s; give the device another "
-                             "lease path (latkit device add --lease)" % (self.path, e.strerror))
+        except PermissionError:  # another user's lease file: locking it needs no write access
+            try:
+                return os.open(self.path, os.O_RDONLY | nofollow)
+            except OSError as e:
+                error = e
+        except OSError as e:  # no such folder, a read-only file system...
+            error = e
+        raise AgentError("lease_unavailable", "cannot open the device lease %s: %s; give the device another "
+                         "lease path (latkit device add --lease)" % (self.path, error.strerror))
 
     def holder(self, fd):
         try:
@@ -883,14 +962,42 @@ def has(models, workdir):
     return {"present": [m for m in models if os.path.isfile(os.path.join(workdir, "models", m))]}
 
 
+def _spec_ok(i):
+    return (isinstance(i, dict) and isinstance(i.get("name"), str) and isinstance(i.get("dtype"), str)
+            and isinstance(i.get("shape"), list) and all(_whole(d) and d >= 0 for d in i["shape"]))
+
+
+# The fields each op reads: name -> (check, what it must be). A request of another shape is a bad_request,
+# never an exception deep inside an op.
+_FIELDS = {
+    "has": {"models": (lambda v: isinstance(v, list) and all(isinstance(m, str) for m in v),
+                       "a list of model file names")},
+    "lease": {"holder": (lambda v: v is None or isinstance(v, dict), "an object saying who takes the lease")},
+    "measure": {"model": (lambda v: isinstance(v, str), "a model file name"),
+                "runtime": (lambda v: v in RUNTIMES, "one of " + ", ".join(RUNTIMES)),
+                "settings": (lambda v: v is None or isinstance(v, dict), "an object of settings"),
+                "inputs": (lambda v: v is None or (isinstance(v, list) and all(_spec_ok(i) for i in v)),
+                           "a list of {name, shape, dtype} objects with whole-number shapes")},
+}
+
+
+def _check_fields(op, req):
+    for key, (ok, what) in _FIELDS.get(op, {}).items():
+        if not ok(req.get(key)):
+            raise AgentError("bad_request", "%s: %s must be %s, got %s"
+                             % (op, key, what, json.dumps(req.get(key))[:80]))
+
+
 def handle(req, workdir, lease):
     op = req.get("op")
+    if isinstance(op, str):
+        _check_fields(op, req)
     if op == "ping":
         return {"agent_version": AGENT_VERSION, "pid": os.getpid()}
     if op == "probe":
         return probe()
     if op == "has":
-        return has(req.get("models") or [], workdir)
+        return has(req["models"], workdir)
     if op == "lease":
         return lease.acquire(req.get("holder"))
     if op == "measure":
@@ -898,10 +1005,11 @@ def handle(req, workdir, lease):
             raise AgentError("bad_request", "measure needs the device lease: send {\"op\": \"lease\"} first")
         _MEASURING.set()
         try:
-            return measure(req.get("model") or "", req.get("runtime"), req.get("settings"), workdir, req.get("inputs"))
+            return measure(req["model"], req["runtime"], req.get("settings"), workdir, req.get("inputs"))
         finally:
             _MEASURING.clear()
-    raise AgentError("bad_request", "unknown op %r; known: ping, probe, has, lease, measure, shutdown" % op)
+    raise AgentError("bad_request", "unknown op %s; known: ping, probe, has, lease, measure, shutdown"
+                     % json.dumps(op)[:80])
 
 
 _MEASURING = threading.Event()  # set while a measure request runs
@@ -954,7 +1062,7 @@ def serve(inp, out, workdir, lease=None):
             req = json.loads(line)
             if not isinstance(req, dict):
                 raise ValueError("a request is a JSON object")
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:  # RecursionError: nesting too deep for the parser
             _reply(out, None, False, {"kind": "bad_request", "message": "not a JSON request: %s" % e})
             continue
         req_id = req.get("id")
@@ -1002,8 +1110,11 @@ def main(argv=None):
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     os.makedirs(os.path.join(args.workdir, "models"), exist_ok=True)
-    serve(sys.stdin, proto, args.workdir, Lease(args.lease or default_lease_path()))
-    return 0
+    # bytes, decoded per line with replacement: a line that is not UTF-8 is a bad request, not the end of stdin
+    serve(sys.stdin.buffer, proto, args.workdir, Lease(args.lease or default_lease_path()))
+    proto.flush()
+    # the reader thread may still be blocked in stdin's buffered read, and interpreter shutdown aborts on its lock
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,25 @@
-"""User-facing errors: one line naming what was wrong and what to do."""
+"""User-facing errors: one line naming what was wrong and what to do.
+
+Each error carries the CLI's exit code: 2 when the command itself was wrong (a bad option value, a
+missing or unreadable file, an unknown name, an output that cannot be written), 1 when valid work failed
+on the way (a device that could not be reached or was busy, a runtime missing there, a model or an export
+that failed).
+"""
 
 
 class LatkitError(Exception):
-    """A bad input or an unusable environment; the CLI prints it as one line and exits non-zero."""
+    """A bad input or an unusable environment; the CLI prints it as one line and exits with `exit_code`."""
+
+    exit_code = 2
 
 
-class AgentCallError(LatkitError):
+class Failure(LatkitError):
+    """Valid work that failed: a device, a model, an export (exit 1)."""
+
+    exit_code = 1
+
+
+class AgentCallError(Failure):
     """The agent answered a request with ok=false; `kind` is the agent's error tag."""
 
     def __init__(self, kind: str, message: str):
@@ -14,7 +28,7 @@ class AgentCallError(LatkitError):
         self.message = message
 
 
-class TransportError(LatkitError):
+class TransportError(Failure):
     """The link to the agent broke (process died, connection lost); the job may be retried."""
 
 
@@ -22,7 +36,7 @@ class CallTimeout(TransportError):
     """The agent gave no answer in time; the transport has killed it (a hung model, not a dead link)."""
 
 
-class DeviceBusy(LatkitError):
+class DeviceBusy(Failure):
     """Another collection holds the device's lease and the caller asked not to wait."""
 
 

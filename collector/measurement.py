@@ -15,16 +15,19 @@ from .job import Job
 TELEMETRY = ("freq_mhz", "temp_c", "load1", "gpu_sm_mhz", "gpu_mem_mhz", "gpu_temp_c", "gpu_power_w")
 
 # Every error kind the agent or the host gives a job: kind -> (stored as a row, permanent). A stored kind is
-# a fact about (model, device, settings) and becomes a row; a permanent one would only fail again under the
-# same key, so a re-run skips it (--retry-errors measures it again). The other kinds describe the set-up
-# (runtime missing, bad request...) and fail the device instead. tests/test_agent.py keeps this table and
-# the agent's kinds in step.
+# a fact about (model, device, settings) and becomes a row. Only a permanent one is skipped by a re-run (it
+# cannot change while the file, the device's runtime and the settings stay the same; --retry-errors, or
+# an upgraded runtime, is what would change it); the others are measured again by the next run. The kinds
+# that are not stored describe the set-up (runtime missing, bad request...) and fail the device instead.
+# tests/test_integrity.py keeps this table and the agent's kinds in step.
 ERROR_KINDS = {
-    "corrupt_model": (True, True),
-    "unsupported_op": (True, True),
-    "bad_model": (True, True),
-    "runtime_error": (True, True),
-    "timeout": (True, True),  # no answer within --job-timeout: the agent was killed and restarted
+    "corrupt_model": (True, True),   # the runtime cannot load the file
+    "unsupported_op": (True, True),  # the runtime has no kernel for an op of the file
+    "bad_model": (True, True),       # dynamic dimensions or input types latkit cannot generate inputs for
+    "wrong_runtime": (True, False),  # the file's content is another format than the runtime reads
+    "runtime_error": (True, False),  # failed while running (out of memory, a driver error): may pass next time
+    "timeout": (True, False),  # no answer within --job-timeout (agent killed and restarted): a busy device, or
+                               # a longer --job-timeout, may let it pass
     "settings_not_applied": (True, False),  # the agent read back other settings than the key's
     "runtime_missing": (False, False),
     "model_not_found": (False, False),

@@ -2,20 +2,20 @@
 from __future__ import annotations
 
 import getpass
+import logging
 import os
 import socket
-import sys
 import time
 from typing import Callable, Optional
 
 from .devices import Device
-from .errors import AgentCallError, CallTimeout, DeviceBusy, LatkitError
+from .errors import AgentCallError, CallTimeout, DeviceBusy, Failure
 from .job import Job
 from .measurement import STORED_ERRORS, Measurement, fingerprint
 
 
 def _say(message: str) -> None:
-    print(f"latkit: {message}", file=sys.stderr, flush=True)
+    logging.getLogger("latkit").warning(message)
 
 
 class DeviceRunner:
@@ -43,7 +43,10 @@ class DeviceRunner:
         me = {"host": socket.gethostname(), "pid": os.getpid(), "user": getpass.getuser()}
         told = False
         while True:
-            r = self.transport.call("lease", timeout=60, holder=me)
+            try:
+                r = self.transport.call("lease", timeout=60, holder=me)
+            except AgentCallError as e:  # the lease file cannot be opened or locked there
+                raise Failure(f"{self.device.name}: {e.message}") from None
             if r["acquired"]:
                 self.leased = True
                 return
@@ -79,7 +82,7 @@ class DeviceRunner:
         except AgentCallError as e:
             if e.kind in STORED_ERRORS:
                 return Measurement.failed(job, e.kind, e.message, self.fingerprint)
-            raise LatkitError(f"{self.device.name}: {e.message}") from None
+            raise Failure(f"{self.device.name}: {e.message}") from None
         m = Measurement.from_result(job, result, self.fingerprint)
         wrong = not_applied(job, m.applied)
         if wrong:
