@@ -13,12 +13,14 @@ from typing import Iterable, Iterator, Optional, Sequence
 
 import pyarrow.compute as pc
 
+from . import validate
 from .devices import Device, Registry, now_utc
-from .errors import LatkitError
-from .exporters import export
-from .job import FORMATS, RUNTIME_FOR_FORMAT, Artifact, Job, Settings
+from .errors import Failure, LatkitError
+from .exporters import DEFAULT_CACHE, export
+from .job import FORMATS, RUNTIME_FOR_FORMAT, WHOLE, Artifact, Job, Settings
 from .dataset import group_summary
 from .measurement import TELEMETRY, Measurement, Stats, fingerprint
+from .progress import progress_iter
 from .runner import DeviceRunner
 from .samplers import sample
 from .scheduler import CollectReport, DeviceReport, collect, run_device
@@ -107,8 +109,15 @@ def model_files(paths: Iterable) -> list:
 
 def make_jobs(artifacts: Sequence[Artifact], devices: Sequence[str], runtime: Optional[str] = None,
               settings: Optional[Settings] = None) -> list:
-    """Every artifact on every device; the runtime defaults to the one the file format calls for."""
+    """Every artifact on every device; the runtime defaults to the one the file format calls for. A runtime
+    that cannot read some of the files is refused here, before anything is shipped."""
     base = settings or Settings()
+    wrong = [a for a in artifacts if runtime and RUNTIME_FOR_FORMAT[a.format] != runtime]
+    if wrong:
+        names = ", ".join(f"{a.path.name} ({a.format}, for {RUNTIME_FOR_FORMAT[a.format]})" for a in wrong[:3])
+        raise LatkitError(f"runtime {runtime} cannot run {'' if len(wrong) == 1 else f'{len(wrong)} models: '}{names}"
+                          f"{', ...' if len(wrong) > 3 else ''}; leave --runtime out to time each file with the "
+                          "runtime its extension calls for")
     return [Job(a, d, dataclasses.replace(base, runtime=runtime or RUNTIME_FOR_FORMAT[a.format]))
             for d in devices for a in artifacts]
 
@@ -155,8 +164,9 @@ def iter_space_artifacts(space: str, archs: Sequence[str], fmt: str, batch_size:
     a slow consumer bounds the files on disk. Closing the iterator cancels what has not started."""
     sp = get_space(space, **space_options)
     archs = [sp.validate(a) for a in archs]
-    if workers < 1:
-        raise LatkitError(f"export workers must be >= 1, got {workers}")
+    for a in archs:  # a resolution the space lacks, or one that contradicts an ofa arch: refused before exporting
+        sp.input_shape(a, batch_size, resolution)
+    validate.whole(workers, "export workers", 1)
     if workers == 1:
         for a in archs:
             yield export_arch(space, a, fmt, batch_size, resolution, cache_dir, **space_options)
@@ -184,10 +194,7 @@ def space_artifacts(space: str, archs: Sequence[str], runtime: str = "onnxruntim
     """Build and export each arch (cached by content) in the format `runtime` times, on `workers` processes."""
     fmt = EXPORT_FORMAT[runtime]
     arts = iter_space_artifacts(space, archs, fmt, batch_size, resolution, workers, **space_options)
-    if progress:
-        from rich.progress import track
-        arts = track(arts, total=len(archs), description=f"exporting {len(archs)} {space} archs to {fmt}")
-    return list(arts)
+    return list(progress_iter(arts, f"exporting {len(archs)} {space} archs to {fmt}", progress, total=len(archs)))
 
 
 def collect_space(space: str, n: int, devices: Sequence[str], runtime: str = "onnxruntime",
@@ -195,11 +202,20 @@ def collect_space(space: str, n: int, devices: Sequence[str], runtime: str = "on
                   batch_size: int = 1, resolution: Optional[int] = None, registry: Optional[Registry] = None,
                   progress: bool = True, export_workers: int = 1, **kwargs) -> CollectReport:
     """`latkit collect --space`: sample n archs, export them (cached, on `export_workers` processes), time
-    them on every device."""
+    them on every device. With a `resolution`, every arch is exported at it; on ofa, whose archs carry their
+    resolution, the archs are sampled with r = resolution, so the stored arch always names its input."""
     reg = registry or Registry()
     devs = [reg.get(d) for d in devices]
+    sp = get_space(space)
+    if resolution is not None:
+        sp = sp.at_resolution(resolution)
+    validate.whole(n, "n", 1)
+    validate.whole(batch_size, "batch_size", *WHOLE["batch_size"])
+    if runtime not in EXPORT_FORMAT:
+        raise LatkitError(f"unknown runtime {runtime!r}; choose one of {', '.join(EXPORT_FORMAT)}")
     Store(out).check_writable()  # before sampling and exporting, as before any device time
-    archs = sample(get_space(space), n, sampler, seed)
+    validate.writable_dir(DEFAULT_CACHE, "set LATKIT_CACHE to a writable folder for the exported models")
+    archs = sample(sp, n, sampler, seed)
     arts = space_artifacts(space, archs, runtime, batch_size, resolution, progress=progress,
                            workers=export_workers)
     jobs = [dataclasses.replace(j, sampler=f"{sampler}(seed={seed})")
@@ -235,7 +251,7 @@ def measure_many(artifacts: Sequence[Artifact], device: str = "local", runtime: 
     run_device(dev, todo, store, report, on_row=lambda _, m: fresh.__setitem__(m.job.key, m), wait=wait,
                retry_errors=force)
     if report.status == "failed":
-        raise LatkitError(report.message)
+        raise (Failure if report.exit_code == 1 else LatkitError)(report.message)
     return [fresh[j.key] if j.key in fresh else stored_measurement(store, j) for j in jobs]
 
 

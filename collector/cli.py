@@ -1,41 +1,91 @@
-"""`latkit` command line: a thin layer over collector.api."""
+"""`latkit` command line: a thin layer over collector.api.
+
+The contract scripts rely on: results on stdout (one JSON document with --json), progress and messages on
+stderr (bars on a terminal, log lines otherwise; -q quiet, -v verbose). Every failure is one line on stderr,
+`latkit: error: ...`, naming the option, file or device; exit 2 when the command was wrong (checked before
+any exporting, timing or training), 1 when valid work failed (a device, a model, an export), 130 / 143 on
+SIGINT / SIGTERM. A traceback appears only with LATKIT_DEBUG=1.
+"""
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import logging
+import math
+import os
+import re
 import signal
 import sys
+import traceback
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from . import api, dataset
+from . import api, dataset, validate
 from .devices import Registry
 from .errors import Interrupted, LatkitError
-from .job import RUNTIMES, Settings
+from .job import NUMBER, RUNTIMES, WHOLE, Settings
 
 console = Console(width=None if sys.stdout.isatty() else 140)
+log = logging.getLogger("latkit")
+SEED = validate.arg_whole(0, WHOLE["seed"][1])
+
+
+def _whole(name: str, hi=None):
+    """The argparse type of the Settings field `name` (its range from collector/job.py)."""
+    lo, top = WHOLE[name]
+    return validate.arg_whole(lo, hi or top)
+
+
+def _number(name: str):
+    lo, hi, open_ = NUMBER[name]
+    return validate.arg_number(lo, hi, open_, open_)
+
+
+def _jsonable(x):
+    """Plain JSON values: datetimes as ISO text, NaN and infinities as null (JSON has neither)."""
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, datetime):
+        return x.isoformat()
+    return x
+
+
+def _print_json(doc) -> None:
+    print(json.dumps(_jsonable(doc), indent=2))
 
 
 def _settings(args) -> Settings:
-    try:
-        cores = tuple(int(c) for c in args.cores.split(",")) if args.cores else None
-    except ValueError:
-        raise LatkitError(f"--cores takes CPU ids separated by commas, e.g. 0 or 2,3; got {args.cores!r}") from None
-    return Settings(threads=args.threads, cores=cores, batch_size=args.batch_size,
+    return Settings(threads=args.threads, cores=args.cores, batch_size=args.batch_size,
                     repeats_min_count=args.repeats, repeats_min_s=args.min_time, repeats_max_s=args.max_time,
                     ci_target=args.ci_target, accelerator=args.accelerator, dtype=args.dtype,
                     cuda_graphs=args.cuda_graphs, include_copies=args.include_copies, rounds=args.rounds,
                     cooldown_temp_c=args.cooldown_temp, cooldown_max_s=args.cooldown_max)
 
 
+def _row_json(m) -> dict:
+    """A measurement as JSON: its store row without the raw samples (they are in the dataset)."""
+    row = m.to_row()
+    row.pop("samples_ms")
+    row["warnings"] = list(m.warnings)
+    return row
+
+
 def cmd_measure(args) -> int:
     m = api.measure(args.model, device=args.device, runtime=args.runtime, settings=_settings(args), out=args.out,
                     force=args.force, registry=Registry(args.registry), wait=not args.no_wait)
-    print(m.summary())
+    if args.json:
+        _print_json(_row_json(m))
+    else:
+        print(m.summary())
     return 0 if m.status == "ok" else 1
 
 
@@ -43,10 +93,10 @@ def cmd_collect(args) -> int:
     devices = [d for d in args.devices.split(",") if d]
     if not devices:
         raise LatkitError("--devices names no device; give comma-separated names (see latkit device list)")
-    common = dict(registry=Registry(args.registry), retries=args.retries, job_timeout=args.job_timeout,
-                  progress=not args.quiet, retry_errors=args.retry_errors, wait=not args.no_wait)
     if bool(args.models) == bool(args.space):
         raise LatkitError("give either --models DIR_OR_FILES or --space S --n N")
+    common = dict(registry=Registry(args.registry), retries=args.retries, job_timeout=args.job_timeout,
+                  progress=not args.quiet, retry_errors=args.retry_errors, wait=not args.no_wait)
     if args.space:
         if not args.n:
             raise LatkitError("--space needs --n (how many archs to sample)")
@@ -55,17 +105,36 @@ def cmd_collect(args) -> int:
                                    args.seed, settings, args.out, batch_size=args.batch_size or 1,
                                    resolution=args.resolution, export_workers=args.export_workers, **common)
     else:
+        for option in ("n", "resolution"):
+            if getattr(args, option) is not None:
+                raise LatkitError(f"--{option} applies to --space only; leave it out with --models")
         report = api.collect_models(api.model_files(args.models), devices, args.runtime, _settings(args), args.out,
                                     **common)
-    table = Table("device", "jobs", "skipped", "measured", "errors", "left", "status")
-    for d in report.devices:
-        table.add_row(d.device, str(d.total), str(d.skipped), str(d.measured), str(d.errors), str(d.remaining),
-                      d.status + (f": {d.message}" if d.message else ""))
-    console.print(table)
-    if not report.ok:
-        print("latkit: some devices failed; fix them and re-run the same command to finish (done rows are kept)",
-              file=sys.stderr)
-    return 0 if report.ok else 1
+    failed = report.failed_models
+    if args.json:
+        _print_json({"ok": report.ok and not failed, "summary": report.line(),
+                     "devices": [{**{k: v for k, v in dataclasses.asdict(d).items() if k != "failed"},
+                                  "remaining": d.remaining} for d in report.devices],
+                     "failed_models": [dict(zip(("device", "arch", "error_kind", "error"), f)) for f in failed]})
+    else:
+        table = Table("device", "jobs", "skipped", "measured", "errors", "left", "status")
+        for d in report.devices:
+            table.add_row(d.device, str(d.total), str(d.skipped), str(d.measured), str(d.errors), str(d.remaining),
+                          d.status + (f": {d.message}" if d.message else ""))
+        console.print(table)
+        if failed:
+            table = Table("device", "model that failed", "error", title=f"{len(failed)} model(s) failed")
+            for dev, arch, kind, error in failed:
+                table.add_row(dev, arch, f"{kind}: {error}")
+            console.print(table)
+    down = [d.device for d in report.devices if d.status != "done"]
+    if down or failed:
+        what = [f"{len(down)} device(s) failed ({', '.join(down)})"] if down else []
+        what += [f"{len(failed)} model(s) failed (error rows kept; listed above)"] if failed else []
+        print(f"latkit: error: {' and '.join(what)}; fix them and re-run the same command to finish (done rows "
+              "are kept; --retry-errors measures failed models again)", file=sys.stderr)
+        return 1
+    return 0
 
 
 def cmd_data_retest(args) -> int:
@@ -100,6 +169,11 @@ def cmd_device_list(args) -> int:
     else:
         with ThreadPoolExecutor(max_workers=min(32, len(devices))) as pool:
             up = list(pool.map(api.reachable, devices))
+    if args.json:
+        _print_json([{"name": d.name, "transport": d.transport, "address": d.address, "reachable": ok,
+                      "runtimes": d.probe.get("runtimes", {}), "tags": list(d.tags), "fingerprint": d.fingerprint,
+                      "last_probe": d.last_probe or None} for d, ok in zip(devices, up)])
+        return 0
     table = Table("name", "host", "reachable", "runtimes", "tags", "last probe")
     for d, ok in zip(devices, up):
         runtimes = ", ".join(f"{k} {v}" for k, v in d.probe.get("runtimes", {}).items())
@@ -110,7 +184,7 @@ def cmd_device_list(args) -> int:
 
 
 def cmd_device_probe(args) -> int:
-    print(json.dumps(api.reprobe_device(args.name, Registry(args.registry)), indent=2))
+    _print_json(api.reprobe_device(args.name, Registry(args.registry)))  # JSON with or without --json
     return 0
 
 
@@ -121,12 +195,19 @@ def cmd_device_remove(args) -> int:
 
 
 def cmd_data_show(args) -> int:
+    groups = api.data_summary(args.dir)
+    if args.json:
+        _print_json([dict({k: v for k, v in g.items() if k != "latency_ms"},
+                          **dict(zip(("min_ms", "median_ms", "max_ms"), g["latency_ms"] or (None,) * 3)))
+                     for g in groups])
+        return 0
     table = Table("device", "runtime", "space", "rows", "ok", "missed CI", "min ms", "median ms", "max ms",
                   "newest (UTC)")
-    for r in api.data_summary(args.dir):
+    for r in groups:
         lat = [f"{v:.4g}" for v in r["latency_ms"]] if r["latency_ms"] else ["-"] * 3
-        table.add_row(r["device"], r["runtime"], r["space"], str(r["rows"]), str(r["ok"]), str(r["missed_ci"]), *lat,
-                      r["newest"].strftime("%Y-%m-%d %H:%M") if r["newest"] is not None else "-")
+        newest = r["newest"].strftime("%Y-%m-%d %H:%M") if r["newest"] is not None else "-"
+        table.add_row(str(r["device"]), str(r["runtime"]), str(r["space"]), str(r["rows"]), str(r["ok"]),
+                      str(r["missed_ci"]), *lat, newest)
     console.print(table)
     return 0
 
@@ -148,27 +229,29 @@ def cmd_data_plot(args) -> int:
     return 0
 
 
+def _fit_output(args) -> Path:
+    """Where fit saves the model: --out, else beside the data (DATA/models/ of a dataset folder, the folder of
+    a Parquet table), never the cwd; checked writable, with --json and --report, before any training."""
+    validate.name(args.device, "--device")  # it names the model file
+    if not args.out and "://" in args.data:
+        raise LatkitError(f"--data {args.data} is not a local path, so the model has no default place; give --out")
+    data, name = Path(args.data), f"{args.space}-{args.device}.latkit-model"
+    out = validate.writable_file(args.out or (data.parent if data.is_file() else data / "models") / name,
+                                 "give --out a writable file path")
+    if args.json:
+        validate.writable_file(args.json, "give --json a writable file path")
+    if args.report:
+        validate.writable_dir(args.report, "give --report a writable folder")
+    return out
+
+
 def cmd_predictor_fit(args) -> int:
-    import tempfile
     from predictor.data import LatencyTable
     from predictor.esm import fit
     from predictor.report import write_report
     table = LatencyTable(args.data, args.space)  # bad data or device: one line before anything is written
     table.check_devices([args.device])
-    # default: beside the data (DATA/models/ of a dataset folder, the folder of a Parquet table), never the cwd
-    if not args.out and "://" in args.data:
-        raise LatkitError(f"--data {args.data} is not a local path, so the model has no default place; give --out")
-    data, name = Path(args.data), f"{args.space}-{args.device}.latkit-model"
-    out = Path(args.out) if args.out else (data.parent if data.is_file() else data / "models") / name
-    try:  # writable before any training time is spent
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=out.parent).close()
-    except FileExistsError:
-        raise LatkitError(f"cannot write {out}: {out.parent} is a file; give --out a writable file path") from None
-    except OSError as e:
-        raise LatkitError(f"cannot write {out}: {e.strerror or e}; give --out a writable file path") from None
-    if out.is_dir():
-        raise LatkitError(f"cannot write {out}: it is a folder; give --out a writable file path")
+    out = _fit_output(args)
     surrogate, result, test = fit(table, args.space, args.device, args.budget, args.sampler, args.model, args.seed)
     surrogate.save(out)
     shown = {k: result[k] for k in ("spearman", "kendall", "mape", "rmse", "acc5", "acc10", "n_train", "n_test",
@@ -176,7 +259,7 @@ def cmd_predictor_fit(args) -> int:
     print(f"{args.space} on {args.device}: " + ", ".join(
         f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()) + f"; saved {out}")
     if args.json:
-        Path(args.json).write_text(json.dumps(shown, indent=2))
+        Path(args.json).write_text(json.dumps(_jsonable(shown), indent=2))
     if args.report:
         write_report(args.report, f"{args.space} / {args.device} / {result['model']} ({result['n_train']} samples)",
                      surrogate.predict(test), table.latency(args.device, test), shown)
@@ -186,6 +269,8 @@ def cmd_predictor_fit(args) -> int:
 def cmd_predictor_transfer(args) -> int:
     from predictor.transfer import transfer
     split = lambda s: [x for x in s.split(",") if x]  # noqa: E731
+    if args.json:
+        validate.writable_file(args.json, "give --json a writable file path")
     r = transfer(args.data, args.space, split(args.source), split(args.target), args.target_samples,
                  args.source_samples, args.seeds, use_gnn=not args.no_gnn)
     table = Table("target", "spearman", "± (seeds)", "kendall", "mape %")
@@ -195,25 +280,31 @@ def cmd_predictor_transfer(args) -> int:
     print(f"mean spearman {r['mean_spearman']:.3f} ± {r['mean_spearman_std']:.3f} over {r['seeds']} seeds "
           f"in {r['seconds']:.0f} s")
     if args.json:
-        Path(args.json).write_text(json.dumps(r, indent=2))
+        Path(args.json).write_text(json.dumps(_jsonable(r), indent=2))
     return 0
 
 
 def cmd_predictor_predict(args) -> int:
     from collector.spaces import get_space
     from predictor.models import Surrogate
-    model = Surrogate.load(args.model)
     space = get_space(args.space)
+    if args.file:
+        validate.readable_file(args.file, "--file")
+    model = Surrogate.load(args.model)
     if model.space != args.space:
         raise LatkitError(f"{args.model} predicts {model.space}, not {args.space}; give --space {model.space}")
     if args.all:
         archs = space.enumerate()
     elif args.file:
-        archs = [line.strip() for line in Path(args.file).read_text().splitlines() if line.strip()]
+        try:
+            text = Path(args.file).read_text()
+        except UnicodeDecodeError:
+            raise LatkitError(f"--file {args.file} is not text; give one arch string per line") from None
+        archs = [line.strip() for line in text.splitlines() if line.strip()]
+        if not archs:
+            raise LatkitError(f"--file {args.file} holds no archs; give one arch string per line")
     else:
-        archs = args.arch or []
-    if not archs:
-        raise LatkitError("give --arch A ..., --file F (one arch per line) or --all")
+        archs = args.arch
     archs = [space.validate(a) for a in archs]
     pred = model.predict(archs)
     out = sys.stdout
@@ -223,21 +314,31 @@ def cmd_predictor_predict(args) -> int:
     return 0
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with latkit's error contract: one line on stderr, exit 2 (argparse prints usage too)."""
+
+    def error(self, message):
+        self.exit(2, f"latkit: error: {message} (see {self.prog} --help)\n")
+
+
 def _protocol_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtime", choices=RUNTIMES, help="default: from each file's extension")
-    p.add_argument("--threads", type=int, default=1, help="runtime threads (default 1)")
-    p.add_argument("--cores", help="pin the agent to these CPU ids, e.g. 0 or 2,3")
-    p.add_argument("--batch-size", type=int, help="batch size (with --space: exported at it; else fills a dynamic batch)")
-    p.add_argument("--repeats", type=int, default=Settings.repeats_min_count, help="minimum timed runs per round")
-    p.add_argument("--min-time", type=float, default=Settings.repeats_min_s, help="minimum timed seconds per round")
-    p.add_argument("--max-time", type=float, default=Settings.repeats_max_s,
-                   help="stop a round after this many timed seconds once the minimums are met")
-    p.add_argument("--ci-target", type=float, default=Settings.ci_target,
-                   help="stop a round once the median's 95%% CI is within +- this fraction (default 0.005)")
-    p.add_argument("--rounds", type=int, help="shuffled rounds per model (default 4 on cpu, 1 on cuda)")
-    p.add_argument("--cooldown-temp", type=float, metavar="C",
+    p.add_argument("--threads", type=_whole("threads"), default=1, help="runtime threads (default 1; 1 to 256)")
+    p.add_argument("--cores", type=validate.arg_cores, help="pin the agent to these CPU ids, e.g. 0 or 2,3")
+    p.add_argument("--batch-size", type=_whole("batch_size"),
+                   help="batch size, 1 to 4096 (with --space: exported at it; else fills a dynamic batch)")
+    p.add_argument("--repeats", type=_whole("repeats_min_count", Settings.repeats_max_count),
+                   default=Settings.repeats_min_count, help="minimum timed runs per round (1 to 10000)")
+    p.add_argument("--min-time", type=_number("repeats_min_s"), default=Settings.repeats_min_s,
+                   help="minimum timed seconds per round (0 to 3600)")
+    p.add_argument("--max-time", type=_number("repeats_max_s"), default=Settings.repeats_max_s,
+                   help="stop a round after this many timed seconds once the minimums are met (0 to 3600)")
+    p.add_argument("--ci-target", type=_number("ci_target"), default=Settings.ci_target,
+                   help="stop a round once the median's 95%% CI is within +- this fraction (default 0.005; 0 < x < 1)")
+    p.add_argument("--rounds", type=_whole("rounds"), help="shuffled rounds per model (default 4 on cpu, 1 on cuda)")
+    p.add_argument("--cooldown-temp", type=_number("cooldown_temp_c"), metavar="C",
                    help="before each model wait until the device's hottest sensor reads <= C degrees")
-    p.add_argument("--cooldown-max", type=float, default=Settings.cooldown_max_s, metavar="S",
+    p.add_argument("--cooldown-max", type=_number("cooldown_max_s"), default=Settings.cooldown_max_s, metavar="S",
                    help="wait at most S seconds for --cooldown-temp (default 300)")
     p.add_argument("--no-wait", action="store_true", help="fail at once if another collection holds the device")
     p.add_argument("--accelerator", default="cpu", choices=["cpu", "cuda"],
@@ -248,44 +349,65 @@ def _protocol_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--include-copies", action="store_true",
                    help="torch on cuda: time host->device input and device->host output copies too")
     p.add_argument("--out", default="latkit-data", help="dataset directory or URI (default ./latkit-data)")
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout instead of text")
+
+
+def _version() -> str:
+    from importlib import metadata
+    from agents.agent import AGENT_VERSION
+    try:
+        host = metadata.version("latkit")
+    except metadata.PackageNotFoundError:
+        host = "(not installed)"
+    return f"latkit {host}, device agent {AGENT_VERSION}"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--registry", help="devices file (default $LATKIT_REGISTRY or ~/.config/latkit/devices.toml)")
-    p = argparse.ArgumentParser(prog="latkit", description="Measure neural-network latency on real devices.")
+    common = Parser(add_help=False)
+    talk = common.add_mutually_exclusive_group()
+    talk.add_argument("-v", "--verbose", action="store_true", help="debug lines on stderr (e.g. converter output)")
+    talk.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr, only warnings and errors")
+    registry = Parser(add_help=False, parents=[common])
+    registry.add_argument("--registry",
+                          help="devices file (default $LATKIT_REGISTRY or ~/.config/latkit/devices.toml)")
+    p = Parser(prog="latkit", description="Measure neural-network latency on real devices.")
+    p.add_argument("--version", action="version", version=_version())
     sub = p.add_subparsers(dest="command", required=True)
 
-    m = sub.add_parser("measure", parents=[common], help="time one model file on a device, append the row")
+    m = sub.add_parser("measure", parents=[registry], help="time one model file on a device, append the row")
     m.add_argument("model", help=".onnx, .tflite, .pt2 (torch.export) or .pt (TorchScript) file")
     m.add_argument("--device", default="local", help="registered device name (default: local)")
     _protocol_args(m)
     m.add_argument("--force", action="store_true", help="measure again even if the dataset has this key")
     m.set_defaults(func=cmd_measure)
 
-    c = sub.add_parser("collect", parents=[common], help="time many models on many devices in parallel (resumable)")
+    c = sub.add_parser("collect", parents=[registry], help="time many models on many devices in parallel (resumable)")
     c.add_argument("--models", nargs="+", metavar="DIR_OR_FILE", help="model files or folders")
     c.add_argument("--space", help="search space to sample archs from: nb201, fbnet, ofa")
-    c.add_argument("--n", type=int, help="number of archs to sample (with --space)")
+    c.add_argument("--n", type=validate.arg_whole(1), help="number of archs to sample (with --space)")
     c.add_argument("--sampler", default="uniform", choices=["uniform", "balanced", "diverse"])
-    c.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
-    c.add_argument("--resolution", type=int, help="input side length (default: the space's, or the ofa arch's)")
-    c.add_argument("--export-workers", type=int, default=1, metavar="N",
+    c.add_argument("--seed", type=SEED, default=0, help="sampler seed (default 0)")
+    c.add_argument("--resolution", type=validate.arg_whole(1),
+                   help="input side (default: the space's; nb201, fbnet: 16-512 step 4; ofa: 128-224 step 4, "
+                        "and the sampled archs carry it as r)")
+    c.add_argument("--export-workers", type=validate.arg_whole(1, 256), default=1, metavar="N",
                    help="export the sampled archs on N processes (default 1; e.g. the host's cores - 1)")
     c.add_argument("--devices", required=True, help="comma-separated device names")
     _protocol_args(c)
-    c.add_argument("--retries", type=int, default=3, help="reconnects per device before it is marked failed")
-    c.add_argument("--job-timeout", type=float, default=600.0, help="seconds before a hung measurement is killed")
-    c.add_argument("--retry-errors", action="store_true", help="also re-measure jobs stored with a model error")
-    c.add_argument("--quiet", action="store_true", help="no progress bars")
+    c.add_argument("--retries", type=validate.arg_whole(0, 100), default=3,
+                   help="reconnects per device before it is marked failed")
+    c.add_argument("--job-timeout", type=validate.arg_number(0, 86400, lo_open=True), default=600.0,
+                   help="seconds before a hung measurement is killed (a timeout row, measured again next run)")
+    c.add_argument("--retry-errors", action="store_true",
+                   help="also measure again models stored as permanent errors (corrupt file, unsupported op)")
     c.set_defaults(func=cmd_collect)
 
     dev = sub.add_parser("device", help="register, list and probe devices").add_subparsers(dest="device_command",
                                                                                           required=True)
-    a = dev.add_parser("add", parents=[common], help="register an SSH device: verify host key, deploy agent, probe")
+    a = dev.add_parser("add", parents=[registry], help="register an SSH device: verify host key, deploy agent, probe")
     a.add_argument("name")
     a.add_argument("--host", required=True)
-    a.add_argument("--port", type=int, default=22)
+    a.add_argument("--port", type=validate.arg_whole(1, 65535), default=22)
     a.add_argument("--user")
     a.add_argument("--key", help="private key file (default: ssh-agent and ~/.ssh keys)")
     a.add_argument("--python", help="Python on the device (default python3)")
@@ -296,75 +418,81 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--lease", help="the device's lease file (default: one per machine, "
                                    "<tempdir>/latkit-device.lease); give devices that share a machine their own")
     a.set_defaults(func=cmd_device_add)
-    ls = dev.add_parser("list", parents=[common], help="registered devices and whether they answer now")
+    ls = dev.add_parser("list", parents=[registry], help="registered devices and whether they answer now")
     ls.add_argument("--no-check", action="store_true", help="do not contact the devices")
+    ls.add_argument("--json", action="store_true", help="print one JSON document on stdout instead of a table")
     ls.set_defaults(func=cmd_device_list)
-    pr = dev.add_parser("probe", parents=[common], help="print what a device reports about itself")
+    pr = dev.add_parser("probe", parents=[registry], help="print what a device reports about itself (JSON)")
     pr.add_argument("name")
+    pr.add_argument("--json", action="store_true", help="the output is JSON either way")
     pr.set_defaults(func=cmd_device_probe)
-    rm = dev.add_parser("remove", parents=[common], help="forget a device")
+    rm = dev.add_parser("remove", parents=[registry], help="forget a device")
     rm.add_argument("name")
     rm.set_defaults(func=cmd_device_remove)
 
     pred = sub.add_parser("predictor", help="train and use latency predictors").add_subparsers(
         dest="predictor_command", required=True)
-    f = pred.add_parser("fit", help="ESM-style surrogate for one device from a dataset")
+    f = pred.add_parser("fit", parents=[common], help="ESM-style surrogate for one device from a dataset")
     f.add_argument("--data", required=True, help="latkit dataset folder or Parquet latency table")
     f.add_argument("--space", required=True)
     f.add_argument("--device", required=True)
-    f.add_argument("--budget", type=int, default=500, help="training archs whose latency may be read")
+    f.add_argument("--budget", type=validate.arg_whole(10), default=500,
+                   help="training archs whose latency may be read (at least 10)")
     f.add_argument("--sampler", default="balanced", choices=["balanced", "uniform", "diverse"])
     f.add_argument("--model", default="auto", choices=["auto", "ridge", "gbdt", "rf", "mlp", "gnn"])
-    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--seed", type=SEED, default=0)
     f.add_argument("--out", help="where to save the model (default beside the data: DATA/models/SPACE-DEVICE"
                                  ".latkit-model for a dataset folder, SPACE-DEVICE.latkit-model next to a table)")
     f.add_argument("--json", help="write the metrics as JSON here")
     f.add_argument("--report", help="folder for a scatter PNG and a Markdown summary")
     f.set_defaults(func=cmd_predictor_fit)
-    t = pred.add_parser("transfer", help="NASFLAT-style few-shot transfer to new devices")
+    t = pred.add_parser("transfer", parents=[common], help="NASFLAT-style few-shot transfer to new devices")
     t.add_argument("--data", required=True)
     t.add_argument("--space", required=True)
     t.add_argument("--source", required=True, help="comma-separated source devices")
     t.add_argument("--target", required=True, help="comma-separated target devices")
-    t.add_argument("--target-samples", type=int, default=20)
-    t.add_argument("--source-samples", type=int, default=900)
-    t.add_argument("--seeds", type=int, default=3)
+    t.add_argument("--target-samples", type=validate.arg_whole(3), default=20, help="at least 3 (default 20)")
+    t.add_argument("--source-samples", type=validate.arg_whole(10), default=900,
+                   help="archs per source to pretrain on, at least 10 (default 900)")
+    t.add_argument("--seeds", type=validate.arg_whole(1, 100), default=3, help="1 to 100 (default 3)")
     t.add_argument("--no-gnn", action="store_true", help="source bank + proxies only (faster, a little weaker)")
-    t.add_argument("--json")
+    t.add_argument("--json", help="write the results as JSON here")
     t.set_defaults(func=cmd_predictor_transfer)
-    pp = pred.add_parser("predict", help="latency_ms of archs from a saved model")
+    pp = pred.add_parser("predict", parents=[common], help="latency_ms of archs from a saved model")
     pp.add_argument("--model", required=True)
     pp.add_argument("--space", required=True)
-    pp.add_argument("--arch", nargs="+")
-    pp.add_argument("--file")
-    pp.add_argument("--all", action="store_true", help="every arch of the space (nb201)")
+    which = pp.add_mutually_exclusive_group(required=True)
+    which.add_argument("--arch", nargs="+")
+    which.add_argument("--file", help="one arch string per line")
+    which.add_argument("--all", action="store_true", help="every arch of the space (nb201)")
     pp.set_defaults(func=cmd_predictor_predict)
 
     data = sub.add_parser("data", help="inspect datasets").add_subparsers(dest="data_command", required=True)
-    show = data.add_parser("show", help="summary table of a dataset")
+    show = data.add_parser("show", parents=[common], help="summary table of a dataset")
     show.add_argument("dir", nargs="?", default="latkit-data")
+    show.add_argument("--json", action="store_true", help="print one JSON document on stdout instead of a table")
     show.set_defaults(func=cmd_data_show)
-    card = data.add_parser("card", help="write or refresh the dataset card (README.md) from the data")
+    card = data.add_parser("card", parents=[common], help="write or refresh the dataset card (README.md) from the data")
     card.add_argument("dir")
     card.add_argument("--title")
     card.add_argument("--licence", default="CC-BY-4.0")
     card.set_defaults(func=cmd_data_card)
-    imp = data.add_parser("import-help", help="bring the HELP latency tables into the latkit schema")
+    imp = data.add_parser("import-help", parents=[common], help="bring the HELP latency tables into the latkit schema")
     imp.add_argument("src", nargs="?", default=str(dataset.HELP_DIR),
                      help="folder with *_latency.parquet or one such file (default: the shipped datasets/help)")
     imp.add_argument("out")
     imp.set_defaults(func=cmd_data_import_help)
-    rt = data.add_parser("retest", parents=[common],
+    rt = data.add_parser("retest", parents=[registry],
                          help="measure a random sample of a dataset's rows again (side table) and compare")
     rt.add_argument("dir")
-    rt.add_argument("--n", type=int, default=50, help="rows to measure again (default 50)")
-    rt.add_argument("--seed", type=int, default=0)
+    rt.add_argument("--n", type=validate.arg_whole(2), default=50, help="rows to measure again (default 50)")
+    rt.add_argument("--seed", type=SEED, default=0)
     rt.add_argument("--models", nargs="+", metavar="DIR", help="folders holding the measured model files "
                                                                 "(rows of a search space are re-exported)")
-    rt.add_argument("--job-timeout", type=float, default=600.0)
-    rt.add_argument("--quiet", action="store_true")
+    rt.add_argument("--job-timeout", type=validate.arg_number(0, 86400, lo_open=True), default=600.0)
     rt.set_defaults(func=cmd_data_retest)
-    pl = data.add_parser("plot", help="latency histograms per device and a device-vs-device Spearman heatmap")
+    pl = data.add_parser("plot", parents=[common],
+                         help="latency histograms per device and a device-vs-device Spearman heatmap")
     pl.add_argument("dir")
     pl.add_argument("--out", help="folder for the PNGs (default DIR/plots)")
     pl.set_defaults(func=cmd_data_plot)
@@ -375,20 +503,58 @@ def _terminate(signum, frame):
     raise Interrupted("SIGTERM", 143)
 
 
+def _setup_logging(args) -> None:
+    """`latkit` log lines on stderr: progress off a terminal, waits, warnings; -q keeps warnings, -v adds debug."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("latkit: %(message)s"))
+    log.handlers[:] = [handler]
+    log.propagate = False
+    log.setLevel(logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO)
+
+
+def _one_line(text) -> str:
+    """An error message as one plain line: no line breaks, no terminal colour codes (converters add them)."""
+    return re.sub(r"\s*\n\s*", "; ", re.sub(r"\x1b\[[0-9;]*m", "", str(text)).strip())
+
+
+def _stdout_gone() -> int:
+    """The reader of stdout left (`| head`): end quietly, as a tool killed by SIGPIPE does."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return 128 + signal.SIGPIPE
+
+
 def main(argv=None) -> int:
+    debug = os.environ.get("LATKIT_DEBUG") == "1"
     args = build_parser().parse_args(argv)
+    _setup_logging(args)
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        return _stdout_gone()
     except LatkitError as e:
-        print(f"latkit: error: {e}", file=sys.stderr)
-        return 2
+        if debug:
+            traceback.print_exc()
+        print(f"latkit: error: {_one_line(e)}", file=sys.stderr)
+        return e.exit_code
     except Interrupted as e:
         print(f"latkit: {e.summary or f'interrupted by {e.signame}; rows measured so far are kept'}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("latkit: interrupted by SIGINT; rows measured so far are kept", file=sys.stderr)
         return 130
+    except Exception as e:  # a bug, or an environment problem latkit did not foresee: one line, not a traceback
+        if debug:
+            raise
+        where = f" ({e.filename})" if isinstance(e, OSError) and e.filename else ""
+        print(f"latkit: error: {type(e).__name__}{where}: {_one_line(e) or 'no message'}; run again with "
+              "LATKIT_DEBUG=1 for the traceback, and please report it", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

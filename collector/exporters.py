@@ -2,13 +2,15 @@
 
 Exports are cached by content: the cache key hashes the module's structure, its weights, the example
 inputs, the format and the exporter's version, and the file is stored under its own sha256, so the same
-network is exported once however often it is asked for.
+network is exported once however often it is asked for. What a converter prints is captured; when an
+export fails it is kept in <cache>/logs/<key>.log, named in the error and shown with -v.
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -16,8 +18,10 @@ import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .errors import LatkitError
+from .errors import Failure, LatkitError
 from .job import Artifact, sha256_file
+
+log = logging.getLogger("latkit")
 
 EXTENSIONS = {"onnx": ".onnx", "tflite": ".tflite", "pt2": ".pt2", "torchscript": ".pt"}
 DEFAULT_CACHE = Path(os.environ.get("LATKIT_CACHE", Path.home() / ".cache" / "latkit" / "exports"))
@@ -44,13 +48,13 @@ def export_key(module, example_inputs: Sequence, fmt: str) -> str:
 
 
 @contextlib.contextmanager
-def _quiet():
-    """Send fds 1 and 2 to a temporary file while converters run (litert-torch and its C++ log chatter);
-    the captured text is re-raised with an error, so nothing useful is lost."""
+def _captured(log_path: Path):
+    """Send fds 1 and 2 to `log_path` while converters run (litert-torch and its C++ log chatter keeps
+    stdout free for results); the caller keeps the file when the export fails and deletes it otherwise."""
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
-    with tempfile.TemporaryFile() as log:
+    with open(log_path, "wb") as log:
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
         try:
@@ -108,17 +112,26 @@ def export(module, example_inputs: Sequence, fmt: str = "onnx", space: str = "cu
             return Artifact(path=path, sha256=sha, format=fmt, space=space, arch=arch, inputs=inputs)
     fd, tmp = tempfile.mkstemp(suffix=EXTENSIONS[fmt], dir=cache, prefix=".export-")
     os.close(fd)
+    (cache / "logs").mkdir(exist_ok=True)
+    log_path = cache / "logs" / f"{key}.log"
     try:
-        with torch.no_grad(), _quiet():
+        with torch.no_grad(), _captured(log_path):
             _write(module, example_inputs, fmt, tmp)
         sha = sha256_file(Path(tmp))
         path = cache / f"{sha}{EXTENSIONS[fmt]}"
         os.replace(tmp, path)
-    except LatkitError:
-        raise
+        log_path.unlink()
     except Exception as e:
-        raise LatkitError(f"{fmt} export of {arch or type(module).__name__} failed: "
-                          f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
+        output = log_path.read_text(errors="replace").strip()
+        if output:
+            log.debug("%s converter output:\n%s", fmt, output)
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        kept = f"; the converter's output is in {log_path}" if output else ""
+        if not output:
+            log_path.unlink()
+        if isinstance(e, LatkitError):
+            raise type(e)(f"{e}{kept}") from None
+        raise Failure(f"{fmt} export of {arch or type(module).__name__} failed: {why}{kept}") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -23,6 +23,7 @@ from .devices import Device
 from .errors import Interrupted, LatkitError, TransportError
 from .job import Job
 from .measurement import Measurement
+from .progress import CollectProgress
 from .runner import DeviceRunner
 from .store import Store
 
@@ -33,9 +34,11 @@ class DeviceReport:
     total: int
     skipped: int = 0
     measured: int = 0
-    errors: int = 0  # rows with status=error (model failures, timeouts); they count as done
+    errors: int = 0  # rows with status=error (model failures, timeouts) stored by this run
     status: str = "pending"  # pending | running | done | failed | stopped
     message: str = ""
+    exit_code: int = 1  # of the error that failed the device: 2 when the set-up was wrong (e.g. a host key)
+    failed: list = field(default_factory=list)  # this run's error rows: (arch, error_kind, error)
     busy_s: float = 0.0  # host time inside measure calls: upload, request, and the agent's work
     agent_s: float = 0.0  # the agent's own work: model load, warmup and timed runs
     timing_s: float = 0.0  # warmup and timed runs: the device doing what it is here for
@@ -52,7 +55,13 @@ class CollectReport:
 
     @property
     def ok(self) -> bool:
+        """Every device finished (error rows of models aside)."""
         return all(d.status == "done" for d in self.devices)
+
+    @property
+    def failed_models(self) -> list:
+        """(device, arch, error_kind, error) of every error row this run stored."""
+        return [(d.device, *f) for d in self.devices for f in d.failed]
 
     @property
     def measured(self) -> int:
@@ -124,7 +133,7 @@ def run_device(device: Device, jobs: Sequence[Job], store: Store, report: Device
                 time.sleep(backoff_s * 2 ** (failures - 1))
                 continue
             except LatkitError as e:
-                report.status, report.message = "failed", str(e)
+                report.status, report.message, report.exit_code = "failed", str(e), e.exit_code
                 return
             failures = 0
             pending.pop(0)
@@ -147,6 +156,7 @@ def run_device(device: Device, jobs: Sequence[Job], store: Store, report: Device
                 report.measured += 1
             else:
                 report.errors += 1
+                report.failed.append((job.artifact.arch, m.error_kind, m.error))
             if on_row:
                 on_row(report, m)
         report.status = "done"
@@ -167,6 +177,7 @@ def collect(jobs: Sequence[Job], devices: Sequence[Device], out="latkit-data", r
     Ctrl-C or SIGTERM (raised as Interrupted by the CLI's handler) stops every device within seconds."""
     store = Store(out)
     store.check_writable()  # before any device time is spent
+    store.devices()  # a corrupt _devices.json is named now, not when the first device has started
     by_name = {d.name: d for d in devices}
     unknown = {j.device for j in jobs} - set(by_name)
     if unknown:
@@ -182,7 +193,7 @@ def collect(jobs: Sequence[Job], devices: Sequence[Device], out="latkit-data", r
     stop, active = threading.Event(), set()
     pool = ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(by_name))))
     try:
-        with _Progress(report, enabled=progress) as bar:
+        with CollectProgress(report, enabled=progress) as bar:
             futures = [pool.submit(run_device, by_name[n], todo[n], store, reports[n], retries, backoff_s,
                                    job_timeout, bar.update, stop, active, wait, retry_errors) for n in by_name]
             for f in futures:
@@ -199,40 +210,3 @@ def collect(jobs: Sequence[Job], devices: Sequence[Device], out="latkit-data", r
     finally:
         pool.shutdown(wait=True)
     return report
-
-
-class _Progress:
-    """Rich progress: one bar per device and one overall, with ETA and done/failed counts."""
-
-    def __init__(self, report: CollectReport, enabled: bool):
-        self.report, self.enabled = report, enabled
-        self._lock = threading.Lock()
-
-    def __enter__(self):
-        if not self.enabled:
-            return self
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-        self.progress = Progress(TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeRemainingColumn(), TextColumn("{task.fields[state]}"))
-        self.progress.start()
-        total = sum(d.total for d in self.report.devices)
-        self.overall = self.progress.add_task("all devices", total=total, state="")
-        self.tasks = {d.device: self.progress.add_task(d.device, total=d.total, state="") for d in self.report.devices}
-        self.update()
-        return self
-
-    def update(self, *_):
-        if not self.enabled:
-            return
-        with self._lock:
-            for d in self.report.devices:
-                state = d.status + (f" ({d.errors} errors)" if d.errors else "")
-                self.progress.update(self.tasks[d.device], completed=d.total - d.remaining, state=state)
-            failed = sum(d.status == "failed" for d in self.report.devices)
-            self.progress.update(self.overall, completed=sum(d.total - d.remaining for d in self.report.devices),
-                                 state=f"{failed} device(s) failed" if failed else "")
-
-    def __exit__(self, *exc):
-        if self.enabled:
-            self.update()
-            self.progress.stop()
