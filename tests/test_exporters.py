@@ -75,5 +75,24 @@ def test_parallel_export_stays_a_bounded_distance_ahead(tmp_path):
     first = next(it)
     it.close()
     assert first.arch == archs[0] and 1 <= len(list(tmp_path.glob("*.pt"))) <= 3
-    with pytest.raises(LatkitError, match="export workers must be >= 1, got 0"):
+    with pytest.raises(LatkitError, match="export workers must be a whole number >= 1, got 0"):
         next(iter_space_artifacts("nb201", archs, "torchscript", workers=0, cache_dir=tmp_path))
+
+
+class Chatty(torch.nn.Module):
+    """A network whose export fails after its C-level code has written to fd 1, as converters do."""
+
+    def forward(self, x):
+        import os
+        os.write(1, b"converter: lowering op 7 of 9\nconverter: fatal: no kernel for op 7\n")
+        raise RuntimeError("lowering failed")
+
+
+def test_failed_export_keeps_the_converters_output(export_cache, capfd):
+    with pytest.raises(LatkitError, match=r"torchscript export of chatty failed: lowering failed; the converter's "
+                                          r"output is in .*logs/.*\.log") as e:
+        export(Chatty(), (torch.randn(1, 3),), "torchscript", arch="chatty", cache_dir=export_cache)
+    assert e.value.exit_code == 1  # a model that failed, not bad input
+    log = str(e.value).rsplit(" is in ", 1)[1]
+    assert "fatal: no kernel for op 7" in open(log).read()
+    assert "no kernel" not in capfd.readouterr().out  # captured, not sprayed over stdout

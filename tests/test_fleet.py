@@ -165,12 +165,12 @@ def test_corrupt_model_stored_as_error_and_collection_goes_on(registry, models, 
     args = ["collect", "--models", *paths, "--devices", "dev0", "--registry", registry.path, "--out", out,
             "--min-time", "0.05", "--max-time", "0.2", "--rounds", "1", "--quiet"]
     r = latkit(*args)
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 1 and "1 model(s) failed" in r.stderr and "bad.onnx" in r.stdout, r.stderr
     t = Store(out).read().to_pylist()
     assert sorted(x["status"] for x in t) == ["error", "ok", "ok"]
     assert next(x for x in t if x["status"] == "error")["error_kind"] == "corrupt_model"
     r = latkit(*args)
-    assert r.returncode == 0 and Store(out).read().num_rows == 3  # the error row counts as done
+    assert r.returncode == 0 and Store(out).read().num_rows == 3  # a permanent error row counts as done
 
 
 def test_sshd_killed_mid_collection(registry, fleet, models, tmp_path):
