@@ -15,7 +15,7 @@ import time
 from typing import Callable, Iterable, Iterator
 
 from .devices import Device
-from .errors import LatkitError, TransportError
+from .errors import Failure, LatkitError, TransportError
 from .job import Job
 from .measurement import Measurement
 from .runner import DeviceRunner
@@ -66,7 +66,7 @@ def measure_stream(device: Device, jobs: Iterable[Job], store_of: Callable[[Job]
                     runner.close()
                     failures += 1
                     if failures > retries:
-                        raise LatkitError(f"{device.name}: {e} (gave up after {retries} retries)") from None
+                        raise Failure(f"{device.name}: {e} (gave up after {retries} retries)") from None
                     time.sleep(backoff_s * 2 ** (failures - 1))
             store.append([m.to_row()])
             yield m
