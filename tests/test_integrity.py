@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from collector import Artifact, Device, Job, Registry, Settings, Store, export
+from collector import Artifact, Job, Registry, Settings, Store, export
 from collector.measurement import ERROR_KINDS
 from collector.runner import DeviceRunner
 from conftest import AGENT, ROOT
@@ -90,8 +90,9 @@ def test_two_collections_on_one_device_take_turns(reg, models, tmp_path):
     """Two orchestrators, same device, same dataset: the second waits for the lease and says who holds it;
     no two timed rounds overlap and no key is stored twice."""
     out = tmp_path / "d"
+    # ~8 s of timing: the second one surely starts (python, imports) while the first still holds the device
     args = ["collect", "--models", models, "--devices", "loc", "--registry", reg.path, "--out", out,
-            "--rounds", "2", *QUICK]
+            "--rounds", "2", "--min-time", "0.6", "--max-time", "0.6", "--quiet"]
     first = spawn(*args)
     deadline = time.time() + 60
     while not agents_of(str(tmp_path / "loc")) and time.time() < deadline:
