@@ -104,6 +104,7 @@ def test_transfer_end_to_end_cli(fbnet_slice, tmp_path):
     assert set(result["per_target"]) == {"raspi4", "samsung_a50"} and result["seeds"] == 2
     assert result["per_target"]["raspi4"]["spearman"] > 0.85 and result["mean_spearman"] > 0.7
     assert set(result["per_target"]["raspi4"]) >= {"spearman", "kendall", "mape"} and result["seconds"] > 0
+    assert result["per_target"]["raspi4"]["n_test"] == 1500 - 20  # scored only on archs the model never saw
 
 
 def test_fit_cli_on_own_dataset_and_predict(tmp_path):
