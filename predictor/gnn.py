@@ -15,7 +15,7 @@ import numpy as np
 from sklearn.utils.validation import check_is_fitted
 
 from .encodings import adjacency, graph_vocab, graphs
-from .models import Surrogate, arch_list, log_latency
+from .models import Surrogate, arch_list, training_data
 
 
 @contextmanager
@@ -43,7 +43,7 @@ class GNN(Surrogate):
 
     # -- one device, scikit-learn style --------------------------------------------------------------
     def fit(self, X, y):
-        archs, y = arch_list(X), log_latency(y)
+        archs, y = training_data(X, y)
         self.fit_devices(archs, np.zeros(len(archs), dtype=np.int64), (y - y.mean()) / (y.std() + 1e-9), 1)
         self.y_mean_, self.y_std_ = float(y.mean()), float(y.std() + 1e-9)
         return self

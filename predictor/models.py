@@ -46,12 +46,15 @@ def arch_list(X) -> list:
     return archs
 
 
-def log_latency(y) -> np.ndarray:
-    y = np.asarray(y, dtype=np.float64)
+def training_data(X, y) -> tuple:
+    """(archs, log-latency) from fit's X and y (latency_ms), checked: one positive finite latency per arch."""
+    archs, y = arch_list(X), np.asarray(y, dtype=np.float64)
     if y.ndim != 1 or not np.all(np.isfinite(y)) or np.any(y <= 0):
         raise LatkitError("latencies must be one positive finite number per arch; drop NaN, zero or negative rows "
                           "first")
-    return np.log(y)
+    if len(archs) != len(y):
+        raise LatkitError(f"{len(archs)} archs but {len(y)} latencies; give one latency per arch")
+    return archs, np.log(y)
 
 
 class Surrogate(RegressorMixin, BaseEstimator):
@@ -78,11 +81,8 @@ class ArchRegressor(Surrogate):
         self.space, self.regressor, self.encoding = space, regressor, encoding
 
     def fit(self, X, y):
-        y = log_latency(y)
-        x = self._x(X)
-        if len(x) != len(y):
-            raise LatkitError(f"{len(x)} archs but {len(y)} latencies; give one latency per arch")
-        self.regressor_ = clone(RidgeRegressor() if self.regressor is None else self.regressor).fit(x, y)
+        archs, y = training_data(X, y)
+        self.regressor_ = clone(RidgeRegressor() if self.regressor is None else self.regressor).fit(self._x(archs), y)
         return self
 
     def predict(self, X):

@@ -44,7 +44,7 @@ from .data import LatencyTable
 from .encodings import encode
 from .gnn import GNN
 from .metrics import report
-from .models import ArchRegressor, arch_list, log_latency
+from .models import ArchRegressor, arch_list, training_data
 from .regressors import GBDTRegressor
 
 FEW_SHOT_ALPHAS = tuple(float(a) for a in np.logspace(-2, 3, 11))
@@ -133,7 +133,7 @@ class FewShot(RegressorMixin, BaseEstimator):
         except NotFittedError:
             raise LatkitError("FewShot needs pretraining done: give FewShot(FrozenEstimator(Pretrained(...).fit("
                               "table, sources, archs)))") from None
-        archs, log_y = arch_list(X), log_latency(y)
+        archs, log_y = training_data(X, y)
         feats = pre.features(archs)
         self.ridge_ = RidgeCV(alphas=np.asarray(self.alphas, dtype=np.float64)).fit(feats, log_y)
         self.gnn_ = None if pre.gnn_ is None else self._finetune(pre, archs, log_y, feats[:, :pre.n_sources_])

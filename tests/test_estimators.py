@@ -130,8 +130,9 @@ def test_bad_inputs_are_one_line(own, tmp_path):
                      (np.array([archs[:2], archs[2:4]]), r"X has shape \(2, 2\)")):
         with pytest.raises(LatkitError, match=match):
             m.fit(X, y[:2])
-    with pytest.raises(LatkitError, match="10 archs but 9 latencies"):
-        m.fit(archs[:10], y[:9])
+    for model in (m, small("gnn")):
+        with pytest.raises(LatkitError, match="10 archs but 9 latencies"):
+            model.fit(archs[:10], y[:9])
     with pytest.raises(LatkitError, match="one positive finite number per arch"):
         m.fit(archs[:3], [1.0, 0.0, 2.0])
     with pytest.raises(LatkitError, match="invalid nb201 arch"):
