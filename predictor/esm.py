@@ -51,7 +51,7 @@ def choose_model(space: str, archs: list, y: np.ndarray, seed: int, candidates=A
 def fit(data, space: str, device: str, budget: int = 500, sampler: str = "balanced", model: str = "auto",
         seed: int = 0, rounds: int = 4, min_test: int = 10, n_jobs=-1) -> tuple:
     """Returns (fitted surrogate, report dict, test archs). Only the training archs' latencies are read
-    before the final scoring on the test archs. `n_jobs`: threads for the models (-1: every core)."""
+    before the final scoring on the test archs. `n_jobs`: workers of gbdt and rf (-1: every core)."""
     if model not in MODELS + ("auto",):
         raise LatkitError(f"unknown model {model!r}; choose auto or one of {', '.join(MODELS)}")
     if sampler not in SAMPLERS:

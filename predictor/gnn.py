@@ -5,6 +5,10 @@ symmetric-normalised adjacency (both directions); mean readout ++ log FLOPs -> M
 pairwise ranking. `fit(X, y)` is one device, scikit-learn style (predictor/models.py); `fit_devices` trains on
 (arch, device) pairs (transfer's pretraining) and `adapt` goes on training from the current weights (its
 fine-tuning), the only way to warm-start: `fit` and `fit_devices` always start afresh.
+
+`torch_threads` is 1 by default: the network's tensors are small, so more threads gain little on a free
+machine and lose several-fold on a busy one (transfer's pretraining for fbnet task 0: 27-37 s on one thread,
+157-187 s on two, on a 2-core VM loaded by other work).
 """
 from __future__ import annotations
 
@@ -19,15 +23,15 @@ from .models import Surrogate, arch_list, training_data
 
 
 @contextmanager
-def _threads(n_jobs):
-    """torch threads = n_jobs for the block (None or <= 0: torch's default), restored after: the setting is
-    process-wide and other code shares it."""
+def _threads(n):
+    """torch threads = n for the block (None: as they are), restored after: the setting is process-wide and
+    other code shares it."""
     import torch
-    if not n_jobs or n_jobs < 0:
+    if n is None:
         yield
         return
     before = torch.get_num_threads()
-    torch.set_num_threads(n_jobs)
+    torch.set_num_threads(n)
     try:
         yield
     finally:
@@ -36,10 +40,10 @@ def _threads(n_jobs):
 
 class GNN(Surrogate):
     def __init__(self, space, hidden=64, hw_dim=16, epochs=150, lr=3e-3, batch_size=128, rank_weight=0.5,
-                 weight_decay=1e-4, random_state=0, n_jobs=None):
+                 weight_decay=1e-4, random_state=0, torch_threads=1):
         self.space, self.hidden, self.hw_dim, self.epochs, self.lr = space, hidden, hw_dim, epochs, lr
         self.batch_size, self.rank_weight, self.weight_decay = batch_size, rank_weight, weight_decay
-        self.random_state, self.n_jobs = random_state, n_jobs
+        self.random_state, self.torch_threads = random_state, torch_threads
 
     # -- one device, scikit-learn style --------------------------------------------------------------
     def fit(self, X, y):
@@ -75,7 +79,7 @@ class GNN(Surrogate):
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
         gen = torch.Generator().manual_seed(self.random_state)
         self.net_.train()
-        with _threads(self.n_jobs):
+        with _threads(self.torch_threads):
             for _ in range(epochs):
                 perm = torch.randperm(len(y_t), generator=gen)
                 for i in range(0, len(perm), batch_size):
@@ -103,7 +107,7 @@ class GNN(Surrogate):
         import torch
         check_is_fitted(self, "net_")
         _, ops, extra = graphs(self.space, list(archs))
-        with torch.no_grad(), _threads(self.n_jobs):
+        with torch.no_grad(), _threads(self.torch_threads):
             out = self.net_(torch.tensor(ops), torch.full((len(ops),), device_id, dtype=torch.long),
                             torch.tensor((extra - self.extra_mean_) / self.extra_std_, dtype=torch.float32))
         return out.numpy().astype(np.float64)

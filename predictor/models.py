@@ -128,10 +128,10 @@ def _build(kind, params: dict, state: dict) -> Surrogate:
 
 
 def make_model(name: str, space: str, random_state: int = 0, n_jobs=None) -> Surrogate:
-    """A model by name with latkit's defaults; `n_jobs` threads where the model uses several."""
+    """A model by name with latkit's defaults; `n_jobs`: workers of the models that have them (gbdt, rf)."""
     if name == "gnn":
         from .gnn import GNN
-        return GNN(space, random_state=random_state, n_jobs=n_jobs)
+        return GNN(space, random_state=random_state)
     if name not in REGRESSORS:
         raise LatkitError(f"unknown model {name!r}; choose one of {', '.join(MODELS)} (or auto)")
     reg = REGRESSORS[name]()

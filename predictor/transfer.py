@@ -62,7 +62,8 @@ def _z(x: np.ndarray) -> np.ndarray:
 class Pretrained(BaseEstimator):
     """Everything learned from the sources: the source bank, the standardised features of the pool, the GNN.
     Not a regressor: `fit(table, sources, archs)` reads the sources' latencies from a LatencyTable; `archs`
-    is the pool the target samples are chosen from and the features are standardised over."""
+    is the pool the target samples are chosen from and the features are standardised over. `n_jobs`:
+    LightGBM threads of the source bank."""
 
     def __init__(self, space, source_samples=900, bank_estimators=300, bank_learning_rate=0.08, gnn_steps=1500,
                  use_gnn=True, random_state=0, n_jobs=None):
@@ -92,8 +93,8 @@ class Pretrained(BaseEstimator):
         if self.use_gnn:  # a fixed budget of optimiser steps, however many source pairs there are
             batch = 256
             epochs = int(np.clip(round(self.gnn_steps * batch / len(pair_y)), 5, 100))
-            self.gnn_ = GNN(self.space, epochs=epochs, batch_size=batch, random_state=self.random_state,
-                            n_jobs=self.n_jobs).fit_devices(pair_archs, pair_dev, pair_y, n_devices=len(sources) + 1)
+            self.gnn_ = GNN(self.space, epochs=epochs, batch_size=batch, random_state=self.random_state).fit_devices(
+                pair_archs, pair_dev, pair_y, n_devices=len(sources) + 1)
         return self
 
     def _raw(self, archs: list) -> np.ndarray:
@@ -186,7 +187,7 @@ def run_seed(table: LatencyTable, sources: Sequence[str], targets: Sequence[str]
 def transfer(data, space: str, sources: Sequence[str], targets: Sequence[str], target_samples: int = 20,
              source_samples: int = 900, seeds: int = 3, use_gnn: bool = True, n_jobs=-1) -> dict:
     """`latkit predictor transfer`: per-target and mean Spearman over the unseen archs, mean +- std over seeds.
-    `n_jobs`: threads for LightGBM and torch (-1: every core)."""
+    `n_jobs`: LightGBM threads of the source bank (-1: every core)."""
     table = data if isinstance(data, LatencyTable) else LatencyTable(data, space)
     if not sources or not targets:
         raise LatkitError("give at least one --source and one --target device")

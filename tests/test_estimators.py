@@ -99,10 +99,10 @@ def test_grid_search_and_pipeline(own):
 
 
 def test_gnn_threads_are_its_own(own):
-    """n_jobs sets torch's threads for the GNN's work only: the process keeps its setting."""
+    """torch_threads sets torch's threads for the GNN's work only: the process keeps its setting."""
     archs, y = own
     before = torch.get_num_threads()
-    small("gnn", n_jobs=before + 1).fit(archs, y).predict(archs)
+    small("gnn", torch_threads=before + 1).fit(archs, y).predict(archs)
     assert torch.get_num_threads() == before
 
 
