@@ -39,28 +39,29 @@ def auto_candidates() -> tuple:
     return AUTO_CANDIDATES
 
 
-def choose_model(space: str, archs: list, y: np.ndarray, seed: int, candidates=None) -> str:
-    """The candidate (default: auto_candidates()) with the best mean 5-fold Spearman (on log-latency) over
-    the training archs."""
+def _spearman(y, pred) -> float:
+    """Spearman of a fold; a constant prediction has no rank and scores as the worst (-1)."""
     import warnings
     from scipy.stats import spearmanr
-    from sklearn.model_selection import KFold
-    scores = {}
-    for name in candidates or auto_candidates():
-        rho = []
-        for tr, te in KFold(5, shuffle=True, random_state=seed).split(archs):
-            m = make_model(name, space, seed).fit([archs[i] for i in tr], y[tr])
-            with warnings.catch_warnings():  # a constant prediction has no rank: it scores as the worst
-                warnings.simplefilter("ignore")
-                rho.append(np.nan_to_num(spearmanr(m.predict([archs[i] for i in te]), y[te]).statistic, nan=-1.0))
-        scores[name] = float(np.mean(rho))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(np.nan_to_num(spearmanr(pred, y).statistic, nan=-1.0))
+
+
+def choose_model(space: str, archs: list, y: np.ndarray, seed: int, candidates=None, n_jobs=-1) -> str:
+    """The candidate (default: auto_candidates()) with the best mean 5-fold Spearman over the training archs."""
+    from sklearn.metrics import make_scorer
+    from sklearn.model_selection import KFold, cross_val_score
+    cv, scoring = KFold(5, shuffle=True, random_state=seed), make_scorer(_spearman)
+    scores = {name: cross_val_score(make_model(name, space, seed, n_jobs), archs, y, cv=cv, scoring=scoring).mean()
+              for name in candidates or auto_candidates()}
     return max(scores, key=scores.get)
 
 
 def fit(data, space: str, device: str, budget: int = 500, sampler: str = "balanced", model: str = "auto",
-        seed: int = 0, rounds: int = 4, min_test: int = 10) -> tuple:
+        seed: int = 0, rounds: int = 4, min_test: int = 10, n_jobs=-1) -> tuple:
     """Returns (fitted surrogate, report dict, test archs). Only the training archs' latencies are read
-    before the final scoring on the test archs."""
+    before the final scoring on the test archs. `n_jobs`: workers of gbdt and rf (-1: every core)."""
     if model not in MODELS + ("auto",):
         raise LatkitError(f"unknown model {model!r}; choose auto or one of {', '.join(MODELS)}")
     if sampler not in SAMPLERS:
@@ -81,9 +82,9 @@ def fit(data, space: str, device: str, budget: int = 500, sampler: str = "balanc
     batch = (budget - first) // max(1, rounds - 1)
     history = []
     # auto: chosen by CV on the first batch for the rounds, and again on the full training set at the end
-    name = choose_model(space, train, y_train, seed) if model == "auto" else model
+    name = choose_model(space, train, y_train, seed, n_jobs=n_jobs) if model == "auto" else model
     while len(train) < budget:
-        surrogate = make_model(name, space, seed).fit(train, y_train)
+        surrogate = make_model(name, space, seed, n_jobs).fit(train, y_train)
         taken = set(train)
         rest = [a for a in pool if a not in taken]
         k = min(batch or budget - len(train), budget - len(train))
@@ -96,8 +97,8 @@ def fit(data, space: str, device: str, budget: int = 500, sampler: str = "balanc
         train, y_train = train + nxt, np.concatenate([y_train, y_nxt])
         if len(history) >= 3 and history[-1]["acc10"] - history[-3]["acc10"] < 0.005:
             break
-    name = choose_model(space, train, y_train, seed) if model == "auto" else model
-    surrogate = make_model(name, space, seed).fit(train, y_train)
+    name = choose_model(space, train, y_train, seed, n_jobs=n_jobs) if model == "auto" else model
+    surrogate = make_model(name, space, seed, n_jobs).fit(train, y_train)
     taken = set(train)
     test = [a for a in pool if a not in taken]
     result = report(surrogate.predict(test), table.latency(device, test))

@@ -1,19 +1,26 @@
 """NASFLAT-style few-shot transfer: pretrain on many source devices, adapt to a new one from ~20 samples.
 
-Per seed:
+    pre = Pretrained("fbnet", random_state=0).fit(table, sources, pool)  # reads the sources' latencies only
+    chosen = pre.choose(20)                                             # reads no target latency
+    model = FewShot(FrozenEstimator(pre)).fit(chosen, latency_ms_of_chosen_on_target)
+    model.predict(archs)                                                # latency_ms on the target
+
 1. Each source device gives at most `source_samples` archs (uniform draw; only those latencies are read).
-2. Pretraining: a multi-device GNN (op embeddings + one hardware embedding per device on every node) on
-   all (arch, source) pairs, and one gradient-boosted surrogate per source that predicts that source's
-   latency for every arch of the space (the "source bank").
-3. Target samples: k-means ("diverse") over an encoding made only of things known without the target:
-   the standardised source-bank predictions and hardware-agnostic cost proxies (FLOPs, memory traffic,
-   kernel count, op counts). Only the chosen archs' target latencies are ever read.
-4. Adaptation, two views, averaged in standardised log space:
+2. Pretraining (`Pretrained.fit`): a multi-device GNN (op embeddings + one hardware embedding per device on
+   every node) on all (arch, source) pairs, and one gradient-boosted surrogate per source that predicts that
+   source's latency for any arch (the "source bank").
+3. Target samples (`choose`): k-means ("diverse") over an encoding made only of things known without the
+   target: the standardised source-bank predictions and hardware-agnostic cost proxies (FLOPs, memory
+   traffic, kernel count, op counts).
+4. Adaptation (`FewShot.fit`), two views, averaged in standardised log space:
    - the GNN: the target's hardware embedding starts as the embedding of the source whose latencies
      correlate best (Spearman) with the target's samples, then the network is fine-tuned on the samples;
    - a ridge regression (leave-one-out chosen penalty) of the target's log-latency on the source bank and
      the proxies: a device is modelled as a mix of known devices and of the ways hardware can be bound.
-5. Scored on every arch of the space the targets have: Spearman, Kendall, MAPE.
+   The views' scales are those over the pool (every arch the targets have), fixed at fit, so any arch is
+   predicted the same way whether asked alone or with the pool.
+5. `transfer` scores every arch of the pool except the target samples the model was fitted on: Spearman,
+   Kendall, MAPE.
 Nothing is tuned per task or per device name: the same defaults run every task.
 """
 from __future__ import annotations
@@ -24,6 +31,10 @@ from typing import Sequence
 
 import numpy as np
 from scipy.stats import spearmanr
+from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.exceptions import NotFittedError
+from sklearn.frozen import FrozenEstimator
+from sklearn.utils.validation import check_is_fitted
 
 from collector.errors import LatkitError
 from collector.samplers import sample_from
@@ -31,89 +42,152 @@ from collector.spaces import get_space
 
 from .data import LatencyTable
 from .encodings import encode
+from .gnn import GNN
 from .metrics import report
-from .models import GNN, GBDT
+from .models import ArchRegressor, arch_list, training_data
+from .regressors import GBDTRegressor
+
+FEW_SHOT_ALPHAS = tuple(float(a) for a in np.logspace(-2, 3, 11))
 
 
-def _z(x: np.ndarray, axis=0) -> np.ndarray:
-    return (x - x.mean(axis)) / (x.std(axis) + 1e-12)
+def _stats(x: np.ndarray) -> tuple:
+    return float(x.mean()), float(x.std() + 1e-12)
 
 
-class Pretrained:
-    """Everything learned from the sources: the bank's predictions for every arch, the proxies, the GNN."""
+def _z(x: np.ndarray) -> np.ndarray:
+    mean, std = _stats(x)
+    return (x - mean) / std
 
-    def __init__(self, table: LatencyTable, sources: Sequence[str], archs: Sequence[str], source_samples: int,
-                 seed: int, use_gnn: bool = True, steps: int = 1500):
-        space, rng = table.space, np.random.default_rng(seed)
-        self.space, self.archs, self.n_sources = space, list(archs), len(sources)
-        bank, pair_archs, pair_dev, pair_y = [], [], [], []
+
+class Pretrained(BaseEstimator):
+    """Everything learned from the sources: the source bank, the standardised features of the pool, the GNN.
+    Not a regressor: `fit(table, sources, archs)` reads the sources' latencies from a LatencyTable; `archs`
+    is the pool the target samples are chosen from and the features are standardised over. `n_jobs`:
+    LightGBM threads of the source bank."""
+
+    def __init__(self, space, source_samples=900, bank_estimators=300, bank_learning_rate=0.08, gnn_steps=1500,
+                 use_gnn=True, random_state=0, n_jobs=None):
+        self.space, self.source_samples, self.use_gnn, self.gnn_steps = space, source_samples, use_gnn, gnn_steps
+        self.bank_estimators, self.bank_learning_rate = bank_estimators, bank_learning_rate
+        self.random_state, self.n_jobs = random_state, n_jobs
+
+    def fit(self, table: LatencyTable, sources: Sequence[str], archs: Sequence[str]) -> "Pretrained":
+        rng = np.random.default_rng(self.random_state)
+        self.bank_, pair_archs, pair_dev, pair_y = [], [], [], []
         for d, src in enumerate(sources):
             pool = table.archs(src)
-            chosen = [pool[i] for i in rng.choice(len(pool), min(source_samples, len(pool)), replace=False)]
+            chosen = [pool[i] for i in rng.choice(len(pool), min(self.source_samples, len(pool)), replace=False)]
             y = table.latency(src, chosen)
-            bank.append(np.log(GBDT(space, seed=seed, n_estimators=300, learning_rate=0.08).fit(chosen, y)
-                               .predict(self.archs)))
+            gbdt = GBDTRegressor(n_estimators=self.bank_estimators, learning_rate=self.bank_learning_rate,
+                                 random_state=self.random_state, n_jobs=self.n_jobs)
+            self.bank_.append(ArchRegressor(self.space, gbdt).fit(chosen, y))
             pair_archs += chosen
             pair_dev += [d] * len(chosen)
             pair_y += list(_z(np.log(y)))
-        self.bank = _z(np.stack(bank, 1))
-        self.features = np.hstack([self.bank, _z(encode(space, self.archs, "proxies"))])
-        self.gnn = None
-        if use_gnn:  # a fixed budget of optimiser steps, however many source pairs there are
+        self.n_sources_, self.pool_ = len(sources), list(archs)
+        self.pool_index_ = {a: i for i, a in enumerate(self.pool_)}
+        raw = self._raw(self.pool_)
+        self.mean_, self.std_ = raw.mean(0), raw.std(0) + 1e-12
+        self.features_ = (raw - self.mean_) / self.std_
+        self.gnn_ = None
+        if self.use_gnn:  # a fixed budget of optimiser steps, however many source pairs there are
             batch = 256
-            epochs = int(np.clip(round(steps * batch / len(pair_y)), 5, 100))
-            self.gnn = GNN(space, seed=seed, epochs=epochs, batch_size=batch)
-            self.gnn.fit_devices(pair_archs, pair_dev, pair_y, n_devices=len(sources) + 1)
+            epochs = int(np.clip(round(self.gnn_steps * batch / len(pair_y)), 5, 100))
+            self.gnn_ = GNN(self.space, epochs=epochs, batch_size=batch, random_state=self.random_state).fit_devices(
+                pair_archs, pair_dev, pair_y, n_devices=len(sources) + 1)
+        return self
 
-    def choose(self, n: int, seed: int) -> list:
-        """The target samples: diverse over (source bank, proxies); no target latency exists here."""
-        return sample_from(get_space(self.space), self.archs, n, "diverse", seed, features=self.features)
+    def _raw(self, archs: list) -> np.ndarray:
+        """Log-latency predicted by each source's surrogate ++ the cost proxies."""
+        bank = np.stack([np.log(m.predict(archs)) for m in self.bank_], 1)
+        return np.hstack([bank, encode(self.space, archs, "proxies")])
 
-    def predict_target(self, chosen: Sequence[str], log_y: np.ndarray, finetune_epochs: int = 60) -> np.ndarray:
-        """Log-latency of every arch on the target, from the chosen archs' log-latencies alone."""
+    def features(self, archs: Sequence[str]) -> np.ndarray:
+        """Standardised (source bank ++ proxies) of any archs; the pool's are computed once, at fit."""
+        check_is_fitted(self)
+        rows = np.array([self.pool_index_.get(a, -1) for a in archs], dtype=np.int64)
+        out = self.features_[np.maximum(rows, 0)] if len(rows) else np.zeros((0, self.features_.shape[1]))
+        new = np.flatnonzero(rows < 0)
+        if len(new):
+            out[new] = (self._raw([archs[i] for i in new]) - self.mean_) / self.std_
+        return out
+
+    def choose(self, n: int) -> list:
+        """n target samples, diverse over (source bank, proxies): no target latency exists here."""
+        check_is_fitted(self)
+        return sample_from(get_space(self.space), self.pool_, n, "diverse", self.random_state, features=self.features_)
+
+
+class FewShot(RegressorMixin, BaseEstimator):
+    """One target device from a few of its (arch, latency_ms) samples, on a fitted Pretrained given frozen,
+    `FewShot(FrozenEstimator(pretrained))`, so that clone (and with it cross_val_score, GridSearchCV) keeps
+    the pretraining instead of handing over an unfitted copy. X: arch strings, as in predictor/models.py."""
+
+    def __init__(self, pretrained, finetune_epochs=60, alphas=FEW_SHOT_ALPHAS):
+        self.pretrained, self.finetune_epochs, self.alphas = pretrained, finetune_epochs, alphas
+
+    def fit(self, X, y):
         from sklearn.linear_model import RidgeCV
-        index = {a: i for i, a in enumerate(self.archs)}
-        sel = np.array([index[a] for a in chosen])
-        ridge = RidgeCV(alphas=np.logspace(-2, 3, 11)).fit(self.features[sel], log_y)
-        pred = ridge.predict(self.features)
-        if self.gnn is None:
-            return pred
-        g = finetune(self.gnn, chosen, log_y, self.bank[sel], self.n_sources, finetune_epochs)
-        z = (_z(pred) + _z(g.predict_device(self.archs, self.n_sources))) / 2
-        return pred.mean() + pred.std() * _z(z)
+        pre = self.pretrained
+        try:
+            check_is_fitted(pre)
+        except NotFittedError:
+            raise LatkitError("FewShot needs pretraining done: give FewShot(FrozenEstimator(Pretrained(...).fit("
+                              "table, sources, archs)))") from None
+        archs, log_y = training_data(X, y)
+        feats = pre.features(archs)
+        self.ridge_ = RidgeCV(alphas=np.asarray(self.alphas, dtype=np.float64)).fit(feats, log_y)
+        self.gnn_ = None if pre.gnn_ is None else self._finetune(pre, archs, log_y, feats[:, :pre.n_sources_])
+        if self.gnn_ is not None:
+            r, g = self.ridge_.predict(pre.features_), self.gnn_.predict_device(pre.pool_, pre.n_sources_)
+            self.ridge_stats_, self.gnn_stats_ = _stats(r), _stats(g)
+            self.z_stats_ = _stats(self._mix(r, g))
+        return self
+
+    def predict(self, X):
+        check_is_fitted(self, "ridge_")
+        archs = arch_list(X)
+        r = self.ridge_.predict(self.pretrained.features(archs))
+        if self.gnn_ is None:
+            return np.exp(r)
+        z = self._mix(r, self.gnn_.predict_device(archs, self.pretrained.n_sources_))
+        return np.exp(self.ridge_stats_[0] + self.ridge_stats_[1] * (z - self.z_stats_[0]) / self.z_stats_[1])
+
+    def _mix(self, r: np.ndarray, g: np.ndarray) -> np.ndarray:
+        return ((r - self.ridge_stats_[0]) / self.ridge_stats_[1] + (g - self.gnn_stats_[0]) / self.gnn_stats_[1]) / 2
+
+    def _finetune(self, pre, archs: list, log_y: np.ndarray, bank_at_samples: np.ndarray) -> GNN:
+        """A copy of the pretrained GNN adapted to the target: its hardware embedding (the slot after the
+        sources) starts as that of the best-correlated source, then every weight is fine-tuned on the samples."""
+        import torch
+        g, slot = copy.deepcopy(pre.gnn_), pre.n_sources_
+        rho = [spearmanr(bank_at_samples[:, j], log_y).statistic for j in range(slot)]
+        with torch.no_grad():
+            g.net_.hw.weight[slot] = g.net_.hw.weight[int(np.nanargmax(rho))]
+        return g.adapt(archs, [slot] * len(archs), _z(log_y), self.finetune_epochs, g.lr / 3, len(archs))
 
 
 def run_seed(table: LatencyTable, sources: Sequence[str], targets: Sequence[str], target_samples: int,
-             source_samples: int, seed: int, use_gnn: bool = True) -> dict:
+             source_samples: int, seed: int, use_gnn: bool = True, n_jobs=-1) -> dict:
+    """Per target: scores over the pool's archs other than the target samples (never seen by the model)."""
     archs = table.common_archs(targets)
-    pre = Pretrained(table, sources, archs, source_samples, seed, use_gnn)
-    chosen = pre.choose(target_samples, seed)
+    pre = Pretrained(table.space, source_samples, use_gnn=use_gnn, random_state=seed, n_jobs=n_jobs)
+    pre.fit(table, sources, archs)
+    chosen = pre.choose(target_samples)
+    taken = set(chosen)
+    unseen = [a for a in archs if a not in taken]
     per_target = {}
     for tgt in targets:
-        pred = pre.predict_target(chosen, np.log(table.latency(tgt, chosen)))  # the only target latencies read
-        r = report(np.exp(pred), table.latency(tgt, archs))
-        per_target[tgt] = {"spearman": r["spearman"], "kendall": r["kendall"], "mape": r["mape"]}
+        model = FewShot(FrozenEstimator(pre)).fit(chosen, table.latency(tgt, chosen))  # the only target latencies read
+        r = report(model.predict(unseen), table.latency(tgt, unseen))
+        per_target[tgt] = {"spearman": r["spearman"], "kendall": r["kendall"], "mape": r["mape"], "n_test": len(unseen)}
     return per_target
 
 
-def finetune(pretrained: GNN, archs: Sequence[str], log_y: np.ndarray, bank_at_samples: np.ndarray,
-             slot: int, epochs: int) -> GNN:
-    """A copy of the pretrained GNN adapted to the target: its hardware embedding (slot) starts as that of
-    the best-correlated source, then every weight is fine-tuned on the samples."""
-    import torch
-    g = copy.deepcopy(pretrained)
-    rho = [spearmanr(bank_at_samples[:, j], log_y).statistic for j in range(bank_at_samples.shape[1])]
-    best = int(np.nanargmax(rho))
-    with torch.no_grad():
-        g.net_.hw.weight[slot] = g.net_.hw.weight[best]
-    g.lr, g.batch_size = pretrained.lr / 3, len(archs)
-    g.fit_devices(archs, [slot] * len(archs), _z(log_y), n_devices=slot + 1, epochs=epochs)
-    return g
-
-
 def transfer(data, space: str, sources: Sequence[str], targets: Sequence[str], target_samples: int = 20,
-             source_samples: int = 900, seeds: int = 3, use_gnn: bool = True) -> dict:
-    """`latkit predictor transfer`: per-target and mean Spearman over all archs, mean +- std over seeds."""
+             source_samples: int = 900, seeds: int = 3, use_gnn: bool = True, n_jobs=-1) -> dict:
+    """`latkit predictor transfer`: per-target and mean Spearman over the unseen archs, mean +- std over seeds.
+    `n_jobs`: LightGBM threads of the source bank (-1: every core)."""
     table = data if isinstance(data, LatencyTable) else LatencyTable(data, space)
     if not sources or not targets:
         raise LatkitError("give at least one --source and one --target device")
@@ -124,12 +198,14 @@ def transfer(data, space: str, sources: Sequence[str], targets: Sequence[str], t
     if overlap:
         raise LatkitError(f"device(s) {', '.join(sorted(overlap))} are both source and target; keep them apart")
     t0 = time.time()
-    runs = [run_seed(table, sources, targets, target_samples, source_samples, seed, use_gnn) for seed in range(seeds)]
+    runs = [run_seed(table, sources, targets, target_samples, source_samples, seed, use_gnn, n_jobs)
+            for seed in range(seeds)]
     per_target = {}
     for tgt in targets:
         vals = {k: [r[tgt][k] for r in runs] for k in ("spearman", "kendall", "mape")}
         per_target[tgt] = {k: float(np.mean(v)) for k, v in vals.items()}
         per_target[tgt]["spearman_std"] = float(np.std(vals["spearman"]))
+        per_target[tgt]["n_test"] = runs[0][tgt]["n_test"]
     seed_means = [np.mean([r[t]["spearman"] for t in targets]) for r in runs]
     return {"per_target": per_target, "mean_spearman": float(np.mean(seed_means)),
             "mean_spearman_std": float(np.std(seed_means)), "seeds": seeds, "seconds": time.time() - t0}

@@ -1,78 +1,136 @@
-"""Predictor benchmark on the public HELP tables shipped in datasets/help.
+"""Predictor benchmark on the public HELP tables shipped in datasets/help, JSON out for the README.
 
-1. Every few-shot transfer task in tasks.json, with the same defaults for all (20 target samples chosen by
-   latkit's own sampler, <= 900 archs per source, 3 seeds): latkit's mean Spearman over the targets, beside
-   the published NASFLAT / MultiPredict / HELP numbers (published.json, with their papers), and the wall
-   time of the whole task.
-2. `fit` (ESM pipeline, budget 500, model auto) on a few single devices: Spearman, MAPE, +-5 % / +-10 %.
+1. transfer: every few-shot task of tasks.json (each task with published numbers in published.json must be
+   there), same defaults for all (20 target samples chosen by latkit's own sampler, <= 900 archs per
+   source, 3 seeds). Scored on every arch the targets have except the 20 the model was fitted on. The
+   published NASFLAT / MultiPredict / HELP numbers are read from published.json (with their papers).
+2. fit: the ESM pipeline (budget 500, model auto) on a few HELP devices, and (budget 120) on latkit's own
+   local-cpu-nb201-fbnet dataset; scored on every arch it did not choose.
+3. predict: archs per second predicting all 15,625 NB201 archs, per model (fitted on 500 archs; encodings
+   cached by a first pass, as in a search that predicts the same space again and again; best of 3 passes).
+
+Sections run are written into --json (default scripts/bench_predictor.json); sections skipped keep what
+the file had. scripts/render_readme.py renders the README's tables from it.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
+import sklearn
 from rich.console import Console
 from rich.table import Table
 
+from collector import probe
 from collector.dataset import HELP_DIR
+from collector.spaces import get_space
 from predictor.data import LatencyTable
 from predictor.esm import fit
+from predictor.models import MODELS, make_model
 from predictor.transfer import transfer
 
-FIT_DEVICES = {"nb201": ["titan_rtx_256", "gold_6226", "raspi4", "pixel3"], "fbnet": ["1080ti_32", "raspi4", "pixel3"]}
+ROOT = Path(__file__).resolve().parents[1]
+FIT_RUNS = [("help", "nb201", d, 500) for d in ("titan_rtx_256", "gold_6226", "raspi4", "pixel3")] + \
+           [("help", "fbnet", d, 500) for d in ("1080ti_32", "raspi4", "pixel3")] + \
+           [("own", "nb201", "local", 120), ("own", "fbnet", "local", 120)]
+DATA = {"help": lambda space: HELP_DIR / f"{space}_latency.parquet",
+        "own": lambda space: ROOT / "datasets" / "local-cpu-nb201-fbnet"}
+
+
+def machine() -> str:
+    import lightgbm
+    import torch
+    p = probe("local")
+    return (f"{p['cpu_model']}, {len(os.sched_getaffinity(0))} CPUs, {p['memory_mb']} MB, Python {p['python']}, "
+            f"scikit-learn {sklearn.__version__}, LightGBM {lightgbm.__version__}, torch {torch.__version__}")
+
+
+def run_transfer(help_dir: Path, seeds: int, console) -> dict:
+    tasks = json.loads((help_dir / "tasks.json").read_text())
+    published = json.loads((help_dir / "published.json").read_text())["tasks"]
+    missing = [k for k in published if k.split()[1] not in tasks.get(k.split()[0], {})]
+    if missing:
+        sys.exit(f"published.json has task(s) {', '.join(missing)} that tasks.json lacks; add their devices there")
+    out = {}
+    table = Table("task", "latkit ρ", "NASFLAT", "MultiPredict", "HELP", "archs scored", "seconds")
+    for space, by_id in tasks.items():
+        data = LatencyTable(help_dir / f"{space}_latency.parquet", space)
+        for tid, task in by_id.items():
+            key = f"{space} {tid}"
+            r = transfer(data, space, task["source"], task["target"], seeds=seeds)
+            out[key] = r
+            paper = published.get(key, {})
+            table.add_row(key, f"{r['mean_spearman']:.3f} ± {r['mean_spearman_std']:.3f}",
+                          *(f"{paper[m]:.3f}" if m in paper else "-" for m in ("NASFLAT", "MultiPredict", "HELP")),
+                          str(min(t["n_test"] for t in r["per_target"].values())), f"{r['seconds']:.0f}")
+            console.print(f"{key}: " + ", ".join(f"{d} {m['spearman']:.3f}" for d, m in r["per_target"].items()))
+    console.print(table)
+    return {"seeds": seeds, "target_samples": 20, "source_samples": 900, "tasks": out}
+
+
+def run_fit(console) -> dict:
+    out = {}
+    table = Table("data", "space", "device", "model", "n_train", "spearman", "kendall", "mape %", "acc5", "acc10",
+                  "seconds")
+    for data, space, dev, budget in FIT_RUNS:
+        _, r, _ = fit(LatencyTable(DATA[data](space), space), space, dev, budget=budget)
+        out[f"{data} {space} {dev}"] = dict({k: v for k, v in r.items() if k != "rounds"}, budget=budget)
+        table.add_row(data, space, dev, r["model"], str(r["n_train"]), f"{r['spearman']:.3f}", f"{r['kendall']:.3f}",
+                      f"{r['mape']:.1f}", f"{r['acc5']:.3f}", f"{r['acc10']:.3f}", f"{r['seconds']:.0f}")
+    console.print(table)
+    return {"runs": out}
+
+
+def _timed(f, *args) -> float:
+    t0 = time.perf_counter()
+    f(*args)
+    return time.perf_counter() - t0
+
+
+def run_predict(console) -> dict:
+    data = LatencyTable(HELP_DIR / "nb201_latency.parquet", "nb201")
+    train = data.archs("raspi4")[::31][:500]
+    everything = get_space("nb201").enumerate()
+    out = {}
+    for name in MODELS:
+        model = make_model(name, "nb201", n_jobs=-1).fit(train, data.latency("raspi4", train))
+        model.predict(everything)  # fills the encoding caches
+        seconds = min(_timed(model.predict, everything) for _ in range(3))  # the least disturbed of 3 passes
+        out[name] = {"archs": len(everything), "seconds": seconds, "archs_per_second": len(everything) / seconds}
+        console.print(f"predict {name}: {len(everything) / seconds:,.0f} archs/s")
+    return {"models": out}
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--help-dir", default=str(HELP_DIR))
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--skip-fit", action="store_true")
-    ap.add_argument("--skip-transfer", action="store_true")
-    ap.add_argument("--json", help="write every figure here")
+    ap.add_argument("--sections", default="transfer,fit,predict", help="comma-separated: transfer, fit, predict")
+    ap.add_argument("--json", default=str(ROOT / "scripts" / "bench_predictor.json"))
     args = ap.parse_args()
+    sections = [s for s in args.sections.split(",") if s]
+    unknown = set(sections) - {"transfer", "fit", "predict"}
+    if unknown:
+        ap.error(f"unknown section(s) {', '.join(sorted(unknown))}; choose from transfer, fit, predict")
     console = Console(width=None if sys.stdout.isatty() else 150)
-    tasks = json.loads((Path(args.help_dir) / "tasks.json").read_text())
-    published = json.loads((Path(args.help_dir) / "published.json").read_text())["tasks"]
-    console.print(f"machine: {platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} CPUs; "
-                  f"seeds {args.seeds}")
-    out = {"transfer": {}, "fit": {}}
-    table = Table("task", "latkit ρ (mean ± std over seeds)", "NASFLAT", "MultiPredict", "HELP", "beats NASFLAT",
-                  "seconds (all seeds)")
-    tables = {}
-    for space, by_id in tasks.items():
-        tables[space] = LatencyTable(Path(args.help_dir) / f"{space}_latency.parquet", space)
-        for tid, task in by_id.items():
-            if args.skip_transfer:
-                continue
-            r = transfer(tables[space], space, task["source"], task["target"], seeds=args.seeds)
-            paper = published.get(f"{space} {tid}", {})
-            nasflat, multi, helpn = (paper.get(m, float("nan")) for m in ("NASFLAT", "MultiPredict", "HELP"))
-            out["transfer"][f"{space} {tid}"] = r
-            table.add_row(f"{space} {tid}", f"{r['mean_spearman']:.3f} ± {r['mean_spearman_std']:.3f}",
-                          f"{nasflat:.3f}", f"{multi:.3f}", f"{helpn:.3f}",
-                          "yes" if r["mean_spearman"] > nasflat else "no", f"{r['seconds']:.0f}")
-            console.print(f"{space} {tid}: " + ", ".join(f"{d} {m['spearman']:.3f}" for d, m in r["per_target"].items()))
-    if not args.skip_transfer:
-        console.print(table)
-    if not args.skip_fit:
-        ft = Table("space", "device", "model", "n_train", "spearman", "kendall", "mape %", "acc5", "acc10", "seconds")
-        for space, devices in FIT_DEVICES.items():
-            for dev in devices:
-                _, r, _ = fit(tables[space], space, dev, budget=500)
-                out["fit"][f"{space} {dev}"] = {k: v for k, v in r.items() if k != "rounds"}
-                ft.add_row(space, dev, r["model"], str(r["n_train"]), f"{r['spearman']:.3f}", f"{r['kendall']:.3f}",
-                           f"{r['mape']:.1f}", f"{r['acc5']:.3f}", f"{r['acc10']:.3f}", f"{r['seconds']:.0f}")
-        console.print(ft)
-    if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2, default=float))
+    path = Path(args.json)
+    out = json.loads(path.read_text()) if path.exists() else {}
+    where = {"machine": machine(), "date": time.strftime("%Y-%m-%d")}
+    console.print(where["machine"])
+    runners = {"transfer": lambda: run_transfer(Path(args.help_dir), args.seeds, console),
+               "fit": lambda: run_fit(console), "predict": lambda: run_predict(console)}
+    for name in sections:
+        t0, load = time.time(), os.getloadavg()[0]
+        out[name] = dict(runners[name](), **where)
+        # other work on the machine slows every timing here: its load is kept beside them
+        out[name].update(seconds=time.time() - t0, load_1min=[load, os.getloadavg()[0]])
+        path.write_text(json.dumps(out, indent=1) + "\n")  # a section at a time: a crash keeps the rest
+        console.print(f"{name}: {out[name]['seconds']:.0f} s")
 
 
 if __name__ == "__main__":
-    t0 = time.time()
     main()
-    print(f"total {time.time() - t0:.0f} s")

@@ -5,8 +5,9 @@ by hand. A block in README.md looks like
     ...generated...
     <!-- end table -->
 
-and is rewritten by the renderer named after the JSON file (RENDERERS). `--check` exits 1 if the README
-differs from what the JSON gives (the tests run it).
+and is rewritten by the renderer named after the JSON file (RENDERERS); `scripts/X.json#part` names one of
+several tables rendered from one file. `--check` exits 1 if the README differs from what the JSON gives
+(the tests run it).
 """
 from __future__ import annotations
 
@@ -31,13 +32,71 @@ def bench_measure(d: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-RENDERERS = {"bench_measure.json": bench_measure}
+PUBLISHED = ROOT / "datasets" / "help" / "published.json"
+
+
+def _where(section: dict) -> str:
+    """Machine, date and the load other work put on it (timings depend on both)."""
+    start, end = section["load_1min"]
+    return (f"{section['machine']} ({section['date']}; 1-min load average {start:.1f} at the start, {end:.1f} at "
+            "the end)")
+BASELINES = ("NASFLAT", "MultiPredict", "HELP")
+
+
+def bench_predictor_transfer(d: dict) -> str:
+    """latkit beside the published baselines (read from datasets/help/published.json, the one place they live);
+    the best of each row in bold."""
+    t, published = d["transfer"], json.loads(PUBLISHED.read_text())["tasks"]
+    lines = [f"{_where(t)}; {t['seeds']} seeds, {t['target_samples']} target samples chosen by "
+             f"latkit's sampler, <= {t['source_samples']} archs per source. ρ is Spearman's over the archs the model "
+             "never saw (every arch the targets have but the target samples), mean over targets; the published "
+             "columns and their papers are in `datasets/help/published.json`:", "",
+             f"| task | paper | latkit ρ (mean ± std over seeds) | {' | '.join(BASELINES)} | weakest target | "
+             f"archs scored | wall time, {t['seeds']} seeds |", "|---|---|---|---|---|---|---|---|---|"]
+    for key, r in t["tasks"].items():
+        paper = published.get(key, {})
+        scores = {"latkit": round(r["mean_spearman"], 3), **{m: paper[m] for m in BASELINES if m in paper}}
+        best = max(scores.values())
+        cell = {m: (f"**{v:.3f}**" if v == best else f"{v:.3f}") for m, v in scores.items()}
+        weakest = min(r["per_target"].items(), key=lambda kv: kv[1]["spearman"])
+        lines.append(f"| {key} | {paper.get('paper_task', '-')} | {cell['latkit']} ± {r['mean_spearman_std']:.3f} | "
+                     + " | ".join(cell.get(m, "-") for m in BASELINES)
+                     + f" | {weakest[0]} {weakest[1]['spearman']:.3f} | "
+                     f"{min(x['n_test'] for x in r['per_target'].values()):,} | {r['seconds']:.0f} s |")
+    return "\n".join(lines) + "\n"
+
+
+def bench_predictor_fit(d: dict) -> str:
+    f = d["fit"]
+    lines = [f"{_where(f)}; `fit` with `--model auto`, scored on every arch of the device it did "
+             "not choose (`help`: datasets/help, `own`: datasets/local-cpu-nb201-fbnet):", "",
+             "| data | space | device | budget | model | spearman | kendall | MAPE % | ±5 % | ±10 % | seconds |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for key, r in f["runs"].items():
+        data, space, device = key.split()
+        lines.append(f"| {data} | {space} | {device} | {r['budget']} | {r['model']} | {r['spearman']:.3f} | "
+                     f"{r['kendall']:.3f} | {r['mape']:.1f} | {r['acc5']:.3f} | {r['acc10']:.3f} | {r['seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def bench_predictor_predict(d: dict) -> str:
+    p = d["predict"]
+    rates = ", ".join(f"{name} {m['archs_per_second'] / 1000:,.0f}k" for name, m in p["models"].items())
+    n = next(iter(p["models"].values()))["archs"]
+    fast = [name for name, m in p["models"].items() if m["archs_per_second"] >= 100_000]
+    return (f"Batch prediction of all {n:,} NB201 archs, archs per second (encodings cached; {_where(p)}): "
+            f"{rates}. The >= 100k archs/s goal holds for {', '.join(fast) or 'none'}.\n")
+
+
+RENDERERS = {"bench_measure.json": bench_measure, "bench_predictor.json#transfer": bench_predictor_transfer,
+             "bench_predictor.json#fit": bench_predictor_fit, "bench_predictor.json#predict": bench_predictor_predict}
 
 
 def render(text: str) -> str:
     def one(m):
-        src = ROOT / m["src"]
-        body = RENDERERS[src.name](json.loads(src.read_text()))
+        path, _, part = m["src"].partition("#")
+        src = ROOT / path
+        body = RENDERERS[src.name + (f"#{part}" if part else "")](json.loads(src.read_text()))
         return m.group(1) + body + m.group(4)
     return BLOCK.sub(one, text)
 

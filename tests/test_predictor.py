@@ -10,6 +10,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from sklearn.frozen import FrozenEstimator
 
 from collector import LatkitError
 from collector.dataset import HELP_DIR
@@ -18,7 +19,7 @@ from predictor.data import LatencyTable
 from predictor.esm import fit
 from predictor.metrics import report
 from predictor.models import MODELS, Surrogate, make_model
-from predictor.transfer import Pretrained, transfer
+from predictor.transfer import FewShot, Pretrained, transfer
 
 OWN = ROOT / "datasets" / "local-cpu-nb201-fbnet"
 
@@ -51,9 +52,9 @@ def test_models_beat_the_mean_on_own_data_and_round_trip(model, tmp_path):
     archs = table.archs("local")
     y = table.latency("local", archs)
     tr, te = archs[:150], archs[150:]
-    m = make_model(model, "nb201", seed=0)
+    m = make_model(model, "nb201", random_state=0)
     if model == "gnn":
-        m.epochs = 60
+        m.set_params(epochs=60)
     m.fit(tr, y[:150])
     pred = m.predict(te)
     r = report(pred, y[150:])
@@ -89,16 +90,17 @@ def test_auto_does_without_lightgbm_where_it_cannot_load():
 def test_transfer_reads_only_the_chosen_target_latencies(fbnet_slice):
     table = LatencyTable(fbnet_slice, "fbnet")
     archs = table.common_archs(["raspi4"])
-    pre = Pretrained(table, ["pixel3", "eyeriss", "1080ti_1"], archs, 200, seed=0, use_gnn=False)
-    chosen = pre.choose(12, seed=0)
+
+    def run():
+        pre = Pretrained("fbnet", source_samples=200, use_gnn=False).fit(table, ["pixel3", "eyeriss", "1080ti_1"], archs)
+        chosen = pre.choose(12)
+        return chosen, FewShot(FrozenEstimator(pre)).fit(chosen, table.latency("raspi4", chosen)).predict(archs)
+    chosen, pred = run()
     assert len(set(chosen)) == 12
-    y = np.log(table.latency("raspi4", chosen))
-    pred = pre.predict_target(chosen, y)
     hidden = [a for a in archs if a not in set(chosen)]
     table.wide.loc[hidden, "raspi4"] = np.random.default_rng(1).uniform(1, 100, len(hidden))
-    pre2 = Pretrained(table, ["pixel3", "eyeriss", "1080ti_1"], archs, 200, seed=0, use_gnn=False)
-    assert pre2.choose(12, seed=0) == chosen
-    assert np.allclose(pre2.predict_target(chosen, np.log(table.latency("raspi4", chosen))), pred)
+    chosen2, pred2 = run()
+    assert chosen2 == chosen and np.allclose(pred2, pred)
 
 
 def test_transfer_end_to_end_cli(fbnet_slice, tmp_path):
@@ -112,6 +114,7 @@ def test_transfer_end_to_end_cli(fbnet_slice, tmp_path):
     assert set(result["per_target"]) == {"raspi4", "samsung_a50"} and result["seeds"] == 2
     assert result["per_target"]["raspi4"]["spearman"] > 0.85 and result["mean_spearman"] > 0.7
     assert set(result["per_target"]["raspi4"]) >= {"spearman", "kendall", "mape"} and result["seconds"] > 0
+    assert result["per_target"]["raspi4"]["n_test"] == 1500 - 20  # scored only on archs the model never saw
 
 
 def test_fit_cli_on_own_dataset_and_predict(tmp_path):
@@ -164,8 +167,7 @@ def test_gnn_predicts_all_nb201_archs_fast():
     from collector.spaces import get_space
     table = LatencyTable(OWN, "nb201")
     archs = table.archs("local")
-    m = make_model("gnn", "nb201")
-    m.epochs = 5
+    m = make_model("gnn", "nb201").set_params(epochs=5)
     m.fit(archs, table.latency("local", archs))
     everything = get_space("nb201").enumerate()
     t0 = time.perf_counter()

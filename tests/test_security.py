@@ -8,6 +8,7 @@ import stat
 import subprocess
 import sys
 import zipfile
+from importlib.metadata import version
 
 import numpy as np
 import paramiko
@@ -18,7 +19,8 @@ from collector.loopback import _keygen, new_fleet_dir, start_fleet, stop_fleet
 from collector.spaces import get_space
 from conftest import ROOT
 from predictor.encodings import encode
-from predictor.models import FORMAT_VERSION, MODELS, Surrogate, make_model
+from predictor.modelfile import FORMAT_VERSION
+from predictor.models import MODELS, Surrogate, make_model
 
 # -- the loopback fleet -----------------------------------------------------------------------------------
 
@@ -112,27 +114,29 @@ def ridge_file(nb201, tmp_path_factory):
 
 @pytest.mark.parametrize("kind", MODELS)
 def test_every_model_round_trips_exactly(kind, nb201, tmp_path):
-    """Saved and loaded, every kind predicts bit for bit what it did; its stored arrays predict what the
-    library's own estimator does; the file is JSON, .npy and text members only."""
+    """Saved and loaded, every kind predicts bit for bit what it did, with the same hyperparameters; its stored
+    arrays predict what the library's own estimator does; the file is JSON, .npy and text members only, and
+    names the latkit version that wrote it."""
     archs, y = nb201
-    m = make_model(kind, "nb201", seed=3)
+    m = make_model(kind, "nb201", random_state=3)
     if kind == "gnn":
-        m.epochs = 5
+        m.set_params(epochs=5)
     m.fit(archs[:150], y[:150])
     pred = m.predict(archs[150:])
     m.save(tmp_path / "m.latkit-model")
     back = Surrogate.load(tmp_path / "m.latkit-model")
-    assert type(back) is type(m) and back.seed == 3 and np.array_equal(back.predict(archs[150:]), pred)
+    assert type(back) is type(m) and repr(back) == repr(m) and np.array_equal(back.predict(archs[150:]), pred)
     with zipfile.ZipFile(tmp_path / "m.latkit-model") as z:
         meta = json.loads(z.read("meta.json"))
-        assert meta["version"] == FORMAT_VERSION and meta["model"] == kind
+        assert meta["version"] == FORMAT_VERSION and meta["model"] == kind and meta["latkit"] == version("latkit")
         assert {n.rsplit(".", 1)[1] for n in z.namelist()} <= {"json", "npy", "txt"}
     if kind != "gnn":  # the exported arrays (numpy walk of the forest, MLP layers, ...) match the estimator
-        train = (encode("nb201", archs[:150], "features") - m.mean_) / m.scale_
-        test = (encode("nb201", archs[150:], "features") - m.mean_) / m.scale_
-        est = m._make().fit(train, np.log(y[:150]))
-        m._export(est)
-        assert np.allclose(m._predict_scaled(test), est.predict(test), rtol=1e-12, atol=1e-12)
+        reg = m.regressor_
+        train = (encode("nb201", archs[:150], "features") - reg.mean_) / reg.scale_
+        test = (encode("nb201", archs[150:], "features") - reg.mean_) / reg.scale_
+        est = reg._make().fit(train, np.log(y[:150]))
+        reg._export(est)
+        assert np.allclose(reg._predict_scaled(test), est.predict(test), rtol=1e-12, atol=1e-12)
 
 
 def rezip(src, dst, members: dict):
@@ -201,19 +205,24 @@ def test_path_traversal_and_stray_members_refused(ridge_file, tmp_path):
 
 def test_bad_metadata_and_future_versions_refused(ridge_file, tmp_path):
     meta = json.loads(zipfile.ZipFile(ridge_file).read("meta.json"))
-    future = rezip(ridge_file, tmp_path / "f.latkit-model", {"meta.json": json.dumps(dict(meta, version=2))})
-    refused(future, f"is model format 2, newer than this latkit reads \\(1\\); upgrade latkit, or re-fit")
+    future = rezip(ridge_file, tmp_path / "f.latkit-model", {"meta.json": json.dumps(dict(meta, version=3))})
+    refused(future, "is model format 3, newer than this latkit reads \\(2\\); upgrade latkit, or re-fit")
+    old = rezip(ridge_file, tmp_path / "o.latkit-model", {"meta.json": json.dumps(dict(meta, version=1))})
+    refused(old, "is model format 1, from a latkit whose models were not yet scikit-learn estimators; re-fit it")
     for bad, match in ((dict(meta, model="xgb"), "unknown model kind 'xgb'"),
                        (dict(meta, version="1"), "format version '1' is not one latkit ever wrote"),
                        (dict(meta, format="onnx"), "does not describe a latkit model"),
-                       (dict(meta, params={"space": "nb201", "os": "system"}), "unexpected keyword argument 'os'")):
+                       (dict(meta, params={"space": "nb201", "os": "system"}), "unexpected keyword argument 'os'"),
+                       (dict(meta, params={"space": "nb201", "regressor": "os"}), "regressor parameters are no JSON"),
+                       (dict(meta, params={"space": "nb201", "regressor": {"alphas": [1], "os": 1}}),
+                        "unexpected keyword argument 'os'")):
         refused(rezip(ridge_file, tmp_path / "b.latkit-model", {"meta.json": json.dumps(bad)}), match)
     with zipfile.ZipFile(ridge_file) as z, zipfile.ZipFile(tmp_path / "gbdt.latkit-model", "w") as out:
-        out.writestr("meta.json", json.dumps(dict(meta, model="gbdt")))
+        out.writestr("meta.json", json.dumps(dict(meta, model="gbdt", params={"space": "nb201"})))
         out.writestr("booster_.txt", "not a LightGBM model")
         for name in ("mean_.npy", "scale_.npy"):
             out.writestr(name, z.read(name))
     refused(tmp_path / "gbdt.latkit-model", "its LightGBM model does not parse")
     with zipfile.ZipFile(tmp_path / "gnn.latkit-model", "w") as out:
-        out.writestr("meta.json", json.dumps(dict(meta, model="gnn")))
+        out.writestr("meta.json", json.dumps(dict(meta, model="gnn", params={"space": "nb201"})))
     refused(tmp_path / "gnn.latkit-model", "lacks learned state 'net_'")

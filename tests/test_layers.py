@@ -1,0 +1,46 @@
+"""The package layers: predictor builds on collector, never the reverse, so the measuring side (and the
+device agent) can be used, tested and shipped without the predictors. collector/cli.py sits on top of both
+and imports predictor only inside its predictor commands."""
+import ast
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def test_importing_collector_loads_no_predictor():
+    """Every collector module, the CLI included, imports without loading any predictor module."""
+    code = ("import pkgutil, sys, importlib, collector\n"
+            "for m in pkgutil.walk_packages(collector.__path__, 'collector.'):\n"
+            "    importlib.import_module(m.name)\n"
+            "loaded = [m for m in sys.modules if m.split('.')[0] == 'predictor']\n"
+            "assert 'collector.cli' in sys.modules and not loaded, loaded\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+
+
+def imported_modules(path) -> list:
+    """(line, module) of every import in the file, relative ones resolved against its package."""
+    package = path.relative_to(ROOT).parent.parts
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = list(package[:len(package) - node.level + 1]) if node.level else []
+            module = ".".join(base + ([node.module] if node.module else []))
+            found += [(node.lineno, f"{module}.{a.name}" if module else a.name) for a in node.names]
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) in (
+                "import_module", "__import__") and node.args and isinstance(node.args[0], ast.Constant):
+            found.append((node.lineno, str(node.args[0].value)))
+    return found
+
+
+def test_no_collector_module_but_the_cli_imports_predictor():
+    files = [p for p in (ROOT / "collector").rglob("*.py") if p != ROOT / "collector" / "cli.py"]
+    assert len(files) > 10
+    bad = [f"{p.relative_to(ROOT)}:{line} imports {m}" for p in files for line, m in imported_modules(p)
+           if m.split(".")[0] == "predictor"]
+    assert not bad, bad
+    cli = imported_modules(ROOT / "collector" / "cli.py")
+    assert any(m.startswith("predictor.") for _, m in cli)  # the walk does see predictor imports where they are
