@@ -37,6 +37,7 @@ from sklearn.frozen import FrozenEstimator
 from sklearn.utils.validation import check_is_fitted
 
 from collector.errors import LatkitError
+from collector.validate import whole
 from collector.samplers import sample_from
 from collector.spaces import get_space
 
@@ -192,8 +193,9 @@ def transfer(data, space: str, sources: Sequence[str], targets: Sequence[str], t
     if not sources or not targets:
         raise LatkitError("give at least one --source and one --target device")
     table.check_devices(list(sources) + list(targets))
-    if target_samples < 3:
-        raise LatkitError(f"--target-samples {target_samples} is too few; use at least 3")
+    whole(target_samples, "--target-samples", lo=3)
+    whole(source_samples, "--source-samples", lo=1)
+    whole(seeds, "--seeds", lo=1)  # the Python API checks what the CLI checks: 0 seeds would report nan
     overlap = set(sources) & set(targets)
     if overlap:
         raise LatkitError(f"device(s) {', '.join(sorted(overlap))} are both source and target; keep them apart")

@@ -185,8 +185,12 @@ def test_bad_inputs(tmp_path, fbnet_slice):
         fit(table, "nb201", "local", budget=500)
     with pytest.raises(LatkitError, match="unknown model 'xgb'"):
         fit(table, "nb201", "local", budget=50, model="xgb")
-    with pytest.raises(LatkitError, match="too few; use at least 3"):
+    with pytest.raises(LatkitError, match="--target-samples must be a whole number >= 3, got 2"):
         transfer(fbnet_slice, "fbnet", ["pixel3"], ["raspi4"], target_samples=2, seeds=1)
+    with pytest.raises(LatkitError, match="--seeds must be a whole number >= 1, got 0"):  # would report nan
+        transfer(fbnet_slice, "fbnet", ["pixel3"], ["raspi4"], seeds=0)
+    with pytest.raises(LatkitError, match="--source-samples must be a whole number >= 1, got 0"):
+        transfer(fbnet_slice, "fbnet", ["pixel3"], ["raspi4"], source_samples=0, seeds=1)
     with pytest.raises(LatkitError, match="both source and target"):
         transfer(fbnet_slice, "fbnet", ["pixel3"], ["pixel3"], seeds=1)
     bad = pd.DataFrame({"space": ["nb201"] * 2, "arch": ["a", "b"], "device": ["d", "d"], "latency_ms": [1.0, -2.0]})
