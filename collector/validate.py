@@ -89,17 +89,23 @@ def arg_cores(text: str) -> tuple:
                                          f"got {text!r}") from None
 
 
+def _create_in(folder: Path, target: Path, advice: str, blocker: str) -> None:
+    """Create `folder` if missing and a temporary file in it, else a LatkitError about `target`; `blocker`
+    names what is in the way when a file stands where the folder should be."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except FileExistsError:
+        raise LatkitError(f"cannot write {target}: {blocker} is a file; {advice}") from None
+    except OSError as e:
+        raise LatkitError(f"cannot write {target}: {e.strerror or e}; {advice}") from None
+
+
 def writable_dir(path, advice: str) -> Path:
     """`path` as a folder that accepts new files (created if missing), else a LatkitError ending in `advice`
     (what to do, e.g. "give --out a writable folder")."""
     p = Path(path)
-    try:
-        p.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=p).close()
-    except FileExistsError:
-        raise LatkitError(f"cannot write {p}: it is a file; {advice}") from None
-    except OSError as e:
-        raise LatkitError(f"cannot write {p}: {e.strerror or e}; {advice}") from None
+    _create_in(p, p, advice, "it")
     return p
 
 
@@ -108,13 +114,7 @@ def writable_file(path, advice: str) -> Path:
     p = Path(path)
     if p.is_dir():
         raise LatkitError(f"cannot write {p}: it is a folder; {advice}")
-    try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=p.parent).close()
-    except FileExistsError:
-        raise LatkitError(f"cannot write {p}: {p.parent} is a file; {advice}") from None
-    except OSError as e:
-        raise LatkitError(f"cannot write {p}: {e.strerror or e}; {advice}") from None
+    _create_in(p.parent, p, advice, str(p.parent))
     return p
 
 
