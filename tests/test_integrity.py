@@ -88,18 +88,38 @@ def assert_no_overlap(out):
 
 def test_two_collections_on_one_device_take_turns(reg, models, tmp_path):
     """Two orchestrators, same device, same dataset: the second waits for the lease and says who holds it;
-    no two timed rounds overlap and no key is stored twice."""
+    no two timed rounds overlap and no key is stored twice. The first's agent is paused (SIGSTOP) while it
+    holds the lease until the second says it waits: otherwise a fast first run can finish before the second
+    has even started, and the second then has nothing left to wait for."""
+    import threading
     out = tmp_path / "d"
-    # ~8 s of timing: the second one surely starts (python, imports) while the first still holds the device
     args = ["collect", "--models", models, "--devices", "loc", "--registry", reg.path, "--out", out,
-            "--rounds", "2", "--min-time", "0.6", "--max-time", "0.6", "--quiet"]
+            "--rounds", "2", "--min-time", "0.2", "--max-time", "0.2", "--quiet"]
     first = spawn(*args)
-    deadline = time.time() + 60
-    while not agents_of(str(tmp_path / "loc")) and time.time() < deadline:
-        time.sleep(0.05)
-    second = spawn(*args)
+    lease, deadline = tmp_path / "lease", time.time() + 120
+    while time.time() < deadline:
+        held = lease.read_text() if lease.exists() else ""
+        if str(first.pid) in held and "agent_pid" in held:
+            break
+        time.sleep(0.02)
+    agent = psutil.Process(json.loads(held)["agent_pid"])
+    agent.suspend()
+    try:
+        second = subprocess.Popen([sys.executable, "-m", "collector.cli", *map(str, args)], cwd=ROOT, text=True,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        lines = []
+        reader = threading.Thread(target=lambda: lines.extend(second.stderr), daemon=True)
+        reader.start()
+        deadline = time.time() + 120
+        while not any("waiting for device loc" in x for x in lines) and second.poll() is None \
+                and time.time() < deadline:
+            time.sleep(0.05)
+    finally:
+        agent.resume()
     out1, err1 = first.communicate(timeout=300)
-    out2, err2 = second.communicate(timeout=300)
+    second.wait(timeout=300)
+    reader.join(timeout=10)
+    err2 = "".join(lines)
     assert first.returncode == 0 and second.returncode == 0, err1 + err2
     assert "waiting for device loc: held by pid " + str(first.pid) in err2 and " since " in err2
     counts = Counter(Store(out).read(columns=["key"])["key"].to_pylist())
