@@ -27,7 +27,7 @@ from rich.table import Table
 
 from . import api, dataset, validate
 from .devices import Registry
-from .errors import Interrupted, LatkitError
+from .errors import EXTRAS, Interrupted, LatkitError, missing
 from .job import NUMBER, RUNTIMES, WHOLE, Settings
 
 console = Console(width=None if sys.stdout.isatty() else 140)
@@ -246,9 +246,9 @@ def _fit_output(args) -> Path:
 
 
 def cmd_predictor_fit(args) -> int:
-    from predictor.data import LatencyTable
-    from predictor.esm import fit
-    from predictor.report import write_report
+    from latkit.predictor.data import LatencyTable
+    from latkit.predictor.esm import fit
+    from latkit.predictor.report import write_report
     table = LatencyTable(args.data, args.space)  # bad data or device: one line before anything is written
     table.check_devices([args.device])
     out = _fit_output(args)
@@ -267,7 +267,7 @@ def cmd_predictor_fit(args) -> int:
 
 
 def cmd_predictor_transfer(args) -> int:
-    from predictor.transfer import transfer
+    from latkit.predictor.transfer import transfer
     split = lambda s: [x for x in s.split(",") if x]  # noqa: E731
     if args.json:
         validate.writable_file(args.json, "give --json a writable file path")
@@ -285,8 +285,8 @@ def cmd_predictor_transfer(args) -> int:
 
 
 def cmd_predictor_predict(args) -> int:
-    from collector.spaces import get_space
-    from predictor.models import Surrogate
+    from latkit.collector.spaces import get_space
+    from latkit.predictor.models import Surrogate
     space = get_space(args.space)
     if args.file:
         validate.readable_file(args.file, "--file")
@@ -354,7 +354,7 @@ def _protocol_args(p: argparse.ArgumentParser) -> None:
 
 def _version() -> str:
     from importlib import metadata
-    from agents.agent import AGENT_VERSION
+    from latkit.agents.agent import AGENT_VERSION
     try:
         host = metadata.version("latkit")
     except metadata.PackageNotFoundError:
@@ -526,6 +526,13 @@ def _stdout_gone() -> int:
     return 128 + signal.SIGPIPE
 
 
+def _command(args) -> str:
+    """The subcommand as typed, e.g. `predictor fit`."""
+    words = [getattr(args, "command", None)]
+    words += [getattr(args, f"{words[0]}_command", None)] if words[0] else []
+    return " ".join(w for w in words if w)
+
+
 def main(argv=None) -> int:
     debug = os.environ.get("LATKIT_DEBUG") == "1"
     args = build_parser().parse_args(argv)
@@ -551,6 +558,9 @@ def main(argv=None) -> int:
     except Exception as e:  # a bug, or an environment problem latkit did not foresee: one line, not a traceback
         if debug:
             raise
+        if isinstance(e, ModuleNotFoundError) and (e.name or "").split(".")[0] in EXTRAS:  # an extra not installed
+            print(f"latkit: error: {missing(e.name, f'latkit {_command(args)}')}", file=sys.stderr)
+            return 2
         where = f" ({e.filename})" if isinstance(e, OSError) and e.filename else ""
         print(f"latkit: error: {type(e).__name__}{where}: {_one_line(e) or 'no message'}; run again with "
               "LATKIT_DEBUG=1 for the traceback, and please report it", file=sys.stderr)
