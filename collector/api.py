@@ -216,11 +216,17 @@ def collect_space(space: str, n: int, devices: Sequence[str], runtime: str = "on
     Store(out).check_writable()  # before sampling and exporting, as before any device time
     validate.writable_dir(DEFAULT_CACHE, "set LATKIT_CACHE to a writable folder for the exported models")
     archs = sample(sp, n, sampler, seed)
-    arts = space_artifacts(space, archs, runtime, batch_size, resolution, progress=progress,
-                           workers=export_workers)
+    refs = None
+    if kwargs.get("executor") is not None:  # exports as Ray tasks across the cluster
+        from .ray_executor import export_remote
+        pairs = export_remote(space, archs, EXPORT_FORMAT[runtime], batch_size, resolution, kwargs["executor"])
+        arts, refs = [a for a, _ in pairs], {a.sha256: r for a, r in pairs}
+    else:
+        arts = space_artifacts(space, archs, runtime, batch_size, resolution, progress=progress,
+                               workers=export_workers)
     jobs = [dataclasses.replace(j, sampler=f"{sampler}(seed={seed})")
             for j in make_jobs(arts, [d.name for d in devs], runtime, settings)]
-    return collect(jobs, devs, out=out, progress=progress, **kwargs)
+    return collect(jobs, devs, out=out, progress=progress, refs=refs, **kwargs)
 
 
 def measure(model, device: str = "local", runtime: Optional[str] = None, settings: Optional[Settings] = None,

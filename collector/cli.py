@@ -29,6 +29,7 @@ from . import api, dataset, validate
 from .devices import Registry
 from .errors import EXTRAS, Interrupted, LatkitError, missing
 from .job import NUMBER, RUNTIMES, WHOLE, Settings
+from .ray_executor import parse_executor
 
 console = Console(width=None if sys.stdout.isatty() else 140)
 log = logging.getLogger("latkit")
@@ -96,7 +97,8 @@ def cmd_collect(args) -> int:
     if bool(args.models) == bool(args.space):
         raise LatkitError("give either --models DIR_OR_FILES or --space S --n N")
     common = dict(registry=Registry(args.registry), retries=args.retries, job_timeout=args.job_timeout,
-                  progress=not args.quiet, retry_errors=args.retry_errors, wait=not args.no_wait)
+                  progress=not args.quiet, retry_errors=args.retry_errors, wait=not args.no_wait,
+                  executor=parse_executor(args.executor))
     if args.space:
         if not args.n:
             raise LatkitError("--space needs --n (how many archs to sample)")
@@ -393,6 +395,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--export-workers", type=validate.arg_whole(1, 256), default=1, metavar="N",
                    help="export the sampled archs on N processes (default 1; e.g. the host's cores - 1)")
     c.add_argument("--devices", required=True, help="comma-separated device names")
+    c.add_argument("--executor", default="local", metavar="local|ray[=ADDRESS]",
+                   help="local (default): drive every device from this process; ray: exports as Ray tasks and "
+                        "one Ray actor per device, placed on a node with the resource latkit-device:NAME "
+                        "(ray starts a cluster here, ray=auto or ray=HOST:PORT joins one; pip install "
+                        "'latkit[ray]')")
     _protocol_args(c)
     c.add_argument("--retries", type=validate.arg_whole(0, 100), default=3,
                    help="reconnects per device before it is marked failed")

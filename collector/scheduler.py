@@ -43,6 +43,7 @@ class DeviceReport:
     agent_s: float = 0.0  # the agent's own work: model load, warmup and timed runs
     timing_s: float = 0.0  # warmup and timed runs: the device doing what it is here for
     wall_s: float = 0.0
+    node: str = ""  # the Ray node that drove the device (--executor ray)
 
     @property
     def remaining(self) -> int:
@@ -172,9 +173,16 @@ def run_device(device: Device, jobs: Sequence[Job], store: Store, report: Device
 
 def collect(jobs: Sequence[Job], devices: Sequence[Device], out="latkit-data", retries: int = 3,
             backoff_s: float = 1.0, job_timeout: float = 600.0, max_workers: int = 64, progress: bool = True,
-            retry_errors: bool = False, wait: bool = True) -> CollectReport:
+            retry_errors: bool = False, wait: bool = True, executor: Optional[str] = None,
+            refs: Optional[dict] = None) -> CollectReport:
     """Run every job on its device (Job.device names it). Returns per-device counts and failures.
-    Ctrl-C or SIGTERM (raised as Interrupted by the CLI's handler) stops every device within seconds."""
+    Ctrl-C or SIGTERM (raised as Interrupted by the CLI's handler) stops every device within seconds.
+    `executor`: None runs every device from a thread here; a Ray address ("" starts a cluster here) drives
+    each device from a Ray actor (collector/ray_executor.py; `refs` are its exported models' object refs)."""
+    if executor is not None:
+        from .ray_executor import collect_ray
+        return collect_ray(jobs, devices, out, executor, refs, retries=retries, backoff_s=backoff_s,
+                           job_timeout=job_timeout, retry_errors=retry_errors, wait=wait)
     store = Store(out)
     store.check_writable()  # before any device time is spent
     store.devices()  # a corrupt _devices.json is named now, not when the first device has started
