@@ -112,6 +112,7 @@ CASES = [
     ("collect-devices-empty", f"collect --models {{w}}/m.onnx {C} --devices ''", 2, "--devices names no device"),
     ("collect-nothing", f"collect {C}", 2, "give either --models"),
     ("collect-space-no-n", f"collect --space nb201 {C}", 2, "--space needs --n"),
+    ("collect-executor", f"collect --models {{w}}/m.onnx {C} --executor rey", 2, "--executor 'rey': use local, ray"),
     ("collect-n-0", f"collect --space nb201 --n 0 {C}", 2, "argument --n: must be a whole number >= 1"),
     ("collect-n-too-many", f"collect --space nb201 --n 20000 {C}", 2, "cannot draw 20000 distinct archs"),
     ("collect-space-unknown", f"collect --space resnet --n 2 {C}", 2, "unknown space 'resnet'; known spaces:"),
