@@ -127,10 +127,10 @@ class SSHTransport(Transport):
                               "and add the device again with --trust-host-key") from None
         except paramiko.AuthenticationException:
             ssh.close()
-            raise LatkitError(f"authentication to {what} failed with "
-                              f"{'key ' + ', '.join(hop.keys) if hop.keys else 'ssh-agent and default keys'}; check "
-                              f"{'--key' if explicit_key else 'the ssh config' + chr(39) + 's IdentityFile'} "
-                              "and its authorized_keys") from None
+            used = f"key {', '.join(hop.keys)}" if hop.keys else "ssh-agent and default keys"
+            fix = "--key" if explicit_key else "the ssh config's IdentityFile"
+            raise LatkitError(f"authentication to {what} failed with {used}; check {fix} and its authorized_keys"
+                              ) from None
         except socket.gaierror as e:
             ssh.close()
             if not hop.aliased:
