@@ -11,11 +11,11 @@ import sys
 import psutil
 import pytest
 
-from collector import LatkitError, Registry, Settings, Store, add_device, collect_models
+from collector import LatkitError, Registry, Settings, Store, add_device, collect_models, probe
 from collector.api import ssh_route
 from collector.devices import Device
 from collector.loopback import _keygen, new_fleet_dir, start_fleet, stop_fleet
-from conftest import ROOT
+from conftest import ROOT, tiny_cnn
 
 QUICK = Settings(warmup_min_count=2, warmup_min_s=0.01, repeats_min_count=10, repeats_min_s=0.05, repeats_max_s=0.2,
                  rounds=1)
@@ -56,10 +56,11 @@ Host *
   IdentityFile {board.key}
   IdentitiesOnly yes
 """)
+        pids = [d.pid for d in (gw0, gw1, board)]
         yield {"gw0": gw0, "gw1": gw1, "board": board, "config": str(config), "base": base}
     finally:
         stop_fleet(base, remove=True)
-    assert not base.exists()
+    assert not base.exists() and not any(map(psutil.pid_exists, pids))  # nothing outlives the tests
 
 
 def holders(host: str, port: int) -> set:
@@ -81,8 +82,8 @@ def add(chain, tmp_path, host, **kw):
 
 
 def test_config_resolution_explicit_values_win(chain, tmp_path):
-    """Alias, HostName, Port, User, IdentityFile and both ProxyJump hops come from the config; values given in
-    the registry win over it."""
+    """Alias, HostName, Port, User, IdentityFile and both ProxyJump hops come from the config, Include
+    lines too; values given in the registry win over it; a ProxyJump loop is refused in one line."""
     gw0, gw1, board = chain["gw0"], chain["gw1"], chain["board"]
     dev = Device(name="b", transport="ssh", host="board2", ssh_config=chain["config"])
     hops = ssh_route(dev)
@@ -92,13 +93,25 @@ def test_config_resolution_explicit_values_win(chain, tmp_path):
     mine = Device(name="b", transport="ssh", host="board", port=2200, user="me", key="/k", ssh_config=chain["config"])
     *_, last = ssh_route(mine)
     assert (last.host, last.port, last.user, last.keys) == (board.host, 2200, "me", ("/k",))
+    (tmp_path / "conf.d").mkdir()
+    (tmp_path / "conf.d" / "lab.conf").write_text(f"Host far\n  HostName {board.host}\n  ProxyJump gw0\n")
+    (tmp_path / "main").write_text(f"Include {tmp_path}/conf.d/*.conf\nInclude {chain['config']}\n")
+    hops = ssh_route(Device(name="b", transport="ssh", host="far", ssh_config=str(tmp_path / "main")))
+    assert [(h.name, h.host, h.port) for h in hops] == [("gw0", gw0.host, gw0.port), ("far", board.host, 22)]
     loop = tmp_path / "loop"
     loop.write_text("Host a\n  ProxyJump b\nHost b\n  ProxyJump a\n")
     with pytest.raises(LatkitError, match=r"ProxyJump chain in .*loop runs over 8 hops at [ab]; fix the loop"):
         ssh_route(Device(name="b", transport="ssh", host="a", ssh_config=str(loop)))
 
 
-def test_add_and_collect_through_the_gateway(chain, tmp_path, artifacts):
+@pytest.fixture(scope="module")
+def onnx_model(export_cache):
+    import torch
+    from collector import export
+    return export(tiny_cnn(), (torch.randn(1, 3, 32, 32),), "onnx", arch="tiny_cnn", cache_dir=export_cache)
+
+
+def test_add_and_collect_through_the_gateway(chain, tmp_path, onnx_model):
     """`latkit device add b --host board` is all it takes: the agent runs on the board, reached through gw0,
     every hop's host key is recorded, and a collection measures through the chain."""
     gw0, board = chain["gw0"], chain["board"]
@@ -127,7 +140,9 @@ def test_add_and_collect_through_the_gateway(chain, tmp_path, artifacts):
         transport.close()
     assert not holders(gw0.host, gw0.port) & {os.getpid()}  # every hop closed
 
-    report = collect_models([artifacts["onnx"].path], ["b"], settings=QUICK, out=tmp_path / "data",
+    assert probe("b", Registry(reg))["route"] == [f"gw0 ({gw0.user}@{gw0.host}:{gw0.port})",
+                                                  f"board ({board.user}@{board.host}:{board.port})"]
+    report = collect_models([onnx_model.path], ["b"], settings=QUICK, out=tmp_path / "data",
                             registry=Registry(reg), progress=False)
     rows = Store(tmp_path / "data").read().to_pylist()
     assert report.ok and [(r["device"], r["status"]) for r in rows] == [("b", "ok")] and rows[0]["latency_ms"] > 0

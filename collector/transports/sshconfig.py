@@ -7,6 +7,7 @@ Nothing here touches the network.
 """
 from __future__ import annotations
 
+import glob
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -47,9 +48,27 @@ def load(path: Optional[str]) -> tuple:
             raise LatkitError(f"ssh config {path} not found; fix --ssh-config or leave it out for {DEFAULT_CONFIG}")
         return paramiko.SSHConfig(), where
     try:
-        return paramiko.SSHConfig.from_path(str(where)), where
+        return paramiko.SSHConfig.from_text(_inlined(where, 0)), where
     except (OSError, UnicodeDecodeError, paramiko.SSHException) as e:
         raise LatkitError(f"cannot read ssh config {where}: {e}; fix it or give another with --ssh-config") from None
+
+
+def _inlined(path: Path, depth: int) -> str:
+    """The config's text with its `Include` lines replaced by the files they name (paramiko does not follow
+    them): globs, several per line, relative to ~/.ssh as for a user's config; a pattern matching nothing adds
+    nothing, as in ssh."""
+    if depth > 16:
+        raise LatkitError(f"ssh config {path} is included over 16 levels deep; fix the Include loop")
+    lines = []
+    for line in path.read_text().splitlines():
+        words = line.split()
+        if words and words[0].lower() == "include":
+            for pattern in words[1:]:
+                full = Path("~/.ssh").expanduser() / Path(pattern).expanduser()  # an absolute pattern stays
+                lines += [_inlined(Path(f), depth + 1) for f in sorted(glob.glob(str(full))) if Path(f).is_file()]
+        else:
+            lines.append(line)
+    return "\n".join(lines)
 
 
 def _hop(config: paramiko.SSHConfig, where: Path, name: str, user=None, port=None, key=None) -> tuple:
