@@ -37,7 +37,7 @@ class Hop:
         return f"{self.user + '@' if self.user else ''}{self.host}:{self.port}"
 
     def __str__(self) -> str:
-        return self.address if self.name in (self.host, f"{self.host}:{self.port}") else f"{self.name} ({self.address})"
+        return self.address if self.name == self.host else f"{self.name} ({self.address})"
 
 
 def load(path: Optional[str]) -> tuple:
@@ -116,8 +116,3 @@ def resolve(device) -> list:
     """The hops to `device` (an ssh Device): jump hosts in order, the device last."""
     config, where = load(device.ssh_config)
     return _route(config, where, device.host, 0, user=device.user, port=device.port, key=device.key)
-
-
-def describe(route) -> str:
-    """One line: `gw (u@10.0.0.1:22) -> u@192.168.1.7:22`."""
-    return " -> ".join(map(str, route))
