@@ -11,10 +11,10 @@ import sys
 import psutil
 import pytest
 
-from collector import LatkitError, Registry, Settings, Store, add_device, collect_models, probe
-from collector.api import ssh_route
-from collector.devices import Device
-from collector.loopback import _keygen, new_fleet_dir, start_fleet, stop_fleet
+from latkit.collector import LatkitError, Registry, Settings, Store, add_device, collect_models, probe
+from latkit.collector.api import ssh_route
+from latkit.collector.devices import Device
+from latkit.collector.loopback import _keygen, new_fleet_dir, start_fleet, stop_fleet
 from conftest import ROOT, tiny_cnn
 
 QUICK = Settings(warmup_min_count=2, warmup_min_s=0.01, repeats_min_count=10, repeats_min_s=0.05, repeats_max_s=0.2,
@@ -107,7 +107,7 @@ def test_config_resolution_explicit_values_win(chain, tmp_path):
 @pytest.fixture(scope="module")
 def onnx_model(export_cache):
     import torch
-    from collector import export
+    from latkit.collector import export
     return export(tiny_cnn(), (torch.randn(1, 3, 32, 32),), "onnx", arch="tiny_cnn", cache_dir=export_cache)
 
 
@@ -116,7 +116,7 @@ def test_add_and_collect_through_the_gateway(chain, tmp_path, onnx_model):
     every hop's host key is recorded, and a collection measures through the chain."""
     gw0, board = chain["gw0"], chain["board"]
     reg = tmp_path / "devices.toml"
-    r = subprocess.run([sys.executable, "-m", "collector.cli", "device", "add", "b", "--host", "board", "--ssh-config",
+    r = subprocess.run([sys.executable, "-m", "latkit.collector.cli", "device", "add", "b", "--host", "board", "--ssh-config",
                         chain["config"], "--python", board.python, "--workdir", str(tmp_path / "work"),
                         "--trust-host-key", "--lease", str(tmp_path / "lease"), "--registry", str(reg)],
                        capture_output=True, text=True, timeout=120, cwd=ROOT)
@@ -127,7 +127,7 @@ def test_add_and_collect_through_the_gateway(chain, tmp_path, onnx_model):
     assert (entry.host, entry.port, entry.user, entry.key) == ("board", None, None, None)  # the config stays the truth
     known = Registry(reg).known_hosts.read_text()
     assert f"[{gw0.host}]:{gw0.port} " in known and f"[{board.host}]:{board.port} " in known
-    show = subprocess.run([sys.executable, "-m", "collector.cli", "device", "show", "b", "--registry", str(reg)],
+    show = subprocess.run([sys.executable, "-m", "latkit.collector.cli", "device", "show", "b", "--registry", str(reg)],
                           capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert f"route: gw0 ({gw0.user}@{gw0.host}:{gw0.port}) -> board (" in show.stdout
 
@@ -169,7 +169,7 @@ def test_changed_host_key_of_a_hop_names_it(chain, tmp_path):
     other = (tmp_path / "other.pub").read_text().split()
     reg = tmp_path / "devices.toml"
     Registry(reg).known_hosts.write_text(f"[{gw0.host}]:{gw0.port} {other[0]} {other[1]}\n")
-    r = subprocess.run([sys.executable, "-m", "collector.cli", "device", "add", "b", "--host", "board", "--ssh-config",
+    r = subprocess.run([sys.executable, "-m", "latkit.collector.cli", "device", "add", "b", "--host", "board", "--ssh-config",
                         chain["config"], "--trust-host-key", "--registry", str(reg)],
                        capture_output=True, text=True, timeout=120, cwd=ROOT)
     lines = r.stderr.strip().splitlines()
@@ -188,7 +188,7 @@ def test_changed_host_key_of_a_hop_names_it(chain, tmp_path):
 ])
 def test_unreachable_hop_names_it(chain, tmp_path, host, words):
     """One line on stderr naming the hop that failed (paramiko's own log lines stay out of it)."""
-    r = subprocess.run([sys.executable, "-m", "collector.cli", "device", "add", "b", "--host", host, "--ssh-config",
+    r = subprocess.run([sys.executable, "-m", "latkit.collector.cli", "device", "add", "b", "--host", host, "--ssh-config",
                         chain["config"], "--trust-host-key", "--registry", str(tmp_path / "devices.toml")],
                        capture_output=True, text=True, timeout=120, cwd=ROOT)
     lines = r.stderr.strip().splitlines()
