@@ -157,8 +157,8 @@ def cmd_data_retest(args) -> int:
 def cmd_device_add(args) -> int:
     dev = api.add_device(args.name, args.host, args.port, args.user, args.key, args.python, args.workdir,
                          [t for t in (args.tags or "").split(",") if t], args.trust_host_key, Registry(args.registry),
-                         lease=args.lease)
-    print(f"added {dev.name} ({dev.address}): {dev.probe.get('cpu_model')}, {dev.probe.get('cpu_count')} CPUs, "
+                         lease=args.lease, ssh_config=args.ssh_config)
+    print(f"added {dev.name} ({_route(dev)}): {dev.probe.get('cpu_model')}, {dev.probe.get('cpu_count')} CPUs, "
           f"runtimes {', '.join(f'{k} {v}' for k, v in dev.probe.get('runtimes', {}).items()) or 'none'}; "
           f"fingerprint {dev.fingerprint}")
     return 0
@@ -182,6 +182,27 @@ def cmd_device_list(args) -> int:
         table.add_row(d.name, d.address, "?" if ok is None else ("yes" if ok else "no"),
                       runtimes or ("(host's)" if d.transport == "local" else "-"), ",".join(d.tags), d.last_probe or "-")
     console.print(table)
+    return 0
+
+
+def _route(dev) -> str:
+    """Where an ssh device's entry leads: `gw (u@10.0.0.1:22) -> board (u@192.168.1.7:22)`."""
+    return " -> ".join(map(str, api.ssh_route(dev)))
+
+
+def cmd_device_show(args) -> int:
+    dev = Registry(args.registry).get(args.name)
+    entry = {"name": dev.name, **dev.to_toml()}
+    if dev.transport == "ssh":
+        entry["route"] = [dataclasses.asdict(h) for h in api.ssh_route(dev)]
+    if args.json:
+        _print_json(entry)
+        return 0
+    for k, v in entry.items():
+        if k not in ("route", "probe"):
+            print(f"{k}: {', '.join(v) if isinstance(v, list) else v}")
+    if dev.transport == "ssh":
+        print(f"route: {_route(dev)}")
     return 0
 
 
@@ -414,9 +435,12 @@ def build_parser() -> argparse.ArgumentParser:
     a = dev.add_parser("add", parents=[registry], help="register an SSH device: verify host key, deploy agent, probe")
     a.add_argument("name")
     a.add_argument("--host", required=True)
-    a.add_argument("--port", type=validate.arg_whole(1, 65535), default=22)
-    a.add_argument("--user")
-    a.add_argument("--key", help="private key file (default: ssh-agent and ~/.ssh keys)")
+    a.add_argument("--port", type=validate.arg_whole(1, 65535), help="(default: the ssh config's Port, else 22)")
+    a.add_argument("--user", help="(default: the ssh config's User, else yours)")
+    a.add_argument("--key", help="private key file (default: the ssh config's IdentityFile, else ssh-agent and "
+                                 "~/.ssh keys)")
+    a.add_argument("--ssh-config", help="OpenSSH config whose Host entries resolve --host, with ProxyJump hops "
+                                        "(default ~/.ssh/config)")
     a.add_argument("--python", help="Python on the device (default python3)")
     a.add_argument("--workdir", help="folder on the device for the agent and models (default ~/.latkit)")
     a.add_argument("--tags", help="comma-separated, e.g. cpu,arm,phone")
@@ -429,6 +453,11 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--no-check", action="store_true", help="do not contact the devices")
     ls.add_argument("--json", action="store_true", help="print one JSON document on stdout instead of a table")
     ls.set_defaults(func=cmd_device_list)
+    sh = dev.add_parser("show", parents=[registry], help="a device's entry and the route ssh config resolves "
+                                                          "it to (no contact)")
+    sh.add_argument("name")
+    sh.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    sh.set_defaults(func=cmd_device_show)
     pr = dev.add_parser("probe", parents=[registry], help="print what a device reports about itself (JSON)")
     pr.add_argument("name")
     pr.add_argument("--json", action="store_true", help="the output is JSON either way")

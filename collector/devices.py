@@ -17,7 +17,7 @@ from typing import Optional
 from . import validate
 from .errors import LatkitError
 
-_TEXT = ("host", "user", "key", "python", "workdir", "lease", "fingerprint", "last_probe")
+_TEXT = ("host", "user", "key", "ssh_config", "python", "workdir", "lease", "fingerprint", "last_probe")
 
 
 def default_registry_path() -> Path:
@@ -27,14 +27,16 @@ def default_registry_path() -> Path:
 
 @dataclass(frozen=True)
 class Device:
-    """A device latkit can time on. For ssh devices `python` and `workdir` are paths on the device."""
+    """A device latkit can time on. For ssh devices `python` and `workdir` are paths on the device; `host` may be
+    a Host alias of the ssh config, whose HostName, Port, User, IdentityFile and ProxyJump fill what is None."""
 
     name: str
     transport: str = "local"
     host: Optional[str] = None
-    port: int = 22
+    port: Optional[int] = None  # None: the ssh config's Port, else 22
     user: Optional[str] = None
     key: Optional[str] = None
+    ssh_config: Optional[str] = None  # None: ~/.ssh/config
     python: Optional[str] = None
     workdir: Optional[str] = None
     lease: Optional[str] = None  # the device lease file; default: one per machine (see agents/agent.py)
@@ -50,7 +52,8 @@ class Device:
             raise LatkitError(f"device {self.name} has transport {self.transport!r}; use local or ssh")
         if self.transport == "ssh" and not self.host:
             raise LatkitError(f"device {self.name} needs a host (--host)")
-        validate.whole(self.port, f"the port of device {self.name}", 1, 65535)
+        if self.port is not None:
+            validate.whole(self.port, f"the port of device {self.name}", 1, 65535)
         for key in _TEXT:
             if getattr(self, key) is not None and not isinstance(getattr(self, key), str):
                 raise LatkitError(f"the {key} of device {self.name} must be text, got {getattr(self, key)!r}")
@@ -62,7 +65,9 @@ class Device:
 
     @property
     def address(self) -> str:
-        return f"{self.user + '@' if self.user else ''}{self.host}:{self.port}" if self.host else "this machine"
+        if not self.host:
+            return "this machine"
+        return f"{self.user + '@' if self.user else ''}{self.host}{f':{self.port}' if self.port else ''}"
 
     def connect(self, trust_host_key: bool = False):
         """A transport for this device (not yet started)."""

@@ -44,6 +44,8 @@ def w(tmp_path_factory, artifacts):
     (w / "unknownkey.toml").write_text(local + "colour = \"blue\"\n")
     (w / "badport.toml").write_text('[devices.pi]\ntransport = "ssh"\nhost = "192.0.2.7"\nport = "twenty-two"\n')
     (w / "notables.toml").write_text("devices = 3\n")
+    (w / "ssh_config").write_text("Host pc\n  ProxyCommand nc %h %p\nHost viaghost\n  HostName 127.0.0.9\n"
+                                  "  ProxyJump ghost.invalid\n")
     latency_table(w / "table.parquet")
     pq.write_table(pa.table({"space": ["nb201"], "arch": ["x"], "device": ["d1"], "latency_ms": ["fast"]}),
                    w / "textlatency.parquet")
@@ -171,6 +173,13 @@ CASES = [
     ("predict-two-sources", f"predictor predict {P} --all --file {{w}}/afile", 2, "not allowed with argument"),
     ("predict-garbage-model", f"predictor predict {P} --all", 2, "garbage.latkit-model"),
     ("quiet-and-verbose", "data show {w}/data -q -v", 2, "not allowed with argument"),
+    ("show-device-unknown", "device show nope --registry {w}/reg.toml", 2, "unknown device 'nope'"),
+    ("ssh-config-missing", "device add b --host b --ssh-config {w}/nosuch --registry {w}/new.toml", 2,
+     "ssh config {w}/nosuch not found; fix --ssh-config"),
+    ("ssh-config-proxycommand", "device add b --host pc --ssh-config {w}/ssh_config --registry {w}/new.toml", 2,
+     "gives pc a ProxyCommand, which latkit does not run; use ProxyJump"),
+    ("ssh-config-jump-unknown", "device add b --host viaghost --ssh-config {w}/ssh_config --registry {w}/new.toml",
+     2, "cannot resolve jump host ghost.invalid:22 of b: no Host block in the ssh config gives ghost.invalid a HostName"),
 ]
 
 
@@ -193,7 +202,7 @@ def test_the_table_is_wide():
     """At least 40 bad invocations, over every subcommand."""
     assert len(CASES) >= 40 and len({c[0] for c in CASES}) == len(CASES)
     used = {" ".join(c[1].split()[:2]) for c in CASES}
-    for command in ("measure", "collect", "device add", "device probe", "device remove", "device list",
+    for command in ("measure", "collect", "device add", "device show", "device probe", "device remove", "device list",
                     "data show", "data card", "data plot", "data import-help", "data retest", "predictor fit",
                     "predictor transfer", "predictor predict"):
         assert any(u.startswith(command) for u in used), command
