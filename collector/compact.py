@@ -1,0 +1,150 @@
+"""Keeping a dataset's files few and its layout current: `latkit data compact` and `latkit data migrate`.
+
+Compaction is safe while a collection writes: per partition folder it reads the live files, writes them as one
+`compact-<uuid>.parquet` (temporary name, then renamed) whose footer names the files it replaces, and only
+then deletes those. A reader skips replaced files, so at every moment it sees each row once; a compaction
+killed at any point leaves either a temporary (ignored, removed by the next compaction) or replaced files
+(ignored, removed by the next compaction). One compaction runs at a time (a lock file on local disks).
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from .errors import LatkitError
+from .schema import PARTITIONS, SCHEMA
+from .store import REPLACES, Store
+
+ROW_GROUP = 65536  # rows per row group of a compacted file
+
+
+@dataclass(frozen=True)
+class CompactReport:
+    files_before: int
+    files_after: int
+    rows: int
+    leftovers_removed: int
+
+
+@contextlib.contextmanager
+def _compaction_lock(store: Store):
+    """Exclusive while held (local disks): two compactions of one dataset would each keep every row."""
+    if not store.local:
+        yield
+        return
+    os.makedirs(store.root, exist_ok=True)
+    with open(os.path.join(store.root, ".compact.lock"), "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LatkitError(f"another `latkit data compact` is running on {store.uri}; wait for it") from None
+        yield
+
+
+def compact(path) -> CompactReport:
+    """Merge each partition's files into one file of large row groups (see the module docstring)."""
+    store = Store(path)
+    if not store.exists():
+        raise LatkitError(f"no dataset at {path}; collect into it first")
+    with _compaction_lock(store):
+        infos = store.listing()
+        before = len(infos)
+        folders: dict = {}
+        for i in infos:
+            folders.setdefault(i.path.rsplit("/", 1)[0], []).append(i.path)
+        removed = 0
+        for folder, paths in sorted(folders.items()):
+            gone = store.replaced(paths)
+            for p in sorted(gone & set(paths)):  # a killed compaction's leftovers: its file holds their rows
+                store.fs.delete_file(p)
+                removed += 1
+            _remove_temporaries(store, folder)
+            live = [p for p in paths if p not in gone]
+            if len(live) < 2:
+                continue
+            t = store.dataset(live).to_table()
+            names = [p.rsplit("/", 1)[1] for p in live]
+            store.write_file(folder, t, prefix="compact", metadata={REPLACES: json.dumps(names).encode()},
+                             row_group_size=ROW_GROUP)
+            for p in live:
+                store.fs.delete_file(p)
+    return CompactReport(before, len(store.files()), store.read(columns=["key"]).num_rows, removed)
+
+
+def _remove_temporaries(store: Store, folder: str) -> None:
+    """A killed compaction's half-written file (only compactions write `.compact-*`; we hold the lock)."""
+    for i in store.fs.get_file_info(pafs.FileSelector(folder)):
+        if i.base_name.startswith(".compact-") and i.base_name.endswith(".tmp"):
+            store.fs.delete_file(i.path)
+
+
+def migrate(path) -> dict:
+    """Move a dataset of the older layout (Hive folders beside the card, `_devices.json`) to the current one:
+    rows under `data/` with every column in every file, one file per partition, probes under `devices/`;
+    retest side tables too. Rows keep every value; raw samples become float32 (the schema's type).
+    Returns {folder: rows}. Running it again finishes a migration that was killed."""
+    root = Path(path)
+    if not root.is_dir():
+        raise LatkitError(f"no dataset at {path}; give a dataset folder")
+    done = {str(root): _migrate_one(root)}
+    for side in sorted(root.glob("_retest/*")):
+        if side.is_dir():
+            done[str(side)] = _migrate_one(side)
+    return done
+
+
+def _legacy_files(root: Path) -> list:
+    return sorted(p for p in root.glob("device=*/**/*.parquet")
+                  if not any(part.startswith((".", "_")) for part in p.relative_to(root).parts))
+
+
+def _migrate_one(root: Path) -> int:
+    store = Store(root)
+    old = _legacy_files(root)
+    staging = root / ".data-migrating"
+    if not (root / "data").exists():
+        if staging.exists():
+            shutil.rmtree(staging)
+        tables = [_legacy_table(root, f) for f in old]
+        if tables:
+            t = pa.concat_tables(tables)
+            groups: dict = {}
+            for i, part in enumerate(zip(*(t[p].to_pylist() for p in PARTITIONS))):
+                groups.setdefault(part, []).append(i)
+            for (dev, space), idx in sorted(groups.items()):
+                store.write_file(f"{staging}/device={dev}/space={space}", t.take(idx), row_group_size=ROW_GROUP)
+            os.rename(staging, root / "data")  # the switch: from here on readers see the rows under data/
+    for f in old:
+        f.unlink()
+    for d in sorted(root.glob("device=*")):
+        shutil.rmtree(d)
+    probes = root / "_devices.json"
+    if probes.exists():
+        store.record_devices(json.loads(probes.read_text()))
+        probes.unlink()
+    return Store(root).read(columns=["key"]).num_rows
+
+
+def _legacy_table(root: Path, f: Path) -> pa.Table:
+    """One file of the older layout in the current schema: partition values from its folders, missing columns
+    as nulls, nothing else changed (samples cast to float32)."""
+    t = pq.read_table(f)
+    parts = dict(p.split("=", 1) for p in f.relative_to(root).parent.parts)
+    cols = []
+    for field in SCHEMA:
+        if field.name in PARTITIONS:
+            cols.append(pa.array([parts[field.name]] * t.num_rows, pa.string()))
+        elif field.name in t.column_names:
+            cols.append(t[field.name].cast(field.type))
+        else:
+            cols.append(pa.nulls(t.num_rows, field.type))
+    return pa.Table.from_arrays(cols, schema=SCHEMA)
