@@ -1,10 +1,12 @@
 """Keeping a dataset's files few and its layout current: `latkit data compact` and `latkit data migrate`.
 
-Compaction is safe while a collection writes: per partition folder it reads the live files, writes them as one
-`compact-<uuid>.parquet` (temporary name, then renamed) whose footer names the files it replaces, and only
-then deletes those. A reader skips replaced files, so at every moment it sees each row once; a compaction
-killed at any point leaves either a temporary (ignored, removed by the next compaction) or replaced files
-(ignored, removed by the next compaction). One compaction runs at a time (a lock file on local disks).
+Compaction is safe while a collection writes: per partition folder it reads the live files and writes them as
+one `compact-<id>.parquet` under a temporary name; then writes `_replaces-<id>.json` naming the files it
+replaces, renames the compacted file into place, deletes the replaced files and last the manifest. latkit's
+readers skip the files a manifest names once its compacted file exists, so they see each row once at every
+moment. A compaction killed at any point leaves temporaries, a void manifest or replaced files: all ignored
+by readers and cleaned up by the next compaction. One compaction runs at a time (a lock file on local disks).
+Other readers (DuckDB, polars...) see both copies in the moment between the rename and the deletes.
 """
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ import fcntl
 import json
 import os
 import shutil
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,8 +25,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .errors import LatkitError
-from .schema import PARTITIONS, SCHEMA
-from .store import REPLACES, Store
+from .schema import FILE_SCHEMA, PARTITIONS, SCHEMA
+from .store import MANIFEST, Store
 
 ROW_GROUP = 65536  # rows per row group of a compacted file
 
@@ -63,28 +67,56 @@ def compact(path) -> CompactReport:
             folders.setdefault(i.path.rsplit("/", 1)[0], []).append(i.path)
         removed = 0
         for folder, paths in sorted(folders.items()):
-            gone = store.replaced(paths)
-            for p in sorted(gone & set(paths)):  # a killed compaction's leftovers: its file holds their rows
-                store.fs.delete_file(p)
-                removed += 1
-            _remove_temporaries(store, folder)
+            gone = _repair(store, folder, paths)
+            removed += len(gone)
             live = [p for p in paths if p not in gone]
             if len(live) < 2:
                 continue
-            t = store.dataset(live).to_table()
-            names = [p.rsplit("/", 1)[1] for p in live]
-            store.write_file(folder, t, prefix="compact", metadata={REPLACES: json.dumps(names).encode()},
-                             row_group_size=ROW_GROUP)
+            uid = uuid.uuid4().hex
+            manifest = f"{folder}/{MANIFEST}{uid}.json"
+            store.write_file(folder, _row_groups(store, live), prefix="compact", uid=uid,
+                             before_rename=lambda: store.write_json(manifest, [p.rsplit("/", 1)[1] for p in live]))
             for p in live:
                 store.fs.delete_file(p)
+            store.fs.delete_file(manifest)
     return CompactReport(before, len(store.files()), store.read(columns=["key"]).num_rows, removed)
 
 
-def _remove_temporaries(store: Store, folder: str) -> None:
-    """A killed compaction's half-written file (only compactions write `.compact-*`; we hold the lock)."""
-    for i in store.fs.get_file_info(pafs.FileSelector(folder)):
-        if i.base_name.startswith(".compact-") and i.base_name.endswith(".tmp"):
+def _row_groups(store: Store, paths: list):
+    """The rows of `paths` in order, ROW_GROUP rows at a time; files are read by a few threads (a small file
+    costs its footer, not its rows)."""
+    def read(path):
+        with store.fs.open_input_file(path) as f:
+            t = pq.ParquetFile(f).read(use_threads=False)
+        return t if t.schema.equals(FILE_SCHEMA) else t.cast(FILE_SCHEMA)
+
+    buf, n = [], 0
+    with ThreadPoolExecutor(min(16, os.cpu_count() or 1)) as pool:
+        for start in range(0, len(paths), 4096):  # bounded memory: one chunk of files in flight
+            for t in pool.map(read, paths[start:start + 4096]):
+                buf.append(t)
+                n += t.num_rows
+                if n >= ROW_GROUP:
+                    yield pa.concat_tables(buf)
+                    buf, n = [], 0
+    if buf:
+        yield pa.concat_tables(buf)
+
+
+def _repair(store: Store, folder: str, paths: list) -> set:
+    """Finish what a killed compaction left in `folder` (we hold the lock, so no other one is running): delete
+    the files a present compacted file replaces, then every manifest and half-written compacted file.
+    Returns the replaced files deleted."""
+    infos = store.fs.get_file_info(pafs.FileSelector(folder))
+    manifests = [i.path for i in infos if i.base_name.startswith(MANIFEST) and i.base_name.endswith(".json")]
+    gone = store.replaced(paths, manifests)
+    for p in sorted(gone):
+        store.fs.delete_file(p)
+    for i in infos:
+        if i.path in manifests or (i.base_name.startswith((".compact-", f".{MANIFEST}")) and
+                                   i.base_name.endswith(".tmp")):
             store.fs.delete_file(i.path)
+    return gone
 
 
 def migrate(path) -> dict:
@@ -121,7 +153,7 @@ def _migrate_one(root: Path) -> int:
             for i, part in enumerate(zip(*(t[p].to_pylist() for p in PARTITIONS))):
                 groups.setdefault(part, []).append(i)
             for (dev, space), idx in sorted(groups.items()):
-                store.write_file(f"{staging}/device={dev}/space={space}", t.take(idx), row_group_size=ROW_GROUP)
+                store.write_file(f"{staging}/device={dev}/space={space}", t.take(idx))
             os.rename(staging, root / "data")  # the switch: from here on readers see the rows under data/
     for f in old:
         f.unlink()

@@ -7,8 +7,8 @@
 So pyarrow, pandas, polars, DuckDB and Hugging Face `datasets` read `<dataset>/data` as it is (partition
 columns are stored in the files too). Rows are never rewritten in place: each write is a batch of rows to a
 dot-prefixed temporary file (readers ignore it) renamed into place, so a crash leaves the whole file or none
-of it. Compaction (collector/compact.py) writes `compact-<uuid>.parquet` files that name the files they
-replace in their footer; readers skip replaced files, so a reader sees old or new rows, never both.
+of it. Compaction (collector/compact.py) writes `compact-<id>.parquet` files and, while it runs, a manifest
+naming the files each replaces; latkit's readers skip replaced files, so they see old or new rows, never both.
 Any pyarrow filesystem URI works (a local path, file://, s3://, gs://, hdfs://); on object stores the final
 move is the store's copy-then-delete, still never visible half-written. The columns: collector/schema.py.
 """
@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -34,7 +34,7 @@ from .errors import LatkitError
 from .measurement import PERMANENT_ERRORS
 from .schema import FILE_SCHEMA, PARTITIONS, SCHEMA
 
-REPLACES = b"latkit.replaces"  # footer key of a compacted file: JSON list of the file names it replaces
+MANIFEST = "_replaces-"  # `_replaces-<id>.json`: the file names `compact-<id>.parquet` replaces (collector/compact.py)
 _READ_TRIES = 5  # a concurrent compaction may remove files between listing and reading: list again
 
 
@@ -127,19 +127,27 @@ class Store:
             self.write_file(f"{self.data}/device={dev}/space={space}", table.take(idx))
         return table.num_rows
 
-    def write_file(self, folder: str, table: pa.Table, prefix: str = "part", metadata: Optional[dict] = None,
-                   row_group_size: Optional[int] = None) -> str:
-        """`table` as one new file in `folder`, written under a temporary name and renamed into place."""
-        name = f"{prefix}-{uuid.uuid4().hex}.parquet"
+    def write_file(self, folder: str, tables, prefix: str = "part", uid: Optional[str] = None,
+                   before_rename: Optional[Callable[[], None]] = None) -> str:
+        """A table (or an iterable of tables, one row group each) as one new file `<prefix>-<uid>.parquet` in
+        `folder`, written under a temporary name and renamed into place (`before_rename` runs just before)."""
+        name = f"{prefix}-{uid or uuid.uuid4().hex}.parquet"
         tmp, final = f"{folder}/.{name}.tmp", f"{folder}/{name}"
         self.fs.create_dir(folder, recursive=True)
-        table = table.cast(SCHEMA).cast(FILE_SCHEMA)
-        if metadata:
-            table = table.replace_schema_metadata(metadata)
-        with self.fs.open_output_stream(tmp) as out:
-            pq.write_table(table, out, compression="zstd", row_group_size=row_group_size)
+        with self.fs.open_output_stream(tmp) as out, pq.ParquetWriter(out, FILE_SCHEMA, compression="zstd") as w:
+            for t in [tables] if isinstance(tables, pa.Table) else tables:
+                w.write_table(t.cast(SCHEMA).cast(FILE_SCHEMA), row_group_size=max(1, t.num_rows))
+        if before_rename:
+            before_rename()
         self.fs.move(tmp, final)
         return final
+
+    def write_json(self, path: str, doc) -> None:
+        """`doc` as JSON at `path`, whole or not at all (temporary file, then rename)."""
+        tmp = f"{path.rsplit('/', 1)[0]}/.{path.rsplit('/', 1)[1]}.{uuid.uuid4().hex}.tmp"
+        with self.fs.open_output_stream(tmp) as f:
+            f.write(json.dumps(doc, indent=1, sort_keys=True).encode())
+        self.fs.move(tmp, path)
 
     def writer(self, max_rows: int = 256, max_seconds: float = 2.0) -> "BatchWriter":
         return BatchWriter(self, max_rows, max_seconds)
@@ -147,34 +155,45 @@ class Store:
     def exists(self) -> bool:
         return self.fs.get_file_info(self.root).type == pafs.FileType.Directory
 
-    def listing(self) -> list:
-        """FileInfo of every data file under `data/` (replaced ones included; temporaries and names starting with
-        '.' or '_' not)."""
+    def _scan(self) -> tuple:
+        """(data files, compaction manifests) under `data/`: FileInfo of each Parquet file (temporaries and
+        names starting with '.' or '_' excluded) and paths of `_replaces-<id>.json` manifests."""
         self._check_layout()
         try:
             infos = self.fs.get_file_info(pafs.FileSelector(self.data, recursive=True, allow_not_found=True))
         except FileNotFoundError:
-            return []
-        base = self.data + "/"
-        return sorted((i for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
-                       and not any(p.startswith((".", "_")) for p in i.path[len(base):].split("/"))),
-                      key=lambda i: i.path)
+            return [], []
+        base, files, manifests = self.data + "/", [], []
+        for i in infos:
+            if i.type != pafs.FileType.File:
+                continue
+            if i.base_name.startswith(MANIFEST) and i.base_name.endswith(".json"):
+                manifests.append(i.path)
+            elif i.base_name.endswith(".parquet") and not any(
+                    p.startswith((".", "_")) for p in i.path[len(base):].split("/")):
+                files.append(i)
+        return sorted(files, key=lambda i: i.path), sorted(manifests)
 
-    def replaced(self, paths: Iterable[str]) -> set:
-        """The paths that compacted files among `paths` replace (left behind by a compaction that was killed)."""
-        out = set()
-        for path in paths:
-            if path.rsplit("/", 1)[-1].startswith("compact-"):
-                with self.fs.open_input_file(path) as f:
-                    meta = pq.read_schema(f).metadata or {}
-                folder = path.rsplit("/", 1)[0]
-                out.update(f"{folder}/{n}" for n in json.loads(meta.get(REPLACES, b"[]")))
-        return out
+    def listing(self) -> list:
+        """FileInfo of every data file under `data/`, replaced ones included."""
+        return self._scan()[0]
+
+    def replaced(self, paths: Iterable[str], manifests: Iterable[str]) -> set:
+        """The paths among `paths` that a compacted file replaces (its manifest is written before the compacted
+        file appears and removed after the replaced files are; one whose compacted file is absent is void)."""
+        paths, out = set(paths), set()
+        for m in manifests:
+            folder, name = m.rsplit("/", 1)
+            if f"{folder}/compact-{name[len(MANIFEST):-len('.json')]}.parquet" in paths:
+                with self.fs.open_input_stream(m) as f:
+                    out.update(f"{folder}/{n}" for n in json.loads(f.read()))
+        return out & paths
 
     def files(self) -> list:
         """The dataset's live Parquet files (without those a compacted file replaces)."""
-        paths = [i.path for i in self.listing()]
-        gone = self.replaced(paths)
+        infos, manifests = self._scan()
+        paths = [i.path for i in infos]
+        gone = self.replaced(paths, manifests) if manifests else set()
         return [p for p in paths if p not in gone]
 
     def dataset(self, files: Optional[list] = None) -> ds.Dataset:
@@ -235,10 +254,7 @@ class Store:
         self.fs.create_dir(folder, recursive=True)
         for fp, probe in probes.items():
             name = f"{validate.name(probe.get('device', 'unknown'), 'device')}-{validate.name(fp, 'fingerprint')}"
-            tmp = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"
-            with self.fs.open_output_stream(tmp) as f:
-                f.write(json.dumps({"fingerprint": fp, "probe": probe}, indent=1, sort_keys=True).encode())
-            self.fs.move(tmp, f"{folder}/{name}.json")
+            self.write_json(f"{folder}/{name}.json", {"fingerprint": fp, "probe": probe})
 
     def devices(self) -> dict:
         """fingerprint -> probe, merged from `devices/*.json`."""

@@ -10,6 +10,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
+from collector.schema import FILE_SCHEMA
 from collector import SCHEMA, Artifact, Job, LatkitError, Measurement, Settings, Store
 
 
@@ -26,18 +27,21 @@ def make_measurement(i, status="ok", device="dev1"):
 
 
 def test_append_read_partitions(tmp_path):
-    store = Store(tmp_path / "data")
+    store = Store(tmp_path)
     assert store.read().num_rows == 0 and store.done_keys() == set()
     store.append([make_measurement(i).to_row() for i in range(3)] + [make_measurement(9, device="dev2").to_row()])
     t = store.read()
     assert t.schema.equals(SCHEMA) and t.num_rows == 4
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["device=dev1", "device=dev2"]
+    for f in (tmp_path / "data").rglob("*.parquet"):  # every column in every file, partition columns too
+        assert pq.read_schema(f).remove_metadata().equals(FILE_SCHEMA)
     row = t.filter(ds.field("arch") == "m1").to_pylist()[0]
-    assert row["latency_ms"] == pytest.approx(2.0) and row["samples_ms"] == [2.0, 2.1, 1.9]
+    assert row["latency_ms"] == pytest.approx(2.0) and row["samples_ms"] == pytest.approx([2.0, 2.1, 1.9], rel=1e-7)
     assert row["input_shape"] == "1x3x8x8" and row["batch_size"] == 1 and row["telemetry_after_temp_c"] == 40.0
     assert row["measured_at"].tzinfo is not None
-    # Any reader sees the same rows through plain hive partitioning.
-    assert ds.dataset(tmp_path / "data", partitioning="hive").to_table().num_rows == 4
+    # Other readers see the same rows, the partition columns from the files or (as dictionaries) the folders.
+    assert ds.dataset(tmp_path / "data").to_table().num_rows == pq.read_table(tmp_path / "data").num_rows == 4
+    assert store.read(filter=ds.field("device") == "dev2").num_rows == 1
 
 
 def test_done_keys(tmp_path):
