@@ -194,7 +194,7 @@ def collect(jobs: Sequence[Job], devices: Sequence[Device], out="latkit-data", r
     Ctrl-C or SIGTERM (raised as Interrupted by the CLI's handler) stops every device within seconds."""
     store = Store(out)
     store.check_writable()  # before any device time is spent
-    store.devices()  # a corrupt _devices.json is named now, not when the first device has started
+    store.devices()  # a corrupt device probe is named now, not when the first device has started
     by_name = {d.name: d for d in devices}
     unknown = {j.device for j in jobs} - set(by_name)
     if unknown:
