@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from collector.compact import compact  # noqa: E402
-from collector.job import Artifact, Job, Settings  # noqa: E402
-from collector.measurement import Measurement  # noqa: E402
-from collector.store import Store  # noqa: E402
+from latkit.collector.compact import compact  # noqa: E402
+from latkit.collector.job import Artifact, Job, Settings  # noqa: E402
+from latkit.collector.measurement import Measurement  # noqa: E402
+from latkit.collector.store import Store  # noqa: E402
 
 GOALS = {"resume_keys_s": 2.0, "bytes_per_row": 8192, "compact_s": 60.0}
 DEVICES = ("dev0", "dev1", "dev2", "dev3")

@@ -14,8 +14,8 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from collector.schema import FILE_SCHEMA
-from collector import SCHEMA, Artifact, Job, LatkitError, Measurement, Settings, Store
+from latkit.collector.schema import FILE_SCHEMA
+from latkit.collector import SCHEMA, Artifact, Job, LatkitError, Measurement, Settings, Store
 
 
 def make_measurement(i, status="ok", device="dev1"):
@@ -82,7 +82,7 @@ def test_unwritable_out_dir(tmp_path):
 WRITER = textwrap.dedent("""
     import sys
     from test_store import make_measurement
-    from collector import Store
+    from latkit.collector import Store
     store = Store(sys.argv[1])
     store.append([make_measurement(0).to_row()])
     print("first", flush=True)
@@ -135,7 +135,7 @@ def test_readers_read_data_as_is(tmp_path):
     import duckdb
     import pandas as pd
     import polars as pl
-    from collector.dataset import write_card
+    from latkit.collector.dataset import write_card
     store = Store(tmp_path)
     store.append([make_measurement(i).to_row() for i in range(3)] + [make_measurement(9, device="dev2").to_row()])
     store.record_devices({"fp": {"device": "dev1", "cpu_model": "x"}})
@@ -177,7 +177,7 @@ def _keys(path):
 def test_compact_while_writing_never_loses_or_doubles(tmp_path):
     """A writer appends batches while compactions run and readers read: each read sees every row written before
     it began, once."""
-    from collector.compact import compact
+    from latkit.collector.compact import compact
     store, stop, written = Store(tmp_path), threading.Event(), []
 
     def write():
@@ -219,7 +219,7 @@ def test_sigkill_during_compaction(tmp_path):
         want = _keys(d)
         assert len(want) == 600
         stage = "mid-write" if attempt % 2 == 0 else "mid-delete"
-        proc = subprocess.Popen([sys.executable, "-m", "collector.cli", "data", "compact", str(d)], env=env,
+        proc = subprocess.Popen([sys.executable, "-m", "latkit.collector.cli", "data", "compact", str(d)], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 120
         while proc.poll() is None and time.time() < deadline:
@@ -236,7 +236,7 @@ def test_sigkill_during_compaction(tmp_path):
         elif stage == "mid-write" and not any(n.startswith("compact-") for n in names):
             hits.add(stage)
         assert _keys(d) == want  # no loss, no doubles
-        r = subprocess.run([sys.executable, "-m", "collector.cli", "data", "compact", str(d)], env=env,
+        r = subprocess.run([sys.executable, "-m", "latkit.collector.cli", "data", "compact", str(d)], env=env,
                            capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
         assert _keys(d) == want and os.listdir(folder) == [n for n in os.listdir(folder) if n.startswith("compact-")]
@@ -260,7 +260,7 @@ def test_migrate_older_layout(tmp_path):
     (tmp_path / "README.md").write_text("# card")
     with pytest.raises(LatkitError, match="older latkit.*latkit data migrate"):
         Store(tmp_path).read()
-    r = subprocess.run([sys.executable, "-m", "collector.cli", "data", "migrate", str(tmp_path)],
+    r = subprocess.run([sys.executable, "-m", "latkit.collector.cli", "data", "migrate", str(tmp_path)],
                        env=dict(os.environ, PYTHONPATH=os.getcwd()), capture_output=True, text=True)
     assert r.returncode == 0 and "4 rows under data/" in r.stdout, r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "data", "devices"]
@@ -276,13 +276,13 @@ def test_migrate_older_layout(tmp_path):
 
 
 def compact_migrate(path):
-    from collector.compact import migrate
+    from latkit.collector.compact import migrate
     return migrate(path)
 
 
 def test_schema_command_and_card_columns(tmp_path):
-    from collector.cli import main
-    from collector.dataset import write_card
+    from latkit.collector.cli import main
+    from latkit.collector.dataset import write_card
     import contextlib
     import io
     out = io.StringIO()
