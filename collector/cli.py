@@ -25,7 +25,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from . import api, dataset, validate
+from . import api, compact, dataset, schema, validate
 from .devices import Registry
 from .errors import EXTRAS, Interrupted, LatkitError, missing
 from .job import NUMBER, RUNTIMES, WHOLE, Settings
@@ -237,6 +237,30 @@ def cmd_data_show(args) -> int:
 
 def cmd_data_card(args) -> int:
     print(f"wrote {dataset.write_card(args.dir, args.title, args.licence)}")
+    return 0
+
+
+def cmd_data_schema(args) -> int:
+    if args.json:
+        _print_json([c.as_dict() for c in schema.COLUMNS])
+        return 0
+    table = Table("column", "type", "unit", "meaning")
+    for c in schema.COLUMNS:
+        table.add_row(c.name, str(c.type), c.unit, c.description)
+    console.print(table)
+    return 0
+
+
+def cmd_data_compact(args) -> int:
+    r = compact.compact(args.dir)
+    print(f"{args.dir}: {r.files_before} files -> {r.files_after}, {r.rows} rows"
+          + (f"; removed {r.leftovers_removed} files left by an interrupted compaction" if r.leftovers_removed else ""))
+    return 0
+
+
+def cmd_data_migrate(args) -> int:
+    for folder, rows in compact.migrate(args.dir).items():
+        print(f"{folder}: {rows} rows under data/")
     return 0
 
 
@@ -527,6 +551,17 @@ def build_parser() -> argparse.ArgumentParser:
                                                                 "(rows of a search space are re-exported)")
     rt.add_argument("--job-timeout", type=validate.arg_number(0, 86400, lo_open=True), default=600.0)
     rt.set_defaults(func=cmd_data_retest)
+    sc = data.add_parser("schema", parents=[common], help="the columns of a dataset's rows: type, unit, meaning")
+    sc.add_argument("--json", action="store_true", help="print one JSON document on stdout instead of a table")
+    sc.set_defaults(func=cmd_data_schema)
+    cp = data.add_parser("compact", parents=[common], help="merge a dataset's small files into large ones "
+                                                           "(safe while a collection writes to it)")
+    cp.add_argument("dir")
+    cp.set_defaults(func=cmd_data_compact)
+    mg = data.add_parser("migrate", parents=[common], help="move a dataset of an older latkit to the current "
+                                                           "layout (rows under data/)")
+    mg.add_argument("dir")
+    mg.set_defaults(func=cmd_data_migrate)
     pl = data.add_parser("plot", parents=[common],
                          help="latency histograms per device and a device-vs-device Spearman heatmap")
     pl.add_argument("dir")

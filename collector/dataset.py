@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from . import validate
+from . import schema, validate
 from .errors import LatkitError, need
 from .store import Store
 
@@ -153,7 +153,7 @@ def write_card(path, title: Optional[str] = None, licence: str = "CC-BY-4.0", no
         head = f"# {title or Path(path).resolve().name}\n\n{notes.strip()}".rstrip()
     lines = [head, "", MARKER, "",
              f"{s['rows']} rows ({s['ok']} ok), measured {s['from']} to {s['to']}. Licence: {licence}.",
-             "The schema is documented in `collector/store.py`.", "",
+             "Rows are under `data/` (Hive-partitioned by device and space, every column in every file).", "",
              "## Contents", "",
              "| device | runtime | space | rows | ok | missed CI target | latency_ms min / median / max |",
              "|---|---|---|---|---|---|---|"]
@@ -177,6 +177,7 @@ def write_card(path, title: Optional[str] = None, licence: str = "CC-BY-4.0", no
     lines += ["", "Settings (canonical JSON, part of each row's key):", ""]
     lines += [f"- `{x}`" for x in s["settings"]]
     lines += ["", f"Sampler: {', '.join(s['samplers']) or 'none (single models)'}.", ""]
+    lines += ["## Columns", "", *schema.markdown(), ""]
     rt = latest_retest(path)
     if rt:
         lines += ["## Test-retest", "", f"{rt['n']} rows measured again ({rt['stamp']}, shuffled, side table "

@@ -134,22 +134,36 @@ class Registry:
     def save(self, device: Device) -> None:
         if device.name == LOCAL.name:
             raise LatkitError("'local' is built in; choose another name")
-        entries = self._load()
-        entries[device.name] = device.to_toml()
-        self._write(entries)
+        entry = device.to_toml()
+
+        def put(devices) -> None:
+            if device.name not in devices:
+                devices[device.name] = entry
+                return
+            table = devices[device.name]  # edited key by key, so comments inside it stay
+            for k in [k for k in table if k not in entry]:
+                del table[k]
+            for k, v in entry.items():
+                if table.get(k) != v:
+                    table[k] = v
+        self._edit(put)
 
     def remove(self, name: str) -> None:
-        entries = self._load()
-        if name not in entries:
+        if name not in self._load():
             raise LatkitError(f"no registered device {name!r}; see latkit device list")
-        del entries[name]
-        self._write(entries)
+        self._edit(lambda devices: devices.pop(name))
 
-    def _write(self, entries: dict) -> None:
-        import tomli_w  # only writers of the registry need it (reading is tomllib, in the standard library)
+    def _edit(self, change) -> None:
+        """Apply `change` to the [devices] table and write the file back with the user's comments and layout."""
+        import tomlkit  # only writers of the registry need it (reading is tomllib, in the standard library)
+        self._load()  # a broken file is named, not rewritten
+        doc = tomlkit.parse(self.path.read_text()) if self.path.exists() else tomlkit.document()
+        if "devices" not in doc:
+            doc["devices"] = tomlkit.table(is_super_table=True)
+        change(doc["devices"])
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(tomli_w.dumps({"devices": entries}))
+        tmp.write_text(tomlkit.dumps(doc))
         os.replace(tmp, self.path)
 
 

@@ -50,16 +50,18 @@ def w(tmp_path_factory, artifacts):
     pq.write_table(pa.table({"space": ["nb201"], "arch": ["x"], "device": ["d1"], "latency_ms": ["fast"]}),
                    w / "textlatency.parquet")
     (w / "notparquet.parquet").write_text("hello")
+    (w / "oldlayout" / "device=d1" / "space=nb201").mkdir(parents=True)
     dataset.import_help(w / "table.parquet", w / "data")
     for name, what in (("foreign", "foreign"), ("notpq", "text"), ("devjson", "json")):
         shutil.copytree(w / "data", w / name)
-        part = w / name / "device=d1" / "space=nb201"
+        part = w / name / "data" / "device=d1" / "space=nb201"
         if what == "foreign":
             pq.write_table(pa.table({"x": [1, 2]}), part / "other-tool.parquet")
         elif what == "text":
             (part / "notes.parquet").write_text("written by hand")
         else:
-            (w / name / "_devices.json").write_text("{not json")
+            (w / name / "devices").mkdir()
+            (w / name / "devices" / "d1-0123.json").write_text("{not json")
     return w
 
 
@@ -131,7 +133,7 @@ CASES = [
     ("collect-seed-negative", f"collect --space nb201 --n 2 --seed -1 {C}", 2, "argument --seed"),
     ("collect-no-models", f"collect --models {{w}}/empty {C}", 2, "no model files"),
     ("collect-devices-json", "collect --models {w}/m.onnx --registry {w}/reg.toml --devices loc --out {w}/devjson",
-     2, "_devices.json is not valid JSON"),
+     2, "d1-0123.json is not a device probe"),
     ("collect-device-fails", "collect -q --models {w}/m.onnx --registry {w}/reg.toml --devices nolease "
      "--out {w}/out", 1, "1 device(s) failed (nolease)"),
     ("device-add-port", "device add x --host 192.0.2.7 --port 70000 --registry {w}/r.toml", 2, "argument --port"),
@@ -142,7 +144,10 @@ CASES = [
     ("data-show-missing", "data show {w}/missing", 2, "no dataset at {w}/missing"),
     ("data-show-foreign", "data show {w}/foreign", 2, "other-tool.parquet is not latkit data (no key and no status"),
     ("data-show-not-parquet", "data show {w}/notpq", 2, "notes.parquet is not latkit data (not a Parquet file"),
-    ("data-card-devices-json", "data card {w}/devjson", 2, "_devices.json is not valid JSON"),
+    ("data-card-devices-json", "data card {w}/devjson", 2, "d1-0123.json is not a device probe"),
+    ("data-show-old-layout", "data show {w}/oldlayout", 2, "layout of an older latkit (rows beside the card); run `latkit data migrate"),
+    ("data-compact-missing", "data compact {w}/missing", 2, "no dataset at {w}/missing"),
+    ("data-migrate-missing", "data migrate {w}/missing", 2, "no dataset at {w}/missing"),
     ("data-plot-unwritable", "data plot {w}/data --out {w}/afile/plots", 2,
      "cannot write {w}/afile/plots: Not a directory; give --out a writable folder"),
     ("data-import-missing", "data import-help {w}/missing {w}/out2", 2, "no HELP latency tables"),
