@@ -20,11 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from latkit.collector.compact import compact  # noqa: E402
-from latkit.collector.job import Artifact, Job, Settings  # noqa: E402
-from latkit.collector.measurement import Measurement  # noqa: E402
-from latkit.collector.store import Store  # noqa: E402
+from latkit.collector.compact import compact
+from latkit.collector.job import Artifact, Job, Settings
+from latkit.collector.measurement import Measurement
+from latkit.collector.store import Store
 
 GOALS = {"resume_keys_s": 2.0, "bytes_per_row": 8192, "compact_s": 60.0}
 DEVICES = ("dev0", "dev1", "dev2", "dev3")
@@ -89,17 +88,19 @@ def main() -> int:
     out = {"rows": args.rows, "samples": args.samples, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "goals": GOALS}
 
-    # 1. a collection's writes: batched (Store.writer defaults), 4 devices
+    # 1. a collection's writes: batched (Store.writer defaults), one writer per device as run_device has
     batched = Store(work / "batched")
     t = time.perf_counter()
     made = 0.0
-    with batched.writer() as w:
-        for start in range(0, args.rows, 10_000):
-            t_made = time.perf_counter()
-            chunk = rows(start, min(10_000, args.rows - start), args.samples)
-            made += time.perf_counter() - t_made
-            for row in chunk:
-                w.add(row)
+    writers = {d: batched.writer() for d in DEVICES}
+    for start in range(0, args.rows, 10_000):
+        t_made = time.perf_counter()
+        chunk = rows(start, min(10_000, args.rows - start), args.samples)
+        made += time.perf_counter() - t_made
+        for row in chunk:
+            writers[row["device"]].add(row)
+    for w in writers.values():
+        w.close()
     out["write_s"] = time.perf_counter() - t - made
     out["batched_files"] = len(batched.files())
     out["bytes_per_row"] = du(work / "batched" / "data") / args.rows
