@@ -252,7 +252,7 @@ def cmd_predictor_fit(args) -> int:
     table = LatencyTable(args.data, args.space)  # bad data or device: one line before anything is written
     table.check_devices([args.device])
     out = _fit_output(args)
-    surrogate, result, test = fit(table, args.space, args.device, args.budget, args.sampler, args.model, args.seed)
+    surrogate, result, test = fit(table, table.space, args.device, args.budget, args.sampler, args.model, args.seed)
     surrogate.save(out)
     shown = {k: result[k] for k in ("spearman", "kendall", "mape", "rmse", "acc5", "acc10", "n_train", "n_test",
                                     "model")}
