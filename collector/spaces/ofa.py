@@ -42,6 +42,10 @@ class OFA(PlanSpace):
         super().__init__(num_classes)
         self.fixed = None if resolution is None else self.check_resolution(resolution)
 
+    def options(self) -> dict:
+        """num_classes only: `fixed` narrows sampling, and an arch carries its resolution anyway."""
+        return {"num_classes": self.num_classes}
+
     def at_resolution(self, resolution: int) -> "OFA":
         return OFA(self.num_classes, resolution)
 

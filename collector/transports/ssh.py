@@ -172,7 +172,9 @@ class SSHTransport(Transport):
         if artifact.name not in self._present:
             remote = f"{self.workdir}/models/{artifact.name}"
             try:
-                if not self._exists(remote):
+                if self._exists(remote):
+                    self._sftp.utime(remote, None)  # its mtime is its last use: bounded caches evict the oldest
+                else:
                     self._upload(artifact.path, remote)
             except (OSError, paramiko.SSHException, EOFError) as e:
                 if isinstance(e, (PermissionError,)) or "No space" in str(e):
@@ -181,6 +183,25 @@ class SSHTransport(Transport):
                 raise TransportError(f"upload to {self.describe} failed: {e or type(e).__name__}") from None
             self._present.add(artifact.name)
         return artifact.name
+
+    def model_files(self) -> list:
+        from ..cache import CachedFile
+        try:
+            entries = self._sftp.listdir_attr(f"{self.workdir}/models")
+        except (OSError, paramiko.SSHException, EOFError) as e:
+            raise TransportError(f"cannot list the models on {self.describe}: {e or type(e).__name__}") from None
+        return [CachedFile(e.filename.split(".")[0], e.st_size, e.st_mtime) for e in entries
+                if len(e.filename.split(".")[0]) == 64 and not e.filename.endswith(".part")]
+
+    def evict(self, shas) -> None:
+        shas = set(shas)
+        try:
+            for e in self._sftp.listdir(f"{self.workdir}/models"):
+                if e.split(".")[0] in shas:
+                    self._sftp.remove(f"{self.workdir}/models/{e}")
+                    self._present.discard(e)
+        except (OSError, paramiko.SSHException, EOFError) as e:
+            raise TransportError(f"cannot remove models on {self.describe}: {e or type(e).__name__}") from None
 
     def stderr_tail(self) -> str:
         return " | ".join(list(self._stderr)[-3:])
