@@ -13,6 +13,7 @@ import hashlib
 import shlex
 import socket
 import threading
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -63,6 +64,7 @@ class SSHTransport(Transport):
         self._client: Optional[AgentClient] = None
         self._stderr: collections.deque = collections.deque(maxlen=20)
         self._present: set = set()
+        self._used: dict = {}  # model name -> time.time() of its last put here (SFTP mtimes are whole seconds)
         self.agent_pid: Optional[int] = None
 
     # -- connection ---------------------------------------------------------------------------------
@@ -169,6 +171,7 @@ class SSHTransport(Transport):
             pass
 
     def put(self, artifact: Artifact) -> str:
+        self._used[artifact.name] = time.time()
         if artifact.name not in self._present:
             remote = f"{self.workdir}/models/{artifact.name}"
             try:
@@ -190,7 +193,8 @@ class SSHTransport(Transport):
             entries = self._sftp.listdir_attr(f"{self.workdir}/models")
         except (OSError, paramiko.SSHException, EOFError) as e:
             raise TransportError(f"cannot list the models on {self.describe}: {e or type(e).__name__}") from None
-        return [CachedFile(e.filename.split(".")[0], e.st_size, e.st_mtime) for e in entries
+        return [CachedFile(e.filename.split(".")[0], e.st_size, max(e.st_mtime, self._used.get(e.filename, 0.0)))
+                for e in entries
                 if len(e.filename.split(".")[0]) == 64 and not e.filename.endswith(".part")]
 
     def evict(self, shas) -> None:
