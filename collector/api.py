@@ -272,7 +272,7 @@ def collect_space(space, n: int, devices: Sequence[str], runtime: str = "onnxrun
                   sampler: str = "uniform", seed: int = 0, settings: Optional[Settings] = None, out="latkit-data",
                   batch_size: int = 1, resolution: Optional[int] = None, registry: Optional[Registry] = None,
                   progress: bool = True, export_workers: Optional[int] = None, weight_seed: int = 0,
-                  cache_max_gb: Optional[float] = None, **kwargs) -> CollectReport:
+                  cache_max_gb: Optional[float] = None, cache_dir=None, **kwargs) -> CollectReport:
     """`latkit collect --space`: sample n archs of `space` (a Space or its name), export them (cached, on
     `export_workers` processes, default export_plan's), time them on every device. With a `resolution`,
     every arch is exported at it; on ofa, whose archs carry their resolution, the archs are sampled with
@@ -291,7 +291,8 @@ def collect_space(space, n: int, devices: Sequence[str], runtime: str = "onnxrun
         raise LatkitError(f"unknown runtime {runtime!r}; choose one of {', '.join(EXPORT_FORMAT)}")
     store = Store(out)
     store.check_writable()  # before sampling and exporting, as before any device time
-    validate.writable_dir(DEFAULT_CACHE, "set LATKIT_CACHE to a writable folder for the exported models")
+    cache = Path(cache_dir or DEFAULT_CACHE)
+    validate.writable_dir(cache, "set LATKIT_CACHE to a writable folder for the exported models")
     if export_workers is None:
         plan = export_plan(devs, settings)
         log.info("%s", plan.why)
@@ -300,19 +301,20 @@ def collect_space(space, n: int, devices: Sequence[str], runtime: str = "onnxrun
         cores = None
     archs = sample(sp, n, sampler, seed)
     arts = list(progress_iter(iter_space_artifacts(sp, archs, EXPORT_FORMAT[runtime], batch_size, resolution,
-                                                   export_workers, weight_seed=weight_seed, cores=cores),
+                                                   export_workers, cache_dir=cache, weight_seed=weight_seed,
+                                                   cores=cores),
                               f"exporting {len(archs)} {sp.name} archs to {EXPORT_FORMAT[runtime]}", progress,
                               total=len(archs)))
     jobs = [dataclasses.replace(j, sampler=f"{sampler}(seed={seed})")
             for j in make_jobs(arts, [d.name for d in devs], runtime, settings)]
-    prune_host(DEFAULT_CACHE, cache_max_gb, keep={a.sha256 for a in arts})  # other collections' files first
+    prune_host(cache, cache_max_gb, keep={a.sha256 for a in arts})  # other collections' files first
     try:
         return collect(jobs, devs, out=out, progress=progress, cache_max_gb=cache_max_gb, **kwargs)
     finally:
         if cache_max_gb is not None:
             done = store.done_keys()
             everywhere = {a.sha256 for a in arts} - {j.artifact.sha256 for j in jobs if j.key not in done}
-            prune_host(DEFAULT_CACHE, cache_max_gb, keep={a.sha256 for a in arts} - everywhere, first=everywhere)
+            prune_host(cache, cache_max_gb, keep={a.sha256 for a in arts} - everywhere, first=everywhere)
 
 
 def measure(model, device: str = "local", runtime: Optional[str] = None, settings: Optional[Settings] = None,
