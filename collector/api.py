@@ -257,12 +257,12 @@ def export_plan(devices: Sequence[Device], settings: Optional[Settings], cores: 
         free = sorted(cores - pinned)
         if free:
             n = max(1, min(len(free), len(cores) - 1))
-            return ExportPlan(n, tuple(free), f"{n} export workers on cores {free}, apart from the local device's "
+            return ExportPlan(n, tuple(free), f"{n} export worker(s) on cores {free}, apart from the local device's "
                                               f"{sorted(pinned)}")
         return ExportPlan(1, None, f"1 export worker at nice 10: the local device is pinned to every core "
                                    f"({sorted(pinned)})")
     n = max(1, len(cores) - 1)
-    why = f"{n} export workers ({len(cores)} cores - 1)"
+    why = f"{n} export worker(s) ({len(cores)} cores - 1)"
     if local:
         why += "; the local device is not pinned (--cores), so they share its cores at nice 10"
     return ExportPlan(n, None, why)
@@ -293,13 +293,13 @@ def collect_space(space, n: int, devices: Sequence[str], runtime: str = "onnxrun
     store.check_writable()  # before sampling and exporting, as before any device time
     cache = Path(cache_dir or DEFAULT_CACHE)
     validate.writable_dir(cache, "set LATKIT_CACHE to a writable folder for the exported models")
-    if export_workers is None:
+    archs = sample(sp, n, sampler, seed)
+    if export_workers is None:  # said once the inputs are known good, so a refusal stays one line
         plan = export_plan(devs, settings)
         log.info("%s", plan.why)
         export_workers, cores = plan.workers, plan.cores
     else:
         cores = None
-    archs = sample(sp, n, sampler, seed)
     arts = list(progress_iter(iter_space_artifacts(sp, archs, EXPORT_FORMAT[runtime], batch_size, resolution,
                                                    export_workers, cache_dir=cache, weight_seed=weight_seed,
                                                    cores=cores),
