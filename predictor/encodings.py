@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from collector.spaces import Space, as_space
+from latkit.collector.spaces import Space, as_space
 
 ENCODINGS = ("onehot", "analytic", "features", "proxies")
 

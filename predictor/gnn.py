@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 from sklearn.utils.validation import check_is_fitted
 
-from collector.spaces import as_space
+from latkit.collector.spaces import as_space
 
 from .encodings import graphs
 from .models import Surrogate, arch_list, training_data

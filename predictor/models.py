@@ -21,8 +21,8 @@ import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin, clone
 from sklearn.utils.validation import check_is_fitted
 
-from collector.errors import LatkitError
-from collector.spaces import as_space
+from latkit.collector.errors import LatkitError
+from latkit.collector.spaces import as_space
 
 from . import modelfile
 from .encodings import encode

@@ -32,9 +32,9 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from collector import Registry, Settings, add_device, collect, export
-from collector.api import make_jobs
-from collector.loopback import new_fleet_dir, start_fleet, stop_fleet
+from latkit.collector import Registry, Settings, add_device, collect, export
+from latkit.collector.api import make_jobs
+from latkit.collector.loopback import new_fleet_dir, start_fleet, stop_fleet
 
 
 def small_models(n: int, cache: Path):
@@ -70,10 +70,10 @@ def _collection_figures(report, t0: float, wall_s: float) -> dict:
 
 def export_pipeline(n: int, n_devices: int, min_time: float, max_time: float) -> dict:
     """OFA over the loopback fleet: cold and fully-cached collections (see the module docstring)."""
-    from collector.api import arch_spec, collect_space, export_plan, iter_space_artifacts
-    from collector.exporters import cached, export_key
-    from collector.samplers import sample
-    from collector.spaces import get_space
+    from latkit.collector.api import arch_spec, collect_space, export_plan, iter_space_artifacts
+    from latkit.collector.exporters import cached, export_key
+    from latkit.collector.samplers import sample
+    from latkit.collector.spaces import get_space
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         cache = tmp / "exports"  # empty: the cold run exports every arch

@@ -4,7 +4,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from collector import LatkitError, Settings, export
+from latkit.collector import LatkitError, Settings, export
 from conftest import tiny_cnn
 
 
@@ -53,9 +53,9 @@ def test_export_errors(export_cache):
 def test_parallel_export_is_the_serial_export_in_order(tmp_path):
     """Worker processes seed the weights by the arch as the serial path does: their export keys (which hash
     the weights) find the serial exports in the cache, and the artifacts come back in the order given."""
-    from collector.api import iter_space_artifacts
-    from collector.samplers import sample
-    from collector.spaces import get_space
+    from latkit.collector.api import iter_space_artifacts
+    from latkit.collector.samplers import sample
+    from latkit.collector.spaces import get_space
     archs = sample(get_space("nb201"), 3, "uniform", 1)
     serial = list(iter_space_artifacts("nb201", archs, "torchscript", cache_dir=tmp_path))
     mtimes = [a.path.stat().st_mtime_ns for a in serial]
@@ -67,9 +67,9 @@ def test_parallel_export_is_the_serial_export_in_order(tmp_path):
 
 def test_parallel_export_stays_a_bounded_distance_ahead(tmp_path):
     """A consumer that stops early leaves at most 1 + `ahead` files exported, not the whole list."""
-    from collector.api import iter_space_artifacts
-    from collector.samplers import sample
-    from collector.spaces import get_space
+    from latkit.collector.api import iter_space_artifacts
+    from latkit.collector.samplers import sample
+    from latkit.collector.spaces import get_space
     archs = sample(get_space("nb201"), 8, "uniform", 2)
     it = iter_space_artifacts("nb201", archs, "torchscript", workers=2, ahead=2, cache_dir=tmp_path)
     first = next(it)
@@ -104,8 +104,8 @@ NB = "|nor_conv_3x3~0|+|skip_connect~0|nor_conv_1x1~1|+|avg_pool_3x3~0|none~1|no
 
 
 def test_cached_arch_is_found_without_building_the_network(tmp_path, monkeypatch):
-    from collector.api import export_arch
-    from collector.spaces import NB201
+    from latkit.collector.api import export_arch
+    from latkit.collector.spaces import NB201
     first = export_arch("nb201", NB, "torchscript", batch_size=2, cache_dir=tmp_path)
     mtime = first.path.stat().st_mtime_ns
 
@@ -121,7 +121,7 @@ def test_cached_arch_is_found_without_building_the_network(tmp_path, monkeypatch
 
 def test_export_key_names_every_input_and_a_change_misses(tmp_path, monkeypatch):
     import dataclasses
-    from collector import api
+    from latkit.collector import api
     spec = api.arch_spec("nb201", NB, "onnx", 1)
     from importlib import metadata
     assert dict(spec.versions)["torch"] == metadata.version("torch") and spec.resolution == 32
@@ -140,8 +140,8 @@ def test_export_key_names_every_input_and_a_change_misses(tmp_path, monkeypatch)
 
 
 def test_corrupt_cached_file_is_exported_again(tmp_path):
-    from collector.api import export_arch
-    from collector.job import sha256_file
+    from latkit.collector.api import export_arch
+    from latkit.collector.job import sha256_file
     art = export_arch("nb201", NB, "torchscript", cache_dir=tmp_path)
     good = art.path.read_bytes()
     for corrupt in (good[: len(good) // 2], bytes(len(good))):  # truncated; same size, other bytes
@@ -154,7 +154,7 @@ def test_corrupt_cached_file_is_exported_again(tmp_path):
 
 
 def test_eviction_order():
-    from collector.cache import CachedFile, evictions
+    from latkit.collector.cache import CachedFile, evictions
     files = [CachedFile(c * 64, 10, t) for c, t in zip("abcd", (4, 1, 3, 2))]
     names = lambda fs: [f.sha256[0] for f in fs]  # noqa: E731
     assert names(evictions(files, 25)) == ["b", "d"]  # least recently used first
@@ -166,9 +166,9 @@ def test_eviction_order():
 def test_bounded_host_cache(tmp_path):
     import os
     import time
-    from collector.api import export_arch
-    from collector.cache import prune_host
-    from collector.spaces import get_space
+    from latkit.collector.api import export_arch
+    from latkit.collector.cache import prune_host
+    from latkit.collector.spaces import get_space
     archs = get_space("nb201").sample(4, np.random.default_rng(7))
     arts = []
     for i, a in enumerate(archs):
@@ -185,8 +185,8 @@ def test_bounded_host_cache(tmp_path):
 
 
 def test_export_workers_default():
-    from collector.api import export_plan
-    from collector.devices import Device
+    from latkit.collector.api import export_plan
+    from latkit.collector.devices import Device
     local, remote = Device(name="local", transport="local"), Device(name="pi", transport="ssh", host="h")
     assert export_plan([remote], None, {0, 1, 2, 3}).workers == 3
     plan = export_plan([local], Settings(cores=(0,)), {0, 1, 2, 3})
