@@ -5,6 +5,7 @@ import collections
 import dataclasses
 import hashlib
 import itertools
+import logging
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -16,16 +17,20 @@ import pyarrow.compute as pc
 from . import validate
 from .devices import Device, Registry, now_utc
 from .errors import Failure, LatkitError
-from .exporters import DEFAULT_CACHE, export
+from .exporters import (DEFAULT_CACHE, ExportSpec, cached, check_format, export, export_cached, exporter_versions,
+                        input_specs)
 from .job import FORMATS, RUNTIME_FOR_FORMAT, WHOLE, Artifact, Job, Settings
+from .cache import max_bytes, prune_host
 from .dataset import group_summary
 from .measurement import TELEMETRY, Measurement, Stats, fingerprint
 from .progress import progress_iter
 from .runner import DeviceRunner
 from .samplers import sample
 from .scheduler import CollectReport, DeviceReport, collect, run_device
-from .spaces import get_space
+from .spaces import as_space
 from .store import Store
+
+log = logging.getLogger("latkit")
 
 
 def probe(device: str = "local", registry: Optional[Registry] = None) -> dict:
@@ -147,98 +152,191 @@ def collect_models(models: Sequence, devices: Sequence[str], runtime: Optional[s
 EXPORT_FORMAT = {"onnxruntime": "onnx", "tflite": "tflite", "torch": "pt2"}
 
 
-def export_arch(space: str, arch: str, fmt: str, batch_size: int = 1, resolution: Optional[int] = None,
-                cache_dir=None, **space_options) -> Artifact:
-    """Build one arch and export it to `fmt` (cached by content). The weights are seeded by the arch: the
-    same arch is the same file (same sha256, same key), so re-running a collection resumes instead of
-    timing fresh random copies."""
-    import torch
-    sp = get_space(space, **space_options)
-    torch.manual_seed(int(hashlib.sha256(f"{space}\n{arch}".encode()).hexdigest()[:15], 16))
-    return export(sp.build(arch, resolution), (torch.randn(sp.input_shape(arch, batch_size, resolution)),), fmt,
-                  space=space, arch=arch, cache_dir=cache_dir)
+def arch_spec(space, arch: str, fmt: str, batch_size: int = 1, resolution: Optional[int] = None,
+              weight_seed: int = 0) -> ExportSpec:
+    """What determines the file `arch` exports to: found in the cache by its key, no network built."""
+    sp = as_space(space)
+    shape = sp.input_shape(arch, batch_size, resolution)
+    return ExportSpec(sp.name, arch, shape[0], shape[-1], fmt, weight_seed, exporter_versions(fmt),
+                      tuple(sp.options().items()))
 
 
-def _export_worker() -> None:
-    """Export workers: one thread each, so N workers use N cores instead of N x all of them, and a lower
-    priority, so a device timing on this host while they export (the local agent) gets the CPU first."""
+def export_arch(space, arch: str, fmt: str, batch_size: int = 1, resolution: Optional[int] = None,
+                cache_dir=None, weight_seed: int = 0) -> Artifact:
+    """Build one arch of `space` (a Space or its name) and export it to `fmt`, unless the cache holds it.
+    The weights are seeded by (space, arch, weight_seed): the same arch is the same file (same sha256, same
+    job key), so re-running a collection resumes instead of timing fresh random copies."""
+    check_format(fmt)
+    sp = as_space(space)
+    spec = arch_spec(sp, arch, fmt, batch_size, resolution, weight_seed)
+    shape = (spec.batch_size, 3, spec.resolution, spec.resolution)
+
+    def make():
+        import torch
+        salt = f"\n{weight_seed}" if weight_seed else ""  # seed 0 keeps the weights (and sha256s) of before
+        torch.manual_seed(int(hashlib.sha256(f"{sp.name}\n{arch}{salt}".encode()).hexdigest()[:15], 16))
+        return sp.build(arch, resolution), (torch.randn(shape),)
+
+    return export_cached(Path(cache_dir or DEFAULT_CACHE), spec.key, fmt, make, sp.name, arch,
+                         input_specs([shape], ["float32"]), dataclasses.asdict(spec))
+
+
+def _export_worker(cores: Optional[tuple] = None) -> None:
+    """Export workers: one thread each, so N workers use N cores instead of N x all of them, a lower
+    priority, so a device timing on this host while they export (the local agent) gets the CPU first, and,
+    given `cores`, only those (kept apart from a pinned local device)."""
     import torch
     torch.set_num_threads(1)
     os.nice(10)
+    if cores:
+        os.sched_setaffinity(0, cores)
 
 
-def iter_space_artifacts(space: str, archs: Sequence[str], fmt: str, batch_size: int = 1,
+def iter_space_artifacts(space, archs: Sequence[str], fmt: str, batch_size: int = 1,
                          resolution: Optional[int] = None, workers: int = 1, ahead: Optional[int] = None,
-                         cache_dir=None, **space_options) -> Iterator[Artifact]:
+                         cache_dir=None, weight_seed: int = 0, cores: Optional[tuple] = None) -> Iterator[Artifact]:
     """Export archs and yield their artifacts in the order given, each as soon as it is ready, so timing
-    can start while later archs are still exporting. With workers > 1 a process pool exports (spawned:
-    a forked torch can hang), keeping at most `ahead` (default 4 x workers) archs beyond the consumer, so
-    a slow consumer bounds the files on disk. Closing the iterator cancels what has not started."""
-    sp = get_space(space, **space_options)
+    can start while later archs are still exporting. Cached archs are found here, without a network or a
+    worker; with workers > 1 a process pool (spawned: a forked torch can hang, and started only at the first
+    miss) exports the rest, keeping at most `ahead` (default 4 x workers) archs beyond the consumer, so a
+    slow consumer bounds the files on disk. Closing the iterator cancels what has not started."""
+    sp = as_space(space)
     archs = [sp.validate(a) for a in archs]
     for a in archs:  # a resolution the space lacks, or one that contradicts an ofa arch: refused before exporting
         sp.input_shape(a, batch_size, resolution)
     validate.whole(workers, "export workers", 1)
+    check_format(fmt)
+    cache = Path(cache_dir or DEFAULT_CACHE)
+    args = lambda a: (sp, a, fmt, batch_size, resolution, cache, weight_seed)  # noqa: E731
     if workers == 1:
         for a in archs:
-            yield export_arch(space, a, fmt, batch_size, resolution, cache_dir, **space_options)
+            yield export_arch(*args(a))
         return
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_export_worker)
+    pool = None
     try:
         todo, queued = iter(archs), collections.deque()
+
+        def push(a) -> None:
+            nonlocal pool
+            hit = cached(cache, arch_spec(sp, a, fmt, batch_size, resolution, weight_seed).key, fmt)
+            if hit:
+                queued.append(a)  # exported already: export_arch finds it at once
+                return
+            if pool is None:
+                pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                           initializer=_export_worker, initargs=(cores,))
+            queued.append(pool.submit(export_arch, *args(a)))
+
         for a in itertools.islice(todo, ahead or 4 * workers):
-            queued.append(pool.submit(export_arch, space, a, fmt, batch_size, resolution, cache_dir, **space_options))
+            push(a)
         while queued:
-            art = queued.popleft().result()
+            head = queued.popleft()
+            art = export_arch(*args(head)) if isinstance(head, str) else head.result()
             nxt = next(todo, None)
             if nxt is not None:
-                queued.append(pool.submit(export_arch, space, nxt, fmt, batch_size, resolution, cache_dir,
-                                          **space_options))
+                push(nxt)
             yield art
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
-def space_artifacts(space: str, archs: Sequence[str], runtime: str = "onnxruntime", batch_size: int = 1,
+def space_artifacts(space, archs: Sequence[str], runtime: str = "onnxruntime", batch_size: int = 1,
                     resolution: Optional[int] = None, progress: bool = False, workers: int = 1,
-                    **space_options) -> list:
-    """Build and export each arch (cached by content) in the format `runtime` times, on `workers` processes."""
-    fmt = EXPORT_FORMAT[runtime]
-    arts = iter_space_artifacts(space, archs, fmt, batch_size, resolution, workers, **space_options)
-    return list(progress_iter(arts, f"exporting {len(archs)} {space} archs to {fmt}", progress, total=len(archs)))
+                    weight_seed: int = 0) -> list:
+    """Build and export each arch (cached) in the format `runtime` times, on `workers` processes."""
+    sp, fmt = as_space(space), EXPORT_FORMAT[runtime]
+    arts = iter_space_artifacts(sp, archs, fmt, batch_size, resolution, workers, weight_seed=weight_seed)
+    return list(progress_iter(arts, f"exporting {len(archs)} {sp.name} archs to {fmt}", progress, total=len(archs)))
 
 
-def collect_space(space: str, n: int, devices: Sequence[str], runtime: str = "onnxruntime",
+@dataclasses.dataclass(frozen=True)
+class ExportPlan:
+    """How many export workers, on which cores, and why (said in the log)."""
+
+    workers: int
+    cores: Optional[tuple]  # None: any core (at nice 10)
+    why: str
+
+
+def export_plan(devices: Sequence[Device], settings: Optional[Settings], cores: Optional[set] = None) -> ExportPlan:
+    """Default export workers: the host's cores - 1, none on a core a `local` device is pinned to (--cores);
+    a local device that is not pinned shares every core, and the workers' nice 10 gives it the CPU first."""
+    cores = set(os.sched_getaffinity(0) if cores is None else cores)
+    pinned = set(settings.cores or ()) if settings else set()
+    local = any(d.transport == "local" for d in devices)
+    if local and pinned:
+        free = sorted(cores - pinned)
+        if free:
+            n = max(1, min(len(free), len(cores) - 1))
+            return ExportPlan(n, tuple(free), f"{n} export worker(s) on cores {free}, apart from the local device's "
+                                              f"{sorted(pinned)}")
+        return ExportPlan(1, None, f"1 export worker at nice 10: the local device is pinned to every core "
+                                   f"({sorted(pinned)})")
+    n = max(1, len(cores) - 1)
+    why = f"{n} export worker(s) ({len(cores)} cores - 1)"
+    if local:
+        why += "; the local device is not pinned (--cores), so they share its cores at nice 10"
+    return ExportPlan(n, None, why)
+
+
+def collect_space(space, n: int, devices: Sequence[str], runtime: str = "onnxruntime",
                   sampler: str = "uniform", seed: int = 0, settings: Optional[Settings] = None, out="latkit-data",
                   batch_size: int = 1, resolution: Optional[int] = None, registry: Optional[Registry] = None,
-                  progress: bool = True, export_workers: int = 1, **kwargs) -> CollectReport:
-    """`latkit collect --space`: sample n archs, export them (cached, on `export_workers` processes), time
-    them on every device. With a `resolution`, every arch is exported at it; on ofa, whose archs carry their
-    resolution, the archs are sampled with r = resolution, so the stored arch always names its input."""
+                  progress: bool = True, export_workers: Optional[int] = None, weight_seed: int = 0,
+                  cache_max_gb: Optional[float] = None, cache_dir=None, **kwargs) -> CollectReport:
+    """`latkit collect --space`: sample n archs of `space` (a Space or its name), export them (cached, on
+    `export_workers` processes, default export_plan's), time them on every device. With a `resolution`,
+    every arch is exported at it; on ofa, whose archs carry their resolution, the archs are sampled with
+    r = resolution, so the stored arch always names its input. `cache_max_gb` bounds the host's export
+    cache and each device's model cache (least recently used first; models measured on every device first)."""
     reg = registry or Registry()
     devs = [reg.get(d) for d in devices]
-    sp = get_space(space)
+    sp = as_space(space)
     if resolution is not None:
         sp = sp.at_resolution(resolution)
     validate.whole(n, "n", 1)
     validate.whole(batch_size, "batch_size", *WHOLE["batch_size"])
+    validate.whole(weight_seed, "weight_seed", 0)
+    max_bytes(cache_max_gb)
     if runtime not in EXPORT_FORMAT:
         raise LatkitError(f"unknown runtime {runtime!r}; choose one of {', '.join(EXPORT_FORMAT)}")
-    Store(out).check_writable()  # before sampling and exporting, as before any device time
-    validate.writable_dir(DEFAULT_CACHE, "set LATKIT_CACHE to a writable folder for the exported models")
+    store = Store(out)
+    store.check_writable()  # before sampling and exporting, as before any device time
+    cache = Path(cache_dir or DEFAULT_CACHE)
+    validate.writable_dir(cache, "set LATKIT_CACHE to a writable folder for the exported models")
     archs = sample(sp, n, sampler, seed)
     refs = None
     if kwargs.get("executor") is not None:  # exports as Ray tasks across the cluster
+        if cache_max_gb is not None:
+            raise LatkitError("--cache-max-gb does not apply to --executor ray yet (each node keeps its own cache); "
+                              "leave it out")
         from .ray_executor import export_remote
-        pairs = export_remote(space, archs, EXPORT_FORMAT[runtime], batch_size, resolution, kwargs["executor"])
+        pairs = export_remote(sp, archs, EXPORT_FORMAT[runtime], batch_size, resolution, kwargs["executor"],
+                              weight_seed=weight_seed)
         arts, refs = [a for a, _ in pairs], {a.sha256: r for a, r in pairs}
     else:
-        arts = space_artifacts(space, archs, runtime, batch_size, resolution, progress=progress,
-                               workers=export_workers)
+        if export_workers is None:  # said once the inputs are known good, so a refusal stays one line
+            plan = export_plan(devs, settings)
+            log.info("%s", plan.why)
+            export_workers, cores = plan.workers, plan.cores
+        else:
+            cores = None
+        arts = list(progress_iter(iter_space_artifacts(sp, archs, EXPORT_FORMAT[runtime], batch_size, resolution,
+                                                       export_workers, cache_dir=cache, weight_seed=weight_seed,
+                                                       cores=cores),
+                                  f"exporting {len(archs)} {sp.name} archs to {EXPORT_FORMAT[runtime]}", progress,
+                                  total=len(archs)))
     jobs = [dataclasses.replace(j, sampler=f"{sampler}(seed={seed})")
             for j in make_jobs(arts, [d.name for d in devs], runtime, settings)]
-    return collect(jobs, devs, out=out, progress=progress, refs=refs, **kwargs)
+    prune_host(cache, cache_max_gb, keep={a.sha256 for a in arts})  # other collections' files first
+    try:
+        return collect(jobs, devs, out=out, progress=progress, cache_max_gb=cache_max_gb, refs=refs, **kwargs)
+    finally:
+        if cache_max_gb is not None:
+            done = store.done_keys()
+            everywhere = {a.sha256 for a in arts} - {j.artifact.sha256 for j in jobs if j.key not in done}
+            prune_host(cache, cache_max_gb, keep={a.sha256 for a in arts} - everywhere, first=everywhere)
 
 
 def measure(model, device: str = "local", runtime: Optional[str] = None, settings: Optional[Settings] = None,

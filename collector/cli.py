@@ -98,7 +98,7 @@ def cmd_collect(args) -> int:
         raise LatkitError("give either --models DIR_OR_FILES or --space S --n N")
     common = dict(registry=Registry(args.registry), retries=args.retries, job_timeout=args.job_timeout,
                   progress=not args.quiet, retry_errors=args.retry_errors, wait=not args.no_wait,
-                  executor=parse_executor(args.executor))
+                  executor=parse_executor(args.executor), cache_max_gb=args.cache_max_gb)
     if args.space:
         if not args.n:
             raise LatkitError("--space needs --n (how many archs to sample)")
@@ -107,9 +107,9 @@ def cmd_collect(args) -> int:
                                    args.seed, settings, args.out, batch_size=args.batch_size or 1,
                                    resolution=args.resolution, export_workers=args.export_workers, **common)
     else:
-        for option in ("n", "resolution"):
+        for option in ("n", "resolution", "export_workers"):
             if getattr(args, option) is not None:
-                raise LatkitError(f"--{option} applies to --space only; leave it out with --models")
+                raise LatkitError(f"--{option.replace('_', '-')} applies to --space only; leave it out with --models")
         report = api.collect_models(api.model_files(args.models), devices, args.runtime, _settings(args), args.out,
                                     **common)
     failed = report.failed_models
@@ -299,7 +299,7 @@ def cmd_predictor_fit(args) -> int:
     table = LatencyTable(args.data, args.space)  # bad data or device: one line before anything is written
     table.check_devices([args.device])
     out = _fit_output(args)
-    surrogate, result, test = fit(table, args.space, args.device, args.budget, args.sampler, args.model, args.seed)
+    surrogate, result, test = fit(table, table.space, args.device, args.budget, args.sampler, args.model, args.seed)
     surrogate.save(out)
     shown = {k: result[k] for k in ("spearman", "kendall", "mape", "rmse", "acc5", "acc10", "n_train", "n_test",
                                     "model")}
@@ -437,8 +437,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--resolution", type=validate.arg_whole(1),
                    help="input side (default: the space's; nb201, fbnet: 16-512 step 4; ofa: 128-224 step 4, "
                         "and the sampled archs carry it as r)")
-    c.add_argument("--export-workers", type=validate.arg_whole(1, 256), default=1, metavar="N",
-                   help="export the sampled archs on N processes (default 1; e.g. the host's cores - 1)")
+    c.add_argument("--export-workers", type=validate.arg_whole(1, 256), metavar="N",
+                   help="export the sampled archs on N processes (default: the host's cores - 1, none on the cores "
+                        "a local device is pinned to with --cores; -v says what was chosen)")
+    c.add_argument("--cache-max-gb", type=validate.arg_number(0), metavar="GB",
+                   help="bound the host's export cache and each device's model cache (default: unbounded); least "
+                        "recently used models go first, those measured on every device before them")
     c.add_argument("--devices", required=True, help="comma-separated device names")
     c.add_argument("--executor", default="local", metavar="local|ray[=ADDRESS]",
                    help="local (default): drive every device from this process; ray: exports as Ray tasks and "

@@ -1,13 +1,17 @@
 """Exporters: torch nn.Module -> ONNX, TFLite (litert-torch), torch.export .pt2 or TorchScript Artifact.
 
-Exports are cached by content: the cache key hashes the module's structure, its weights, the example
-inputs, the format and the exporter's version, and the file is stored under its own sha256, so the same
-network is exported once however often it is asked for. What a converter prints is captured; when an
-export fails it is kept in <cache>/logs/<key>.log, named in the error and shown with -v.
+Exports are cached, each file stored under its own sha256 with an index entry `index/<key>.json` naming it.
+A search-space arch is found by an ExportSpec key (space, arch, batch, resolution, format, exporter versions,
+weight seed) computed without building the network, so resuming a big collection costs a file stat per
+arch; any other module by a key hashing its structure, weights and inputs. An index entry records the
+file's size and mtime: a file whose size changed is corrupt, one whose mtime changed is re-hashed, and
+either way a corrupt file is exported again. What a converter prints is captured; when an export fails it
+is kept in <cache>/logs/<key>.log, named in the error and shown with -v.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -15,6 +19,7 @@ import os
 import sys
 import tempfile
 import warnings
+from functools import lru_cache
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -25,19 +30,50 @@ log = logging.getLogger("latkit")
 
 EXTENSIONS = {"onnx": ".onnx", "tflite": ".tflite", "pt2": ".pt2", "torchscript": ".pt"}
 DEFAULT_CACHE = Path(os.environ.get("LATKIT_CACHE", Path.home() / ".cache" / "latkit" / "exports"))
+# Bump when latkit exports a (space, arch) differently in a way the package versions do not show
+# (a change to a space's network, to the weight seeding or to the converters' options).
+EXPORT_RECIPE = 1
+CONVERTERS = {"onnx": ("torch", "onnx"), "tflite": ("torch", "litert-torch"), "pt2": ("torch",),
+              "torchscript": ("torch",)}
 
 
-def _exporter_version(fmt: str) -> str:
-    import torch
+@lru_cache(maxsize=None)
+def exporter_versions(fmt: str) -> tuple:
+    """(package, version) of everything that writes a `fmt` file, read from package metadata (no import)."""
     from importlib import metadata
-    extra = {"onnx": "onnx", "tflite": "litert-torch"}.get(fmt)
-    return torch.__version__ + (f"+{extra}-{metadata.version(extra)}" if extra else "")
+    out = []
+    for pkg in CONVERTERS[fmt]:
+        try:
+            out.append((pkg, metadata.version(pkg)))
+        except metadata.PackageNotFoundError:
+            out.append((pkg, "absent"))
+    return tuple(out) + (("latkit-export-recipe", str(EXPORT_RECIPE)),)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportSpec:
+    """Everything that determines the file exported for a search-space arch; its `key` finds the file in
+    the cache without building the network. `space_options`: the space's constructor options (sorted)."""
+
+    space: str
+    arch: str
+    batch_size: int
+    resolution: int
+    format: str
+    weight_seed: int
+    versions: tuple
+    space_options: tuple = ()
+
+    @property
+    def key(self) -> str:
+        fields = {k: v for k, v in dataclasses.asdict(self).items()}
+        return "arch-" + hashlib.sha256(json.dumps(fields, sort_keys=True, default=list).encode()).hexdigest()
 
 
 def export_key(module, example_inputs: Sequence, fmt: str) -> str:
     """sha256 over what determines the exported file (structure, weights, inputs, format, exporter)."""
     h = hashlib.sha256()
-    h.update(f"{fmt}\n{_exporter_version(fmt)}\n{module!r}\n".encode())
+    h.update(f"{fmt}\n{exporter_versions(fmt)}\n{module!r}\n".encode())
     for name, t in module.state_dict().items():
         h.update(name.encode())
         h.update(str(tuple(t.shape)).encode())
@@ -45,6 +81,33 @@ def export_key(module, example_inputs: Sequence, fmt: str) -> str:
     for x in example_inputs:
         h.update(f"{tuple(x.shape)}{x.dtype}".encode())
     return h.hexdigest()
+
+
+def cached(cache: Path, key: str, fmt: str) -> Optional[tuple]:
+    """(path, sha256) of the file the index entry `key` names, if it is there and intact; marks it used."""
+    index = cache / "index" / f"{key}.json"
+    try:
+        entry = json.loads(index.read_text())
+        path = cache / f"{entry['sha256']}{EXTENSIONS[fmt]}"
+        st = path.stat()
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if st.st_size != entry.get("size", st.st_size) or (
+            st.st_mtime_ns != entry.get("mtime_ns") and sha256_file(path) != entry["sha256"]):
+        log.warning("cached export %s is corrupt (changed since it was written); exporting it again", path.name)
+        path.unlink(missing_ok=True)
+        return None
+    if st.st_mtime_ns != entry.get("mtime_ns"):  # intact, but touched: record the new mtime
+        _write_index(index, dict(entry, mtime_ns=st.st_mtime_ns))
+    else:
+        os.utime(index)  # the index entry's mtime is the file's last use (bounded caches evict the oldest)
+    return path, entry["sha256"]
+
+
+def _write_index(index: Path, entry: dict) -> None:
+    tmp = index.with_name(f".{index.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(entry))
+    os.replace(tmp, index)
 
 
 @contextlib.contextmanager
@@ -93,23 +156,35 @@ def _write(module, example_inputs: tuple, fmt: str, path: str) -> None:
 
 def export(module, example_inputs: Sequence, fmt: str = "onnx", space: str = "custom", arch: str = "",
            cache_dir: Optional[Path] = None) -> Artifact:
-    """Export `module` (in eval mode) for `example_inputs` to `fmt`; cached, so repeated calls are free."""
-    if fmt not in EXTENSIONS:
-        raise LatkitError(f"unknown export format {fmt!r}; choose one of {', '.join(EXTENSIONS)}")
-    import torch
-    cache = Path(cache_dir or DEFAULT_CACHE)
-    (cache / "index").mkdir(parents=True, exist_ok=True)
+    """Export `module` (in eval mode) for `example_inputs` to `fmt`; cached by content, so repeated calls are
+    free (but each hashes the module's weights: search-space archs use export_arch, which needs no network)."""
+    check_format(fmt)
     example_inputs = tuple(example_inputs)
     module = module.eval()
-    inputs = tuple({"name": f"input_{i}", "shape": list(x.shape), "dtype": str(x.dtype).replace("torch.", "")}
-                   for i, x in enumerate(example_inputs))
-    key = export_key(module, example_inputs, fmt)
-    index = cache / "index" / f"{key}.json"
-    if index.exists():
-        sha = json.loads(index.read_text())["sha256"]
-        path = cache / f"{sha}{EXTENSIONS[fmt]}"
-        if path.exists():
-            return Artifact(path=path, sha256=sha, format=fmt, space=space, arch=arch, inputs=inputs)
+    inputs = input_specs([tuple(x.shape) for x in example_inputs], [str(x.dtype) for x in example_inputs])
+    return export_cached(Path(cache_dir or DEFAULT_CACHE), export_key(module, example_inputs, fmt), fmt,
+                         lambda: (module, example_inputs), space, arch, inputs)
+
+
+def check_format(fmt: str) -> None:
+    if fmt not in EXTENSIONS:
+        raise LatkitError(f"unknown export format {fmt!r}; choose one of {', '.join(EXTENSIONS)}")
+
+
+def input_specs(shapes: Sequence[tuple], dtypes: Sequence[str]) -> tuple:
+    return tuple({"name": f"input_{i}", "shape": list(s), "dtype": d.replace("torch.", "")}
+                 for i, (s, d) in enumerate(zip(shapes, dtypes)))
+
+
+def export_cached(cache: Path, key: str, fmt: str, make, space: str, arch: str, inputs: tuple,
+                  spec: Optional[dict] = None) -> Artifact:
+    """The artifact of index entry `key`; on a miss `make()` gives (module, example inputs) to export."""
+    (cache / "index").mkdir(parents=True, exist_ok=True)
+    hit = cached(cache, key, fmt)
+    if hit:
+        return Artifact(path=hit[0], sha256=hit[1], format=fmt, space=space, arch=arch, inputs=inputs)
+    import torch
+    module, example_inputs = make()
     fd, tmp = tempfile.mkstemp(suffix=EXTENSIONS[fmt], dir=cache, prefix=".export-")
     os.close(fd)
     (cache / "logs").mkdir(exist_ok=True)
@@ -135,7 +210,7 @@ def export(module, example_inputs: Sequence, fmt: str = "onnx", space: str = "cu
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    index_tmp = index.with_suffix(".tmp")
-    index_tmp.write_text(json.dumps({"sha256": sha, "format": fmt}))
-    os.replace(index_tmp, index)
+    st = path.stat()
+    _write_index(cache / "index" / f"{key}.json", {"sha256": sha, "format": fmt, "size": st.st_size,
+                                                     "mtime_ns": st.st_mtime_ns, "spec": spec})
     return Artifact(path=path, sha256=sha, format=fmt, space=space, arch=arch, inputs=inputs)

@@ -81,21 +81,23 @@ class DeviceDriver:
         return report, ray.get_runtime_context().get_node_id()
 
 
-def _export(space: str, arch: str, fmt: str, batch_size: int, resolution: Optional[int]) -> tuple:
-    """A Ray task: export one arch on whichever node runs it; the file's bytes go to the object store."""
+def _export(space, arch: str, fmt: str, batch_size: int, resolution: Optional[int], weight_seed: int) -> tuple:
+    """A Ray task: export one arch on whichever node runs it (its own export cache); the file's bytes go to
+    the object store."""
     from .api import export_arch
     import torch
     torch.set_num_threads(1)
-    art = export_arch(space, arch, fmt, batch_size=batch_size, resolution=resolution)
+    art = export_arch(space, arch, fmt, batch_size=batch_size, resolution=resolution, weight_seed=weight_seed)
     return art, art.path.read_bytes()
 
 
-def export_remote(space: str, archs: Sequence[str], fmt: str, batch_size: int = 1,
-                  resolution: Optional[int] = None, address: str = "") -> list:
-    """(Artifact, object ref of its bytes) for every arch, exported as Ray tasks across the cluster."""
+def export_remote(space, archs: Sequence[str], fmt: str, batch_size: int = 1, resolution: Optional[int] = None,
+                  address: str = "", weight_seed: int = 0) -> list:
+    """(Artifact, object ref of its bytes) for every arch of `space` (a Space), exported as Ray tasks across
+    the cluster."""
     ray = _ray(address)
     task = ray.remote(num_cpus=1, num_returns=2, max_retries=2)(_export)
-    pairs = [task.remote(space, a, fmt, batch_size, resolution) for a in archs]
+    pairs = [task.remote(space, a, fmt, batch_size, resolution, weight_seed) for a in archs]
     arts = ray.get([p[0] for p in pairs])
     return list(zip(arts, [p[1] for p in pairs]))
 

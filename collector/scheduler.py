@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
+from .cache import evictions, max_bytes
 from .devices import Device
 from .errors import Interrupted, LatkitError, TransportError
 from .job import Job
@@ -45,6 +46,7 @@ class DeviceReport:
     timing_s: float = 0.0  # warmup and timed runs: the device doing what it is here for
     wall_s: float = 0.0
     node: str = ""  # the Ray node that drove the device (--executor ray)
+    first_timing_at: Optional[float] = None  # time.time() as the first measure request went out (resume latency)
 
     @property
     def remaining(self) -> int:
@@ -89,8 +91,9 @@ def round_queue(jobs: Sequence[Job], seed: int = 0) -> list:
 def run_device(device: Device, jobs: Sequence[Job], store: Store, report: DeviceReport, retries: int = 3,
                backoff_s: float = 1.0, job_timeout: float = 600.0, on_row: Optional[Callable] = None,
                stop: Optional[threading.Event] = None, active: Optional[set] = None, wait: bool = True,
-               retry_errors: bool = False) -> None:
-    """Measure `jobs` on `device` in shuffled rounds, appending each job's row once its last round is in."""
+               retry_errors: bool = False, cache_max_gb: Optional[float] = None) -> None:
+    """Measure `jobs` on `device` in shuffled rounds, appending each job's row once its last round is in.
+    `cache_max_gb` bounds the device's model cache (models measured here go first, pending ones stay)."""
     t0 = time.perf_counter()
     stop = stop or threading.Event()
     report.status = "running"
@@ -121,6 +124,8 @@ def run_device(device: Device, jobs: Sequence[Job], store: Store, report: Device
                     if not pending:
                         break
                 job, _ = pending[0]
+                if report.first_timing_at is None:
+                    report.first_timing_at = time.time()
                 t_job = time.perf_counter()
                 m = runner.measure(job)
                 report.busy_s += time.perf_counter() - t_job
@@ -157,6 +162,8 @@ def run_device(device: Device, jobs: Sequence[Job], store: Store, report: Device
             except OSError as e:
                 report.status, report.message = "failed", f"cannot write rows to {store.uri}: {e}"
                 return
+            if cache_max_gb is not None:
+                bound_device_cache(runner, cache_max_gb, {j.artifact.sha256 for j, _ in pending})
             if m.status == "ok":
                 report.measured += 1
             else:
@@ -188,15 +195,26 @@ def _flushed(rows: BatchWriter, store: Store, report: DeviceReport, close: bool 
         return False
 
 
+def bound_device_cache(runner: DeviceRunner, max_gb: float, pending: set) -> None:
+    """Evict models from the device's cache down to `max_gb`, least recently used first; the models still
+    pending on this device stay (every other one is measured here already)."""
+    gone = evictions(runner.transport.model_files(), max_bytes(max_gb), keep=pending)
+    if gone:
+        runner.transport.evict({f.sha256 for f in gone})
+
+
 def collect(jobs: Sequence[Job], devices: Sequence[Device], out="latkit-data", retries: int = 3,
             backoff_s: float = 1.0, job_timeout: float = 600.0, max_workers: int = 64, progress: bool = True,
-            retry_errors: bool = False, wait: bool = True, executor: Optional[str] = None,
-            refs: Optional[dict] = None) -> CollectReport:
+            retry_errors: bool = False, wait: bool = True, cache_max_gb: Optional[float] = None,
+            executor: Optional[str] = None, refs: Optional[dict] = None) -> CollectReport:
     """Run every job on its device (Job.device names it). Returns per-device counts and failures.
     Ctrl-C or SIGTERM (raised as Interrupted by the CLI's handler) stops every device within seconds.
     `executor`: None runs every device from a thread here; a Ray address ("" starts a cluster here) drives
     each device from a Ray actor (collector/ray_executor.py; `refs` are its exported models' object refs)."""
     if executor is not None:
+        if cache_max_gb is not None:
+            raise LatkitError("--cache-max-gb does not apply to --executor ray yet (each node keeps its own cache); "
+                              "leave it out")
         from .ray_executor import collect_ray
         return collect_ray(jobs, devices, out, executor, refs, retries=retries, backoff_s=backoff_s,
                            job_timeout=job_timeout, retry_errors=retry_errors, wait=wait)
@@ -220,7 +238,8 @@ def collect(jobs: Sequence[Job], devices: Sequence[Device], out="latkit-data", r
     try:
         with CollectProgress(report, enabled=progress) as bar:
             futures = [pool.submit(run_device, by_name[n], todo[n], store, reports[n], retries, backoff_s,
-                                   job_timeout, bar.update, stop, active, wait, retry_errors) for n in by_name]
+                                   job_timeout, bar.update, stop, active, wait, retry_errors, cache_max_gb)
+                       for n in by_name]
             for f in futures:
                 f.result()
             bar.update()

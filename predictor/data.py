@@ -7,24 +7,24 @@ import numpy as np
 
 from latkit.collector.dataset import read_latency
 from latkit.collector.errors import LatkitError
-from latkit.collector.spaces import get_space
+from latkit.collector.spaces import as_space
 
 
 class LatencyTable:
     """latency_ms of a space's archs on its devices (median over repeated rows). Loaded once; readers that
     must not see some latencies (samplers, pipelines) are given archs, not this table."""
 
-    def __init__(self, path, space: str):
-        get_space(space)  # unknown space: a clear error first
-        t = read_latency(path, space)
+    def __init__(self, path, space):
+        space = as_space(space)  # a Space or its name; an unknown name: a clear error first
+        t = read_latency(path, space.name)
         if t.num_rows == 0:
-            raise LatkitError(f"no {space} rows in {path}; pick the space the data holds")
+            raise LatkitError(f"no {space.name} rows in {path}; pick the space the data holds")
         df = t.to_pandas()
         bad = df[~np.isfinite(df["latency_ms"]) | (df["latency_ms"] <= 0)]
         if len(bad):
             raise LatkitError(f"{len(bad)} rows in {path} have NaN, zero or negative latency_ms "
                               f"(e.g. {bad.iloc[0]['device']} / {bad.iloc[0]['arch'][:40]}); fix or drop them")
-        self.space = space
+        self.space = space  # the Space
         self.wide = df.pivot_table(index="arch", columns="device", values="latency_ms", aggfunc="median")
 
     @property
@@ -34,7 +34,7 @@ class LatencyTable:
     def check_devices(self, devices: Sequence[str]) -> None:
         missing = [d for d in devices if d not in self.wide.columns]
         if missing:
-            raise LatkitError(f"unknown device(s) {', '.join(missing)} for {self.space}; "
+            raise LatkitError(f"unknown device(s) {', '.join(missing)} for {self.space.name}; "
                               f"this data has: {', '.join(self.devices)}")
 
     def archs(self, device: str) -> list:

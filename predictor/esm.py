@@ -20,7 +20,7 @@ import numpy as np
 
 from latkit.collector.errors import LatkitError
 from latkit.collector.samplers import SAMPLERS, sample_from
-from latkit.collector.spaces import get_space
+from latkit.collector.spaces import as_space
 
 from .data import LatencyTable
 from .metrics import relative_error, report
@@ -48,7 +48,7 @@ def _spearman(y, pred) -> float:
         return float(np.nan_to_num(spearmanr(pred, y).statistic, nan=-1.0))
 
 
-def choose_model(space: str, archs: list, y: np.ndarray, seed: int, candidates=None, n_jobs=-1) -> str:
+def choose_model(space, archs: list, y: np.ndarray, seed: int, candidates=None, n_jobs=-1) -> str:
     """The candidate (default: auto_candidates()) with the best mean 5-fold Spearman over the training archs."""
     from sklearn.metrics import make_scorer
     from sklearn.model_selection import KFold, cross_val_score
@@ -58,7 +58,7 @@ def choose_model(space: str, archs: list, y: np.ndarray, seed: int, candidates=N
     return max(scores, key=scores.get)
 
 
-def fit(data, space: str, device: str, budget: int = 500, sampler: str = "balanced", model: str = "auto",
+def fit(data, space, device: str, budget: int = 500, sampler: str = "balanced", model: str = "auto",
         seed: int = 0, rounds: int = 4, min_test: int = 10, n_jobs=-1) -> tuple:
     """Returns (fitted surrogate, report dict, test archs). Only the training archs' latencies are read
     before the final scoring on the test archs. `n_jobs`: workers of gbdt and rf (-1: every core)."""
@@ -66,15 +66,15 @@ def fit(data, space: str, device: str, budget: int = 500, sampler: str = "balanc
         raise LatkitError(f"unknown model {model!r}; choose auto or one of {', '.join(MODELS)}")
     if sampler not in SAMPLERS:
         raise LatkitError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-    table = data if isinstance(data, LatencyTable) else LatencyTable(data, space)
+    sp = as_space(space)
+    table = data if isinstance(data, LatencyTable) else LatencyTable(data, sp)
     pool = table.archs(device)
     if budget < 10:
         raise LatkitError(f"--budget {budget} is too small; use at least 10")
     if len(pool) < budget + min_test:
-        raise LatkitError(f"{device} has {len(pool)} {space} archs; a budget of {budget} leaves too few to test "
+        raise LatkitError(f"{device} has {len(pool)} {sp.name} archs; a budget of {budget} leaves too few to test "
                           f"(need {budget + min_test}); lower --budget or collect more")
     t0 = time.time()
-    sp = get_space(space)
     rng = np.random.default_rng(seed)
     first = max(10, budget // rounds)
     train = sample_from(sp, pool, first, sampler, seed)
@@ -82,9 +82,9 @@ def fit(data, space: str, device: str, budget: int = 500, sampler: str = "balanc
     batch = (budget - first) // max(1, rounds - 1)
     history = []
     # auto: chosen by CV on the first batch for the rounds, and again on the full training set at the end
-    name = choose_model(space, train, y_train, seed, n_jobs=n_jobs) if model == "auto" else model
+    name = choose_model(sp, train, y_train, seed, n_jobs=n_jobs) if model == "auto" else model
     while len(train) < budget:
-        surrogate = make_model(name, space, seed, n_jobs).fit(train, y_train)
+        surrogate = make_model(name, sp, seed, n_jobs).fit(train, y_train)
         taken = set(train)
         rest = [a for a in pool if a not in taken]
         k = min(batch or budget - len(train), budget - len(train))
@@ -97,8 +97,8 @@ def fit(data, space: str, device: str, budget: int = 500, sampler: str = "balanc
         train, y_train = train + nxt, np.concatenate([y_train, y_nxt])
         if len(history) >= 3 and history[-1]["acc10"] - history[-3]["acc10"] < 0.005:
             break
-    name = choose_model(space, train, y_train, seed, n_jobs=n_jobs) if model == "auto" else model
-    surrogate = make_model(name, space, seed, n_jobs).fit(train, y_train)
+    name = choose_model(sp, train, y_train, seed, n_jobs=n_jobs) if model == "auto" else model
+    surrogate = make_model(name, sp, seed, n_jobs).fit(train, y_train)
     taken = set(train)
     test = [a for a in pool if a not in taken]
     result = report(surrogate.predict(test), table.latency(device, test))

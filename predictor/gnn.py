@@ -18,7 +18,9 @@ from typing import Sequence
 import numpy as np
 from sklearn.utils.validation import check_is_fitted
 
-from .encodings import adjacency, graph_vocab, graphs
+from latkit.collector.spaces import as_space
+
+from .encodings import graphs
 from .models import Surrogate, arch_list, training_data
 
 
@@ -116,11 +118,12 @@ class GNN(Surrogate):
     def _build(self, n_devices: int):
         import torch
         nn = torch.nn
-        adj = adjacency(self.space)
+        space = as_space(self.space)
+        adj = space.adjacency()
         a = adj + adj.T + np.eye(len(adj), dtype=np.float32)
         d = 1.0 / np.sqrt(a.sum(1))
         norm = torch.tensor(a * d[:, None] * d[None, :])
-        vocab, hidden, hw_dim = len(graph_vocab(self.space)), self.hidden, self.hw_dim
+        vocab, hidden, hw_dim = len(space.graph_vocab), self.hidden, self.hw_dim
 
         class Net(nn.Module):
             def __init__(self):

@@ -22,6 +22,7 @@ from sklearn.base import BaseEstimator, RegressorMixin, clone
 from sklearn.utils.validation import check_is_fitted
 
 from latkit.collector.errors import LatkitError
+from latkit.collector.spaces import as_space
 
 from . import modelfile
 from .encodings import encode
@@ -100,7 +101,7 @@ class ArchRegressor(Surrogate):
         return kind
 
     def _params(self) -> dict:
-        return {"space": self.space, "encoding": self.encoding, "regressor": self.regressor_.get_params()}
+        return {"space": as_space(self.space).name, "encoding": self.encoding, "regressor": self.regressor_.get_params()}
 
     def _state(self) -> dict:
         return self.regressor_._state()
@@ -127,8 +128,10 @@ def _build(kind, params: dict, state: dict) -> Surrogate:
     return model
 
 
-def make_model(name: str, space: str, random_state: int = 0, n_jobs=None) -> Surrogate:
-    """A model by name with latkit's defaults; `n_jobs`: workers of the models that have them (gbdt, rf)."""
+def make_model(name: str, space, random_state: int = 0, n_jobs=None) -> Surrogate:
+    """A model by name with latkit's defaults; `n_jobs`: workers of the models that have them (gbdt, rf).
+    `space` (a Space or its name) becomes the model's `space` parameter as the name, which model files store."""
+    space = as_space(space).name
     if name == "gnn":
         from .gnn import GNN
         return GNN(space, random_state=random_state)

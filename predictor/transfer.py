@@ -39,7 +39,7 @@ from sklearn.utils.validation import check_is_fitted
 from latkit.collector.errors import LatkitError
 from latkit.collector.validate import whole
 from latkit.collector.samplers import sample_from
-from latkit.collector.spaces import get_space
+from latkit.collector.spaces import as_space
 
 from .data import LatencyTable
 from .encodings import encode
@@ -116,7 +116,7 @@ class Pretrained(BaseEstimator):
     def choose(self, n: int) -> list:
         """n target samples, diverse over (source bank, proxies): no target latency exists here."""
         check_is_fitted(self)
-        return sample_from(get_space(self.space), self.pool_, n, "diverse", self.random_state, features=self.features_)
+        return sample_from(as_space(self.space), self.pool_, n, "diverse", self.random_state, features=self.features_)
 
 
 class FewShot(RegressorMixin, BaseEstimator):
@@ -172,7 +172,7 @@ def run_seed(table: LatencyTable, sources: Sequence[str], targets: Sequence[str]
              source_samples: int, seed: int, use_gnn: bool = True, n_jobs=-1) -> dict:
     """Per target: scores over the pool's archs other than the target samples (never seen by the model)."""
     archs = table.common_archs(targets)
-    pre = Pretrained(table.space, source_samples, use_gnn=use_gnn, random_state=seed, n_jobs=n_jobs)
+    pre = Pretrained(table.space.name, source_samples, use_gnn=use_gnn, random_state=seed, n_jobs=n_jobs)
     pre.fit(table, sources, archs)
     chosen = pre.choose(target_samples)
     taken = set(chosen)
@@ -185,7 +185,7 @@ def run_seed(table: LatencyTable, sources: Sequence[str], targets: Sequence[str]
     return per_target
 
 
-def transfer(data, space: str, sources: Sequence[str], targets: Sequence[str], target_samples: int = 20,
+def transfer(data, space, sources: Sequence[str], targets: Sequence[str], target_samples: int = 20,
              source_samples: int = 900, seeds: int = 3, use_gnn: bool = True, n_jobs=-1) -> dict:
     """`latkit predictor transfer`: per-target and mean Spearman over the unseen archs, mean +- std over seeds.
     `n_jobs`: LightGBM threads of the source bank (-1: every core)."""

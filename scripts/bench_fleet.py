@@ -6,10 +6,22 @@ agent per device, all devices in parallel), and prints per device:
 - transport overhead per model = host time in a measure call - the agent's own work (load, warmup, timing):
   SFTP upload, the request round trip, JSON,
 - model load per model (runtime session creation, on the device), start-up (connect, deploy, probe).
+
+`--ofa-archs N` (default 0: off; the goal is stated for 200) adds the export pipeline on OFA (onnx, r=128,
+default export workers), written to scripts/bench_fleet.json under "export_pipeline":
+- cold: empty export cache; device duty cycle = time timing / wall time of the whole collection, exports
+  included (exports all come before timing, so this is low while exporting is slower than timing),
+- cached: every export in the cache, a fresh dataset: duty cycle (goal >= 90 %) and time to first timing
+  (collect_space called -> first measure request; goal < 3 s at 200 archs),
+- the per-arch cost the old content key paid to find a cached export (build the net, hash its weights),
+  times N, beside the spec key's lookup.
 """
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
+import os
 import platform
 import sys
 import tempfile
@@ -39,13 +51,85 @@ def small_models(n: int, cache: Path):
     return arts
 
 
+JSON = Path(__file__).with_suffix(".json")
+
+
+def write_section(key: str, value: dict) -> None:
+    """Merge one section into scripts/bench_fleet.json (other sections are other benchmarks' and stay)."""
+    data = json.loads(JSON.read_text()) if JSON.exists() else {}
+    data[key] = value
+    JSON.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def _collection_figures(report, t0: float, wall_s: float) -> dict:
+    firsts = [d.first_timing_at for d in report.devices if d.first_timing_at]
+    return {"wall_s": round(wall_s, 2), "first_timing_s": round(min(firsts) - t0, 2) if firsts else None,
+            "duty_cycle": {d.device: round(d.timing_s / wall_s, 3) for d in report.devices},
+            "measured": report.measured, "ok": report.ok}
+
+
+def export_pipeline(n: int, n_devices: int, min_time: float, max_time: float) -> dict:
+    """OFA over the loopback fleet: cold and fully-cached collections (see the module docstring)."""
+    from latkit.collector.api import arch_spec, collect_space, export_plan, iter_space_artifacts
+    from latkit.collector.exporters import cached, export_key
+    from latkit.collector.samplers import sample
+    from latkit.collector.spaces import get_space
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        cache = tmp / "exports"  # empty: the cold run exports every arch
+        base = new_fleet_dir()
+        fleet = start_fleet(base, [sys.executable] * n_devices)
+        try:
+            reg = Registry(tmp / "devices.toml")
+            for d in fleet:
+                add_device(d.name, d.host, d.port, d.user, d.key, d.python, d.workdir, trust_host_key=True,
+                           registry=reg, lease=f"{d.dir}/lease")
+            names = [d.name for d in fleet]
+            plan = export_plan([reg.get(x) for x in names], None)
+            settings = Settings(repeats_min_s=min_time, repeats_max_s=max_time, rounds=1)
+            out = {}
+            for label, data in (("cold", "data-cold"), ("cached", "data-cached")):
+                t0 = time.time()
+                report = collect_space("ofa", n, names, "onnxruntime", settings=settings, out=tmp / data,
+                                       resolution=128, registry=reg, progress=False, cache_dir=cache)
+                out[label] = _collection_figures(report, t0, time.time() - t0)
+            t0 = time.time()  # the host's part of a fully-cached start: sample, validate, find every export
+            sp = get_space("ofa").at_resolution(128)
+            archs = sample(sp, n, "uniform", 0)
+            arts = list(iter_space_artifacts(sp, archs, "onnx", resolution=128, cache_dir=cache))
+            lookup_s = time.time() - t0
+            hits = sum(cached(cache, arch_spec(sp, a, "onnx").key, "onnx") is not None for a in archs)
+            assert len(arts) == hits == n
+            import torch
+            t0, k = time.time(), min(5, n)
+            for a in archs[:k]:
+                export_key(sp.build(a), (torch.randn(sp.input_shape(a)),), "onnx")
+            old_s = (time.time() - t0) / k
+        finally:
+            stop_fleet(base, remove=True)
+    return {"date": datetime.date.today().isoformat(), "machine": f"{platform.processor() or platform.machine()}, "
+            f"{len(os.sched_getaffinity(0))} CPUs", "load_1min": os.getloadavg()[0], "archs": n,
+            "devices": n_devices, "space": "ofa r=128, onnx, onnxruntime", "timed_s_per_model": [min_time, max_time],
+            "export_workers": plan.workers, **out,
+            "host_prep_s": round(lookup_s, 3), "cache_hits": hits, "content_key_s_per_arch": round(old_s, 3),
+            "goals": {"duty_cycle_cached": 0.9, "first_timing_s_at_200": 3.0}}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", type=int, default=100)
     ap.add_argument("--devices", type=int, default=2)
     ap.add_argument("--min-time", type=float, default=0.5, help="minimum timed seconds per model")
     ap.add_argument("--max-time", type=float, default=1.0)
+    ap.add_argument("--ofa-archs", type=int, default=0, help="also run the OFA export pipeline on N archs (200: "
+                                                                  "the goal's size)")
     args = ap.parse_args()
+    if args.ofa_archs:
+        section = export_pipeline(args.ofa_archs, args.devices, args.min_time, args.max_time)
+        write_section("export_pipeline", section)
+        print(json.dumps(section, indent=2))
+    if not args.models:
+        return
     console = Console(width=None if sys.stdout.isatty() else 150)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -4,7 +4,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from latkit.collector import LatkitError, export
+from latkit.collector import LatkitError, Settings, export
 from conftest import tiny_cnn
 
 
@@ -96,3 +96,103 @@ def test_failed_export_keeps_the_converters_output(export_cache, capfd):
     log = str(e.value).rsplit(" is in ", 1)[1]
     assert "fatal: no kernel for op 7" in open(log).read()
     assert "no kernel" not in capfd.readouterr().out  # captured, not sprayed over stdout
+
+
+# -- the export cache: found by (space, arch, batch, resolution, format, versions, seed), bounded --------------
+
+NB = "|nor_conv_3x3~0|+|skip_connect~0|nor_conv_1x1~1|+|avg_pool_3x3~0|none~1|nor_conv_3x3~2|"
+
+
+def test_cached_arch_is_found_without_building_the_network(tmp_path, monkeypatch):
+    from latkit.collector.api import export_arch
+    from latkit.collector.spaces import NB201
+    first = export_arch("nb201", NB, "torchscript", batch_size=2, cache_dir=tmp_path)
+    mtime = first.path.stat().st_mtime_ns
+
+    def refuse(*a, **k):
+        raise AssertionError("built the network for a cached arch")
+    monkeypatch.setattr(NB201, "build", refuse)
+    again = export_arch("nb201", NB, "torchscript", batch_size=2, cache_dir=tmp_path)
+    assert (again.path, again.sha256, again.inputs) == (first.path, first.sha256, first.inputs)
+    assert again.inputs[0]["shape"] == [2, 3, 32, 32] and again.path.stat().st_mtime_ns == mtime
+    with pytest.raises(AssertionError, match="built the network"):  # another batch is another file
+        export_arch("nb201", NB, "torchscript", batch_size=1, cache_dir=tmp_path)
+
+
+def test_export_key_names_every_input_and_a_change_misses(tmp_path, monkeypatch):
+    import dataclasses
+    from latkit.collector import api
+    spec = api.arch_spec("nb201", NB, "onnx", 1)
+    from importlib import metadata
+    assert dict(spec.versions)["torch"] == metadata.version("torch") and spec.resolution == 32
+    assert {"torch", "onnx", "latkit-export-recipe"} <= set(dict(spec.versions))
+    variants = [dataclasses.replace(spec, **{k: v}) for k, v in
+                [("arch", NB.replace("none", "skip_connect")), ("batch_size", 2), ("resolution", 64),
+                 ("format", "pt2"), ("weight_seed", 1), ("versions", (("torch", "0.0"),)),
+                 ("space_options", (("num_classes", 100),))]]
+    assert len({spec.key} | {v.key for v in variants}) == 8
+    base = api.export_arch("nb201", NB, "torchscript", cache_dir=tmp_path)
+    seeded = api.export_arch("nb201", NB, "torchscript", cache_dir=tmp_path, weight_seed=1)
+    assert seeded.sha256 != base.sha256  # other weights, another file and job key
+    monkeypatch.setattr(api, "exporter_versions", lambda fmt: (("torch", "9.9"),))
+    newer = api.export_arch("nb201", NB, "torchscript", cache_dir=tmp_path)
+    assert len(list((tmp_path / "index").glob("*.json"))) == 3 and newer.path.exists()  # a miss: exported anew
+
+
+def test_corrupt_cached_file_is_exported_again(tmp_path):
+    from latkit.collector.api import export_arch
+    from latkit.collector.job import sha256_file
+    art = export_arch("nb201", NB, "torchscript", cache_dir=tmp_path)
+    good = art.path.read_bytes()
+    for corrupt in (good[: len(good) // 2], bytes(len(good))):  # truncated; same size, other bytes
+        art.path.write_bytes(corrupt)
+        again = export_arch("nb201", NB, "torchscript", cache_dir=tmp_path)
+        assert sha256_file(again.path) == again.sha256 and again.path.read_bytes() != corrupt
+        art, good = again, again.path.read_bytes()
+    art.path.touch()  # touched but intact: re-hashed once, kept
+    assert export_arch("nb201", NB, "torchscript", cache_dir=tmp_path).path.read_bytes() == good
+
+
+def test_eviction_order():
+    from latkit.collector.cache import CachedFile, evictions
+    files = [CachedFile(c * 64, 10, t) for c, t in zip("abcd", (4, 1, 3, 2))]
+    names = lambda fs: [f.sha256[0] for f in fs]  # noqa: E731
+    assert names(evictions(files, 25)) == ["b", "d"]  # least recently used first
+    assert names(evictions(files, 25, first={"c" * 64})) == ["c", "b"]  # measured everywhere first
+    assert names(evictions(files, 0, keep={"b" * 64, "d" * 64})) == ["c", "a"]  # pending never
+    assert evictions(files, 40) == []
+
+
+def test_bounded_host_cache(tmp_path):
+    import os
+    import time
+    from latkit.collector.api import export_arch
+    from latkit.collector.cache import prune_host
+    from latkit.collector.spaces import get_space
+    archs = get_space("nb201").sample(4, np.random.default_rng(7))
+    arts = []
+    for i, a in enumerate(archs):
+        arts.append(export_arch("nb201", a, "torchscript", cache_dir=tmp_path))
+        for idx in (tmp_path / "index").glob("*.json"):  # distinct last uses, oldest first
+            if arts[-1].sha256 in idx.read_text():
+                os.utime(idx, (time.time() - 100 + i, time.time() - 100 + i))
+    sizes = [a.path.stat().st_size for a in arts]
+    limit = sum(sizes[2:]) + 1
+    freed = prune_host(tmp_path, limit / 2 ** 30, keep={arts[0].sha256})
+    assert [a.path.exists() for a in arts] == [True, False, False, True] and freed == sizes[1] + sizes[2]
+    again = export_arch("nb201", archs[1], "torchscript", cache_dir=tmp_path)  # evicted: exported again
+    assert again.path.exists() and again.arch == archs[1]
+
+
+def test_export_workers_default():
+    from latkit.collector.api import export_plan
+    from latkit.collector.devices import Device
+    local, remote = Device(name="local", transport="local"), Device(name="pi", transport="ssh", host="h")
+    assert export_plan([remote], None, {0, 1, 2, 3}).workers == 3
+    plan = export_plan([local], Settings(cores=(0,)), {0, 1, 2, 3})
+    assert (plan.workers, plan.cores) == (3, (1, 2, 3)) and "apart from" in plan.why
+    plan = export_plan([local], Settings(cores=(2, 3)), {0, 1, 2, 3})
+    assert (plan.workers, plan.cores) == (2, (0, 1))
+    plan = export_plan([local], None, {0, 1})
+    assert (plan.workers, plan.cores) == (1, None) and "not pinned" in plan.why
+    assert export_plan([local], Settings(cores=(0, 1)), {0, 1}).workers == 1

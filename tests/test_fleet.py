@@ -280,3 +280,20 @@ def test_full_disk_before_device_time(registry, models, tmp_path):
         assert not os.path.exists(os.path.join(registry.get("dev0").workdir, "models", models["onnx"][6].name))
     finally:
         subprocess.run(["umount", str(mnt)])
+
+
+def test_bounded_device_model_cache(registry, models, tmp_path):
+    """--cache-max-gb: after each stored row the device's model folder is cut to the bound, least recently
+    used first, never a model still pending; every model is still measured."""
+    files = [a.path for a in models["onnx"]]
+    bound = 2.5 * max(f.stat().st_size for f in files)
+    report = collect_models(files, ["dev0"], settings=QUICK, out=tmp_path / "data", registry=registry,
+                            progress=False, cache_max_gb=bound / 2 ** 30)
+    assert report.ok and report.measured == len(files)
+    folder = Path(registry.get("dev0").workdir) / "models"
+    left = [f for f in folder.iterdir() if f.is_file()]
+    assert sum(f.stat().st_size for f in left) <= bound < sum(f.stat().st_size for f in files)
+    rows = sorted(Store(tmp_path / "data").read(columns=["model_sha256", "measured_at"]).to_pylist(),
+                  key=lambda r: r["measured_at"])
+    kept = {f.name.split(".")[0] for f in left}
+    assert rows[-1]["model_sha256"] in kept and rows[0]["model_sha256"] not in kept  # least recently used went

@@ -165,3 +165,24 @@ def test_sampler_bad_input():
         sample(s, 5, "best")
     with pytest.raises(LatkitError, match="cannot draw 20000 distinct archs from nb201"):
         sample(s, 20000)
+
+
+@pytest.mark.parametrize("name", list(SPACES))
+def test_a_space_is_a_value_that_owns_its_encodings(name):
+    """Predictor code takes the Space (or its name) and asks it: graph vocab, adjacency, node ops, analytic
+    costs and proxies are the space's own, the same whichever way it was given."""
+    from latkit.collector.spaces import as_space
+    from latkit.predictor.encodings import encode, graphs
+    s = get_space(name)
+    assert as_space(s) is s and as_space(name) == s and hash(as_space(name)) == hash(s)
+    assert get_space(name, num_classes=7) != s
+    archs = s.sample(5, np.random.default_rng(0))
+    for kind in ("onehot", "analytic", "features", "proxies"):
+        np.testing.assert_array_equal(encode(s, archs, kind), encode(name, archs, kind))
+    adj, ops, extra = graphs(s, archs)
+    assert adj.shape == (ops.shape[1],) * 2 and ops.shape[0] == 5 and extra.shape == (5, 1)
+    assert ops[:, 0].tolist() == [0] * 5 and ops[:, -1].tolist() == [1] * 5 and ops.max() < len(s.graph_vocab)
+    counts = encode(s, archs, "proxies")[:, 4:]
+    assert counts.shape[1] == len(s.graph_vocab) - 2 - (name == "nb201")  # nb201 counts every op but none
+    with pytest.raises(LatkitError, match=f"invalid {name} arch"):
+        s.graph("nonsense")

@@ -10,9 +10,14 @@ SPACES = {"nb201": NB201, "fbnet": FBNet, "ofa": OFA}
 
 def get_space(name: str, **options) -> Space:
     """The space called `name` (options such as num_classes go to its constructor)."""
-    if name not in SPACES:
+    if not isinstance(name, str) or name not in SPACES:
         raise LatkitError(f"unknown space {name!r}; known spaces: {', '.join(SPACES)}")
     return SPACES[name](**options)
 
 
-__all__ = ["SPACES", "Space", "get_space", "count_flops", "NB201", "FBNet", "OFA"]
+def as_space(space) -> Space:
+    """`space` itself when it is a Space, else the space of that name: APIs take either, resolve once."""
+    return space if isinstance(space, Space) else get_space(space)
+
+
+__all__ = ["SPACES", "Space", "as_space", "get_space", "count_flops", "NB201", "FBNet", "OFA"]

@@ -18,6 +18,20 @@ class Space:
     default_resolution = 32
     resolutions = range(16, 513, 4)  # input sides (pixels) a network of the space is built for
     num_classes = 10
+    graph_vocab: tuple = ()  # node op names of `graph` (0 input, 1 output, then the space's ops)
+
+    def options(self) -> dict:
+        """The constructor options that make this space differ from `get_space(name)` (part of export keys)."""
+        return {k: v for k, v in sorted(vars(self).items())}
+
+    def __eq__(self, other) -> bool:
+        return type(self) is type(other) and self.options() == other.options()
+
+    def __hash__(self) -> int:
+        return hash((type(self), tuple(self.options().items())))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.options().items())})"
 
     def parse(self, arch: str):
         raise NotImplementedError
@@ -74,6 +88,24 @@ class Space:
 
     def params(self, arch: str) -> int:
         return sum(p.numel() for p in self.build(arch, device="meta").parameters())
+
+    # -- encodings the predictors use (vectorised over archs in predictor/encodings.py) -------------------
+    def analytic(self, arch: str) -> np.ndarray:
+        """Log costs of one arch: total FLOPs, then per-layer where the space knows its layers."""
+        return np.array([np.log(self.flops(arch))], dtype=np.float32)
+
+    def proxies(self, arch: str) -> np.ndarray:
+        """Hardware-agnostic cost proxies of one arch: log FLOPs, log activation traffic, kernel count,
+        log parameters, then how many times each op occurs."""
+        raise NotImplementedError
+
+    def adjacency(self) -> np.ndarray:
+        """The adjacency [N, N] of `graph`, shared by every arch of the space."""
+        raise NotImplementedError
+
+    def graph(self, arch: str) -> list:
+        """Node op ids (indices into graph_vocab) of one arch, ops on nodes, in the order of `adjacency`."""
+        raise NotImplementedError
 
 
 def count_flops(module, input_shape) -> int:

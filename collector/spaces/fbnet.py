@@ -26,6 +26,7 @@ class FBNet(PlanSpace):
     name = "fbnet"
     default_resolution = 32
     num_classes = 100
+    graph_vocab = ("input", "output") + OPS
 
     def parse(self, arch: str) -> tuple:
         ops = tuple(o.strip() for o in arch.split(","))
@@ -52,6 +53,9 @@ class FBNet(PlanSpace):
         out = np.zeros((len(ids), N_LAYERS, len(OPS)), dtype=np.float32)
         np.put_along_axis(out, ids[:, :, None], 1.0, axis=2)
         return out.reshape(len(ids), -1)
+
+    def graph(self, arch: str) -> list:
+        return [0] + [2 + OPS.index(o) for o in self.parse(arch)] + [1]
 
     def plan(self, arch: str, resolution: Optional[int] = None) -> list:
         ops, side = self.parse(arch), self.resolution(arch, resolution)

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
+
 from .base import Space
 
 
@@ -151,6 +153,38 @@ class PlanSpace(Space):
 
     def flops(self, arch: str, resolution: Optional[int] = None) -> int:
         return plan_flops(self.plan(arch, resolution))
+
+    def layer_flops(self, arch: str) -> list:
+        """FLOPs of each layer of the plan, at fixed positions across the space's archs."""
+        return [plan_flops([layer]) for layer in self.plan(arch)]
+
+    def analytic(self, arch: str) -> np.ndarray:
+        per_layer = self.layer_flops(arch)
+        return np.log1p(np.array([sum(per_layer)] + per_layer, dtype=np.float64)).astype(np.float32)
+
+    def proxies(self, arch: str) -> np.ndarray:
+        kernels = act = params = 0
+        for L in self.plan(arch):
+            if L.kind == "conv":
+                kernels, act, params = kernels + 1, act + L.cout * L.hw ** 2, params + L.cin * L.cout * L.k ** 2
+            elif L.kind == "linear":
+                kernels, params = kernels + 1, params + L.cin * L.cout
+            elif L.kind == "skip":
+                if L.stride > 1 or L.cin != L.cout:
+                    kernels, act, params = kernels + 1, act + L.cout * L.hw ** 2, params + L.cin * L.cout
+            else:
+                m = L.mid_channels
+                kernels += 2 + L.expand_conv + 2 * L.se + (L.groups > 1) + L.residual
+                act += (m * L.hw_in ** 2 if L.expand_conv else 0) + m * L.hw ** 2 + L.cout * L.hw ** 2
+                params += (L.cin * m // L.groups if L.expand_conv else 0) + m * L.k ** 2 + m * L.cout // L.groups
+        ops = np.array(self.graph(arch))
+        counts = [int(np.sum(ops == i)) for i in range(2, len(self.graph_vocab))]
+        return np.array([np.log(self.flops(arch)), np.log(act), kernels, np.log(params)] + counts, np.float32)
+
+    def adjacency(self) -> np.ndarray:
+        """A chain: input, one node per searchable layer, output."""
+        n = len(self.graph(self.sample(1, np.random.default_rng(0))[0]))
+        return np.eye(n, k=1, dtype=np.float32)
 
     def build(self, arch: str, resolution: Optional[int] = None, device: str = "cpu"):
         import torch

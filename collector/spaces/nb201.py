@@ -19,6 +19,8 @@ EDGES = ((1, 0), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2))  # (to node, from node)
 
 
 _INDEX = {op: k for k, op in enumerate(OPS)}
+# op on node form of the cell: node 0 input, 1..6 the edges (1<-0, 2<-0, 2<-1, 3<-0, 3<-1, 3<-2), 7 output
+GRAPH_EDGES = ((0, 1), (0, 2), (1, 3), (0, 4), (1, 5), (2, 6), (3, 6), (4, 7), (5, 7), (6, 7))
 
 
 @lru_cache(maxsize=1)
@@ -30,6 +32,7 @@ def _ids_by_arch() -> dict:
 class NB201(Space):
     name = "nb201"
     default_resolution = 32
+    graph_vocab = ("input", "output") + OPS
 
     def __init__(self, num_classes: int = 10, channels: int = 16, cells_per_stage: int = 5):
         self.num_classes, self.channels, self.cells_per_stage = num_classes, channels, cells_per_stage
@@ -91,6 +94,23 @@ class NB201(Space):
                 c *= 2
             macs += self.cells_per_stage * sum(per_op.get(op, 0) for op in ops) * c * c * r * r
         return 2 * (macs + c * self.num_classes)
+
+    def proxies(self, arch: str) -> np.ndarray:
+        ops = self.parse(arch)
+        counts = [ops.count(o) for o in OPS[1:]]
+        kernels = 15 * (counts[1] + counts[2] + counts[3]) + 15 * sum(o != "none" for o in ops)
+        act = sum(15 * (o != "none") for o in ops)
+        params = self.channels ** 2 * (counts[1] + 9 * counts[2])
+        return np.array([np.log(self.flops(arch)), np.log1p(act), kernels, np.log1p(params)] + counts, np.float32)
+
+    def adjacency(self) -> np.ndarray:
+        a = np.zeros((8, 8), dtype=np.float32)
+        for src, dst in GRAPH_EDGES:
+            a[src, dst] = 1
+        return a
+
+    def graph(self, arch: str) -> list:
+        return [0] + [2 + _INDEX[o] for o in self.parse(arch)] + [1]
 
     def build(self, arch: str, resolution: Optional[int] = None, device: str = "cpu"):
         import torch

@@ -36,10 +36,15 @@ class OFA(PlanSpace):
     default_resolution = 224
     resolutions = RESOLUTIONS
     num_classes = 1000
+    graph_vocab = ("input", "output", "absent") + tuple(f"k{k}_e{e}" for k in KS for e in ES)
 
     def __init__(self, num_classes: Optional[int] = None, resolution: Optional[int] = None):
         super().__init__(num_classes)
         self.fixed = None if resolution is None else self.check_resolution(resolution)
+
+    def options(self) -> dict:
+        """num_classes only: `fixed` narrows sampling, and an arch carries its resolution anyway."""
+        return {"num_classes": self.num_classes}
 
     def at_resolution(self, resolution: int) -> "OFA":
         return OFA(self.num_classes, resolution)
@@ -97,6 +102,19 @@ class OFA(PlanSpace):
             r = np.eye(len(RESOLUTIONS), dtype=np.float32)[RESOLUTIONS.index(s["r"])]
             rows.append(np.concatenate([ks.ravel(), e.ravel(), d.ravel(), r]))
         return np.stack(rows) if rows else np.zeros((0, 2 * 3 * N_BLOCKS + 15 + len(RESOLUTIONS)), np.float32)
+
+    def layer_flops(self, arch: str) -> list:
+        """Blocks beyond a stage's depth are absent: zero FLOPs at their place (20 blocks, in stage order)."""
+        per_layer, blocks = super().layer_flops(arch), []
+        it = iter(per_layer[2:-3])
+        for depth in self.parse(arch)["d"]:
+            blocks += [next(it) for _ in range(depth)] + [0] * (4 - depth)
+        return per_layer[:2] + blocks + per_layer[-3:]
+
+    def graph(self, arch: str) -> list:
+        p, vocab = self.parse(arch), self.graph_vocab
+        return [0] + [vocab.index(f"k{p['ks'][b]}_e{p['e'][b]}") if b % 4 < p["d"][b // 4] else 2
+                      for b in range(N_BLOCKS)] + [1]
 
     def plan(self, arch: str, resolution: Optional[int] = None) -> list:
         s = self.parse(arch)

@@ -95,6 +95,13 @@ class Transport(abc.ABC):
     def stderr_tail(self) -> str:
         return ""
 
+    def model_files(self) -> list:
+        """The device's cached model files (CachedFile); none where models are timed in place (local)."""
+        return []
+
+    def evict(self, shas) -> None:
+        """Delete these models from the device's cache (a later put ships them again)."""
+
     def call(self, op: str, timeout: Optional[float] = 60.0, **fields) -> dict:
         """One request; a broken link or a timeout kills the agent so nothing keeps running on the device."""
         if self._client is None:

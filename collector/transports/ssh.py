@@ -15,6 +15,7 @@ import logging
 import shlex
 import socket
 import threading
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -69,6 +70,7 @@ class SSHTransport(Transport):
         self._client: Optional[AgentClient] = None
         self._stderr: collections.deque = collections.deque(maxlen=20)
         self._present: set = set()
+        self._used: dict = {}  # model name -> time.time() of its last put here (SFTP mtimes are whole seconds)
         self.agent_pid: Optional[int] = None
 
     # -- connection ---------------------------------------------------------------------------------
@@ -212,10 +214,13 @@ class SSHTransport(Transport):
             pass
 
     def put(self, artifact: Artifact) -> str:
+        self._used[artifact.name] = time.time()
         if artifact.name not in self._present:
             remote = f"{self.workdir}/models/{artifact.name}"
             try:
-                if not self._exists(remote):
+                if self._exists(remote):
+                    self._sftp.utime(remote, None)  # its mtime is its last use: bounded caches evict the oldest
+                else:
                     self._upload(artifact.path, remote)
             except (OSError, paramiko.SSHException, EOFError) as e:
                 if isinstance(e, (PermissionError,)) or "No space" in str(e):
@@ -224,6 +229,26 @@ class SSHTransport(Transport):
                 raise TransportError(f"upload to {self.describe} failed: {e or type(e).__name__}") from None
             self._present.add(artifact.name)
         return artifact.name
+
+    def model_files(self) -> list:
+        from ..cache import CachedFile
+        try:
+            entries = self._sftp.listdir_attr(f"{self.workdir}/models")
+        except (OSError, paramiko.SSHException, EOFError) as e:
+            raise TransportError(f"cannot list the models on {self.describe}: {e or type(e).__name__}") from None
+        return [CachedFile(e.filename.split(".")[0], e.st_size, max(e.st_mtime, self._used.get(e.filename, 0.0)))
+                for e in entries
+                if len(e.filename.split(".")[0]) == 64 and not e.filename.endswith(".part")]
+
+    def evict(self, shas) -> None:
+        shas = set(shas)
+        try:
+            for e in self._sftp.listdir(f"{self.workdir}/models"):
+                if e.split(".")[0] in shas:
+                    self._sftp.remove(f"{self.workdir}/models/{e}")
+                    self._present.discard(e)
+        except (OSError, paramiko.SSHException, EOFError) as e:
+            raise TransportError(f"cannot remove models on {self.describe}: {e or type(e).__name__}") from None
 
     def stderr_tail(self) -> str:
         return " | ".join(list(self._stderr)[-3:])
