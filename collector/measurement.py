@@ -121,6 +121,7 @@ class Measurement:
     gpu_peak_mb: Optional[float] = None
     launch_ms: Optional[float] = None
     round_ms: tuple = ()               # each round's median
+    round_session_reused: tuple = ()   # per round: timed on a session the agent had loaded before
     round_started_at: tuple = ()
     round_finished_at: tuple = ()
     device_fingerprint: str = ""
@@ -140,7 +141,8 @@ class Measurement:
                    ci_rel=result.get("ci_rel"), cooldown_s=result.get("cooldown_s"), cooled=result.get("cooled"),
                    throttle=result.get("throttle"), peak_rss_mb=result.get("peak_rss_mb"),
                    gpu_peak_mb=result.get("gpu_peak_mb"), launch_ms=result.get("launch_ms"),
-                   round_ms=(float(np.median(samples)),), round_started_at=(_ts(result.get("started_at")),),
+                   round_ms=(float(np.median(samples)),), round_session_reused=(bool(result.get("session_reused")),),
+                   round_started_at=(_ts(result.get("started_at")),),
                    round_finished_at=(_ts(result.get("finished_at")),), device_fingerprint=fingerprint)
 
     @classmethod
@@ -150,7 +152,7 @@ class Measurement:
     @classmethod
     def combine(cls, rounds: Sequence["Measurement"]) -> "Measurement":
         """One row from a job's shuffled rounds (all ok, in time order): samples pooled, latency_ms from
-        the round medians, load and first inference from the first round."""
+        the round medians, load and first inference of the session (the agent reports its fresh load's)."""
         if len(rounds) == 1:
             return rounds[0]
         first, samples = rounds[0], tuple(s for r in rounds for s in r.samples_ms)
@@ -167,7 +169,8 @@ class Measurement:
             throttle="; ".join(sorted({r.throttle for r in rounds if r.throttle})) or first.throttle,
             peak_rss_mb=max((r.peak_rss_mb for r in rounds if r.peak_rss_mb is not None), default=None),
             gpu_peak_mb=max((r.gpu_peak_mb for r in rounds if r.gpu_peak_mb is not None), default=None),
-            round_ms=medians, round_started_at=tuple(t for r in rounds for t in r.round_started_at),
+            round_ms=medians, round_session_reused=tuple(u for r in rounds for u in r.round_session_reused),
+            round_started_at=tuple(t for r in rounds for t in r.round_started_at),
             round_finished_at=tuple(t for r in rounds for t in r.round_finished_at),
             measured_at=rounds[-1].measured_at)
 
@@ -245,6 +248,8 @@ class Measurement:
             "started_at": rounds_at[0] if rounds_at else None, "finished_at": ends[-1] if ends else None,
             "stopped_by": self.stopped_by or None, "ci_rel": self.ci_rel, "load_ms": self.load_ms,
             "first_ms": self.first_ms, "peak_rss_mb": self.peak_rss_mb, "gpu_peak_mb": self.gpu_peak_mb,
+            "session_reused": self.round_session_reused[0] if self.round_session_reused else None,
+            "round_session_reused": list(self.round_session_reused) or None,
             "cooldown_s": self.cooldown_s, "throttle": self.throttle, "warnings": "; ".join(self.warnings),
             "agent_version": self.agent_version, "measured_at": self.measured_at,
             "status": self.status, "error_kind": self.error_kind, "error": self.error,

@@ -31,8 +31,9 @@ Columns (one row per (model, device, runtime, settings) measurement):
 | stopped_by, ci_rel | string, double | why timing stopped (ci_target, max_time, max_count; with rounds the first cap any round hit); the median's 95 % CI half-width / median then (worst round) |
 | repeats, warmup | int64 | timed runs kept; untimed warmup runs before them |
 | samples_ms | list<double> | every timed run, in order (rounds one after the other) |
-| load_ms, first_ms | double | model load and session set-up; the first inference after it (GPU: first eager forward) |
-| peak_rss_mb, gpu_peak_mb | double | the agent's peak resident memory while loading and timing (Linux VmHWM, reset per model); torch.cuda peak allocation |
+| load_ms, first_ms | double | model load and session set-up; the first inference after it (GPU: first eager forward). Always those of the session's fresh load, which may have been an earlier request's (session_reused) |
+| session_reused, round_session_reused | bool, list<bool> | the first round, and each round, ran on a session the agent had already loaded for an earlier request (agents keep sessions, LRU); true: load_ms/first_ms were measured then, not in this row |
+| peak_rss_mb, gpu_peak_mb | double | the agent's peak resident memory while loading and first timing the session (Linux VmHWM, reset per load), less what the other sessions it keeps hold; torch.cuda peak allocation, likewise |
 | cooldown_s, throttle | double, string | seconds waited for --cooldown-temp; why the device ran below rated speed ("" = nothing seen, null = cannot tell) |
 | warnings | string | "; "-joined: noisy, missed CI target, throttled, launch-bound, CUDA-graph fallback |
 | telemetry_{before,after}_{freq_mhz,temp_c,load1} | double | CPU frequency, hottest sensor, 1-min load |
@@ -80,7 +81,8 @@ SCHEMA = pa.schema(
        ("round_finished_at", pa.list_(_TS)), ("started_at", _TS), ("finished_at", _TS),
        ("stopped_by", pa.string()), ("ci_rel", pa.float64()),
        ("repeats", pa.int64()), ("warmup", pa.int64()), ("samples_ms", pa.list_(pa.float64())),
-       ("load_ms", pa.float64()), ("first_ms", pa.float64()), ("peak_rss_mb", pa.float64()),
+       ("load_ms", pa.float64()), ("first_ms", pa.float64()), ("session_reused", pa.bool_()),
+       ("round_session_reused", pa.list_(pa.bool_())), ("peak_rss_mb", pa.float64()),
        ("gpu_peak_mb", pa.float64()), ("cooldown_s", pa.float64()), ("throttle", pa.string()),
        ("warnings", pa.string())]
     + [(n, pa.float64()) for n in _TELEMETRY] + [("gpu_clocks_locked", pa.bool_())]
