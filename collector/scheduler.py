@@ -43,6 +43,8 @@ class DeviceReport:
     agent_s: float = 0.0  # the agent's own work: model load, warmup and timed runs
     timing_s: float = 0.0  # warmup and timed runs: the device doing what it is here for
     wall_s: float = 0.0
+    start_s: Optional[float] = None  # from the start to the first measure call: connect, deploy, probe, lease
+    agent_starts: int = 0  # one for the whole run unless the agent had to be restarted (timeouts, link failures)
 
     @property
     def remaining(self) -> int:
@@ -114,6 +116,7 @@ def run_device(device: Device, jobs: Sequence[Job], store: Store, report: Device
             try:
                 if not runner.started:
                     runner.start()
+                    report.agent_starts += 1
                     store.record_devices({runner.fingerprint: dict(runner.probe, device=device.name)})
                     runner.lease()
                     # while we waited, another collection may have measured some of these into the same store
@@ -127,7 +130,9 @@ def run_device(device: Device, jobs: Sequence[Job], store: Store, report: Device
                         break
                 job, _ = pending[0]
                 t_job = time.perf_counter()
-                m = runner.measure(job)
+                if report.start_s is None:
+                    report.start_s = t_job - t0
+                m = runner.measure(job, pending[1][0] if len(pending) > 1 else None)
                 report.busy_s += time.perf_counter() - t_job
             except TransportError as e:
                 runner.close()

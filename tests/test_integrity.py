@@ -287,6 +287,46 @@ def test_banner_printing_device_works(fleet, registry, models, tmp_path):
     assert m.status == "ok" and m.latency_ms > 0
 
 
+@pytest.fixture(scope="module")
+def banner_device():
+    """A loopback sshd device whose login (ForceCommand) prints a banner on stdout on every session."""
+    from collector.loopback import new_fleet_dir, start_fleet, stop_fleet
+    base = new_fleet_dir()
+    yield start_fleet(base, [sys.executable], prefix="chatty", banners=[True])[0]
+    stop_fleet(base, remove=True)
+
+
+def test_login_banner_device_add_and_collect(banner_device, models, tmp_path):
+    """The banner breaks SFTP for real (paramiko reads it as a packet); device add and collect still work, files
+    ship over exec channels with one warning line, and the rows are right."""
+    import paramiko
+    d = banner_device
+    ssh = paramiko.SSHClient()
+    ssh.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    ssh.connect(d.host, port=d.port, username=d.user, key_filename=d.key, allow_agent=False, look_for_keys=False)
+    try:
+        _, out, _ = ssh.exec_command("echo hi")
+        assert out.read().decode().startswith("Welcome to chatty0")
+        with pytest.raises(Exception):
+            ssh.open_sftp()
+    finally:
+        ssh.close()
+    reg = tmp_path / "r.toml"
+    add = latkit(*d.add_command(str(reg))[1:])
+    assert add.returncode == 0, add.stderr
+    assert add.stderr.count("SFTP does not work on chatty0") == 1 and "exec channels" in add.stderr
+    out = tmp_path / "d"
+    r = latkit("collect", "--models", models, "--devices", "chatty0", "--registry", reg, "--out", out, *QUICK,
+               "--rounds", "2")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("SFTP does not work") == 1
+    rows = Store(out).read().to_pylist()
+    assert len(rows) == 6 and {x["status"] for x in rows} == {"ok"} and {x["device"] for x in rows} == {"chatty0"}
+    assert all(x["rounds"] == 2 and x["latency_ms"] > 0 for x in rows)
+    shipped = sorted(os.listdir(Path(d.workdir) / "models"))  # by sha256, checked on the device, no leftovers
+    assert shipped == sorted(x["model_sha256"] + ".onnx" for x in rows)
+
+
 # -- settings read back -----------------------------------------------------------------------------------
 
 

@@ -1,8 +1,9 @@
 """The SSH transport (paramiko): one long-lived agent per device on an exec channel, files over SFTP.
 
 The agent is deployed by content hash (<workdir>/agent-<sha16>.py, re-sent only when it changes) and
-models go to <workdir>/models/<sha256>.<ext>, each shipped once. Uploads land under a temporary name and
-are renamed, so a broken upload never looks like a cached model. Host keys are checked against the user's
+models go to <workdir>/models/<sha256>.<ext>, each shipped once, the next one while the current one is
+timed (prefetch). Uploads land under a temporary name and are renamed, so a broken upload never looks like
+a cached model; where a login banner breaks SFTP, files go over exec channels instead (transports/files.py). Host keys are checked against the user's
 ~/.ssh/known_hosts and latkit's own known_hosts: an unknown key is refused unless trusted explicitly,
 a changed key always.
 """
@@ -13,6 +14,7 @@ import hashlib
 import shlex
 import socket
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
 
@@ -21,6 +23,7 @@ import paramiko
 from ..errors import LatkitError, TransportError
 from ..job import Artifact
 from .base import AGENT_PATH, AgentClient, Transport
+from .files import open_files
 
 CONNECT_TIMEOUT = 10.0
 KEEPALIVE_S = 15
@@ -58,7 +61,9 @@ class SSHTransport(Transport):
         self.workdir = device.workdir or ".latkit"
         self.python = device.python or "python3"
         self._ssh: Optional[paramiko.SSHClient] = None
-        self._sftp: Optional[paramiko.SFTPClient] = None
+        self._files = None  # SFTPFiles, or ExecFiles where SFTP does not work
+        self._uploads = None  # one thread shipping the next model while this one is timed
+        self._pending: dict = {}  # model name -> Future of its upload
         self._chan: Optional[paramiko.Channel] = None
         self._client: Optional[AgentClient] = None
         self._stderr: collections.deque = collections.deque(maxlen=20)
@@ -98,34 +103,10 @@ class SSHTransport(Transport):
             raise TransportError(f"cannot reach {d.name} at {d.address}: {e or type(e).__name__}") from None
         ssh.get_transport().set_keepalive(KEEPALIVE_S)
         self._ssh = ssh
-        self._sftp = ssh.open_sftp()
+        self._files = open_files(ssh, self.python, self.describe)
 
     def _connected(self) -> bool:
         return self._ssh is not None and self._ssh.get_transport() is not None and self._ssh.get_transport().is_active()
-
-    def _mkdirs(self, path: str) -> None:
-        parts = path.split("/")
-        for i in range(1, len(parts) + 1):
-            sub = "/".join(parts[:i])
-            if not sub:
-                continue
-            try:
-                self._sftp.stat(sub)
-            except FileNotFoundError:
-                self._sftp.mkdir(sub)
-
-    def _upload(self, local: Path, remote: str) -> None:
-        """Upload under a temporary name and rename, so an interrupted upload leaves nothing usable."""
-        tmp = f"{remote}.part"
-        self._sftp.put(str(local), tmp)
-        self._sftp.posix_rename(tmp, remote)
-
-    def _exists(self, remote: str) -> bool:
-        try:
-            self._sftp.stat(remote)
-            return True
-        except FileNotFoundError:
-            return False
 
     # -- Transport ----------------------------------------------------------------------------------
     def start(self) -> dict:
@@ -134,11 +115,11 @@ class SSHTransport(Transport):
         try:
             if not self._connected():
                 self._connect()
-            self._mkdirs(f"{self.workdir}/models")
-            agent_sha = hashlib.sha256(AGENT_PATH.read_bytes()).hexdigest()[:16]
-            remote_agent = f"{self.workdir}/agent-{agent_sha}.py"
-            if not self._exists(remote_agent):
-                self._upload(AGENT_PATH, remote_agent)
+            self._files.makedirs(f"{self.workdir}/models")
+            agent_sha = hashlib.sha256(AGENT_PATH.read_bytes()).hexdigest()
+            remote_agent = f"{self.workdir}/agent-{agent_sha[:16]}.py"
+            if not self._files.exists(remote_agent):
+                self._files.upload(AGENT_PATH, remote_agent, agent_sha)
             chan = self._ssh.get_transport().open_session(timeout=CONNECT_TIMEOUT)
             cmd = [self.python, remote_agent, "--workdir", self.workdir]
             chan.exec_command(" ".join(map(shlex.quote, cmd + (["--lease", self.device.lease] if self.device.lease else []))))
@@ -168,12 +149,24 @@ class SSHTransport(Transport):
         except (OSError, EOFError, paramiko.SSHException):
             pass
 
+    def _ship(self, artifact: Artifact) -> None:
+        remote = f"{self.workdir}/models/{artifact.name}"
+        if not self._files.exists(remote):
+            self._files.upload(artifact.path, remote, artifact.sha256)
+
+    def prefetch(self, artifact: Artifact) -> None:
+        """Start shipping a model the next request will need, while the agent times the current one."""
+        if artifact.name in self._present or artifact.name in self._pending or self._files is None:
+            return
+        if self._uploads is None:
+            self._uploads = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"upload-{self.device.name}")
+        self._pending[artifact.name] = self._uploads.submit(self._ship, artifact)
+
     def put(self, artifact: Artifact) -> str:
         if artifact.name not in self._present:
-            remote = f"{self.workdir}/models/{artifact.name}"
             try:
-                if not self._exists(remote):
-                    self._upload(artifact.path, remote)
+                pending = self._pending.pop(artifact.name, None)
+                pending.result() if pending is not None else self._ship(artifact)
             except (OSError, paramiko.SSHException, EOFError) as e:
                 if isinstance(e, (PermissionError,)) or "No space" in str(e):
                     raise LatkitError(f"cannot store {artifact.name} on {self.describe}: {e}; free space or change --workdir") from None
@@ -210,11 +203,14 @@ class SSHTransport(Transport):
             except TransportError:
                 self.kill()
         self._close_channel()
-        for obj in (self._sftp, self._ssh):
+        if self._uploads is not None:
+            self._uploads.shutdown(wait=False, cancel_futures=True)  # an upload in flight fails as its link closes
+        for obj in (self._files, self._ssh):
             if obj is not None:
                 try:
                     obj.close()
                 except (OSError, paramiko.SSHException, EOFError):
                     pass
-        self._sftp = self._ssh = None
+        self._files = self._ssh = self._uploads = None
         self._present.clear()
+        self._pending.clear()
