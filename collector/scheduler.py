@@ -152,7 +152,8 @@ def run_device(device: Device, jobs: Sequence[Job], store: Store, report: Device
             pending.pop(0)
             if m.status == "ok":
                 report.timing_s += m.warmup_s + sum(m.samples_ms) / 1e3
-                report.agent_s += (m.load_ms or 0) / 1e3 + m.warmup_s + sum(m.samples_ms) / 1e3
+                fresh = not (m.round_session_reused and m.round_session_reused[0])  # a reused session loaded nothing
+                report.agent_s += (m.load_ms or 0) / 1e3 * fresh + m.warmup_s + sum(m.samples_ms) / 1e3
                 parts.setdefault(job.key, []).append(m)
                 if len(parts[job.key]) < job.settings.rounds:
                     continue
