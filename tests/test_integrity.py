@@ -1,6 +1,7 @@
 """Numbers you can trust: one measuring agent per device, nothing outlives the host, Ctrl-C stops, a hung
 model is a row, banners are ignored, settings are read back, throttling is flagged, rounds interleave, and a
 retest says how well a dataset repeats. Real processes throughout: agents, sshd, signals."""
+import dataclasses
 import json
 import os
 import signal
@@ -436,6 +437,23 @@ def test_rounds_interleave_and_take_the_fastest_round(reg, models, tmp_path):
     lasts = [r["round_started_at"][-1] for r in rows]
     assert max(firsts) < min(lasts)
     assert_no_overlap(tmp_path / "d")
+
+
+def test_rounds_interleave_within_windows():
+    """Every job gets its rounds; a job's rounds stay inside its window of jobs (whose sessions the agent keeps),
+    shuffled anew each round."""
+    from collector.scheduler import round_queue
+    art = Artifact(Path("m.onnx"), "0" * 64, "onnx")
+    jobs = [Job(dataclasses.replace(art, sha256=f"{i:064d}"), "d", Settings(rounds=3)) for i in range(10)]
+    q = round_queue(jobs, window=4)
+    assert Counter(j.key for j, _ in q) == {j.key: 3 for j in jobs}
+    windows = [q[:12], q[12:24], q[24:]]
+    for w, part in enumerate(windows):
+        assert {j.key for j, _ in part} == {j.key for j in jobs[4 * w:4 * w + 4]}
+        assert [r for _, r in part] == sorted(r for _, r in part)
+    assert [j.key for j, _ in q[:4]] != [j.key for j, _ in q[4:8]] or [j.key for j, _ in q[4:8]] != \
+        [j.key for j, _ in q[8:12]]
+    assert round_queue(jobs) == round_queue(jobs, window=64)
 
 
 def test_agent_error_kinds_are_all_classified():
