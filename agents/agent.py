@@ -1195,8 +1195,9 @@ def main(argv=None):
                         help="folder holding models/ (default ~/.latkit)")
     parser.add_argument("--lease", default=None, help="device lease file (default %s)" % default_lease_path())
     parser.add_argument("--parent-pid", type=int, help="die with this process (the local host)")
-    parser.add_argument("--max-sessions", type=int, default=64,
-                        help="loaded models kept for later requests (default 64; 0 loads every request afresh)")
+    parser.add_argument("--max-sessions", type=int, default=int(os.environ.get("LATKIT_MAX_SESSIONS", 64)),
+                        help="loaded models kept for later requests (default $LATKIT_MAX_SESSIONS or 64; "
+                             "0 loads every request afresh)")
     parser.add_argument("--session-memory", type=float, default=0.25,
                         help="their memory bound, as a fraction of RAM (and of GPU memory) (default 0.25)")
     parser.add_argument("--version", action="store_true", help="print the agent version and exit")
