@@ -3,8 +3,8 @@
 The agent is deployed by content hash (<workdir>/agent-<sha16>.py, re-sent only when it changes) and
 models go to <workdir>/models/<sha256>.<ext>, each shipped once, the next one while the current one is
 timed (prefetch). Uploads land under a temporary name and are renamed, so a broken upload never looks like
-a cached model; where a login banner breaks SFTP, files go over exec channels instead (transports/files.py). Host keys are checked against the user's
-~/.ssh/known_hosts and latkit's own known_hosts: an unknown key is refused unless trusted explicitly,
+a cached model; where a login banner breaks SFTP, files go over exec channels instead (transports/files.py).
+Host keys are checked against the user's ~/.ssh/known_hosts and latkit's own known_hosts: an unknown key is refused unless trusted explicitly,
 a changed key always.
 """
 from __future__ import annotations
@@ -64,6 +64,7 @@ class SSHTransport(Transport):
         self._files = None  # SFTPFiles, or ExecFiles where SFTP does not work
         self._uploads = None  # one thread shipping the next model while this one is timed
         self._pending: dict = {}  # model name -> Future of its upload
+        self._files_lock = threading.Lock()  # one file operation at a time (an upload may run in the background)
         self._chan: Optional[paramiko.Channel] = None
         self._client: Optional[AgentClient] = None
         self._stderr: collections.deque = collections.deque(maxlen=20)
@@ -115,11 +116,12 @@ class SSHTransport(Transport):
         try:
             if not self._connected():
                 self._connect()
-            self._files.makedirs(f"{self.workdir}/models")
             agent_sha = hashlib.sha256(AGENT_PATH.read_bytes()).hexdigest()
             remote_agent = f"{self.workdir}/agent-{agent_sha[:16]}.py"
-            if not self._files.exists(remote_agent):
-                self._files.upload(AGENT_PATH, remote_agent, agent_sha)
+            with self._files_lock:
+                self._files.makedirs(f"{self.workdir}/models")
+                if not self._files.exists(remote_agent):
+                    self._files.upload(AGENT_PATH, remote_agent, agent_sha)
             chan = self._ssh.get_transport().open_session(timeout=CONNECT_TIMEOUT)
             cmd = [self.python, remote_agent, "--workdir", self.workdir]
             chan.exec_command(" ".join(map(shlex.quote, cmd + (["--lease", self.device.lease] if self.device.lease else []))))
@@ -151,8 +153,9 @@ class SSHTransport(Transport):
 
     def _ship(self, artifact: Artifact) -> None:
         remote = f"{self.workdir}/models/{artifact.name}"
-        if not self._files.exists(remote):
-            self._files.upload(artifact.path, remote, artifact.sha256)
+        with self._files_lock:
+            if not self._files.exists(remote):
+                self._files.upload(artifact.path, remote, artifact.sha256)
 
     def prefetch(self, artifact: Artifact) -> None:
         """Start shipping a model the next request will need, while the agent times the current one."""
