@@ -4,8 +4,8 @@ The agent is deployed by content hash (<workdir>/agent-<sha16>.py, re-sent only 
 models go to <workdir>/models/<sha256>.<ext>, each shipped once, the next one while the current one is
 timed (prefetch). Uploads land under a temporary name and are renamed, so a broken upload never looks like
 a cached model; where a login banner breaks SFTP, files go over exec channels instead (transports/files.py).
-Host keys are checked against the user's ~/.ssh/known_hosts and latkit's own known_hosts: an unknown key is refused unless trusted explicitly,
-a changed key always.
+Host keys are checked against the user's ~/.ssh/known_hosts and latkit's own known_hosts: an unknown key
+is refused unless trusted explicitly, a changed key always.
 """
 from __future__ import annotations
 
