@@ -29,6 +29,15 @@ def bench_measure(d: dict) -> str:
         for stat, c in run["statistics"].items():
             lines.append(f"| {name} | {stat} | {c['spearman']:.4f} | {c['median_rel_diff'] * 100:.2f} % | "
                          f"{c['p90_rel_diff'] * 100:.2f} % | {run['seconds_per_arch']:.2f} |")
+    # the machine is shared: the load other work put on it during each pass (start-end) is part of the figures
+    loads = [f"{name} " + " and ".join(f"{a:.1f}-{b:.1f}" for a, b in run["load_1min"])
+             for name, run in d["runs"].items() if "load_1min" in run]
+    if loads:
+        lines += ["", "1-min load average during the two passes: " + "; ".join(loads) + "."]
+    kept = [f"{name} {run['rounds_on_reused_session'] * 100:.0f} % (median load {run['load_ms_median']:.0f} ms)"
+            for name, run in d["runs"].items() if "rounds_on_reused_session" in run]
+    if kept:
+        lines.append("Rounds timed on a session the agent kept: " + "; ".join(kept) + ".")
     return "\n".join(lines) + "\n"
 
 
