@@ -41,7 +41,7 @@ import threading
 import time
 import traceback
 
-AGENT_VERSION = "0.2.0"
+AGENT_VERSION = "0.3.0"  # 0.3: sessions kept across requests, load_s without the runtime import
 FRAME = "@@latkit "  # starts every reply line; the host ignores lines without it
 EXIT_GRACE_S = 3.0      # once stdin closes, a measurement still running this much later is abandoned
 

@@ -22,7 +22,7 @@ Columns (one row per (model, device, runtime, settings) measurement):
 | launch_ms, launch_bound | double, bool | GPU rows: host time to enqueue one eager forward; an eager row whose launch_ms >= 0.8 x latency (it timed the host) |
 | settings, key | string | canonical JSON of Settings; sha256(model, device, settings) used to skip work done |
 | sampler | string | how the arch was chosen, e.g. "balanced(seed=0)"; "" for single models |
-| latency_ms | double | the headline: median of samples_ms for one round; with rounds > 1 the minimum of the round medians, which retests best on a drifting host (README, "How latkit times a model") |
+| latency_ms, latency_statistic | double, string | the headline, and which statistic it is (collector/measurement.py LATENCY_STATISTIC, chosen on test-retest data per device class): on a CPU `p10`, the 10th percentile of all samples (a low quantile repeats best on a busy host); on a GPU `median`, or `min_round_median` (the fastest round's median) with rounds > 1. Null in rows of latkit before 0.3 (agent 0.2): there the median for one round, else the minimum of the round medians |
 | median_ms, mean_ms, std_ms, min_ms, max_ms, p10_ms, p90_ms, p99_ms, iqr_ms | double | statistics of all samples_ms |
 | mode_ms | double | midpoint of the shortest interval holding half the samples |
 | cv, robust_cv | double | std/mean; IQR/1.349/median |
@@ -76,7 +76,7 @@ SCHEMA = pa.schema(
        ("cuda_graphs", pa.bool_()), ("graph_fallback", pa.string()), ("cudnn_benchmark", pa.bool_()),
        ("tf32", pa.bool_()), ("launch_ms", pa.float64()), ("launch_bound", pa.bool_()),
        ("settings", pa.string()), ("key", pa.string()), ("sampler", pa.string())]
-    + [(n, pa.float64()) for n in _STATS]
+    + [(n, pa.float64()) for n in _STATS] + [("latency_statistic", pa.string())]
     + [("rounds", pa.int64()), ("round_ms", pa.list_(pa.float64())), ("round_started_at", pa.list_(_TS)),
        ("round_finished_at", pa.list_(_TS)), ("started_at", _TS), ("finished_at", _TS),
        ("stopped_by", pa.string()), ("ci_rel", pa.float64()),

@@ -33,7 +33,7 @@ def test_append_read_partitions(tmp_path):
     assert t.schema.equals(SCHEMA) and t.num_rows == 4
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["device=dev1", "device=dev2"]
     row = t.filter(ds.field("arch") == "m1").to_pylist()[0]
-    assert row["latency_ms"] == pytest.approx(2.0) and row["samples_ms"] == [2.0, 2.1, 1.9]
+    assert row["latency_ms"] == pytest.approx(1.92) and row["samples_ms"] == [2.0, 2.1, 1.9]  # p10 on a CPU
     assert row["input_shape"] == "1x3x8x8" and row["batch_size"] == 1 and row["telemetry_after_temp_c"] == 40.0
     assert row["measured_at"].tzinfo is not None
     # Any reader sees the same rows through plain hive partitioning.
