@@ -21,12 +21,12 @@ import numpy as np
 from rich.console import Console
 from scipy.stats import spearmanr
 
-from collector import Job, Settings
-from collector.api import space_artifacts
-from collector.devices import Device
-from collector.runner import DeviceRunner
-from collector.samplers import sample
-from collector.spaces import get_space
+from latkit.collector import Job, Settings
+from latkit.collector.api import space_artifacts
+from latkit.collector.devices import Device
+from latkit.collector.runner import DeviceRunner
+from latkit.collector.samplers import sample
+from latkit.collector.spaces import get_space
 
 
 def runner(tmp: Path, name: str, max_sessions: int) -> DeviceRunner:

@@ -14,21 +14,21 @@ from pathlib import Path
 import psutil
 import pytest
 
-from collector import Artifact, Job, Registry, Settings, Store, export
-from collector.measurement import ERROR_KINDS
-from collector.runner import DeviceRunner
+from latkit.collector import Artifact, Job, Registry, Settings, Store, export
+from latkit.collector.measurement import ERROR_KINDS
+from latkit.collector.runner import DeviceRunner
 from conftest import AGENT, ROOT
 
 QUICK = ["--min-time", "0.05", "--max-time", "0.1", "--repeats", "5", "--quiet"]
 
 
 def latkit(*args, timeout=300, env=None):
-    return subprocess.run([sys.executable, "-m", "collector.cli", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "latkit.collector.cli", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT, env=env)
 
 
 def spawn(*args):
-    return subprocess.Popen([sys.executable, "-m", "collector.cli", *map(str, args)], cwd=ROOT, text=True,
+    return subprocess.Popen([sys.executable, "-m", "latkit.collector.cli", *map(str, args)], cwd=ROOT, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
@@ -106,7 +106,7 @@ def test_two_collections_on_one_device_take_turns(reg, models, tmp_path):
     agent = psutil.Process(json.loads(held)["agent_pid"])
     agent.suspend()
     try:
-        second = subprocess.Popen([sys.executable, "-m", "collector.cli", *map(str, args)], cwd=ROOT, text=True,
+        second = subprocess.Popen([sys.executable, "-m", "latkit.collector.cli", *map(str, args)], cwd=ROOT, text=True,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         lines = []
         reader = threading.Thread(target=lambda: lines.extend(second.stderr), daemon=True)
@@ -273,7 +273,7 @@ def banner_python(tmp_path) -> str:
 
 
 def test_banner_printing_device_works(fleet, registry, models, tmp_path):
-    from collector import add_device, measure
+    from latkit.collector import add_device, measure
     py = banner_python(tmp_path)
     reg = Registry(tmp_path / "r.toml")
     reg.path.write_text(f'[devices.chatty]\ntransport = "local"\npython = "{py}"\nworkdir = "{tmp_path / "w"}"\n'
@@ -291,7 +291,7 @@ def test_banner_printing_device_works(fleet, registry, models, tmp_path):
 @pytest.fixture(scope="module")
 def banner_device():
     """A loopback sshd device whose login (ForceCommand) prints a banner on stdout on every session."""
-    from collector.loopback import new_fleet_dir, start_fleet, stop_fleet
+    from latkit.collector.loopback import new_fleet_dir, start_fleet, stop_fleet
     base = new_fleet_dir()
     yield start_fleet(base, [sys.executable], prefix="chatty", banners=[True])[0]
     stop_fleet(base, remove=True)
@@ -345,7 +345,7 @@ def test_applied_settings_are_read_back_and_pinning_does_not_stick(reg, models):
 
 
 def test_a_row_whose_settings_were_not_applied_is_refused():
-    from collector.runner import not_applied
+    from latkit.collector.runner import not_applied
     job = Job(Artifact(Path("m.onnx"), "0" * 64, "onnx"), "d", Settings(threads=2, cores=(1,), rounds=1))
     assert not_applied(job, {"threads": 2, "cores": [1]}) == ""
     assert "threads=1 (asked 2)" in not_applied(job, {"threads": 1, "cores": [1]})
@@ -405,7 +405,7 @@ def test_throttle_state_reads_cpufreq_vcgencmd_and_nvpmodel(tmp_path, monkeypatc
 def test_rows_flag_throttling_and_cooldown(tmp_path, models, monkeypatch):
     """End to end through a real agent: a hot fake sensor makes the agent wait (bounded) and say so; a slow
     clock lands in the row's throttle column and warnings."""
-    from collector import measure
+    from latkit.collector import measure
     monkeypatch.setenv("LATKIT_SYSROOT", str(fake_root(tmp_path, 1000000, 3000000, temp_mc=90000)))
     reg = Registry(tmp_path / "r.toml")
     reg.path.write_text(f'[devices.hot]\ntransport = "local"\nworkdir = "{tmp_path / "w"}"\n'
@@ -425,7 +425,7 @@ def test_rounds_interleave_on_kept_sessions(reg, models, tmp_path):
     """Rounds interleave; the first loads each model, the others run on the session the agent kept; latency_ms
     is the p10 of all samples on a CPU."""
     import numpy as np
-    from collector import collect_models
+    from latkit.collector import collect_models
     s = Settings(repeats_min_s=0.05, repeats_max_s=0.1, rounds=3)
     report = collect_models(sorted(models.glob("*.onnx"))[:3], ["loc"], settings=s, out=tmp_path / "d", registry=reg,
                             progress=False)
@@ -447,7 +447,7 @@ def test_rounds_interleave_on_kept_sessions(reg, models, tmp_path):
 def test_rounds_interleave_within_windows():
     """Every job gets its rounds; a job's rounds stay inside its window of jobs (whose sessions the agent keeps),
     shuffled anew each round."""
-    from collector.scheduler import round_queue
+    from latkit.collector.scheduler import round_queue
     art = Artifact(Path("m.onnx"), "0" * 64, "onnx")
     jobs = [Job(dataclasses.replace(art, sha256=f"{i:064d}"), "d", Settings(rounds=3)) for i in range(10)]
     q = round_queue(jobs, window=4)
@@ -469,7 +469,7 @@ def test_agent_error_kinds_are_all_classified():
 
 
 def test_data_show_counts_rows_that_missed_the_ci_target(reg, models, tmp_path):
-    from collector import measure
+    from latkit.collector import measure
     m = measure(models / "w4.onnx", device="loc", settings=Settings(repeats_min_s=0.02, repeats_max_s=0.05, rounds=1),
                 out=tmp_path / "d", registry=reg)
     row = m.to_row()
