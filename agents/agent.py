@@ -15,12 +15,15 @@ is skipped by the host instead of breaking it.
     <- FRAME {"id": 7, "ok": false, "error": {"kind": "unsupported_op", "message": "..."}}
 
 Ops: ping, probe, has, lease, measure, shutdown. `measure` needs the device lease (an flock held for
-the agent's lifetime, so two hosts never time on one device at once). Models arrive out of band into
+the agent's lifetime, so two hosts never time on one device at once). Loaded sessions are kept across
+requests (Sessions: LRU, bounded by count and memory); a reply says session_reused and carries the load
+time and first inference of the session's fresh load. Models arrive out of band into
 <workdir>/models/. The agent exits within a second or two once its host is gone (stdin closed or
 parent changed), also in the middle of a measurement. Runtime libraries sometimes print to file
 descriptor 1, so replies go to a private duplicate of stdout and fd 1 is pointed at stderr.
 """
 import argparse
+import collections
 import errno
 import gc
 import glob
@@ -38,7 +41,7 @@ import threading
 import time
 import traceback
 
-AGENT_VERSION = "0.2.0"
+AGENT_VERSION = "0.3.0"  # 0.3: sessions kept across requests, load_s without the runtime import
 FRAME = "@@latkit "  # starts every reply line; the host ignores lines without it
 EXIT_GRACE_S = 3.0      # once stdin closes, a measurement still running this much later is abandoned
 
@@ -541,7 +544,9 @@ def load_torch(path, s, inputs):
     descs = [{"name": n, "shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")}
              for (n, _, _), t in zip(specs, host)]
     loaded = {"version": torch.__version__.split("+")[0], "inputs": descs,
-              "applied": {"threads": torch.get_num_threads()}}
+              "applied": {"threads": torch.get_num_threads()},
+              # the intra-op thread count is process-wide: a reused session sets its own again
+              "reapply": lambda: torch.set_num_threads(s["threads"])}
     if not cuda:
         def run():
             with torch.inference_mode():
@@ -640,7 +645,9 @@ def _cuda_sampler(torch, module, host, dtype, s):
                "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
                "tf32": bool(torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32)}
     return {"sample": sample, "first_ms": first_ms, "launch_ms": sorted(launches)[2], "applied": applied,
-            "gpu_peak_mb": lambda: round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)}
+            "gpu_peak_mb": lambda: round(torch.cuda.max_memory_allocated() / 2 ** 20, 1),
+            "gpu_mb": lambda: torch.cuda.memory_allocated() / 2 ** 20,
+            "gpu_total_mb": torch.cuda.get_device_properties(0).total_memory / 2 ** 20}
 
 
 def wall_timer(fn):
@@ -842,7 +849,79 @@ def check_format(path, runtime):
                          % (os.path.basename(path), FORMAT_OF_RUNTIME[named], runtime, named))
 
 
-def measure(model, runtime, settings, workdir, inputs=None):
+def session_key(path, runtime, s, inputs):
+    """Everything that shapes a loaded session: the file (path and identity, so a replaced file loads
+    again), the runtime and the settings a loader reads. Not the cores: pinning is applied to every thread
+    of the agent before each timing, whatever session runs."""
+    st = os.stat(path)
+    return (os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns, runtime,
+            json.dumps([s[k] for k in _SESSION_SETTINGS] + [inputs], sort_keys=True))
+
+
+_SESSION_SETTINGS = ("threads", "accelerator", "batch_size", "seed", "dtype", "cuda_graphs", "include_copies")
+
+
+class Session:
+    """One loaded model and what its fresh load measured (load time, first inference, memory), which
+    every later request on it reports again beside session_reused=true."""
+
+    def __init__(self, loaded, load_s):
+        self.loaded, self.load_s = loaded, load_s
+        self.first_ms = self.peak_rss_mb = self.gpu_peak_mb = None
+        self.rss_mb = self.gpu_mb = 0.0  # what loading and first timing it added to the agent
+
+
+class Sessions:
+    """Loaded sessions kept across requests (rounds and jobs), least recently used evicted first, bounded
+    by count and by memory: the sum of the sessions' resident-memory growth at load (read from RSS) stays
+    under `memory_fraction` of physical memory, and their GPU allocations under that fraction of the GPU's.
+    A .pt2 load costs ~0.6 s; a session costs memory only, and an idle one is not touched while another
+    model is timed."""
+
+    def __init__(self, max_count=64, memory_fraction=0.25):
+        self.max_count, self.memory_fraction = max_count, memory_fraction
+        self.max_mb = (_mem_total_mb() or 1024) * memory_fraction
+        self.entries = collections.OrderedDict()
+
+    def get(self, key):
+        entry = self.entries.get(key)
+        if entry is not None:
+            self.entries.move_to_end(key)
+        return entry
+
+    def others_mb(self, key):
+        """(RSS MB, GPU MB) held by the cached sessions other than `key`."""
+        others = [e for k, e in self.entries.items() if k != key]
+        return sum(e.rss_mb for e in others), sum(e.gpu_mb for e in others)
+
+    def put(self, key, entry, gpu_total_mb=None):
+        self.entries[key] = entry
+        gpu_max = gpu_total_mb * self.memory_fraction if gpu_total_mb else float("inf")
+        n = len(self.entries)
+        while len(self.entries) > 1 and (
+                len(self.entries) > self.max_count
+                or sum(e.rss_mb for e in self.entries.values()) > self.max_mb
+                or sum(e.gpu_mb for e in self.entries.values()) > gpu_max):
+            self.entries.popitem(last=False)
+        if len(self.entries) > self.max_count:  # max_count 0: keep nothing
+            self.entries.clear()
+        if len(self.entries) < n:
+            gc.collect()  # runtimes free their buffers now, not inside a later timing (gc is off there)
+
+
+def _import_runtime(runtime):
+    if runtime == "tflite":
+        _tflite_interpreter()
+    else:
+        _try_import(runtime)
+
+
+def _rss_mb():
+    text = _read("/proc/self/statm")
+    return int(text.split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20 if text else 0.0
+
+
+def measure(model, runtime, settings, workdir, inputs=None, sessions=None):
     s = dict(DEFAULT_SETTINGS)
     s.update(settings or {})
     unknown = set(s) - set(DEFAULT_SETTINGS)
@@ -859,12 +938,22 @@ def measure(model, runtime, settings, workdir, inputs=None):
     if not os.path.isfile(path):
         raise AgentError("model_not_found", "model file %s is not on the device; upload it first" % path)
     check_format(path, runtime)
+    sessions = sessions if sessions is not None else Sessions(0)
     _pin(s["cores"])  # before loading, so runtime thread pools start inside the affinity
     cooldown_s, cooled = cooldown(s["cooldown_temp_c"], s["cooldown_max_s"])
-    rss_reset = peak_rss_reset()
-    t_load = time.perf_counter()
-    loaded = LOADERS[runtime](path, s, inputs)
-    load_s = time.perf_counter() - t_load
+    key = session_key(path, runtime, s, inputs)
+    entry = sessions.get(key)
+    reused = entry is not None
+    if reused:
+        entry.loaded.get("reapply", lambda: None)()
+    else:
+        _import_runtime(runtime)  # once per agent: neither in this model's load time nor in its memory
+        rss_reset, rss0 = peak_rss_reset(), _rss_mb()
+        t_load = time.perf_counter()
+        loaded = LOADERS[runtime](path, s, inputs)
+        entry = Session(loaded, time.perf_counter() - t_load)
+        gpu0 = loaded["gpu_mb"]() if "gpu_mb" in loaded else 0.0
+    loaded = entry.loaded
     applied = dict(loaded["applied"], cores=_pin(s["cores"]))  # read back right before timing
     cuda = s["accelerator"] == "cuda"
     before = telemetry(cuda)
@@ -876,14 +965,22 @@ def measure(model, runtime, settings, workdir, inputs=None):
     finished = time.time()
     throttle = throttle_state(applied["cores"] or [])
     after = telemetry(cuda)
-    timed.update(runtime_version=loaded["version"], inputs=loaded["inputs"], load_s=load_s, applied=applied,
+    if not reused:
+        # the CUDA path times its first eager forward itself
+        entry.first_ms = loaded["first_ms"] if loaded.get("first_ms") is not None else timed["first_ms"]
+        other_rss, other_gpu = sessions.others_mb(key)
+        peak = peak_rss_mb() if rss_reset else None
+        entry.peak_rss_mb = None if peak is None else round(peak - other_rss, 1)  # as if alone in the agent
+        entry.rss_mb = max(0.0, _rss_mb() - rss0)
+        if "gpu_mb" in loaded:
+            entry.gpu_mb = max(0.0, loaded["gpu_mb"]() - gpu0)
+            entry.gpu_peak_mb = round(loaded["gpu_peak_mb"]() - other_gpu, 1)
+        sessions.put(key, entry, loaded.get("gpu_total_mb"))
+    timed.update(runtime_version=loaded["version"], inputs=loaded["inputs"], load_s=entry.load_s, applied=applied,
                  telemetry_before=before, telemetry_after=after, settings=s, agent_version=AGENT_VERSION,
                  started_at=_utc(started), finished_at=_utc(finished), cooldown_s=cooldown_s, cooled=cooled,
-                 throttle=throttle, peak_rss_mb=peak_rss_mb() if rss_reset else None,
-                 launch_ms=loaded.get("launch_ms"),
-                 gpu_peak_mb=loaded["gpu_peak_mb"]() if "gpu_peak_mb" in loaded else None)
-    if loaded.get("first_ms") is not None:  # the CUDA path times its first eager forward itself
-        timed["first_ms"] = loaded["first_ms"]
+                 throttle=throttle, peak_rss_mb=entry.peak_rss_mb, launch_ms=loaded.get("launch_ms"),
+                 gpu_peak_mb=entry.gpu_peak_mb, first_ms=entry.first_ms, session_reused=reused)
     return timed
 
 
@@ -988,7 +1085,7 @@ def _check_fields(op, req):
                              % (op, key, what, json.dumps(req.get(key))[:80]))
 
 
-def handle(req, workdir, lease):
+def handle(req, workdir, lease, sessions=None):
     op = req.get("op")
     if isinstance(op, str):
         _check_fields(op, req)
@@ -1005,7 +1102,7 @@ def handle(req, workdir, lease):
             raise AgentError("bad_request", "measure needs the device lease: send {\"op\": \"lease\"} first")
         _MEASURING.set()
         try:
-            return measure(req["model"], req["runtime"], req.get("settings"), workdir, req.get("inputs"))
+            return measure(req["model"], req["runtime"], req.get("settings"), workdir, req.get("inputs"), sessions)
         finally:
             _MEASURING.clear()
     raise AgentError("bad_request", "unknown op %s; known: ping, probe, has, lease, measure, shutdown"
@@ -1045,8 +1142,9 @@ def _reply(out, req_id, ok, body):
     out.flush()
 
 
-def serve(inp, out, workdir, lease=None):
+def serve(inp, out, workdir, lease=None, sessions=None):
     lease = lease or Lease(default_lease_path())
+    sessions = sessions if sessions is not None else Sessions()
     lines = queue.Queue()
     threading.Thread(target=_read_requests, args=(inp, lines), daemon=True).start()
     while True:
@@ -1070,7 +1168,7 @@ def serve(inp, out, workdir, lease=None):
             _reply(out, req_id, True, {})
             return
         try:
-            _reply(out, req_id, True, handle(req, workdir, lease))
+            _reply(out, req_id, True, handle(req, workdir, lease, sessions))
         except AgentError as e:
             _reply(out, req_id, False, {"kind": e.kind, "message": e.message})
         except Exception as e:  # a bug here must not kill a long collection: report it as a value
@@ -1097,6 +1195,11 @@ def main(argv=None):
                         help="folder holding models/ (default ~/.latkit)")
     parser.add_argument("--lease", default=None, help="device lease file (default %s)" % default_lease_path())
     parser.add_argument("--parent-pid", type=int, help="die with this process (the local host)")
+    parser.add_argument("--max-sessions", type=int, default=int(os.environ.get("LATKIT_MAX_SESSIONS", 64)),
+                        help="loaded models kept for later requests (default $LATKIT_MAX_SESSIONS or 64; "
+                             "0 loads every request afresh)")
+    parser.add_argument("--session-memory", type=float, default=0.25,
+                        help="their memory bound, as a fraction of RAM (and of GPU memory) (default 0.25)")
     parser.add_argument("--version", action="store_true", help="print the agent version and exit")
     args = parser.parse_args(argv)
     if args.version:
@@ -1111,7 +1214,8 @@ def main(argv=None):
     sys.stdout = sys.stderr
     os.makedirs(os.path.join(args.workdir, "models"), exist_ok=True)
     # bytes, decoded per line with replacement: a line that is not UTF-8 is a bad request, not the end of stdin
-    serve(sys.stdin.buffer, proto, args.workdir, Lease(args.lease or default_lease_path()))
+    serve(sys.stdin.buffer, proto, args.workdir, Lease(args.lease or default_lease_path()),
+          Sessions(max(0, args.max_sessions), args.session_memory))
     proto.flush()
     # the reader thread may still be blocked in stdin's buffered read, and interpreter shutdown aborts on its lock
     os._exit(0)

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 from . import validate
 from .devices import Device, Registry, now_utc
 from .errors import Failure, LatkitError
-from .exporters import (DEFAULT_CACHE, ExportSpec, cached, check_format, export, export_cached, exporter_versions,
+from .exporters import (DEFAULT_CACHE, ExportSpec, cached, check_format, export_cached, exporter_versions,
                         input_specs)
 from .job import FORMATS, RUNTIME_FOR_FORMAT, WHOLE, Artifact, Job, Settings
 from .cache import max_bytes, prune_host

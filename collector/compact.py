@@ -25,7 +25,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .errors import LatkitError
-from .schema import FILE_SCHEMA, PARTITIONS, SCHEMA
+from .schema import PARTITIONS, SCHEMA, conform
 from .store import MANIFEST, Store
 
 ROW_GROUP = 65536  # rows per row group of a compacted file
@@ -88,7 +88,7 @@ def _row_groups(store: Store, paths: list):
     def read(path):
         with store.fs.open_input_file(path) as f:
             t = pq.ParquetFile(f).read(use_threads=False)
-        return t if t.schema.equals(FILE_SCHEMA) else t.cast(FILE_SCHEMA)
+        return conform(t)
 
     buf, n = [], 0
     with ThreadPoolExecutor(min(16, os.cpu_count() or 1)) as pool:

@@ -44,6 +44,26 @@ ClientAliveInterval 30
 """
 
 
+# A login that talks on stdout on every session, as some boards' and Termux's do (sshd ForceCommand): the
+# agent's framed replies survive it, SFTP does not (transports/files.py falls back to exec channels).
+BANNER_LOGIN = """\
+#!/bin/sh
+echo "Welcome to {name} (a loopback device whose login prints this banner)"
+case "$SSH_ORIGINAL_COMMAND" in
+  internal-sftp|sftp) exec {sftp_server} ;;
+  "") exec /bin/sh -l ;;
+  *) exec /bin/sh -c "$SSH_ORIGINAL_COMMAND" ;;
+esac
+"""
+
+
+def _sftp_server() -> str:
+    for path in ("/usr/lib/openssh/sftp-server", "/usr/libexec/openssh/sftp-server", "/usr/lib/sftp-server"):
+        if os.path.exists(path):
+            return path
+    return "sftp-server"
+
+
 @dataclass
 class FleetDevice:
     name: str
@@ -56,6 +76,7 @@ class FleetDevice:
     dir: str
     cores: Optional[str] = None
     pid: Optional[int] = None
+    banner: bool = False  # its login prints a banner on stdout (BANNER_LOGIN)
 
     def add_command(self, registry: Optional[str] = None) -> list:
         cmd = ["latkit", "device", "add", self.name, "--host", self.host, "--port", str(self.port), "--user",
@@ -185,9 +206,10 @@ def kill_sshd(dev: FleetDevice) -> None:
     dev.pid = None
 
 
-def start_fleet(base: Path, pythons: Sequence[str], cores: Sequence[Optional[str]] = (), prefix: str = "dev"
-                ) -> list:
-    """Start len(pythons) devices on 127.0.0.2, .3, ...; device i runs its agent with pythons[i].
+def start_fleet(base: Path, pythons: Sequence[str], cores: Sequence[Optional[str]] = (), prefix: str = "dev",
+                banners: Sequence[bool] = ()) -> list:
+    """Start len(pythons) devices on 127.0.0.2, .3, ...; device i runs its agent with pythons[i], pinned to
+    cores[i] and with a login that prints a banner where banners[i].
 
     `base` must pass private_dir (new_fleet_dir gives one). Host keys and ports are kept across restarts
     of the same fleet, so registered devices stay valid; the client key is new each time."""
@@ -205,10 +227,16 @@ def start_fleet(base: Path, pythons: Sequence[str], cores: Sequence[Optional[str
             _keygen(d / "ssh_host_ed25519_key")
         _write_private(d / "authorized_keys", Path(f"{client_key}.pub").read_text())
         port = _previous_port(d / "sshd_config") or _free_port(host)
-        (d / "sshd_config").write_text(SSHD_CONFIG.format(host=host, port=port, dir=d))
+        banner = i < len(banners) and banners[i]
+        config = SSHD_CONFIG.format(host=host, port=port, dir=d)
+        if banner:
+            (d / "login").write_text(BANNER_LOGIN.format(name=f"{prefix}{i}", sftp_server=_sftp_server()))
+            (d / "login").chmod(0o700)
+            config += f"ForceCommand {d / 'login'}\n"
+        (d / "sshd_config").write_text(config)
         dev = FleetDevice(name=f"{prefix}{i}", host=host, port=port, user=user, key=str(client_key),
                           python=python, workdir=str(d / "work"), dir=str(d),
-                          cores=cores[i] if i < len(cores) else None)
+                          cores=cores[i] if i < len(cores) else None, banner=banner)
         start_sshd(dev)
         fleet.append(dev)
     (base / "fleet.json").write_text(json.dumps([asdict(f) for f in fleet], indent=2))

@@ -38,15 +38,22 @@ ERROR_KINDS = {
 STORED_ERRORS = frozenset(k for k, (stored, _) in ERROR_KINDS.items() if stored)
 PERMANENT_ERRORS = frozenset(k for k, (_, permanent) in ERROR_KINDS.items() if permanent)
 
+# Which statistic latency_ms is, per device class (the job's accelerator), chosen on test-retest data (README,
+# "Test-retest"): on CPUs a low quantile of all samples repeats best on a busy host (scripts/bench_measure, 60
+# NB201 archs: p10 Spearman 0.999 ORT / 0.986 torch, minimum of round medians 0.9985 / 0.84; under a 1-min load
+# of 7-17, p10 0.996 / min 0.997 / min round median 0.994 on ORT); p10 rather than the minimum, which one
+# lucky sample sets. On CUDA GPUs (graphs replayed, jitter ~0.1 %) the median (H200 retest: Spearman 0.9998).
+LATENCY_STATISTIC = {"cpu": "p10", "cuda": "median"}
+
 NOISY_ROBUST_CV = 0.10  # above this IQR/1.349/median a row carries a "noisy" warning
 LAUNCH_BOUND = 0.8      # an eager CUDA row whose host launch time is >= this share of its latency is launch-bound
 
 
 @dataclass(frozen=True)
 class Stats:
-    """Statistics of one job's samples. `latency_ms` is the headline: the median of the samples for one
-    round; with several rounds the minimum of the round medians (see README, "How latkit times a model":
-    on a drifting host it retests best). The others are kept so every choice can be re-made from the data."""
+    """Statistics of one job's samples. `latency_ms` is the headline, `latency_statistic` says which one it is
+    (LATENCY_STATISTIC: on a CPU the p10 of all samples; on a GPU the median, or with several rounds the
+    minimum of the round medians). The others are kept so every choice can be re-made from the data."""
 
     latency_ms: float
     median_ms: float
@@ -62,9 +69,10 @@ class Stats:
     cv: float          # std / mean
     robust_cv: float   # IQR / 1.349 / median
     repeats: int
+    latency_statistic: str = "median"  # p10 | median | min_round_median
 
     @classmethod
-    def of(cls, samples_ms, round_medians: Sequence[float] = ()) -> "Stats":
+    def of(cls, samples_ms, round_medians: Sequence[float] = (), accelerator: str = "cpu") -> "Stats":
         x = np.sort(np.asarray(samples_ms, dtype=np.float64))
         if x.size == 0:
             raise ValueError("no samples")
@@ -74,16 +82,21 @@ class Stats:
         k = (x.size + 1) // 2
         widths = x[k - 1:] - x[:x.size - k + 1]
         i = int(np.argmin(widths))
-        return cls(latency_ms=float(min(round_medians)) if len(round_medians) > 1 else float(p50),
+        which = LATENCY_STATISTIC[accelerator]
+        if which == "median" and len(round_medians) > 1:
+            which, latency = "min_round_median", float(min(round_medians))
+        else:
+            latency = float(p10 if which == "p10" else p50)
+        return cls(latency_ms=latency, latency_statistic=which,
                    median_ms=float(p50), mean_ms=mean, std_ms=std, min_ms=float(x[0]), max_ms=float(x[-1]),
                    p10_ms=float(p10), p90_ms=float(p90), p99_ms=float(p99), iqr_ms=float(p75 - p25),
                    mode_ms=float((x[i] + x[i + k - 1]) / 2), cv=std / mean if mean > 0 else float("nan"),
                    robust_cv=float((p75 - p25) / 1.349 / p50) if p50 > 0 else float("nan"), repeats=int(x.size))
 
 
-def summarize(samples_ms) -> Stats:
+def summarize(samples_ms, accelerator: str = "cpu") -> Stats:
     """Statistics of one run's samples (one round)."""
-    return Stats.of(samples_ms)
+    return Stats.of(samples_ms, accelerator=accelerator)
 
 
 def _ts(text) -> Optional[datetime]:
@@ -121,6 +134,7 @@ class Measurement:
     gpu_peak_mb: Optional[float] = None
     launch_ms: Optional[float] = None
     round_ms: tuple = ()               # each round's median
+    round_session_reused: tuple = ()   # per round: timed on a session the agent had loaded before
     round_started_at: tuple = ()
     round_finished_at: tuple = ()
     device_fingerprint: str = ""
@@ -131,7 +145,8 @@ class Measurement:
     @classmethod
     def from_result(cls, job: Job, result: dict, fingerprint: str = "") -> "Measurement":
         samples = tuple(result["samples_ms"])
-        return cls(job=job, status="ok", samples_ms=samples, stats=Stats.of(samples), warmup=result["warmup"],
+        return cls(job=job, status="ok", samples_ms=samples, stats=Stats.of(samples, accelerator=job.settings.accelerator),
+                   warmup=result["warmup"],
                    warmup_s=result.get("warmup_s", 0.0), load_ms=result.get("load_s", 0.0) * 1e3,
                    first_ms=result.get("first_ms"), runtime_version=result["runtime_version"],
                    agent_version=result["agent_version"], inputs=tuple(result["inputs"]),
@@ -140,7 +155,8 @@ class Measurement:
                    ci_rel=result.get("ci_rel"), cooldown_s=result.get("cooldown_s"), cooled=result.get("cooled"),
                    throttle=result.get("throttle"), peak_rss_mb=result.get("peak_rss_mb"),
                    gpu_peak_mb=result.get("gpu_peak_mb"), launch_ms=result.get("launch_ms"),
-                   round_ms=(float(np.median(samples)),), round_started_at=(_ts(result.get("started_at")),),
+                   round_ms=(float(np.median(samples)),), round_session_reused=(bool(result.get("session_reused")),),
+                   round_started_at=(_ts(result.get("started_at")),),
                    round_finished_at=(_ts(result.get("finished_at")),), device_fingerprint=fingerprint)
 
     @classmethod
@@ -150,14 +166,14 @@ class Measurement:
     @classmethod
     def combine(cls, rounds: Sequence["Measurement"]) -> "Measurement":
         """One row from a job's shuffled rounds (all ok, in time order): samples pooled, latency_ms from
-        the round medians, load and first inference from the first round."""
+        the round medians, load and first inference of the session (the agent reports its fresh load's)."""
         if len(rounds) == 1:
             return rounds[0]
         first, samples = rounds[0], tuple(s for r in rounds for s in r.samples_ms)
         medians = tuple(m for r in rounds for m in r.round_ms)
         reasons = {r.stopped_by for r in rounds}
         return dataclasses.replace(
-            first, samples_ms=samples, stats=Stats.of(samples, medians), warmup=sum(r.warmup for r in rounds),
+            first, samples_ms=samples, stats=Stats.of(samples, medians, first.job.settings.accelerator), warmup=sum(r.warmup for r in rounds),
             warmup_s=sum(r.warmup_s for r in rounds), telemetry_after=rounds[-1].telemetry_after,
             stopped_by="ci_target" if reasons == {"ci_target"} else sorted(reasons - {"ci_target"})[0],
             ci_rel=max(r.ci_rel for r in rounds if r.ci_rel is not None) if any(r.ci_rel is not None for r in rounds)
@@ -167,7 +183,8 @@ class Measurement:
             throttle="; ".join(sorted({r.throttle for r in rounds if r.throttle})) or first.throttle,
             peak_rss_mb=max((r.peak_rss_mb for r in rounds if r.peak_rss_mb is not None), default=None),
             gpu_peak_mb=max((r.gpu_peak_mb for r in rounds if r.gpu_peak_mb is not None), default=None),
-            round_ms=medians, round_started_at=tuple(t for r in rounds for t in r.round_started_at),
+            round_ms=medians, round_session_reused=tuple(u for r in rounds for u in r.round_session_reused),
+            round_started_at=tuple(t for r in rounds for t in r.round_started_at),
             round_finished_at=tuple(t for r in rounds for t in r.round_finished_at),
             measured_at=rounds[-1].measured_at)
 
@@ -245,6 +262,8 @@ class Measurement:
             "started_at": rounds_at[0] if rounds_at else None, "finished_at": ends[-1] if ends else None,
             "stopped_by": self.stopped_by or None, "ci_rel": self.ci_rel, "load_ms": self.load_ms,
             "first_ms": self.first_ms, "peak_rss_mb": self.peak_rss_mb, "gpu_peak_mb": self.gpu_peak_mb,
+            "session_reused": self.round_session_reused[0] if self.round_session_reused else None,
+            "round_session_reused": list(self.round_session_reused) or None,
             "cooldown_s": self.cooldown_s, "throttle": self.throttle, "warnings": "; ".join(self.warnings),
             "agent_version": self.agent_version, "measured_at": self.measured_at,
             "status": self.status, "error_kind": self.error_kind, "error": self.error,

@@ -68,10 +68,19 @@ class DeviceRunner:
     def fingerprint(self) -> str:
         return fingerprint(self.probe) if self.probe else ""
 
-    def measure(self, job: Job) -> Measurement:
+    def spare_cpus(self, job: Job) -> bool:
+        """Whether the device has CPUs the job's timing does not use (more than its pinned cores, or than its
+        threads), so shipping a file meanwhile (sshd's work) need not share a CPU with the timed runs."""
+        cpus = len((self.probe or {}).get("cpu_affinity") or ()) or (self.probe or {}).get("cpu_count") or 1
+        return cpus > (len(job.settings.cores) if job.settings.cores else job.settings.threads)
+
+    def measure(self, job: Job, next_job: Optional[Job] = None) -> Measurement:
         """A Measurement, ok or a stored error; set-up problems (runtime missing...) raise LatkitError.
-        A job that outlives `timeout` is a `timeout` row: the agent is killed and must be started again."""
+        A job that outlives `timeout` is a `timeout` row: the agent is killed and must be started again.
+        `next_job`'s model is shipped while this one is timed, where the device has CPUs to spare."""
         model = self.transport.put(job.artifact)
+        if next_job is not None and self.spare_cpus(job):
+            self.transport.prefetch(next_job.artifact)
         try:
             result = self.transport.call("measure", timeout=self.timeout, model=model, runtime=job.settings.runtime,
                                          settings=job.settings.agent_settings(), inputs=list(job.artifact.inputs))

@@ -4,8 +4,8 @@ Rows are written in batches (Store.writer: every few hundred rows or few seconds
 device's lease is released), so a killed orchestrator loses at most the unwritten batch and the jobs in
 flight, which a re-run measures again; a re-run skips what the store already holds (exactly once, by key; the key column is read
 again each time a device's lease is taken, so two collections into one dataset never store a key twice).
-A job is timed in `settings.rounds` shuffled rounds: every pending model once per round, in a new order
-each round. Transport failures are retried with exponential backoff on a fresh connection; a device that
+A job is timed in `settings.rounds` shuffled rounds: every pending model of a window of ROUND_WINDOW
+once per round, in a new order each round (the agent keeps the window's sessions loaded between rounds). Transport failures are retried with exponential backoff on a fresh connection; a device that
 stays down, or that cannot run the jobs at all (wrong key, changed host key, runtime missing), is marked
 failed and the other devices go on. A hung model is a `timeout` row, not a failed device. SIGINT and
 SIGTERM kill every agent at once (the devices stop timing, their leases are released) and raise
@@ -47,6 +47,8 @@ class DeviceReport:
     wall_s: float = 0.0
     node: str = ""  # the Ray node that drove the device (--executor ray)
     first_timing_at: Optional[float] = None  # time.time() as the first measure request went out (resume latency)
+    start_s: Optional[float] = None  # from the start to the first measure call: connect, deploy, probe, lease
+    agent_starts: int = 0  # one for the whole run unless the agent had to be restarted (timeouts, link failures)
 
     @property
     def remaining(self) -> int:
@@ -78,13 +80,21 @@ class CollectReport:
                 f"{sum(r.skipped for r in d)} already done, {sum(r.remaining for r in d)} left on {len(d)} device(s)")
 
 
-def round_queue(jobs: Sequence[Job], seed: int = 0) -> list:
-    """(job, round) pairs: round r visits every job that needs more than r rounds, in a fresh shuffled order."""
+# Jobs whose rounds interleave: the agent's default --max-sessions, so every round after the first runs on
+# a session the agent still holds (a .pt2 load is ~0.6 s) while rounds still spread over many models.
+ROUND_WINDOW = 64
+
+
+def round_queue(jobs: Sequence[Job], seed: int = 0, window: int = ROUND_WINDOW) -> list:
+    """(job, round) pairs, `window` jobs at a time: round r visits every job of the window that needs more
+    than r rounds, in a fresh shuffled order."""
     order = []
-    for r in range(max((j.settings.rounds for j in jobs), default=0)):
-        these = [j for j in jobs if j.settings.rounds > r]
-        random.Random(seed * 1000003 + r).shuffle(these)
-        order += [(j, r) for j in these]
+    for w in range(0, len(jobs), window):
+        block = jobs[w:w + window]
+        for r in range(max(j.settings.rounds for j in block)):
+            these = [j for j in block if j.settings.rounds > r]
+            random.Random(seed * 1000003 + w * 1009 + r).shuffle(these)
+            order += [(j, r) for j in these]
     return order
 
 
@@ -112,6 +122,7 @@ def run_device(device: Device, jobs: Sequence[Job], store: Store, report: Device
             try:
                 if not runner.started:
                     runner.start()
+                    report.agent_starts += 1
                     store.record_devices({runner.fingerprint: dict(runner.probe, device=device.name)})
                     runner.lease()
                     # while we waited, another collection may have measured some of these into the same store
@@ -127,7 +138,9 @@ def run_device(device: Device, jobs: Sequence[Job], store: Store, report: Device
                 if report.first_timing_at is None:
                     report.first_timing_at = time.time()
                 t_job = time.perf_counter()
-                m = runner.measure(job)
+                if report.start_s is None:
+                    report.start_s = t_job - t0
+                m = runner.measure(job, pending[1][0] if len(pending) > 1 else None)
                 report.busy_s += time.perf_counter() - t_job
             except TransportError as e:
                 if not _flushed(rows, store, report):
@@ -149,7 +162,8 @@ def run_device(device: Device, jobs: Sequence[Job], store: Store, report: Device
             pending.pop(0)
             if m.status == "ok":
                 report.timing_s += m.warmup_s + sum(m.samples_ms) / 1e3
-                report.agent_s += (m.load_ms or 0) / 1e3 + m.warmup_s + sum(m.samples_ms) / 1e3
+                fresh = not (m.round_session_reused and m.round_session_reused[0])  # a reused session loaded nothing
+                report.agent_s += (m.load_ms or 0) / 1e3 * fresh + m.warmup_s + sum(m.samples_ms) / 1e3
                 parts.setdefault(job.key, []).append(m)
                 if len(parts[job.key]) < job.settings.rounds:
                     continue

@@ -64,8 +64,12 @@ COLUMNS: tuple = tuple([
     Column("settings", _STR, "", "canonical JSON of Settings"),
     Column("key", _STR, "", "sha256(model, device, settings): a row is exactly-once per key; resume skips done keys"),
     Column("sampler", _STR, "", "how the arch was chosen, e.g. \"balanced(seed=0)\"; \"\" for single models"),
-    Column("latency_ms", _F64, "ms", "the headline: median of samples_ms for one round; with rounds > 1 the minimum "
-                                 "of the round medians (README, \"How latkit times a model\")"),
+    Column("latency_ms", _F64, "ms", "the headline; latency_statistic says which statistic of the samples it is"),
+    Column("latency_statistic", _STR, "", "p10 on a CPU (the 10th percentile of all samples: a low quantile repeats "
+                                          "best on a busy host); on a GPU median, or min_round_median (the fastest "
+                                          "round's median) with rounds > 1; chosen on test-retest data "
+                                          "(collector/measurement.py LATENCY_STATISTIC). Null in rows of agent 0.2: "
+                                          "there the median for one round, else the minimum of the round medians"),
     *[Column(n, _F64, "ms", d) for n, d in _STATS],
     Column("cv", _F64, "", "std / mean"),
     Column("robust_cv", _F64, "", "IQR / 1.349 / median"),
@@ -82,10 +86,14 @@ COLUMNS: tuple = tuple([
     Column("warmup", _I64, "", "untimed warmup runs before them"),
     Column("samples_ms", pa.list_(pa.float32()), "ms", "every timed run, in order (rounds one after the other); "
                                                    "float32 (7 significant digits), statistics from float64"),
-    Column("load_ms", _F64, "ms", "model load and session set-up"),
-    Column("first_ms", _F64, "ms", "the first inference after load (GPU: first eager forward)"),
-    Column("peak_rss_mb", _F64, "MB", "the agent's peak resident memory while loading and timing (VmHWM, per model)"),
-    Column("gpu_peak_mb", _F64, "MB", "torch.cuda peak allocation"),
+    Column("load_ms", _F64, "ms", "model load and session set-up, of the session's fresh load (which may have been "
+                                  "an earlier request's: session_reused)"),
+    Column("first_ms", _F64, "ms", "the first inference after that load (GPU: first eager forward)"),
+    Column("session_reused", _BOOL, "", "the first round ran on a session the agent kept from an earlier request"),
+    Column("round_session_reused", pa.list_(_BOOL), "", "the same, per round"),
+    Column("peak_rss_mb", _F64, "MB", "the agent's peak resident memory while loading and first timing the session "
+                                      "(VmHWM, reset per load), less what the other kept sessions hold"),
+    Column("gpu_peak_mb", _F64, "MB", "torch.cuda peak allocation, likewise"),
     Column("cooldown_s", _F64, "s", "seconds waited for --cooldown-temp"),
     Column("throttle", _STR, "", "why the device ran below rated speed (\"\" = nothing seen, null = cannot tell)"),
     Column("warnings", _STR, "", "\"; \"-joined: noisy, missed CI target, throttled, launch-bound, CUDA-graph fallback"),
@@ -109,3 +117,12 @@ def markdown() -> list:
     """The column table of a dataset card, as Markdown lines."""
     return ["| column | type | unit | meaning |", "|---|---|---|---|"] + [
         f"| {c.name} | {c.type} | {c.unit} | {c.description.replace('|', '/')} |" for c in COLUMNS]
+
+
+def conform(t: pa.Table) -> pa.Table:
+    """Rows in the file schema: a column an older latkit did not write (a file from before it existed) is
+    added as nulls, so a compacted file holds the full schema whatever it merged."""
+    if t.schema.equals(FILE_SCHEMA):
+        return t
+    return pa.table([t[f.name].cast(f.type) if f.name in t.column_names else pa.nulls(t.num_rows, f.type)
+                     for f in FILE_SCHEMA], schema=FILE_SCHEMA)

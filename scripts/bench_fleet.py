@@ -5,7 +5,8 @@ agent per device, all devices in parallel), and prints per device:
 - duty cycle = time spent timing (warmup + timed runs) / device wall time (connect, deploy and probe included),
 - transport overhead per model = host time in a measure call - the agent's own work (load, warmup, timing):
   SFTP upload, the request round trip, JSON,
-- model load per model (runtime session creation, on the device), start-up (connect, deploy, probe).
+- model load per model (runtime session creation, on the device), start-up (connect, deploy, probe),
+- per-model overhead (per_model_overhead): wall time per model beyond its timed sections, into --json.
 
 `--ofa-archs N` (default 0: off; the goal is stated for 200) adds the export pipeline on OFA (onnx, r=128,
 default export workers), written to scripts/bench_fleet.json under "export_pipeline":
@@ -54,11 +55,11 @@ def small_models(n: int, cache: Path):
 JSON = Path(__file__).with_suffix(".json")
 
 
-def write_section(key: str, value: dict) -> None:
+def write_section(key: str, value: dict, path: Path = JSON) -> None:
     """Merge one section into scripts/bench_fleet.json (other sections are other benchmarks' and stay)."""
-    data = json.loads(JSON.read_text()) if JSON.exists() else {}
+    data = json.loads(path.read_text()) if path.exists() else {}
     data[key] = value
-    JSON.write_text(json.dumps(data, indent=2) + "\n")
+    path.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def _collection_figures(report, t0: float, wall_s: float) -> dict:
@@ -115,6 +116,24 @@ def export_pipeline(n: int, n_devices: int, min_time: float, max_time: float) ->
             "goals": {"duty_cycle_cached": 0.9, "first_timing_s_at_200": 3.0}}
 
 
+def per_model_overhead(report, rounds: int) -> dict:
+    """Wall time per model beyond its timed sections (warmup and timed runs of all its rounds), from a device's
+    first measure call to its end: shipping, requests, loading and reusing sessions, telemetry, storing rows.
+    The goal (issue 14): < 0.3 s per model for small ONNX models over SSH. agent_starts: 1 = one agent per
+    device for the whole run."""
+    out = {}
+    for d in report.devices:
+        n = d.measured + d.errors
+        jobs_s = d.wall_s - (d.start_s or 0.0)
+        out[d.device] = {"models": n, "rounds": rounds, "agent_starts": d.agent_starts,
+                         "start_s": d.start_s, "overhead_s_per_model": (jobs_s - d.timing_s) / n,
+                         "overhead_s_per_round": (jobs_s - d.timing_s) / n / rounds,
+                         "timed_s_per_model": d.timing_s / n}
+    return out
+
+
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", type=int, default=100)
@@ -123,10 +142,12 @@ def main():
     ap.add_argument("--max-time", type=float, default=1.0)
     ap.add_argument("--ofa-archs", type=int, default=0, help="also run the OFA export pipeline on N archs (200: "
                                                                   "the goal's size)")
+    ap.add_argument("--rounds", type=int, default=4, help="shuffled rounds per model (the default 4)")
+    ap.add_argument("--json", type=Path, default=JSON, help="where to write the figures")
     args = ap.parse_args()
     if args.ofa_archs:
         section = export_pipeline(args.ofa_archs, args.devices, args.min_time, args.max_time)
-        write_section("export_pipeline", section)
+        write_section("export_pipeline", section, args.json)
         print(json.dumps(section, indent=2))
     if not args.models:
         return
@@ -144,7 +165,8 @@ def main():
                 add_device(d.name, d.host, d.port, d.user, d.key, d.python, d.workdir, trust_host_key=True,
                            registry=reg, lease=f"{d.dir}/lease")  # devices sharing this machine: a lease each
             devices = [reg.get(d.name) for d in fleet]
-            settings = Settings(repeats_min_s=args.min_time, repeats_max_s=args.max_time)
+            settings = Settings(repeats_min_s=args.min_time, repeats_max_s=args.max_time, rounds=args.rounds)
+            load = os.getloadavg()[0]
             report = collect(make_jobs(arts, [d.name for d in devices], "onnxruntime", settings), devices,
                              out=tmp / "data", progress=False)
         finally:
@@ -158,8 +180,16 @@ def main():
                       f"{d.wall_s - d.busy_s:.1f}")
     console.print(f"{args.models} ONNX models (exported in {export_s:.1f} s) x {args.devices} loopback sshd devices, "
                   f"onnxruntime, min {args.min_time} s / max {args.max_time} s timed per model; "
-                  f"{platform.processor() or platform.machine()}, {len(__import__('os').sched_getaffinity(0))} CPUs")
+                  f"{platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} CPUs")
     console.print(table)
+    overhead = per_model_overhead(report, args.rounds)
+    console.print("per-model overhead beyond the timed sections (goal < 0.3 s): " + ", ".join(
+        f"{k} {v['overhead_s_per_model']:.3f} s ({v['overhead_s_per_round'] * 1e3:.0f} ms per round, "
+        f"{v['agent_starts']} agent start(s))" for k, v in overhead.items()))
+    write_section("per_model_overhead", {
+        "devices": overhead, "models": args.models, "min_time": args.min_time, "max_time": args.max_time,
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+        "load_1min": [load, os.getloadavg()[0]], "date": time.strftime("%Y-%m-%d")}, args.json)
     if not report.ok:
         console.print("[red]some devices failed:[/] " + "; ".join(d.message for d in report.devices if d.message))
 

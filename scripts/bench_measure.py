@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
 import tempfile
 import time
@@ -34,12 +35,12 @@ from latkit.collector.store import Store
 
 def latkit_pass(archs, runtime, out, settings) -> tuple:
     """One collection of every arch; returns (wall seconds per arch, {arch: row})."""
-    t0 = time.perf_counter()
+    t0, load0 = time.perf_counter(), os.getloadavg()[0]
     report = collect_space("nb201", len(archs), ["local"], runtime, "uniform", 0, settings, out, progress=False)
     wall = time.perf_counter() - t0
     assert report.ok, report.devices[0].message
     rows = {r["arch"]: r for r in Store(out).read().to_pylist() if r["status"] == "ok"}
-    return wall / len(archs), rows
+    return wall / len(archs), rows, [load0, os.getloadavg()[0]]
 
 
 def peer_pass(archs, min_run_time) -> tuple:
@@ -47,14 +48,14 @@ def peer_pass(archs, min_run_time) -> tuple:
     space = get_space("nb201")
     torch.set_num_threads(1)
     medians = {}
-    t0 = time.perf_counter()
+    t0, load0 = time.perf_counter(), os.getloadavg()[0]
     for a in archs:
         torch.manual_seed(int(hashlib.sha256(f"nb201\n{a}".encode()).hexdigest()[:15], 16))
         m, x = space.build(a).eval(), torch.randn(space.input_shape(a))
         with torch.inference_mode():
             r = tub.Timer("m(x)", globals={"m": m, "x": x}, num_threads=1).blocked_autorange(min_run_time=min_run_time)
         medians[a] = r.median * 1e3
-    return (time.perf_counter() - t0) / len(archs), medians
+    return (time.perf_counter() - t0) / len(archs), medians, [load0, os.getloadavg()[0]]
 
 
 def main():
@@ -82,14 +83,18 @@ def main():
             console.print(f"peer pass {k + 1} (min_run_time {0.9 * budget:.2f} s) ...")
             passes[("peer", k)] = peer_pass(archs, 0.9 * budget)
     for rt in settings:
-        (s_a, a), (s_b, b) = passes[(rt, 0)], passes[(rt, 1)]
+        (s_a, a, l_a), (s_b, b, l_b) = passes[(rt, 0)], passes[(rt, 1)]
         common = [x for x in archs if x in a and x in b]
+        reused = [u for r in (a, b) for x in common for u in r[x]["round_session_reused"]]
         res["runs"][f"latkit {rt}"] = {
-            "seconds_per_arch": (s_a + s_b) / 2, "n": len(common),
+            "seconds_per_arch": (s_a + s_b) / 2, "n": len(common), "load_1min": [l_a, l_b],
             "stopped_by_ci": float(np.mean([a[x]["stopped_by"] == "ci_target" for x in common])),
+            "rounds_on_reused_session": float(np.mean(reused)),
+            "load_ms_median": float(np.median([r[x]["load_ms"] for r in (a, b) for x in common])),
             "statistics": {s: compare([a[x][s] for x in common], [b[x][s] for x in common]) for s in STATISTICS}}
-    (s_a, a), (s_b, b) = passes[("peer", 0)], passes[("peer", 1)]
+    (s_a, a, l_a), (s_b, b, l_b) = passes[("peer", 0)], passes[("peer", 1)]
     res["runs"]["torch.utils.benchmark"] = {"seconds_per_arch": (s_a + s_b) / 2, "n": len(archs),
+                                            "load_1min": [l_a, l_b],
                                             "statistics": {"median": compare([a[x] for x in archs],
                                                                              [b[x] for x in archs])}}
     table = Table("timer", "statistic", "Spearman", "median rel. diff", "s / arch")

@@ -29,6 +29,15 @@ def bench_measure(d: dict) -> str:
         for stat, c in run["statistics"].items():
             lines.append(f"| {name} | {stat} | {c['spearman']:.4f} | {c['median_rel_diff'] * 100:.2f} % | "
                          f"{c['p90_rel_diff'] * 100:.2f} % | {run['seconds_per_arch']:.2f} |")
+    # the machine is shared: the load other work put on it during each pass (start-end) is part of the figures
+    loads = [f"{name} " + " and ".join(f"{a:.1f}-{b:.1f}" for a, b in run["load_1min"])
+             for name, run in d["runs"].items() if "load_1min" in run]
+    if loads:
+        lines += ["", "1-min load average during the two passes: " + "; ".join(loads) + "."]
+    kept = [f"{name} {run['rounds_on_reused_session'] * 100:.0f} % (median load {run['load_ms_median']:.0f} ms)"
+            for name, run in d["runs"].items() if "rounds_on_reused_session" in run]
+    if kept:
+        lines.append("Rounds timed on a session the agent kept: " + "; ".join(kept) + ".")
     return "\n".join(lines) + "\n"
 
 
@@ -128,7 +137,21 @@ def bench_fleet_export(d: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def bench_fleet_overhead(d: dict) -> str:
+    """Per-model overhead over SSH (scripts/bench_fleet.py) beside the goal of issue 14."""
+    o = d["per_model_overhead"]
+    lines = [f"{o['models']} small ONNX CNNs x {len(o['devices'])} loopback sshd devices, onnxruntime, "
+             f"{o['min_time']:g}-{o['max_time']:g} s timed per round, on {o['machine']} ({o['date']}; 1-min load "
+             f"average {o['load_1min'][0]:.1f} at the start, {o['load_1min'][1]:.1f} at the end):", "",
+             "| device | models x rounds | overhead per model | per round | agent starts | goal |", "|---|---|---|---|---|---|"]
+    for name, v in o["devices"].items():
+        lines.append(f"| {name} | {v['models']} x {v['rounds']} | {v['overhead_s_per_model']:.3f} s | "
+                     f"{v['overhead_s_per_round'] * 1e3:.0f} ms | {v['agent_starts']} | < 0.3 s per model |")
+    return "\n".join(lines) + "\n"
+
+
 RENDERERS = {"bench_store.json": bench_store, "bench_fleet.json#export": bench_fleet_export,
+             "bench_fleet.json#overhead": bench_fleet_overhead,
              "bench_measure.json": bench_measure, "bench_predictor.json#transfer": bench_predictor_transfer,
              "bench_predictor.json#fit": bench_predictor_fit, "bench_predictor.json#predict": bench_predictor_predict}
 

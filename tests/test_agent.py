@@ -151,3 +151,67 @@ def test_median_ci_shrinks_with_repeats_and_ignores_outliers():
     assert agent.median_ci_rel([1.0, 2.0]) == float("inf")
     xs = sorted(noisy[:101])
     assert agent.quantile(xs, 0.5) == pytest.approx(float(__import__("numpy").median(xs)))
+
+
+def test_sessions_are_kept_across_requests_and_evicted_least_recently_used(tmp_path, artifacts):
+    """A second request on the same file and settings reuses the loaded session (and says so, carrying the
+    fresh load's load time and first inference); other settings, or a file replaced in place, load afresh;
+    with --max-sessions 1 the least recently used session goes. torch's process-wide thread count is set
+    again for a reused session."""
+    import sys
+    wd = tmp_path / "wd"
+    proc = subprocess.Popen([sys.executable, str(AGENT), "--workdir", str(wd), "--lease", str(tmp_path / "lease"),
+                             "--max-sessions", "2"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert ask(proc, {"id": 0, "op": "lease"})["result"]["acquired"]
+        onnx, pt2 = wd / "models" / "m.onnx", wd / "models" / "m.pt2"
+        shutil.copy(artifacts["onnx"].path, onnx)
+        shutil.copy(artifacts["pt2"].path, pt2)
+        base = dict(Settings().agent_settings(), repeats_min_s=0.02, repeats_max_s=0.05, warmup_min_s=0.01)
+
+        def run(model, runtime, **s):
+            r = ask(proc, {"id": 1, "op": "measure", "model": model.name, "runtime": runtime,
+                           "settings": dict(base, **s)})
+            assert r["ok"], r
+            return r["result"]
+        first = run(onnx, "onnxruntime")
+        again = run(onnx, "onnxruntime")
+        assert not first["session_reused"] and again["session_reused"]
+        assert (again["load_s"], again["first_ms"]) == (first["load_s"], first["first_ms"]) and first["load_s"] > 0
+        assert not run(onnx, "onnxruntime", threads=2)["session_reused"]  # another session: cache holds 2 now
+        assert run(onnx, "onnxruntime", seed=1, cores=[0])["session_reused"] is False  # evicts threads=1
+        assert run(onnx, "onnxruntime", seed=1)["session_reused"]  # cores are not part of a session
+        assert not run(onnx, "onnxruntime")["session_reused"]  # was evicted (least recently used)
+        t1 = run(pt2, "torch")
+        t2 = run(pt2, "torch", threads=2)
+        t1b = run(pt2, "torch")
+        assert t1b["session_reused"] and (t1["applied"]["threads"], t2["applied"]["threads"],
+                                          t1b["applied"]["threads"]) == (1, 2, 1)
+        time.sleep(0.01)
+        shutil.copy(artifacts["onnx"].path, tmp_path / "copy.onnx")
+        os.replace(tmp_path / "copy.onnx", onnx)  # the same name, another file: never the old session
+        assert not run(onnx, "onnxruntime")["session_reused"]
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=30)
+
+
+def test_session_memory_bound_evicts(tmp_path):
+    """The memory bound: sessions whose load grew the RSS past the bound are evicted, oldest first, never the
+    one just loaded."""
+    agent = load_agent_module()
+    cache = agent.Sessions(max_count=10, memory_fraction=0.25)
+    cache.max_mb = 100.0
+    for i, mb in enumerate((40, 40, 40)):
+        e = agent.Session({}, 0.1)
+        e.rss_mb = mb
+        cache.put(i, e)
+    assert list(cache.entries) == [1, 2]
+    big = agent.Session({}, 0.1)
+    big.rss_mb = 500
+    cache.put("big", big)
+    assert list(cache.entries) == ["big"]
+    off = agent.Sessions(max_count=0)  # --max-sessions 0: every request loads afresh
+    off.put("x", agent.Session({}, 0.1))
+    assert not off.entries

@@ -297,3 +297,27 @@ def test_bounded_device_model_cache(registry, models, tmp_path):
                   key=lambda r: r["measured_at"])
     kept = {f.name.split(".")[0] for f in left}
     assert rows[-1]["model_sha256"] in kept and rows[0]["model_sha256"] not in kept  # least recently used went
+
+
+def test_next_model_ships_while_this_one_is_timed(registry, fleet, models):
+    """dev0 (both CPUs) gets the next model during the current measurement; dev2 (sshd and agent pinned to
+    CPU 0, timing on its only CPU) does not: an upload there would share the CPU with the timed runs."""
+    from latkit.collector import Job
+    from latkit.collector.runner import DeviceRunner
+    a, b, c = models["onnx"][5:8]
+    for name, ships in (("dev0", True), ("dev2", False)):
+        dev = registry.get(name)
+        for art in (a, b, c):
+            Path(dev.workdir, "models", art.name).unlink(missing_ok=True)
+        with DeviceRunner(dev) as r:
+            job = Job(a, name, QUICK)
+            assert r.measure(job, next_job=Job(b, name, QUICK)).status == "ok"
+            nxt = Path(dev.workdir, "models", b.name)
+            deadline = time.time() + 30
+            while ships and not nxt.exists() and time.time() < deadline:
+                time.sleep(0.05)
+            assert nxt.exists() == ships, name
+            assert r.measure(Job(b, name, QUICK)).status == "ok"
+            again = r.measure(Job(b, name, QUICK))
+            assert again.round_session_reused == (True,)  # one agent, which kept the session
+    assert not any(Path(registry.get(n).workdir, "models", c.name).exists() for n in ("dev0", "dev2"))

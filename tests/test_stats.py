@@ -9,7 +9,7 @@ from latkit.collector.measurement import Stats
 
 def test_known_samples():
     s = summarize([1.0, 2.0, 3.0, 4.0, 5.0])
-    assert s.latency_ms == 3.0 == s.median_ms and s.mean_ms == 3.0 and s.min_ms == 1.0 and s.max_ms == 5.0
+    assert s.median_ms == 3.0 and s.mean_ms == 3.0 and s.min_ms == 1.0 and s.max_ms == 5.0
     assert s.std_ms == pytest.approx(math.sqrt(2.5))          # sample std (ddof=1)
     assert s.p10_ms == pytest.approx(1.4) and s.p90_ms == pytest.approx(4.6)  # linear interpolation
     assert s.p99_ms == pytest.approx(4.96) and s.iqr_ms == pytest.approx(2.0)
@@ -28,9 +28,16 @@ def test_shortest_half_mode():
     assert Stats.of(x).mode_ms == pytest.approx((1.0 + 1.08) / 2)
 
 
-def test_rounds_take_the_fastest_round_median():
-    s = Stats.of([1.0, 1.1, 1.2, 2.0, 2.1, 2.2], round_medians=[1.1, 2.1])
-    assert s.latency_ms == 1.1 and s.median_ms == pytest.approx(1.6)
+def test_latency_statistic_per_device_class():
+    """CPU: the p10 of all samples, rounds or not; GPU: the median, or the fastest round's median."""
+    x = [1.0, 1.1, 1.2, 2.0, 2.1, 2.2]
+    cpu = Stats.of(x, round_medians=[1.1, 2.1])
+    assert cpu.latency_ms == pytest.approx(1.05) == cpu.p10_ms and cpu.latency_statistic == "p10"
+    gpu = Stats.of(x, round_medians=[1.1, 2.1], accelerator="cuda")
+    assert gpu.latency_ms == 1.1 and gpu.median_ms == pytest.approx(1.6) and gpu.latency_statistic == "min_round_median"
+    one = summarize([1.0, 2.0, 3.0, 4.0, 5.0], accelerator="cuda")
+    assert one.latency_ms == 3.0 and one.latency_statistic == "median"
+    assert summarize([1.0, 2.0, 3.0, 4.0, 5.0]).latency_ms == pytest.approx(1.4)
 
 
 def test_single_and_empty():

@@ -40,7 +40,7 @@ def test_append_read_partitions(tmp_path):
     for f in (tmp_path / "data").rglob("*.parquet"):  # every column in every file, partition columns too
         assert pq.read_schema(f).remove_metadata().equals(FILE_SCHEMA)
     row = t.filter(ds.field("arch") == "m1").to_pylist()[0]
-    assert row["latency_ms"] == pytest.approx(2.0) and row["samples_ms"] == pytest.approx([2.0, 2.1, 1.9], rel=1e-7)
+    assert row["latency_ms"] == pytest.approx(1.92) and row["samples_ms"] == pytest.approx([2.0, 2.1, 1.9], rel=1e-7)  # p10 on a CPU
     assert row["input_shape"] == "1x3x8x8" and row["batch_size"] == 1 and row["telemetry_after_temp_c"] == 40.0
     assert row["measured_at"].tzinfo is not None
     # Other readers see the same rows, the partition columns from the files or (as dictionaries) the folders.

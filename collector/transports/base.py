@@ -84,6 +84,9 @@ class Transport(abc.ABC):
     def put(self, artifact: Artifact) -> str:
         """Make the model file available on the device; returns the name to send in measure requests."""
 
+    def prefetch(self, artifact: Artifact) -> None:
+        """Start making a model available ahead of its request (SSH: ship it while another model is timed)."""
+
     @abc.abstractmethod
     def kill(self) -> None:
         """Stop the agent now, even mid-measurement (it releases the device lease as it dies)."""

@@ -1,11 +1,12 @@
 """The SSH transport (paramiko): one long-lived agent per device on an exec channel, files over SFTP.
 
 The agent is deployed by content hash (<workdir>/agent-<sha16>.py, re-sent only when it changes) and
-models go to <workdir>/models/<sha256>.<ext>, each shipped once. Uploads land under a temporary name and
-are renamed, so a broken upload never looks like a cached model. The device is reached as ~/.ssh/config
-says (alias, user, port, identity files, ProxyJump hops: see sshconfig.py). Every hop's host key is checked
-against the user's ~/.ssh/known_hosts and latkit's own known_hosts: an unknown key is refused unless trusted
-explicitly, a changed key always.
+models go to <workdir>/models/<sha256>.<ext>, each shipped once, the next one while the current one is
+timed (prefetch). Uploads land under a temporary name and are renamed, so a broken upload never looks like
+a cached model; where a login banner breaks SFTP, files go over exec channels instead (transports/files.py).
+The device is reached as ~/.ssh/config says (alias, user, port, identity files, ProxyJump hops: see
+sshconfig.py). Every hop's host key is checked against the user's ~/.ssh/known_hosts and latkit's own
+known_hosts: an unknown key is refused unless trusted explicitly, a changed key always.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import shlex
 import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
 
@@ -25,6 +27,7 @@ from ..errors import LatkitError, TransportError
 from ..job import Artifact
 from . import sshconfig
 from .base import AGENT_PATH, AgentClient, Transport
+from .files import open_files
 
 CONNECT_TIMEOUT = 10.0
 KEEPALIVE_S = 15
@@ -65,7 +68,10 @@ class SSHTransport(Transport):
         self._ssh: Optional[paramiko.SSHClient] = None
         self._jumps: list = []  # clients of the jump hosts, first hop first
         self.route: list = []  # the hops of the last connection (sshconfig.Hop), the device last
-        self._sftp: Optional[paramiko.SFTPClient] = None
+        self._files = None  # SFTPFiles, or ExecFiles where SFTP does not work
+        self._uploads = None  # one thread shipping the next model while this one is timed
+        self._pending: dict = {}  # model name -> Future of its upload
+        self._files_lock = threading.Lock()  # one file operation at a time (an upload may run in the background)
         self._chan: Optional[paramiko.Channel] = None
         self._client: Optional[AgentClient] = None
         self._stderr: collections.deque = collections.deque(maxlen=20)
@@ -91,7 +97,7 @@ class SSHTransport(Transport):
         clients[-1].get_transport().set_keepalive(KEEPALIVE_S)
         self.route = route
         self._jumps, self._ssh = clients[:-1], clients[-1]
-        self._sftp = self._ssh.open_sftp()
+        self._files = open_files(self._ssh, self.python, self.describe)
 
     def _tunnel(self, via: paramiko.SSHClient, prev: sshconfig.Hop, hop: sshconfig.Hop, what: str
                 ) -> paramiko.Channel:
@@ -148,30 +154,6 @@ class SSHTransport(Transport):
     def _connected(self) -> bool:
         return self._ssh is not None and self._ssh.get_transport() is not None and self._ssh.get_transport().is_active()
 
-    def _mkdirs(self, path: str) -> None:
-        parts = path.split("/")
-        for i in range(1, len(parts) + 1):
-            sub = "/".join(parts[:i])
-            if not sub:
-                continue
-            try:
-                self._sftp.stat(sub)
-            except FileNotFoundError:
-                self._sftp.mkdir(sub)
-
-    def _upload(self, local: Path, remote: str) -> None:
-        """Upload under a temporary name and rename, so an interrupted upload leaves nothing usable."""
-        tmp = f"{remote}.part"
-        self._sftp.put(str(local), tmp)
-        self._sftp.posix_rename(tmp, remote)
-
-    def _exists(self, remote: str) -> bool:
-        try:
-            self._sftp.stat(remote)
-            return True
-        except FileNotFoundError:
-            return False
-
     # -- Transport ----------------------------------------------------------------------------------
     def start(self) -> dict:
         if self._chan is not None and not self._chan.closed and self._connected():
@@ -179,11 +161,12 @@ class SSHTransport(Transport):
         try:
             if not self._connected():
                 self._connect()
-            self._mkdirs(f"{self.workdir}/models")
-            agent_sha = hashlib.sha256(AGENT_PATH.read_bytes()).hexdigest()[:16]
-            remote_agent = f"{self.workdir}/agent-{agent_sha}.py"
-            if not self._exists(remote_agent):
-                self._upload(AGENT_PATH, remote_agent)
+            agent_sha = hashlib.sha256(AGENT_PATH.read_bytes()).hexdigest()
+            remote_agent = f"{self.workdir}/agent-{agent_sha[:16]}.py"
+            with self._files_lock:
+                self._files.makedirs(f"{self.workdir}/models")
+                if not self._files.exists(remote_agent):
+                    self._files.upload(AGENT_PATH, remote_agent, agent_sha)
             chan = self._ssh.get_transport().open_session(timeout=CONNECT_TIMEOUT)
             cmd = [self.python, remote_agent, "--workdir", self.workdir]
             chan.exec_command(" ".join(map(shlex.quote, cmd + (["--lease", self.device.lease] if self.device.lease else []))))
@@ -213,15 +196,31 @@ class SSHTransport(Transport):
         except (OSError, EOFError, paramiko.SSHException):
             pass
 
+    def _ship(self, artifact: Artifact) -> None:
+        remote = f"{self.workdir}/models/{artifact.name}"
+        with self._files_lock:
+            if self._files.exists(remote):
+                self._files.touch(remote)  # its mtime is its last use: bounded caches evict the oldest
+            else:
+                self._files.upload(artifact.path, remote, artifact.sha256)
+
+    def prefetch(self, artifact: Artifact) -> None:
+        """Start shipping a model the next request will need, while the agent times the current one."""
+        if artifact.name in self._present or artifact.name in self._pending or self._files is None:
+            return
+        if self._uploads is None:
+            self._uploads = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"upload-{self.device.name}")
+        self._pending[artifact.name] = self._uploads.submit(self._ship, artifact)
+
     def put(self, artifact: Artifact) -> str:
         self._used[artifact.name] = time.time()
         if artifact.name not in self._present:
-            remote = f"{self.workdir}/models/{artifact.name}"
             try:
-                if self._exists(remote):
-                    self._sftp.utime(remote, None)  # its mtime is its last use: bounded caches evict the oldest
+                pending = self._pending.pop(artifact.name, None)
+                if pending is not None:
+                    pending.result()
                 else:
-                    self._upload(artifact.path, remote)
+                    self._ship(artifact)
             except (OSError, paramiko.SSHException, EOFError) as e:
                 if isinstance(e, (PermissionError,)) or "No space" in str(e):
                     raise LatkitError(f"cannot store {artifact.name} on {self.describe}: {e}; free space or change --workdir") from None
@@ -233,20 +232,22 @@ class SSHTransport(Transport):
     def model_files(self) -> list:
         from ..cache import CachedFile
         try:
-            entries = self._sftp.listdir_attr(f"{self.workdir}/models")
+            with self._files_lock:
+                entries = self._files.listing(f"{self.workdir}/models")
         except (OSError, paramiko.SSHException, EOFError) as e:
             raise TransportError(f"cannot list the models on {self.describe}: {e or type(e).__name__}") from None
-        return [CachedFile(e.filename.split(".")[0], e.st_size, max(e.st_mtime, self._used.get(e.filename, 0.0)))
-                for e in entries
-                if len(e.filename.split(".")[0]) == 64 and not e.filename.endswith(".part")]
+        return [CachedFile(name.split(".")[0], size, max(mtime, self._used.get(name, 0.0)))
+                for name, size, mtime in entries
+                if len(name.split(".")[0]) == 64 and not name.endswith(".part")]
 
     def evict(self, shas) -> None:
         shas = set(shas)
         try:
-            for e in self._sftp.listdir(f"{self.workdir}/models"):
-                if e.split(".")[0] in shas:
-                    self._sftp.remove(f"{self.workdir}/models/{e}")
-                    self._present.discard(e)
+            with self._files_lock:
+                for name, _, _ in self._files.listing(f"{self.workdir}/models"):
+                    if name.split(".")[0] in shas:
+                        self._files.remove(f"{self.workdir}/models/{name}")
+                        self._present.discard(name)
         except (OSError, paramiko.SSHException, EOFError) as e:
             raise TransportError(f"cannot remove models on {self.describe}: {e or type(e).__name__}") from None
 
@@ -278,12 +279,15 @@ class SSHTransport(Transport):
             except TransportError:
                 self.kill()
         self._close_channel()
-        for obj in (self._sftp, self._ssh, *reversed(self._jumps)):
+        if self._uploads is not None:
+            self._uploads.shutdown(wait=False, cancel_futures=True)  # an upload in flight fails as its link closes
+        for obj in (self._files, self._ssh, *reversed(self._jumps)):
             if obj is not None:
                 try:
                     obj.close()
                 except (OSError, paramiko.SSHException, EOFError):
                     pass
-        self._sftp = self._ssh = None
+        self._files = self._ssh = self._uploads = None
         self._jumps = []
         self._present.clear()
+        self._pending.clear()
