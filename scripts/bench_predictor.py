@@ -49,18 +49,21 @@ def machine() -> str:
             f"scikit-learn {sklearn.__version__}, LightGBM {lightgbm.__version__}, torch {torch.__version__}")
 
 
-def run_transfer(help_dir: Path, seeds: int, console) -> dict:
+def run_transfer(help_dir: Path, seeds: int, console, only=(), before=None) -> dict:
+    """Every task, or only those named in `only` ("fbnet 3"); the others keep their results from `before`."""
     tasks = json.loads((help_dir / "tasks.json").read_text())
     published = json.loads((help_dir / "published.json").read_text())["tasks"]
     missing = [k for k in published if k.split()[1] not in tasks.get(k.split()[0], {})]
     if missing:
         sys.exit(f"published.json has task(s) {', '.join(missing)} that tasks.json lacks; add their devices there")
-    out = {}
+    out = dict((before or {}).get("tasks", {})) if only else {}
     table = Table("task", "latkit ρ", "NASFLAT", "MultiPredict", "HELP", "archs scored", "seconds")
     for space, by_id in tasks.items():
         data = LatencyTable(help_dir / f"{space}_latency.parquet", space)
         for tid, task in by_id.items():
             key = f"{space} {tid}"
+            if only and key not in only:
+                continue
             r = transfer(data, space, task["source"], task["target"], seeds=seeds)
             out[key] = r
             paper = published.get(key, {})
@@ -110,6 +113,7 @@ def main():
     ap.add_argument("--help-dir", default=str(HELP_DIR))
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--sections", default="transfer,fit,predict", help="comma-separated: transfer, fit, predict")
+    ap.add_argument("--tasks", default="", help='transfer: only these tasks, comma-separated ("fbnet 3,fbnet 4")')
     ap.add_argument("--json", default=str(ROOT / "scripts" / "bench_predictor.json"))
     args = ap.parse_args()
     sections = [s for s in args.sections.split(",") if s]
@@ -121,7 +125,9 @@ def main():
     out = json.loads(path.read_text()) if path.exists() else {}
     where = {"machine": machine(), "date": time.strftime("%Y-%m-%d")}
     console.print(where["machine"])
-    runners = {"transfer": lambda: run_transfer(Path(args.help_dir), args.seeds, console),
+    runners = {"transfer": lambda: run_transfer(Path(args.help_dir), args.seeds, console,
+                                                    [t.strip() for t in args.tasks.split(",") if t.strip()],
+                                                    out.get("transfer")),
                "fit": lambda: run_fit(console), "predict": lambda: run_predict(console)}
     for name in sections:
         t0, load = time.time(), os.getloadavg()[0]
