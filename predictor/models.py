@@ -114,6 +114,9 @@ def _build(kind, params: dict, state: dict) -> Surrogate:
     if kind == "ensemble":
         from .ensemble import Ensemble  # ensemble.py builds on this module
         return Ensemble.from_file(params, state, _build)
+    if kind == "fewshot":
+        from .transfer import FewShot  # transfer.py builds on this module
+        return FewShot.from_file(params, state, _build)
     if kind == "gnn":
         from .gnn import GNN  # gnn.py builds on this module
         model = GNN(**params)
