@@ -225,8 +225,9 @@ class FewShot(Surrogate):
 
 
 def run_seed(table: LatencyTable, sources: Sequence[str], targets: Sequence[str], target_samples: int,
-             source_samples: int, seed: int, use_gnn: bool = True, n_jobs=-1) -> dict:
-    """Per target: scores over the pool's archs other than the target samples (never seen by the model)."""
+             source_samples: int, seed: int, use_gnn: bool = True, n_jobs=-1, save_dir=None) -> dict:
+    """Per target: scores over the pool's archs other than the target samples (never seen by the model).
+    With `save_dir`, each target's model is saved there as SPACE-TARGET.latkit-model."""
     archs = table.common_archs(targets)
     pre = Pretrained(table.space, source_samples, use_gnn=use_gnn, random_state=seed, n_jobs=n_jobs)
     pre.fit(table, sources, archs)
