@@ -1,6 +1,6 @@
 """latkit's host side: devices, transports, exporters, the Parquet store and the CLI.
 
-    from collector import measure, export, Settings
+    from latkit.collector import measure, export, Settings
     art = export(my_module, (torch.randn(1, 3, 224, 224),), "onnx")
     m = measure(art, device="local")        # a Measurement; the row is in ./latkit-data
 """

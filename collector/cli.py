@@ -246,9 +246,9 @@ def _fit_output(args) -> Path:
 
 
 def cmd_predictor_fit(args) -> int:
-    from predictor.data import LatencyTable
-    from predictor.esm import fit
-    from predictor.report import write_report
+    from latkit.predictor.data import LatencyTable
+    from latkit.predictor.esm import fit
+    from latkit.predictor.report import write_report
     table = LatencyTable(args.data, args.space)  # bad data or device: one line before anything is written
     table.check_devices([args.device])
     out = _fit_output(args)
@@ -277,7 +277,7 @@ def _model_out(args, default: str) -> Path:
 
 
 def cmd_predictor_build(args) -> int:
-    from predictor.build import build, write_build_report
+    from latkit.predictor.build import build, write_build_report
     out = _model_out(args, f"{args.space}-{args.device}.latkit-model")
     report_dir = validate.writable_dir(args.report or out.with_name(out.name.split(".")[0] + "-report"),
                                        "give --report a writable folder")
@@ -293,7 +293,7 @@ def cmd_predictor_build(args) -> int:
 
 
 def cmd_predictor_adapt(args) -> int:
-    from predictor.adapt import adapt
+    from latkit.predictor.adapt import adapt
     out = _model_out(args, f"{args.space}-{args.device}-adapt.latkit-model")
     model, r = adapt(args.device, args.space, args.n, args.sources or (), args.data, _live_settings(args), args.seed,
                      Registry(args.registry))
@@ -304,7 +304,7 @@ def cmd_predictor_adapt(args) -> int:
 
 
 def cmd_predictor_transfer(args) -> int:
-    from predictor.transfer import transfer
+    from latkit.predictor.transfer import transfer
     split = lambda s: [x for x in s.split(",") if x]  # noqa: E731
     if args.json:
         validate.writable_file(args.json, "give --json a writable file path")
@@ -326,8 +326,8 @@ def cmd_predictor_transfer(args) -> int:
 
 
 def cmd_predictor_predict(args) -> int:
-    from collector.spaces import get_space
-    from predictor.models import Surrogate
+    from latkit.collector.spaces import get_space
+    from latkit.predictor.models import Surrogate
     space = get_space(args.space)
     if args.file:
         validate.readable_file(args.file, "--file")
@@ -418,7 +418,7 @@ def _live_args(p: argparse.ArgumentParser) -> None:
 
 def _version() -> str:
     from importlib import metadata
-    from agents.agent import AGENT_VERSION
+    from latkit.agents.agent import AGENT_VERSION
     try:
         host = metadata.version("latkit")
     except metadata.PackageNotFoundError:

@@ -1,10 +1,10 @@
 """latkit's predictors: encodings, scikit-learn latency models, ESM-style fitting, NASFLAT-style transfer, metrics.
 
-    from predictor.esm import fit
+    from latkit.predictor.esm import fit
     surrogate, report, test_archs = fit("my-data", "nb201", "pi4", budget=500)
     surrogate.predict(["|nor_conv_3x3~0|+|...|"])
 
-    from predictor.models import make_model                # scikit-learn estimators on arch strings
+    from latkit.predictor.models import make_model                # scikit-learn estimators on arch strings
     cross_val_score(make_model("gbdt", "nb201"), archs, latency_ms, cv=5)
 
 Layers: predictor imports collector (spaces, samplers, datasets, errors); collector never imports predictor,

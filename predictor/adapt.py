@@ -17,11 +17,11 @@ import numpy as np
 from sklearn.frozen import FrozenEstimator
 from sklearn.model_selection import KFold, cross_val_predict
 
-from collector import validate
-from collector.dataset import HELP_DIR
-from collector.devices import Registry
-from collector.errors import LatkitError
-from collector.job import Settings
+from latkit.collector import validate
+from latkit.collector.dataset import HELP_DIR
+from latkit.collector.devices import Registry
+from latkit.collector.errors import LatkitError
+from latkit.collector.job import Settings
 
 from .data import LatencyTable
 from .live import job_settings, latencies, measure_archs, tagged_rows

@@ -21,12 +21,12 @@ from typing import Optional
 
 import numpy as np
 
-from collector import validate
-from collector.devices import Registry
-from collector.errors import LatkitError
-from collector.job import Settings
-from collector.samplers import pool, sample_from
-from collector.spaces import get_space
+from latkit.collector import validate
+from latkit.collector.devices import Registry
+from latkit.collector.errors import LatkitError
+from latkit.collector.job import Settings
+from latkit.collector.samplers import pool, sample_from
+from latkit.collector.spaces import get_space
 
 from .ensemble import Ensemble
 from .esm import choose_model

@@ -5,9 +5,9 @@ from typing import Sequence
 
 import numpy as np
 
-from collector.dataset import read_latency
-from collector.errors import LatkitError
-from collector.spaces import get_space
+from latkit.collector.dataset import read_latency
+from latkit.collector.errors import LatkitError
+from latkit.collector.spaces import get_space
 
 
 class LatencyTable:

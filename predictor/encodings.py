@@ -14,8 +14,8 @@ from typing import Sequence
 
 import numpy as np
 
-from collector.spaces import get_space
-from collector.spaces.mobile import plan_flops
+from latkit.collector.spaces import get_space
+from latkit.collector.spaces.mobile import plan_flops
 
 ENCODINGS = ("onehot", "analytic", "features", "proxies")
 

@@ -18,9 +18,9 @@ from typing import Optional
 
 import numpy as np
 
-from collector.errors import LatkitError
-from collector.samplers import SAMPLERS, sample_from
-from collector.spaces import get_space
+from latkit.collector.errors import LatkitError
+from latkit.collector.samplers import SAMPLERS, sample_from
+from latkit.collector.spaces import get_space
 
 from .data import LatencyTable
 from .metrics import relative_error, report

@@ -13,11 +13,11 @@ from typing import Optional, Sequence
 import numpy as np
 import pyarrow.compute as pc
 
-from collector import api
-from collector.devices import Registry
-from collector.errors import LatkitError
-from collector.job import Settings
-from collector.store import Store
+from latkit.collector import api
+from latkit.collector.devices import Registry
+from latkit.collector.errors import LatkitError
+from latkit.collector.job import Settings
+from latkit.collector.store import Store
 
 
 def tagged_rows(out, device: str, space: str, settings: Settings, prefix: str) -> dict:

@@ -22,7 +22,7 @@ from importlib import metadata
 
 import numpy as np
 
-from collector.errors import LatkitError
+from latkit.collector.errors import LatkitError
 
 FORMAT_VERSION = 2
 _MEMBER = re.compile(r"([a-z][a-z0-9_]*_)(?:\.([A-Za-z0-9_.]+))?\.(npy|txt)")  # attr[.key].ext, no path

@@ -21,7 +21,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin, clone
 from sklearn.utils.validation import check_is_fitted
 
-from collector.errors import LatkitError
+from latkit.collector.errors import LatkitError
 
 from . import modelfile
 from .encodings import encode

@@ -37,11 +37,11 @@ from sklearn.exceptions import NotFittedError
 from sklearn.frozen import FrozenEstimator
 from sklearn.utils.validation import check_is_fitted
 
-from collector.errors import LatkitError
-from collector import validate
-from collector.validate import whole
-from collector.samplers import sample_from
-from collector.spaces import get_space
+from latkit.collector.errors import LatkitError
+from latkit.collector import validate
+from latkit.collector.validate import whole
+from latkit.collector.samplers import sample_from
+from latkit.collector.spaces import get_space
 
 from .data import LatencyTable
 from .encodings import encode

@@ -20,9 +20,9 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from collector import Registry, Settings, add_device, collect, export
-from collector.api import make_jobs
-from collector.loopback import new_fleet_dir, start_fleet, stop_fleet
+from latkit.collector import Registry, Settings, add_device, collect, export
+from latkit.collector.api import make_jobs
+from latkit.collector.loopback import new_fleet_dir, start_fleet, stop_fleet
 
 
 def small_models(n: int, cache: Path):

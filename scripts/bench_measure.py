@@ -24,12 +24,12 @@ import torch.utils.benchmark as tub
 from rich.console import Console
 from rich.table import Table
 
-from collector import Settings, probe
-from collector.api import collect_space, space_artifacts
-from collector.retest import STATISTICS, compare
-from collector.samplers import sample
-from collector.spaces import get_space
-from collector.store import Store
+from latkit.collector import Settings, probe
+from latkit.collector.api import collect_space, space_artifacts
+from latkit.collector.retest import STATISTICS, compare
+from latkit.collector.samplers import sample
+from latkit.collector.spaces import get_space
+from latkit.collector.store import Store
 
 
 def latkit_pass(archs, runtime, out, settings) -> tuple:

@@ -25,13 +25,13 @@ import sklearn
 from rich.console import Console
 from rich.table import Table
 
-from collector import probe
-from collector.dataset import HELP_DIR
-from collector.spaces import get_space
-from predictor.data import LatencyTable
-from predictor.esm import fit
-from predictor.models import MODELS, make_model
-from predictor.transfer import transfer
+from latkit.collector import probe
+from latkit.collector.dataset import HELP_DIR
+from latkit.collector.spaces import get_space
+from latkit.predictor.data import LatencyTable
+from latkit.predictor.esm import fit
+from latkit.predictor.models import MODELS, make_model
+from latkit.predictor.transfer import transfer
 
 ROOT = Path(__file__).resolve().parents[1]
 FIT_RUNS = [("help", "nb201", d, 500) for d in ("titan_rtx_256", "gold_6226", "raspi4", "pixel3")] + \

@@ -13,9 +13,9 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from collector import Settings, export, measure_many, probe
-from collector.api import collect_space
-from predictor.esm import fit
+from latkit.collector import Settings, export, measure_many, probe
+from latkit.collector.api import collect_space
+from latkit.predictor.esm import fit
 
 nn = torch.nn
 

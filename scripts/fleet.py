@@ -15,8 +15,8 @@ import argparse
 import shlex
 import sys
 
-from collector import LatkitError, Registry, add_device
-from collector.loopback import fleets_root, new_fleet_dir, start_fleet, stop_fleet
+from latkit.collector import LatkitError, Registry, add_device
+from latkit.collector.loopback import fleets_root, new_fleet_dir, start_fleet, stop_fleet
 
 CURRENT = fleets_root() / "current"  # the state dir of the fleet `up` started without --dir
 

@@ -92,7 +92,7 @@ class Plan:
 
 
 def settings(args, batch: int):
-    from collector import Settings
+    from latkit.collector import Settings
     return Settings(runtime="torch", accelerator=args.accelerator, batch_size=batch, rounds=1,
                     warmup_min_s=args.warmup_time, repeats_min_s=args.min_time, repeats_max_s=args.max_time)
 
@@ -161,12 +161,12 @@ def finish_tests(run: dict, work: Path, log) -> dict:
 def collect(args, plan: Plan, work: Path, stores: dict, log) -> dict:
     """Phases (b)-(d): export while the device times; one agent for the big batch, batch 1 and the retest
     (it starts while the first exports run)."""
-    from collector import Device, Job, Store
-    from collector.api import iter_space_artifacts
-    from collector.retest import compare_side, side_table
-    from collector.samplers import sample
-    from collector.spaces import get_space
-    from collector.stream import measure_stream
+    from latkit.collector import Device, Job, Store
+    from latkit.collector.api import iter_space_artifacts
+    from latkit.collector.retest import compare_side, side_table
+    from latkit.collector.samplers import sample
+    from latkit.collector.spaces import get_space
+    from latkit.collector.stream import measure_stream
 
     n_pool = int(args.goal_big * 1.5)
     archs = sample(get_space(args.space), n_pool, "balanced", args.seed)
@@ -295,8 +295,8 @@ def fit_one(data: str, space: str, device: str, budget: int, model: str, prefix:
     """One ESM fit in a child process (the parent stops it at the deadline): metrics JSON, the test archs'
     measured and predicted latency (CSV, to plot anywhere), and the report's plot where matplotlib is."""
     import csv
-    from predictor.data import LatencyTable
-    from predictor.esm import fit
+    from latkit.predictor.data import LatencyTable
+    from latkit.predictor.esm import fit
     try:
         table = LatencyTable(data, space)
         surrogate, result, test = fit(table, space, device, budget, model=model)
@@ -308,7 +308,7 @@ def fit_one(data: str, space: str, device: str, budget: int, model: str, prefix:
     with open(f"{prefix}-pred.csv", "w", newline="") as f:
         csv.writer(f).writerows([("arch", "measured_ms", "predicted_ms")] + list(zip(test, true, pred)))
     try:
-        from predictor.report import write_report
+        from latkit.predictor.report import write_report
         shown = {k: result[k] for k in ("spearman", "kendall", "mape", "rmse", "acc5", "acc10", "n_train", "model")}
         write_report(f"{prefix}-report", f"{space} / {Path(data).name} / {result['model']}", pred, true, shown)
     except ImportError:
@@ -317,7 +317,7 @@ def fit_one(data: str, space: str, device: str, budget: int, model: str, prefix:
 
 def fits(args, plan: Plan, work: Path, stores: dict, log) -> dict:
     """Phase (f): both fits at once in child processes; what has not finished by the deadline is stopped."""
-    from collector.dataset import read_latency
+    from latkit.collector.dataset import read_latency
     ctx, procs, out = multiprocessing.get_context("spawn"), {}, {}
     for name in ("big", "small"):
         n = read_latency(stores[name].uri).num_rows if stores[name].exists() and stores[name].files() else 0
@@ -365,7 +365,7 @@ def pack_datasets(args, out_dir: Path, stores: dict, summary: dict, log) -> dict
     """Each dataset as one Parquet file in OUT, with its card written beside the rows (for the reports);
     done as soon as the collection ends, so a run stopped later still brings the data back."""
     import pyarrow.parquet as pq
-    from collector.dataset import write_card
+    from latkit.collector.dataset import write_card
     written = {}
     for name, batch in (("big", args.batch), ("small", 1), ("retest", args.batch)):
         store = stores.get(name)
@@ -433,7 +433,7 @@ def main(argv=None) -> int:
     plan = Plan(args, t0)
     summary = {"argv": sys.argv[1:], "budget_s": args.budget_s, "work": str(work), "cpus": os.cpu_count(),
                "python": sys.version.split()[0], "phases": {}}
-    from collector import Store
+    from latkit.collector import Store
     stores = {"big": Store(work / f"{args.space}-bs{args.batch}"), "small": Store(work / f"{args.space}-bs1")}
 
     def phase(name, fn, *a):

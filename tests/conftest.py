@@ -43,7 +43,7 @@ def export_cache(tmp_path_factory):
 def artifacts(export_cache):
     """The same tiny CNN exported to every format latkit times."""
     import torch
-    from collector import export
+    from latkit.collector import export
     x = torch.randn(1, 3, 32, 32)
     return {fmt: export(tiny_cnn(), (x,), fmt, arch="tiny_cnn", cache_dir=export_cache)
             for fmt in ("onnx", "tflite", "pt2", "torchscript")}
@@ -52,7 +52,7 @@ def artifacts(export_cache):
 @pytest.fixture
 def fast():
     """Settings that keep each measurement around 0.1 s."""
-    from collector import Settings
+    from latkit.collector import Settings
     return Settings(warmup_min_count=2, warmup_min_s=0.01, repeats_min_count=10, repeats_min_s=0.05, rounds=1,
                     repeats_max_s=0.2)
 
@@ -85,7 +85,7 @@ def fleet(tflite_venv, ort_venv):
     """Three real sshd devices on 127.0.0.2-4: the host venv, the tflite-runtime venv, and the lean venv
     pinned to CPU 0 with taskset. Torn down after the session. Its state is under ~/.cache/latkit/fleets,
     not the pytest tmp dir: sshd refuses keys below world-writable /tmp."""
-    from collector.loopback import new_fleet_dir, start_fleet, stop_fleet
+    from latkit.collector.loopback import new_fleet_dir, start_fleet, stop_fleet
     base = new_fleet_dir()
     devices = start_fleet(base, [sys.executable, tflite_venv, ort_venv], cores=[None, None, "0"])
     yield devices
@@ -95,7 +95,7 @@ def fleet(tflite_venv, ort_venv):
 @pytest.fixture(scope="session")
 def registry(fleet, tmp_path_factory):
     """A registry with the three fleet devices added (host keys trusted on first contact)."""
-    from collector import Registry, add_device
+    from latkit.collector import Registry, add_device
     reg = Registry(tmp_path_factory.mktemp("registry") / "devices.toml")
     for d in fleet:
         # the loopback devices share one machine: each gets its own lease (a real fleet uses the default)

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from collector import Settings
+from latkit.collector import Settings
 from conftest import AGENT
 
 

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from collector.measurement import ERROR_KINDS
+from latkit.collector.measurement import ERROR_KINDS
 from conftest import AGENT
 from test_agent import load_agent_module
 

@@ -12,13 +12,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from collector import dataset
-from collector.spaces import get_space
+from latkit.collector import dataset
+from latkit.collector.spaces import get_space
 from conftest import ROOT
 
 
 def latkit(*args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "collector.cli", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "latkit.collector.cli", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT)
 
 
@@ -200,10 +200,10 @@ def test_the_table_is_wide():
 
 def test_predict_all_into_head_ends_quietly(tmp_path):
     """`latkit predictor predict --all ... | head -3`: three lines out, no BrokenPipeError, no traceback."""
-    from predictor.models import make_model
+    from latkit.predictor.models import make_model
     archs = get_space("nb201").sample(30, np.random.default_rng(1))
     make_model("ridge", "nb201").fit(archs, np.linspace(1, 2, 30)).save(tmp_path / "m.latkit-model")
-    cmd = (f"{shlex.quote(sys.executable)} -m collector.cli predictor predict --model {tmp_path}/m.latkit-model "
+    cmd = (f"{shlex.quote(sys.executable)} -m latkit.collector.cli predictor predict --model {tmp_path}/m.latkit-model "
            "--space nb201 --all | head -3")
     r = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert r.stdout.splitlines()[0] == "arch\tlatency_ms" and len(r.stdout.splitlines()) == 3

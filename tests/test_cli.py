@@ -6,13 +6,13 @@ import sys
 
 import pytest
 
-from collector import Store
+from latkit.collector import Store
 
 FAST = ["--repeats", "5", "--min-time", "0.05", "--max-time", "0.3"]
 
 
 def latkit(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "collector.cli", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "latkit.collector.cli", *map(str, args)], capture_output=True, text=True,
                           timeout=300, cwd=cwd)
 
 

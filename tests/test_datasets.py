@@ -7,13 +7,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from collector import SCHEMA, Store
-from collector.dataset import HELP_DIR, plot, read_latency
+from latkit.collector import SCHEMA, Store
+from latkit.collector.dataset import HELP_DIR, plot, read_latency
 from conftest import ROOT
 
 
 def latkit(*args):
-    return subprocess.run([sys.executable, "-m", "collector.cli", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "latkit.collector.cli", *map(str, args)], capture_output=True, text=True,
                           timeout=600, cwd=ROOT)
 
 
@@ -33,7 +33,7 @@ def test_collect_by_space(collected):
     t = Store(collected).read()
     assert t.num_rows == 10 and set(t["status"].to_pylist()) == {"ok"}
     rows = t.to_pylist()
-    from collector.spaces import get_space
+    from latkit.collector.spaces import get_space
     for r in rows:
         assert get_space(r["space"]).validate(r["arch"]) == r["arch"]
         assert r["input_shape"] == "1x3x32x32" and r["batch_size"] == 1
@@ -89,8 +89,8 @@ def test_plot(collected, tmp_path):
 def test_shipped_help_tables():
     """The HELP tables ship in the repository (a clean clone needs nothing outside it): every arch of each
     table on every device, canonical arch strings, every device a task names, every task a baseline cites."""
-    from collector.cli import build_parser
-    from collector.spaces import get_space
+    from latkit.collector.cli import build_parser
+    from latkit.collector.spaces import get_space
     assert build_parser().parse_args(["data", "import-help", "out"]).src == str(HELP_DIR)
     tasks = json.loads((HELP_DIR / "tasks.json").read_text())
     published = json.loads((HELP_DIR / "published.json").read_text())
@@ -132,7 +132,7 @@ def test_import_help_schema_and_readers(tmp_path, collected):
 
 
 def test_read_latency_bad_input(tmp_path):
-    from collector import LatkitError
+    from latkit.collector import LatkitError
     with pytest.raises(LatkitError, match="no dataset at"):
         read_latency(tmp_path / "nothing")
     pq.write_table(pa.table({"x": [1]}), tmp_path / "t.parquet")

@@ -13,14 +13,14 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 from sklearn.utils.estimator_checks import estimator_checks_generator
 
-from collector import LatkitError
-from collector.dataset import HELP_DIR
-from collector.spaces import get_space
+from latkit.collector import LatkitError
+from latkit.collector.dataset import HELP_DIR
+from latkit.collector.spaces import get_space
 from conftest import ROOT
-from predictor.data import LatencyTable
-from predictor.models import MODELS, ArchRegressor, make_model
-from predictor.regressors import ForestRegressor, GBDTRegressor, MLPRegressor, RidgeRegressor
-from predictor.transfer import FewShot, Pretrained
+from latkit.predictor.data import LatencyTable
+from latkit.predictor.models import MODELS, ArchRegressor, make_model
+from latkit.predictor.regressors import ForestRegressor, GBDTRegressor, MLPRegressor, RidgeRegressor
+from latkit.predictor.transfer import FewShot, Pretrained
 
 
 def small(kind, **params):

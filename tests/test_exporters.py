@@ -4,7 +4,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from collector import LatkitError, export
+from latkit.collector import LatkitError, export
 from conftest import tiny_cnn
 
 
@@ -53,9 +53,9 @@ def test_export_errors(export_cache):
 def test_parallel_export_is_the_serial_export_in_order(tmp_path):
     """Worker processes seed the weights by the arch as the serial path does: their export keys (which hash
     the weights) find the serial exports in the cache, and the artifacts come back in the order given."""
-    from collector.api import iter_space_artifacts
-    from collector.samplers import sample
-    from collector.spaces import get_space
+    from latkit.collector.api import iter_space_artifacts
+    from latkit.collector.samplers import sample
+    from latkit.collector.spaces import get_space
     archs = sample(get_space("nb201"), 3, "uniform", 1)
     serial = list(iter_space_artifacts("nb201", archs, "torchscript", cache_dir=tmp_path))
     mtimes = [a.path.stat().st_mtime_ns for a in serial]
@@ -67,9 +67,9 @@ def test_parallel_export_is_the_serial_export_in_order(tmp_path):
 
 def test_parallel_export_stays_a_bounded_distance_ahead(tmp_path):
     """A consumer that stops early leaves at most 1 + `ahead` files exported, not the whole list."""
-    from collector.api import iter_space_artifacts
-    from collector.samplers import sample
-    from collector.spaces import get_space
+    from latkit.collector.api import iter_space_artifacts
+    from latkit.collector.samplers import sample
+    from latkit.collector.spaces import get_space
     archs = sample(get_space("nb201"), 8, "uniform", 2)
     it = iter_space_artifacts("nb201", archs, "torchscript", workers=2, ahead=2, cache_dir=tmp_path)
     first = next(it)

@@ -12,9 +12,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from collector import Artifact, LatkitError, Registry, Settings, Store, add_device, collect, collect_models, export
-from collector.api import make_jobs
-from collector.loopback import _keygen, kill_sshd, start_sshd
+from latkit.collector import Artifact, LatkitError, Registry, Settings, Store, add_device, collect, collect_models, export
+from latkit.collector.api import make_jobs
+from latkit.collector.loopback import _keygen, kill_sshd, start_sshd
 from conftest import ROOT
 
 QUICK = Settings(warmup_min_count=2, warmup_min_s=0.01, repeats_min_count=10, repeats_min_s=0.05, repeats_max_s=0.2,
@@ -22,7 +22,7 @@ QUICK = Settings(warmup_min_count=2, warmup_min_s=0.01, repeats_min_count=10, re
 
 
 def latkit(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "collector.cli", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "latkit.collector.cli", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT)
 
 
@@ -243,7 +243,7 @@ def test_orchestrator_sigkill_then_rerun(registry, models, tmp_path):
     out = tmp_path / "d"
     args = ["collect", "--models", *[a.path for a in models["tflite"]], "--devices", "dev0,dev1", "--registry",
             registry.path, "--out", out, "--min-time", "0.2", "--max-time", "0.3", "--rounds", "2", "--quiet"]
-    proc = subprocess.Popen([sys.executable, "-m", "collector.cli", *map(str, args)], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "latkit.collector.cli", *map(str, args)], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while Store(out).read(columns=["key"]).num_rows < 3 and time.time() < deadline:

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from collector import Device, Job, LatkitError, Settings
-from collector.runner import DeviceRunner
+from latkit.collector import Device, Job, LatkitError, Settings
+from latkit.collector.runner import DeviceRunner
 from conftest import AGENT, ROOT, tiny_cnn
 
 torch = pytest.importorskip("torch")
@@ -38,7 +38,7 @@ def cuda(**options) -> Settings:
 def torch_models(tmp_path_factory):
     """The tiny CNN at batch 1 as torch.export .pt2 and as traced TorchScript (which also runs at other
     batch sizes: the GPU study exports once for batch 1 and 64)."""
-    from collector import export
+    from latkit.collector import export
     cache = tmp_path_factory.mktemp("exports")
     x = torch.randn(1, 3, 32, 32)
     return {fmt: export(tiny_cnn(), (x,), fmt, arch=f"tiny_cnn_{fmt}", cache_dir=cache)
@@ -55,8 +55,8 @@ def gpu():
 def test_collector_imports_without_the_ssh_extras():
     """A bare GPU machine has no paramiko or tomli-w: timing on `local` must not need them."""
     code = ("import sys; sys.modules['paramiko'] = sys.modules['tomli_w'] = None\n"
-            "import collector, collector.cli, collector.scheduler\n"
-            "from collector import Registry\n"
+            "import latkit.collector, latkit.collector.cli, latkit.collector.scheduler\n"
+            "from latkit.collector import Registry\n"
             "print(type(Registry().get('local').connect()).__name__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 0 and out.stdout.strip() == "LocalTransport", out.stderr
@@ -141,7 +141,7 @@ def test_one_trace_serves_batch_64(gpu, torch_models):
 @cuda_only
 def test_cuda_graphs_cut_launch_overhead(gpu, tmp_path):
     """A deep, thin network at batch 1 is launch-bound: replaying it as a CUDA graph is faster."""
-    from collector import export
+    from latkit.collector import export
     m = torch.nn.Sequential(*[torch.nn.Sequential(torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU())
                               for _ in range(30)]).eval()
     art = export(m, (torch.randn(1, 8, 16, 16),), "pt2", arch="deep_thin", cache_dir=tmp_path)

@@ -13,21 +13,21 @@ from pathlib import Path
 import psutil
 import pytest
 
-from collector import Artifact, Job, Registry, Settings, Store, export
-from collector.measurement import ERROR_KINDS
-from collector.runner import DeviceRunner
+from latkit.collector import Artifact, Job, Registry, Settings, Store, export
+from latkit.collector.measurement import ERROR_KINDS
+from latkit.collector.runner import DeviceRunner
 from conftest import AGENT, ROOT
 
 QUICK = ["--min-time", "0.05", "--max-time", "0.1", "--repeats", "5", "--quiet"]
 
 
 def latkit(*args, timeout=300, env=None):
-    return subprocess.run([sys.executable, "-m", "collector.cli", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "latkit.collector.cli", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT, env=env)
 
 
 def spawn(*args):
-    return subprocess.Popen([sys.executable, "-m", "collector.cli", *map(str, args)], cwd=ROOT, text=True,
+    return subprocess.Popen([sys.executable, "-m", "latkit.collector.cli", *map(str, args)], cwd=ROOT, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
@@ -105,7 +105,7 @@ def test_two_collections_on_one_device_take_turns(reg, models, tmp_path):
     agent = psutil.Process(json.loads(held)["agent_pid"])
     agent.suspend()
     try:
-        second = subprocess.Popen([sys.executable, "-m", "collector.cli", *map(str, args)], cwd=ROOT, text=True,
+        second = subprocess.Popen([sys.executable, "-m", "latkit.collector.cli", *map(str, args)], cwd=ROOT, text=True,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         lines = []
         reader = threading.Thread(target=lambda: lines.extend(second.stderr), daemon=True)
@@ -272,7 +272,7 @@ def banner_python(tmp_path) -> str:
 
 
 def test_banner_printing_device_works(fleet, registry, models, tmp_path):
-    from collector import add_device, measure
+    from latkit.collector import add_device, measure
     py = banner_python(tmp_path)
     reg = Registry(tmp_path / "r.toml")
     reg.path.write_text(f'[devices.chatty]\ntransport = "local"\npython = "{py}"\nworkdir = "{tmp_path / "w"}"\n'
@@ -304,7 +304,7 @@ def test_applied_settings_are_read_back_and_pinning_does_not_stick(reg, models):
 
 
 def test_a_row_whose_settings_were_not_applied_is_refused():
-    from collector.runner import not_applied
+    from latkit.collector.runner import not_applied
     job = Job(Artifact(Path("m.onnx"), "0" * 64, "onnx"), "d", Settings(threads=2, cores=(1,), rounds=1))
     assert not_applied(job, {"threads": 2, "cores": [1]}) == ""
     assert "threads=1 (asked 2)" in not_applied(job, {"threads": 1, "cores": [1]})
@@ -364,7 +364,7 @@ def test_throttle_state_reads_cpufreq_vcgencmd_and_nvpmodel(tmp_path, monkeypatc
 def test_rows_flag_throttling_and_cooldown(tmp_path, models, monkeypatch):
     """End to end through a real agent: a hot fake sensor makes the agent wait (bounded) and say so; a slow
     clock lands in the row's throttle column and warnings."""
-    from collector import measure
+    from latkit.collector import measure
     monkeypatch.setenv("LATKIT_SYSROOT", str(fake_root(tmp_path, 1000000, 3000000, temp_mc=90000)))
     reg = Registry(tmp_path / "r.toml")
     reg.path.write_text(f'[devices.hot]\ntransport = "local"\nworkdir = "{tmp_path / "w"}"\n'
@@ -381,7 +381,7 @@ def test_rows_flag_throttling_and_cooldown(tmp_path, models, monkeypatch):
 
 
 def test_rounds_interleave_and_take_the_fastest_round(reg, models, tmp_path):
-    from collector import collect_models
+    from latkit.collector import collect_models
     s = Settings(repeats_min_s=0.05, repeats_max_s=0.1, rounds=3)
     report = collect_models(sorted(models.glob("*.onnx"))[:3], ["loc"], settings=s, out=tmp_path / "d", registry=reg,
                             progress=False)
@@ -406,7 +406,7 @@ def test_agent_error_kinds_are_all_classified():
 
 
 def test_data_show_counts_rows_that_missed_the_ci_target(reg, models, tmp_path):
-    from collector import measure
+    from latkit.collector import measure
     m = measure(models / "w4.onnx", device="loc", settings=Settings(repeats_min_s=0.02, repeats_max_s=0.05, rounds=1),
                 out=tmp_path / "d", registry=reg)
     row = m.to_row()

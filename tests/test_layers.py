@@ -14,7 +14,7 @@ def test_importing_collector_loads_no_predictor():
             "for m in pkgutil.walk_packages(collector.__path__, 'collector.'):\n"
             "    importlib.import_module(m.name)\n"
             "loaded = [m for m in sys.modules if m.split('.')[0] == 'predictor']\n"
-            "assert 'collector.cli' in sys.modules and not loaded, loaded\n")
+            "assert 'latkit.collector.cli' in sys.modules and not loaded, loaded\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert r.returncode == 0, r.stderr
 

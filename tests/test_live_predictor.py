@@ -12,13 +12,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from collector.store import Store
+from latkit.collector.store import Store
 
 FAST = ["--min-time", "0.01", "--max-time", "0.02", "--repeats", "3", "--rounds", "1"]
 
 
 def latkit(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "collector.cli", "predictor", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "latkit.collector.cli", "predictor", *args], capture_output=True,
                           text=True, timeout=timeout)
 
 
@@ -52,7 +52,7 @@ def test_build_stops_at_target_and_reports(tmp_path):
 
 def test_build_resumes_after_sigkill_without_measuring_again(tmp_path):
     data, out = tmp_path / "d", tmp_path / "m.latkit-model"
-    p = subprocess.Popen([sys.executable, "-m", "collector.cli", "predictor", *build_args(data, out, 0.999)],
+    p = subprocess.Popen([sys.executable, "-m", "latkit.collector.cli", "predictor", *build_args(data, out, 0.999)],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 300
@@ -92,11 +92,11 @@ def test_build_reads_only_its_own_rows(tmp_path):
 
 
 def test_adapt_on_local_scored_on_further_archs(tmp_path):
-    from collector.api import measure_many, space_artifacts
-    from collector.job import Settings
-    from collector.samplers import sample
-    from collector.spaces import get_space
-    from predictor.models import Surrogate
+    from latkit.collector.api import measure_many, space_artifacts
+    from latkit.collector.job import Settings
+    from latkit.collector.samplers import sample
+    from latkit.collector.spaces import get_space
+    from latkit.predictor.models import Surrogate
     from scipy.stats import spearmanr
     out, data = tmp_path / "a.latkit-model", tmp_path / "d"
     args = ["adapt", "--device", "local", "--space", "nb201", "--n", "12", "--data", str(data), "--out", str(out),

@@ -12,14 +12,14 @@ import pyarrow.parquet as pq
 import pytest
 from sklearn.frozen import FrozenEstimator
 
-from collector import LatkitError
-from collector.dataset import HELP_DIR
+from latkit.collector import LatkitError
+from latkit.collector.dataset import HELP_DIR
 from conftest import ROOT
-from predictor.data import LatencyTable
-from predictor.esm import fit
-from predictor.metrics import report
-from predictor.models import MODELS, Surrogate, make_model
-from predictor.transfer import FewShot, Pretrained, transfer
+from latkit.predictor.data import LatencyTable
+from latkit.predictor.esm import fit
+from latkit.predictor.metrics import report
+from latkit.predictor.models import MODELS, Surrogate, make_model
+from latkit.predictor.transfer import FewShot, Pretrained, transfer
 
 OWN = ROOT / "datasets" / "local-cpu-nb201-fbnet"
 
@@ -80,10 +80,10 @@ def test_esm_fit_reads_only_training_latencies(fbnet_slice, tmp_path):
 def test_auto_does_without_lightgbm_where_it_cannot_load():
     """A bare machine may lack LightGBM or the libgomp its wheel needs: auto then picks among the rest."""
     code = ("import sys; sys.modules['lightgbm'] = None\n"
-            "from predictor.esm import auto_candidates; print(','.join(auto_candidates()))")
+            "from latkit.predictor.esm import auto_candidates; print(','.join(auto_candidates()))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 0 and out.stdout.strip() == "ridge,rf,mlp", out.stderr
-    from predictor.esm import auto_candidates
+    from latkit.predictor.esm import auto_candidates
     assert auto_candidates() == ("ridge", "gbdt", "rf", "mlp")  # here LightGBM loads
 
 
@@ -105,7 +105,7 @@ def test_transfer_reads_only_the_chosen_target_latencies(fbnet_slice):
 
 def test_transfer_end_to_end_cli(fbnet_slice, tmp_path):
     out = tmp_path / "t.json"
-    r = subprocess.run([sys.executable, "-m", "collector.cli", "predictor", "transfer", "--data", str(fbnet_slice),
+    r = subprocess.run([sys.executable, "-m", "latkit.collector.cli", "predictor", "transfer", "--data", str(fbnet_slice),
                         "--space", "fbnet", "--source", "pixel3,eyeriss,1080ti_1", "--target", "raspi4,samsung_a50",
                         "--target-samples", "20", "--source-samples", "300", "--seeds", "2", "--json", str(out)],
                        capture_output=True, text=True, timeout=900, cwd=ROOT)
@@ -119,7 +119,7 @@ def test_transfer_end_to_end_cli(fbnet_slice, tmp_path):
 
 def test_fit_cli_on_own_dataset_and_predict(tmp_path):
     model, js, rep = tmp_path / "m", tmp_path / "fit.json", tmp_path / "report"
-    r = subprocess.run([sys.executable, "-m", "collector.cli", "predictor", "fit", "--data", str(OWN), "--space", "fbnet",
+    r = subprocess.run([sys.executable, "-m", "latkit.collector.cli", "predictor", "fit", "--data", str(OWN), "--space", "fbnet",
                         "--device", "local", "--budget", "120", "--model", "auto", "--out", str(model),
                         "--json", str(js), "--report", str(rep)], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert r.returncode == 0, r.stderr
@@ -129,7 +129,7 @@ def test_fit_cli_on_own_dataset_and_predict(tmp_path):
     assert m["n_train"] + m["n_test"] == 200 and m["spearman"] > 0.65 and m["model"] in {"ridge", "gbdt", "rf", "mlp"}
     assert (rep / "scatter.png").read_bytes()[:4] == b"\x89PNG" and "spearman" in (rep / "summary.md").read_text()
     arch = Surrogate.load(model).space and LatencyTable(OWN, "fbnet").archs("local")[0]
-    r = subprocess.run([sys.executable, "-m", "collector.cli", "predictor", "predict", "--model", str(model),
+    r = subprocess.run([sys.executable, "-m", "latkit.collector.cli", "predictor", "predict", "--model", str(model),
                         "--space", "fbnet", "--arch", arch], capture_output=True, text=True, timeout=300, cwd=ROOT)
     lines = r.stdout.strip().splitlines()
     assert r.returncode == 0 and lines[0] == "arch\tlatency_ms" and lines[1].startswith(arch)
@@ -144,7 +144,7 @@ def test_fit_saves_beside_the_data_and_checks_out_first(tmp_path, fbnet_slice):
     cwd.mkdir()
 
     def fit_cli(*args):
-        return subprocess.run([sys.executable, "-m", "collector.cli", "predictor", "fit", "--space", "fbnet",
+        return subprocess.run([sys.executable, "-m", "latkit.collector.cli", "predictor", "fit", "--space", "fbnet",
                                "--model", "ridge", *map(str, args)], capture_output=True, text=True, timeout=600,
                               cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT)})
     r = fit_cli("--data", ds, "--device", "local", "--budget", 50)
@@ -164,7 +164,7 @@ def test_fit_saves_beside_the_data_and_checks_out_first(tmp_path, fbnet_slice):
 
 def test_gnn_predicts_all_nb201_archs_fast():
     import time
-    from collector.spaces import get_space
+    from latkit.collector.spaces import get_space
     table = LatencyTable(OWN, "nb201")
     archs = table.archs("local")
     m = make_model("gnn", "nb201").set_params(epochs=5)

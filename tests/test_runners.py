@@ -6,8 +6,8 @@ import onnx
 import onnx.helper as oh
 import pytest
 
-from collector import Artifact, Device, Job, LatkitError
-from collector.runner import DeviceRunner
+from latkit.collector import Artifact, Device, Job, LatkitError
+from latkit.collector.runner import DeviceRunner
 
 
 @pytest.fixture(scope="module")

@@ -14,13 +14,13 @@ import numpy as np
 import paramiko
 import pytest
 
-from collector import LatkitError
-from collector.loopback import _keygen, new_fleet_dir, start_fleet, stop_fleet
-from collector.spaces import get_space
+from latkit.collector import LatkitError
+from latkit.collector.loopback import _keygen, new_fleet_dir, start_fleet, stop_fleet
+from latkit.collector.spaces import get_space
 from conftest import ROOT
-from predictor.encodings import encode
-from predictor.modelfile import FORMAT_VERSION
-from predictor.models import MODELS, Surrogate, make_model
+from latkit.predictor.encodings import encode
+from latkit.predictor.modelfile import FORMAT_VERSION
+from latkit.predictor.models import MODELS, Surrogate, make_model
 
 # -- the loopback fleet -----------------------------------------------------------------------------------
 
@@ -190,7 +190,7 @@ def test_pickle_payloads_run_nothing(ridge_file, tmp_path):
     refused(rezip(ridge_file, tmp_path / "raw.latkit-model", {"coef_.npy": pickle.dumps(Touch(marker))}),
             "cannot load a predictor from .*: the magic string is not correct")
     old.write_bytes(pickle.dumps(Touch(marker)))
-    r = subprocess.run([sys.executable, "-m", "collector.cli", "predictor", "predict", "--model", str(old), "--space",
+    r = subprocess.run([sys.executable, "-m", "latkit.collector.cli", "predictor", "predict", "--model", str(old), "--space",
                         "nb201", "--all"], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "old pickle-based model file" in r.stderr
     assert not marker.exists()

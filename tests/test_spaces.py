@@ -7,9 +7,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from collector import LatkitError
-from collector.samplers import sample
-from collector.spaces import SPACES, count_flops, get_space
+from latkit.collector import LatkitError
+from latkit.collector.samplers import sample
+from latkit.collector.spaces import SPACES, count_flops, get_space
 
 ALL_CONV3 = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_3x3~2|"
 
@@ -48,7 +48,7 @@ def test_build_export_run(space, classes, export_cache):
     """Each space builds, exports to ONNX and TFLite, and runs in onnxruntime with the right output shape;
     the analytic FLOPs equal torch's FlopCounterMode."""
     from ai_edge_litert.interpreter import Interpreter
-    from collector import export
+    from latkit.collector import export
     s = get_space(space)
     arch = s.sample(1, np.random.default_rng(0))[0]
     if space == "ofa":  # the smallest resolution keeps the TFLite conversion quick
@@ -136,7 +136,7 @@ def test_diverse_covers_the_encoding():
     """k-means sampling represents a structured space better: archs of a 2,000-arch OFA pool lie nearer to
     a chosen one than with uniform sampling (the k-means objective). On nb201/fbnet one-hot, a uniform
     product of choices, uniform sampling is already as good."""
-    from collector.samplers import sample_from
+    from latkit.collector.samplers import sample_from
     s = get_space("ofa")
     pool = s.sample(2000, np.random.default_rng(0))
     x = s.onehot(pool)

@@ -3,8 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from collector import summarize
-from collector.measurement import Stats
+from latkit.collector import summarize
+from latkit.collector.measurement import Stats
 
 
 def test_known_samples():

@@ -10,7 +10,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from collector import SCHEMA, Artifact, Job, LatkitError, Measurement, Settings, Store
+from latkit.collector import SCHEMA, Artifact, Job, LatkitError, Measurement, Settings, Store
 
 
 def make_measurement(i, status="ok", device="dev1"):
@@ -74,7 +74,7 @@ def test_unwritable_out_dir(tmp_path):
 WRITER = textwrap.dedent("""
     import sys
     from test_store import make_measurement
-    from collector import Store
+    from latkit.collector import Store
     store = Store(sys.argv[1])
     store.append([make_measurement(0).to_row()])
     print("first", flush=True)

@@ -3,16 +3,16 @@ import dataclasses
 
 import pytest
 
-from collector import Device, Job, LatkitError, Store
-from collector.runner import DeviceRunner
-from collector.stream import measure_stream
+from latkit.collector import Device, Job, LatkitError, Store
+from latkit.collector.runner import DeviceRunner
+from latkit.collector.stream import measure_stream
 
 
 @pytest.fixture(scope="module")
 def torch_artifacts(tmp_path_factory):
     """The tiny CNN traced at batch 1 (TorchScript) and exported with torch.export."""
     import torch
-    from collector import export
+    from latkit.collector import export
     from conftest import tiny_cnn
     cache = tmp_path_factory.mktemp("exports")
     x = torch.randn(1, 3, 32, 32)
