@@ -11,8 +11,10 @@ from .exporters import export
 from .job import Artifact, Job, Settings
 from .measurement import Measurement, summarize
 from .scheduler import CollectReport, collect
-from .store import SCHEMA, Store
+from .schema import COLUMNS, SCHEMA
+from .store import Store
 
 __all__ = ["measure", "measure_many", "probe", "data_summary", "add_device", "collect", "collect_models",
            "make_jobs", "CollectReport", "Device", "Registry", "get_device", "list_devices",
-           "LatkitError", "export", "Artifact", "Job", "Settings", "Measurement", "summarize", "SCHEMA", "Store"]
+           "LatkitError", "export", "Artifact", "Job", "Settings", "Measurement", "summarize", "SCHEMA", "COLUMNS",
+           "Store"]

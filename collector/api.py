@@ -29,12 +29,22 @@ from .store import Store
 
 
 def probe(device: str = "local", registry: Optional[Registry] = None) -> dict:
-    """What the device reports about itself: OS, CPU, memory, GPUs, Python and runtimes (no lease needed)."""
-    runner = DeviceRunner((registry or Registry()).get(device))
+    """What the device reports about itself: OS, CPU, memory, GPUs, Python and runtimes (no lease needed); for
+    an ssh device also the `route` its entry resolved to (jump hosts first)."""
+    dev = (registry or Registry()).get(device)
+    runner = DeviceRunner(dev)
     try:
-        return runner.start()
+        found = runner.start()
     finally:
         runner.close()
+    return dict(found, route=[str(h) for h in ssh_route(dev)]) if dev.transport == "ssh" else found
+
+
+def ssh_route(device: Device) -> list:
+    """The hops to an ssh device as its registry entry and the ssh config resolve (no network): jump hosts
+    first (sshconfig.Hop), the device last."""
+    from .transports import sshconfig  # paramiko only where a device is reached over ssh
+    return sshconfig.resolve(device)
 
 
 def _probe_summary(p: dict) -> dict:
@@ -51,16 +61,18 @@ def _with_probe(dev: Device, p: dict) -> Device:
     return dataclasses.replace(dev, fingerprint=fingerprint(p), last_probe=now_utc(), probe=_probe_summary(p))
 
 
-def add_device(name: str, host: str, port: int = 22, user: Optional[str] = None, key: Optional[str] = None,
-               python: Optional[str] = None, workdir: Optional[str] = None, tags: Sequence[str] = (),
-               trust_host_key: bool = False, registry: Optional[Registry] = None,
-               lease: Optional[str] = None) -> Device:
-    """Connect (verifying the host key), deploy the agent, probe, and record the device with its fingerprint."""
+def add_device(name: str, host: str, port: Optional[int] = None, user: Optional[str] = None,
+               key: Optional[str] = None, python: Optional[str] = None, workdir: Optional[str] = None,
+               tags: Sequence[str] = (), trust_host_key: bool = False, registry: Optional[Registry] = None,
+               lease: Optional[str] = None, ssh_config: Optional[str] = None) -> Device:
+    """Connect (verifying every hop's host key), deploy the agent, probe, and record the device with its
+    fingerprint. `host` may be an alias of the ssh config (~/.ssh/config, or `ssh_config`); port, user and key
+    given here win over it and are all that is stored, so a later edit of the config applies."""
     reg = registry or Registry()
     if name in {d.name for d in reg.devices()}:
         raise LatkitError(f"device {name!r} is already registered; remove it first or choose another name")
-    dev = Device(name=name, transport="ssh", host=host, port=port, user=user, key=key, python=python,
-                 workdir=workdir, lease=lease, tags=tuple(tags), known_hosts=str(reg.known_hosts))
+    dev = Device(name=name, transport="ssh", host=host, port=port, user=user, key=key, ssh_config=ssh_config,
+                 python=python, workdir=workdir, lease=lease, tags=tuple(tags), known_hosts=str(reg.known_hosts))
     runner = DeviceRunner(dev, trust_host_key=trust_host_key)
     try:
         dev = _with_probe(dev, runner.start())
@@ -216,11 +228,17 @@ def collect_space(space: str, n: int, devices: Sequence[str], runtime: str = "on
     Store(out).check_writable()  # before sampling and exporting, as before any device time
     validate.writable_dir(DEFAULT_CACHE, "set LATKIT_CACHE to a writable folder for the exported models")
     archs = sample(sp, n, sampler, seed)
-    arts = space_artifacts(space, archs, runtime, batch_size, resolution, progress=progress,
-                           workers=export_workers)
+    refs = None
+    if kwargs.get("executor") is not None:  # exports as Ray tasks across the cluster
+        from .ray_executor import export_remote
+        pairs = export_remote(space, archs, EXPORT_FORMAT[runtime], batch_size, resolution, kwargs["executor"])
+        arts, refs = [a for a, _ in pairs], {a.sha256: r for a, r in pairs}
+    else:
+        arts = space_artifacts(space, archs, runtime, batch_size, resolution, progress=progress,
+                               workers=export_workers)
     jobs = [dataclasses.replace(j, sampler=f"{sampler}(seed={seed})")
             for j in make_jobs(arts, [d.name for d in devs], runtime, settings)]
-    return collect(jobs, devs, out=out, progress=progress, **kwargs)
+    return collect(jobs, devs, out=out, progress=progress, refs=refs, **kwargs)
 
 
 def measure(model, device: str = "local", runtime: Optional[str] = None, settings: Optional[Settings] = None,

@@ -25,10 +25,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from . import api, dataset, validate
+from . import api, compact, dataset, schema, validate
 from .devices import Registry
-from .errors import Interrupted, LatkitError
+from .errors import EXTRAS, Interrupted, LatkitError, missing
 from .job import NUMBER, RUNTIMES, WHOLE, Settings
+from .ray_executor import parse_executor
 
 console = Console(width=None if sys.stdout.isatty() else 140)
 log = logging.getLogger("latkit")
@@ -96,7 +97,8 @@ def cmd_collect(args) -> int:
     if bool(args.models) == bool(args.space):
         raise LatkitError("give either --models DIR_OR_FILES or --space S --n N")
     common = dict(registry=Registry(args.registry), retries=args.retries, job_timeout=args.job_timeout,
-                  progress=not args.quiet, retry_errors=args.retry_errors, wait=not args.no_wait)
+                  progress=not args.quiet, retry_errors=args.retry_errors, wait=not args.no_wait,
+                  executor=parse_executor(args.executor))
     if args.space:
         if not args.n:
             raise LatkitError("--space needs --n (how many archs to sample)")
@@ -155,8 +157,8 @@ def cmd_data_retest(args) -> int:
 def cmd_device_add(args) -> int:
     dev = api.add_device(args.name, args.host, args.port, args.user, args.key, args.python, args.workdir,
                          [t for t in (args.tags or "").split(",") if t], args.trust_host_key, Registry(args.registry),
-                         lease=args.lease)
-    print(f"added {dev.name} ({dev.address}): {dev.probe.get('cpu_model')}, {dev.probe.get('cpu_count')} CPUs, "
+                         lease=args.lease, ssh_config=args.ssh_config)
+    print(f"added {dev.name} ({_route(dev)}): {dev.probe.get('cpu_model')}, {dev.probe.get('cpu_count')} CPUs, "
           f"runtimes {', '.join(f'{k} {v}' for k, v in dev.probe.get('runtimes', {}).items()) or 'none'}; "
           f"fingerprint {dev.fingerprint}")
     return 0
@@ -180,6 +182,27 @@ def cmd_device_list(args) -> int:
         table.add_row(d.name, d.address, "?" if ok is None else ("yes" if ok else "no"),
                       runtimes or ("(host's)" if d.transport == "local" else "-"), ",".join(d.tags), d.last_probe or "-")
     console.print(table)
+    return 0
+
+
+def _route(dev) -> str:
+    """Where an ssh device's entry leads: `gw (u@10.0.0.1:22) -> board (u@192.168.1.7:22)`."""
+    return " -> ".join(map(str, api.ssh_route(dev)))
+
+
+def cmd_device_show(args) -> int:
+    dev = Registry(args.registry).get(args.name)
+    entry = {"name": dev.name, **dev.to_toml()}
+    if dev.transport == "ssh":
+        entry["route"] = [dataclasses.asdict(h) for h in api.ssh_route(dev)]
+    if args.json:
+        _print_json(entry)
+        return 0
+    for k, v in entry.items():
+        if k not in ("route", "probe"):
+            print(f"{k}: {', '.join(v) if isinstance(v, list) else v}")
+    if dev.transport == "ssh":
+        print(f"route: {_route(dev)}")
     return 0
 
 
@@ -214,6 +237,30 @@ def cmd_data_show(args) -> int:
 
 def cmd_data_card(args) -> int:
     print(f"wrote {dataset.write_card(args.dir, args.title, args.licence)}")
+    return 0
+
+
+def cmd_data_schema(args) -> int:
+    if args.json:
+        _print_json([c.as_dict() for c in schema.COLUMNS])
+        return 0
+    table = Table("column", "type", "unit", "meaning")
+    for c in schema.COLUMNS:
+        table.add_row(c.name, str(c.type), c.unit, c.description)
+    console.print(table)
+    return 0
+
+
+def cmd_data_compact(args) -> int:
+    r = compact.compact(args.dir)
+    print(f"{args.dir}: {r.files_before} files -> {r.files_after}, {r.rows} rows"
+          + (f"; removed {r.leftovers_removed} files left by an interrupted compaction" if r.leftovers_removed else ""))
+    return 0
+
+
+def cmd_data_migrate(args) -> int:
+    for folder, rows in compact.migrate(args.dir).items():
+        print(f"{folder}: {rows} rows under data/")
     return 0
 
 
@@ -457,6 +504,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--export-workers", type=validate.arg_whole(1, 256), default=1, metavar="N",
                    help="export the sampled archs on N processes (default 1; e.g. the host's cores - 1)")
     c.add_argument("--devices", required=True, help="comma-separated device names")
+    c.add_argument("--executor", default="local", metavar="local|ray[=ADDRESS]",
+                   help="local (default): drive every device from this process; ray: exports as Ray tasks and "
+                        "one Ray actor per device, placed on a node with the resource latkit-device:NAME "
+                        "(ray starts a cluster here, ray=auto or ray=HOST:PORT joins one; pip install "
+                        "'latkit[ray]')")
     _protocol_args(c)
     c.add_argument("--retries", type=validate.arg_whole(0, 100), default=3,
                    help="reconnects per device before it is marked failed")
@@ -471,9 +523,12 @@ def build_parser() -> argparse.ArgumentParser:
     a = dev.add_parser("add", parents=[registry], help="register an SSH device: verify host key, deploy agent, probe")
     a.add_argument("name")
     a.add_argument("--host", required=True)
-    a.add_argument("--port", type=validate.arg_whole(1, 65535), default=22)
-    a.add_argument("--user")
-    a.add_argument("--key", help="private key file (default: ssh-agent and ~/.ssh keys)")
+    a.add_argument("--port", type=validate.arg_whole(1, 65535), help="(default: the ssh config's Port, else 22)")
+    a.add_argument("--user", help="(default: the ssh config's User, else yours)")
+    a.add_argument("--key", help="private key file (default: the ssh config's IdentityFile, else ssh-agent and "
+                                 "~/.ssh keys)")
+    a.add_argument("--ssh-config", help="OpenSSH config whose Host entries resolve --host, with ProxyJump hops "
+                                        "(default ~/.ssh/config)")
     a.add_argument("--python", help="Python on the device (default python3)")
     a.add_argument("--workdir", help="folder on the device for the agent and models (default ~/.latkit)")
     a.add_argument("--tags", help="comma-separated, e.g. cpu,arm,phone")
@@ -486,6 +541,11 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--no-check", action="store_true", help="do not contact the devices")
     ls.add_argument("--json", action="store_true", help="print one JSON document on stdout instead of a table")
     ls.set_defaults(func=cmd_device_list)
+    sh = dev.add_parser("show", parents=[registry], help="a device's entry and the route ssh config resolves "
+                                                          "it to (no contact)")
+    sh.add_argument("name")
+    sh.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    sh.set_defaults(func=cmd_device_show)
     pr = dev.add_parser("probe", parents=[registry], help="print what a device reports about itself (JSON)")
     pr.add_argument("name")
     pr.add_argument("--json", action="store_true", help="the output is JSON either way")
@@ -583,6 +643,17 @@ def build_parser() -> argparse.ArgumentParser:
                                                                 "(rows of a search space are re-exported)")
     rt.add_argument("--job-timeout", type=validate.arg_number(0, 86400, lo_open=True), default=600.0)
     rt.set_defaults(func=cmd_data_retest)
+    sc = data.add_parser("schema", parents=[common], help="the columns of a dataset's rows: type, unit, meaning")
+    sc.add_argument("--json", action="store_true", help="print one JSON document on stdout instead of a table")
+    sc.set_defaults(func=cmd_data_schema)
+    cp = data.add_parser("compact", parents=[common], help="merge a dataset's small files into large ones "
+                                                           "(safe while a collection writes to it)")
+    cp.add_argument("dir")
+    cp.set_defaults(func=cmd_data_compact)
+    mg = data.add_parser("migrate", parents=[common], help="move a dataset of an older latkit to the current "
+                                                           "layout (rows under data/)")
+    mg.add_argument("dir")
+    mg.set_defaults(func=cmd_data_migrate)
     pl = data.add_parser("plot", parents=[common],
                          help="latency histograms per device and a device-vs-device Spearman heatmap")
     pl.add_argument("dir")
@@ -618,6 +689,13 @@ def _stdout_gone() -> int:
     return 128 + signal.SIGPIPE
 
 
+def _command(args) -> str:
+    """The subcommand as typed, e.g. `predictor fit`."""
+    words = [getattr(args, "command", None)]
+    words += [getattr(args, f"{words[0]}_command", None)] if words[0] else []
+    return " ".join(w for w in words if w)
+
+
 def main(argv=None) -> int:
     debug = os.environ.get("LATKIT_DEBUG") == "1"
     args = build_parser().parse_args(argv)
@@ -643,6 +721,9 @@ def main(argv=None) -> int:
     except Exception as e:  # a bug, or an environment problem latkit did not foresee: one line, not a traceback
         if debug:
             raise
+        if isinstance(e, ModuleNotFoundError) and (e.name or "").split(".")[0] in EXTRAS:  # an extra not installed
+            print(f"latkit: error: {missing(e.name, f'latkit {_command(args)}')}", file=sys.stderr)
+            return 2
         where = f" ({e.filename})" if isinstance(e, OSError) and e.filename else ""
         print(f"latkit: error: {type(e).__name__}{where}: {_one_line(e) or 'no message'}; run again with "
               "LATKIT_DEBUG=1 for the traceback, and please report it", file=sys.stderr)

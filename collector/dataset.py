@@ -11,13 +11,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from . import validate
-from .errors import LatkitError
+from . import schema, validate
+from .errors import LatkitError, need
 from .store import Store
 
 LATENCY_COLUMNS = ["space", "arch", "device", "latency_ms"]
-# The HELP tables shipped in the repository (datasets/help/README.md); absent from an installed wheel.
-HELP_DIR = Path(__file__).resolve().parents[1] / "datasets" / "help"
+# The HELP tables shipped with latkit (datasets/help/README.md): datasets/help in a checkout, latkit/help installed.
+_PACKAGE = Path(__file__).resolve().parents[1]
+HELP_DIR = next((p for p in (_PACKAGE / "datasets" / "help", _PACKAGE / "help") if p.is_dir()),
+                _PACKAGE / "datasets" / "help")
 
 
 def read_latency(path, space: Optional[str] = None) -> pa.Table:
@@ -86,17 +88,24 @@ def import_help(src, out) -> int:
 
 def group_summary(t: pa.Table) -> list:
     """Per (device, runtime, space): rows, ok rows, rows that missed the CI target, exact min / median / max
-    of latency_ms over ok rows, newest measured_at. `latkit data show` and the dataset card both print it."""
-    df = t.to_pandas()
+    of latency_ms over ok rows, newest measured_at. `latkit data show` and the dataset card both print it.
+    Plain pyarrow + numpy, so a measure-only install (no pandas) can show its data."""
+    keys = ("device", "runtime", "space")
+    col = {c: t[c].to_pylist() if c in t.column_names else [None] * t.num_rows
+           for c in keys + ("status", "latency_ms", "stopped_by", "measured_at")}
+    groups = {}
+    for i, k in enumerate(zip(*(col[c] for c in keys))):
+        groups.setdefault(k, []).append(i)
     out = []
-    for (dev, rt, sp), g in df.groupby(["device", "runtime", "space"], dropna=False, sort=True):
-        ok = g[g["status"] == "ok"]
-        lat = ok["latency_ms"].dropna()
-        missed = ok["stopped_by"].notna() & (ok["stopped_by"] != "ci_target") if "stopped_by" in ok else []
-        out.append({"device": dev, "runtime": rt, "space": sp, "rows": len(g), "ok": len(ok),
-                    "missed_ci": int(sum(missed)),
-                    "latency_ms": [float(lat.min()), float(lat.median()), float(lat.max())] if len(lat) else None,
-                    "newest": g["measured_at"].max() if g["measured_at"].notna().any() else None})
+    for k in sorted(groups, key=lambda k: tuple((v is None, v if v is not None else "") for v in k)):
+        rows = groups[k]
+        ok = [i for i in rows if col["status"][i] == "ok"]
+        lat = np.array([col["latency_ms"][i] for i in ok if col["latency_ms"][i] is not None], dtype=float)
+        stamps = [col["measured_at"][i] for i in rows if col["measured_at"][i] is not None]
+        out.append({"device": k[0], "runtime": k[1], "space": k[2], "rows": len(rows), "ok": len(ok),
+                    "missed_ci": sum(col["stopped_by"][i] not in (None, "ci_target") for i in ok),
+                    "latency_ms": [float(lat.min()), float(np.median(lat)), float(lat.max())] if len(lat) else None,
+                    "newest": max(stamps) if stamps else None})
     return out
 
 
@@ -144,7 +153,7 @@ def write_card(path, title: Optional[str] = None, licence: str = "CC-BY-4.0", no
         head = f"# {title or Path(path).resolve().name}\n\n{notes.strip()}".rstrip()
     lines = [head, "", MARKER, "",
              f"{s['rows']} rows ({s['ok']} ok), measured {s['from']} to {s['to']}. Licence: {licence}.",
-             "The schema is documented in `collector/store.py`.", "",
+             "Rows are under `data/` (Hive-partitioned by device and space, every column in every file).", "",
              "## Contents", "",
              "| device | runtime | space | rows | ok | missed CI target | latency_ms min / median / max |",
              "|---|---|---|---|---|---|---|"]
@@ -168,6 +177,7 @@ def write_card(path, title: Optional[str] = None, licence: str = "CC-BY-4.0", no
     lines += ["", "Settings (canonical JSON, part of each row's key):", ""]
     lines += [f"- `{x}`" for x in s["settings"]]
     lines += ["", f"Sampler: {', '.join(s['samplers']) or 'none (single models)'}.", ""]
+    lines += ["## Columns", "", *schema.markdown(), ""]
     rt = latest_retest(path)
     if rt:
         lines += ["## Test-retest", "", f"{rt['n']} rows measured again ({rt['stamp']}, shuffled, side table "
@@ -184,10 +194,10 @@ def write_card(path, title: Optional[str] = None, licence: str = "CC-BY-4.0", no
 def plot(path, out_dir=None) -> list:
     """PNGs: latency histogram per device (one figure per space) and device-vs-device Spearman heatmap
     over the archs every device of that space has."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from scipy.stats import spearmanr
+    need("matplotlib", "plot", "latkit data plot").use("Agg")
+    plt = need("matplotlib.pyplot", "plot", "latkit data plot")
+    spearmanr = need("scipy.stats", "plot", "latkit data plot").spearmanr
+    need("pandas", "plot", "latkit data plot")
 
     t = read_latency(path)
     if t.num_rows == 0:

@@ -17,7 +17,7 @@ from typing import Optional
 from . import validate
 from .errors import LatkitError
 
-_TEXT = ("host", "user", "key", "python", "workdir", "lease", "fingerprint", "last_probe")
+_TEXT = ("host", "user", "key", "ssh_config", "python", "workdir", "lease", "fingerprint", "last_probe")
 
 
 def default_registry_path() -> Path:
@@ -27,14 +27,16 @@ def default_registry_path() -> Path:
 
 @dataclass(frozen=True)
 class Device:
-    """A device latkit can time on. For ssh devices `python` and `workdir` are paths on the device."""
+    """A device latkit can time on. For ssh devices `python` and `workdir` are paths on the device; `host` may be
+    a Host alias of the ssh config, whose HostName, Port, User, IdentityFile and ProxyJump fill what is None."""
 
     name: str
     transport: str = "local"
     host: Optional[str] = None
-    port: int = 22
+    port: Optional[int] = None  # None: the ssh config's Port, else 22
     user: Optional[str] = None
     key: Optional[str] = None
+    ssh_config: Optional[str] = None  # None: ~/.ssh/config
     python: Optional[str] = None
     workdir: Optional[str] = None
     lease: Optional[str] = None  # the device lease file; default: one per machine (see agents/agent.py)
@@ -50,7 +52,8 @@ class Device:
             raise LatkitError(f"device {self.name} has transport {self.transport!r}; use local or ssh")
         if self.transport == "ssh" and not self.host:
             raise LatkitError(f"device {self.name} needs a host (--host)")
-        validate.whole(self.port, f"the port of device {self.name}", 1, 65535)
+        if self.port is not None:
+            validate.whole(self.port, f"the port of device {self.name}", 1, 65535)
         for key in _TEXT:
             if getattr(self, key) is not None and not isinstance(getattr(self, key), str):
                 raise LatkitError(f"the {key} of device {self.name} must be text, got {getattr(self, key)!r}")
@@ -62,7 +65,9 @@ class Device:
 
     @property
     def address(self) -> str:
-        return f"{self.user + '@' if self.user else ''}{self.host}:{self.port}" if self.host else "this machine"
+        if not self.host:
+            return "this machine"
+        return f"{self.user + '@' if self.user else ''}{self.host}{f':{self.port}' if self.port else ''}"
 
     def connect(self, trust_host_key: bool = False):
         """A transport for this device (not yet started)."""
@@ -129,22 +134,36 @@ class Registry:
     def save(self, device: Device) -> None:
         if device.name == LOCAL.name:
             raise LatkitError("'local' is built in; choose another name")
-        entries = self._load()
-        entries[device.name] = device.to_toml()
-        self._write(entries)
+        entry = device.to_toml()
+
+        def put(devices) -> None:
+            if device.name not in devices:
+                devices[device.name] = entry
+                return
+            table = devices[device.name]  # edited key by key, so comments inside it stay
+            for k in [k for k in table if k not in entry]:
+                del table[k]
+            for k, v in entry.items():
+                if table.get(k) != v:
+                    table[k] = v
+        self._edit(put)
 
     def remove(self, name: str) -> None:
-        entries = self._load()
-        if name not in entries:
+        if name not in self._load():
             raise LatkitError(f"no registered device {name!r}; see latkit device list")
-        del entries[name]
-        self._write(entries)
+        self._edit(lambda devices: devices.pop(name))
 
-    def _write(self, entries: dict) -> None:
-        import tomli_w  # only writers of the registry need it (reading is tomllib, in the standard library)
+    def _edit(self, change) -> None:
+        """Apply `change` to the [devices] table and write the file back with the user's comments and layout."""
+        import tomlkit  # only writers of the registry need it (reading is tomllib, in the standard library)
+        self._load()  # a broken file is named, not rewritten
+        doc = tomlkit.parse(self.path.read_text()) if self.path.exists() else tomlkit.document()
+        if "devices" not in doc:
+            doc["devices"] = tomlkit.table(is_super_table=True)
+        change(doc["devices"])
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(tomli_w.dumps({"devices": entries}))
+        tmp.write_text(tomlkit.dumps(doc))
         os.replace(tmp, self.path)
 
 

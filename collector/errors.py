@@ -13,6 +13,30 @@ class LatkitError(Exception):
     exit_code = 2
 
 
+# Optional dependencies: the extra that installs each (pyproject.toml) and its name on PyPI where it differs.
+EXTRAS = {"sklearn": "predict", "scipy": "predict", "lightgbm": "predict", "pandas": "predict",
+          "matplotlib": "plot", "torch": "export", "onnx": "export", "onnxscript": "export",
+          "onnxruntime": "onnxruntime", "litert_torch": "tflite", "ai_edge_litert": "tflite", "ray": "ray"}
+DISTRIBUTIONS = {"sklearn": "scikit-learn", "litert_torch": "litert-torch", "ai_edge_litert": "ai-edge-litert"}
+
+
+def missing(module: str, what: str, extra: str = "") -> "LatkitError":
+    """The one-line error for an optional dependency that is not installed."""
+    top = module.split(".")[0]
+    return LatkitError(f"{what} needs {DISTRIBUTIONS.get(top, top)}, which is not installed here; install it with "
+                       f"pip install 'latkit[{extra or EXTRAS.get(top, 'all')}]'")
+
+
+def need(module: str, extra: str, what: str):
+    """Import an optional dependency, or say in one line which extra installs it (a measure-only install has
+    no pandas, scipy, scikit-learn, matplotlib, onnx or torch)."""
+    import importlib
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise missing(module, what, extra) from None
+
+
 class Failure(LatkitError):
     """Valid work that failed: a device, a model, an export (exit 1)."""
 

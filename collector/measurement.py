@@ -221,7 +221,7 @@ class Measurement:
         return ";".join("x".join(str(d) for d in i["shape"]) for i in self.inputs)
 
     def to_row(self) -> dict:
-        """One store row; the columns are documented in collector/store.py."""
+        """One store row; the columns are declared in collector/schema.py."""
         j, st, a = self.job, self.job.settings, self.applied
         first = self.inputs[0]["shape"] if self.inputs else None
         rounds_at = [t for t in self.round_started_at if t is not None]

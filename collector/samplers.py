@@ -16,7 +16,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .errors import LatkitError
+from .errors import LatkitError, need
 from .spaces import Space
 
 SAMPLERS = ("uniform", "balanced", "diverse")
@@ -68,7 +68,7 @@ def sample_from(space: Space, candidates: list, n: int, sampler: str = "uniform"
     if sampler == "balanced":
         values = np.asarray(proxy(candidates) if proxy else [space.flops(a) for a in candidates], dtype=np.float64)
         return [candidates[i] for i in balanced_indices(values, n, rng)]
-    from sklearn.cluster import KMeans
+    KMeans = need("sklearn.cluster", "predict", "the diverse sampler").KMeans
     x = space.onehot(candidates) if features is None else np.asarray(features, dtype=np.float64)
     x = (x - x.mean(0)) / np.where(x.std(0) > 0, x.std(0), 1.0)  # every feature counts alike
     km = KMeans(n_clusters=n, n_init=1, random_state=seed).fit(x)
@@ -91,7 +91,7 @@ def balanced_indices(values: np.ndarray, n: int, rng: np.random.Generator) -> li
 def nearest_distinct(x: np.ndarray, centers: np.ndarray) -> list:
     """For each centre in turn, the nearest row of x not already taken (ties: the lowest index). Distances
     come a block of centres at a time, so memory stays O(len(x)) however many centres there are."""
-    from sklearn.metrics import pairwise_distances_chunked
+    pairwise_distances_chunked = need("sklearn.metrics", "predict", "the diverse sampler").pairwise_distances_chunked
     taken, out = np.zeros(len(x), dtype=bool), []
     for block in pairwise_distances_chunked(centers, x, working_memory=64):
         for dist in block:

@@ -1,7 +1,8 @@
 """Collection: many jobs over many devices, one measurement at a time per device, all devices at once.
 
-Every row is appended as soon as its job is done, so a killed orchestrator loses at most the jobs in
-flight, and a re-run skips what the store already holds (exactly once, by key; the key column is read
+Rows are written in batches (Store.writer: every few hundred rows or few seconds, and always before a
+device's lease is released), so a killed orchestrator loses at most the unwritten batch and the jobs in
+flight, which a re-run measures again; a re-run skips what the store already holds (exactly once, by key; the key column is read
 again each time a device's lease is taken, so two collections into one dataset never store a key twice).
 A job is timed in `settings.rounds` shuffled rounds: every pending model once per round, in a new order
 each round. Transport failures are retried with exponential backoff on a fresh connection; a device that
@@ -25,7 +26,7 @@ from .job import Job
 from .measurement import Measurement
 from .progress import CollectProgress
 from .runner import DeviceRunner
-from .store import Store
+from .store import BatchWriter, Store
 
 
 @dataclass
@@ -43,6 +44,7 @@ class DeviceReport:
     agent_s: float = 0.0  # the agent's own work: model load, warmup and timed runs
     timing_s: float = 0.0  # warmup and timed runs: the device doing what it is here for
     wall_s: float = 0.0
+    node: str = ""  # the Ray node that drove the device (--executor ray)
 
     @property
     def remaining(self) -> int:
@@ -95,6 +97,7 @@ def run_device(device: Device, jobs: Sequence[Job], store: Store, report: Device
     pending = round_queue(jobs)
     parts: dict = {}  # key -> the job's rounds so far
     runner = DeviceRunner(device, timeout=job_timeout, wait=wait)
+    rows = store.writer()  # flushed before the lease is released, so the next holder sees every row
     if active is not None:
         active.add(runner)
     failures = 0
@@ -122,6 +125,8 @@ def run_device(device: Device, jobs: Sequence[Job], store: Store, report: Device
                 m = runner.measure(job)
                 report.busy_s += time.perf_counter() - t_job
             except TransportError as e:
+                if not _flushed(rows, store, report):
+                    return
                 runner.close()
                 if stop.is_set():
                     report.status = "stopped"
@@ -148,7 +153,7 @@ def run_device(device: Device, jobs: Sequence[Job], store: Store, report: Device
                 parts.pop(job.key, None)
                 pending = [(j, r) for j, r in pending if j.key != job.key]
             try:
-                store.append([m.to_row()])
+                rows.add(m.to_row())
             except OSError as e:
                 report.status, report.message = "failed", f"cannot write rows to {store.uri}: {e}"
                 return
@@ -164,20 +169,40 @@ def run_device(device: Device, jobs: Sequence[Job], store: Store, report: Device
         runner.kill()  # interrupted in this thread (measure_many): stop the device now, not after a polite wait
         raise
     finally:
-        runner.close()
-        if active is not None:
-            active.discard(runner)
-        report.wall_s = time.perf_counter() - t0
+        try:
+            _flushed(rows, store, report, close=True)
+        finally:
+            runner.close()
+            if active is not None:
+                active.discard(runner)
+            report.wall_s = time.perf_counter() - t0
+
+
+def _flushed(rows: BatchWriter, store: Store, report: DeviceReport, close: bool = False) -> bool:
+    """Write the buffered rows (before a lease is released); False, with the device failed, if they could not be."""
+    try:
+        rows.close() if close else rows.flush()
+        return True
+    except OSError as e:
+        report.status, report.message = "failed", f"cannot write rows to {store.uri}: {e}"
+        return False
 
 
 def collect(jobs: Sequence[Job], devices: Sequence[Device], out="latkit-data", retries: int = 3,
             backoff_s: float = 1.0, job_timeout: float = 600.0, max_workers: int = 64, progress: bool = True,
-            retry_errors: bool = False, wait: bool = True) -> CollectReport:
+            retry_errors: bool = False, wait: bool = True, executor: Optional[str] = None,
+            refs: Optional[dict] = None) -> CollectReport:
     """Run every job on its device (Job.device names it). Returns per-device counts and failures.
-    Ctrl-C or SIGTERM (raised as Interrupted by the CLI's handler) stops every device within seconds."""
+    Ctrl-C or SIGTERM (raised as Interrupted by the CLI's handler) stops every device within seconds.
+    `executor`: None runs every device from a thread here; a Ray address ("" starts a cluster here) drives
+    each device from a Ray actor (collector/ray_executor.py; `refs` are its exported models' object refs)."""
+    if executor is not None:
+        from .ray_executor import collect_ray
+        return collect_ray(jobs, devices, out, executor, refs, retries=retries, backoff_s=backoff_s,
+                           job_timeout=job_timeout, retry_errors=retry_errors, wait=wait)
     store = Store(out)
     store.check_writable()  # before any device time is spent
-    store.devices()  # a corrupt _devices.json is named now, not when the first device has started
+    store.devices()  # a corrupt device probe is named now, not when the first device has started
     by_name = {d.name: d for d in devices}
     unknown = {j.device for j in jobs} - set(by_name)
     if unknown:

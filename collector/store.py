@@ -1,46 +1,16 @@
-"""The Parquet store: an append-only, Hive-partitioned dataset (device=.../space=.../part-<uuid>.parquet).
+"""The Parquet store: a dataset folder with its rows under `data/` and everything else beside it.
 
-Rows are never rewritten. Each append writes a new file under a dot-prefixed temporary name (which
-readers ignore) and renames it into place, so a crash leaves either the whole file or none of it.
-Any pyarrow filesystem URI works (a local path, file://, s3://, gs://, hdfs://); on object stores the
-final move is the store's copy-then-delete, still never visible half-written.
+    <dataset>/data/device=<d>/space=<s>/part-<uuid>.parquet   rows, the full schema in every file
+    <dataset>/devices/<device>-<fingerprint>.json              the probe behind each fingerprint
+    <dataset>/README.md, plots/, _retest/<stamp>/              card, figures, retest side tables
 
-Columns (one row per (model, device, runtime, settings) measurement):
-
-| column | type | meaning |
-|---|---|---|
-| space, arch | string | search space ("custom" for user models) and arch string (file name for user models) |
-| model_sha256, model_format | string | content hash of the timed file; onnx, tflite, pt2, torchscript |
-| device, device_fingerprint | string | registry name; hash of hardware, kernel and runtime versions at the time |
-| runtime, runtime_version, accelerator | string | onnxruntime / tflite / torch, its version, cpu / cuda |
-| batch_size | int64 | first dimension of the first input |
-| input_shape | string | shapes of all inputs, e.g. "1x3x32x32" (";" between inputs) |
-| threads, cores | int64, string | runtime threads and pinned CPU ids ("" = not pinned) as the key asked for them |
-| threads_applied, cores_applied | int64, string | what the agent read back right before timing: the runtime's thread count (tflite has no getter: as built) and os.sched_getaffinity |
-| dtype, cuda_graphs, graph_fallback | string, bool, string | GPU rows: parameter dtype on the device; whether a CUDA graph was replayed; why capture fell back to eager |
-| cudnn_benchmark, tf32 | bool | GPU rows: cuDNN benchmark mode (latkit turns it off); TF32 allowed in matmul or cuDNN |
-| launch_ms, launch_bound | double, bool | GPU rows: host time to enqueue one eager forward; an eager row whose launch_ms >= 0.8 x latency (it timed the host) |
-| settings, key | string | canonical JSON of Settings; sha256(model, device, settings) used to skip work done |
-| sampler | string | how the arch was chosen, e.g. "balanced(seed=0)"; "" for single models |
-| latency_ms | double | the headline: median of samples_ms for one round; with rounds > 1 the minimum of the round medians, which retests best on a drifting host (README, "How latkit times a model") |
-| median_ms, mean_ms, std_ms, min_ms, max_ms, p10_ms, p90_ms, p99_ms, iqr_ms | double | statistics of all samples_ms |
-| mode_ms | double | midpoint of the shortest interval holding half the samples |
-| cv, robust_cv | double | std/mean; IQR/1.349/median |
-| rounds, round_ms | int64, list<double> | shuffled rounds this job was timed in; each round's median |
-| round_started_at, round_finished_at, started_at, finished_at | timestamp[us, UTC] (lists per round) | device clock at the start of warmup and after the last timed run, per round; the first start and last end. No two rows of one device overlap |
-| stopped_by, ci_rel | string, double | why timing stopped (ci_target, max_time, max_count; with rounds the first cap any round hit); the median's 95 % CI half-width / median then (worst round) |
-| repeats, warmup | int64 | timed runs kept; untimed warmup runs before them |
-| samples_ms | list<double> | every timed run, in order (rounds one after the other) |
-| load_ms, first_ms | double | model load and session set-up; the first inference after it (GPU: first eager forward) |
-| peak_rss_mb, gpu_peak_mb | double | the agent's peak resident memory while loading and timing (Linux VmHWM, reset per model); torch.cuda peak allocation |
-| cooldown_s, throttle | double, string | seconds waited for --cooldown-temp; why the device ran below rated speed ("" = nothing seen, null = cannot tell) |
-| warnings | string | "; "-joined: noisy, missed CI target, throttled, launch-bound, CUDA-graph fallback |
-| telemetry_{before,after}_{freq_mhz,temp_c,load1} | double | CPU frequency, hottest sensor, 1-min load |
-| telemetry_{before,after}_gpu_{sm_mhz,mem_mhz,temp_c,power_w} | double | GPU clocks, temperature, power (cuda rows) |
-| gpu_clocks_locked | bool | application clocks differ from the defaults (set with nvidia-smi -ac); null = unknown |
-| agent_version | string | version of agents/agent.py that timed it |
-| measured_at | timestamp[us, UTC] | when the host received the result |
-| status, error_kind, error | string | "ok" or "error"; error kind (collector/measurement.py ERROR_KINDS) and one-line message |
+So pyarrow, pandas, polars, DuckDB and Hugging Face `datasets` read `<dataset>/data` as it is (partition
+columns are stored in the files too). Rows are never rewritten in place: each write is a batch of rows to a
+dot-prefixed temporary file (readers ignore it) renamed into place, so a crash leaves the whole file or none
+of it. Compaction (collector/compact.py) writes `compact-<id>.parquet` files and, while it runs, a manifest
+naming the files each replaces; latkit's readers skip replaced files, so they see old or new rows, never both.
+Any pyarrow filesystem URI works (a local path, file://, s3://, gs://, hdfs://); on object stores the final
+move is the store's copy-then-delete, still never visible half-written. The columns: collector/schema.py.
 """
 from __future__ import annotations
 
@@ -48,9 +18,10 @@ import json
 import os
 import shutil
 import threading
+import time
 import uuid
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable, Optional
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -60,34 +31,11 @@ import pyarrow.parquet as pq
 
 from . import validate
 from .errors import LatkitError
-from .measurement import PERMANENT_ERRORS, TELEMETRY
+from .measurement import PERMANENT_ERRORS
+from .schema import FILE_SCHEMA, PARTITIONS, SCHEMA
 
-_STATS = ["latency_ms", "median_ms", "mean_ms", "std_ms", "min_ms", "max_ms", "p10_ms", "p90_ms", "p99_ms", "iqr_ms",
-          "mode_ms", "cv", "robust_cv"]
-_TELEMETRY = [f"telemetry_{w}_{k}" for w in ("before", "after") for k in TELEMETRY]
-_TS = pa.timestamp("us", tz="UTC")
-
-SCHEMA = pa.schema(
-    [(n, pa.string()) for n in ("space", "arch", "model_sha256", "model_format", "device", "device_fingerprint",
-                                "runtime", "runtime_version", "accelerator")]
-    + [("batch_size", pa.int64()), ("input_shape", pa.string()), ("threads", pa.int64()), ("cores", pa.string()),
-       ("threads_applied", pa.int64()), ("cores_applied", pa.string()), ("dtype", pa.string()),
-       ("cuda_graphs", pa.bool_()), ("graph_fallback", pa.string()), ("cudnn_benchmark", pa.bool_()),
-       ("tf32", pa.bool_()), ("launch_ms", pa.float64()), ("launch_bound", pa.bool_()),
-       ("settings", pa.string()), ("key", pa.string()), ("sampler", pa.string())]
-    + [(n, pa.float64()) for n in _STATS]
-    + [("rounds", pa.int64()), ("round_ms", pa.list_(pa.float64())), ("round_started_at", pa.list_(_TS)),
-       ("round_finished_at", pa.list_(_TS)), ("started_at", _TS), ("finished_at", _TS),
-       ("stopped_by", pa.string()), ("ci_rel", pa.float64()),
-       ("repeats", pa.int64()), ("warmup", pa.int64()), ("samples_ms", pa.list_(pa.float64())),
-       ("load_ms", pa.float64()), ("first_ms", pa.float64()), ("peak_rss_mb", pa.float64()),
-       ("gpu_peak_mb", pa.float64()), ("cooldown_s", pa.float64()), ("throttle", pa.string()),
-       ("warnings", pa.string())]
-    + [(n, pa.float64()) for n in _TELEMETRY] + [("gpu_clocks_locked", pa.bool_())]
-    + [("agent_version", pa.string()), ("measured_at", _TS),
-       ("status", pa.string()), ("error_kind", pa.string()), ("error", pa.string())]
-)
-PARTITIONS = ("device", "space")
+MANIFEST = "_replaces-"  # `_replaces-<id>.json`: the file names `compact-<id>.parquet` replaces (collector/compact.py)
+_READ_TRIES = 5  # a concurrent compaction may remove files between listing and reading: list again
 
 
 def _castable(have: pa.DataType, want: pa.DataType) -> bool:
@@ -99,8 +47,16 @@ def _castable(have: pa.DataType, want: pa.DataType) -> bool:
         return True
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return False
-_PARTITIONING = ds.partitioning(pa.schema([(p, pa.string()) for p in PARTITIONS]), flavor="hive")
-_FILE_SCHEMA = pa.schema([f for f in SCHEMA if f.name not in PARTITIONS])
+
+
+def check_row(row: dict) -> None:
+    """Reject a row that would be stored wrong: from_pylist drops unknown keys silently (a typo would become a
+    null column), and the partition values become folder names."""
+    extra = set(row) - set(SCHEMA.names)
+    if extra:
+        raise ValueError(f"row keys not in the schema: {sorted(extra)}")
+    for part in PARTITIONS:
+        validate.name(row.get(part), part)
 
 
 class Store:
@@ -115,7 +71,28 @@ class Store:
         except OSError as e:  # s3://no-such-bucket, an unreachable endpoint, missing credentials
             raise LatkitError(f"cannot open dataset {self.uri}: {str(e).splitlines()[0]}; check the URI, the "
                               "network and the credentials") from None
-        self._lock = threading.Lock()
+        self.root = self.root.rstrip("/")
+        self.data = f"{self.root}/data"
+        self._layout_ok = False
+
+    @property
+    def local(self) -> bool:
+        return isinstance(self.fs, pafs.LocalFileSystem)
+
+    def legacy(self) -> bool:
+        """Whether the folder holds rows in the layout before `data/` (Hive folders beside the card)."""
+        try:
+            infos = self.fs.get_file_info(pafs.FileSelector(self.root))
+        except (FileNotFoundError, OSError):
+            return False
+        return any(i.base_name.startswith("device=") or i.base_name == "_devices.json" for i in infos)
+
+    def _check_layout(self) -> None:
+        if not self._layout_ok:
+            if self.legacy():
+                raise LatkitError(f"{self.uri} has the layout of an older latkit (rows beside the card); run "
+                                  f"`latkit data migrate {self.uri}` once")
+            self._layout_ok = True
 
     def check_writable(self, min_free_mb: int = 64) -> None:
         """Fail before any device time is spent if rows could not be kept (unwritable, or a full local disk)."""
@@ -128,51 +105,100 @@ class Store:
         except OSError as e:
             reason = e.strerror if getattr(e, "strerror", None) else str(e).splitlines()[0]
             raise LatkitError(f"cannot write to {self.uri}: {reason}; choose another --out") from None
-        if isinstance(self.fs, pafs.LocalFileSystem):
+        self._check_layout()
+        if self.local:
             free_mb = shutil.disk_usage(self.root).free // 2 ** 20
             if free_mb < min_free_mb:
                 raise LatkitError(f"only {free_mb} MiB free at {self.uri}; free some space or choose another --out")
 
     def append(self, rows: Iterable[dict]) -> int:
-        """Write rows as new files, one per partition; returns the number written."""
+        """Write rows now, one new file per partition; returns the number written."""
         rows = list(rows)
-        for row in rows:  # from_pylist drops unknown keys silently: a typo would become a null column
-            extra = set(row) - set(SCHEMA.names)
-            if extra:
-                raise ValueError(f"row keys not in the schema: {sorted(extra)}")
-            for part in PARTITIONS:  # they become folder names
-                validate.name(row.get(part), part)
-        table = pa.Table.from_pylist(rows, schema=SCHEMA)
-        if table.num_rows == 0:
+        for row in rows:
+            check_row(row)
+        if not rows:
             return 0
-        groups = {}
-        for i, (dev, space) in enumerate(zip(table["device"].to_pylist(), table["space"].to_pylist())):
-            groups.setdefault((dev, space), []).append(i)
+        self._check_layout()
+        table = pa.Table.from_pylist(rows, schema=SCHEMA)
+        groups: dict = {}
+        for i, part in enumerate(zip(*(table[p].to_pylist() for p in PARTITIONS))):
+            groups.setdefault(part, []).append(i)
         for (dev, space), idx in groups.items():
-            folder = f"{self.root}/device={dev}/space={space}"
-            name = f"part-{uuid.uuid4().hex}.parquet"
-            tmp, final = f"{folder}/.{name}.tmp", f"{folder}/{name}"
-            self.fs.create_dir(folder, recursive=True)
-            part = table.take(idx).select(_FILE_SCHEMA.names)
-            with self.fs.open_output_stream(tmp) as out:
-                pq.write_table(part, out, compression="zstd")
-            self.fs.move(tmp, final)
+            self.write_file(f"{self.data}/device={dev}/space={space}", table.take(idx))
         return table.num_rows
+
+    def write_file(self, folder: str, tables, prefix: str = "part", uid: Optional[str] = None,
+                   before_rename: Optional[Callable[[], None]] = None) -> str:
+        """A table (or an iterable of tables, one row group each) as one new file `<prefix>-<uid>.parquet` in
+        `folder`, written under a temporary name and renamed into place (`before_rename` runs just before)."""
+        name = f"{prefix}-{uid or uuid.uuid4().hex}.parquet"
+        tmp, final = f"{folder}/.{name}.tmp", f"{folder}/{name}"
+        self.fs.create_dir(folder, recursive=True)
+        with self.fs.open_output_stream(tmp) as out, pq.ParquetWriter(out, FILE_SCHEMA, compression="zstd") as w:
+            for t in [tables] if isinstance(tables, pa.Table) else tables:
+                w.write_table(t.cast(SCHEMA).cast(FILE_SCHEMA), row_group_size=max(1, t.num_rows))
+        if before_rename:
+            before_rename()
+        self.fs.move(tmp, final)
+        return final
+
+    def write_json(self, path: str, doc) -> None:
+        """`doc` as JSON at `path`, whole or not at all (temporary file, then rename)."""
+        tmp = f"{path.rsplit('/', 1)[0]}/.{path.rsplit('/', 1)[1]}.{uuid.uuid4().hex}.tmp"
+        with self.fs.open_output_stream(tmp) as f:
+            f.write(json.dumps(doc, indent=1, sort_keys=True).encode())
+        self.fs.move(tmp, path)
+
+    def writer(self, max_rows: int = 256, max_seconds: float = 2.0) -> "BatchWriter":
+        return BatchWriter(self, max_rows, max_seconds)
 
     def exists(self) -> bool:
         return self.fs.get_file_info(self.root).type == pafs.FileType.Directory
 
-    def files(self) -> list:
-        """The dataset's Parquet files; anything else in the folder (README.md card, plots/, _devices.json,
-        side tables under _retest/, dot-prefixed temporaries) is not data."""
-        infos = self.fs.get_file_info(pafs.FileSelector(self.root, recursive=True))
-        root = self.root.rstrip("/") + "/"
-        return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
-                      and not any(p.startswith((".", "_")) for p in i.path[len(root):].split("/")))
+    def _scan(self) -> tuple:
+        """(data files, compaction manifests) under `data/`: FileInfo of each Parquet file (temporaries and
+        names starting with '.' or '_' excluded) and paths of `_replaces-<id>.json` manifests."""
+        self._check_layout()
+        try:
+            infos = self.fs.get_file_info(pafs.FileSelector(self.data, recursive=True, allow_not_found=True))
+        except FileNotFoundError:
+            return [], []
+        base, files, manifests = self.data + "/", [], []
+        for i in infos:
+            if i.type != pafs.FileType.File:
+                continue
+            if i.base_name.startswith(MANIFEST) and i.base_name.endswith(".json"):
+                manifests.append(i.path)
+            elif i.base_name.endswith(".parquet") and not any(
+                    p.startswith((".", "_")) for p in i.path[len(base):].split("/")):
+                files.append(i)
+        return sorted(files, key=lambda i: i.path), sorted(manifests)
 
-    def dataset(self) -> ds.Dataset:
-        return ds.dataset(self.files(), filesystem=self.fs, format="parquet", partitioning=_PARTITIONING,
-                          partition_base_dir=self.root, schema=SCHEMA)
+    def listing(self) -> list:
+        """FileInfo of every data file under `data/`, replaced ones included."""
+        return self._scan()[0]
+
+    def replaced(self, paths: Iterable[str], manifests: Iterable[str]) -> set:
+        """The paths among `paths` that a compacted file replaces (its manifest is written before the compacted
+        file appears and removed after the replaced files are; one whose compacted file is absent is void)."""
+        paths, out = set(paths), set()
+        for m in manifests:
+            folder, name = m.rsplit("/", 1)
+            if f"{folder}/compact-{name[len(MANIFEST):-len('.json')]}.parquet" in paths:
+                with self.fs.open_input_stream(m) as f:
+                    out.update(f"{folder}/{n}" for n in json.loads(f.read()))
+        return out & paths
+
+    def files(self) -> list:
+        """The dataset's live Parquet files (without those a compacted file replaces)."""
+        infos, manifests = self._scan()
+        paths = [i.path for i in infos]
+        gone = self.replaced(paths, manifests) if manifests else set()
+        return [p for p in paths if p not in gone]
+
+    def dataset(self, files: Optional[list] = None) -> ds.Dataset:
+        return ds.dataset(self.files() if files is None else files, filesystem=self.fs, format="parquet",
+                          schema=FILE_SCHEMA)
 
     def read(self, columns=None, filter=None) -> pa.Table:
         """The rows (optionally some columns, filtered). A file in the folder that latkit did not write (not
@@ -182,12 +208,23 @@ class Store:
         cols = None if columns is None else list(dict.fromkeys([*columns, "status"]))
         # rows with no status (a foreign file) are read whatever the filter, to be caught below
         wanted = None if filter is None else filter | pc.field("status").is_null()
-        try:
-            t = self.dataset().to_table(columns=cols, filter=wanted)
-        except (pa.ArrowException, OSError):
-            raise self._foreign() from None
+        for attempt in range(_READ_TRIES):
+            files = self.files()
+            try:
+                t = self.dataset(files).to_table(columns=cols, filter=wanted)
+            except FileNotFoundError:  # compacted away meanwhile
+                continue
+            except (pa.ArrowException, OSError):
+                if attempt + 1 < _READ_TRIES and set(files) != set(self.files()):
+                    continue
+                raise self._foreign() from None
+            if self.files() == files:  # no compaction finished while we read (else we may have missed its file)
+                break
+        else:
+            raise LatkitError(f"dataset {self.uri} kept changing while it was read; try again")
         if t["status"].null_count:
             raise self._foreign()
+        t = t.cast(pa.schema([SCHEMA.field(n) for n in t.column_names]))
         return t if columns is None else t.select(columns)
 
     def _foreign(self) -> LatkitError:
@@ -200,45 +237,113 @@ class Store:
                 why = f"not a Parquet file ({str(e).splitlines()[0]})"
             else:
                 missing = {"status", "key"} - set(schema.names)
-                clash = [n for n in schema.names if n in _FILE_SCHEMA.names
-                         and not _castable(schema.field(n).type, _FILE_SCHEMA.field(n).type)]
+                clash = [n for n in schema.names if n in FILE_SCHEMA.names
+                         and not _castable(schema.field(n).type, FILE_SCHEMA.field(n).type)]
                 if not missing and not clash:
                     continue
                 why = f"no {' and no '.join(sorted(missing))} column" if missing else \
-                    f"column {clash[0]} is {schema.field(clash[0]).type}, not {_FILE_SCHEMA.field(clash[0]).type}"
+                    f"column {clash[0]} is {schema.field(clash[0]).type}, not {FILE_SCHEMA.field(clash[0]).type}"
             return LatkitError(f"{path} is not latkit data ({why}); move it out of the dataset {self.uri}")
         return LatkitError(f"dataset {self.uri} cannot be read; check that its files were written by latkit")
 
     def record_devices(self, probes: dict) -> None:
-        """Keep each device's probe beside the rows (`_devices.json`, keyed by fingerprint; readers skip
-        names starting with '_'), so dataset cards can name the hardware behind a fingerprint."""
-        with self._lock:
-            known = self.devices()
-            known.update(probes)
-            tmp = f"{self.root}/._devices.json.tmp"
-            with self.fs.open_output_stream(tmp) as f:
-                f.write(json.dumps(known, indent=1, sort_keys=True).encode())
-            self.fs.move(tmp, f"{self.root}/_devices.json")
+        """Keep each device's probe beside the rows, one file per fingerprint (`devices/<device>-<fp>.json`,
+        written whole and renamed: concurrent collections never rewrite each other's), so dataset cards can
+        name the hardware behind a fingerprint."""
+        folder = f"{self.root}/devices"
+        self.fs.create_dir(folder, recursive=True)
+        for fp, probe in probes.items():
+            name = f"{validate.name(probe.get('device', 'unknown'), 'device')}-{validate.name(fp, 'fingerprint')}"
+            self.write_json(f"{folder}/{name}.json", {"fingerprint": fp, "probe": probe})
 
     def devices(self) -> dict:
-        path = f"{self.root}/_devices.json"
+        """fingerprint -> probe, merged from `devices/*.json`."""
+        self._check_layout()
         try:
-            with self.fs.open_input_stream(path) as f:
-                known = json.loads(f.read())
+            infos = self.fs.get_file_info(pafs.FileSelector(f"{self.root}/devices", allow_not_found=True))
         except (FileNotFoundError, OSError):
             return {}
-        except ValueError as e:
-            raise LatkitError(f"{path} is not valid JSON ({e}); remove it (it only names the hardware behind "
-                              "each fingerprint; the next collection writes it again)") from None
-        if not isinstance(known, dict) or not all(isinstance(p, dict) for p in known.values()):
-            raise LatkitError(f"{path} is not a table of device probes; remove it (the next collection writes it "
-                              "again)")
+        known = {}
+        for i in sorted(infos, key=lambda i: i.path):
+            if i.type != pafs.FileType.File or not i.base_name.endswith(".json") or i.base_name.startswith("."):
+                continue
+            try:
+                with self.fs.open_input_stream(i.path) as f:
+                    doc = json.loads(f.read())
+                known[doc["fingerprint"]] = dict(doc["probe"])
+            except (ValueError, KeyError, TypeError) as e:
+                raise LatkitError(f"{i.path} is not a device probe ({type(e).__name__}: {e}); remove it (it only "
+                                  "names the hardware behind a fingerprint; the next collection writes it again)"
+                                  ) from None
         return known
 
     def done_keys(self, include_errors: bool = True) -> set:
         """Keys a re-run skips: measured ok, and (by default) failed for a reason that would only fail
-        again under the same key (corrupt file, unsupported op, timeout: PERMANENT_ERRORS)."""
+        again under the same key (corrupt file, unsupported op, timeout: PERMANENT_ERRORS). Reads the key,
+        status and error_kind columns only."""
         done = pc.field("status") == "ok"
         if include_errors:
             done = done | pc.field("error_kind").isin(sorted(PERMANENT_ERRORS))
         return set(self.read(columns=["key"], filter=done)["key"].to_pylist())
+
+
+class BatchWriter:
+    """Rows buffered and written as one file per partition every `max_rows` rows or `max_seconds` after the
+    first buffered row, whichever comes first (a timer thread), and on close. A crash loses at most the
+    unwritten batch; resume measures exactly those again. Flush before releasing a device's lease, so
+    another collection that takes it sees every row this one measured."""
+
+    def __init__(self, store: Store, max_rows: int = 256, max_seconds: float = 2.0):
+        self.store, self.max_rows, self.max_seconds = store, max_rows, max_seconds
+        self._rows: list = []
+        self._since = 0.0
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._error: Optional[BaseException] = None
+        self._timer: Optional[threading.Thread] = None
+
+    def add(self, row: dict) -> None:
+        check_row(row)
+        with self._lock:
+            if self._error is not None:  # the timer's flush failed: try again now, raising if it still fails
+                self._error = None
+                self._flush()
+            if not self._rows:
+                self._since = time.monotonic()
+            self._rows.append(row)
+            if len(self._rows) >= self.max_rows:
+                self._flush()
+        if self._timer is None:
+            self._timer = threading.Thread(target=self._tick, name="latkit-store-flush", daemon=True)
+            self._timer.start()
+
+    def _flush(self) -> None:
+        if self._rows:
+            self.store.append(self._rows)  # on OSError the rows stay buffered: close() tries again
+            self._rows = []
+
+    def _tick(self) -> None:
+        while not self._closed.wait(min(0.25, self.max_seconds)):
+            with self._lock:
+                if self._rows and time.monotonic() - self._since >= self.max_seconds:
+                    try:
+                        self._flush()
+                    except Exception as e:  # the owner's next add or close tries again and raises
+                        self._error = e
+
+    def flush(self) -> None:
+        with self._lock:
+            self._error = None
+            self._flush()
+
+    def close(self) -> None:
+        self._closed.set()
+        if self._timer is not None:
+            self._timer.join()
+        self.flush()
+
+    def __enter__(self) -> "BatchWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -3,11 +3,11 @@
 `collect` needs every job up front (it shuffles rounds over all of them); a job's key needs its model's
 sha256, so that means every model exported before the device times anything. Here jobs come from any
 iterable, e.g. one that waits on exports still running; the agent starts at once, while the first job
-is still on its way, and times each job the moment it comes. Each row
-is written the moment it is measured; the caller sees each Measurement and may stop at any time (a
-time budget, enough rows), which shuts the agent down and releases the lease. Jobs are timed in one
-round each, in arrival order: GPU jobs (one round by default) lose nothing; CPU jobs that want shuffled
-rounds belong in `collect`.
+is still on its way, and times each job the moment it comes. Rows are written in batches (Store.writer),
+and what is buffered when the stream ends, fails or is stopped; the caller sees each Measurement and may
+stop at any time (a time budget, enough rows), which shuts the agent down and releases the lease. Jobs are
+timed in one round each, in arrival order: GPU jobs (one round by default) lose nothing; CPU jobs that
+want shuffled rounds belong in `collect`.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def measure_stream(device: Device, jobs: Iterable[Job], store_of: Callable[[Job]
     backoff; a hung model becomes a timeout row and a fresh agent takes the next job. Set-up failures
     (runtime missing, lease refused, `retries` failed restarts in a row) raise LatkitError."""
     runner = DeviceRunner(device, timeout=job_timeout, wait=wait)
-    writable: set = set()  # roots of the stores checked writable
+    writers: dict = {}  # root -> the batch writer of each store checked writable
     probed: set = set()  # ... and of those that have this agent's probe
 
     def ready():
@@ -50,9 +50,9 @@ def measure_stream(device: Device, jobs: Iterable[Job], store_of: Callable[[Job]
             if job.device != device.name:
                 raise LatkitError(f"a job for device {job.device} was streamed to {device.name}")
             store = store_of(job)
-            if store.root not in writable:
+            if store.root not in writers:
                 store.check_writable()  # before the device times anything for it
-                writable.add(store.root)
+                writers[store.root] = store.writer()
             failures = 0
             while True:
                 try:
@@ -63,12 +63,14 @@ def measure_stream(device: Device, jobs: Iterable[Job], store_of: Callable[[Job]
                     m = runner.measure(job)
                     break
                 except TransportError as e:
+                    for w in writers.values():  # before the lease goes: the next holder must see these rows
+                        w.flush()
                     runner.close()
                     failures += 1
                     if failures > retries:
                         raise Failure(f"{device.name}: {e} (gave up after {retries} retries)") from None
                     time.sleep(backoff_s * 2 ** (failures - 1))
-            store.append([m.to_row()])
+            writers[store.root].add(m.to_row())
             yield m
     except GeneratorExit:
         raise  # the caller stopped early: the agent is shut down politely below
@@ -76,4 +78,8 @@ def measure_stream(device: Device, jobs: Iterable[Job], store_of: Callable[[Job]
         runner.kill()  # an error or Ctrl-C: stop the device now, not after a polite wait
         raise
     finally:
-        runner.close()
+        try:
+            for w in writers.values():
+                w.close()
+        finally:
+            runner.close()

@@ -388,7 +388,7 @@ def pack_reports(out_dir: Path, work: Path, stores: dict, log) -> dict:
     with tarfile.open(out_dir / ".reports.tar.gz", "w:gz") as tar:
         for name in ("big", "small"):
             folder = Path(stores[name].uri)
-            for f in [folder / "README.md", folder / "_devices.json", *folder.glob("_retest/*/retest.json")]:
+            for f in [folder / "README.md", *folder.glob("devices/*.json"), *folder.glob("_retest/*/retest.json")]:
                 if f.exists():
                     tar.add(f, arcname=f"{folder.name}/{f.name}")
         for f in (work / "gpu-tests.txt", work / "gpu-tests.xml", work / "nvidia-smi.txt", work / "fits"):

@@ -88,8 +88,28 @@ def bench_predictor_predict(d: dict) -> str:
             f"{rates}. The >= 100k archs/s goal holds for {', '.join(fast) or 'none'}.\n")
 
 
-RENDERERS = {"bench_measure.json": bench_measure, "bench_predictor.json#transfer": bench_predictor_transfer,
-             "bench_predictor.json#fit": bench_predictor_fit, "bench_predictor.json#predict": bench_predictor_predict}
+def bench_store(d: dict) -> str:
+    """The store's figures beside the goals of issue 14."""
+    g, n = d["goals"], d["single_files"]
+    lines = [f"{d['rows']:,} rows, {d['samples']} samples each, on {d['machine']} ({d['date']}; 1-min load average "
+             f"{d['load_1min'][0]:.1f} at the start, {d['load_1min'][1]:.1f} at the end):", "",
+             "| figure | measured | goal |", "|---|---|---|",
+             f"| done keys read (resume), {d['batched_files']} batched files | {d['resume_keys_s']:.2f} s | "
+             f"< {g['resume_keys_s']:g} s |",
+             f"| done keys read after compaction ({d['compacted_files']} files) | {d['resume_keys_compacted_s']:.2f} s "
+             "| |",
+             f"| bytes per row, batched | {d['bytes_per_row']:,.0f} | <= {g['bytes_per_row']:,} |",
+             f"| bytes per row, compacted | {d['compacted_bytes_per_row']:,.0f} | |",
+             f"| bytes per row, single-row files (before batching) | {d['single_bytes_per_row']:,.0f} | |",
+             f"| compaction of {n:,} single-row files | {d['compact_s']:.1f} s ({d['compact_s'] / n * 1e3:.1f} ms "
+             f"per file) | < {g['compact_s']:g} s for 100,000 |",
+             f"| done keys read, {n:,} single-row files | {d['resume_keys_single_s']:.1f} s | |",
+             f"| batched write of {d['rows']:,} rows | {d['write_s']:.1f} s | |"]
+    return "\n".join(lines) + "\n"
+
+
+RENDERERS = {"bench_store.json": bench_store, "bench_measure.json": bench_measure,
+             "bench_predictor.json#transfer": bench_predictor_transfer, "bench_predictor.json#fit": bench_predictor_fit, "bench_predictor.json#predict": bench_predictor_predict}
 
 
 def render(text: str) -> str:

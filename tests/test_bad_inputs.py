@@ -44,20 +44,24 @@ def w(tmp_path_factory, artifacts):
     (w / "unknownkey.toml").write_text(local + "colour = \"blue\"\n")
     (w / "badport.toml").write_text('[devices.pi]\ntransport = "ssh"\nhost = "192.0.2.7"\nport = "twenty-two"\n')
     (w / "notables.toml").write_text("devices = 3\n")
+    (w / "ssh_config").write_text("Host pc\n  ProxyCommand nc %h %p\nHost viaghost\n  HostName 127.0.0.9\n"
+                                  "  ProxyJump ghost.invalid\n")
     latency_table(w / "table.parquet")
     pq.write_table(pa.table({"space": ["nb201"], "arch": ["x"], "device": ["d1"], "latency_ms": ["fast"]}),
                    w / "textlatency.parquet")
     (w / "notparquet.parquet").write_text("hello")
+    (w / "oldlayout" / "device=d1" / "space=nb201").mkdir(parents=True)
     dataset.import_help(w / "table.parquet", w / "data")
     for name, what in (("foreign", "foreign"), ("notpq", "text"), ("devjson", "json")):
         shutil.copytree(w / "data", w / name)
-        part = w / name / "device=d1" / "space=nb201"
+        part = w / name / "data" / "device=d1" / "space=nb201"
         if what == "foreign":
             pq.write_table(pa.table({"x": [1, 2]}), part / "other-tool.parquet")
         elif what == "text":
             (part / "notes.parquet").write_text("written by hand")
         else:
-            (w / name / "_devices.json").write_text("{not json")
+            (w / name / "devices").mkdir()
+            (w / name / "devices" / "d1-0123.json").write_text("{not json")
     return w
 
 
@@ -112,6 +116,7 @@ CASES = [
     ("collect-devices-empty", f"collect --models {{w}}/m.onnx {C} --devices ''", 2, "--devices names no device"),
     ("collect-nothing", f"collect {C}", 2, "give either --models"),
     ("collect-space-no-n", f"collect --space nb201 {C}", 2, "--space needs --n"),
+    ("collect-executor", f"collect --models {{w}}/m.onnx {C} --executor rey", 2, "--executor 'rey': use local, ray"),
     ("collect-n-0", f"collect --space nb201 --n 0 {C}", 2, "argument --n: must be a whole number >= 1"),
     ("collect-n-too-many", f"collect --space nb201 --n 20000 {C}", 2, "cannot draw 20000 distinct archs"),
     ("collect-space-unknown", f"collect --space resnet --n 2 {C}", 2, "unknown space 'resnet'; known spaces:"),
@@ -128,7 +133,7 @@ CASES = [
     ("collect-seed-negative", f"collect --space nb201 --n 2 --seed -1 {C}", 2, "argument --seed"),
     ("collect-no-models", f"collect --models {{w}}/empty {C}", 2, "no model files"),
     ("collect-devices-json", "collect --models {w}/m.onnx --registry {w}/reg.toml --devices loc --out {w}/devjson",
-     2, "_devices.json is not valid JSON"),
+     2, "d1-0123.json is not a device probe"),
     ("collect-device-fails", "collect -q --models {w}/m.onnx --registry {w}/reg.toml --devices nolease "
      "--out {w}/out", 1, "1 device(s) failed (nolease)"),
     ("device-add-port", "device add x --host 192.0.2.7 --port 70000 --registry {w}/r.toml", 2, "argument --port"),
@@ -139,7 +144,10 @@ CASES = [
     ("data-show-missing", "data show {w}/missing", 2, "no dataset at {w}/missing"),
     ("data-show-foreign", "data show {w}/foreign", 2, "other-tool.parquet is not latkit data (no key and no status"),
     ("data-show-not-parquet", "data show {w}/notpq", 2, "notes.parquet is not latkit data (not a Parquet file"),
-    ("data-card-devices-json", "data card {w}/devjson", 2, "_devices.json is not valid JSON"),
+    ("data-card-devices-json", "data card {w}/devjson", 2, "d1-0123.json is not a device probe"),
+    ("data-show-old-layout", "data show {w}/oldlayout", 2, "layout of an older latkit (rows beside the card); run `latkit data migrate"),
+    ("data-compact-missing", "data compact {w}/missing", 2, "no dataset at {w}/missing"),
+    ("data-migrate-missing", "data migrate {w}/missing", 2, "no dataset at {w}/missing"),
     ("data-plot-unwritable", "data plot {w}/data --out {w}/afile/plots", 2,
      "cannot write {w}/afile/plots: Not a directory; give --out a writable folder"),
     ("data-import-missing", "data import-help {w}/missing {w}/out2", 2, "no HELP latency tables"),
@@ -170,6 +178,13 @@ CASES = [
     ("predict-two-sources", f"predictor predict {P} --all --file {{w}}/afile", 2, "not allowed with argument"),
     ("predict-garbage-model", f"predictor predict {P} --all", 2, "garbage.latkit-model"),
     ("quiet-and-verbose", "data show {w}/data -q -v", 2, "not allowed with argument"),
+    ("show-device-unknown", "device show nope --registry {w}/reg.toml", 2, "unknown device 'nope'"),
+    ("ssh-config-missing", "device add b --host b --ssh-config {w}/nosuch --registry {w}/new.toml", 2,
+     "ssh config {w}/nosuch not found; fix --ssh-config"),
+    ("ssh-config-proxycommand", "device add b --host pc --ssh-config {w}/ssh_config --registry {w}/new.toml", 2,
+     "gives pc a ProxyCommand, which latkit does not run; use ProxyJump"),
+    ("ssh-config-jump-unknown", "device add b --host viaghost --ssh-config {w}/ssh_config --registry {w}/new.toml",
+     2, "cannot resolve jump host ghost.invalid:22 of b: no Host block in the ssh config gives ghost.invalid a HostName"),
 ]
 
 
@@ -192,7 +207,7 @@ def test_the_table_is_wide():
     """At least 40 bad invocations, over every subcommand."""
     assert len(CASES) >= 40 and len({c[0] for c in CASES}) == len(CASES)
     used = {" ".join(c[1].split()[:2]) for c in CASES}
-    for command in ("measure", "collect", "device add", "device probe", "device remove", "device list",
+    for command in ("measure", "collect", "device add", "device show", "device probe", "device remove", "device list",
                     "data show", "data card", "data plot", "data import-help", "data retest", "predictor fit",
                     "predictor transfer", "predictor predict"):
         assert any(u.startswith(command) for u in used), command

@@ -53,8 +53,8 @@ def gpu():
 
 
 def test_collector_imports_without_the_ssh_extras():
-    """A bare GPU machine has no paramiko or tomli-w: timing on `local` must not need them."""
-    code = ("import sys; sys.modules['paramiko'] = sys.modules['tomli_w'] = None\n"
+    """A bare GPU machine has no paramiko or tomlkit: timing on `local` must not need them."""
+    code = ("import sys; sys.modules['paramiko'] = sys.modules['tomlkit'] = None\n"
             "import latkit.collector, latkit.collector.cli, latkit.collector.scheduler\n"
             "from latkit.collector import Registry\n"
             "print(type(Registry().get('local').connect()).__name__)")

@@ -1,5 +1,6 @@
 """Each runner times a real model in a real runtime; failures come back as typed values."""
 import dataclasses
+import os
 
 import numpy as np
 import onnx
@@ -40,12 +41,17 @@ def test_threads_and_batch_size_reach_the_runtime(local_runner, export_cache, fa
     m8 = local_runner.measure(Job(art, "local", dataclasses.replace(fast, batch_size=8, threads=2)))
     assert m1.input_shape == "1x3x32x32" and m8.input_shape == "8x3x32x32"
     assert m8.to_row()["batch_size"] == 8 and m8.to_row()["threads"] == 2
+    # what the runtime read back, not the host's echo of what it asked for
+    assert m8.to_row()["threads_applied"] == 2 and m1.to_row()["threads_applied"] == fast.threads
     assert m8.latency_ms > m1.latency_ms  # eight images take longer than one
 
 
 def test_core_pinning(local_runner, artifacts, fast):
+    """The row holds the affinity the agent read at timing time, and a pinning does not stick to the next job."""
     m = local_runner.measure(Job(artifacts["onnx"], "local", dataclasses.replace(fast, cores=(0,))))
-    assert m.status == "ok" and m.to_row()["cores"] == "0"
+    assert m.status == "ok" and m.to_row()["cores"] == "0" and m.to_row()["cores_applied"] == "0"
+    free = local_runner.measure(Job(artifacts["onnx"], "local", fast))
+    assert free.to_row()["cores_applied"] == ",".join(map(str, sorted(os.sched_getaffinity(0))))
     with pytest.raises(LatkitError, match="cannot pin"):
         local_runner.measure(Job(artifacts["onnx"], "local", dataclasses.replace(fast, cores=(4096,))))
 

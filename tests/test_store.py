@@ -1,15 +1,20 @@
-"""The Parquet store: append-only, partitioned, resumable by key, never half-written."""
+"""The Parquet store: append-only, partitioned, batched, compacted, resumable by key, never half-written."""
+import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+from collections import Counter
 
+import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
+from latkit.collector.schema import FILE_SCHEMA
 from latkit.collector import SCHEMA, Artifact, Job, LatkitError, Measurement, Settings, Store
 
 
@@ -26,18 +31,21 @@ def make_measurement(i, status="ok", device="dev1"):
 
 
 def test_append_read_partitions(tmp_path):
-    store = Store(tmp_path / "data")
+    store = Store(tmp_path)
     assert store.read().num_rows == 0 and store.done_keys() == set()
     store.append([make_measurement(i).to_row() for i in range(3)] + [make_measurement(9, device="dev2").to_row()])
     t = store.read()
     assert t.schema.equals(SCHEMA) and t.num_rows == 4
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["device=dev1", "device=dev2"]
+    for f in (tmp_path / "data").rglob("*.parquet"):  # every column in every file, partition columns too
+        assert pq.read_schema(f).remove_metadata().equals(FILE_SCHEMA)
     row = t.filter(ds.field("arch") == "m1").to_pylist()[0]
-    assert row["latency_ms"] == pytest.approx(2.0) and row["samples_ms"] == [2.0, 2.1, 1.9]
+    assert row["latency_ms"] == pytest.approx(2.0) and row["samples_ms"] == pytest.approx([2.0, 2.1, 1.9], rel=1e-7)
     assert row["input_shape"] == "1x3x8x8" and row["batch_size"] == 1 and row["telemetry_after_temp_c"] == 40.0
     assert row["measured_at"].tzinfo is not None
-    # Any reader sees the same rows through plain hive partitioning.
-    assert ds.dataset(tmp_path / "data", partitioning="hive").to_table().num_rows == 4
+    # Other readers see the same rows, the partition columns from the files or (as dictionaries) the folders.
+    assert ds.dataset(tmp_path / "data").to_table().num_rows == pq.read_table(tmp_path / "data").num_rows == 4
+    assert store.read(filter=ds.field("device") == "dev2").num_rows == 1
 
 
 def test_done_keys(tmp_path):
@@ -99,3 +107,190 @@ def test_killed_writer_leaves_readable_dataset(tmp_path):
         pq.read_table(f)  # every visible file is whole
     t = Store(tmp_path).read()
     assert t.num_rows >= 1 and make_measurement(0).job.key in Store(tmp_path).done_keys()
+
+
+# -- batches, compaction, layout ---------------------------------------------------------------------------
+
+
+def test_batch_writer_writes_by_rows_by_time_and_on_close(tmp_path):
+    store = Store(tmp_path)
+    with store.writer(max_rows=3, max_seconds=0.5) as w:
+        for i in range(3):
+            w.add(make_measurement(i).to_row())
+        assert store.read().num_rows == 3 and len(store.files()) == 1  # a full batch is one file
+        w.add(make_measurement(3).to_row())
+        assert store.read().num_rows == 3
+        deadline = time.time() + 10
+        while store.read().num_rows < 4 and time.time() < deadline:  # the timer writes a batch that waited
+            time.sleep(0.05)
+        assert store.read().num_rows == 4 and len(store.files()) == 2
+        w.add(make_measurement(4).to_row())
+    assert store.read().num_rows == 5  # close writes the rest
+    with pytest.raises(ValueError, match="not in the schema"):
+        store.writer().add(dict(make_measurement(5).to_row(), typo=1))
+
+
+def test_readers_read_data_as_is(tmp_path):
+    """pyarrow, pandas, polars and DuckDB read <dataset>/data with the card, probes and plots beside it."""
+    import duckdb
+    import pandas as pd
+    import polars as pl
+    from latkit.collector.dataset import write_card
+    store = Store(tmp_path)
+    store.append([make_measurement(i).to_row() for i in range(3)] + [make_measurement(9, device="dev2").to_row()])
+    store.record_devices({"fp": {"device": "dev1", "cpu_model": "x"}})
+    write_card(tmp_path)
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "plots" / "x.png").write_bytes(b"png")
+    shipped = os.path.join(os.path.dirname(__file__), "..", "datasets", "h200-ofa-bs64")
+    for path, n in [(str(tmp_path), 4), (shipped, Store(shipped).read().num_rows)]:
+        data = os.path.join(path, "data")
+        keys = set(Store(path).read(columns=["key"])["key"].to_pylist())
+        devices = set(Store(path).read(columns=["device"])["device"].to_pylist())
+        assert set(pq.read_table(data)["key"].to_pylist()) == keys
+        frame = pd.read_parquet(data)
+        assert len(frame) == n and set(frame["device"].astype(str)) == devices
+        frame = pl.read_parquet(f"{data}/**/*.parquet")
+        assert frame.height == n and set(frame["space"].cast(pl.String)) == \
+            set(Store(path).read(columns=["space"])["space"].to_pylist())
+        assert duckdb.sql(f"select count(*), count(distinct key) from '{data}/**/*.parquet'").fetchall() == \
+            [(n, len(keys))]
+        assert sorted(duckdb.sql(f"select distinct device from '{data}/**/*.parquet'").fetchall()) == \
+            [(d,) for d in sorted(devices)]
+
+
+def test_devices_one_file_per_fingerprint(tmp_path):
+    store = Store(tmp_path)
+    store.record_devices({"aaaa": {"device": "d1", "cpu_model": "x"}})
+    Store(tmp_path).record_devices({"bbbb": {"device": "d2", "cpu_model": "y"}})  # another collection
+    assert sorted(p.name for p in (tmp_path / "devices").iterdir()) == ["d1-aaaa.json", "d2-bbbb.json"]
+    assert store.devices() == {"aaaa": {"device": "d1", "cpu_model": "x"}, "bbbb": {"device": "d2", "cpu_model": "y"}}
+    (tmp_path / "devices" / "d3-cccc.json").write_text("{not json")
+    with pytest.raises(LatkitError, match="d3-cccc.json is not a device probe.*remove it"):
+        store.devices()
+
+
+def _keys(path):
+    return Counter(Store(path).read(columns=["key"])["key"].to_pylist())
+
+
+def test_compact_while_writing_never_loses_or_doubles(tmp_path):
+    """A writer appends batches while compactions run and readers read: each read sees every row written before
+    it began, once."""
+    from latkit.collector.compact import compact
+    store, stop, written = Store(tmp_path), threading.Event(), []
+
+    def write():
+        i = 0
+        while not stop.is_set() and i < 400:
+            rows = [make_measurement(i + k, device=f"dev{k % 2}").to_row() for k in range(4)]
+            store.append(rows)
+            written.extend(r["key"] for r in rows)
+            i += 4
+
+    t = threading.Thread(target=write)
+    t.start()
+    try:
+        for _ in range(6):
+            before = set(written)
+            compact(tmp_path)
+            seen = _keys(tmp_path)
+            assert set(seen.values()) <= {1} and before <= set(seen)
+    finally:
+        stop.set()
+        t.join()
+    compact(tmp_path)
+    assert _keys(tmp_path) == Counter(written) and len(Store(tmp_path).files()) == 2
+
+
+def test_sigkill_during_compaction(tmp_path):
+    """Kill `latkit data compact` mid-write and mid-delete: reads see every row once; the next compaction
+    cleans up."""
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    hits = set()
+    for attempt in range(12):
+        d = tmp_path / str(attempt)
+        Store(d).append([make_measurement(0).to_row()])
+        folder = d / "data" / "device=dev1" / "space=custom"
+        for f in range(1, 600):  # single-row files, copies of one with another key (fast to make)
+            t = pq.read_table(next(folder.glob("*.parquet")))
+            pq.write_table(t.set_column(t.schema.get_field_index("key"), "key", pa.array([f"k{f}"])),
+                           folder / f"part-{f}.parquet")
+        want = _keys(d)
+        assert len(want) == 600
+        stage = "mid-write" if attempt % 2 == 0 else "mid-delete"
+        proc = subprocess.Popen([sys.executable, "-m", "latkit.collector.cli", "data", "compact", str(d)], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while proc.poll() is None and time.time() < deadline:
+            names = os.listdir(folder)
+            if stage == "mid-write" and any(n.startswith(".compact-") for n in names) or \
+                    stage == "mid-delete" and any(n.startswith("compact-") for n in names):
+                break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        names = os.listdir(folder)
+        if stage == "mid-delete" and any(n.startswith("compact-") for n in names) and any(
+                n.startswith("part-") for n in names):
+            hits.add(stage)  # compacted file and replaced files side by side
+        elif stage == "mid-write" and not any(n.startswith("compact-") for n in names):
+            hits.add(stage)
+        assert _keys(d) == want  # no loss, no doubles
+        r = subprocess.run([sys.executable, "-m", "latkit.collector.cli", "data", "compact", str(d)], env=env,
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        assert _keys(d) == want and os.listdir(folder) == [n for n in os.listdir(folder) if n.startswith("compact-")]
+        if hits == {"mid-write", "mid-delete"}:
+            break
+    assert hits == {"mid-write", "mid-delete"}
+
+
+def test_migrate_older_layout(tmp_path):
+    """A dataset of the older layout (Hive folders beside the card, fewer columns in some files, float64
+    samples, _devices.json) is refused with the command to run, and migrated with every value kept."""
+    rows = [make_measurement(i).to_row() for i in range(4)]
+    t = pa.Table.from_pylist(rows, schema=SCHEMA.set(SCHEMA.get_field_index("samples_ms"),
+                                                     pa.field("samples_ms", pa.list_(pa.float64()))))
+    folder = tmp_path / "device=dev1" / "space=custom"
+    folder.mkdir(parents=True)
+    files = t.drop_columns(["device", "space"])
+    pq.write_table(files.slice(0, 2), folder / "part-a.parquet")
+    pq.write_table(files.slice(2).drop_columns(["launch_ms", "tf32"]), folder / "part-b.parquet")
+    (tmp_path / "_devices.json").write_text(json.dumps({"fp": {"device": "dev1", "cpu_model": "x"}}))
+    (tmp_path / "README.md").write_text("# card")
+    with pytest.raises(LatkitError, match="older latkit.*latkit data migrate"):
+        Store(tmp_path).read()
+    r = subprocess.run([sys.executable, "-m", "latkit.collector.cli", "data", "migrate", str(tmp_path)],
+                       env=dict(os.environ, PYTHONPATH=os.getcwd()), capture_output=True, text=True)
+    assert r.returncode == 0 and "4 rows under data/" in r.stdout, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "data", "devices"]
+    new = Store(tmp_path).read().sort_by("key")
+    old = t.sort_by("key")
+    for name in SCHEMA.names:
+        want = old[name].cast(SCHEMA.field(name).type)
+        if name in ("launch_ms", "tf32"):
+            want = pa.chunked_array([want.slice(0, 2), pa.nulls(2, SCHEMA.field(name).type)])
+        assert new[name].combine_chunks().equals(want.combine_chunks()), name
+    assert Store(tmp_path).devices() == {"fp": {"device": "dev1", "cpu_model": "x"}}
+    assert compact_migrate(tmp_path) == {str(tmp_path): 4}  # again: nothing to do
+
+
+def compact_migrate(path):
+    from latkit.collector.compact import migrate
+    return migrate(path)
+
+
+def test_schema_command_and_card_columns(tmp_path):
+    from latkit.collector.cli import main
+    from latkit.collector.dataset import write_card
+    import contextlib
+    import io
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["data", "schema", "--json"]) == 0
+    cols = json.loads(out.getvalue())
+    assert [c["name"] for c in cols] == SCHEMA.names and {"type", "unit", "description"} <= set(cols[0])
+    assert next(c for c in cols if c["name"] == "samples_ms")["type"] == "list<item: float>"
+    Store(tmp_path).append([make_measurement(1).to_row()])
+    card = write_card(tmp_path).read_text()
+    assert all(f"| {n} | {SCHEMA.field(n).type} |" in card for n in SCHEMA.names)

@@ -2,14 +2,16 @@
 
 The agent is deployed by content hash (<workdir>/agent-<sha16>.py, re-sent only when it changes) and
 models go to <workdir>/models/<sha256>.<ext>, each shipped once. Uploads land under a temporary name and
-are renamed, so a broken upload never looks like a cached model. Host keys are checked against the user's
-~/.ssh/known_hosts and latkit's own known_hosts: an unknown key is refused unless trusted explicitly,
-a changed key always.
+are renamed, so a broken upload never looks like a cached model. The device is reached as ~/.ssh/config
+says (alias, user, port, identity files, ProxyJump hops: see sshconfig.py). Every hop's host key is checked
+against the user's ~/.ssh/known_hosts and latkit's own known_hosts: an unknown key is refused unless trusted
+explicitly, a changed key always.
 """
 from __future__ import annotations
 
 import collections
 import hashlib
+import logging
 import shlex
 import socket
 import threading
@@ -20,10 +22,12 @@ import paramiko
 
 from ..errors import LatkitError, TransportError
 from ..job import Artifact
+from . import sshconfig
 from .base import AGENT_PATH, AgentClient, Transport
 
 CONNECT_TIMEOUT = 10.0
 KEEPALIVE_S = 15
+logging.getLogger("paramiko").addHandler(logging.NullHandler())  # its errors arrive as one-line LatkitErrors
 
 
 def _fp(key: paramiko.PKey) -> str:
@@ -33,12 +37,12 @@ def _fp(key: paramiko.PKey) -> str:
 class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
     """Unknown host key: refuse with instructions, or (trust=True) record it in latkit's known_hosts."""
 
-    def __init__(self, known_hosts: Path, trust: bool):
-        self.known_hosts, self.trust = known_hosts, trust
+    def __init__(self, known_hosts: Path, trust: bool, what: str):
+        self.known_hosts, self.trust, self.what = known_hosts, trust, what
 
     def missing_host_key(self, client, hostname, key):
         if not self.trust:
-            raise LatkitError(f"host key of {hostname} is not known ({_fp(key)}); check it, then add the device "
+            raise LatkitError(f"host key of {self.what} is not known ({_fp(key)}); check it, then add the device "
                               "with --trust-host-key")
         keys = paramiko.HostKeys()
         if self.known_hosts.exists():
@@ -58,6 +62,8 @@ class SSHTransport(Transport):
         self.workdir = device.workdir or ".latkit"
         self.python = device.python or "python3"
         self._ssh: Optional[paramiko.SSHClient] = None
+        self._jumps: list = []  # clients of the jump hosts, first hop first
+        self.route: list = []  # the hops of the last connection (sshconfig.Hop), the device last
         self._sftp: Optional[paramiko.SFTPClient] = None
         self._chan: Optional[paramiko.Channel] = None
         self._client: Optional[AgentClient] = None
@@ -67,38 +73,75 @@ class SSHTransport(Transport):
 
     # -- connection ---------------------------------------------------------------------------------
     def _connect(self) -> None:
-        d = self.device
+        """Log in hop by hop: each jump host's client opens a direct-tcpip channel that carries the next login."""
+        route = sshconfig.resolve(self.device)
+        clients: list = []
+        try:
+            for i, hop in enumerate(route):
+                device = i == len(route) - 1
+                what = f"{self.device.name} at {hop.address}" if device else f"jump host {hop} of {self.device.name}"
+                sock = self._tunnel(clients[-1], route[i - 1], hop, what) if i else None
+                clients.append(self._login(hop, sock, what, explicit_key=device and self.device.key is not None))
+        except BaseException:
+            for c in reversed(clients):
+                c.close()
+            raise
+        clients[-1].get_transport().set_keepalive(KEEPALIVE_S)
+        self.route = route
+        self._jumps, self._ssh = clients[:-1], clients[-1]
+        self._sftp = self._ssh.open_sftp()
+
+    def _tunnel(self, via: paramiko.SSHClient, prev: sshconfig.Hop, hop: sshconfig.Hop, what: str
+                ) -> paramiko.Channel:
+        try:
+            return via.get_transport().open_channel("direct-tcpip", (hop.host, hop.port), ("127.0.0.1", 0),
+                                                    timeout=CONNECT_TIMEOUT)
+        except paramiko.ChannelException as e:  # the previous hop could not connect onwards
+            raise TransportError(f"cannot reach {what} from {prev}: {e.text}") from None
+        except (OSError, paramiko.SSHException, EOFError) as e:
+            raise TransportError(f"cannot reach {what} from {prev}: {e or type(e).__name__}") from None
+
+    def _login(self, hop: sshconfig.Hop, sock, what: str, explicit_key: bool) -> paramiko.SSHClient:
+        """A client logged in to `hop` (over `sock`, a channel through the previous hop, if given)."""
         ssh = paramiko.SSHClient()
         ssh.load_system_host_keys()
         if self.known_hosts.exists():
             ssh.get_host_keys().load(str(self.known_hosts))
-        ssh.set_missing_host_key_policy(_HostKeyPolicy(self.known_hosts, self.trust_host_key))
-        key = str(Path(d.key).expanduser()) if d.key else None
-        if key and not Path(key).is_file():
-            raise LatkitError(f"key file {d.key} for device {d.name} not found; fix --key")
+        ssh.set_missing_host_key_policy(_HostKeyPolicy(self.known_hosts, self.trust_host_key, what))
+        keys = [str(Path(k).expanduser()) for k in hop.keys]
+        if explicit_key and not Path(keys[0]).is_file():
+            raise LatkitError(f"key file {self.device.key} for device {self.device.name} not found; fix --key")
+        keys = [k for k in keys if Path(k).is_file()]  # as ssh does, a config's missing IdentityFile is skipped
         try:
-            ssh.connect(d.host, port=d.port, username=d.user, key_filename=key, timeout=CONNECT_TIMEOUT,
-                        banner_timeout=CONNECT_TIMEOUT, auth_timeout=CONNECT_TIMEOUT, channel_timeout=CONNECT_TIMEOUT,
-                        allow_agent=key is None, look_for_keys=key is None)
+            ssh.connect(hop.host, port=hop.port, username=hop.user, key_filename=keys or None, sock=sock,
+                        timeout=CONNECT_TIMEOUT, banner_timeout=CONNECT_TIMEOUT, auth_timeout=CONNECT_TIMEOUT,
+                        channel_timeout=CONNECT_TIMEOUT, allow_agent=not hop.identities_only,
+                        look_for_keys=not hop.keys)
         except LatkitError:
             ssh.close()
             raise
         except paramiko.BadHostKeyException as e:
             ssh.close()
-            raise LatkitError(f"host key of {d.host}:{d.port} changed (now {_fp(e.key)}, known {_fp(e.expected_key)});"
-                              f" refused. If the device was reinstalled, remove its line from {self.known_hosts} "
-                              "and add it again with --trust-host-key") from None
+            raise LatkitError(f"host key of {what} changed (now {_fp(e.key)}, known {_fp(e.expected_key)}); refused."
+                              f" If it was reinstalled, remove its line from {self.known_hosts} "
+                              "and add the device again with --trust-host-key") from None
         except paramiko.AuthenticationException:
             ssh.close()
-            raise LatkitError(f"authentication to {d.address} failed with "
-                              f"{'key ' + d.key if d.key else 'ssh-agent and default keys'}; check --key and the "
-                              "device's authorized_keys") from None
+            used = f"key {', '.join(hop.keys)}" if hop.keys else "ssh-agent and default keys"
+            fix = "--key" if explicit_key else "the ssh config's IdentityFile"
+            raise LatkitError(f"authentication to {what} failed with {used}; check {fix} and its authorized_keys"
+                              ) from None
+        except socket.gaierror as e:
+            ssh.close()
+            if not hop.aliased:
+                raise LatkitError(f"cannot resolve {what}: no Host block in the ssh config gives {hop.name} a "
+                                  f"HostName and it is no known host name ({e.strerror}); add one or fix the name"
+                                  ) from None
+            raise TransportError(f"cannot reach {what}: {e.strerror}") from None
         except (OSError, socket.timeout, paramiko.SSHException, EOFError) as e:
             ssh.close()
-            raise TransportError(f"cannot reach {d.name} at {d.address}: {e or type(e).__name__}") from None
-        ssh.get_transport().set_keepalive(KEEPALIVE_S)
-        self._ssh = ssh
-        self._sftp = ssh.open_sftp()
+            raise TransportError(f"cannot reach {what}: {e or type(e).__name__}") from None
+        return ssh
 
     def _connected(self) -> bool:
         return self._ssh is not None and self._ssh.get_transport() is not None and self._ssh.get_transport().is_active()
@@ -210,11 +253,12 @@ class SSHTransport(Transport):
             except TransportError:
                 self.kill()
         self._close_channel()
-        for obj in (self._sftp, self._ssh):
+        for obj in (self._sftp, self._ssh, *reversed(self._jumps)):
             if obj is not None:
                 try:
                     obj.close()
                 except (OSError, paramiko.SSHException, EOFError):
                     pass
         self._sftp = self._ssh = None
+        self._jumps = []
         self._present.clear()

@@ -1,0 +1,153 @@
+"""`latkit collect --executor ray[=ADDRESS]`: one study over a Ray cluster.
+
+Exports run as Ray tasks wherever the cluster has CPUs. Each device is driven by one Ray actor running the
+same per-device loop as the in-process executor (`scheduler.run_device`: lease, shuffled rounds, retries,
+resume by key). A node that can reach a device says so with the custom resource `latkit-device:<name>`
+(`ray start --resources '{"latkit-device:pi4": 1}'`): the device's actor is placed there, anywhere when no
+node claims the device. Model files travel through Ray's object store and are written into the driving node's
+cache (checked by sha256). Rows go to one store, which every node must reach: a path on a shared (or the
+same) file system, or a pyarrow filesystem URI.
+
+A node that dies takes its actors and their agents with it (the agent exits with its parent); Ray restarts
+the actor on another node that claims the device, and the loop there re-reads the store's keys after taking
+the device lease: a row already stored is neither measured again nor stored twice.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .devices import Device
+from .errors import Interrupted, LatkitError, need
+from .exporters import DEFAULT_CACHE
+from .job import Artifact, Job, sha256_file
+from .scheduler import CollectReport, DeviceReport, run_device
+from .store import Store
+
+RESOURCE = "latkit-device:{}"
+
+
+def parse_executor(value: str) -> Optional[str]:
+    """`local` -> None (in-process); `ray` -> "" (a Ray cluster started here); `ray=ADDRESS` -> ADDRESS."""
+    if value == "local":
+        return None
+    if value == "ray":
+        return ""
+    if value.startswith("ray=") and value[4:].strip():
+        return value[4:].strip()
+    raise LatkitError(f"--executor {value!r}: use local, ray (a Ray cluster on this machine) or ray=ADDRESS "
+                      "(auto, or the head's host:port)")
+
+
+def _ray(address: str):
+    ray = need("ray", "ray", "--executor ray")
+    if not ray.is_initialized():
+        try:
+            here = {} if address else {"include_dashboard": False}  # only a cluster started here takes it
+            ray.init(address=address or None, log_to_driver=False, configure_logging=False, **here)
+        except ConnectionError as e:
+            raise LatkitError(f"cannot reach the Ray cluster at {address}: {e}; start it with `ray start --head` "
+                              "or give --executor ray=HEAD:PORT") from None
+    return ray
+
+
+def _materialize(artifact: Artifact, ref, ray) -> Artifact:
+    """The artifact as a file on this node: its bytes from the object store, written once into the cache."""
+    if artifact.path.is_file() and sha256_file(artifact.path) == artifact.sha256:
+        return artifact
+    folder = Path(os.environ.get("LATKIT_CACHE", DEFAULT_CACHE)) / "ray"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / artifact.name
+    if not (path.is_file() and sha256_file(path) == artifact.sha256):
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(ray.get(ref))
+        if sha256_file(tmp) != artifact.sha256:
+            tmp.unlink()
+            raise LatkitError(f"model {artifact.arch} arrived corrupted on this node (sha256 differs)")
+        os.replace(tmp, path)
+    return dataclasses.replace(artifact, path=path)
+
+
+class DeviceDriver:
+    """The Ray actor that drives one device: the in-process loop, on the node that can reach the device."""
+
+    def run(self, device: Device, jobs: list, out: str, options: dict) -> tuple:
+        import ray
+        mine = [dataclasses.replace(job, artifact=_materialize(job.artifact, ref, ray)) for job, ref in jobs]
+        report = DeviceReport(device.name, total=len(mine))
+        run_device(device, mine, Store(out), report, **options)
+        return report, ray.get_runtime_context().get_node_id()
+
+
+def _export(space: str, arch: str, fmt: str, batch_size: int, resolution: Optional[int]) -> tuple:
+    """A Ray task: export one arch on whichever node runs it; the file's bytes go to the object store."""
+    from .api import export_arch
+    import torch
+    torch.set_num_threads(1)
+    art = export_arch(space, arch, fmt, batch_size=batch_size, resolution=resolution)
+    return art, art.path.read_bytes()
+
+
+def export_remote(space: str, archs: Sequence[str], fmt: str, batch_size: int = 1,
+                  resolution: Optional[int] = None, address: str = "") -> list:
+    """(Artifact, object ref of its bytes) for every arch, exported as Ray tasks across the cluster."""
+    ray = _ray(address)
+    task = ray.remote(num_cpus=1, num_returns=2, max_retries=2)(_export)
+    pairs = [task.remote(space, a, fmt, batch_size, resolution) for a in archs]
+    arts = ray.get([p[0] for p in pairs])
+    return list(zip(arts, [p[1] for p in pairs]))
+
+
+def collect_ray(jobs: Sequence[Job], devices: Sequence[Device], out: str, address: str = "",
+                refs: Optional[dict] = None, retries: int = 3, backoff_s: float = 1.0, job_timeout: float = 600.0,
+                retry_errors: bool = False, wait: bool = True, **_) -> CollectReport:
+    """`scheduler.collect` on a Ray cluster: one actor per device, placed where the device is reachable.
+    `refs` maps a model sha256 to the object ref of its bytes (from export_remote); other files are put in
+    the object store from here."""
+    ray = _ray(address)
+    store = Store(out)
+    store.check_writable()
+    done = store.done_keys(include_errors=not retry_errors)
+    refs = dict(refs or {})
+    claimed = set(ray.cluster_resources())
+    actor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(DeviceDriver)
+    options = dict(retries=retries, backoff_s=backoff_s, job_timeout=job_timeout, wait=wait, retry_errors=retry_errors)
+    reports, running = {}, {}
+    for dev in devices:
+        mine = list({j.key: j for j in jobs if j.device == dev.name}.values())
+        todo = [j for j in mine if j.key not in done]
+        reports[dev.name] = DeviceReport(dev.name, total=len(mine), skipped=len(mine) - len(todo))
+        if not todo:
+            reports[dev.name].status = "done"
+            continue
+        for j in todo:
+            if j.artifact.sha256 not in refs:
+                refs[j.artifact.sha256] = ray.put(j.artifact.path.read_bytes())
+        resource = RESOURCE.format(dev.name)
+        place = {"resources": {resource: 0.001}} if resource in claimed else {}
+        driver = actor.options(name=f"latkit-{dev.name}-{os.getpid()}", **place).remote()
+        running[driver.run.remote(dev, [(j, refs[j.artifact.sha256]) for j in todo], str(out), options)] = \
+            (dev.name, driver)
+    try:
+        pending = list(running)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            name, _ = running[ready[0]]
+            got, node = ray.get(ready[0])
+            r = reports[name]
+            r.status, r.message, r.exit_code, r.failed = got.status, got.message, got.exit_code, got.failed
+            r.measured, r.errors, r.skipped = got.measured, got.errors, r.skipped + got.skipped
+            r.busy_s, r.agent_s, r.timing_s, r.wall_s = got.busy_s, got.agent_s, got.timing_s, got.wall_s
+            r.node = node
+    except (KeyboardInterrupt, Interrupted) as e:
+        for _, driver in running.values():
+            ray.kill(driver, no_restart=True)  # its agent exits with it; the device lease goes too
+        sig = e if isinstance(e, Interrupted) else Interrupted("SIGINT", 130)
+        raise Interrupted(sig.signame, sig.exit_code, f"interrupted by {sig.signame}; rows measured so far are "
+                          "kept; run the same command again to resume") from None
+    finally:
+        for _, driver in running.values():
+            ray.kill(driver, no_restart=True)
+    return CollectReport(list(reports.values()))

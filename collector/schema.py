@@ -1,0 +1,111 @@
+"""The row schema, declared once: the Parquet schema, the dataset card's column table and `latkit data schema`
+all come from COLUMNS. One row per (model, device, runtime, settings) measurement."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import pyarrow as pa
+
+from .measurement import TELEMETRY
+
+_TS = pa.timestamp("us", tz="UTC")
+_STR, _I64, _F64, _BOOL = pa.string(), pa.int64(), pa.float64(), pa.bool_()
+# In the files, partition columns are dictionary-encoded strings: that is the type Hive-partitioning readers
+# (pyarrow, pandas, polars) infer for a `device=...` folder, so the folder and the column merge without a clash.
+_PART = pa.dictionary(pa.int32(), pa.string())
+PARTITIONS = ("device", "space")
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: pa.DataType
+    unit: str
+    description: str
+
+    def as_dict(self) -> dict:
+        return dict(asdict(self), type=str(self.type))
+
+
+_TELEMETRY_UNITS = {"freq_mhz": ("MHz", "CPU frequency"), "temp_c": ("°C", "hottest sensor"),
+                    "load1": ("", "1-min load average"), "gpu_sm_mhz": ("MHz", "GPU SM clock"),
+                    "gpu_mem_mhz": ("MHz", "GPU memory clock"), "gpu_temp_c": ("°C", "GPU temperature"),
+                    "gpu_power_w": ("W", "GPU power draw")}
+_STATS = [("median_ms", "median of all samples_ms"), ("mean_ms", "mean of all samples_ms"),
+          ("std_ms", "standard deviation (ddof=1) of all samples_ms"), ("min_ms", "fastest sample"),
+          ("max_ms", "slowest sample"), ("p10_ms", "10th percentile of samples_ms"),
+          ("p90_ms", "90th percentile of samples_ms"), ("p99_ms", "99th percentile of samples_ms"),
+          ("iqr_ms", "interquartile range of samples_ms"),
+          ("mode_ms", "midpoint of the shortest interval holding half the samples")]
+
+COLUMNS: tuple = tuple([
+    Column("space", _STR, "", "search space; \"custom\" for user models"),
+    Column("arch", _STR, "", "arch string (file name for user models)"),
+    Column("model_sha256", _STR, "", "content hash of the timed file"),
+    Column("model_format", _STR, "", "onnx, tflite, pt2, torchscript"),
+    Column("device", _STR, "", "registry name of the device"),
+    Column("device_fingerprint", _STR, "", "hash of hardware, kernel and runtime versions at the time"),
+    Column("runtime", _STR, "", "onnxruntime, tflite, torch (\"published\" for imported tables)"),
+    Column("runtime_version", _STR, "", "version of the runtime"),
+    Column("accelerator", _STR, "", "cpu or cuda"),
+    Column("batch_size", _I64, "", "first dimension of the first input"),
+    Column("input_shape", _STR, "", "shapes of all inputs, e.g. \"1x3x32x32\" (\";\" between inputs)"),
+    Column("threads", _I64, "", "runtime threads the key asked for"),
+    Column("cores", _STR, "", "pinned CPU ids the key asked for (\"\" = not pinned)"),
+    Column("threads_applied", _I64, "", "the runtime's thread count read back right before timing (tflite: as built)"),
+    Column("cores_applied", _STR, "", "os.sched_getaffinity read back right before timing"),
+    Column("dtype", _STR, "", "GPU rows: parameter dtype on the device"),
+    Column("cuda_graphs", _BOOL, "", "GPU rows: whether a CUDA graph was replayed"),
+    Column("graph_fallback", _STR, "", "GPU rows: why CUDA-graph capture fell back to eager"),
+    Column("cudnn_benchmark", _BOOL, "", "GPU rows: cuDNN benchmark mode (latkit turns it off)"),
+    Column("tf32", _BOOL, "", "GPU rows: TF32 allowed in matmul or cuDNN"),
+    Column("launch_ms", _F64, "ms", "GPU rows: host time to enqueue one eager forward"),
+    Column("launch_bound", _BOOL, "", "an eager row whose launch_ms >= 0.8 x latency (it timed the host)"),
+    Column("settings", _STR, "", "canonical JSON of Settings"),
+    Column("key", _STR, "", "sha256(model, device, settings): a row is exactly-once per key; resume skips done keys"),
+    Column("sampler", _STR, "", "how the arch was chosen, e.g. \"balanced(seed=0)\"; \"\" for single models"),
+    Column("latency_ms", _F64, "ms", "the headline: median of samples_ms for one round; with rounds > 1 the minimum "
+                                 "of the round medians (README, \"How latkit times a model\")"),
+    *[Column(n, _F64, "ms", d) for n, d in _STATS],
+    Column("cv", _F64, "", "std / mean"),
+    Column("robust_cv", _F64, "", "IQR / 1.349 / median"),
+    Column("rounds", _I64, "", "shuffled rounds this job was timed in"),
+    Column("round_ms", pa.list_(_F64), "ms", "each round's median"),
+    Column("round_started_at", pa.list_(_TS), "UTC", "device clock at the start of each round's warmup"),
+    Column("round_finished_at", pa.list_(_TS), "UTC", "device clock after each round's last timed run"),
+    Column("started_at", _TS, "UTC", "the first round's start; no two rows of one device overlap"),
+    Column("finished_at", _TS, "UTC", "the last round's end"),
+    Column("stopped_by", _STR, "", "why timing stopped: ci_target, max_time, max_count (with rounds: the first cap "
+                               "any round hit)"),
+    Column("ci_rel", _F64, "", "the median's 95 % CI half-width / median when timing stopped (worst round)"),
+    Column("repeats", _I64, "", "timed runs kept"),
+    Column("warmup", _I64, "", "untimed warmup runs before them"),
+    Column("samples_ms", pa.list_(pa.float32()), "ms", "every timed run, in order (rounds one after the other); "
+                                                   "float32 (7 significant digits), statistics from float64"),
+    Column("load_ms", _F64, "ms", "model load and session set-up"),
+    Column("first_ms", _F64, "ms", "the first inference after load (GPU: first eager forward)"),
+    Column("peak_rss_mb", _F64, "MB", "the agent's peak resident memory while loading and timing (VmHWM, per model)"),
+    Column("gpu_peak_mb", _F64, "MB", "torch.cuda peak allocation"),
+    Column("cooldown_s", _F64, "s", "seconds waited for --cooldown-temp"),
+    Column("throttle", _STR, "", "why the device ran below rated speed (\"\" = nothing seen, null = cannot tell)"),
+    Column("warnings", _STR, "", "\"; \"-joined: noisy, missed CI target, throttled, launch-bound, CUDA-graph fallback"),
+    *[Column(f"telemetry_{when}_{k}", _F64, _TELEMETRY_UNITS[k][0], f"{_TELEMETRY_UNITS[k][1]} {when} timing")
+      for when in ("before", "after") for k in TELEMETRY],
+    Column("gpu_clocks_locked", _BOOL, "", "application clocks differ from the defaults (nvidia-smi -ac); null = unknown"),
+    Column("agent_version", _STR, "", "version of agents/agent.py that timed it"),
+    Column("measured_at", _TS, "UTC", "when the host received the result"),
+    Column("status", _STR, "", "\"ok\" or \"error\""),
+    Column("error_kind", _STR, "", "error kind (collector/measurement.py ERROR_KINDS)"),
+    Column("error", _STR, "", "one-line error message"),
+])
+
+# The schema rows have in latkit's API (partition columns as plain strings) ...
+SCHEMA = pa.schema([(c.name, c.type) for c in COLUMNS])
+# ... and in every Parquet file: the same columns, partition columns dictionary-encoded.
+FILE_SCHEMA = pa.schema([(c.name, _PART if c.name in PARTITIONS else c.type) for c in COLUMNS])
+
+
+def markdown() -> list:
+    """The column table of a dataset card, as Markdown lines."""
+    return ["| column | type | unit | meaning |", "|---|---|---|---|"] + [
+        f"| {c.name} | {c.type} | {c.unit} | {c.description.replace('|', '/')} |" for c in COLUMNS]
