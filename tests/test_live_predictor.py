@@ -107,7 +107,8 @@ def test_adapt_on_local_scored_on_further_archs(tmp_path):
     first = rows(data)
     r = latkit(*args[:5], "16", *args[6:])
     assert r.returncode == 0, r.stderr
-    assert len(rows(data)) == 16 and {g["key"] for g in first} <= {g["key"] for g in rows(data)}
+    second = rows(data)
+    assert len(second) == 16 and {g["key"] for g in first} <= {g["key"] for g in second}, (first, second)
     seen = {g["arch"] for g in rows(data)}
     held = [a for a in sample(get_space("nb201"), 120, "uniform", 7) if a not in seen][:50]  # measured for the test
     s = Settings(repeats_min_count=3, repeats_min_s=0.01, repeats_max_s=0.02, rounds=1)
