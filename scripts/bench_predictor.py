@@ -79,7 +79,9 @@ def run_transfer(help_dir: Path, seeds: int, console, only=(), before=None) -> d
                           str(min(t["n_test"] for t in r["per_target"].values())), f"{r['seconds']:.0f}")
             console.print(f"{key}: " + ", ".join(f"{d} {m['spearman']:.3f}" for d, m in r["per_target"].items()))
     console.print(table)
-    return {"seeds": seeds, "target_samples": 20, "source_samples": 900, "tasks": out}
+    order = [f"{space} {tid}" for space, by_id in tasks.items() for tid in by_id]  # tasks.json's, also after --tasks
+    return {"seeds": seeds, "target_samples": 20, "source_samples": 900,
+            "tasks": {k: out[k] for k in order if k in out}}
 
 
 def run_fit(console) -> dict:

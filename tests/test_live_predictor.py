@@ -105,7 +105,7 @@ def test_adapt_on_local_scored_on_further_archs(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "expected spearman" in r.stdout
     first = rows(data)
-    r = latkit(*args[:5], "16", *args[6:])
+    r = latkit(*args[:6], "16", *args[7:])
     assert r.returncode == 0, r.stderr
     second = rows(data)
     assert len(second) == 16 and {g["key"] for g in first} <= {g["key"] for g in second}, (first, second)
