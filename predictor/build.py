@@ -111,7 +111,8 @@ def build(space: str, device: str = "local", target_acc: float = 0.95, max_archs
         train = train + [a for a in nxt if a not in set(train)]
     final = dict(m, model=name, members=members, n_train=len(train), n_heldout=len(held), rounds=history,
                  target_acc=target_acc, reached=m["acc10"] >= target_acc, max_archs=max_archs,
-                 measure_s=float(sum(measured)), fit_s=float(sum(h["fit_s"] for h in history)), bins_sampled=_bins_sampled(history))
+                 measure_s=float(sum(measured)), fit_s=float(sum(h["fit_s"] for h in history)),
+                 bins_sampled=_bins_sampled(history))
     return model, final
 
 

@@ -178,7 +178,8 @@ def main():
     runners = {"transfer": lambda: run_transfer(Path(args.help_dir), args.seeds, console,
                                                     [t.strip() for t in args.tasks.split(",") if t.strip()],
                                                     out.get("transfer")),
-               "fit": lambda: run_fit(console), "live": lambda: run_live(console), "predict": lambda: run_predict(console)}
+               "fit": lambda: run_fit(console), "live": lambda: run_live(console),
+               "predict": lambda: run_predict(console)}
     for name in sections:
         t0, load = time.time(), os.getloadavg()[0]
         out[name] = dict(runners[name](), **where)

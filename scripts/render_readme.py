@@ -84,8 +84,8 @@ def bench_predictor_live(d: dict) -> str:
     b, a, g = live["build"], live["adapt"], live["goals"]
     lines = [f"{_where(live)}; nb201 on `local`, default timing settings, empty dataset and export cache, each "
              f"command a fresh process. `predictor build {b['args']}` ({b['model']} ensemble); \"fitting\" is the "
-             "loop's own time between two batches (fit, score on the held-out set, choose the next batch; in round 0 also "
-             "the choice of model by 5-fold CV, made once):", "",
+             "loop's own time between two batches (fit, score on the held-out set, choose the next batch; in round 0 "
+             "also the choice of model by 5-fold CV, made once):", "",
              "| round | archs measured | measuring s | fitting s | fitting / measuring | held-out ±10 % | spearman |",
              "|---|---|---|---|---|---|---|"]
     for h in b["rounds"]:
@@ -145,8 +145,8 @@ def bench_store(d: dict) -> str:
 
 
 RENDERERS = {"bench_store.json": bench_store, "bench_measure.json": bench_measure,
-             "bench_predictor.json#transfer": bench_predictor_transfer, "bench_predictor.json#fit": bench_predictor_fit, "bench_predictor.json#live": bench_predictor_live,
-             "bench_predictor.json#predict": bench_predictor_predict}
+             "bench_predictor.json#transfer": bench_predictor_transfer, "bench_predictor.json#fit": bench_predictor_fit,
+             "bench_predictor.json#live": bench_predictor_live, "bench_predictor.json#predict": bench_predictor_predict}
 
 
 def render(text: str) -> str:
