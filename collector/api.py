@@ -353,13 +353,13 @@ def measure(model, device: str = "local", runtime: Optional[str] = None, setting
 
 def measure_many(artifacts: Sequence[Artifact], device: str = "local", runtime: Optional[str] = None,
                  settings: Optional[Settings] = None, out="latkit-data", force: bool = False,
-                 registry: Optional[Registry] = None, wait: bool = True) -> list:
+                 registry: Optional[Registry] = None, wait: bool = True, sampler: str = "") -> list:
     """Time several artifacts on one device with one agent (in shuffled rounds); each row is appended as
-    soon as its job is done."""
+    soon as its job is done. `sampler`: how the archs were chosen, kept in each new row."""
     dev = (registry or Registry()).get(device)
     store = Store(out)
     store.check_writable()
-    jobs = make_jobs(artifacts, [dev.name], runtime, settings)
+    jobs = [dataclasses.replace(j, sampler=sampler) for j in make_jobs(artifacts, [dev.name], runtime, settings)]
     done = set() if force else store.done_keys()
     todo = list({j.key: j for j in jobs if j.key not in done}.values())
     fresh = {}

@@ -313,13 +313,52 @@ def cmd_predictor_fit(args) -> int:
     return 0
 
 
+def _live_settings(args) -> Settings:
+    return Settings(threads=args.threads, repeats_min_count=args.repeats, repeats_min_s=args.min_time,
+                    repeats_max_s=args.max_time, rounds=args.rounds)
+
+
+def _model_out(args, default: str) -> Path:
+    validate.name(args.device, "--device")  # it names the model file
+    return validate.writable_file(args.out or Path(args.data) / "models" / default, "give --out a writable file path")
+
+
+def cmd_predictor_build(args) -> int:
+    from latkit.predictor.build import build, write_build_report
+    out = _model_out(args, f"{args.space}-{args.device}.latkit-model")
+    report_dir = validate.writable_dir(args.report or out.with_name(out.name.split(".")[0] + "-report"),
+                                       "give --report a writable folder")
+    model, r = build(args.space, args.device, args.target_acc, args.max_archs, args.data, args.heldout, args.batch,
+                     _live_settings(args), args.seed, registry=Registry(args.registry), log=log.info)
+    model.save(out)
+    write_build_report(report_dir, args.space, args.device, r)
+    print(f"{args.space} on {args.device}: held-out ±10 % {r['acc10'] * 100:.1f} % (target "
+          f"{args.target_acc * 100:.0f} %{'' if r['reached'] else ', not reached'}), spearman {r['spearman']:.3f}, "
+          f"{r['n_train']} + {r['n_heldout']} held-out archs measured; measuring {r['measure_s']:.0f} s, fitting "
+          f"{r['fit_s']:.1f} s; saved {out}, report in {report_dir}")
+    return 0
+
+
+def cmd_predictor_adapt(args) -> int:
+    from latkit.predictor.adapt import adapt
+    out = _model_out(args, f"{args.space}-{args.device}-adapt.latkit-model")
+    model, r = adapt(args.device, args.space, args.n, args.sources or (), args.data, _live_settings(args), args.seed,
+                     Registry(args.registry))
+    model.save(out)
+    print(f"{args.space} on {args.device}: {r['n']} archs measured; expected spearman {r['cv_spearman']:.3f}, "
+          f"±10 % {r['cv_acc10'] * 100:.0f} % (5-fold CV on them); {r['seconds']:.0f} s; saved {out}")
+    return 0
+
+
 def cmd_predictor_transfer(args) -> int:
     from latkit.predictor.transfer import transfer
     split = lambda s: [x for x in s.split(",") if x]  # noqa: E731
     if args.json:
         validate.writable_file(args.json, "give --json a writable file path")
+    if args.out:
+        validate.writable_dir(args.out, "give --out a writable folder")
     r = transfer(args.data, args.space, split(args.source), split(args.target), args.target_samples,
-                 args.source_samples, args.seeds, use_gnn=not args.no_gnn)
+                 args.source_samples, args.seeds, use_gnn=not args.no_gnn, save_dir=args.out)
     table = Table("target", "spearman", "± (seeds)", "kendall", "mape %")
     for dev, m in r["per_target"].items():
         table.add_row(dev, f"{m['spearman']:.3f}", f"{m['spearman_std']:.3f}", f"{m['kendall']:.3f}", f"{m['mape']:.1f}")
@@ -328,6 +367,8 @@ def cmd_predictor_transfer(args) -> int:
           f"in {r['seconds']:.0f} s")
     if args.json:
         Path(args.json).write_text(json.dumps(_jsonable(r), indent=2))
+    for path in r.get("saved", []):
+        print(f"saved {path}")
     return 0
 
 
@@ -353,8 +394,18 @@ def cmd_predictor_predict(args) -> int:
     else:
         archs = args.arch
     archs = [space.validate(a) for a in archs]
-    pred = model.predict(archs)
     out = sys.stdout
+    if args.std:
+        try:
+            pred, std = model.predict(archs, return_std=True)
+        except TypeError:
+            raise LatkitError(f"{args.model} is a single {type(model).__name__} model without a spread; re-fit it "
+                              "with latkit predictor fit (which saves an ensemble) to use --std") from None
+        out.write("arch\tlatency_ms\tstd_ms\n")
+        for a, p, s in zip(archs, pred, std):
+            out.write(f"{a}\t{p:.6g}\t{s:.3g}\n")
+        return 0
+    pred = model.predict(archs)
     out.write("arch\tlatency_ms\n")
     for a, p in zip(archs, pred):
         out.write(f"{a}\t{p:.6g}\n")
@@ -397,6 +448,19 @@ def _protocol_args(p: argparse.ArgumentParser) -> None:
                    help="torch on cuda: time host->device input and device->host output copies too")
     p.add_argument("--out", default="latkit-data", help="dataset directory or URI (default ./latkit-data)")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout instead of text")
+
+
+def _live_args(p: argparse.ArgumentParser) -> None:
+    """Where and how a live predictor command measures."""
+    p.add_argument("--data", default="latkit-data", help="dataset the measurements go to and resume from")
+    p.add_argument("--threads", type=_whole("threads"), default=1, help="runtime threads (default 1)")
+    p.add_argument("--repeats", type=_whole("repeats_min_count", Settings.repeats_max_count),
+                   default=Settings.repeats_min_count, help="minimum timed runs per round")
+    p.add_argument("--min-time", type=_number("repeats_min_s"), default=Settings.repeats_min_s,
+                   help="minimum timed seconds per round")
+    p.add_argument("--max-time", type=_number("repeats_max_s"), default=Settings.repeats_max_s,
+                   help="stop a round after this many timed seconds once the minimums are met")
+    p.add_argument("--rounds", type=_whole("rounds"), help="shuffled rounds per model (default 4 on cpu)")
 
 
 def _version() -> str:
@@ -521,7 +585,34 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seeds", type=validate.arg_whole(1, 100), default=3, help="1 to 100 (default 3)")
     t.add_argument("--no-gnn", action="store_true", help="source bank + proxies only (faster, a little weaker)")
     t.add_argument("--json", help="write the results as JSON here")
+    t.add_argument("--out", help="folder to save each target's model (first seed) as SPACE-TARGET.latkit-model")
     t.set_defaults(func=cmd_predictor_transfer)
+    b = pred.add_parser("build", parents=[registry], help="measure-fit loop on a live device until the surrogate "
+                                                          "is accurate enough (resumable)")
+    b.add_argument("--space", required=True)
+    b.add_argument("--device", required=True)
+    b.add_argument("--target-acc", type=validate.arg_number(0, 1, lo_open=True), default=0.95,
+                   help="stop when this share of held-out archs is predicted within ±10 %% (default 0.95)")
+    b.add_argument("--max-archs", type=validate.arg_whole(10), default=300, help="measurement budget, held-out "
+                                                                                 "included (default 300)")
+    b.add_argument("--heldout", type=validate.arg_whole(5), default=30, help="held-out archs (default 30)")
+    b.add_argument("--batch", type=validate.arg_whole(5), default=20, help="archs per round (default 20)")
+    b.add_argument("--out", help="model file (default DATA/models/SPACE-DEVICE.latkit-model)")
+    b.add_argument("--report", help="report folder (default beside the model)")
+    b.add_argument("--seed", type=SEED, default=0)
+    _live_args(b)
+    b.set_defaults(func=cmd_predictor_build)
+    ad = pred.add_parser("adapt", parents=[registry], help="few-shot predictor for a new device: measure N "
+                                                            "chosen archs, transfer from HELP and --sources")
+    ad.add_argument("--device", required=True)
+    ad.add_argument("--space", default="nb201")
+    ad.add_argument("--n", type=validate.arg_whole(5), default=20, help="archs to measure (default 20)")
+    ad.add_argument("--sources", nargs="+", metavar="DATASET", help="latkit datasets whose devices join the "
+                                                                     "HELP sources")
+    ad.add_argument("--out", help="model file (default DATA/models/SPACE-DEVICE-adapt.latkit-model)")
+    ad.add_argument("--seed", type=SEED, default=0)
+    _live_args(ad)
+    ad.set_defaults(func=cmd_predictor_adapt)
     pp = pred.add_parser("predict", parents=[common], help="latency_ms of archs from a saved model")
     pp.add_argument("--model", required=True)
     pp.add_argument("--space", required=True)
@@ -529,6 +620,7 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--arch", nargs="+")
     which.add_argument("--file", help="one arch string per line")
     which.add_argument("--all", action="store_true", help="every arch of the space (nb201)")
+    pp.add_argument("--std", action="store_true", help="also print each prediction's standard deviation (ms)")
     pp.set_defaults(func=cmd_predictor_predict)
 
     data = sub.add_parser("data", help="inspect datasets").add_subparsers(dest="data_command", required=True)

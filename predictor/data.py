@@ -27,6 +27,16 @@ class LatencyTable:
         self.space = space  # the Space
         self.wide = df.pivot_table(index="arch", columns="device", values="latency_ms", aggfunc="median")
 
+    def join(self, other: "LatencyTable") -> "LatencyTable":
+        """One table with the devices of both (same space; a device in both is refused)."""
+        both = set(self.devices) & set(other.devices)
+        if other.space != self.space or both:
+            raise LatkitError(f"cannot join tables: {'device(s) ' + ', '.join(sorted(both)) + ' in both' if both else 'spaces differ'}; "
+                              "give sources with other devices of the same space")
+        out = object.__new__(LatencyTable)
+        out.space, out.wide = self.space, self.wide.join(other.wide, how="outer")
+        return out
+
     @property
     def devices(self) -> list:
         return list(self.wide.columns)

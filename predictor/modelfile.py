@@ -5,7 +5,9 @@ A zip archive of:
   "model": "ridge" | "gbdt" | "rf" | "mlp" | "gnn", "params": {the estimator's hyperparameters}};
 - `<attr>.npy`: a learned array (a number as a 0-d array), numpy's .npy format, read with allow_pickle=False;
 - `<attr>.<key>.npy`: entry <key> of a learned dict of arrays (MLP layers, the GNN's state_dict);
-- `<attr>.txt`: learned text (the LightGBM booster, `model_to_string` format).
+- `<attr>.txt`, `<attr>.<key>.txt`: learned text (the LightGBM booster, `model_to_string` format);
+- models made of models (an ensemble, a transfer model) flatten their members' state into such keys,
+  `<attr>.<member>.<member's attr>[.<key>]`.
 Pickles, object arrays, other member names (paths included), format 1 (latkit's models before they were
 scikit-learn estimators) and versions newer than this code are refused in one line.
 """
@@ -43,8 +45,11 @@ def write(path, kind: str, params: dict, state: dict) -> None:
             if isinstance(value, str):
                 z.writestr(f"{attr}.txt", value)
             elif isinstance(value, dict):
-                for key, arr in value.items():
-                    z.writestr(f"{attr}.{key}.npy", _npy(arr))
+                for key, v in value.items():
+                    if isinstance(v, str):
+                        z.writestr(f"{attr}.{key}.txt", v)
+                    else:
+                        z.writestr(f"{attr}.{key}.npy", _npy(v))
             else:
                 z.writestr(f"{attr}.npy", _npy(value))
 

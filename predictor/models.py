@@ -112,6 +112,12 @@ class ArchRegressor(Surrogate):
 
 def _build(kind, params: dict, state: dict) -> Surrogate:
     """A model from a file's data (predictor/modelfile.py); ValueError, TypeError or KeyError if it does not fit."""
+    if kind == "ensemble":
+        from .ensemble import Ensemble  # ensemble.py builds on this module
+        return Ensemble.from_file(params, state, _build)
+    if kind == "fewshot":
+        from .transfer import FewShot  # transfer.py builds on this module
+        return FewShot.from_file(params, state, _build)
     if kind == "gnn":
         from .gnn import GNN  # gnn.py builds on this module
         model = GNN(**params)

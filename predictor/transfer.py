@@ -27,16 +27,18 @@ from __future__ import annotations
 
 import copy
 import time
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from scipy.stats import spearmanr
-from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError
 from sklearn.frozen import FrozenEstimator
 from sklearn.utils.validation import check_is_fitted
 
 from latkit.collector.errors import LatkitError
+from latkit.collector import validate
 from latkit.collector.validate import whole
 from latkit.collector.samplers import sample_from
 from latkit.collector.spaces import as_space
@@ -45,7 +47,7 @@ from .data import LatencyTable
 from .encodings import encode
 from .gnn import GNN
 from .metrics import report
-from .models import ArchRegressor, arch_list, training_data
+from .models import ArchRegressor, Surrogate, arch_list, training_data
 from .regressors import GBDTRegressor
 
 FEW_SHOT_ALPHAS = tuple(float(a) for a in np.logspace(-2, 3, 11))
@@ -107,7 +109,8 @@ class Pretrained(BaseEstimator):
         """Standardised (source bank ++ proxies) of any archs; the pool's are computed once, at fit."""
         check_is_fitted(self)
         rows = np.array([self.pool_index_.get(a, -1) for a in archs], dtype=np.int64)
-        out = self.features_[np.maximum(rows, 0)] if len(rows) else np.zeros((0, self.features_.shape[1]))
+        out = self.features_[np.maximum(rows, 0)] if len(rows) and len(self.features_) else \
+            np.zeros((len(rows), len(self.mean_)))
         new = np.flatnonzero(rows < 0)
         if len(new):
             out[new] = (self._raw([archs[i] for i in new]) - self.mean_) / self.std_
@@ -119,7 +122,7 @@ class Pretrained(BaseEstimator):
         return sample_from(as_space(self.space), self.pool_, n, "diverse", self.random_state, features=self.features_)
 
 
-class FewShot(RegressorMixin, BaseEstimator):
+class FewShot(Surrogate):
     """One target device from a few of its (arch, latency_ms) samples, on a fitted Pretrained given frozen,
     `FewShot(FrozenEstimator(pretrained))`, so that clone (and with it cross_val_score, GridSearchCV) keeps
     the pretraining instead of handing over an unfitted copy. X: arch strings, as in predictor/models.py."""
@@ -137,22 +140,75 @@ class FewShot(RegressorMixin, BaseEstimator):
                               "table, sources, archs)))") from None
         archs, log_y = training_data(X, y)
         feats = pre.features(archs)
-        self.ridge_ = RidgeCV(alphas=np.asarray(self.alphas, dtype=np.float64)).fit(feats, log_y)
+        ridge = RidgeCV(alphas=np.asarray(self.alphas, dtype=np.float64), store_cv_results=True).fit(feats, log_y)
+        self.coef_, self.intercept_ = ridge.coef_, float(ridge.intercept_)
+        # leave-one-out squared error of the chosen penalty: the spread of a prediction in log space
+        self.loo_var_ = float(ridge.cv_results_[:, list(ridge.alphas).index(ridge.alpha_)].mean())
         self.gnn_ = None if pre.gnn_ is None else self._finetune(pre, archs, log_y, feats[:, :pre.n_sources_])
         if self.gnn_ is not None:
-            r, g = self.ridge_.predict(pre.features_), self.gnn_.predict_device(pre.pool_, pre.n_sources_)
+            r, g = self._ridge(pre.features_), self.gnn_.predict_device(pre.pool_, pre.n_sources_)
             self.ridge_stats_, self.gnn_stats_ = _stats(r), _stats(g)
             self.z_stats_ = _stats(self._mix(r, g))
         return self
 
-    def predict(self, X):
-        check_is_fitted(self, "ridge_")
+    def _ridge(self, feats: np.ndarray) -> np.ndarray:
+        return feats @ self.coef_ + self.intercept_
+
+    def predict(self, X, return_std: bool = False):
+        """latency_ms; with return_std, also its standard deviation in ms: the ridge's leave-one-out error
+        and, with the GNN, half the disagreement of the two views, as a relative spread."""
+        check_is_fitted(self, "coef_")
         archs = arch_list(X)
-        r = self.ridge_.predict(self.pretrained.features(archs))
+        r = self._ridge(self.pretrained.features(archs))
         if self.gnn_ is None:
-            return np.exp(r)
-        z = self._mix(r, self.gnn_.predict_device(archs, self.pretrained.n_sources_))
-        return np.exp(self.ridge_stats_[0] + self.ridge_stats_[1] * (z - self.z_stats_[0]) / self.z_stats_[1])
+            mean, var = np.exp(r), np.full(len(r), self.loo_var_)
+        else:
+            g = self.gnn_.predict_device(archs, self.pretrained.n_sources_)
+            z = self._mix(r, g)
+            log_mean = self.ridge_stats_[0] + self.ridge_stats_[1] * (z - self.z_stats_[0]) / self.z_stats_[1]
+            g_log = self.ridge_stats_[0] + self.ridge_stats_[1] * (g - self.gnn_stats_[0]) / self.gnn_stats_[1]
+            mean, var = np.exp(log_mean), self.loo_var_ + ((r - g_log) / 2) ** 2
+        return (mean, mean * np.sqrt(var)) if return_std else mean
+
+    # -- the model file: the source bank, the feature scaling, the ridge, the GNN if any --------------------
+    def _kind(self) -> str:
+        return "fewshot"
+
+    def _params(self) -> dict:
+        pre = self.pretrained
+        return {"space": pre.space, "finetune_epochs": self.finetune_epochs, "n_sources": pre.n_sources_,
+                "bank": [{"kind": m._kind(), "params": m._params()} for m in pre.bank_],
+                "gnn": None if self.gnn_ is None else self.gnn_._params()}
+
+    def _state(self) -> dict:
+        from .ensemble import flatten
+        pre = self.pretrained
+        state = {k: getattr(self, k) for k in ("coef_", "intercept_", "loo_var_")}
+        state.update(feature_mean_=pre.mean_, feature_std_=pre.std_,
+                     bank_=flatten({str(i): m._state() for i, m in enumerate(pre.bank_)}))
+        if self.gnn_ is not None:
+            state.update(gnn_=flatten({"0": self.gnn_._state()}), ridge_stats_=np.array(self.ridge_stats_),
+                         gnn_stats_=np.array(self.gnn_stats_), z_stats_=np.array(self.z_stats_))
+        return state
+
+    @classmethod
+    def from_file(cls, params: dict, state: dict, build) -> "FewShot":
+        """The model a file describes (predictor/modelfile.py); `build(kind, params, state)` makes each part."""
+        from .ensemble import nest
+        pre = Pretrained(params["space"])
+        banks = nest(state["bank_"])
+        pre.bank_ = [build(b["kind"], b["params"], banks[str(i)]) for i, b in enumerate(params["bank"])]
+        pre.n_sources_, pre.mean_, pre.std_ = int(params["n_sources"]), state["feature_mean_"], state["feature_std_"]
+        pre.pool_, pre.pool_index_, pre.features_ = [], {}, np.zeros((0, len(pre.mean_)))
+        pre.gnn_ = None
+        model = cls(pre, finetune_epochs=params["finetune_epochs"])
+        model.coef_, model.intercept_, model.loo_var_ = state["coef_"], float(state["intercept_"]), float(state["loo_var_"])
+        model.gnn_ = None
+        if params["gnn"] is not None:
+            model.gnn_ = build("gnn", params["gnn"], nest(state["gnn_"])["0"])
+            model.ridge_stats_, model.gnn_stats_, model.z_stats_ = (tuple(state[k]) for k in
+                                                                    ("ridge_stats_", "gnn_stats_", "z_stats_"))
+        return model
 
     def _mix(self, r: np.ndarray, g: np.ndarray) -> np.ndarray:
         return ((r - self.ridge_stats_[0]) / self.ridge_stats_[1] + (g - self.gnn_stats_[0]) / self.gnn_stats_[1]) / 2
@@ -169,8 +225,9 @@ class FewShot(RegressorMixin, BaseEstimator):
 
 
 def run_seed(table: LatencyTable, sources: Sequence[str], targets: Sequence[str], target_samples: int,
-             source_samples: int, seed: int, use_gnn: bool = True, n_jobs=-1) -> dict:
-    """Per target: scores over the pool's archs other than the target samples (never seen by the model)."""
+             source_samples: int, seed: int, use_gnn: bool = True, n_jobs=-1, save_dir=None) -> dict:
+    """Per target: scores over the pool's archs other than the target samples (never seen by the model).
+    With `save_dir`, each target's model is saved there as SPACE-TARGET.latkit-model."""
     archs = table.common_archs(targets)
     pre = Pretrained(table.space.name, source_samples, use_gnn=use_gnn, random_state=seed, n_jobs=n_jobs)
     pre.fit(table, sources, archs)
@@ -181,12 +238,14 @@ def run_seed(table: LatencyTable, sources: Sequence[str], targets: Sequence[str]
     for tgt in targets:
         model = FewShot(FrozenEstimator(pre)).fit(chosen, table.latency(tgt, chosen))  # the only target latencies read
         r = report(model.predict(unseen), table.latency(tgt, unseen))
+        if save_dir is not None:
+            model.save(Path(save_dir) / f"{table.space}-{validate.name(tgt, 'target device')}.latkit-model")
         per_target[tgt] = {"spearman": r["spearman"], "kendall": r["kendall"], "mape": r["mape"], "n_test": len(unseen)}
     return per_target
 
 
 def transfer(data, space, sources: Sequence[str], targets: Sequence[str], target_samples: int = 20,
-             source_samples: int = 900, seeds: int = 3, use_gnn: bool = True, n_jobs=-1) -> dict:
+             source_samples: int = 900, seeds: int = 3, use_gnn: bool = True, n_jobs=-1, save_dir=None) -> dict:
     """`latkit predictor transfer`: per-target and mean Spearman over the unseen archs, mean +- std over seeds.
     `n_jobs`: LightGBM threads of the source bank (-1: every core)."""
     table = data if isinstance(data, LatencyTable) else LatencyTable(data, space)
@@ -199,9 +258,12 @@ def transfer(data, space, sources: Sequence[str], targets: Sequence[str], target
     overlap = set(sources) & set(targets)
     if overlap:
         raise LatkitError(f"device(s) {', '.join(sorted(overlap))} are both source and target; keep them apart")
+    if save_dir is not None:
+        for t in targets:
+            validate.name(t, "target device")  # it names a model file
     t0 = time.time()
-    runs = [run_seed(table, sources, targets, target_samples, source_samples, seed, use_gnn, n_jobs)
-            for seed in range(seeds)]
+    runs = [run_seed(table, sources, targets, target_samples, source_samples, seed, use_gnn, n_jobs,
+                     save_dir if seed == 0 else None) for seed in range(seeds)]
     per_target = {}
     for tgt in targets:
         vals = {k: [r[tgt][k] for r in runs] for k in ("spearman", "kendall", "mape")}
@@ -209,5 +271,6 @@ def transfer(data, space, sources: Sequence[str], targets: Sequence[str], target
         per_target[tgt]["spearman_std"] = float(np.std(vals["spearman"]))
         per_target[tgt]["n_test"] = runs[0][tgt]["n_test"]
     seed_means = [np.mean([r[t]["spearman"] for t in targets]) for r in runs]
-    return {"per_target": per_target, "mean_spearman": float(np.mean(seed_means)),
+    saved = [str(Path(save_dir) / f"{space}-{t}.latkit-model") for t in targets] if save_dir is not None else []
+    return {"saved": saved, "per_target": per_target, "mean_spearman": float(np.mean(seed_means)),
             "mean_spearman_std": float(np.std(seed_means)), "seeds": seeds, "seconds": time.time() - t0}

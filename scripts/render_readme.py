@@ -42,6 +42,8 @@ def bench_measure(d: dict) -> str:
 
 
 PUBLISHED = ROOT / "datasets" / "help" / "published.json"
+TASKS = ROOT / "datasets" / "help" / "tasks.json"
+FBNET_MEAN_GOAL = 0.85  # issue 15: FBNet mean over tasks 0-5, and no task below its best published number
 
 
 def _where(section: dict) -> str:
@@ -62,16 +64,50 @@ def bench_predictor_transfer(d: dict) -> str:
              "columns and their papers are in `datasets/help/published.json`:", "",
              f"| task | paper | latkit ρ (mean ± std over seeds) | {' | '.join(BASELINES)} | weakest target | "
              f"archs scored | wall time, {t['seeds']} seeds |", "|---|---|---|---|---|---|---|---|---|"]
-    for key, r in t["tasks"].items():
-        paper = published.get(key, {})
+    order = [f"{space} {tid}" for space, ids in json.loads(TASKS.read_text()).items() for tid in ids]
+    below = []
+    for key in sorted(t["tasks"], key=lambda k: order.index(k) if k in order else len(order)):
+        r, paper = t["tasks"][key], published.get(key, {})
         scores = {"latkit": round(r["mean_spearman"], 3), **{m: paper[m] for m in BASELINES if m in paper}}
         best = max(scores.values())
+        below += [key] if scores["latkit"] < best else []
         cell = {m: (f"**{v:.3f}**" if v == best else f"{v:.3f}") for m, v in scores.items()}
         weakest = min(r["per_target"].items(), key=lambda kv: kv[1]["spearman"])
         lines.append(f"| {key} | {paper.get('paper_task', '-')} | {cell['latkit']} ± {r['mean_spearman_std']:.3f} | "
                      + " | ".join(cell.get(m, "-") for m in BASELINES)
                      + f" | {weakest[0]} {weakest[1]['spearman']:.3f} | "
                      f"{min(x['n_test'] for x in r['per_target'].values()):,} | {r['seconds']:.0f} s |")
+    fbnet = [k for k in order if k.startswith("fbnet ")]
+    have = [t["tasks"][k]["mean_spearman"] for k in fbnet if k in t["tasks"]]
+    mean = sum(have) / len(have)
+    lines += ["", f"FBNet mean over tasks {', '.join(k.split()[1] for k in fbnet if k in t['tasks'])}: "
+                  f"**{mean:.3f}** (goal >= {FBNET_MEAN_GOAL}: {'met' if mean >= FBNET_MEAN_GOAL else 'missed'}"
+                  + (f"; {len(fbnet) - len(have)} task(s) not run" if len(have) < len(fbnet) else "")
+                  + "). Tasks below their best published number: " + (", ".join(below) or "none") + "."]
+    return "\n".join(lines) + "\n"
+
+
+def bench_predictor_live(d: dict) -> str:
+    """build's own time per round beside its measuring time, and adapt end to end, against issue 15's goals."""
+    live = d["live"]
+    b, a, g = live["build"], live["adapt"], live["goals"]
+    lines = [f"{_where(live)}; nb201 on `local`, default timing settings, empty dataset and export cache, each "
+             f"command a fresh process. `predictor build {b['args']}` ({b['model']} ensemble); \"fitting\" is the "
+             "loop's own time between two batches (fit, score on the held-out set, choose the next batch; in round 0 "
+             "also the choice of model by 5-fold CV, made once):", "",
+             "| round | archs measured | measuring s | fitting s | fitting / measuring | held-out ±10 % | spearman |",
+             "|---|---|---|---|---|---|---|"]
+    for h in b["rounds"]:
+        lines.append(f"| {h['round']} | {h['n_measured']} | {h['measure_s']:.1f} | {h['fit_s']:.2f} | "
+                     f"{h['fit_s'] / h['measure_s'] * 100:.1f} % | {h['acc10']:.3f} | {h['spearman']:.3f} |")
+    share_ok = b["fit_share_max"] < g["fit_share"]
+    adapt_ok = a["seconds"] < g["adapt_s"]
+    lines += ["", f"Refitting between rounds takes at most {b['fit_share_max'] * 100:.1f} % of the round's measuring "
+                  f"time (goal < "
+                  f"{g['fit_share'] * 100:.0f} %: {'met' if share_ok else 'missed'}). `predictor adapt --n {a['n']}`: "
+                  f"{a['seconds']:.0f} s end to end, the {a['n']} measurements included (goal < {g['adapt_s']} s: "
+                  f"{'met' if adapt_ok else 'missed'}); expected Spearman {a['cv_spearman']:.3f} and ±10 % "
+                  f"{a['cv_acc10'] * 100:.0f} % (5-fold CV on the {a['n']})."]
     return "\n".join(lines) + "\n"
 
 
@@ -153,7 +189,8 @@ def bench_fleet_overhead(d: dict) -> str:
 RENDERERS = {"bench_store.json": bench_store, "bench_fleet.json#export": bench_fleet_export,
              "bench_fleet.json#overhead": bench_fleet_overhead,
              "bench_measure.json": bench_measure, "bench_predictor.json#transfer": bench_predictor_transfer,
-             "bench_predictor.json#fit": bench_predictor_fit, "bench_predictor.json#predict": bench_predictor_predict}
+             "bench_predictor.json#fit": bench_predictor_fit,
+             "bench_predictor.json#live": bench_predictor_live, "bench_predictor.json#predict": bench_predictor_predict}
 
 
 def render(text: str) -> str:

@@ -1,0 +1,203 @@
+"""`latkit predictor build`: a surrogate that builds itself on a live device, a closed measure-fit loop.
+
+1. Held-out set: `heldout` archs drawn uniformly from the space's pool, measured first, never trained on;
+   the loop's accuracy (share within +-10 %) and Spearman are read on them.
+2. Round 0: a latency-balanced sample (FLOPs bins) of `batch` archs, measured, then the surrogate fitted: a
+   bagged ensemble (predictor/ensemble.py) of the model that cross-validates best on round 0.
+3. Round r: over the unmeasured pool, the ensemble predicts latency and its spread. The batch is split over
+   bins of predicted latency in proportion to the relative error the surrogate made in each bin on the
+   previous batch (measured before it joined training, as in ESM); within a bin, the archs where the
+   members disagree most are taken. Measure, refit, score on the held-out set. Each round records its
+   measuring seconds and its `fit_s` (fitting, scoring and choosing the next batch: the loop's overhead).
+4. Stop when the held-out +-10 % accuracy reaches `target_acc`, or when `max_archs` (held-out included)
+   are measured.
+Every row is tagged "build(heldout)" or "build(round=r)" (predictor/live.py): interrupted, the same call
+reads its rows back and replays the rounds' fits, measuring only archs that have no row yet.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from latkit.collector import validate
+from latkit.collector.devices import Registry
+from latkit.collector.errors import LatkitError
+from latkit.collector.job import Settings
+from latkit.collector.samplers import pool, sample_from
+from latkit.collector.spaces import get_space
+
+from .ensemble import Ensemble
+from .esm import choose_model
+from .live import job_settings, latencies, measure_archs, tagged_rows
+from .metrics import relative_error, report
+from .models import make_model
+
+N_BINS = 8
+MAX_CANDIDATES = 4000  # unmeasured archs scored per round: the ranking, not the pool size, is what matters
+
+
+def build(space: str, device: str = "local", target_acc: float = 0.95, max_archs: int = 300, data="latkit-data",
+          heldout: int = 30, batch: int = 20, settings: Optional[Settings] = None, seed: int = 0,
+          members: int = 5, registry: Optional[Registry] = None, log=print) -> tuple:
+    """Returns (fitted Ensemble, report dict). `data`: the dataset the loop measures into and resumes from."""
+    sp = get_space(space)
+    validate.number(target_acc, "--target-acc", 0, 1, lo_open=True)
+    validate.whole(batch, "--batch", lo=5)
+    validate.whole(heldout, "--heldout", lo=5)
+    validate.whole(max_archs, "--max-archs", lo=heldout + batch)
+    settings = job_settings(settings)
+    reg = registry or Registry()
+    reg.get(device)  # unknown device: one line before anything is exported
+    rng = np.random.default_rng(seed)
+    candidates = pool(sp, max_archs, rng)
+    if len(candidates) < max_archs:
+        raise LatkitError(f"{space} has {len(candidates)} archs; --max-archs {max_archs} is more; lower it")
+    rows = tagged_rows(data, device, space, settings, "build(")
+    measured = []  # seconds measuring each batch (0 for a batch read back from the dataset)
+
+    def take(archs, tag):
+        got, seconds = measure_archs(space, [a for a in archs if a not in rows], device, settings, data, tag, reg)
+        rows.update({a: (v, tag) for a, v in got.items()})
+        measured.append(seconds)
+        return [a for a in archs if a in rows]
+
+    held = [a for a, (_, tag) in rows.items() if tag == "build(heldout)"]
+    if len(held) < heldout:
+        order = [candidates[i] for i in rng.permutation(len(candidates))]
+        held = take([a for a in order if a not in rows or a in held][:heldout], "build(heldout)")
+    held_set, y_held = set(held), latencies(rows, held)
+    rounds = {}
+    for a, (_, tag) in rows.items():
+        if tag.startswith("build(round="):
+            rounds.setdefault(int(tag[len("build(round="):-1]), []).append(a)
+    free = [a for a in candidates if a not in held_set]
+    start = sample_from(sp, free, batch, "balanced", seed)
+    train = take(start, "build(round=0)") if 0 not in rounds else rounds[0]
+    round_measure = measured[-1] if 0 not in rounds else 0.0
+    t0 = time.perf_counter()
+    name = choose_model(space, train, latencies(rows, train), seed, n_jobs=2)
+    history, prev_err, r = [], None, 0
+    while True:
+        model = Ensemble(make_model(name, space, seed, n_jobs=2), members, seed).fit(train, latencies(rows, train))
+        m = report(model.predict(held), y_held)
+        history.append({"round": r, "n_train": len(train), "n_measured": len(train) + len(held),
+                        "acc10": m["acc10"], "spearman": m["spearman"], "mape": m["mape"], "bins": prev_err,
+                        "measure_s": round_measure})
+        r += 1
+        done = m["acc10"] >= target_acc or len(train) + len(held) >= max_archs
+        stop = done and r not in rounds
+        if not stop:
+            k = min(batch, max_archs - len(train) - len(held))
+            present = rounds.get(r, [])
+            taken = set(train) | held_set | set(present)
+            rest = [a for a in candidates if a not in taken]
+            pick = rest if len(rest) <= MAX_CANDIDATES else [
+                rest[i] for i in np.sort(rng.choice(len(rest), MAX_CANDIDATES, replace=False))]
+            nxt = present + _weak_spots(model, pick, max(0, k - len(present)), history[-1]["bins"], rng)
+        # the loop's own time between two measurements: fitting, scoring, choosing the next batch
+        history[-1]["fit_s"] = time.perf_counter() - t0
+        log(f"round {r - 1}: {len(train)} archs trained on, held-out ±10 % {m['acc10'] * 100:.1f} %, "
+            f"spearman {m['spearman']:.3f} (measuring {round_measure:.1f} s, fitting {history[-1]['fit_s']:.1f} s)")
+        if stop:
+            break
+        nxt = take(nxt, f"build(round={r})")
+        round_measure = measured[-1]
+        t0 = time.perf_counter()
+        pred = model.predict(nxt)
+        prev_err = _bin_errors(pred, relative_error(pred, latencies(rows, nxt)), model.predict(pick))
+        train = train + [a for a in nxt if a not in set(train)]
+    final = dict(m, model=name, members=members, n_train=len(train), n_heldout=len(held), rounds=history,
+                 target_acc=target_acc, reached=m["acc10"] >= target_acc, max_archs=max_archs,
+                 measure_s=float(sum(measured)), fit_s=float(sum(h["fit_s"] for h in history)),
+                 bins_sampled=_bins_sampled(history))
+    return model, final
+
+
+def _edges(pred_pool: np.ndarray) -> np.ndarray:
+    return np.quantile(pred_pool, np.linspace(0, 1, N_BINS + 1))
+
+
+def _bin_errors(pred: np.ndarray, err: np.ndarray, pred_pool: np.ndarray) -> list:
+    """Per bin of predicted latency (quantiles of the pool): [lo_ms, hi_ms, archs, mean relative error]."""
+    edges = _edges(pred_pool)
+    idx = np.clip(np.searchsorted(edges, pred, side="right") - 1, 0, N_BINS - 1)
+    return [[float(edges[b]), float(edges[b + 1]), int(np.sum(idx == b)),
+             float(err[idx == b].mean()) if np.any(idx == b) else None] for b in range(N_BINS)]
+
+
+def _weak_spots(model, rest: list, k: int, bins: Optional[list], rng) -> list:
+    """k archs: bins weighted by the previous batch's error there, the most disputed archs of each bin."""
+    if k <= 0 or not rest:
+        return []
+    mean, std = model.predict(rest, return_std=True)
+    spread = std / mean
+    edges = _edges(mean)
+    idx = np.clip(np.searchsorted(edges, mean, side="right") - 1, 0, N_BINS - 1)
+    errs = [b[3] for b in bins] if bins else []
+    known = [e for e in errs if e is not None]
+    w = np.array([(e if e is not None else (max(known) if known else 1.0)) for e in errs] or [1.0] * N_BINS)
+    w = w + 0.1 * w.mean() + 1e-9  # every bin keeps a little weight
+    quota = np.floor(k * w / w.sum()).astype(int)
+    for b in np.argsort(-w)[: k - quota.sum()]:
+        quota[b] += 1
+    out = []
+    for b in range(N_BINS):
+        members = np.flatnonzero(idx == b)
+        out += [rest[i] for i in members[np.argsort(-spread[members])][: quota[b]]]
+    if len(out) < k:  # a bin with fewer archs than its quota: fill with the most disputed elsewhere
+        chosen = set(out)
+        out += [rest[i] for i in np.argsort(-spread) if rest[i] not in chosen][: k - len(out)]
+    return out
+
+
+def _bins_sampled(history: list) -> list:
+    """Archs each bin of predicted latency received after round 0, most first (the last round's bin edges)."""
+    counts = np.zeros(N_BINS, dtype=int)
+    for h in history:
+        for b, (_, _, n, _) in enumerate(h["bins"] or []):
+            counts[b] += n
+    last = next((h["bins"] for h in reversed(history) if h["bins"]), None)
+    if last is None:
+        return []
+    return sorted(({"lo_ms": last[b][0], "hi_ms": last[b][1], "archs": int(counts[b])} for b in range(N_BINS)),
+                  key=lambda x: -x["archs"])
+
+
+def write_build_report(out_dir, space: str, device: str, result: dict) -> list:
+    """learning_curve.png (held-out ±10 % accuracy and Spearman vs measured archs) and summary.md."""
+    import json
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    h = result["rounds"]
+    n = [x["n_measured"] for x in h]
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    ax.plot(n, [x["acc10"] for x in h], "o-", label="±10 % accuracy (held-out)")
+    ax.plot(n, [x["spearman"] for x in h], "s-", label="Spearman ρ (held-out)")
+    ax.axhline(result["target_acc"], color="k", ls=":", lw=0.8, label="target")
+    ax.set_xlabel("archs measured (held-out included)")
+    ax.set_ylim(min(0.0, min(x["spearman"] for x in h)), 1.02)
+    ax.set_title(f"{space} on {device}: {result['model']} ensemble", fontsize=9)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    png = out / "learning_curve.png"
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+    bins = "\n".join(f"| {b['lo_ms']:.4g}-{b['hi_ms']:.4g} | {b['archs']} |" for b in result["bins_sampled"])
+    figures = {k: result[k] for k in ("acc10", "acc5", "spearman", "kendall", "mape", "n_train", "n_heldout",
+                                      "reached", "measure_s", "fit_s")}
+    md = out / "summary.md"
+    md.write_text(f"# predictor build: {space} on {device}\n\n| figure (held-out) | value |\n|---|---|\n"
+                  + "\n".join(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |"
+                              for k, v in figures.items())
+                  + f"\n\n![learning curve](learning_curve.png)\n\n## Archs measured per bin of predicted latency "
+                    f"(after round 0)\n\n| bin (ms) | archs |\n|---|---|\n{bins}\n")
+    js = out / "build.json"
+    js.write_text(json.dumps(result, indent=1))
+    return [png, md, js]
