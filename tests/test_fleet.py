@@ -174,9 +174,10 @@ def test_corrupt_model_stored_as_error_and_collection_goes_on(registry, models, 
 
 
 def test_sshd_killed_mid_collection(registry, fleet, models, tmp_path):
+    """~1 s per job, rows written in batches every 2 s: the first batch of dev0 lands well before its last job."""
     out = tmp_path / "d"
-    jobs = make_jobs(models["tflite"], ["dev0", "dev2"], settings=dataclasses.replace(QUICK, repeats_min_s=0.2,
-                                                                                      repeats_max_s=0.3))
+    jobs = make_jobs(models["tflite"], ["dev0", "dev2"], settings=dataclasses.replace(QUICK, repeats_min_s=1.0,
+                                                                                      repeats_max_s=1.0))
     devices = [registry.get("dev0"), registry.get("dev2")]
     victim = fleet[0]
     result = {}
@@ -184,14 +185,14 @@ def test_sshd_killed_mid_collection(registry, fleet, models, tmp_path):
                                                                        progress=False)))
     thread.start()
     try:
-        while sum(1 for k in Store(out).read(columns=["device"])["device"].to_pylist() if k == "dev0") < 2:
+        while sum(1 for k in Store(out).read(columns=["device"])["device"].to_pylist() if k == "dev0") < 1:
             time.sleep(0.05)
         kill_sshd(victim)
         thread.join(120)
         report = {d.device: d for d in result["r"].devices}
         assert report["dev0"].status == "failed" and "cannot reach dev0" in report["dev0"].message
         assert report["dev2"].status == "done" and report["dev2"].measured == 8
-        assert 2 <= report["dev0"].measured < 8
+        assert 1 <= report["dev0"].measured < 8
     finally:
         start_sshd(victim)
     again = collect(jobs, devices, out=out, progress=False)
