@@ -13,7 +13,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from latkit.collector import Settings, export, measure_many, probe
+from latkit.collector import Settings, cli, export, measure_many, probe
 from latkit.collector.api import collect_space
 from latkit.predictor.esm import fit
 
@@ -55,6 +55,8 @@ def main():
     ap.add_argument("--out", default="latkit-data")
     ap.add_argument("--n", type=int, default=60, help="NB201 archs to collect")
     args = ap.parse_args()
+    if args.n < 30:
+        ap.error("--n must be >= 30: the surrogate is tested on archs it never saw (20 at least)")
     console = Console(width=None if sys.stdout.isatty() else 120)
     p = probe("local")
     console.print(f"[bold]device local[/]: {p['cpu_model']}, {p['cpu_count']} CPUs, {p['memory_mb']} MB, "
@@ -84,10 +86,13 @@ def main():
     console.print(f"\n[bold]surrogate[/] ({r['model']}, trained on {r['n_train']} archs, tested on the other {r['n_test']}): "
                   f"Spearman {r['spearman']:.3f}, Kendall {r['kendall']:.3f}, MAPE {r['mape']:.1f} %, "
                   f"within ±10 %: {r['acc10'] * 100:.0f} %")
-    console.print(f"{time.time() - t0:.0f} s; rows kept in [bold]{args.out}/[/] (Parquet). "
-                  f"Next: latkit data show {args.out}; latkit predictor fit --data {args.out} --space nb201 "
-                  f"--device local")
+    console.print(f"{time.time() - t0:.0f} s; rows kept in [bold]{args.out}/data[/] (Parquet, read it with pandas, "
+                  f"polars or DuckDB; columns: latkit data schema). Next: latkit data show {args.out}; "
+                  f"latkit predictor build --space nb201 --device local --out nb201-local.latkit-model (measure "
+                  f"until the surrogate is accurate); latkit predictor adapt --device local --space nb201 --n 20 "
+                  f"(few-shot from the HELP devices)")
+    return cli.main(["data", "show", args.out])
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
