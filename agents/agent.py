@@ -41,7 +41,7 @@ import threading
 import time
 import traceback
 
-AGENT_VERSION = "0.3.0"  # 0.3: sessions kept across requests, load_s without the runtime import
+AGENT_VERSION = "0.3.1"  # 0.3: sessions kept across requests, load_s without the runtime import; 0.3.1: stops on the CI of p10 on a CPU
 FRAME = "@@latkit "  # starts every reply line; the host ignores lines without it
 EXIT_GRACE_S = 3.0      # once stdin closes, a measurement still running this much later is abandoned
 
@@ -57,7 +57,7 @@ DEFAULT_SETTINGS = {
     "repeats_min_s": 0.2,
     "repeats_max_count": 10000,
     "repeats_max_s": 0.5,
-    "ci_target": 0.005,    # stop once the 95 % CI of the median is within +-0.5 % of it (or at a cap)
+    "ci_target": 0.005,    # stop once the 95 % CI of latency_ms's quantile is within +-0.5 % of it (or at a cap)
     "seed": 0,             # seed of the generated inputs
     "dtype": "float32",    # torch on cuda: float32, float16 or bfloat16 weights and inputs
     "cuda_graphs": False,  # torch on cuda: capture the forward once as a CUDA graph and replay it
@@ -708,30 +708,37 @@ def quantile(sorted_x, q):
     return sorted_x[lo] + (pos - lo) * (sorted_x[hi] - sorted_x[lo])
 
 
-def median_ci_rel(samples, z=1.96):
-    """Half-width of the distribution-free 95 % confidence interval of the median (order statistics
-    n/2 -+ z*sqrt(n)/2), relative to the median. Unlike the spread of the samples, it shrinks as samples
-    are added, so it can serve as a stopping rule on any host."""
+# The quantile latency_ms is on each accelerator (the host's collector/measurement.py LATENCY_STATISTIC):
+# timing stops on the precision of that estimate, not of another one.
+CI_QUANTILE = {"cpu": 0.1, "cuda": 0.5}
+
+
+def quantile_ci_rel(samples, q=0.5, z=1.96):
+    """Half-width of the distribution-free 95 % confidence interval of the q-quantile (order statistics
+    n*q -+ z*sqrt(n*q*(1-q))), relative to the quantile. Unlike the spread of the samples, it shrinks as
+    samples are added, so it can serve as a stopping rule on any host."""
     x = sorted(samples)
     n = len(x)
     if n < 6:
         return float("inf")
-    half = z * math.sqrt(n) / 2.0
-    lo = max(0, int(math.floor(n / 2.0 - half)) - 1)
-    hi = min(n - 1, int(math.ceil(n / 2.0 + half)) - 1)
-    med = quantile(x, 0.5)
-    return (x[hi] - x[lo]) / 2.0 / med if med > 0 else float("inf")
+    half = z * math.sqrt(n * q * (1.0 - q))
+    lo = max(0, int(math.floor(n * q - half)) - 1)
+    hi = min(n - 1, int(math.ceil(n * q + half)) - 1)
+    v = quantile(x, q)
+    return (x[hi] - x[lo]) / 2.0 / v if v > 0 else float("inf")
 
 
 def time_callable(sample, s):
     """Warm up, then time until both the minimum count and the minimum time are reached; go on until the
-    median's 95 % CI is within ci_target, or a count or time cap is reached (the minimums win over the
-    caps). Returns the samples and why timing stopped.
+    95 % CI of the statistic latency_ms will be (CI_QUANTILE: p10 on a CPU, the median on a GPU) is within
+    ci_target, or a count or time cap is reached (the minimums win over the caps). Returns the samples and
+    why timing stopped.
 
     `sample()` runs the model once and returns its time in ms (wall clock, or CUDA events). gc is off while
     timing so collector pauses do not land inside samples (as timeit does; no full collection first: with
     torch loaded one costs ~0.1 s per measurement).
     """
+    q = CI_QUANTILE[s["accelerator"]]
     gc_was_enabled = gc.isenabled()
     gc.disable()
     min_ms, max_ms = s["repeats_min_s"] * 1e3, s["repeats_max_s"] * 1e3
@@ -754,7 +761,7 @@ def time_callable(sample, s):
             # sorting is O(n log n): checking at geometric intervals keeps the loop's overhead negligible
             if n >= check_at:
                 check_at = int(n * 1.1) + 1
-                if median_ci_rel(samples) <= s["ci_target"]:
+                if quantile_ci_rel(samples, q) <= s["ci_target"]:
                     stopped_by = "ci_target"
                     break
             if n >= s["repeats_max_count"]:
@@ -767,7 +774,7 @@ def time_callable(sample, s):
         if gc_was_enabled:
             gc.enable()
     return {"samples_ms": samples, "warmup": warmup, "warmup_s": warmup_s, "first_ms": first_ms,
-            "stopped_by": stopped_by, "ci_rel": median_ci_rel(samples)}
+            "stopped_by": stopped_by, "ci_rel": quantile_ci_rel(samples, q)}
 
 
 def _utc(t):

@@ -432,7 +432,7 @@ def _protocol_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-time", type=_number("repeats_max_s"), default=Settings.repeats_max_s,
                    help="stop a round after this many timed seconds once the minimums are met (0 to 3600)")
     p.add_argument("--ci-target", type=_number("ci_target"), default=Settings.ci_target,
-                   help="stop a round once the median's 95%% CI is within +- this fraction (default 0.005; 0 < x < 1)")
+                   help="stop a round once the 95%% CI of latency_ms's quantile (p10 on a CPU, median on a GPU) is within +- this fraction (default 0.005; 0 < x < 1)")
     p.add_argument("--rounds", type=_whole("rounds"), help="shuffled rounds per model (default 4 on cpu, 1 on cuda)")
     p.add_argument("--cooldown-temp", type=_number("cooldown_temp_c"), metavar="C",
                    help="before each model wait until the device's hottest sensor reads <= C degrees")

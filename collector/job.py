@@ -34,7 +34,8 @@ class Settings:
     `rounds` (4) shuffled rounds: the scheduler visits every model once per round in a new order, so a
     slow spell of a shared host hits all models alike instead of a contiguous block. Each round: one
     thread, no pinning, >= 5 warmup runs and 0.05 s, then >= 10 timed runs and 0.2 s of timed work,
-    continuing until the median's 95 % CI is within +-0.5 % (`ci_target`) or 0.5 s / 10,000 runs; the
+    continuing until the 95 % CI of latency_ms's quantile (p10 on a CPU, the median on a GPU) is within
+    +-0.5 % (`ci_target`) or 0.5 s / 10,000 runs; the
     minimums win over the caps. On a GPU: one round, CUDA graphs on (eager timing of a small network on a
     fast GPU measures the host's kernel launches).
     """

@@ -126,7 +126,7 @@ class Measurement:
     telemetry_after: dict = field(default_factory=dict)
     applied: dict = field(default_factory=dict)  # what the agent read back: threads, cores, dtype, cuda graphs...
     stopped_by: str = ""               # ci_target | max_time | max_count
-    ci_rel: Optional[float] = None     # the median's 95 % CI half-width / median when timing stopped (worst round)
+    ci_rel: Optional[float] = None     # CI half-width of latency_ms's quantile / that quantile at the stop (worst round)
     cooldown_s: Optional[float] = None
     cooled: Optional[bool] = None
     throttle: Optional[str] = None

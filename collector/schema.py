@@ -81,7 +81,8 @@ COLUMNS: tuple = tuple([
     Column("finished_at", _TS, "UTC", "the last round's end"),
     Column("stopped_by", _STR, "", "why timing stopped: ci_target, max_time, max_count (with rounds: the first cap "
                                "any round hit)"),
-    Column("ci_rel", _F64, "", "the median's 95 % CI half-width / median when timing stopped (worst round)"),
+    Column("ci_rel", _F64, "", "the 95 % CI half-width of latency_ms's quantile (p10 on a CPU, median on a GPU; "
+                               "agent < 0.3.1: the median) / that quantile when timing stopped (worst round)"),
     Column("repeats", _I64, "", "timed runs kept"),
     Column("warmup", _I64, "", "untimed warmup runs before them"),
     Column("samples_ms", pa.list_(pa.float32()), "ms", "every timed run, in order (rounds one after the other); "

@@ -137,20 +137,34 @@ def test_protocol_minimums_and_caps():
     assert t["stopped_by"] == "max_time" and t["ci_rel"] > 1e-9
 
 
-def test_median_ci_shrinks_with_repeats_and_ignores_outliers():
-    """The stopping statistic narrows as samples are added, whatever the spread of the samples: that is
-    what lets a noisy host stop before the cap (a CV target never would)."""
+@pytest.mark.parametrize("q", [0.5, 0.1])
+def test_quantile_ci_shrinks_with_repeats_and_ignores_outliers(q):
+    """The stopping statistic (the CI of latency_ms's quantile) narrows as samples are added, whatever the
+    spread of the samples: that is what lets a noisy host stop before the cap (a CV target never would)."""
     import random
     agent = load_agent_module()
     rng = random.Random(0)
     noisy = [1.0 + abs(rng.gauss(0, 0.2)) for _ in range(4000)]
-    widths = [agent.median_ci_rel(noisy[:n]) for n in (50, 200, 800, 3200)]
+    widths = [agent.quantile_ci_rel(noisy[:n], q) for n in (50, 200, 800, 3200)]
     assert widths == sorted(widths, reverse=True) and widths[-1] < widths[0] / 4
     steady = [1.0 + 0.001 * (i % 5) for i in range(200)]
-    assert agent.median_ci_rel(steady + [50.0, 80.0]) < 0.01  # two preempted runs do not inflate it
-    assert agent.median_ci_rel([1.0, 2.0]) == float("inf")
+    assert agent.quantile_ci_rel(steady + [50.0, 80.0], q) < 0.01  # two preempted runs do not inflate it
+    assert agent.quantile_ci_rel([1.0, 2.0], q) == float("inf")
     xs = sorted(noisy[:101])
-    assert agent.quantile(xs, 0.5) == pytest.approx(float(__import__("numpy").median(xs)))
+    assert agent.quantile(xs, q) == pytest.approx(float(__import__("numpy").quantile(xs, q)))
+
+
+def test_timing_stops_on_the_precision_of_the_statistic_the_host_stores():
+    """The agent's CI quantile per accelerator is the statistic the host makes latency_ms (they cannot share
+    code: the agent imports nothing of latkit). A right-skewed host (slow spells) pins the p10 down sooner
+    than the median."""
+    import random
+    from latkit.collector.measurement import LATENCY_STATISTIC
+    agent = load_agent_module()
+    assert {a: {"p10": 0.1, "median": 0.5}[st] for a, st in LATENCY_STATISTIC.items()} == agent.CI_QUANTILE
+    rng = random.Random(1)
+    skewed = [1.0 + rng.expovariate(1 / 0.05) for _ in range(400)]
+    assert agent.quantile_ci_rel(skewed, 0.1) < agent.quantile_ci_rel(skewed, 0.5)
 
 
 def test_sessions_are_kept_across_requests_and_evicted_least_recently_used(tmp_path, artifacts):
