@@ -35,7 +35,7 @@ from .measurement import PERMANENT_ERRORS
 from .schema import FILE_SCHEMA, PARTITIONS, SCHEMA
 
 MANIFEST = "_replaces-"  # `_replaces-<id>.json`: the file names `compact-<id>.parquet` replaces (collector/compact.py)
-_READ_TRIES = 5  # a concurrent compaction may remove files between listing and reading: list again
+_READ_TRIES = 20  # a concurrent compaction may remove files between listing and reading: list again
 
 
 def _castable(have: pa.DataType, want: pa.DataType) -> bool:
@@ -208,6 +208,10 @@ class Store:
         cols = None if columns is None else list(dict.fromkeys([*columns, "status"]))
         # rows with no status (a foreign file) are read whatever the filter, to be caught below
         wanted = None if filter is None else filter | pc.field("status").is_null()
+        # A listing is a consistent snapshot: a compacted file is listed only once its manifest says which files
+        # it replaces (those are then left out), and a replaced file vanishes only after its compacted file is
+        # in place. So a read of the listed files sees old or new rows, never both; the one race is a replaced
+        # file deleted before we read it, and then we list again.
         for attempt in range(_READ_TRIES):
             files = self.files()
             try:
@@ -218,8 +222,7 @@ class Store:
                 if attempt + 1 < _READ_TRIES and set(files) != set(self.files()):
                     continue
                 raise self._foreign() from None
-            if self.files() == files:  # no compaction finished while we read (else we may have missed its file)
-                break
+            break
         else:
             raise LatkitError(f"dataset {self.uri} kept changing while it was read; try again")
         if t["status"].null_count:
