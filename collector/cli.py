@@ -419,21 +419,26 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"latkit: error: {message} (see {self.prog} --help)\n")
 
 
-def _protocol_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--runtime", choices=RUNTIMES, help="default: from each file's extension")
+def _timing_args(p: argparse.ArgumentParser) -> None:
+    """The timing protocol options every measuring command takes (Settings fields, ranges from job.py)."""
     p.add_argument("--threads", type=_whole("threads"), default=1, help="runtime threads (default 1; 1 to 256)")
-    p.add_argument("--cores", type=validate.arg_cores, help="pin the agent to these CPU ids, e.g. 0 or 2,3")
-    p.add_argument("--batch-size", type=_whole("batch_size"),
-                   help="batch size, 1 to 4096 (with --space: exported at it; else fills a dynamic batch)")
     p.add_argument("--repeats", type=_whole("repeats_min_count", Settings.repeats_max_count),
                    default=Settings.repeats_min_count, help="minimum timed runs per round (1 to 10000)")
     p.add_argument("--min-time", type=_number("repeats_min_s"), default=Settings.repeats_min_s,
                    help="minimum timed seconds per round (0 to 3600)")
     p.add_argument("--max-time", type=_number("repeats_max_s"), default=Settings.repeats_max_s,
                    help="stop a round after this many timed seconds once the minimums are met (0 to 3600)")
+    p.add_argument("--rounds", type=_whole("rounds"), help="shuffled rounds per model (default 4 on cpu, 1 on cuda)")
+
+
+def _protocol_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runtime", choices=RUNTIMES, help="default: from each file's extension")
+    _timing_args(p)
+    p.add_argument("--cores", type=validate.arg_cores, help="pin the agent to these CPU ids, e.g. 0 or 2,3")
+    p.add_argument("--batch-size", type=_whole("batch_size"),
+                   help="batch size, 1 to 4096 (with --space: exported at it; else fills a dynamic batch)")
     p.add_argument("--ci-target", type=_number("ci_target"), default=Settings.ci_target,
                    help="stop a round once the 95%% CI of latency_ms's quantile (p10 on a CPU, median on a GPU) is within +- this fraction (default 0.005; 0 < x < 1)")
-    p.add_argument("--rounds", type=_whole("rounds"), help="shuffled rounds per model (default 4 on cpu, 1 on cuda)")
     p.add_argument("--cooldown-temp", type=_number("cooldown_temp_c"), metavar="C",
                    help="before each model wait until the device's hottest sensor reads <= C degrees")
     p.add_argument("--cooldown-max", type=_number("cooldown_max_s"), default=Settings.cooldown_max_s, metavar="S",
@@ -453,14 +458,7 @@ def _protocol_args(p: argparse.ArgumentParser) -> None:
 def _live_args(p: argparse.ArgumentParser) -> None:
     """Where and how a live predictor command measures."""
     p.add_argument("--data", default="latkit-data", help="dataset the measurements go to and resume from")
-    p.add_argument("--threads", type=_whole("threads"), default=1, help="runtime threads (default 1)")
-    p.add_argument("--repeats", type=_whole("repeats_min_count", Settings.repeats_max_count),
-                   default=Settings.repeats_min_count, help="minimum timed runs per round")
-    p.add_argument("--min-time", type=_number("repeats_min_s"), default=Settings.repeats_min_s,
-                   help="minimum timed seconds per round")
-    p.add_argument("--max-time", type=_number("repeats_max_s"), default=Settings.repeats_max_s,
-                   help="stop a round after this many timed seconds once the minimums are met")
-    p.add_argument("--rounds", type=_whole("rounds"), help="shuffled rounds per model (default 4 on cpu)")
+    _timing_args(p)
 
 
 def _version() -> str:

@@ -137,12 +137,9 @@ def collect_ray(jobs: Sequence[Job], devices: Sequence[Device], out: str, addres
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
             name, _ = running[ready[0]]
-            got, node = ray.get(ready[0])
-            r = reports[name]
-            r.status, r.message, r.exit_code, r.failed = got.status, got.message, got.exit_code, got.failed
-            r.measured, r.errors, r.skipped = got.measured, got.errors, r.skipped + got.skipped
-            r.busy_s, r.agent_s, r.timing_s, r.wall_s = got.busy_s, got.agent_s, got.timing_s, got.wall_s
-            r.node = node
+            got, node = ray.get(ready[0])  # the actor's report, plus what was skipped here before it started
+            reports[name] = dataclasses.replace(got, total=reports[name].total,
+                                                skipped=reports[name].skipped + got.skipped, node=node)
     except (KeyboardInterrupt, Interrupted) as e:
         for _, driver in running.values():
             ray.kill(driver, no_restart=True)  # its agent exits with it; the device lease goes too

@@ -25,6 +25,18 @@ def pytest_unconfigure(config):
     shutil.rmtree(os.path.dirname(os.environ.pop("LATKIT_LEASE", "/nonexistent/x")), ignore_errors=True)
 
 
+def small_onnx_models(out: Path, widths, export_cache) -> Path:
+    """Distinct small ONNX models (one conv of each width), written as `out`/w<width>.onnx."""
+    import torch
+    from latkit.collector import export
+    for width in widths:
+        m = torch.nn.Sequential(torch.nn.Conv2d(3, width, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(width * 16 * 16, 10)).eval()
+        a = export(m, (torch.randn(1, 3, 16, 16),), "onnx", arch=f"w{width}", cache_dir=export_cache)
+        (out / f"w{width}.onnx").write_bytes(a.path.read_bytes())
+    return out
+
+
 def tiny_cnn():
     import torch
     torch.manual_seed(0)

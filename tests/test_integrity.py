@@ -14,10 +14,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from latkit.collector import Artifact, Job, Registry, Settings, Store, export
+from latkit.collector import Artifact, Job, Registry, Settings, Store
 from latkit.collector.measurement import ERROR_KINDS
 from latkit.collector.runner import DeviceRunner
-from conftest import AGENT, ROOT
+from conftest import AGENT, ROOT, small_onnx_models
 
 QUICK = ["--min-time", "0.05", "--max-time", "0.1", "--repeats", "5", "--quiet"]
 
@@ -35,14 +35,7 @@ def spawn(*args):
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, export_cache):
     """Six small distinct ONNX models in a folder."""
-    import torch
-    out = tmp_path_factory.mktemp("models")
-    for width in range(4, 10):
-        m = torch.nn.Sequential(torch.nn.Conv2d(3, width, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
-                                torch.nn.Linear(width * 16 * 16, 10)).eval()
-        a = export(m, (torch.randn(1, 3, 16, 16),), "onnx", arch=f"w{width}", cache_dir=export_cache)
-        (out / f"w{width}.onnx").write_bytes(a.path.read_bytes())
-    return out
+    return small_onnx_models(tmp_path_factory.mktemp("models"), range(4, 10), export_cache)
 
 
 @pytest.fixture

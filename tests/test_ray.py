@@ -10,9 +10,10 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from latkit.collector import Registry, Settings, Store, api, export  # noqa: E402
+from latkit.collector import Registry, Settings, Store, api  # noqa: E402
 from latkit.collector.ray_executor import RESOURCE, parse_executor  # noqa: E402
 from latkit.collector.errors import LatkitError  # noqa: E402
+from conftest import small_onnx_models  # noqa: E402
 
 SETTINGS = Settings(warmup_min_count=2, warmup_min_s=0.01, repeats_min_count=5, repeats_min_s=0.4,
                     repeats_max_s=0.4, rounds=1)
@@ -46,14 +47,7 @@ def reg(tmp_path):
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, export_cache):
-    import torch
-    out = tmp_path_factory.mktemp("models")
-    for width in range(4, 12):
-        m = torch.nn.Sequential(torch.nn.Conv2d(3, width, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
-                                torch.nn.Linear(width * 16 * 16, 10)).eval()
-        a = export(m, (torch.randn(1, 3, 16, 16),), "onnx", arch=f"w{width}", cache_dir=export_cache)
-        (out / f"w{width}.onnx").write_bytes(a.path.read_bytes())
-    return out
+    return small_onnx_models(tmp_path_factory.mktemp("models"), range(4, 12), export_cache)
 
 
 def agents_in(workdir) -> list:
