@@ -196,10 +196,11 @@ def iter_space_artifacts(space, archs: Sequence[str], fmt: str, batch_size: int 
                          resolution: Optional[int] = None, workers: int = 1, ahead: Optional[int] = None,
                          cache_dir=None, weight_seed: int = 0, cores: Optional[tuple] = None) -> Iterator[Artifact]:
     """Export archs and yield their artifacts in the order given, each as soon as it is ready, so timing
-    can start while later archs are still exporting. Cached archs are found here, without a network or a
-    worker; with workers > 1 a process pool (spawned: a forked torch can hang, and started only at the first
-    miss) exports the rest, keeping at most `ahead` (default 4 x workers) archs beyond the consumer, so a
-    slow consumer bounds the files on disk. Closing the iterator cancels what has not started."""
+    can start while later archs are still exporting. The archs are checked here, before anything is
+    exported; cached archs are found without a network or a worker; with workers > 1 a process pool
+    (spawned: a forked torch can hang, and started only at the first miss) exports the rest, keeping at most
+    `ahead` (default 4 x workers) archs beyond the consumer, so a slow consumer bounds the files on disk.
+    Closing the iterator cancels what has not started."""
     sp = as_space(space)
     archs = [sp.validate(a) for a in archs]
     for a in archs:  # a resolution the space lacks, or one that contradicts an ofa arch: refused before exporting
@@ -207,6 +208,10 @@ def iter_space_artifacts(space, archs: Sequence[str], fmt: str, batch_size: int 
     validate.whole(workers, "export workers", 1)
     check_format(fmt)
     cache = Path(cache_dir or DEFAULT_CACHE)
+    return _exports(sp, archs, fmt, batch_size, resolution, workers, ahead or 4 * workers, cache, weight_seed, cores)
+
+
+def _exports(sp, archs, fmt, batch_size, resolution, workers, ahead, cache, weight_seed, cores) -> Iterator[Artifact]:
     args = lambda a: (sp, a, fmt, batch_size, resolution, cache, weight_seed)  # noqa: E731
     if workers == 1:
         for a in archs:
@@ -227,7 +232,7 @@ def iter_space_artifacts(space, archs: Sequence[str], fmt: str, batch_size: int 
                                            initializer=_export_worker, initargs=(cores,))
             queued.append(pool.submit(export_arch, *args(a)))
 
-        for a in itertools.islice(todo, ahead or 4 * workers):
+        for a in itertools.islice(todo, ahead):
             push(a)
         while queued:
             head = queued.popleft()
@@ -286,7 +291,8 @@ def collect_space(space, n: int, devices: Sequence[str], runtime: str = "onnxrun
                   progress: bool = True, export_workers: Optional[int] = None, weight_seed: int = 0,
                   cache_max_gb: Optional[float] = None, cache_dir=None, **kwargs) -> CollectReport:
     """`latkit collect --space`: sample n archs of `space` (a Space or its name), export them (cached, on
-    `export_workers` processes, default export_plan's), time them on every device. With a `resolution`,
+    `export_workers` processes, default export_plan's) and time each on every device as soon as it is
+    exported, so devices do not wait for the whole export (scheduler.Stream). With a `resolution`,
     every arch is exported at it; on ofa, whose archs carry their resolution, the archs are sampled with
     r = resolution, so the stored arch always names its input. `cache_max_gb` bounds the host's export
     cache and each device's model cache (least recently used first; models measured on every device first)."""
@@ -322,21 +328,35 @@ def collect_space(space, n: int, devices: Sequence[str], runtime: str = "onnxrun
             export_workers, cores = plan.workers, plan.cores
         else:
             cores = None
-        arts = list(progress_iter(iter_space_artifacts(sp, archs, EXPORT_FORMAT[runtime], batch_size, resolution,
-                                                       export_workers, cache_dir=cache, weight_seed=weight_seed,
-                                                       cores=cores),
-                                  f"exporting {len(archs)} {sp.name} archs to {EXPORT_FORMAT[runtime]}", progress,
-                                  total=len(archs)))
-    jobs = [dataclasses.replace(j, sampler=f"{sampler}(seed={seed})")
-            for j in make_jobs(arts, [d.name for d in devs], runtime, settings)]
-    prune_host(cache, cache_max_gb, keep={a.sha256 for a in arts})  # other collections' files first
+        arts = iter_space_artifacts(sp, archs, EXPORT_FORMAT[runtime], batch_size, resolution, export_workers,
+                                    cache_dir=cache, weight_seed=weight_seed, cores=cores)
+    names, label = [d.name for d in devs], f"{sampler}(seed={seed})"
+    exported: list = []  # the artifacts so far, for the cache bound at the end
+
+    def jobs() -> Iterator[Job]:
+        """Each arch's jobs on every device as soon as its export is ready: devices time while later archs
+        export (scheduler.Stream)."""
+        made = iter(arts)
+        try:
+            for art in made:
+                exported.append(art)
+                yield from (dataclasses.replace(j, sampler=label) for j in make_jobs([art], names, runtime, settings))
+        finally:
+            getattr(made, "close", lambda: None)()  # cancels exports not started
+
+    if cache_max_gb is not None:  # other collections' files go first; this one's cached exports stay
+        mine = {cached(cache, arch_spec(sp, a, EXPORT_FORMAT[runtime], batch_size, resolution, weight_seed).key,
+                       EXPORT_FORMAT[runtime]) for a in archs}
+        prune_host(cache, cache_max_gb, keep={m[1] for m in mine if m})
     try:
-        return collect(jobs, devs, out=out, progress=progress, cache_max_gb=cache_max_gb, refs=refs, **kwargs)
+        return collect(list(jobs()) if refs is not None else jobs(), devs, out=out, progress=progress,
+                       cache_max_gb=cache_max_gb, refs=refs, expected=len(archs), **kwargs)
     finally:
         if cache_max_gb is not None:
             done = store.done_keys()
-            everywhere = {a.sha256 for a in arts} - {j.artifact.sha256 for j in jobs if j.key not in done}
-            prune_host(cache, cache_max_gb, keep={a.sha256 for a in arts} - everywhere, first=everywhere)
+            everywhere = {a.sha256 for a in exported if all(j.key in done for j in make_jobs([a], names, runtime,
+                                                                                             settings))}
+            prune_host(cache, cache_max_gb, keep={a.sha256 for a in exported} - everywhere, first=everywhere)
 
 
 def measure(model, device: str = "local", runtime: Optional[str] = None, settings: Optional[Settings] = None,

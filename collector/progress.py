@@ -74,9 +74,10 @@ class CollectProgress:
                 return
             for d in self.report.devices:
                 state = d.status + (f" ({d.errors} errors)" if d.errors else "")
-                self.progress.update(self.tasks[d.device], completed=d.total - d.remaining, state=state)
+                self.progress.update(self.tasks[d.device], total=d.total, completed=d.total - d.remaining, state=state)
             failed = sum(d.status == "failed" for d in self.report.devices)
-            self.progress.update(self.overall, completed=sum(d.total - d.remaining for d in self.report.devices),
+            self.progress.update(self.overall, total=sum(d.total for d in self.report.devices),
+                                 completed=sum(d.total - d.remaining for d in self.report.devices),
                                  state=f"{failed} device(s) failed" if failed else "")
 
     def __exit__(self, *exc):

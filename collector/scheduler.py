@@ -2,10 +2,13 @@
 
 Rows are written in batches (Store.writer: every few hundred rows or few seconds, and always before a
 device's lease is released), so a killed orchestrator loses at most the unwritten batch and the jobs in
-flight, which a re-run measures again; a re-run skips what the store already holds (exactly once, by key; the key column is read
-again each time a device's lease is taken, so two collections into one dataset never store a key twice).
-A job is timed in `settings.rounds` shuffled rounds: every pending model of a window of ROUND_WINDOW
-once per round, in a new order each round (the agent keeps the window's sessions loaded between rounds). Transport failures are retried with exponential backoff on a fresh connection; a device that
+flight, which a re-run measures again; a re-run skips what the store already holds (exactly once, by key;
+the key column is read again each time a device's lease is taken, so two collections into one dataset never
+store a key twice). Jobs may arrive while the devices time (a Stream per device, fed as models are exported).
+A job is timed in `settings.rounds` shuffled rounds: every pending model of a window of ROUND_WINDOW (or of
+what a stream has delivered, up to that) once per round, in a new order each round (the agent keeps the
+window's sessions loaded between rounds). Transport failures are retried with exponential backoff on a
+fresh connection; a device that
 stays down, or that cannot run the jobs at all (wrong key, changed host key, runtime missing), is marked
 failed and the other devices go on. A hung model is a `timeout` row, not a failed device. SIGINT and
 SIGTERM kill every agent at once (the devices stop timing, their leases are released) and raise
@@ -13,12 +16,13 @@ Interrupted with a one-line summary.
 """
 from __future__ import annotations
 
+import queue
 import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence, Union
 
 from .cache import evictions, max_bytes
 from .devices import Device
@@ -98,16 +102,96 @@ def round_queue(jobs: Sequence[Job], seed: int = 0, window: int = ROUND_WINDOW) 
     return order
 
 
-def run_device(device: Device, jobs: Sequence[Job], store: Store, report: DeviceReport, retries: int = 3,
+class Stream:
+    """One device's jobs as they arrive while it already times (models still exporting): a bounded queue that
+    a feeder fills and run_device drains a window at a time. Bounded, so a slow device holds back the exports
+    (and the files on disk) instead of letting them run far ahead."""
+
+    def __init__(self, maxsize: int = 2 * ROUND_WINDOW):
+        self._q: queue.Queue = queue.Queue(maxsize)
+        self._ended = threading.Event()
+
+    def put(self, job: Job, wanted: Callable[[], bool]) -> bool:
+        """Queue `job`, waiting while the queue is full; False (dropped) once `wanted()` turns False."""
+        while wanted():
+            try:
+                self._q.put(job, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def end(self) -> None:
+        self._ended.set()
+
+    def window(self, stop: threading.Event, limit: int = ROUND_WINDOW) -> Optional[list]:
+        """The next jobs (at least one, at most `limit`: what has arrived), waiting for the first; None once
+        the stream has ended and is drained, or `stop` is set."""
+        while not stop.is_set():
+            try:
+                first = self._q.get(timeout=0.2)
+            except queue.Empty:
+                if self._ended.is_set() and self._q.empty():
+                    return None
+                continue
+            out = [first]
+            while len(out) < limit:
+                try:
+                    out.append(self._q.get_nowait())
+                except queue.Empty:
+                    break
+            return out
+        return None
+
+
+def feed(jobs: Iterable[Job], streams: dict, reports: dict, done: set, stop: threading.Event,
+         errors: list) -> None:
+    """Deal a lazy iterable of jobs into the devices' streams (the feeder thread of a streamed collection):
+    keys already stored are counted as skipped, a device that has stopped gets no more; each device's total
+    becomes exact when the iterable ends. An error (an export that failed) stops every device and is kept in
+    `errors` for collect to raise; the rows measured before it are kept."""
+    seen, count = set(), {name: 0 for name in streams}
+    try:
+        for job in jobs:
+            if stop.is_set():
+                return
+            if job.device not in streams:
+                raise LatkitError(f"a job names device {job.device!r}, which was not given")
+            if job.key in seen:
+                continue
+            seen.add(job.key)
+            rep = reports[job.device]
+            count[job.device] += 1
+            rep.total = max(rep.total, count[job.device])
+            if job.key in done:
+                rep.skipped += 1
+                continue
+            streams[job.device].put(job, lambda: not stop.is_set() and rep.status in ("pending", "running"))
+        for name, n in count.items():
+            reports[name].total = n
+    except BaseException as e:  # noqa: B902 - handed to the main thread
+        errors.append(e)
+        stop.set()
+    finally:
+        getattr(jobs, "close", lambda: None)()  # a generator of exports: cancel what has not started
+        for s in streams.values():
+            s.end()
+
+
+def run_device(device: Device, jobs: Union[Sequence[Job], Stream], store: Store, report: DeviceReport, retries: int = 3,
                backoff_s: float = 1.0, job_timeout: float = 600.0, on_row: Optional[Callable] = None,
                stop: Optional[threading.Event] = None, active: Optional[set] = None, wait: bool = True,
                retry_errors: bool = False, cache_max_gb: Optional[float] = None) -> None:
     """Measure `jobs` on `device` in shuffled rounds, appending each job's row once its last round is in.
-    `cache_max_gb` bounds the device's model cache (models measured here go first, pending ones stay)."""
+    A Stream of jobs is measured a window at a time, as they arrive (the agent starts while the first is
+    still on its way). `cache_max_gb` bounds the device's model cache (models measured here go first,
+    pending ones stay)."""
     t0 = time.perf_counter()
     stop = stop or threading.Event()
     report.status = "running"
-    pending = round_queue(jobs)
+    source = jobs if isinstance(jobs, Stream) else None
+    pending = [] if source else round_queue(jobs)
+    windows, done = 0, set()
     parts: dict = {}  # key -> the job's rounds so far
     runner = DeviceRunner(device, timeout=job_timeout, wait=wait)
     rows = store.writer()  # flushed before the lease is released, so the next holder sees every row
@@ -115,7 +199,7 @@ def run_device(device: Device, jobs: Sequence[Job], store: Store, report: Device
         active.add(runner)
     failures = 0
     try:
-        while pending:
+        while pending or source:
             if stop.is_set():
                 report.status = "stopped"
                 return
@@ -132,8 +216,20 @@ def run_device(device: Device, jobs: Sequence[Job], store: Store, report: Device
                     pending = [(j, r) for j, r in pending if j.key not in gone]
                     for k in gone:
                         parts.pop(k, None)
-                    if not pending:
+                    if not pending and not source:
                         break
+                if not pending:
+                    block = source.window(stop)
+                    if block is None:
+                        if stop.is_set():
+                            report.status = "stopped"
+                            return
+                        break
+                    windows += 1
+                    fresh = [j for j in block if j.key not in done]
+                    report.skipped += len(block) - len(fresh)
+                    pending = round_queue(fresh, seed=windows)
+                    continue
                 job, _ = pending[0]
                 if report.first_timing_at is None:
                     report.first_timing_at = time.time()
@@ -217,54 +313,78 @@ def bound_device_cache(runner: DeviceRunner, max_gb: float, pending: set) -> Non
         runner.transport.evict({f.sha256 for f in gone})
 
 
-def collect(jobs: Sequence[Job], devices: Sequence[Device], out="latkit-data", retries: int = 3,
+def collect(jobs: Iterable[Job], devices: Sequence[Device], out="latkit-data", retries: int = 3,
             backoff_s: float = 1.0, job_timeout: float = 600.0, max_workers: int = 64, progress: bool = True,
             retry_errors: bool = False, wait: bool = True, cache_max_gb: Optional[float] = None,
-            executor: Optional[str] = None, refs: Optional[dict] = None) -> CollectReport:
+            executor: Optional[str] = None, refs: Optional[dict] = None,
+            expected: Optional[int] = None) -> CollectReport:
     """Run every job on its device (Job.device names it). Returns per-device counts and failures.
-    Ctrl-C or SIGTERM (raised as Interrupted by the CLI's handler) stops every device within seconds.
-    `executor`: None runs every device from a thread here; a Ray address ("" starts a cluster here) drives
-    each device from a Ray actor (collector/ray_executor.py; `refs` are its exported models' object refs)."""
+    `jobs` may be lazy (an iterator, e.g. of models still exporting): then a feeder thread deals them into
+    each device's Stream as they come, so devices time while later jobs are made (`expected`: jobs per
+    device, for progress until the iterator ends). Ctrl-C or SIGTERM (raised as Interrupted by the CLI's
+    handler) stops every device within seconds. `executor`: None runs every device from a thread here; a
+    Ray address ("" starts a cluster here) drives each device from a Ray actor (collector/ray_executor.py;
+    `refs` are its exported models' object refs)."""
+    streamed = not isinstance(jobs, (list, tuple))
     if executor is not None:
         if cache_max_gb is not None:
             raise LatkitError("--cache-max-gb does not apply to --executor ray yet (each node keeps its own cache); "
                               "leave it out")
         from .ray_executor import collect_ray
-        return collect_ray(jobs, devices, out, executor, refs, retries=retries, backoff_s=backoff_s,
+        return collect_ray(list(jobs), devices, out, executor, refs, retries=retries, backoff_s=backoff_s,
                            job_timeout=job_timeout, retry_errors=retry_errors, wait=wait)
     store = Store(out)
     store.check_writable()  # before any device time is spent
     store.devices()  # a corrupt device probe is named now, not when the first device has started
     by_name = {d.name: d for d in devices}
-    unknown = {j.device for j in jobs} - set(by_name)
-    if unknown:
-        raise LatkitError(f"jobs name devices that were not given: {', '.join(sorted(unknown))}")
     done = store.done_keys(include_errors=not retry_errors)
     reports, todo = {}, {}
-    for name in by_name:
-        mine = list({j.key: j for j in jobs if j.device == name}.values())
-        keep = [j for j in mine if j.key not in done]
-        reports[name] = DeviceReport(name, total=len(mine), skipped=len(mine) - len(keep))
-        todo[name] = keep
+    if streamed:
+        for name in by_name:
+            reports[name], todo[name] = DeviceReport(name, total=expected or 0), Stream()
+    else:
+        unknown = {j.device for j in jobs} - set(by_name)
+        if unknown:
+            raise LatkitError(f"jobs name devices that were not given: {', '.join(sorted(unknown))}")
+        for name in by_name:
+            mine = list({j.key: j for j in jobs if j.device == name}.values())
+            keep = [j for j in mine if j.key not in done]
+            reports[name] = DeviceReport(name, total=len(mine), skipped=len(mine) - len(keep))
+            todo[name] = keep
     report = CollectReport(list(reports.values()))
-    stop, active = threading.Event(), set()
+    stop, active, errors = threading.Event(), set(), []
+    feeder = threading.Thread(target=feed, args=(jobs, todo, reports, done, stop, errors), daemon=True,
+                              name="latkit-feed") if streamed else None
     pool = ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(by_name))))
     try:
         with CollectProgress(report, enabled=progress) as bar:
             futures = [pool.submit(run_device, by_name[n], todo[n], store, reports[n], retries, backoff_s,
                                    job_timeout, bar.update, stop, active, wait, retry_errors, cache_max_gb)
                        for n in by_name]
+            if feeder:
+                feeder.start()
             for f in futures:
                 f.result()
+            if feeder:
+                feeder.join()
             bar.update()
     except (KeyboardInterrupt, Interrupted) as e:
         stop.set()
         for runner in list(active):
             runner.kill()
         pool.shutdown(wait=True)
+        if feeder:
+            feeder.join(timeout=5)  # an export in progress finishes in its worker; nothing waits for it
         sig = e if isinstance(e, Interrupted) else Interrupted("SIGINT", 130)
         raise Interrupted(sig.signame, sig.exit_code, f"interrupted by {sig.signame}: {report.line()}; run the "
                           "same command again to resume") from None
     finally:
         pool.shutdown(wait=True)
+    if errors:
+        e = errors[0]
+        if isinstance(e, LatkitError):
+            said = LatkitError(f"{e} (stopped: {report.line()}; the rows measured are kept, the same command resumes)")
+            said.exit_code = e.exit_code
+            raise said from None
+        raise e
     return report

@@ -1,0 +1,121 @@
+"""Exports stream into the devices' queues: a device times the first archs while later ones still export, an
+export that fails mid-way keeps what was measured, a device that fails does not stall the others, and a
+re-run resumes. Real exports (torch -> ONNX), a real local agent and store."""
+import dataclasses
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from latkit.collector import Registry, Settings, Store
+from latkit.collector.api import collect_space
+from latkit.collector.errors import LatkitError
+from latkit.collector.job import Artifact, Job
+from latkit.collector.samplers import sample
+from latkit.collector.scheduler import DeviceReport, Stream, feed
+from latkit.collector.spaces import NB201
+
+FAST = Settings(warmup_min_count=2, warmup_min_s=0.01, repeats_min_count=5, repeats_min_s=0.02, repeats_max_s=0.05,
+                rounds=2)
+
+
+class SlowNB201(NB201):
+    """NB201 whose networks take `delay` s to build, like a big space's export; arch index `broken` exports a
+    network that cannot run (the export fails)."""
+
+    def __init__(self, delay: float = 0.0, broken: str = ""):
+        super().__init__()
+        self.delay, self.broken = delay, broken
+
+    def options(self) -> dict:  # the same networks as NB201's: the same export keys and files
+        return NB201().options()
+
+    def build(self, arch, resolution=None, device="cpu"):
+        time.sleep(self.delay)
+        net = super().build(arch, resolution, device)
+        if arch == self.broken:
+            def fail(*_):
+                raise RuntimeError("this network cannot run")
+            net.forward = fail
+        return net
+
+
+@pytest.fixture
+def reg(tmp_path):
+    lines = []
+    for name in ("loc", "loc2"):
+        lines += [f"[devices.{name}]", 'transport = "local"', f'workdir = "{tmp_path / name}"',
+                  f'lease = "{tmp_path / name}.lease"', ""]
+    (tmp_path / "devices.toml").write_text("\n".join(lines))
+    return Registry(tmp_path / "devices.toml")
+
+
+def test_devices_time_while_later_archs_export(tmp_path, reg):
+    """With 0.6 s per export and 6 archs, the first row is timed before the last export exists; every arch is
+    measured once on each device, in rounds."""
+    space = SlowNB201(delay=0.6)
+    report = collect_space(space, 6, ["loc", "loc2"], settings=FAST, out=tmp_path / "data", registry=reg,
+                           progress=False, export_workers=1, cache_dir=tmp_path / "cache")
+    assert report.ok and report.measured == 12 and [d.total for d in report.devices] == [6, 6]
+    rows = Store(tmp_path / "data").read().to_pylist()
+    assert len({(r["device"], r["key"]) for r in rows}) == len(rows) == 12
+    assert {len(r["round_ms"]) for r in rows} == {2}
+    last_export = max(p.stat().st_mtime for p in (tmp_path / "cache").glob("*.onnx"))
+    assert min(r["started_at"].timestamp() for r in rows) < last_export
+    again = collect_space(space, 6, ["loc", "loc2"], settings=FAST, out=tmp_path / "data", registry=reg,
+                          progress=False, export_workers=1, cache_dir=tmp_path / "cache")
+    assert again.ok and again.measured == 0 and [d.skipped for d in again.devices] == [6, 6]
+
+
+def test_export_failure_mid_stream_keeps_the_rows_measured(tmp_path, reg):
+    """An arch whose export fails stops the collection with one line naming it; the archs measured before it
+    stay stored, and once the space is fixed the same call measures only the rest."""
+    archs = sample(NB201(), 5, "uniform", 0)
+    broken = SlowNB201(delay=0.3, broken=archs[3])
+    with pytest.raises(LatkitError) as e:
+        collect_space(broken, 5, ["loc"], settings=FAST, out=tmp_path / "data", registry=reg, progress=False,
+                      export_workers=1, cache_dir=tmp_path / "cache")
+    said = str(e.value)
+    assert "export of" in said and archs[3] in said and "the rows measured are kept" in said and "\n" not in said
+    kept = {r["arch"] for r in Store(tmp_path / "data").read().to_pylist()}
+    assert kept and kept <= set(archs[:3])
+    fixed = collect_space(SlowNB201(), 5, ["loc"], settings=FAST, out=tmp_path / "data", registry=reg,
+                          progress=False, export_workers=1, cache_dir=tmp_path / "cache")
+    assert fixed.ok and fixed.measured == 5 - len(kept) and fixed.devices[0].skipped == len(kept)
+    assert sorted(r["arch"] for r in Store(tmp_path / "data").read().to_pylist()) == sorted(archs)
+
+
+def test_a_failed_device_does_not_stall_the_stream(tmp_path, reg):
+    """One device cannot start (its python does not exist): it fails at once and the other measures every
+    arch."""
+    text = (tmp_path / "devices.toml").read_text().replace(
+        "[devices.loc2]\n", "[devices.loc2]\npython = \"/nonexistent/python3\"\n")
+    (tmp_path / "devices.toml").write_text(text)
+    report = collect_space(SlowNB201(delay=0.2), 4, ["loc", "loc2"], settings=FAST, out=tmp_path / "data",
+                           registry=Registry(tmp_path / "devices.toml"), progress=False, export_workers=1,
+                           cache_dir=tmp_path / "cache")
+    by = {d.device: d for d in report.devices}
+    assert by["loc2"].status == "failed" and "python" in by["loc2"].message
+    assert by["loc"].status == "done" and by["loc"].measured == 4
+
+
+def test_feed_skips_stored_keys_and_drops_jobs_of_a_stopped_device():
+    """The feeder never blocks on the full queue of a device that has stopped taking jobs; stored keys count
+    as skipped, and totals are exact at the end of the stream."""
+    art = Artifact(Path("m.onnx"), "0" * 64, "onnx")
+    jobs = [Job(dataclasses.replace(art, sha256=f"{i:064d}"), d, Settings()) for i in range(6) for d in ("a", "b")]
+    streams = {"a": Stream(maxsize=2), "b": Stream(maxsize=2)}
+    reports = {"a": DeviceReport("a", total=0), "b": DeviceReport("b", total=0, status="failed")}
+    reports["a"].status = "running"
+    done, stop, errors = {jobs[0].key}, threading.Event(), []
+    got = []
+    drain = threading.Thread(target=lambda: [got.extend(w) for w in iter(lambda: streams["a"].window(stop), None)])
+    drain.start()
+    t = threading.Thread(target=feed, args=(iter(jobs), streams, reports, done, stop, errors))
+    t.start()
+    t.join(10)
+    assert not t.is_alive(), "the feeder blocked on a device that stopped taking jobs"
+    drain.join(10)
+    assert not errors and [j.key for j in got] == [j.key for j in jobs[2::2]]
+    assert (reports["a"].total, reports["a"].skipped, reports["b"].total) == (6, 1, 6)
