@@ -194,13 +194,15 @@ def _export_worker(cores: Optional[tuple] = None) -> None:
 
 def iter_space_artifacts(space, archs: Sequence[str], fmt: str, batch_size: int = 1,
                          resolution: Optional[int] = None, workers: int = 1, ahead: Optional[int] = None,
-                         cache_dir=None, weight_seed: int = 0, cores: Optional[tuple] = None) -> Iterator[Artifact]:
+                         cache_dir=None, weight_seed: int = 0, cores: Optional[tuple] = None,
+                         pool: bool = False) -> Iterator[Artifact]:
     """Export archs and yield their artifacts in the order given, each as soon as it is ready, so timing
     can start while later archs are still exporting. The archs are checked here, before anything is
-    exported; cached archs are found without a network or a worker; with workers > 1 a process pool
-    (spawned: a forked torch can hang, and started only at the first miss) exports the rest, keeping at most
-    `ahead` (default 4 x workers) archs beyond the consumer, so a slow consumer bounds the files on disk.
-    Closing the iterator cancels what has not started."""
+    exported; cached archs are found without a network or a worker; with workers > 1, or `pool` (exports
+    beside timing: in worker processes at nice 10 even with one worker), a process pool (spawned: a forked
+    torch can hang, and started only at the first miss) exports the rest, keeping at most `ahead` (default
+    4 x workers) archs beyond the consumer, so a slow consumer bounds the files on disk. Closing the
+    iterator cancels what has not started."""
     sp = as_space(space)
     archs = [sp.validate(a) for a in archs]
     for a in archs:  # a resolution the space lacks, or one that contradicts an ofa arch: refused before exporting
@@ -208,12 +210,14 @@ def iter_space_artifacts(space, archs: Sequence[str], fmt: str, batch_size: int 
     validate.whole(workers, "export workers", 1)
     check_format(fmt)
     cache = Path(cache_dir or DEFAULT_CACHE)
-    return _exports(sp, archs, fmt, batch_size, resolution, workers, ahead or 4 * workers, cache, weight_seed, cores)
+    return _exports(sp, archs, fmt, batch_size, resolution, workers, ahead or 4 * workers, cache, weight_seed, cores,
+                    pool or workers > 1 or cores is not None)
 
 
-def _exports(sp, archs, fmt, batch_size, resolution, workers, ahead, cache, weight_seed, cores) -> Iterator[Artifact]:
+def _exports(sp, archs, fmt, batch_size, resolution, workers, ahead, cache, weight_seed, cores,
+             pooled) -> Iterator[Artifact]:
     args = lambda a: (sp, a, fmt, batch_size, resolution, cache, weight_seed)  # noqa: E731
-    if workers == 1:
+    if not pooled:
         for a in archs:
             yield export_arch(*args(a))
         return
@@ -257,32 +261,35 @@ def space_artifacts(space, archs: Sequence[str], runtime: str = "onnxruntime", b
 
 @dataclasses.dataclass(frozen=True)
 class ExportPlan:
-    """How many export workers, on which cores, and why (said in the log)."""
+    """How many export workers, on which cores, whether devices time while they export, and why (logged)."""
 
     workers: int
     cores: Optional[tuple]  # None: any core (at nice 10)
     why: str
+    stream: bool = True  # devices time while later archs export; False: every export first
 
 
 def export_plan(devices: Sequence[Device], settings: Optional[Settings], cores: Optional[set] = None) -> ExportPlan:
-    """Default export workers: the host's cores - 1, none on a core a `local` device is pinned to (--cores);
-    a local device that is not pinned shares every core, and the workers' nice 10 gives it the CPU first."""
+    """Default export workers: the host's cores - 1, none on a core a `local` device is pinned to (--cores).
+    Exports stream into the devices' queues unless a `local` device would share cores with them: a local
+    device that is not pinned (or pinned to every core) times only once every export is done, so no
+    export disturbs its timing."""
     cores = set(os.sched_getaffinity(0) if cores is None else cores)
     pinned = set(settings.cores or ()) if settings else set()
     local = any(d.transport == "local" for d in devices)
+    n = max(1, len(cores) - 1)
     if local and pinned:
         free = sorted(cores - pinned)
         if free:
             n = max(1, min(len(free), len(cores) - 1))
             return ExportPlan(n, tuple(free), f"{n} export worker(s) on cores {free}, apart from the local device's "
-                                              f"{sorted(pinned)}")
-        return ExportPlan(1, None, f"1 export worker at nice 10: the local device is pinned to every core "
-                                   f"({sorted(pinned)})")
-    n = max(1, len(cores) - 1)
-    why = f"{n} export worker(s) ({len(cores)} cores - 1)"
+                                              f"{sorted(pinned)}, while the devices time")
+        return ExportPlan(n, None, f"{n} export worker(s), all before timing: the local device is pinned to every "
+                                   f"core ({sorted(pinned)})", stream=False)
     if local:
-        why += "; the local device is not pinned (--cores), so they share its cores at nice 10"
-    return ExportPlan(n, None, why)
+        return ExportPlan(n, None, f"{n} export worker(s) ({len(cores)} cores - 1), all before timing: the local "
+                                   "device is not pinned (--cores), so exports would share its cores", stream=False)
+    return ExportPlan(n, None, f"{n} export worker(s) ({len(cores)} cores - 1) at nice 10, while the devices time")
 
 
 def collect_space(space, n: int, devices: Sequence[str], runtime: str = "onnxruntime",
@@ -322,14 +329,16 @@ def collect_space(space, n: int, devices: Sequence[str], runtime: str = "onnxrun
                               weight_seed=weight_seed)
         arts, refs = [a for a, _ in pairs], {a.sha256: r for a, r in pairs}
     else:
-        if export_workers is None:  # said once the inputs are known good, so a refusal stays one line
-            plan = export_plan(devs, settings)
-            log.info("%s", plan.why)
-            export_workers, cores = plan.workers, plan.cores
-        else:
-            cores = None
-        arts = iter_space_artifacts(sp, archs, EXPORT_FORMAT[runtime], batch_size, resolution, export_workers,
-                                    cache_dir=cache, weight_seed=weight_seed, cores=cores)
+        plan = export_plan(devs, settings)  # said once the inputs are known good, so a refusal stays one line
+        if export_workers is not None:
+            plan = dataclasses.replace(plan, workers=export_workers, why=f"{export_workers} export worker(s) (given)"
+                                       + ("" if plan.stream else ", all before timing: a local device shares their cores"))
+        log.info("%s", plan.why)
+        arts = iter_space_artifacts(sp, archs, EXPORT_FORMAT[runtime], batch_size, resolution, plan.workers,
+                                    cache_dir=cache, weight_seed=weight_seed, cores=plan.cores, pool=plan.stream)
+        if not plan.stream:
+            arts = list(progress_iter(arts, f"exporting {len(archs)} {sp.name} archs to {EXPORT_FORMAT[runtime]}",
+                                      progress, total=len(archs)))
     names, label = [d.name for d in devs], f"{sampler}(seed={seed})"
     exported: list = []  # the artifacts so far, for the cache bound at the end
 

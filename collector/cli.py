@@ -500,8 +500,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="input side (default: the space's; nb201, fbnet: 16-512 step 4; ofa: 128-224 step 4, "
                         "and the sampled archs carry it as r)")
     c.add_argument("--export-workers", type=validate.arg_whole(1, 256), metavar="N",
-                   help="export the sampled archs on N processes (default: the host's cores - 1, none on the cores "
-                        "a local device is pinned to with --cores; -v says what was chosen)")
+                   help="export the sampled archs on N processes while the devices time them (default: the host's "
+                        "cores - 1, none on the cores a local device is pinned to with --cores; an unpinned local "
+                        "device times after the exports; -v says what was chosen)")
     c.add_argument("--cache-max-gb", type=validate.arg_number(0), metavar="GB",
                    help="bound the host's export cache and each device's model cache (default: unbounded); least "
                         "recently used models go first, those measured on every device before them")

@@ -188,11 +188,13 @@ def test_export_workers_default():
     from latkit.collector.api import export_plan
     from latkit.collector.devices import Device
     local, remote = Device(name="local", transport="local"), Device(name="pi", transport="ssh", host="h")
-    assert export_plan([remote], None, {0, 1, 2, 3}).workers == 3
+    plan = export_plan([remote], None, {0, 1, 2, 3})
+    assert (plan.workers, plan.stream) == (3, True)
     plan = export_plan([local], Settings(cores=(0,)), {0, 1, 2, 3})
-    assert (plan.workers, plan.cores) == (3, (1, 2, 3)) and "apart from" in plan.why
+    assert (plan.workers, plan.cores, plan.stream) == (3, (1, 2, 3), True) and "apart from" in plan.why
     plan = export_plan([local], Settings(cores=(2, 3)), {0, 1, 2, 3})
     assert (plan.workers, plan.cores) == (2, (0, 1))
-    plan = export_plan([local], None, {0, 1})
-    assert (plan.workers, plan.cores) == (1, None) and "not pinned" in plan.why
-    assert export_plan([local], Settings(cores=(0, 1)), {0, 1}).workers == 1
+    plan = export_plan([local, remote], None, {0, 1})  # exports would share the local device's cores: first
+    assert (plan.workers, plan.cores, plan.stream) == (1, None, False) and "not pinned" in plan.why
+    plan = export_plan([local], Settings(cores=(0, 1)), {0, 1})
+    assert (plan.workers, plan.stream) == (1, False)

@@ -2,6 +2,7 @@
 export that fails mid-way keeps what was measured, a device that fails does not stall the others, and a
 re-run resumes. Real exports (torch -> ONNX), a real local agent and store."""
 import dataclasses
+import os
 import threading
 import time
 from pathlib import Path
@@ -16,8 +17,12 @@ from latkit.collector.samplers import sample
 from latkit.collector.scheduler import DeviceReport, Stream, feed
 from latkit.collector.spaces import NB201
 
+# The local devices are pinned to core 0, so exports run beside them on the other cores (export_plan); an
+# unpinned local device would share its cores with them and time only after every export.
 FAST = Settings(warmup_min_count=2, warmup_min_s=0.01, repeats_min_count=5, repeats_min_s=0.02, repeats_max_s=0.05,
-                rounds=2)
+                rounds=2, cores=(0,))
+pytestmark = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2 or 0 not in os.sched_getaffinity(0),
+                                reason="streams exports beside a local device pinned to core 0: needs cores 0 and another")
 
 
 class SlowNB201(NB201):
@@ -56,7 +61,7 @@ def test_devices_time_while_later_archs_export(tmp_path, reg):
     measured once on each device, in rounds."""
     space = SlowNB201(delay=0.6)
     report = collect_space(space, 6, ["loc", "loc2"], settings=FAST, out=tmp_path / "data", registry=reg,
-                           progress=False, export_workers=1, cache_dir=tmp_path / "cache")
+                           progress=False, cache_dir=tmp_path / "cache")
     assert report.ok and report.measured == 12 and [d.total for d in report.devices] == [6, 6]
     rows = Store(tmp_path / "data").read().to_pylist()
     assert len({(r["device"], r["key"]) for r in rows}) == len(rows) == 12
@@ -64,7 +69,7 @@ def test_devices_time_while_later_archs_export(tmp_path, reg):
     last_export = max(p.stat().st_mtime for p in (tmp_path / "cache").glob("*.onnx"))
     assert min(r["started_at"].timestamp() for r in rows) < last_export
     again = collect_space(space, 6, ["loc", "loc2"], settings=FAST, out=tmp_path / "data", registry=reg,
-                          progress=False, export_workers=1, cache_dir=tmp_path / "cache")
+                          progress=False, cache_dir=tmp_path / "cache")
     assert again.ok and again.measured == 0 and [d.skipped for d in again.devices] == [6, 6]
 
 
@@ -75,13 +80,13 @@ def test_export_failure_mid_stream_keeps_the_rows_measured(tmp_path, reg):
     broken = SlowNB201(delay=0.3, broken=archs[3])
     with pytest.raises(LatkitError) as e:
         collect_space(broken, 5, ["loc"], settings=FAST, out=tmp_path / "data", registry=reg, progress=False,
-                      export_workers=1, cache_dir=tmp_path / "cache")
+                      cache_dir=tmp_path / "cache")
     said = str(e.value)
     assert "export of" in said and archs[3] in said and "the rows measured are kept" in said and "\n" not in said
     kept = {r["arch"] for r in Store(tmp_path / "data").read().to_pylist()}
     assert kept and kept <= set(archs[:3])
     fixed = collect_space(SlowNB201(), 5, ["loc"], settings=FAST, out=tmp_path / "data", registry=reg,
-                          progress=False, export_workers=1, cache_dir=tmp_path / "cache")
+                          progress=False, cache_dir=tmp_path / "cache")
     assert fixed.ok and fixed.measured == 5 - len(kept) and fixed.devices[0].skipped == len(kept)
     assert sorted(r["arch"] for r in Store(tmp_path / "data").read().to_pylist()) == sorted(archs)
 
@@ -93,7 +98,7 @@ def test_a_failed_device_does_not_stall_the_stream(tmp_path, reg):
         "[devices.loc2]\n", "[devices.loc2]\npython = \"/nonexistent/python3\"\n")
     (tmp_path / "devices.toml").write_text(text)
     report = collect_space(SlowNB201(delay=0.2), 4, ["loc", "loc2"], settings=FAST, out=tmp_path / "data",
-                           registry=Registry(tmp_path / "devices.toml"), progress=False, export_workers=1,
+                           registry=Registry(tmp_path / "devices.toml"), progress=False,
                            cache_dir=tmp_path / "cache")
     by = {d.device: d for d in report.devices}
     assert by["loc2"].status == "failed" and "python" in by["loc2"].message
@@ -119,3 +124,38 @@ def test_feed_skips_stored_keys_and_drops_jobs_of_a_stopped_device():
     drain.join(10)
     assert not errors and [j.key for j in got] == [j.key for j in jobs[2::2]]
     assert (reports["a"].total, reports["a"].skipped, reports["b"].total) == (6, 1, 6)
+
+
+def test_sigint_while_exporting_and_timing_then_resume(tmp_path, reg):
+    """Ctrl-C while the device times and the export worker still exports: exit 130 within 5 s with one line,
+    no agent or export worker left; the same command then measures the rest, each key once."""
+    import signal
+    import subprocess
+    import sys
+    from collections import Counter
+
+    import psutil
+    from conftest import ROOT
+    out = tmp_path / "d"
+    args = [sys.executable, "-m", "latkit.collector.cli", "collect", "--space", "nb201", "--n", "30", "--devices",
+            "loc", "--registry", str(reg.path), "--out", str(out), "--cores", "0", "--min-time", "0.5", "--max-time",
+            "0.5", "--rounds", "1", "--quiet"]
+    env = dict(os.environ, LATKIT_CACHE=str(tmp_path / "cache"))  # empty: every arch is exported during the run
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 180
+    while Store(out).read(columns=["key"]).num_rows < 1 and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the collection ended before it could be interrupted"
+    children = psutil.Process(proc.pid).children(recursive=True)
+    t0 = time.time()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert time.time() - t0 < 5 and proc.returncode == 130, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert "run the same command again to resume" in err
+    time.sleep(1)
+    assert [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE] == []
+    r = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    counts = Counter(Store(out).read(columns=["key"])["key"].to_pylist())
+    assert len(counts) == 30 and set(counts.values()) == {1}
