@@ -157,9 +157,12 @@ def bench_fleet_export(d: dict) -> str:
     """The OFA export pipeline (scripts/bench_fleet.py --ofa-archs N) beside its goals."""
     e, g = d["export_pipeline"], d["export_pipeline"]["goals"]
     duty = lambda run: " / ".join(f"{v * 100:.1f} %" for v in run["duty_cycle"].values())  # noqa: E731
-    lines = [f"{e['archs']} OFA archs ({e['space']}, {e['timed_s_per_model'][0]}-{e['timed_s_per_model'][1]} s "
-             f"timed per model, 1 round) x {e['devices']} loopback sshd devices, {e['export_workers']} export "
-             f"worker(s), on {e['machine']} ({e['date']}; 1-min load average {e['load_1min']:.1f}):", "",
+    protocol = ("default timing settings" if e.get("settings") == "defaults" else
+                f"{e['timed_s_per_model'][0]}-{e['timed_s_per_model'][1]} s timed per model, 1 round")
+    streamed = "streamed into the device queues" if e.get("streamed") else "all before timing"
+    lines = [f"{e['archs']} OFA archs ({e['space']}, {protocol}) x {e['devices']} loopback sshd devices, "
+             f"{e['export_workers']} export worker(s), exports {streamed}, on {e['machine']} ({e['date']}; 1-min "
+             f"load average {e['load_1min']:.1f}):", "",
              "| collection | wall s | device duty cycle (timing / wall, exports included) | time to first timing |",
              "|---|---|---|---|"]
     for label, run in (("cold export cache", e["cold"]), ("every export cached (resume)", e["cached"])):
