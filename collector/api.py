@@ -181,15 +181,24 @@ def export_arch(space, arch: str, fmt: str, batch_size: int = 1, resolution: Opt
                          input_specs([shape], ["float32"]), dataclasses.asdict(spec))
 
 
-def _export_worker(cores: Optional[tuple] = None) -> None:
+def _export_worker(cores: Optional[tuple] = None, host_pid: Optional[int] = None) -> None:
     """Export workers: one thread each, so N workers use N cores instead of N x all of them, a lower
     priority, so a device timing on this host while they export (the local agent) gets the CPU first, and,
-    given `cores`, only those (kept apart from a pinned local device)."""
+    given `cores`, only those (kept apart from a pinned local device). They die with the host process
+    (Linux PR_SET_PDEATHSIG), which an idle pool worker would otherwise outlive, blocked on its queue."""
     import torch
     torch.set_num_threads(1)
     os.nice(10)
     if cores:
         os.sched_setaffinity(0, cores)
+    try:
+        import ctypes
+        import signal
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: shut down with the pool, as before
+        return
+    if host_pid is not None and os.getppid() != host_pid:  # the host died before the prctl
+        os._exit(1)
 
 
 def iter_space_artifacts(space, archs: Sequence[str], fmt: str, batch_size: int = 1,
@@ -233,7 +242,7 @@ def _exports(sp, archs, fmt, batch_size, resolution, workers, ahead, cache, weig
                 return
             if pool is None:
                 pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                           initializer=_export_worker, initargs=(cores,))
+                                           initializer=_export_worker, initargs=(cores, os.getpid()))
             queued.append(pool.submit(export_arch, *args(a)))
 
         for a in itertools.islice(todo, ahead):

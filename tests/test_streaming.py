@@ -159,3 +159,31 @@ def test_sigint_while_exporting_and_timing_then_resume(tmp_path, reg):
     assert r.returncode == 0, r.stderr
     counts = Counter(Store(out).read(columns=["key"])["key"].to_pylist())
     assert len(counts) == 30 and set(counts.values()) == {1}
+
+
+def test_sigkilled_orchestrator_leaves_no_export_worker(tmp_path, reg):
+    """The export workers die with the orchestrator (PR_SET_PDEATHSIG), as its agents do: SIGKILL while the
+    device times and the workers export leaves no process of the run after 10 s."""
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+    from conftest import ROOT
+    args = [sys.executable, "-m", "latkit.collector.cli", "collect", "--space", "nb201", "--n", "40", "--devices",
+            "loc", "--registry", str(reg.path), "--out", str(tmp_path / "d"), "--cores", "0", "--min-time", "0.5",
+            "--max-time", "0.5", "--rounds", "1", "--quiet"]
+    env = dict(os.environ, LATKIT_CACHE=str(tmp_path / "cache"))
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    me = psutil.Process(proc.pid)
+    deadline = time.time() + 120
+    while time.time() < deadline and not any("multiprocessing" in " ".join(c.cmdline()) for c in me.children()):
+        time.sleep(0.1)
+    while time.time() < deadline and Store(tmp_path / "d").read(columns=["key"]).num_rows < 1:
+        time.sleep(0.1)  # the device is timing too
+    children = me.children(recursive=True)
+    assert any("multiprocessing" in " ".join(c.cmdline()) for c in children), "no export worker was started"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    gone, alive = psutil.wait_procs(children, timeout=10)
+    assert alive == [], [" ".join(p.cmdline())[:120] for p in alive]
