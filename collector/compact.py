@@ -20,17 +20,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import polars as pl
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .errors import LatkitError
 from .schema import PARTITIONS, SCHEMA, conform
-from .store import MANIFEST, Store
+from .store import MANIFEST, Store, foreign_columns
 
 ROW_GROUP = 65536  # rows per row group of a compacted file
-CHUNK_BYTES = 256 * 2 ** 20  # files read at once, by size on disk (a single-row file is ~25 KB, mostly footer)
+CHUNK_BYTES = 128 * 2 ** 20  # files read at once, by size on disk (a single-row file is ~25 KB, mostly footer)
 _IO_THREADS = 32  # deletes and remote reads wait on the disk or network: a local unlink takes ~2 ms here
 
 
@@ -115,24 +114,37 @@ def _read(store: Store, paths: list, pool: ThreadPoolExecutor) -> list:
     """The rows of `paths` as tables in the file schema. Polars reads many files in one multi-threaded scan: a
     single-row file costs it ~0.3 ms against ~3 ms in pyarrow, which builds a zstd context per column chunk.
     Files of one schema are read together and conformed once; the scan fails on files whose columns differ
-    from the first's (written by an older latkit), and then each file's footer says which run it belongs to."""
+    from the first's (written by an older latkit), and then each file's footer says which run it belongs to.
+    A file that is not latkit data fails the compaction, naming it (conform would make it rows of nulls)."""
+    import polars as pl  # only compaction needs it (0.2 s to import: not on every CLI start)
     sources = paths if store.local else list(pool.map(lambda p: _bytes(store, p), paths))
     try:
-        return [conform(_polars(sources))]
+        return [_conform(store, paths, sources)]
     except pl.exceptions.PolarsError:
         pass
     try:
         schemas = list(pool.map(lambda p: _schema(store, p), paths))
     except (pa.ArrowException, OSError):
-        raise store._foreign() from None
+        raise store.foreign_file() from None
     runs: dict = {}
-    for source, schema in zip(sources, schemas):
-        runs.setdefault(schema, []).append(source)
-    return [conform(_polars(run)) for run in runs.values()]
+    for path, source, schema in zip(paths, sources, schemas):
+        runs.setdefault(schema, ([], []))
+        runs[schema][0].append(path)
+        runs[schema][1].append(source)
+    try:
+        return [_conform(store, *run) for run in runs.values()]
+    except pl.exceptions.PolarsError as e:
+        raise LatkitError(f"cannot read {paths[0].rsplit('/', 1)[0]}: {str(e).splitlines()[0]}") from None
 
 
-def _polars(sources: list) -> pa.Table:
-    return pl.scan_parquet(sources, hive_partitioning=False, glob=False).collect().rechunk().to_arrow()
+def _conform(store: Store, paths: list, sources: list) -> pa.Table:
+    """`sources` (the files at `paths`, all of one schema) read in one scan and conformed to the file schema."""
+    import polars as pl
+    t = pl.scan_parquet(sources, hive_partitioning=False, glob=False).collect().rechunk().to_arrow()
+    why = foreign_columns(t.schema)
+    if why:
+        raise store.not_latkit(paths[0], why)
+    return conform(t)
 
 
 def _bytes(store: Store, path: str) -> bytes:
