@@ -67,7 +67,7 @@ def compact(path) -> CompactReport:
         folders: dict = {}
         for i in infos:
             folders.setdefault(i.path.rsplit("/", 1)[0], []).append(i)
-        removed = 0
+        removed, deleting = 0, []
         for folder, files in sorted(folders.items()):
             gone = _repair(store, folder, [i.path for i in files], pool)
             removed += len(gone)
@@ -78,7 +78,11 @@ def compact(path) -> CompactReport:
             manifest = f"{folder}/{MANIFEST}{uid}.json"
             store.write_file(folder, _row_groups(store, live, pool), prefix="compact", uid=uid,
                              before_rename=lambda: store.write_json(manifest, [i.base_name for i in live]))
-            list(pool.map(store.fs.delete_file, [i.path for i in live]))
+            # the replaced files go while the next folder is read; its manifest once they are gone
+            deleting.append((manifest, [pool.submit(store.fs.delete_file, i.path) for i in live]))
+        for manifest, deletes in deleting:
+            for d in deletes:
+                d.result()
             store.fs.delete_file(manifest)
     return CompactReport(before, len(store.files()), store.read(columns=["key"]).num_rows, removed)
 
