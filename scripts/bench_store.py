@@ -127,6 +127,7 @@ def main() -> int:
         assert sum(pool.map(_single_files, [(str(single), s, min(5000, n - s), args.samples)
                                             for s in range(0, n, 5000)])) == n
     os.sync()  # the files on disk, not in the page cache: compaction does not pay for their writeback
+    time.sleep(60)  # so the 1-min load noted as compaction begins is other work's, not the file-making just done
     out["single_files"] = len(Store(single).files())
     out["single_bytes_per_row"] = du(single / "data") / n
     # Store.read (pyarrow's dataset) holds each file's footer while it reads, ~230 KB per single-row file: 23 GB
