@@ -49,6 +49,18 @@ def _castable(have: pa.DataType, want: pa.DataType) -> bool:
         return False
 
 
+def foreign_columns(schema: pa.Schema) -> Optional[str]:
+    """Why rows of `schema` are not latkit's (no key or status column, a column of another type); None if
+    they are."""
+    missing = {"status", "key"} - set(schema.names)
+    if missing:
+        return f"no {' and no '.join(sorted(missing))} column"
+    clash = [n for n in schema.names if n in FILE_SCHEMA.names
+             and not _castable(schema.field(n).type, FILE_SCHEMA.field(n).type)]
+    return f"column {clash[0]} is {schema.field(clash[0]).type}, not {FILE_SCHEMA.field(clash[0]).type}" \
+        if clash else None
+
+
 def check_row(row: dict) -> None:
     """Reject a row that would be stored wrong: from_pylist drops unknown keys silently (a typo would become a
     null column), and the partition values become folder names."""
@@ -221,16 +233,16 @@ class Store:
             except (pa.ArrowException, OSError):
                 if attempt + 1 < _READ_TRIES and set(files) != set(self.files()):
                     continue
-                raise self._foreign() from None
+                raise self.foreign_file() from None
             break
         else:
             raise LatkitError(f"dataset {self.uri} kept changing while it was read; try again")
         if t["status"].null_count:
-            raise self._foreign()
+            raise self.foreign_file()
         t = t.cast(pa.schema([SCHEMA.field(n) for n in t.column_names]))
         return t if columns is None else t.select(columns)
 
-    def _foreign(self) -> LatkitError:
+    def foreign_file(self) -> LatkitError:
         """An error naming the first data file latkit did not write (the slow path, after a read failed)."""
         for path in self.files():
             try:
@@ -239,15 +251,14 @@ class Store:
             except (pa.ArrowException, OSError) as e:
                 why = f"not a Parquet file ({str(e).splitlines()[0]})"
             else:
-                missing = {"status", "key"} - set(schema.names)
-                clash = [n for n in schema.names if n in FILE_SCHEMA.names
-                         and not _castable(schema.field(n).type, FILE_SCHEMA.field(n).type)]
-                if not missing and not clash:
+                why = foreign_columns(schema)
+                if why is None:
                     continue
-                why = f"no {' and no '.join(sorted(missing))} column" if missing else \
-                    f"column {clash[0]} is {schema.field(clash[0]).type}, not {FILE_SCHEMA.field(clash[0]).type}"
-            return LatkitError(f"{path} is not latkit data ({why}); move it out of the dataset {self.uri}")
+            return self.not_latkit(path, why)
         return LatkitError(f"dataset {self.uri} cannot be read; check that its files were written by latkit")
+
+    def not_latkit(self, path: str, why: str) -> LatkitError:
+        return LatkitError(f"{path} is not latkit data ({why}); move it out of the dataset {self.uri}")
 
     def record_devices(self, probes: dict) -> None:
         """Keep each device's probe beside the rows, one file per fingerprint (`devices/<device>-<fp>.json`,

@@ -147,6 +147,8 @@ CASES = [
     ("data-card-devices-json", "data card {w}/devjson", 2, "d1-0123.json is not a device probe"),
     ("data-show-old-layout", "data show {w}/oldlayout", 2, "layout of an older latkit (rows beside the card); run `latkit data migrate"),
     ("data-compact-missing", "data compact {w}/missing", 2, "no dataset at {w}/missing"),
+    ("data-compact-foreign", "data compact {w}/foreign", 2, "other-tool.parquet is not latkit data (no key and no status"),
+    ("data-compact-not-parquet", "data compact {w}/notpq", 2, "notes.parquet is not latkit data (not a Parquet file"),
     ("data-migrate-missing", "data migrate {w}/missing", 2, "no dataset at {w}/missing"),
     ("data-plot-unwritable", "data plot {w}/data --out {w}/afile/plots", 2,
      "cannot write {w}/afile/plots: Not a directory; give --out a writable folder"),

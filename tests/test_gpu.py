@@ -53,8 +53,8 @@ def gpu():
 
 
 def test_collector_imports_without_the_ssh_extras():
-    """A bare GPU machine has no paramiko or tomlkit: timing on `local` must not need them."""
-    code = ("import sys; sys.modules['paramiko'] = sys.modules['tomlkit'] = None\n"
+    """A bare GPU machine has no paramiko, tomlkit or polars: timing on `local` must not need them."""
+    code = ("import sys; sys.modules['paramiko'] = sys.modules['tomlkit'] = sys.modules['polars'] = None\n"
             "import latkit.collector, latkit.collector.cli, latkit.collector.scheduler\n"
             "from latkit.collector import Registry\n"
             "print(type(Registry().get('local').connect()).__name__)")

@@ -203,6 +203,33 @@ def test_compact_while_writing_never_loses_or_doubles(tmp_path):
     assert _keys(tmp_path) == Counter(written) and len(Store(tmp_path).files()) == 2
 
 
+@pytest.mark.parametrize("local", [True, False])
+def test_compact_conforms_older_files(tmp_path, monkeypatch, local):
+    """Files an older latkit wrote (a column missing, samples as float64), first and last in the folder and
+    among current ones, compact to the full schema with every value kept; `local=False` reads the files as
+    bytes through the store's filesystem, as on an object store."""
+    from latkit.collector.compact import compact
+    store = Store(tmp_path)
+    for i in range(3):
+        store.append([make_measurement(i).to_row()])
+    folder = tmp_path / "data" / "device=dev1" / "space=custom"
+    full = pa.Table.from_pylist([make_measurement(i).to_row() for i in range(3, 7)], schema=SCHEMA).cast(FILE_SCHEMA)
+    pq.write_table(full.slice(0, 2).drop_columns(["session_reused", "round_session_reused"]),
+                   folder / "part-0-older.parquet")
+    f64 = pa.list_(pa.float64())
+    pq.write_table(full.slice(2).set_column(full.schema.get_field_index("samples_ms"), "samples_ms",
+                                            full["samples_ms"].slice(2).cast(f64)), folder / "part-z-older.parquet")
+    want = store.read().sort_by("key")
+    assert want.num_rows == 7 and want["session_reused"].null_count == 2
+    if not local:
+        monkeypatch.setattr(Store, "local", property(lambda self: False))
+    r = compact(tmp_path)
+    assert (r.files_before, r.files_after, r.rows) == (5, 1, 7)
+    [f] = folder.glob("*.parquet")
+    assert f.name.startswith("compact-") and pq.read_schema(f).remove_metadata().equals(FILE_SCHEMA)
+    assert Store(tmp_path).read().sort_by("key").equals(want)
+
+
 def test_sigkill_during_compaction(tmp_path):
     """Kill `latkit data compact` mid-write and mid-delete: reads see every row once; the next compaction
     cleans up."""
