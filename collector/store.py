@@ -36,6 +36,7 @@ from .schema import FILE_SCHEMA, PARTITIONS, SCHEMA
 
 MANIFEST = "_replaces-"  # `_replaces-<id>.json`: the file names `compact-<id>.parquet` replaces (collector/compact.py)
 _READ_TRIES = 20  # a concurrent compaction may remove files between listing and reading: list again
+_READ_CHUNK = 1000  # files per scan: bounds a read's memory on datasets of many small files
 
 
 def _castable(have: pa.DataType, want: pa.DataType) -> bool:
@@ -226,8 +227,10 @@ class Store:
         # file deleted before we read it, and then we list again.
         for attempt in range(_READ_TRIES):
             files = self.files()
-            try:
-                t = self.dataset(files).to_table(columns=cols, filter=wanted)
+            try:  # in chunks of files: a scan holds ~230 KB per file it reads until it ends (23 GB at 100k files)
+                t = pa.concat_tables([self.dataset(files[i:i + _READ_CHUNK]).to_table(columns=cols, filter=wanted)
+                                      for i in range(0, len(files), _READ_CHUNK)] or
+                                     [self.dataset([]).to_table(columns=cols, filter=wanted)])
             except FileNotFoundError:  # compacted away meanwhile
                 continue
             except (pa.ArrowException, OSError):

@@ -58,6 +58,21 @@ def test_done_keys(tmp_path):
     assert store.read().filter(ds.field("status") == "error").to_pylist()[0]["error_kind"] == "corrupt_model"
 
 
+def test_reads_many_files_in_chunks(tmp_path, monkeypatch):
+    """A read scans a bounded number of files at a time (one scan holds ~230 KB per file until it ends); the
+    chunks join into one table whatever partition each chunk saw, with the same rows, filter and keys."""
+    from latkit.collector import store as store_module
+    store = Store(tmp_path)
+    for i in range(7):  # seven files over two partitions
+        store.append([make_measurement(i, device=f"dev{i % 2}").to_row()])
+    whole = store.read().sort_by("arch")
+    monkeypatch.setattr(store_module, "_READ_CHUNK", 3)
+    chunked = store.read().sort_by("arch")
+    assert len(store.files()) == 7 and chunked.equals(whole) and chunked.schema.equals(SCHEMA)
+    assert store.read(filter=ds.field("device") == "dev1").num_rows == 3
+    assert store.done_keys() == {make_measurement(i, device=f"dev{i % 2}").job.key for i in range(7)}
+
+
 def test_appends_never_touch_existing_files(tmp_path):
     store = Store(tmp_path)
     store.append([make_measurement(1).to_row()])
