@@ -62,6 +62,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--n", type=int, default=60, help="NB201 archs (default 60)")
     ap.add_argument("--json", default="scripts/bench_measure.json", help="where to write the figures")
+    ap.add_argument("--keep", metavar="DIR", help="keep latkit's datasets in DIR (RUNTIME-PASS per pass) for "
+                    "offline analysis of their samples; default: a temporary directory, removed")
     args = ap.parse_args()
     console = Console(width=None if sys.stdout.isatty() else 130)
     p = probe("local")
@@ -74,11 +76,12 @@ def main():
            "n": args.n, "settings": json.loads(Settings().canonical()), "date": time.strftime("%Y-%m-%d"),
            "runs": {}}
     with tempfile.TemporaryDirectory() as tmp:
+        tmp = args.keep or tmp
         passes = {}
         for k in (0, 1):
             for rt in settings:
                 console.print(f"latkit pass {k + 1}, {rt} ...")
-                passes[(rt, k)] = latkit_pass(archs, rt, f"{tmp}/{rt}-{k}", settings[rt])
+                passes[(rt, k)] = latkit_pass(archs, rt, f"{tmp}/{rt}-{k + 1}", settings[rt])
             budget = passes[("torch", 0)][0]
             console.print(f"peer pass {k + 1} (min_run_time {0.9 * budget:.2f} s) ...")
             passes[("peer", k)] = peer_pass(archs, 0.9 * budget)
