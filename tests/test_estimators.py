@@ -18,9 +18,9 @@ from latkit.collector.dataset import HELP_DIR
 from latkit.collector.spaces import get_space
 from conftest import ROOT
 from latkit.predictor.data import LatencyTable
-from latkit.predictor.models import MODELS, ArchRegressor, make_model
+from latkit.predictor.models import MODELS, ArchRegressor, Surrogate, make_model
 from latkit.predictor.regressors import ForestRegressor, GBDTRegressor, MLPRegressor, RidgeRegressor
-from latkit.predictor.transfer import FewShot, Pretrained
+from latkit.predictor.transfer import FewShot, Pretrained, _best_line, _clipped
 
 
 def small(kind, **params):
@@ -106,9 +106,10 @@ def test_gnn_threads_are_its_own(own):
     assert torch.get_num_threads() == before
 
 
-def test_few_shot_keeps_pretraining_through_clone():
+def test_few_shot_keeps_pretraining_through_clone(tmp_path):
     """FewShot on a frozen Pretrained: clone (cross_val_score) keeps the pretraining; an arch is predicted
-    the same alone or with the pool; an unfrozen, cloned Pretrained is one clear error."""
+    the same alone or with the pool, and by the model loaded from its file; an unfrozen, cloned Pretrained is
+    one clear error."""
     table = LatencyTable(HELP_DIR / "fbnet_latency.parquet", "fbnet")
     archs = table.common_archs(["raspi4"])[:1000]
     pre = Pretrained("fbnet", source_samples=200, gnn_steps=50, n_jobs=1).fit(table, ["pixel3", "1080ti_1"], archs)
@@ -119,6 +120,9 @@ def test_few_shot_keeps_pretraining_through_clone():
     assert np.array_equal(clone(model).fit(chosen, y).predict(archs), model.predict(archs))
     scores = cross_val_score(FewShot(FrozenEstimator(pre)), chosen, y, cv=4)
     assert np.isfinite(scores).all()
+    model.save(tmp_path / "f.latkit-model")  # the three views, their scales and weights travel in the file
+    loaded, (mean, std) = Surrogate.load(tmp_path / "f.latkit-model"), model.predict(archs[:50], return_std=True)
+    assert all(np.allclose(a, b) for a, b in zip(loaded.predict(archs[:50], return_std=True), (mean, std)))
     with pytest.raises(LatkitError, match=r"needs pretraining done: give FewShot\(FrozenEstimator"):
         clone(FewShot(pre)).fit(chosen, y)
 
@@ -140,3 +144,15 @@ def test_bad_inputs_are_one_line(own, tmp_path):
     with pytest.raises(LatkitError, match="cannot save a model around Lasso: only latkit's regressors"):
         ArchRegressor("nb201", Lasso()).fit(archs, y).save(tmp_path / "m.latkit-model")
     assert not (tmp_path / "m.latkit-model").exists()
+
+
+def test_few_shot_line_and_clipping():
+    """The line view takes the one feature the target is a straight function of, not a noise column that fits
+    the samples by chance; a sample 10x slow is clipped to the median + 2 robust standard deviations."""
+    rng = np.random.default_rng(0)
+    feats = rng.normal(size=(20, 28))
+    y = 0.5 + 2.0 * feats[:, 7] + rng.normal(scale=0.05, size=20)
+    col, line = _best_line(feats, y)
+    assert col == 7 and abs(line[1] - 2.0) < 0.1
+    log_y = np.log(np.r_[np.full(10, 30.0), np.full(9, 40.0), 400.0])
+    assert _clipped(log_y)[-1] < np.log(60) and np.array_equal(_clipped(log_y)[:-1], log_y[:-1])
