@@ -328,7 +328,7 @@ def collect_space(space, n: int, devices: Sequence[str], runtime: str = "onnxrun
     cache = Path(cache_dir or DEFAULT_CACHE)
     validate.writable_dir(cache, "set LATKIT_CACHE to a writable folder for the exported models")
     archs = sample(sp, n, sampler, seed)
-    refs = None
+    refs, streamed = None, False
     if kwargs.get("executor") is not None:  # exports as Ray tasks across the cluster
         if cache_max_gb is not None:
             raise LatkitError("--cache-max-gb does not apply to --executor ray yet (each node keeps its own cache); "
@@ -345,36 +345,38 @@ def collect_space(space, n: int, devices: Sequence[str], runtime: str = "onnxrun
         log.info("%s", plan.why)
         arts = iter_space_artifacts(sp, archs, EXPORT_FORMAT[runtime], batch_size, resolution, plan.workers,
                                     cache_dir=cache, weight_seed=weight_seed, cores=plan.cores, pool=plan.stream)
-        if not plan.stream:
+        streamed = plan.stream
+        if not streamed:
             arts = list(progress_iter(arts, f"exporting {len(archs)} {sp.name} archs to {EXPORT_FORMAT[runtime]}",
                                       progress, total=len(archs)))
     names, label = [d.name for d in devs], f"{sampler}(seed={seed})"
-    exported: list = []  # the artifacts so far, for the cache bound at the end
+    made: list = []  # the jobs so far, for the cache bound at the end
 
     def jobs() -> Iterator[Job]:
         """Each arch's jobs on every device as soon as its export is ready: devices time while later archs
         export (scheduler.Stream)."""
-        made = iter(arts)
+        exported = iter(arts)
         try:
-            for art in made:
-                exported.append(art)
-                yield from (dataclasses.replace(j, sampler=label) for j in make_jobs([art], names, runtime, settings))
+            for art in exported:
+                for j in make_jobs([art], names, runtime, settings):
+                    made.append(dataclasses.replace(j, sampler=label))
+                    yield made[-1]
         finally:
-            getattr(made, "close", lambda: None)()  # cancels exports not started
+            getattr(exported, "close", lambda: None)()  # cancels exports not started
 
     if cache_max_gb is not None:  # other collections' files go first; this one's cached exports stay
         mine = {cached(cache, arch_spec(sp, a, EXPORT_FORMAT[runtime], batch_size, resolution, weight_seed).key,
                        EXPORT_FORMAT[runtime]) for a in archs}
         prune_host(cache, cache_max_gb, keep={m[1] for m in mine if m})
     try:
-        return collect(list(jobs()) if refs is not None else jobs(), devs, out=out, progress=progress,
+        return collect(jobs() if streamed else list(jobs()), devs, out=out, progress=progress,
                        cache_max_gb=cache_max_gb, refs=refs, expected=len(archs), **kwargs)
     finally:
         if cache_max_gb is not None:
             done = store.done_keys()
-            everywhere = {a.sha256 for a in exported if all(j.key in done for j in make_jobs([a], names, runtime,
-                                                                                             settings))}
-            prune_host(cache, cache_max_gb, keep={a.sha256 for a in exported} - everywhere, first=everywhere)
+            mine = {j.artifact.sha256 for j in made}
+            everywhere = mine - {j.artifact.sha256 for j in made if j.key not in done}
+            prune_host(cache, cache_max_gb, keep=mine - everywhere, first=everywhere)
 
 
 def measure(model, device: str = "local", runtime: Optional[str] = None, settings: Optional[Settings] = None,

@@ -229,8 +229,7 @@ class Store:
             files = self.files()
             try:  # in chunks of files: a scan holds ~230 KB per file it reads until it ends (23 GB at 100k files)
                 t = pa.concat_tables([self.dataset(files[i:i + _READ_CHUNK]).to_table(columns=cols, filter=wanted)
-                                      for i in range(0, len(files), _READ_CHUNK)] or
-                                     [self.dataset([]).to_table(columns=cols, filter=wanted)])
+                                      for i in range(0, max(1, len(files)), _READ_CHUNK)])
             except FileNotFoundError:  # compacted away meanwhile
                 continue
             except (pa.ArrowException, OSError):
