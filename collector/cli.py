@@ -77,6 +77,7 @@ def _row_json(m) -> dict:
     row = m.to_row()
     row.pop("samples_ms")
     row["warnings"] = list(m.warnings)
+    row["stored"] = m.stored  # read back from the dataset, not timed by this command
     return row
 
 
@@ -278,13 +279,15 @@ def cmd_data_plot(args) -> int:
 
 def _fit_output(args) -> Path:
     """Where fit saves the model: --out, else beside the data (DATA/models/ of a dataset folder, the folder of
-    a Parquet table), never the cwd; checked writable, with --json and --report, before any training."""
+    a Parquet table); for the tables latkit ships (inside its package) ./models/ instead. Checked writable,
+    with --json and --report, before any training."""
     validate.name(args.device, "--device")  # it names the model file
     if not args.out and "://" in args.data:
         raise LatkitError(f"--data {args.data} is not a local path, so the model has no default place; give --out")
     data, name = Path(args.data), f"{args.space}-{args.device}.latkit-model"
-    out = validate.writable_file(args.out or (data.parent if data.is_file() else data / "models") / name,
-                                 "give --out a writable file path")
+    shipped = data.resolve().is_relative_to(dataset.HELP_DIR.resolve())
+    folder = Path("models") if shipped else data.parent if data.is_file() else data / "models"
+    out = validate.writable_file(args.out or folder / name, "give --out a writable file path")
     if args.json:
         validate.writable_file(args.json, "give --json a writable file path")
     if args.report:
@@ -399,8 +402,9 @@ def cmd_predictor_predict(args) -> int:
         try:
             pred, std = model.predict(archs, return_std=True)
         except TypeError:
-            raise LatkitError(f"{args.model} is a single {type(model).__name__} model without a spread; re-fit it "
-                              "with latkit predictor fit (which saves an ensemble) to use --std") from None
+            raise LatkitError(f"{args.model} is a single {type(model).__name__} model without a spread; for --std use "
+                              "a model saved by latkit predictor fit, build, adapt or transfer, or save "
+                              "latkit.predictor.ensemble.Ensemble(model) from Python") from None
         out.write("arch\tlatency_ms\tstd_ms\n")
         for a, p, s in zip(archs, pred, std):
             out.write(f"{a}\t{p:.6g}\t{s:.3g}\n")

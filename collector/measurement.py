@@ -141,6 +141,7 @@ class Measurement:
     error_kind: str = ""
     error: str = ""
     measured_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    stored: bool = False               # read back from the dataset, not timed by this call (not a column)
 
     @classmethod
     def from_result(cls, job: Job, result: dict, fingerprint: str = "") -> "Measurement":
@@ -226,6 +227,8 @@ class Measurement:
     def summary(self) -> str:
         j = self.job
         head = f"{j.artifact.arch} on {j.device}/{j.settings.runtime} (threads={j.settings.threads})"
+        if self.stored:
+            head += f" (stored row of {self.measured_at:%Y-%m-%d %H:%M} UTC, not timed again; --force re-measures)"
         if self.status != "ok":
             return f"{head}: {self.error_kind}: {self.error}"
         s = self.stats

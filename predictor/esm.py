@@ -23,6 +23,7 @@ from latkit.collector.samplers import SAMPLERS, sample_from
 from latkit.collector.spaces import as_space
 
 from .data import LatencyTable
+from .ensemble import Ensemble
 from .metrics import relative_error, report
 from .models import MODELS, make_model
 
@@ -59,9 +60,11 @@ def choose_model(space, archs: list, y: np.ndarray, seed: int, candidates=None, 
 
 
 def fit(data, space, device: str, budget: int = 500, sampler: str = "balanced", model: str = "auto",
-        seed: int = 0, rounds: int = 4, min_test: int = 10, n_jobs=-1) -> tuple:
+        seed: int = 0, rounds: int = 4, min_test: int = 10, n_jobs=-1, members: int = 5) -> tuple:
     """Returns (fitted surrogate, report dict, test archs). Only the training archs' latencies are read
-    before the final scoring on the test archs. `n_jobs`: workers of gbdt and rf (-1: every core)."""
+    before the final scoring on the test archs. `n_jobs`: workers of gbdt and rf (-1: every core). The rounds
+    choose with one model; the surrogate returned (and scored) is a bagged Ensemble of `members`, so that
+    `predict(X, return_std=True)` works on what `fit` saves, as on `build`'s."""
     if model not in MODELS + ("auto",):
         raise LatkitError(f"unknown model {model!r}; choose auto or one of {', '.join(MODELS)}")
     if sampler not in SAMPLERS:
@@ -98,11 +101,11 @@ def fit(data, space, device: str, budget: int = 500, sampler: str = "balanced", 
         if len(history) >= 3 and history[-1]["acc10"] - history[-3]["acc10"] < 0.005:
             break
     name = choose_model(sp, train, y_train, seed, n_jobs=n_jobs) if model == "auto" else model
-    surrogate = make_model(name, sp, seed, n_jobs).fit(train, y_train)
+    surrogate = Ensemble(make_model(name, sp, seed, n_jobs), members, seed).fit(train, y_train)
     taken = set(train)
     test = [a for a in pool if a not in taken]
     result = report(surrogate.predict(test), table.latency(device, test))
-    result.update({"n_train": len(train), "n_test": len(test), "model": name, "sampler": sampler,
+    result.update({"n_train": len(train), "n_test": len(test), "model": name, "members": members, "sampler": sampler,
                    "rounds": [{k: v for k, v in h.items() if k != "bins"} for h in history],
                    "seconds": time.time() - t0})
     return surrogate, result, test

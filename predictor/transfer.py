@@ -162,6 +162,11 @@ class FewShot(Surrogate):
     def __init__(self, pretrained, finetune_epochs=60, alphas=FEW_SHOT_ALPHAS):
         self.pretrained, self.finetune_epochs, self.alphas = pretrained, finetune_epochs, alphas
 
+    @property
+    def space(self) -> str:
+        """The space whose archs it predicts: its pretraining's (what `predictor predict` checks)."""
+        return as_space(self.pretrained.space).name
+
     def fit(self, X, y):
         from sklearn.linear_model import RidgeCV
         pre = self.pretrained
@@ -261,6 +266,11 @@ class FewShot(Surrogate):
         return g.adapt(archs, [slot] * len(archs), _z(log_y), self.finetune_epochs, g.lr / 3, len(archs))
 
 
+def model_path(folder, space: str, target: str) -> Path:
+    """Where `transfer --out` saves a target's model: FOLDER/SPACE-TARGET.latkit-model."""
+    return Path(folder) / f"{space}-{validate.name(target, 'target device')}.latkit-model"
+
+
 def run_seed(table: LatencyTable, sources: Sequence[str], targets: Sequence[str], target_samples: int,
              source_samples: int, seed: int, use_gnn: bool = True, n_jobs=-1, save_dir=None) -> dict:
     """Per target: scores over the pool's archs other than the target samples (never seen by the model).
@@ -276,7 +286,7 @@ def run_seed(table: LatencyTable, sources: Sequence[str], targets: Sequence[str]
         model = FewShot(FrozenEstimator(pre)).fit(chosen, table.latency(tgt, chosen))  # the only target latencies read
         r = report(model.predict(unseen), table.latency(tgt, unseen))
         if save_dir is not None:
-            model.save(Path(save_dir) / f"{table.space}-{validate.name(tgt, 'target device')}.latkit-model")
+            model.save(model_path(save_dir, table.space.name, tgt))
         per_target[tgt] = {"spearman": r["spearman"], "kendall": r["kendall"], "mape": r["mape"], "n_test": len(unseen)}
     return per_target
 
@@ -308,6 +318,6 @@ def transfer(data, space, sources: Sequence[str], targets: Sequence[str], target
         per_target[tgt]["spearman_std"] = float(np.std(vals["spearman"]))
         per_target[tgt]["n_test"] = runs[0][tgt]["n_test"]
     seed_means = [np.mean([r[t]["spearman"] for t in targets]) for r in runs]
-    saved = [str(Path(save_dir) / f"{space}-{t}.latkit-model") for t in targets] if save_dir is not None else []
+    saved = [str(model_path(save_dir, table.space.name, t)) for t in targets] if save_dir is not None else []
     return {"saved": saved, "per_target": per_target, "mean_spearman": float(np.mean(seed_means)),
             "mean_spearman_std": float(np.std(seed_means)), "seeds": seeds, "seconds": time.time() - t0}
