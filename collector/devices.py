@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
 import tomllib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -17,6 +18,7 @@ from typing import Optional
 from . import validate
 from .errors import LatkitError
 
+MAX_REGISTRY_BYTES = 4 * 2 ** 20  # thousands of devices; anything larger is not a devices file
 _TEXT = ("host", "user", "key", "ssh_config", "python", "workdir", "lease", "fingerprint", "last_probe")
 
 
@@ -96,14 +98,15 @@ class Registry:
         self.known_hosts = self.path.parent / "known_hosts"
 
     def _load(self) -> dict:
-        if not self.path.exists():
+        if not self.path.exists() and not self.path.is_symlink():  # a broken or looping link is named, not ignored
             return {}
+        text = validate.read_bytes(self.path, "registry", MAX_REGISTRY_BYTES)
         try:
-            doc = tomllib.loads(self.path.read_text())
+            doc = tomllib.loads(text.decode())
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise LatkitError(f"registry {self.path} is not valid TOML ({e}); fix or remove it") from None
-        except OSError as e:
-            raise LatkitError(f"cannot read registry {self.path}: {e.strerror}; fix its permissions") from None
+        except RecursionError:
+            raise LatkitError(f"registry {self.path} nests too deeply for a devices file; fix or remove it") from None
         unknown = set(doc) - {"devices"}
         devices = doc.get("devices", {})
         if unknown or not isinstance(devices, dict) or not all(isinstance(e, dict) for e in devices.values()):
@@ -161,10 +164,12 @@ class Registry:
         if "devices" not in doc:
             doc["devices"] = tomlkit.table(is_super_table=True)
         change(doc["devices"])
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(tomlkit.dumps(doc))
-        os.replace(tmp, self.path)
+        target = self.path.resolve()  # a linked registry (dotfiles) is written where the link points, never replaced
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            f.write(tomlkit.dumps(doc))
+        os.replace(tmp, target)
 
 
 def now_utc() -> str:

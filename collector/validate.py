@@ -7,8 +7,11 @@ and gets it before any exporting, timing or training starts.
 from __future__ import annotations
 
 import argparse
+import errno
 import math
+import os
 import re
+import stat
 import tempfile
 from pathlib import Path
 from typing import Optional
@@ -118,14 +121,41 @@ def writable_file(path, advice: str) -> Path:
     return p
 
 
-def readable_file(path, what: str) -> Path:
-    """`path` if it is a file this process can read, else a LatkitError naming `what`."""
-    p = Path(path)
+_SPECIAL = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+            (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder"))
+
+
+def _open_regular(p: Path, what: str) -> int:
+    """A read-only descriptor of `p` if it is a regular file. O_NONBLOCK: opening a FIFO must not wait for
+    a writer; a FIFO, device or socket is refused (reading one can hang or never end)."""
     try:
-        with open(p, "rb"):
-            pass
-    except IsADirectoryError:
-        raise LatkitError(f"{what} {p} is a folder; give a file") from None
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise LatkitError(f"{what} {p} not found; check the path") from None
     except OSError as e:
-        raise LatkitError(f"cannot read {what} {p}: {e.strerror or e}; check the path") from None
+        why = "a symlink loop" if e.errno == errno.ELOOP else e.strerror or str(e)
+        raise LatkitError(f"cannot read {what} {p}: {why}; check the path") from None
+    mode = os.fstat(fd).st_mode
+    kind = next((k for test, k in _SPECIAL if test(mode)), None)
+    if kind:
+        os.close(fd)
+        raise LatkitError(f"{what} {p} is {kind}, not a regular file; give a file")
+    return fd
+
+
+def readable_file(path, what: str) -> Path:
+    """`path` if it is a regular file this process can read, else a LatkitError naming `what`."""
+    p = Path(path)
+    os.close(_open_regular(p, what))
     return p
+
+
+def read_bytes(path, what: str, limit: int) -> bytes:
+    """The contents of the regular file `path`, refused in one line past `limit` bytes (checked on what is
+    read, not only on the size the file system reports)."""
+    p = Path(path)
+    with os.fdopen(_open_regular(p, what), "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise LatkitError(f"{what} {p} is larger than {limit / 2 ** 20:g} MB; that is no file latkit wrote")
+    return data

@@ -1,0 +1,112 @@
+"""Hostile files a user may be handed: registries, datasets and outputs crafted or broken. Each gives one line on
+stderr and exit 2, fast, writes nothing outside its folder, and never ends in the catch-all 'please report it'."""
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from latkit.collector import Registry
+
+
+def latkit(*args, env=None, cwd=None, timeout=60):
+    full = {**os.environ, **(env or {})}
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "latkit.collector.cli", *map(str, args)], capture_output=True, text=True,
+                       timeout=timeout, env=full, cwd=cwd)
+    r.seconds = time.monotonic() - t0
+    return r
+
+
+def refused(r, *words, code=2):
+    """One `latkit: error:` line naming what was wrong (`words`), the exit code, and no catch-all."""
+    assert r.returncode == code, (r.returncode, r.stdout, r.stderr)
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("latkit: error: "), r.stderr
+    assert "please report" not in r.stderr
+    assert all(w in r.stderr for w in words), r.stderr
+    assert len(r.stderr) < 1000  # nothing echoed whole
+
+
+def deep(n: int) -> str:
+    return "x = " + "[" * n + "]" * n + "\n"
+
+
+REGISTRIES = {
+    "fifo": (lambda p: os.mkfifo(p), ["is a FIFO"]),
+    "dev-zero": (lambda p: os.symlink("/dev/zero", p), ["is a character device"]),
+    "folder": (lambda p: p.mkdir(), ["is a folder"]),
+    "symlink-loop": (lambda p: (os.symlink(p.with_name("b"), p), os.symlink(p, p.with_name("b"))), ["symlink loop"]),
+    "huge": (lambda p: p.write_bytes(b"# " + b"x" * (5 * 2 ** 20)), ["larger than 4 MB"]),
+    "deep-array": (lambda p: p.write_text(deep(50_000)), ["registry"]),
+    "deep-tables": (lambda p: p.write_text("x = " + "{a = " * 5000 + "1" + "}" * 5000 + "\n"), ["registry"]),
+    "not-utf8": (lambda p: p.write_bytes(b"[devices.a]\nhost = \"\xff\xfe\"\n"), ["not valid TOML"]),
+    "devices-number": (lambda p: p.write_text("devices = 5\n"), ["[devices.NAME] tables"]),
+    "top-level-key": (lambda p: p.write_text("evil = 1\n"), ["[devices.NAME] tables", "evil"]),
+    "port-text": (lambda p: p.write_text('[devices.a]\ntransport = "ssh"\nhost = "h"\nport = "22"\n'), ["port"]),
+    "port-bool": (lambda p: p.write_text('[devices.a]\ntransport = "ssh"\nhost = "h"\nport = true\n'), ["port"]),
+    "port-range": (lambda p: p.write_text('[devices.a]\ntransport = "ssh"\nhost = "h"\nport = 70000\n'), ["port"]),
+    "tags-text": (lambda p: p.write_text('[devices.a]\ntags = "cpu"\n'), ["tags"]),
+    "probe-list": (lambda p: p.write_text('[devices.a]\nprobe = [1]\n'), ["probe"]),
+    "host-number": (lambda p: p.write_text('[devices.a]\ntransport = "ssh"\nhost = 5\n'), ["host"]),
+    "transport": (lambda p: p.write_text('[devices.a]\ntransport = "telnet"\n'), ["telnet"]),
+    "traversal-name": (lambda p: p.write_text('[devices."../../etc"]\n'), ["not a valid name"]),
+    "unknown-key": (lambda p: p.write_text('[devices.a]\nshell = "rm -rf /"\n'), ["unknown key", "shell"]),
+    "entry-not-table": (lambda p: p.write_text('[devices]\na = 1\n'), ["[devices.NAME] tables"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REGISTRIES))
+def test_hostile_registry(tmp_path, case):
+    make, words = REGISTRIES[case]
+    path = tmp_path / "devices.toml"
+    make(path)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    r = latkit("device", "list", "--no-check", env={"LATKIT_REGISTRY": str(path)}, timeout=30)
+    refused(r, *words)
+    assert r.seconds < 15
+    assert resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss < max(before, 1) + 600_000  # KB: bounded
+
+
+def test_registry_behind_a_link_is_written_through_it(tmp_path):
+    """A registry kept elsewhere (dotfiles) and linked: removing a device edits the target, the link stays."""
+    real = tmp_path / "dotfiles" / "devices.toml"
+    real.parent.mkdir()
+    real.write_text('# my devices\n[devices.a]\ntransport = "local"\n\n[devices.b]\ntransport = "local"\n')
+    link = tmp_path / "config" / "devices.toml"
+    link.parent.mkdir()
+    link.symlink_to(real)
+    r = latkit("device", "remove", "a", "--registry", link)
+    assert r.returncode == 0, r.stderr
+    assert link.is_symlink() and link.resolve() == real
+    assert [d.name for d in Registry(link).devices()] == ["local", "b"]
+    assert real.read_text().startswith("# my devices") and "[devices.a]" not in real.read_text()
+    assert sorted(p.name for p in real.parent.iterdir()) == ["devices.toml"]  # no temporary file left
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "folder"])
+def test_special_model_file_refused(tmp_path, kind):
+    path = tmp_path / "model.onnx"
+    {"fifo": lambda: os.mkfifo(path), "dev-zero": lambda: os.symlink("/dev/zero", path),
+     "folder": lambda: path.mkdir()}[kind]()
+    r = latkit("measure", path, "--out", tmp_path / "d", timeout=30)
+    refused(r, str(path))
+    assert not (tmp_path / "d").exists()
+
+
+def test_read_bytes_bounds_what_it_read(tmp_path):
+    """read_bytes reads what is there, bounded by what it read, not by what stat says."""
+    from latkit.collector import validate
+    from latkit.collector.errors import LatkitError
+    p = tmp_path / "f"
+    p.write_bytes(b"abc")
+    assert validate.read_bytes(p, "thing", 3) == b"abc"
+    with pytest.raises(LatkitError, match="larger than"):
+        validate.read_bytes(p, "thing", 2)
+    with pytest.raises(LatkitError, match="not found"):
+        validate.read_bytes(tmp_path / "nope", "thing", 2)
+    assert Path(validate.readable_file(p, "thing")) == p
