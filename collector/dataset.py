@@ -147,8 +147,9 @@ def write_card(path, title: Optional[str] = None, licence: str = "CC-BY-4.0", no
     On a refresh, what stands above the marker line (title, hand-written notes) is kept."""
     s = summary(path)
     out = validate.writable_file(Path(path) / "README.md", "make the dataset folder writable")
-    if out.exists() and MARKER in out.read_text():
-        head = out.read_text().split(MARKER)[0].rstrip("\n")
+    old = out.read_text(errors="replace") if out.is_file() and not out.is_symlink() else ""  # a link is not read
+    if MARKER in old:
+        head = old.split(MARKER)[0].rstrip("\n")
     else:
         head = f"# {title or Path(path).resolve().name}\n\n{notes.strip()}".rstrip()
     lines = [head, "", MARKER, "",
@@ -187,8 +188,17 @@ def write_card(path, title: Optional[str] = None, licence: str = "CC-BY-4.0", no
                   for k, v in rt["statistics"].items()]
         lines += ["", "Largest differences of latency_ms: " + ", ".join(
             f"{w['arch'][:48]} on {w['device']} ({w['a_ms']:.4g} vs {w['b_ms']:.4g} ms)" for w in rt["worst"]), ""]
-    out.write_text("\n".join(lines))
-    return out
+    return validate.write_atomic(out, "\n".join(lines))
+
+
+def save_png(fig, path: Path, dpi: int = 110) -> Path:
+    """The figure as a PNG written atomically (a symlink at `path` is replaced, not followed); closes it."""
+    import io
+    import matplotlib.pyplot as plt
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    return validate.write_atomic(path, buf.getvalue())
 
 
 def plot(path, out_dir=None) -> list:
@@ -202,7 +212,8 @@ def plot(path, out_dir=None) -> list:
     t = read_latency(path)
     if t.num_rows == 0:
         raise LatkitError(f"no ok rows in {path} to plot")
-    out = validate.writable_dir(out_dir or Path(path) / "plots", "give --out a writable folder")
+    out = (validate.writable_dir(out_dir, "give --out a writable folder") if out_dir else
+           validate.own_folder(path, Path(path) / "plots", "give --out a writable folder"))
     df = t.to_pandas()
     written = []
     for space, d in df.groupby("space"):
@@ -218,9 +229,7 @@ def plot(path, out_dir=None) -> list:
             ax.axis("off")
         fig.suptitle(f"{space}: latency per device")
         fig.tight_layout()
-        written.append(out / f"{space}_latency_hist.png")
-        fig.savefig(written[-1], dpi=110)
-        plt.close(fig)
+        written.append(save_png(fig, out / f"{validate.name(space, 'space')}_latency_hist.png"))
         if len(devices) > 1:
             wide = d.pivot_table(index="arch", columns="device", values="latency_ms", aggfunc="median").dropna()
             if len(wide) >= 3:
@@ -233,8 +242,6 @@ def plot(path, out_dir=None) -> list:
                 fig.colorbar(im, ax=ax, label="Spearman ρ")
                 ax.set_title(f"{space}: device vs device ({len(wide)} common archs)", fontsize=9)
                 fig.tight_layout()
-                written.append(out / f"{space}_spearman.png")
-                fig.savefig(written[-1], dpi=110)
-                plt.close(fig)
+                written.append(save_png(fig, out / f"{space}_spearman.png"))
     return written
 

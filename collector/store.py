@@ -77,6 +77,8 @@ class Store:
 
     def __init__(self, uri: str | os.PathLike = "latkit-data"):
         self.uri = str(uri)
+        if not self.uri.strip():  # '' would be the current folder: never a dataset by accident
+            raise LatkitError("the dataset path is empty; give a folder or URI (--out DIR)")
         try:
             self.fs, self.root = pafs.FileSystem.from_uri(self.uri)
         except (pa.ArrowInvalid, ValueError):  # a plain relative path

@@ -159,3 +159,27 @@ def read_bytes(path, what: str, limit: int) -> bytes:
     if len(data) > limit:
         raise LatkitError(f"{what} {p} is larger than {limit / 2 ** 20:g} MB; that is no file latkit wrote")
     return data
+
+
+def write_atomic(path, data) -> Path:
+    """Write `data` (bytes or text) to `path` through a temporary file in its folder and a rename: a symlink
+    standing at `path` is replaced, never followed, and no reader sees half a file."""
+    p = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return p
+
+
+def own_folder(root, folder, advice: str) -> Path:
+    """`folder` (inside the dataset `root`) as a writable folder that stays inside `root`: a symlink there that
+    leads elsewhere is refused, so nothing generated from a shared dataset lands outside it."""
+    root, p = Path(root), Path(folder)
+    if p.is_symlink() or not p.resolve().is_relative_to(root.resolve()):
+        raise LatkitError(f"{p} is a symbolic link out of the dataset {root}; remove it or {advice}")
+    return writable_dir(p, advice)

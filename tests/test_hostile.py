@@ -110,3 +110,35 @@ def test_read_bytes_bounds_what_it_read(tmp_path):
     with pytest.raises(LatkitError, match="not found"):
         validate.read_bytes(tmp_path / "nope", "thing", 2)
     assert Path(validate.readable_file(p, "thing")) == p
+
+
+def test_empty_out_is_refused_not_the_current_folder(artifacts, tmp_path):
+    r = latkit("measure", artifacts["onnx"].path, "--out", "", cwd=tmp_path)
+    refused(r, "dataset path is empty")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_card_and_plots_never_write_through_links(artifacts, tmp_path, fast):
+    """A shared dataset whose README.md links to a file of the user's and whose plots/ links elsewhere: the
+    card replaces the link (the target is untouched and not read), plot refuses the linked folder."""
+    from latkit.collector import measure
+    data = tmp_path / "shared"
+    measure(artifacts["onnx"], settings=fast, out=data)
+    victim = tmp_path / "bashrc"
+    victim.write_text("precious\n")
+    (data / "README.md").symlink_to(victim)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (data / "plots").symlink_to(elsewhere)
+    r = latkit("data", "card", data)
+    assert r.returncode == 0, r.stderr
+    assert victim.read_text() == "precious\n" and not (data / "README.md").is_symlink()
+    assert "precious" not in (data / "README.md").read_text()
+    refused(latkit("data", "plot", data), "symbolic link out of the dataset")
+    assert list(elsewhere.iterdir()) == []
+    (data / "plots").unlink()
+    (data / "plots").mkdir()
+    (data / "plots" / "custom_latency_hist.png").symlink_to(victim)
+    r = latkit("data", "plot", data)
+    assert r.returncode == 0, r.stderr
+    assert victim.read_text() == "precious\n" and not (data / "plots" / "custom_latency_hist.png").is_symlink()
