@@ -23,7 +23,7 @@ from typing import Optional
 
 import paramiko
 
-from ..errors import LatkitError, TransportError
+from ..errors import LatkitError, ProtocolError, TransportError
 from ..job import Artifact
 from . import sshconfig
 from .base import AGENT_PATH, AgentClient, Transport
@@ -179,6 +179,10 @@ class SSHTransport(Transport):
         self._client = AgentClient(chan.makefile_stdin("wb"), chan.makefile("rb"), self.describe)
         try:
             pong = self._client.call("ping", 60)
+        except ProtocolError:
+            self.kill()  # no polite shutdown for an agent that broke the protocol
+            self.close()
+            raise
         except TransportError:
             status = chan.recv_exit_status() if chan.exit_status_ready() else None
             tail = " | ".join(self._stderr) or "no output"
@@ -276,7 +280,7 @@ class SSHTransport(Transport):
         if self._client is not None and self._chan is not None and not self._chan.closed:
             try:
                 self._client.call("shutdown", 10)
-            except TransportError:
+            except (TransportError, ProtocolError):
                 self.kill()
         self._close_channel()
         if self._uploads is not None:
