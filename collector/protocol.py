@@ -59,33 +59,33 @@ def parse_reply(line: bytes, req_id: int, op: str, fields: dict, describe: str) 
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise Bad(f"bytes that are not UTF-8 ({clean(line[max(0, e.start - 8):e.start + 8], 60)})") from None
+            raise Bad(f"it is not UTF-8 (at byte {e.start}: {clean(line[max(0, e.start - 8):e.start + 8], 60)})") from None
         try:
             reply = json.loads(text)
         except RecursionError:
-            raise Bad("a reply nested too deep to parse") from None
+            raise Bad("it is nested too deep to parse") from None
         except ValueError as e:
-            raise Bad(f"a reply that is not JSON ({e}: {clean(text, 60)})") from None
+            raise Bad(f"it is not JSON ({e}: {clean(text, 60)})") from None
         if not isinstance(reply, dict):
-            raise Bad(f"a reply that is a JSON {type(reply).__name__}, not an object ({clean(text, 60)})")
+            raise Bad(f"it is a JSON {type(reply).__name__}, not an object ({clean(text, 60)})")
         if reply.get("id") != req_id or isinstance(reply.get("id"), bool):
-            raise Bad(f"a reply with id {clean(json.dumps(reply.get('id')), 40)} to request {req_id} ({op})")
+            raise Bad(f"its id is {clean(json.dumps(reply.get('id')), 40)}, not {req_id}")
         if reply.get("ok") is True:
             reply["result"] = check_result(op, reply.get("result"), fields)
         elif reply.get("ok") is False:
             _error(reply.get("error"))
         else:
-            raise Bad(f"a reply whose ok is {clean(json.dumps(reply.get('ok')), 40)}, not true or false")
+            raise Bad(f"its ok is {clean(json.dumps(reply.get('ok')), 40)}, not true or false")
         return reply
     except Bad as e:
-        raise ProtocolError(f"{describe} broke the agent protocol: it sent {e} in answer to {op}") from None
+        raise ProtocolError(f"{describe} broke the agent protocol in its reply to {op}: {e}") from None
 
 
 def _error(err) -> None:
     if not isinstance(err, dict):
-        raise Bad("an error reply without an error object")
+        raise Bad("it has ok false and no error object")
     if not isinstance(err.get("kind"), str) or err["kind"] not in ERROR_KINDS:
-        raise Bad(f"an error of unknown kind {clean(json.dumps(err.get('kind')), 40)}")
+        raise Bad(f"its error is of unknown kind {clean(json.dumps(err.get('kind')), 40)}")
     _text(err.get("message"), "error.message", MESSAGE)
 
 
@@ -115,7 +115,7 @@ def _text(v, path: str, limit: int = TEXT, ident: bool = False, none: bool = Fal
     if not isinstance(v, str):
         raise Bad(f"{path} = {clean(json.dumps(v), 40)}, not a string")
     if len(v) > limit:
-        raise Bad(f"a {path} of {len(v)} characters (at most {limit})")
+        raise Bad(f"{path} has {len(v)} characters (at most {limit})")
     if ident and not v.isprintable():
         raise Bad(f"{path} = {clean(v, 60)}, which has control characters")
 
@@ -131,7 +131,7 @@ def bounded(v, path: str = "result", depth: int = 0) -> None:
     if depth > DEPTH:
         raise Bad(f"{path} nested more than {DEPTH} levels deep")
     if isinstance(v, (list, dict)) and len(v) > ITEMS:
-        raise Bad(f"{path} of {len(v)} entries (at most {ITEMS})")
+        raise Bad(f"{path} has {len(v)} entries (at most {ITEMS})")
     if isinstance(v, list):
         for i, x in enumerate(v):
             bounded(x, f"{path}[{i}]", depth + 1)
@@ -156,7 +156,7 @@ def check_result(op: str, result, fields: dict) -> Any:
     """`result` if it has the shape of a successful `op` reply (raises Bad otherwise). A measure reply's
     samples are bounded by the cap, not by ITEMS."""
     if not isinstance(result, dict):
-        raise Bad(f"a result that is {clean(json.dumps(result), 40)}, not an object")
+        raise Bad(f"its result is {clean(json.dumps(result), 40)}, not an object")
     bounded({k: v for k, v in result.items() if not (op == "measure" and k == "samples_ms")}, "result")
     CHECKS.get(op, lambda r, f: None)(result, fields)
     return result
@@ -205,7 +205,7 @@ def _samples(v, cap: int) -> None:
     if not isinstance(v, list) or not v:
         raise Bad(f"samples_ms = {clean(json.dumps(v), 40)}, not a list of latencies")
     if len(v) > cap:
-        raise Bad(f"{len(v)} samples, more than the cap of {cap} it was sent (repeats_max_count)")
+        raise Bad(f"it holds {len(v)} samples, more than the cap of {cap} it was sent (repeats_max_count)")
     for i, x in enumerate(v):
         if isinstance(x, bool) or not isinstance(x, (int, float)) or not 0 < x < math.inf:  # NaN fails too
             raise Bad(f"samples_ms[{i}] = {clean(json.dumps(x), 40)}, not a finite latency > 0 ms")

@@ -39,7 +39,7 @@ class AgentClient:
         self._stdin, self._describe = stdin, describe
         self._replies: queue.Queue = queue.Queue(QUEUED)
         self._ids = itertools.count(1)
-        self._limit = protocol.REPLY_BYTES
+        self._limit, self._op = protocol.REPLY_BYTES, "a request"
         self.noise: collections.deque = collections.deque(maxlen=5)
         threading.Thread(target=self._read, args=(stdout,), daemon=True).start()
 
@@ -57,7 +57,7 @@ class AgentClient:
                 return b"".join(parts)[:-1]
             if size > self._limit:
                 raise ProtocolError(f"{self._describe} broke the agent protocol: it sent a line of more than "
-                                    f"{self._limit:,} bytes (the bound of a reply to this request)")
+                                    f"{self._limit:,} bytes (the bound of a reply to {self._op})")
 
     def _read(self, stdout) -> None:
         end = None
@@ -90,7 +90,7 @@ class AgentClient:
 
     def call(self, op: str, timeout: Optional[float], **fields) -> dict:
         req_id = next(self._ids)
-        self._limit = protocol.reply_limit(op, fields)
+        self._limit, self._op = protocol.reply_limit(op, fields), op
         try:
             self._stdin.write((json.dumps({"id": req_id, "op": op, **fields}) + "\n").encode())
             self._stdin.flush()
