@@ -12,6 +12,7 @@ from .devices import Device
 from .errors import AgentCallError, CallTimeout, DeviceBusy, Failure, ProtocolError
 from .job import Job
 from .measurement import STORED_ERRORS, Measurement, fingerprint
+from .text import clean
 
 
 def _say(message: str) -> None:
@@ -51,8 +52,8 @@ class DeviceRunner:
                 self.leased = True
                 return
             h = r.get("holder") or {}
-            who = (f"held by pid {h.get('pid', '?')} on host {h.get('host', '?')} (user {h.get('user', '?')}) "
-                   f"since {h.get('since', '?')}")
+            who = clean(f"held by pid {h.get('pid', '?')} on host {h.get('host', '?')} (user {h.get('user', '?')}) "
+                        f"since {h.get('since', '?')}")  # the lease file says so: anyone could have written it
             if not self.wait:
                 raise DeviceBusy(f"device {self.device.name} is busy: {who}; wait for it or run without --no-wait")
             if not told:

@@ -25,6 +25,7 @@ import paramiko
 
 from ..errors import LatkitError, ProtocolError, TransportError
 from ..job import Artifact
+from ..text import clean
 from . import sshconfig
 from .base import AGENT_PATH, AgentClient, Transport
 from .files import open_files
@@ -194,9 +195,17 @@ class SSHTransport(Transport):
         return pong
 
     def _drain_stderr(self, stream) -> None:
+        """Keep the agent's last stderr lines for error messages, each cut to its start: read in pieces, so a
+        device writing one endless line costs the host nothing."""
         try:
-            for line in stream:
-                self._stderr.append(line.decode(errors="replace").rstrip())
+            whole = True  # the previous piece ended a line
+            while True:
+                piece = stream.readline(4096)
+                if not piece:
+                    break
+                if whole:
+                    self._stderr.append(clean(piece[:600].decode(errors="replace").rstrip(), 300))
+                whole = piece.endswith(b"\n")
         except (OSError, EOFError, paramiko.SSHException):
             pass
 
