@@ -41,7 +41,7 @@ import threading
 import time
 import traceback
 
-AGENT_VERSION = "0.3.2"  # 0.3: sessions kept across requests, load_s without the runtime import; 0.3.1: stops on the CI of p10 on a CPU; 0.3.2: rounds of 0.1-0.25 s
+AGENT_VERSION = "0.3.3"  # 0.3: sessions kept across requests, load_s without the runtime import; 0.3.1: stops on the CI of p10 on a CPU; 0.3.2: rounds of 0.1-0.25 s; 0.3.3: never more samples than repeats_max_count
 FRAME = "@@latkit "  # starts every reply line; the host ignores lines without it
 EXIT_GRACE_S = 3.0      # once stdin closes, a measurement still running this much later is abandoned
 
@@ -731,8 +731,8 @@ def quantile_ci_rel(samples, q=0.5, z=1.96):
 def time_callable(sample, s):
     """Warm up, then time until both the minimum count and the minimum time are reached; go on until the
     95 % CI of the statistic latency_ms will be (CI_QUANTILE: p10 on a CPU, the median on a GPU) is within
-    ci_target, or a count or time cap is reached (the minimums win over the caps). Returns the samples and
-    why timing stopped.
+    ci_target, or a count or time cap is reached (the minimums win over the time cap; the count cap bounds
+    the samples always). Returns the samples and why timing stopped.
 
     `sample()` runs the model once and returns its time in ms (wall clock, or CUDA events). gc is off while
     timing so collector pauses do not land inside samples (as timeit does; no full collection first: with
@@ -756,7 +756,9 @@ def time_callable(sample, s):
             samples.append(dt)
             total_ms += dt
             n = len(samples)
-            if n < s["repeats_min_count"] or total_ms < min_ms:
+            # the minimum time yields to the count cap: the host refuses a reply of more samples than it sent
+            # as the cap (repeats_max_count >= repeats_min_count), so a fast model cannot outgrow its bound
+            if n < s["repeats_min_count"] or (total_ms < min_ms and n < s["repeats_max_count"]):
                 continue
             # sorting is O(n log n): checking at geometric intervals keeps the loop's overhead negligible
             if n >= check_at:
@@ -1180,7 +1182,7 @@ def serve(inp, out, workdir, lease=None, sessions=None):
             _reply(out, req_id, False, {"kind": e.kind, "message": e.message})
         except Exception as e:  # a bug here must not kill a long collection: report it as a value
             traceback.print_exc(file=sys.stderr)
-            _reply(out, req_id, False, {"kind": "agent_error", "message": "%s: %s" % (type(e).__name__, e)})
+            _reply(out, req_id, False, {"kind": "agent_error", "message": ("%s: %s" % (type(e).__name__, e))[:2000]})
 
 
 def _die_with_parent(ppid):

@@ -23,13 +23,15 @@ from datetime import datetime
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import api, compact, dataset, schema, validate
 from .devices import Registry
-from .errors import EXTRAS, Interrupted, LatkitError, missing
+from .errors import EXTRAS, Failure, Interrupted, LatkitError, missing
 from .job import NUMBER, RUNTIMES, WHOLE, Settings
 from .ray_executor import parse_executor
+from .text import CleanFormatter, clean
 
 console = Console(width=None if sys.stdout.isatty() else 140)
 log = logging.getLogger("latkit")
@@ -86,9 +88,12 @@ def cmd_measure(args) -> int:
                     force=args.force, registry=Registry(args.registry), wait=not args.no_wait)
     if args.json:
         _print_json(_row_json(m))
-    else:
-        print(m.summary())
-    return 0 if m.status == "ok" else 1
+    elif m.status == "ok":
+        print(clean(m.summary(), None))
+    if m.status != "ok":  # the row is stored; the failure is one line on stderr (main prints it), exit 1
+        raise Failure(f"{clean(m.summary(), 2000)} (the error row is kept in {args.out}; fix the cause and run "
+                      "again with --force to measure it again)")
+    return 0
 
 
 def cmd_collect(args) -> int:
@@ -122,13 +127,13 @@ def cmd_collect(args) -> int:
     else:
         table = Table("device", "jobs", "skipped", "measured", "errors", "left", "status")
         for d in report.devices:
-            table.add_row(d.device, str(d.total), str(d.skipped), str(d.measured), str(d.errors), str(d.remaining),
-                          d.status + (f": {d.message}" if d.message else ""))
+            table.add_row(escape(clean(d.device)), str(d.total), str(d.skipped), str(d.measured), str(d.errors),
+                          str(d.remaining), d.status + (f": {escape(clean(d.message, 600))}" if d.message else ""))
         console.print(table)
         if failed:
             table = Table("device", "model that failed", "error", title=f"{len(failed)} model(s) failed")
             for dev, arch, kind, error in failed:
-                table.add_row(dev, arch, f"{kind}: {error}")
+                table.add_row(escape(clean(dev)), escape(clean(arch, 120)), escape(f"{clean(kind)}: {clean(error)}"))
             console.print(table)
     down = [d.device for d in report.devices if d.status != "done"]
     if down or failed:
@@ -159,9 +164,9 @@ def cmd_device_add(args) -> int:
     dev = api.add_device(args.name, args.host, args.port, args.user, args.key, args.python, args.workdir,
                          [t for t in (args.tags or "").split(",") if t], args.trust_host_key, Registry(args.registry),
                          lease=args.lease, ssh_config=args.ssh_config)
-    print(f"added {dev.name} ({_route(dev)}): {dev.probe.get('cpu_model')}, {dev.probe.get('cpu_count')} CPUs, "
-          f"runtimes {', '.join(f'{k} {v}' for k, v in dev.probe.get('runtimes', {}).items()) or 'none'}; "
-          f"fingerprint {dev.fingerprint}")
+    runtimes = ', '.join(f'{k} {v}' for k, v in dev.probe.get('runtimes', {}).items()) or 'none'
+    print(clean(f"added {dev.name} ({_route(dev)}): {dev.probe.get('cpu_model')}, {dev.probe.get('cpu_count')} "
+                f"CPUs, runtimes {runtimes}; fingerprint {dev.fingerprint}", None))
     return 0
 
 
@@ -180,8 +185,9 @@ def cmd_device_list(args) -> int:
     table = Table("name", "host", "reachable", "runtimes", "tags", "last probe")
     for d, ok in zip(devices, up):
         runtimes = ", ".join(f"{k} {v}" for k, v in d.probe.get("runtimes", {}).items())
-        table.add_row(d.name, d.address, "?" if ok is None else ("yes" if ok else "no"),
-                      runtimes or ("(host's)" if d.transport == "local" else "-"), ",".join(d.tags), d.last_probe or "-")
+        table.add_row(escape(clean(d.name)), escape(clean(d.address)), "?" if ok is None else ("yes" if ok else "no"),
+                      escape(clean(runtimes)) or ("(host's)" if d.transport == "local" else "-"),
+                      escape(clean(",".join(d.tags))), escape(clean(d.last_probe)) or "-")
     console.print(table)
     return 0
 
@@ -201,9 +207,9 @@ def cmd_device_show(args) -> int:
         return 0
     for k, v in entry.items():
         if k not in ("route", "probe"):
-            print(f"{k}: {', '.join(v) if isinstance(v, list) else v}")
+            print(clean(f"{k}: {', '.join(map(str, v)) if isinstance(v, list) else v}", None))
     if dev.transport == "ssh":
-        print(f"route: {_route(dev)}")
+        print(clean(f"route: {_route(dev)}", None))
     return 0
 
 
@@ -676,15 +682,16 @@ def _terminate(signum, frame):
 def _setup_logging(args) -> None:
     """`latkit` log lines on stderr: progress off a terminal, waits, warnings; -q keeps warnings, -v adds debug."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("latkit: %(message)s"))
+    handler.setFormatter(CleanFormatter("latkit: %(message)s"))
     log.handlers[:] = [handler]
     log.propagate = False
     log.setLevel(logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO)
 
 
 def _one_line(text) -> str:
-    """An error message as one plain line: no line breaks, no terminal colour codes (converters add them)."""
-    return re.sub(r"\s*\n\s*", "; ", re.sub(r"\x1b\[[0-9;]*m", "", str(text)).strip())
+    """An error message as one plain line: no line breaks, no terminal colour codes (converters add them), any
+    other control or escape character shown escaped (a device's message must not steer the terminal)."""
+    return clean(re.sub(r"\s*\n\s*", "; ", re.sub(r"\x1b\[[0-9;]*m", "", str(text)).strip()), None)
 
 
 def _stdout_gone() -> int:

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 from . import schema, validate
 from .errors import LatkitError, need
 from .store import Store
+from .text import clean
 
 LATENCY_COLUMNS = ["space", "arch", "device", "latency_ms"]
 # The HELP tables shipped with latkit (datasets/help/README.md): datasets/help in a checkout, latkit/help installed.
@@ -164,15 +165,15 @@ def write_card(path, title: Optional[str] = None, licence: str = "CC-BY-4.0", no
                      f"{g['missed_ci']} | {lat} |")
     lines += ["", "## Devices and runtimes", "", "| device | fingerprint | runtime | version | agent |",
               "|---|---|---|---|---|"]
-    lines += [f"| {d} | {fp} | {rt or '-'} | {v} | {a} |" for d, fp, rt, v, a in s["devices"]]
+    lines += [clean(f"| {d} | {fp} | {rt or '-'} | {v} | {a} |", None) for d, fp, rt, v, a in s["devices"]]
     if s["hardware"]:
         lines += ["", "Hardware at probe time (by fingerprint):", ""]
         for fp, p in sorted(s["hardware"].items()):
             rts = ", ".join(f"{k} {v['version']}" for k, v in p.get("runtimes", {}).items())
-            lines.append(f"- `{fp}` ({p.get('device', '?')}): {p.get('cpu_model')}, {p.get('cpu_count')} CPUs "
-                         f"(affinity {p.get('cpu_affinity')}), {p.get('memory_mb')} MB, {p.get('os_release')}, "
-                         f"kernel {p.get('kernel')}, governor {p.get('cpu_governor') or 'n/a'}, Python "
-                         f"{p.get('python')}; {rts}")
+            lines.append(clean(f"- `{fp}` ({p.get('device', '?')}): {p.get('cpu_model')}, {p.get('cpu_count')} CPUs "
+                               f"(affinity {p.get('cpu_affinity')}), {p.get('memory_mb')} MB, {p.get('os_release')}, "
+                               f"kernel {p.get('kernel')}, governor {p.get('cpu_governor') or 'n/a'}, Python "
+                               f"{p.get('python')}; {rts}", None))  # device strings: shown, never obeyed
     lines += ["", "## Protocol", "", "| space | input | threads | pinned cores |", "|---|---|---|---|"]
     lines += [f"| {sp} | {shape} | {th} | {cores} |" for sp, shape, th, cores in s["inputs"]]
     lines += ["", "Settings (canonical JSON, part of each row's key):", ""]

@@ -70,3 +70,9 @@ class Interrupted(BaseException):
     def __init__(self, signame: str, exit_code: int, summary: str = ""):
         super().__init__(signame)
         self.signame, self.exit_code, self.summary = signame, exit_code, summary
+
+
+class ProtocolError(Failure):
+    """The agent sent what the protocol does not allow (an unbounded line, bytes that are not UTF-8, a reply of
+    the wrong shape, a NaN latency...): the agent is killed, the job in flight becomes a `protocol_error` row and
+    the device leaves the run. Not a TransportError: reconnecting to a device that lies does not help."""

@@ -29,6 +29,9 @@ ERROR_KINDS = {
     "timeout": (True, False),  # no answer within --job-timeout (agent killed and restarted): a busy device, or
                                # a longer --job-timeout, may let it pass
     "settings_not_applied": (True, False),  # the agent read back other settings than the key's
+    "protocol_error": (True, False),  # the device's reply broke the agent protocol (collector/protocol.py): the
+                                      # row of the job in flight; the device leaves the run. A device that
+                                      # lies now may be fixed, so a re-run measures it again
     "runtime_missing": (False, False),
     "model_not_found": (False, False),
     "bad_request": (False, False),

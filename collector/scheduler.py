@@ -286,6 +286,9 @@ def run_device(device: Device, jobs: Union[Sequence[Job], Stream], store: Store,
                 report.failed.append((job.artifact.arch, m.error_kind, m.error))
             if on_row:
                 on_row(report, m)
+            if m.error_kind == "protocol_error":  # its row is kept; a device that lies measures nothing more
+                report.status, report.message = "failed", m.error
+                return
         report.status = "done"
     except BaseException:
         runner.kill()  # interrupted in this thread (measure_many): stop the device now, not after a polite wait
