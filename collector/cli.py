@@ -690,8 +690,9 @@ def _setup_logging(args) -> None:
 
 def _one_line(text) -> str:
     """An error message as one plain line: no line breaks, no terminal colour codes (converters add them), any
-    other control or escape character shown escaped (a device's message must not steer the terminal)."""
-    return clean(re.sub(r"\s*\n\s*", "; ", re.sub(r"\x1b\[[0-9;]*m", "", str(text)).strip()), None)
+    other control or escape character shown escaped (a device's message must not steer the terminal), at most
+    2,000 characters (a 1 MB arch string is not echoed whole)."""
+    return clean(re.sub(r"\s*\n\s*", "; ", re.sub(r"\x1b\[[0-9;]*m", "", str(text)).strip()), 2000)
 
 
 def _stdout_gone() -> int:

@@ -287,7 +287,7 @@ def run_device(device: Device, jobs: Union[Sequence[Job], Stream], store: Store,
             if on_row:
                 on_row(report, m)
             if m.error_kind == "protocol_error":  # its row is kept; a device that lies measures nothing more
-                report.status, report.message = "failed", m.error
+                report.fail(m.error)
                 return
         report.status = "done"
     except BaseException:

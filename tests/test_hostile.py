@@ -142,3 +142,16 @@ def test_card_and_plots_never_write_through_links(artifacts, tmp_path, fast):
     r = latkit("data", "plot", data)
     assert r.returncode == 0, r.stderr
     assert victim.read_text() == "precious\n" and not (data / "plots" / "custom_latency_hist.png").is_symlink()
+
+
+def test_a_huge_arch_string_is_not_echoed_whole(tmp_path):
+    from latkit.collector.samplers import sample
+    from latkit.collector.spaces import get_space
+    from latkit.predictor.models import make_model
+    archs = sample(get_space("nb201"), 12, "uniform", 0)
+    model = tmp_path / "m.latkit-model"
+    make_model("ridge", "nb201").fit(archs, [1.0 + i for i in range(12)]).save(model)
+    (tmp_path / "archs.txt").write_text("|nor_conv_3x3~0|" + "x" * 10**6 + "\n")
+    r = latkit("predictor", "predict", "--model", model, "--space", "nb201", "--file", tmp_path / "archs.txt")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith("latkit: error: ")
+    assert len(r.stderr) < 2100 and "more characters" in r.stderr
