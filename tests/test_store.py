@@ -191,7 +191,7 @@ def test_compact_while_writing_never_loses_or_doubles(tmp_path):
 
 @pytest.mark.parametrize("local", [True, False])
 def test_compact_conforms_older_files(tmp_path, monkeypatch, local):
-    """Files an older latkit wrote (a column missing, samples as float64), first and last in the folder and
+    """Files an older latkit wrote (columns missing, device and space dictionary-encoded, samples as float64), first and last in the folder and
     among current ones, compact to the full schema with every value kept; `local=False` reads the files as
     bytes through the store's filesystem, as on an object store."""
     from latkit.collector.compact import compact
@@ -200,8 +200,10 @@ def test_compact_conforms_older_files(tmp_path, monkeypatch, local):
         store.append([make_measurement(i).to_row()])
     folder = tmp_path / "data" / "device=dev1" / "space=custom"
     full = pa.Table.from_pylist([make_measurement(i).to_row() for i in range(3, 7)], schema=SCHEMA).cast(FILE_SCHEMA)
-    pq.write_table(full.slice(0, 2).drop_columns(["session_reused", "round_session_reused"]),
-                   folder / "part-0-older.parquet")
+    older = full.slice(0, 2).drop_columns(["session_reused", "round_session_reused"])
+    for name in ("device", "space"):  # dictionary-encoded, as latkit wrote them before
+        older = older.set_column(older.schema.get_field_index(name), name, older[name].dictionary_encode())
+    pq.write_table(older, folder / "part-0-older.parquet")
     f64 = pa.list_(pa.float64())
     pq.write_table(full.slice(2).set_column(full.schema.get_field_index("samples_ms"), "samples_ms",
                                             full["samples_ms"].slice(2).cast(f64)), folder / "part-z-older.parquet")
