@@ -447,5 +447,15 @@ def data_summary(path="latkit-data") -> list:
     store = Store(path)
     if not store.exists():
         raise LatkitError(f"no dataset at {path}; measure something first (latkit measure MODEL --out {path})")
+    if not store.files():  # a folder of models, of other tables, or an empty one: not an empty table
+        raise not_a_dataset(path)
     return group_summary(store.read(columns=["device", "runtime", "space", "status", "latency_ms", "measured_at",
                                              "stopped_by"]))
+
+
+def not_a_dataset(path) -> LatkitError:
+    """The error for an existing folder that holds no latkit rows (no Parquet files under `data/`)."""
+    hint = f"give the folder `--out` wrote, or measure into this one (latkit measure MODEL --out {path})"
+    if list(Path(path).glob("*_latency.parquet")):
+        hint = f"it holds latency tables: import them with `latkit data import-help {path} OUT`"
+    return LatkitError(f"{path} is not a latkit dataset (no rows under {path}/data); {hint}")

@@ -150,12 +150,17 @@ def write_card(path, title: Optional[str] = None, licence: str = "CC-BY-4.0", no
     out = validate.writable_file(Path(path) / "README.md", "make the dataset folder writable")
     old = out.read_text(errors="replace") if out.is_file() and not out.is_symlink() else ""  # a link is not read
     if MARKER in old:
-        head = old.split(MARKER)[0].rstrip("\n")
+        head = _strip_front_matter(old.split(MARKER)[0]).rstrip("
+")
     else:
         head = f"# {title or Path(path).resolve().name}\n\n{notes.strip()}".rstrip()
-    lines = [head, "", MARKER, "",
+    name = head.lstrip("# ").split("\n", 1)[0].strip() or Path(path).resolve().name
+    lines = [*front_matter(path, name, licence, s["rows"]), head, "", MARKER, "",
              f"{s['rows']} rows ({s['ok']} ok), measured {s['from']} to {s['to']}. Licence: {licence}.",
-             "Rows are under `data/` (Hive-partitioned by device and space, every column in every file).", "",
+             "Rows are under `data/` (Hive-partitioned by device and space, every column in every file; device and "
+             "space as plain strings in the files too, so `datasets.load_dataset(\"parquet\", data_dir=\"data\")`, "
+             "pyarrow.dataset, DuckDB and polars read `data/` as one table; pandas: "
+             "`pd.read_parquet(\"data\", partitioning=None)`).", "",
              "## Contents", "",
              "| device | runtime | space | rows | ok | missed CI target | latency_ms min / median / max |",
              "|---|---|---|---|---|---|---|"]
@@ -200,6 +205,28 @@ def save_png(fig, path: Path, dpi: int = 110) -> Path:
     fig.savefig(buf, format="png", dpi=dpi)
     plt.close(fig)
     return validate.write_atomic(path, buf.getvalue())
+
+
+def front_matter(path, name: str, licence: str, rows: int) -> list:
+    """The card's YAML header for the Hugging Face Hub: licence, name, size and the configs naming the data files,
+    so the Hub's viewer shows the rows (one config per retest side table too). JSON strings are valid YAML."""
+    size = next(label for n, label in ((1e3, "n<1K"), (1e4, "1K<n<10K"), (1e5, "10K<n<100K"), (1e6, "100K<n<1M"),
+                                       (float("inf"), "n>1M")) if rows < n)
+    configs = ["- config_name: default", "  data_files:", "  - split: train", "    path: data/**/*.parquet"]
+    for side in sorted(Path(path).glob("_retest/*/data")):
+        stamp = side.parent.name
+        configs += [f"- config_name: retest-{stamp}", "  data_files:", "  - split: train",
+                    f"    path: _retest/{stamp}/data/**/*.parquet"]
+    return ["---", f"license: {licence.lower()}", f"pretty_name: {json.dumps(name)}",
+            "tags:", "- latency", "- neural-architecture-search", "- latkit", "size_categories:", f"- {size}",
+            "configs:", *configs, "---", ""]
+
+
+def _strip_front_matter(text: str) -> str:
+    """`text` without a leading YAML header (`---` ... `---`): a refresh writes it anew."""
+    if text.startswith("---\n") and "\n---\n" in text[4:]:
+        return text[4:].split("\n---\n", 1)[1].lstrip("\n")
+    return text
 
 
 def plot(path, out_dir=None) -> list:

@@ -49,7 +49,7 @@ class Device:
     known_hosts: Optional[str] = field(default=None, compare=False)
 
     def __post_init__(self):
-        validate.name(self.name, "device name")
+        validate.partition(self.name, "device name")  # it names the folder data/device=<name>/
         if self.transport not in ("local", "ssh"):
             raise LatkitError(f"device {self.name} has transport {self.transport!r}; use local or ssh")
         if self.transport == "ssh" and not self.host:

@@ -16,7 +16,8 @@ class LatkitError(Exception):
 # Optional dependencies: the extra that installs each (pyproject.toml) and its name on PyPI where it differs.
 EXTRAS = {"sklearn": "predict", "scipy": "predict", "lightgbm": "predict", "pandas": "predict",
           "matplotlib": "plot", "torch": "export", "onnx": "export", "onnxscript": "export",
-          "onnxruntime": "onnxruntime", "litert_torch": "tflite", "ai_edge_litert": "tflite", "ray": "ray"}
+          "onnxruntime": "onnxruntime", "litert_torch": "tflite", "ai_edge_litert": "tflite", "ray": "ray",
+          "polars": "compact"}
 DISTRIBUTIONS = {"sklearn": "scikit-learn", "litert_torch": "litert-torch", "ai_edge_litert": "ai-edge-litert"}
 
 

@@ -4,8 +4,10 @@
     <dataset>/devices/<device>-<fingerprint>.json              the probe behind each fingerprint
     <dataset>/README.md, plots/, _retest/<stamp>/              card, figures, retest side tables
 
-So pyarrow, pandas, polars, DuckDB and Hugging Face `datasets` read `<dataset>/data` as it is (partition
-columns are stored in the files too). Rows are never rewritten in place: each write is a batch of rows to a
+So pyarrow.dataset, DuckDB, polars and Hugging Face `datasets` read `<dataset>/data` as it is: the partition
+columns are in the files too, as plain strings, the type Hive readers infer from the folder names (pandas and
+pyarrow.parquet infer a dictionary instead: `partitioning=None`). A partition value never looks like a number or
+a date (validate.partition), so no reader infers another type from a folder name. Rows are never rewritten in place: each write is a batch of rows to a
 dot-prefixed temporary file (readers ignore it) renamed into place, so a crash leaves the whole file or none
 of it. Compaction (collector/compact.py) writes `compact-<id>.parquet` files and, while it runs, a manifest
 naming the files each replaces; latkit's readers skip replaced files, so they see old or new rows, never both.
@@ -69,7 +71,7 @@ def check_row(row: dict) -> None:
     if extra:
         raise ValueError(f"row keys not in the schema: {sorted(extra)}")
     for part in PARTITIONS:
-        validate.name(row.get(part), part)
+        validate.partition(row.get(part), part)
 
 
 class Store:
@@ -151,7 +153,7 @@ class Store:
         self.fs.create_dir(folder, recursive=True)
         with self.fs.open_output_stream(tmp) as out, pq.ParquetWriter(out, FILE_SCHEMA, compression="zstd") as w:
             for t in [tables] if isinstance(tables, pa.Table) else tables:
-                w.write_table(t.cast(SCHEMA).cast(FILE_SCHEMA), row_group_size=max(1, t.num_rows))
+                w.write_table(t.cast(FILE_SCHEMA), row_group_size=max(1, t.num_rows))
         if before_rename:
             before_rename()
         self.fs.move(tmp, final)

@@ -31,6 +31,21 @@ def name(value, what: str) -> str:
     return value
 
 
+# Folder values a Hive reader would type as a number or date (pyarrow: 007 and 0x1f as int32; DuckDB: 2024-01-01
+# and inf as DATE, 12345678901 as BIGINT): the folder's type would then clash with the file's string column.
+_TYPED = re.compile(r"[0-9]+|0[xX][0-9A-Fa-f]+|[0-9]{4}-[0-9]{2}-[0-9]{2}.*|inf(inity)?", re.IGNORECASE)
+
+
+def partition(value, what: str) -> str:
+    """`value` if it can name a partition folder (device=<value>, space=<value>): a name that no Hive reader
+    reads as a number or a date."""
+    name(value, what)
+    if _TYPED.fullmatch(value):
+        raise LatkitError(f"{what} {value!r} is not a valid name: Hive readers of datasets would read it as a number "
+                          "or a date; rename it (e.g. dev-" + value + ")")
+    return value
+
+
 def _bounds(lo=None, hi=None, lo_open=False, hi_open=False) -> str:
     text = lambda x: f"{x:g}" if isinstance(x, float) else str(x)  # noqa: E731
     parts = ([f"{'>' if lo_open else '>='} {text(lo)}"] if lo is not None else []) + \
