@@ -140,6 +140,24 @@ def cmd_collect(args) -> int:
     return 0
 
 
+def cmd_doctor(args) -> int:
+    """Per device one line (or one JSON document); exit 1 when a device has a problem that spoils timing."""
+    from .doctor import doctor, line
+    names = [d for d in (args.devices or "").split(",") if d] or None
+    found = doctor(names, Registry(args.registry), args.cores)
+    bad = [r["device"] for r in found if r["problems"]]
+    if args.json:
+        _print_json({"ok": not bad, "devices": found})
+    else:
+        for r in found:
+            print(line(r))
+    if bad:
+        print(f"latkit: error: {len(bad)} device(s) not fit for timing ({', '.join(bad)}): fix the problems named "
+              "above, then run latkit doctor again", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_data_retest(args) -> int:
     from .retest import retest
     r = retest(args.dir, args.n, args.seed, args.models or (), Registry(args.registry), progress=not args.quiet,
@@ -516,6 +534,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--retry-errors", action="store_true",
                    help="also measure again models stored as permanent errors (corrupt file, unsupported op)")
     c.set_defaults(func=cmd_collect)
+
+    doc = sub.add_parser("doctor", parents=[registry], help="check devices before a long collection: reachable, "
+                         "runtimes, governor, heat, load, busy cores, free disk (one line each)")
+    doc.add_argument("--devices", help="comma-separated device names (default: every registered device and local)")
+    doc.add_argument("--cores", type=validate.arg_cores, help="the CPU ids a collection will pin to (collect "
+                     "--cores): a busy process on them is a problem")
+    doc.add_argument("--json", action="store_true", help="print one JSON document on stdout instead of lines")
+    doc.set_defaults(func=cmd_doctor)
 
     dev = sub.add_parser("device", help="register, list and probe devices").add_subparsers(dest="device_command",
                                                                                           title="commands")
