@@ -30,6 +30,7 @@ from .cliargs import Parser, add_globals, finish, merge_globals, parser_of
 from .devices import Registry
 from .errors import EXTRAS, Interrupted, LatkitError, missing
 from .job import NUMBER, RUNTIMES, WHOLE, Settings
+from .progress import Steps
 from .ray_executor import parse_executor
 
 console = Console(width=None if sys.stdout.isatty() else 140)
@@ -284,7 +285,14 @@ def cmd_data_migrate(args) -> int:
 
 
 def cmd_data_import_help(args) -> int:
-    n = dataset.import_help(args.src, args.out)
+    """One table at a time, so progress can name each (a folder without tables gets import_help's own error)."""
+    src = Path(args.src)
+    tables = sorted(src.glob("*_latency.parquet")) if src.is_dir() else [src] if src.is_file() else []
+    n = 0 if tables else dataset.import_help(src, args.out)  # no table there: its one-line error, no progress
+    with Steps("data import-help", not args.quiet) as step:
+        for i, table in enumerate(tables, 1):
+            step(f"{i}/{len(tables)}: {table.name}")
+            n += dataset.import_help(table, args.out)
     print(f"imported {n} rows into {args.out}")
     return 0
 
@@ -318,7 +326,9 @@ def cmd_predictor_fit(args) -> int:
     table = LatencyTable(args.data, args.space)  # bad data or device: one line before anything is written
     table.check_devices([args.device])
     out = _fit_output(args)
-    surrogate, result, test = fit(table, table.space, args.device, args.budget, args.sampler, args.model, args.seed)
+    with Steps("predictor fit", not args.quiet) as step:  # progress on stderr: a fit takes minutes
+        surrogate, result, test = fit(table, table.space, args.device, args.budget, args.sampler, args.model, args.seed,
+                                      progress=step)
     surrogate.save(out)
     shown = {k: result[k] for k in ("spearman", "kendall", "mape", "rmse", "acc5", "acc10", "n_train", "n_test",
                                     "model")}
@@ -376,8 +386,9 @@ def cmd_predictor_transfer(args) -> int:
         validate.writable_file(args.json, "give --json a writable file path")
     if args.out:
         validate.writable_dir(args.out, "give --out a writable folder")
-    r = transfer(args.data, args.space, split(args.source), split(args.target), args.target_samples,
-                 args.source_samples, args.seeds, use_gnn=not args.no_gnn, save_dir=args.out)
+    with Steps("predictor transfer", not args.quiet) as step:
+        r = transfer(args.data, args.space, split(args.source), split(args.target), args.target_samples,
+                     args.source_samples, args.seeds, use_gnn=not args.no_gnn, save_dir=args.out, progress=step)
     table = Table("target", "spearman", "± (seeds)", "kendall", "mape %")
     for dev, m in r["per_target"].items():
         table.add_row(dev, f"{m['spearman']:.3f}", f"{m['spearman_std']:.3f}", f"{m['kendall']:.3f}", f"{m['mape']:.1f}")
