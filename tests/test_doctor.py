@@ -91,3 +91,30 @@ def test_a_pinned_ssh_device(tmp_path):
     assert dev["reachable"] and dev["cpus"] == [0] and "pinned to cpu 0" in dev["summary"]
     assert dev["workdir"] == d.workdir
     assert all("busy on its pinned cpu 0" in p for p in dev["problems"])
+
+
+def test_governor_heat_and_throttling_are_warnings(tmp_path):
+    """A board as a fake /sys tree (LATKIT_SYSROOT, which the local agent inherits): powersave on every CPU,
+    two sensors, one at 91 °C, clocks at 40 % of rated. All named, none fails the device."""
+    root = tmp_path / "sysroot"
+    for c in range(os.cpu_count()):
+        d = root / f"sys/devices/system/cpu/cpu{c}/cpufreq"
+        d.mkdir(parents=True)
+        for name, text in (("scaling_governor", "powersave"), ("scaling_cur_freq", "1200000"),
+                           ("cpuinfo_max_freq", "3000000"), ("scaling_max_freq", "3000000")):
+            (d / name).write_text(text + "\n")
+    for i, (kind, mc) in enumerate((("cpu-thermal", 91000), ("gpu-thermal", 50000))):
+        z = root / f"sys/class/thermal/thermal_zone{i}"
+        z.mkdir(parents=True)
+        (z / "temp").write_text(f"{mc}\n")
+        (z / "type").write_text(kind + "\n")
+    r = subprocess.run([sys.executable, "-m", "latkit.collector.cli", "doctor", "--devices", "local", "--registry",
+                        tmp_path / "none.toml"], capture_output=True, text=True, timeout=180, cwd=ROOT,
+                       env=dict(os.environ, LATKIT_SYSROOT=str(root)))
+    assert r.returncode == 0 and r.stderr == "", r.stdout + r.stderr
+    line, = r.stdout.splitlines()
+    cpus = f"0-{os.cpu_count() - 1}" if os.cpu_count() > 1 else "0"
+    assert line.startswith("local: warn: ") and "governor powersave; 2 sensor(s), hottest 91 °C" in line, line
+    assert f"warning: governor powersave on cpu {cpus}; set performance" in line
+    assert "warning: cpu-thermal reads 91 °C; let it cool or use --cooldown-temp" in line
+    assert "warning: throttled now: cpu0 at 1200 of 3000 MHz" in line
