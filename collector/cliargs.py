@@ -140,18 +140,24 @@ def merge_globals(p: argparse.ArgumentParser, args) -> None:
         delattr(args, k)
 
 
+class _Formatter(argparse.HelpFormatter):
+    """argparse's help, but text of several lines (the examples) is kept line by line instead of refilled."""
+
+    def _fill_text(self, text, width, indent):
+        if "\n" in text:
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
 def finish(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Each leaf command's --help: its one-line help as the description and its EXAMPLES as the epilog."""
+    """Each command's --help: its one-line help as the description and, for a leaf, its EXAMPLES as the epilog."""
     for sub in (a for a in p._actions if isinstance(a, argparse._SubParsersAction)):
         helps = {c.dest: c.help for c in sub._choices_actions}
         for name, child in sub.choices.items():
-            if any(isinstance(a, argparse._SubParsersAction) for a in child._actions):
-                child.description = child.description or helps.get(name)
-                finish(child)
-                continue
             child.description = child.description or helps.get(name)
+            child.formatter_class = _Formatter
+            finish(child)
             examples = EXAMPLES.get(command_of(child))
             if examples:
-                child.formatter_class = argparse.RawDescriptionHelpFormatter
                 child.epilog = "examples:\n" + "\n".join(f"  {e}" for e in examples)
     return p
