@@ -15,8 +15,8 @@ is skipped by the host instead of breaking it.
     <- FRAME {"id": 7, "ok": false, "error": {"kind": "unsupported_op", "message": "..."}}
 
 Ops: ping, probe, health, has, lease, measure, shutdown. `health` is what `latkit doctor` judges: governors,
-thermal sensors, load, busy processes on the agent's cores, free disk (no lease needed). `measure` needs the device lease (an flock held for
-the agent's lifetime, so two hosts never time on one device at once). Loaded sessions are kept across
+thermal sensors, load, busy processes on the agent's cores, free disk (no lease needed). `measure` needs the
+device lease (an flock held for the agent's lifetime, so two hosts never time on one device at once). Loaded sessions are kept across
 requests (Sessions: LRU, bounded by count and memory); a reply says session_reused and carries the load
 time and first inference of the session's fresh load. Models arrive out of band into
 <workdir>/models/. The agent exits within a second or two once its host is gone (stdin closed or
