@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 
 from . import validate
 from .devices import Device, Registry, now_utc
-from .errors import Failure, LatkitError
+from .errors import Failure, LatkitError, need
 from .exporters import (DEFAULT_CACHE, ExportSpec, cached, check_format, export_cached, exporter_versions,
                         input_specs)
 from .job import FORMATS, RUNTIME_FOR_FORMAT, WHOLE, Artifact, Job, Settings
@@ -312,6 +312,8 @@ def collect_space(space, n: int, devices: Sequence[str], runtime: str = "onnxrun
     every arch is exported at it; on ofa, whose archs carry their resolution, the archs are sampled with
     r = resolution, so the stored arch always names its input. `cache_max_gb` bounds the host's export
     cache and each device's model cache (least recently used first; models measured on every device first)."""
+    if kwargs.get("executor") is None:  # exports here need torch: say so before anything else is said or made
+        need("torch", "export", "latkit collect --space")
     reg = registry or Registry()
     devs = [reg.get(d) for d in devices]
     sp = as_space(space)

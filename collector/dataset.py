@@ -150,8 +150,7 @@ def write_card(path, title: Optional[str] = None, licence: str = "CC-BY-4.0", no
     out = validate.writable_file(Path(path) / "README.md", "make the dataset folder writable")
     old = out.read_text(errors="replace") if out.is_file() and not out.is_symlink() else ""  # a link is not read
     if MARKER in old:
-        head = _strip_front_matter(old.split(MARKER)[0]).rstrip("
-")
+        head = _strip_front_matter(old.split(MARKER)[0]).rstrip("\n")
     else:
         head = f"# {title or Path(path).resolve().name}\n\n{notes.strip()}".rstrip()
     name = head.lstrip("# ").split("\n", 1)[0].strip() or Path(path).resolve().name

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from . import validate
-from .errors import LatkitError
+from .errors import LatkitError, did_you_mean
 
 MAX_REGISTRY_BYTES = 4 * 2 ** 20  # thousands of devices; anything larger is not a devices file
 _TEXT = ("host", "user", "key", "ssh_config", "python", "workdir", "lease", "fingerprint", "last_probe")
@@ -128,11 +128,15 @@ class Registry:
         return found
 
     def get(self, name: str) -> Device:
-        for d in self.devices():
+        devices = self.devices()
+        for d in devices:
             if d.name == name:
                 return d
-        raise LatkitError(f"unknown device {name!r}; known devices: {', '.join(d.name for d in self.devices())} "
-                          "(add one with latkit device add)")
+        names = [d.name for d in devices]
+        known = f"known devices: {', '.join(names)}"
+        close = did_you_mean(name, names)
+        raise LatkitError(f"unknown device {name!r}" + (f"{close} ({known}; add one with latkit device add)" if close
+                                                         else f"; {known} (add one with latkit device add)"))
 
     def save(self, device: Device) -> None:
         if device.name == LOCAL.name:
@@ -152,8 +156,11 @@ class Registry:
         self._edit(put)
 
     def remove(self, name: str) -> None:
-        if name not in self._load():
-            raise LatkitError(f"no registered device {name!r}; see latkit device list")
+        registered = self._load()
+        if name not in registered:
+            close = did_you_mean(name, registered)
+            raise LatkitError(f"no registered device {name!r}" + (f"{close} (see latkit device list)" if close
+                                                                   else "; see latkit device list"))
         self._edit(lambda devices: devices.pop(name))
 
     def _edit(self, change) -> None:

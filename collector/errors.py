@@ -38,6 +38,20 @@ def need(module: str, extra: str, what: str):
         raise missing(module, what, extra) from None
 
 
+def closest(word: str, choices) -> "str | None":
+    """The choice most like a mistyped `word` (difflib's ratio >= 0.6), or None."""
+    import difflib
+    found = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1)
+    return found[0] if found else None
+
+
+def did_you_mean(word: str, choices) -> str:
+    """"; did you mean 'x'?" for a mistyped name with a close choice, else "": a typo gets the fix in the same
+    line that refuses it."""
+    match = closest(word, choices)
+    return f"; did you mean {match!r}?" if match else ""
+
+
 class Failure(LatkitError):
     """Valid work that failed: a device, a model, an export (exit 1)."""
 

@@ -272,12 +272,15 @@ def model_path(folder, space: str, target: str) -> Path:
 
 
 def run_seed(table: LatencyTable, sources: Sequence[str], targets: Sequence[str], target_samples: int,
-             source_samples: int, seed: int, use_gnn: bool = True, n_jobs=-1, save_dir=None) -> dict:
+             source_samples: int, seed: int, use_gnn: bool = True, n_jobs=-1, save_dir=None,
+             say=lambda step: None) -> dict:
     """Per target: scores over the pool's archs other than the target samples (never seen by the model).
     With `save_dir`, each target's model is saved there as SPACE-TARGET.latkit-model."""
     archs = table.common_archs(targets)
     pre = Pretrained(table.space.name, source_samples, use_gnn=use_gnn, random_state=seed, n_jobs=n_jobs)
+    say(f"pretraining on {len(sources)} source device(s), {len(archs)} archs")
     pre.fit(table, sources, archs)
+    say(f"few-shot fit of {len(targets)} target device(s) on {target_samples} samples each")
     chosen = pre.choose(target_samples)
     taken = set(chosen)
     unseen = [a for a in archs if a not in taken]
@@ -292,9 +295,11 @@ def run_seed(table: LatencyTable, sources: Sequence[str], targets: Sequence[str]
 
 
 def transfer(data, space, sources: Sequence[str], targets: Sequence[str], target_samples: int = 20,
-             source_samples: int = 900, seeds: int = 3, use_gnn: bool = True, n_jobs=-1, save_dir=None) -> dict:
+             source_samples: int = 900, seeds: int = 3, use_gnn: bool = True, n_jobs=-1, save_dir=None,
+             progress=None) -> dict:
     """`latkit predictor transfer`: per-target and mean Spearman over the unseen archs, mean +- std over seeds.
-    `n_jobs`: LightGBM threads of the source bank (-1: every core)."""
+    `n_jobs`: LightGBM threads of the source bank (-1: every core). `progress`: called with each step's text
+    (collector.progress.Steps)."""
     table = data if isinstance(data, LatencyTable) else LatencyTable(data, space)
     if not sources or not targets:
         raise LatkitError("give at least one --source and one --target device")
@@ -309,8 +314,10 @@ def transfer(data, space, sources: Sequence[str], targets: Sequence[str], target
         for t in targets:
             validate.name(t, "target device")  # it names a model file
     t0 = time.time()
+    say = progress or (lambda step: None)
     runs = [run_seed(table, sources, targets, target_samples, source_samples, seed, use_gnn, n_jobs,
-                     save_dir if seed == 0 else None) for seed in range(seeds)]
+                     save_dir if seed == 0 else None, lambda step, s=seed: say(f"seed {s + 1}/{seeds}: {step}"))
+            for seed in range(seeds)]
     per_target = {}
     for tgt in targets:
         vals = {k: [r[tgt][k] for r in runs] for k in ("spearman", "kendall", "mape")}

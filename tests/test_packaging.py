@@ -42,7 +42,7 @@ def test_the_core_requires_no_predictor_plot_or_export_library(wheel):
         next(n for n in zipfile.ZipFile(wheel).namelist() if n.endswith("METADATA"))).decode())
     requires = meta.get_all("Requires-Dist")
     core = {r.split(">")[0].split("=")[0].split("[")[0].strip() for r in requires if "extra ==" not in r}
-    assert core == {"numpy", "pyarrow", "psutil", "rich", "paramiko", "tomlkit"}, core
+    assert core == {"numpy", "pyarrow", "psutil", "rich", "paramiko", "tomlkit", "shtab"}, core
     extras = set(meta.get_all("Provides-Extra"))
     assert {"onnxruntime", "export", "tflite", "predict", "plot", "compact", "all"} <= extras
 
