@@ -23,7 +23,6 @@ from datetime import datetime
 from pathlib import Path
 
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from . import api, compact, dataset, schema, validate
@@ -33,7 +32,7 @@ from .errors import EXTRAS, Failure, Interrupted, LatkitError, missing
 from .job import NUMBER, RUNTIMES, WHOLE, Settings
 from .progress import Steps
 from .ray_executor import parse_executor
-from .text import CleanFormatter, clean
+from .text import CleanFormatter, cell, clean
 
 console = Console(width=None if sys.stdout.isatty() else 140)
 log = logging.getLogger("latkit")
@@ -129,13 +128,13 @@ def cmd_collect(args) -> int:
     else:
         table = Table("device", "jobs", "skipped", "measured", "errors", "left", "status")
         for d in report.devices:
-            table.add_row(escape(clean(d.device)), str(d.total), str(d.skipped), str(d.measured), str(d.errors),
-                          str(d.remaining), d.status + (f": {escape(clean(d.message, 600))}" if d.message else ""))
+            table.add_row(cell(d.device), str(d.total), str(d.skipped), str(d.measured), str(d.errors),
+                          str(d.remaining), d.status + (f": {cell(d.message, 600)}" if d.message else ""))
         console.print(table)
         if failed:
             table = Table("device", "model that failed", "error", title=f"{len(failed)} model(s) failed")
             for dev, arch, kind, error in failed:
-                table.add_row(escape(clean(dev)), escape(clean(arch, 120)), escape(f"{clean(kind)}: {clean(error)}"))
+                table.add_row(cell(dev), cell(arch, 120), cell(f"{kind}: {error}", 600))
             console.print(table)
     down = [d.device for d in report.devices if d.status != "done"]
     if down or failed:
@@ -205,9 +204,9 @@ def cmd_device_list(args) -> int:
     table = Table("name", "host", "reachable", "runtimes", "tags", "last probe")
     for d, ok in zip(devices, up):
         runtimes = ", ".join(f"{k} {v}" for k, v in d.probe.get("runtimes", {}).items())
-        table.add_row(escape(clean(d.name)), escape(clean(d.address)), "?" if ok is None else ("yes" if ok else "no"),
-                      escape(clean(runtimes)) or ("(host's)" if d.transport == "local" else "-"),
-                      escape(clean(",".join(d.tags))), escape(clean(d.last_probe)) or "-")
+        table.add_row(cell(d.name), cell(d.address), "?" if ok is None else ("yes" if ok else "no"),
+                      cell(runtimes) or ("(host's)" if d.transport == "local" else "-"),
+                      cell(",".join(d.tags)), cell(d.last_probe) or "-")
     console.print(table)
     return 0
 
@@ -256,7 +255,7 @@ def cmd_data_show(args) -> int:
     for r in groups:
         lat = [f"{v:.4g}" for v in r["latency_ms"]] if r["latency_ms"] else ["-"] * 3
         newest = r["newest"].strftime("%Y-%m-%d %H:%M") if r["newest"] is not None else "-"
-        table.add_row(str(r["device"]), str(r["runtime"]), str(r["space"]), str(r["rows"]), str(r["ok"]),
+        table.add_row(cell(r["device"]), cell(r["runtime"]), cell(r["space"]), str(r["rows"]), str(r["ok"]),
                       str(r["missed_ci"]), *lat, newest)
     console.print(table)
     return 0

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 from . import schema, validate
 from .errors import LatkitError, need
 from .store import Store
-from .text import clean
+from .text import clean, md_cell
 
 LATENCY_COLUMNS = ["space", "arch", "device", "latency_ms"]
 # The HELP tables shipped with latkit (datasets/help/README.md): datasets/help in a checkout, latkit/help installed.
@@ -165,11 +165,11 @@ def write_card(path, title: Optional[str] = None, licence: str = "CC-BY-4.0", no
              "|---|---|---|---|---|---|---|"]
     for g in s["groups"]:
         lat = " / ".join(f"{x:.4g}" for x in g["latency_ms"]) if g["latency_ms"] else "-"
-        lines.append(f"| {g['device']} | {g['runtime'] or '-'} | {g['space']} | {g['rows']} | {g['ok']} | "
-                     f"{g['missed_ci']} | {lat} |")
+        lines.append(f"| {md_cell(g['device'])} | {md_cell(g['runtime'] or '-')} | {md_cell(g['space'])} | "
+                     f"{g['rows']} | {g['ok']} | {g['missed_ci']} | {lat} |")
     lines += ["", "## Devices and runtimes", "", "| device | fingerprint | runtime | version | agent |",
               "|---|---|---|---|---|"]
-    lines += [clean(f"| {d} | {fp} | {rt or '-'} | {v} | {a} |", None) for d, fp, rt, v, a in s["devices"]]
+    lines += ["| " + " | ".join(md_cell(x or "-") for x in row) + " |" for row in s["devices"]]
     if s["hardware"]:
         lines += ["", "Hardware at probe time (by fingerprint):", ""]
         for fp, p in sorted(s["hardware"].items()):
@@ -179,20 +179,21 @@ def write_card(path, title: Optional[str] = None, licence: str = "CC-BY-4.0", no
                                f"kernel {p.get('kernel')}, governor {p.get('cpu_governor') or 'n/a'}, Python "
                                f"{p.get('python')}; {rts}", None))  # device strings: shown, never obeyed
     lines += ["", "## Protocol", "", "| space | input | threads | pinned cores |", "|---|---|---|---|"]
-    lines += [f"| {sp} | {shape} | {th} | {cores} |" for sp, shape, th, cores in s["inputs"]]
+    lines += ["| " + " | ".join(md_cell(x) for x in row) + " |" for row in s["inputs"]]
     lines += ["", "Settings (canonical JSON, part of each row's key):", ""]
-    lines += [f"- `{x}`" for x in s["settings"]]
-    lines += ["", f"Sampler: {', '.join(s['samplers']) or 'none (single models)'}.", ""]
+    lines += [f"- `{clean(x, 2000)}`" for x in s["settings"]]
+    lines += ["", f"Sampler: {clean(', '.join(s['samplers']), 2000) or 'none (single models)'}.", ""]
     lines += ["## Columns", "", *schema.markdown(), ""]
     rt = latest_retest(path)
     if rt:
-        lines += ["## Test-retest", "", f"{rt['n']} rows measured again ({rt['stamp']}, shuffled, side table "
-                  f"`{rt['side_table']}`):", "", "| statistic | Spearman | median rel. diff | p90 rel. diff |",
+        lines += ["## Test-retest", "", f"{rt['n']} rows measured again ({clean(rt['stamp'])}, shuffled, side table "
+                  f"`{clean(rt['side_table'])}`):", "", "| statistic | Spearman | median rel. diff | p90 rel. diff |",
                   "|---|---|---|---|"]
-        lines += [f"| {k} | {v['spearman']:.4f} | {v['median_rel_diff'] * 100:.2f} % | {v['p90_rel_diff'] * 100:.2f} % |"
-                  for k, v in rt["statistics"].items()]
+        lines += [f"| {md_cell(k)} | {v['spearman']:.4f} | {v['median_rel_diff'] * 100:.2f} % | "
+                  f"{v['p90_rel_diff'] * 100:.2f} % |" for k, v in rt["statistics"].items()]
         lines += ["", "Largest differences of latency_ms: " + ", ".join(
-            f"{w['arch'][:48]} on {w['device']} ({w['a_ms']:.4g} vs {w['b_ms']:.4g} ms)" for w in rt["worst"]), ""]
+            f"{clean(w['arch'], 48)} on {clean(w['device'])} ({w['a_ms']:.4g} vs {w['b_ms']:.4g} ms)"
+            for w in rt["worst"]), ""]
     return validate.write_atomic(out, "\n".join(lines))
 
 

@@ -74,6 +74,32 @@ def check_row(row: dict) -> None:
         validate.partition(row.get(part), part)
 
 
+def _check_tree(folder: str, uri: str) -> None:
+    """A local dataset's `data/` holds folders and regular files only: a symlink could loop (every file read
+    dozens of times) or lead out of the dataset, a FIFO would hang a reader. Each is named in one line."""
+    def refuse(path: str, why: str):
+        raise LatkitError(f"{path} {why}; a dataset's data/ holds only folders and regular files: remove it from "
+                          f"{uri}")
+    if os.path.isfile(folder):
+        refuse(folder, "is a file, not the folder of rows")
+    stack = [folder]
+    while stack:
+        top = stack.pop()
+        try:
+            entries = list(os.scandir(top))
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            raise LatkitError(f"cannot read {top}: {e.strerror or e}; fix its permissions") from None
+        for e in entries:
+            if e.is_symlink():
+                refuse(e.path, "is a symbolic link")
+            if e.is_dir(follow_symlinks=False):
+                stack.append(e.path)
+            elif not e.is_file(follow_symlinks=False):
+                refuse(e.path, "is not a regular file (a FIFO, socket or device)")
+
+
 class Store:
     """Append rows, read them back, and tell which job keys are already measured."""
 
@@ -176,6 +202,8 @@ class Store:
         """(data files, compaction manifests) under `data/`: FileInfo of each Parquet file (temporaries and
         names starting with '.' or '_' excluded) and paths of `_replaces-<id>.json` manifests."""
         self._check_layout()
+        if self.local:
+            _check_tree(self.data, self.uri)
         try:
             infos = self.fs.get_file_info(pafs.FileSelector(self.data, recursive=True, allow_not_found=True))
         except FileNotFoundError:

@@ -30,3 +30,14 @@ class CleanFormatter(logging.Formatter):
     def formatMessage(self, record: logging.LogRecord) -> str:
         record.message = clean(record.message, None)
         return super().formatMessage(record)
+
+
+def cell(text, limit: Optional[int] = 300) -> str:
+    """clean() text for a rich table cell: its markup (`[bold]`, `[/]`) shown, not applied or crashing the table."""
+    from rich.markup import escape
+    return escape(clean(text, limit))
+
+
+def md_cell(text, limit: Optional[int] = 300) -> str:
+    """clean() text for a Markdown table cell in a generated file: a `|` cannot open a column of its own."""
+    return clean(text, limit).replace("|", "\\|")

@@ -155,3 +155,64 @@ def test_a_huge_arch_string_is_not_echoed_whole(tmp_path):
     r = latkit("predictor", "predict", "--model", model, "--space", "nb201", "--file", tmp_path / "archs.txt")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith("latkit: error: ")
     assert len(r.stderr) < 2100 and "more characters" in r.stderr
+
+
+SHIPPED = Path(__file__).resolve().parents[1] / "datasets" / "local-cpu-nb201-fbnet"
+
+
+def _leaf(d: Path) -> Path:
+    return sorted((d / "data").rglob("*.parquet"))[0].parent
+
+
+def _retyped(d: Path, column: str, values) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    f = sorted(_leaf(d).glob("*.parquet"))[0]
+    t = pq.read_table(f)
+    t = t.set_column(t.schema.get_field_index(column), column, pa.array(values(t.num_rows)))
+    pq.write_table(t, f.with_name("crafted.parquet"))
+
+
+DATASETS = {
+    "symlink-loop": (lambda d: os.symlink(_leaf(d), _leaf(d) / "loop"), ["is a symbolic link"]),
+    "symlink-out": (lambda d: os.symlink("/etc", _leaf(d) / "etc"), ["is a symbolic link"]),
+    "dangling-link": (lambda d: os.symlink("/nonexistent.parquet", _leaf(d) / "x.parquet"), ["is a symbolic link"]),
+    "fifo": (lambda d: os.mkfifo(_leaf(d) / "x.parquet"), ["not a regular file"]),
+    "data-is-a-file": (lambda d: (__import__("shutil").rmtree(d / "data"), (d / "data").write_text("x")),
+                       ["is a file, not the folder of rows"]),
+    "garbage-parquet": (lambda d: (_leaf(d) / "g.parquet").write_bytes(b"PAR1" + os.urandom(999) + b"PAR1"),
+                        ["is not latkit data"]),
+    "empty-parquet": (lambda d: (_leaf(d) / "e.parquet").write_bytes(b""), ["is not latkit data"]),
+    "foreign-table": (lambda d: __import__("pyarrow.parquet").parquet.write_table(
+        __import__("pyarrow").table({"a": [1]}), _leaf(d) / "f.parquet"), ["is not latkit data"]),
+    "latency-as-text": (lambda d: _retyped(d, "latency_ms", lambda n: ["fast"] * n), ["cannot be read"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DATASETS))
+@pytest.mark.parametrize("command", ["show", "card", "fit"])
+def test_hostile_dataset(tmp_path, case, command):
+    import shutil
+    make, words = DATASETS[case]
+    d = tmp_path / "shared"
+    shutil.copytree(SHIPPED, d)
+    make(d)
+    args = {"show": ["data", "show", d], "card": ["data", "card", d],
+            "fit": ["predictor", "fit", "--data", d, "--space", "nb201", "--device", "local", "--budget", "10",
+                    "--model", "ridge", "--out", tmp_path / "m.latkit-model"]}[command]
+    r = latkit(*args, timeout=60)
+    refused(r, *words)
+    assert r.seconds < 30 and not (tmp_path / "m.latkit-model").exists()
+
+
+def test_escapes_in_a_dataset_are_shown_not_obeyed(tmp_path):
+    """A device name crafted to retitle the terminal and fake a line: data show and the card show it escaped."""
+    import shutil
+    d = tmp_path / "shared"
+    shutil.copytree(SHIPPED, d)
+    _retyped(d, "device", lambda n: ["\x1b]0;pwned\x07\nlatkit: done | x"] * n)
+    r = latkit("data", "show", d)
+    assert r.returncode == 0 and "\x1b" not in r.stdout and "\\x1b]0;pwned\\x07\\nlatkit: done" in r.stdout
+    assert latkit("data", "card", d).returncode == 0
+    card = (d / "README.md").read_text()
+    assert "\x1b" not in card and "\nlatkit: done" not in card and "\\nlatkit: done \\| x |" in card
