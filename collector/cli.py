@@ -278,13 +278,16 @@ def cmd_data_plot(args) -> int:
 
 def _fit_output(args) -> Path:
     """Where fit saves the model: --out, else beside the data (DATA/models/ of a dataset folder, the folder of
-    a Parquet table), never the cwd; checked writable, with --json and --report, before any training."""
+    a Parquet table), never the cwd; checked writable, with --json and --report, before any training, and
+    never over a file that is not a model."""
+    from latkit.predictor import modelfile
     validate.name(args.device, "--device")  # it names the model file
     if not args.out and "://" in args.data:
         raise LatkitError(f"--data {args.data} is not a local path, so the model has no default place; give --out")
     data, name = Path(args.data), f"{args.space}-{args.device}.latkit-model"
     out = validate.writable_file(args.out or (data.parent if data.is_file() else data / "models") / name,
                                  "give --out a writable file path")
+    modelfile.check_output(out, "give --out a new path or a .latkit-model file to replace")
     if args.json:
         validate.writable_file(args.json, "give --json a writable file path")
     if args.report:
@@ -319,8 +322,11 @@ def _live_settings(args) -> Settings:
 
 
 def _model_out(args, default: str) -> Path:
+    from latkit.predictor import modelfile
     validate.name(args.device, "--device")  # it names the model file
-    return validate.writable_file(args.out or Path(args.data) / "models" / default, "give --out a writable file path")
+    out = validate.writable_file(args.out or Path(args.data) / "models" / default, "give --out a writable file path")
+    modelfile.check_output(out, "give --out a new path or a .latkit-model file to replace")
+    return out
 
 
 def cmd_predictor_build(args) -> int:

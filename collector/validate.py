@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
+import stat
 import tempfile
 from pathlib import Path
 from typing import Optional
@@ -118,14 +120,31 @@ def writable_file(path, advice: str) -> Path:
     return p
 
 
-def readable_file(path, what: str) -> Path:
-    """`path` if it is a file this process can read, else a LatkitError naming `what`."""
-    p = Path(path)
+SPECIAL = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+           (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def special(mode: int) -> str:
+    """What a file of `mode` is when it is no regular file ("a FIFO", "a folder", ...), else ""."""
+    return next((what for test, what in SPECIAL if test(mode)), "" if stat.S_ISREG(mode) else "no regular file")
+
+
+def open_regular(path, what: str) -> int:
+    """A read-only descriptor of `path` if it is a regular file, else a LatkitError naming `what`. Opened
+    non-blocking and checked on the descriptor: a FIFO would otherwise hang the reader, /dev/zero never ends,
+    and a check before opening could be raced."""
     try:
-        with open(p, "rb"):
-            pass
-    except IsADirectoryError:
-        raise LatkitError(f"{what} {p} is a folder; give a file") from None
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except OSError as e:
-        raise LatkitError(f"cannot read {what} {p}: {e.strerror or e}; check the path") from None
-    return p
+        raise LatkitError(f"cannot read {what} {path}: {e.strerror or e}; check the path") from None
+    kind = special(os.fstat(fd).st_mode)
+    if kind:
+        os.close(fd)
+        raise LatkitError(f"{what} {path} is {kind}, not a regular file; give a file")
+    return fd
+
+
+def readable_file(path, what: str) -> Path:
+    """`path` if it is a regular file this process can read, else a LatkitError naming `what`."""
+    os.close(open_regular(path, what))
+    return Path(path)
