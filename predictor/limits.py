@@ -102,8 +102,8 @@ def check(kind, params) -> None:
         _table(kind, {k: v for k, v in params.items() if k not in ("bank", "gnn")},
                {"space": SPACE, "finetune_epochs": whole(0, 10 ** 6), "n_sources": whole(1, 10_000)})
         bank = params.get("bank")
-        if not isinstance(bank, list) or not 1 <= len(bank) <= 10_000 or \
-                any(not isinstance(b, dict) or set(b) != {"kind", "params"} or b["kind"] not in REGRESSORS for b in bank):
+        if not isinstance(bank, list) or not 1 <= len(bank) <= 10_000 or any(
+                not isinstance(b, dict) or set(b) != {"kind", "params"} or b["kind"] not in REGRESSORS for b in bank):
             raise ValueError("its few-shot source bank is no list of {kind, params} of regressors")
         for b in bank:
             check(b["kind"], b["params"])

@@ -94,7 +94,8 @@ def from_lightgbm(booster) -> dict:
         n_in = n_leaves - 1
         num = (lambda k, t: np.array(f[k].split(), dtype=t)) if n_in else (lambda k, t: np.zeros(0, t))
         dt = num("decision_type", np.int64)
-        kids = [np.where(c >= 0, c, n_in + ~c) + start for c in (num("left_child", np.int64), num("right_child", np.int64))]
+        kids = [np.where(c >= 0, c, n_in + ~c) + start  # leaf j (stored as ~j) goes after the splits
+                for c in (num("left_child", np.int64), num("right_child", np.int64))]
         own = start + np.arange(n_in + n_leaves)
         cols["left"].append(np.r_[kids[0], own[n_in:]])
         cols["right"].append(np.r_[kids[1], own[n_in:]])

@@ -212,7 +212,8 @@ def test_bad_metadata_and_future_versions_refused(ridge_file, tmp_path):
     for bad, match in ((dict(meta, model="xgb"), "unknown model kind 'xgb'"),
                        (dict(meta, version="1"), "format version '1' is not one latkit ever wrote"),
                        (dict(meta, format="onnx"), "does not describe a latkit model"),
-                       (dict(meta, params={"space": "nb201", "os": "system"}), "the ridge parameter 'os', which latkit does not know"),
+                       (dict(meta, params={"space": "nb201", "os": "system"}),
+                        "the ridge parameter 'os', which latkit does not know"),
                        (dict(meta, params={"space": "nb201", "regressor": "os"}), "ridge parameters are no JSON"),
                        (dict(meta, params={"space": "nb201", "regressor": {"alphas": [1], "os": 1}}),
                         "the ridge parameter 'os', which latkit does not know")):
