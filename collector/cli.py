@@ -312,7 +312,8 @@ def cmd_data_plot(args) -> int:
 def _fit_output(args) -> Path:
     """Where fit saves the model: --out, else beside the data (DATA/models/ of a dataset folder, the folder of
     a Parquet table); for the tables latkit ships (inside its package) ./models/ instead. Checked writable,
-    with --json and --report, before any training."""
+    with --json and --report, before any training, and never over a file that is not a model."""
+    from latkit.predictor import modelfile
     validate.name(args.device, "--device")  # it names the model file
     if not args.out and "://" in args.data:
         raise LatkitError(f"--data {args.data} is not a local path, so the model has no default place; give --out")
@@ -320,6 +321,7 @@ def _fit_output(args) -> Path:
     shipped = data.resolve().is_relative_to(dataset.HELP_DIR.resolve())
     folder = Path("models") if shipped else data.parent if data.is_file() else data / "models"
     out = validate.writable_file(args.out or folder / name, "give --out a writable file path")
+    modelfile.check_output(out, "give --out a new path or a .latkit-model file to replace")
     if args.json:
         validate.writable_file(args.json, "give --json a writable file path")
     if args.report:
@@ -356,8 +358,11 @@ def _live_settings(args) -> Settings:
 
 
 def _model_out(args, default: str) -> Path:
+    from latkit.predictor import modelfile
     validate.name(args.device, "--device")  # it names the model file
-    return validate.writable_file(args.out or Path(args.data) / "models" / default, "give --out a writable file path")
+    out = validate.writable_file(args.out or Path(args.data) / "models" / default, "give --out a writable file path")
+    modelfile.check_output(out, "give --out a new path or a .latkit-model file to replace")
+    return out
 
 
 def cmd_predictor_build(args) -> int:

@@ -136,32 +136,37 @@ def writable_file(path, advice: str) -> Path:
     return p
 
 
-_SPECIAL = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-            (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder"))
+SPECIAL = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+           (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 
 
-def _open_regular(p: Path, what: str) -> int:
-    """A read-only descriptor of `p` if it is a regular file. O_NONBLOCK: opening a FIFO must not wait for
-    a writer; a FIFO, device or socket is refused (reading one can hang or never end)."""
+def special(mode: int) -> str:
+    """What a file of `mode` is when it is no regular file ("a FIFO", "a folder", ...), else ""."""
+    return next((what for test, what in SPECIAL if test(mode)), "" if stat.S_ISREG(mode) else "no regular file")
+
+
+def open_regular(path, what: str) -> int:
+    """A read-only descriptor of `path` if it is a regular file, else a LatkitError naming `what`. Opened
+    non-blocking and checked on the descriptor: a FIFO would otherwise hang the reader, /dev/zero never ends,
+    and a check before opening could be raced."""
     try:
-        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
-        raise LatkitError(f"{what} {p} not found; check the path") from None
+        raise LatkitError(f"{what} {path} not found; check the path") from None
     except OSError as e:
         why = "a symlink loop" if e.errno == errno.ELOOP else e.strerror or str(e)
-        raise LatkitError(f"cannot read {what} {p}: {why}; check the path") from None
-    mode = os.fstat(fd).st_mode
-    kind = next((k for test, k in _SPECIAL if test(mode)), None)
+        raise LatkitError(f"cannot read {what} {path}: {why}; check the path") from None
+    kind = special(os.fstat(fd).st_mode)
     if kind:
         os.close(fd)
-        raise LatkitError(f"{what} {p} is {kind}, not a regular file; give a file")
+        raise LatkitError(f"{what} {path} is {kind}, not a regular file; give a file")
     return fd
 
 
 def readable_file(path, what: str) -> Path:
     """`path` if it is a regular file this process can read, else a LatkitError naming `what`."""
     p = Path(path)
-    os.close(_open_regular(p, what))
+    os.close(open_regular(p, what))
     return p
 
 
@@ -169,7 +174,7 @@ def read_bytes(path, what: str, limit: int) -> bytes:
     """The contents of the regular file `path`, refused in one line past `limit` bytes (checked on what is
     read, not only on the size the file system reports)."""
     p = Path(path)
-    with os.fdopen(_open_regular(p, what), "rb") as f:
+    with os.fdopen(open_regular(p, what), "rb") as f:
         data = f.read(limit + 1)
     if len(data) > limit:
         raise LatkitError(f"{what} {p} is larger than {limit / 2 ** 20:g} MB; that is no file latkit wrote")
