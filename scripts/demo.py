@@ -1,7 +1,9 @@
 """latkit's story on this machine, in a few minutes:
+0. check the machine before timing on it (latkit doctor);
 1. time three hand-written networks on `local` with ONNX Runtime and TFLite;
 2. collect a small NB201 latency dataset on `local` (balanced sampler);
-3. fit an ESM-style surrogate on part of it and show its accuracy on the archs it never saw.
+3. fit an ESM-style surrogate on part of it, show its accuracy on the archs it never saw, save it and predict
+   with it through the CLI (latency and its standard deviation).
 Every row is kept in ./latkit-data (Parquet); re-running resumes instead of measuring again."""
 from __future__ import annotations
 
@@ -59,9 +61,10 @@ def main():
         ap.error("--n must be >= 30: the surrogate is tested on archs it never saw (20 at least)")
     console = Console(width=None if sys.stdout.isatty() else 120)
     p = probe("local")
+    cli.main(["doctor", "--devices", "local"])  # what would spoil timing here: governor, load, busy cores, disk
     console.print(f"[bold]device local[/]: {p['cpu_model']}, {p['cpu_count']} CPUs, {p['memory_mb']} MB, "
                   f"runtimes " + ", ".join(f"{k} {v['version']}" for k, v in p["runtimes"].items()))
-    settings = Settings()  # the default protocol: 4 shuffled rounds, each stopped by the median's CI or 0.5 s
+    settings = Settings()  # the default protocol: 4 shuffled rounds, each stopped by the p10's CI or 0.25 s
     table = Table("model", "runtime", "latency_ms", "p10-p90 ms", "robust CV", "repeats", "stopped by", "status")
     t0 = time.time()
     for fmt, runtime in (("onnx", "onnxruntime"), ("tflite", "tflite")):
@@ -86,6 +89,10 @@ def main():
     console.print(f"\n[bold]surrogate[/] ({r['model']}, trained on {r['n_train']} archs, tested on the other {r['n_test']}): "
                   f"Spearman {r['spearman']:.3f}, Kendall {r['kendall']:.3f}, MAPE {r['mape']:.1f} %, "
                   f"within ±10 %: {r['acc10'] * 100:.0f} %")
+    saved = f"{args.out}/models/nb201-local.latkit-model"
+    surrogate.save(saved)
+    console.print(f"saved {saved}; an arch it never saw, through the CLI:")
+    cli.main(["predictor", "predict", "--model", saved, "--space", "nb201", "--arch", test[0], "--std"])
     console.print(f"{time.time() - t0:.0f} s; rows kept in [bold]{args.out}/data[/] (Parquet, read it with pyarrow, "
                   f"polars or DuckDB; columns: latkit data schema). Next: latkit data show {args.out}; "
                   f"latkit predictor build --space nb201 --device local --out nb201-local.latkit-model (measure "
