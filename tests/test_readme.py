@@ -53,7 +53,7 @@ import pytest
 
 README = ROOT / "README.md"
 MARKER = re.compile(r"^<!-- readme: (?P<body>.*?) -->$")
-BIN = Path(sys.executable).parent  # the venv whose `latkit` the blocks call
+BIN = Path(sys.executable).parent  # the venv the blocks run in (python, ray, ...)
 
 # A command of the README that fails today because of a bug being fixed elsewhere: {substring of the command:
 # the bug}. The block still runs; the command must fail (strict: once it passes, remove it from here).
@@ -182,8 +182,8 @@ def test_the_marker_check_catches_an_unmarked_block_and_a_bare_skip():
 
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory, export_cache):
-    """A working dir, a HOME, a registry and an export cache of its own, with the README's placeholder models:
-    model.onnx / model.tflite (a tiny CNN) and my-models/ (three small ONNX models)."""
+    """A working dir, a HOME, a registry and an export cache of its own, with the README's placeholder models
+    (model.onnx / model.tflite: a tiny CNN; my-models/: three small ONNX models) and a copy of datasets/."""
     import torch
     from latkit.collector import export
     from conftest import small_onnx_models, tiny_cnn
@@ -195,10 +195,16 @@ def sandbox(tmp_path_factory, export_cache):
     for fmt in ("onnx", "tflite"):
         shutil.copy(export(tiny_cnn(), (x,), fmt, arch="tiny_cnn", cache_dir=export_cache).path, work / f"model.{fmt}")
     small_onnx_models(work / "my-models", (4, 8, 12), export_cache)
+    # blocks that name datasets/... run as in a checkout, on a copy: nothing they do writes into the repository
+    shutil.copytree(ROOT / "datasets", work / "datasets")
+    # `latkit` is this checkout's CLI run as a module (as pip's console script does: a wrapper whose import
+    # runs main() would run it again in every spawned export worker)
+    (root / "bin").mkdir()
+    (root / "bin" / "latkit").write_text(f'#!/bin/sh\nexec {sys.executable} -m latkit.collector.cli "$@"\n')
+    (root / "bin" / "latkit").chmod(0o755)
     env = {k: v for k, v in os.environ.items() if k not in ("LATKIT_DEBUG", "LATKIT_REGISTRY", "PYTHONPATH")}
     env.update(HOME=str(home), LATKIT_REGISTRY=str(home / ".config" / "latkit" / "devices.toml"),
-               LATKIT_CACHE=str(root / "cache"), PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
-    assert shutil.which("latkit", path=env["PATH"]) == str(BIN / "latkit")
+               LATKIT_CACHE=str(root / "cache"), PATH=os.pathsep.join([str(root / "bin"), str(BIN), env["PATH"]]))
     return {"work": work, "home": home, "env": env, "seconds": {}}
 
 
@@ -226,15 +232,13 @@ def loopback(block: Block, request, sandbox) -> dict:
 def device_add(cmd: str, devices: dict) -> str:
     """`latkit device add NAME --host ADDRESS --user U ...` for a README device: the loopback device's host,
     port, user, Python, workdir and lease instead of the README's address (only loopback is ever contacted)."""
-    args = shlex.split(cmd, comments=True)
-    if args[:3] != ["latkit", "device", "add"] or args[3] not in devices:
+    m = re.match(r"latkit device add ([\w-]+) ", cmd)
+    if not m or m[1] not in devices:
         return cmd
-    d = devices[args[3]]
+    d, cmd = devices[m[1]], re.sub(r"\s+#\s.*$", "", cmd)  # its comment would swallow what is added
     for opt, value in (("--host", d.host), ("--user", d.user)):
-        if opt in args:
-            args[args.index(opt) + 1] = value
-    args += ["--port", str(d.port), "--python", d.python, "--workdir", d.workdir, "--lease", f"{d.dir}/lease"]
-    return shlex.join(args)
+        cmd = re.sub(rf"{opt} \S+", f"{opt} {value}", cmd)
+    return f"{cmd} --port {d.port} --python {d.python} --workdir {d.workdir} --lease {d.dir}/lease"
 
 
 def check_json(cmd: str, stdout: str, cwd: Path) -> None:
