@@ -33,7 +33,8 @@ def test_transfer_table_has_every_published_task_beside_its_baselines():
 #   <!-- readme: run fleet; pi4=dev0 -->          run it; the README's device pi4 is the loopback sshd device dev0
 #   <!-- readme: run local; --n 200 -> --n 4 -->  run it with this option value (an option the block shows)
 #   <!-- readme: run local; given my_module -->   a Python block: `my_module` is defined first (GIVENS below)
-#   <!-- readme: run local; creates my-data/x --> a path the README says the block writes, checked after it
+#   <!-- readme: run local; creates my-data/x --> paths (globs, comma-separated) the README says the block writes
+#   <!-- readme: run local; prints saved x -->    text the README says the block prints (on stdout)
 #   <!-- readme: skip: needs an NVIDIA GPU -->    not run, with the reason (a reason is required)
 #   <!-- readme: data: an ssh config -->          not a command (a config file's text)
 #
@@ -52,7 +53,7 @@ from pathlib import Path
 import pytest
 
 README = ROOT / "README.md"
-MARKER = re.compile(r"^<!-- readme: (?P<body>.*?) -->$")
+MARKER = re.compile(r"^<!-- readme: (?P<body>.*?) -->$", re.S)
 BIN = Path(sys.executable).parent  # the venv the blocks run in (python, ray, ...)
 
 # A command of the README that fails today because of a bug being fixed elsewhere: {substring of the command:
@@ -90,15 +91,16 @@ class Block:
     devices: dict = field(default_factory=dict)  # README name -> loopback device name
     givens: list = field(default_factory=list)
     creates: list = field(default_factory=list)
+    prints: list = field(default_factory=list)  # text the README says the block's output holds
 
     def parse_marker(self) -> None:
         if self.marker is None:
             return
-        head, *options = [part.strip() for part in self.marker.split(";")]
-        if head.startswith(("skip", "data")):
-            self.how, _, self.reason = head.partition(":")
+        if self.marker.startswith(("skip", "data")):  # the rest is the reason, `;` and all
+            self.how, _, self.reason = self.marker.partition(":")
             self.how, self.reason = self.how.strip(), self.reason.strip()
             return
+        head, *options = [part.strip() for part in self.marker.split(";")]
         self.how, _, self.where = head.partition(" ")
         for opt in options:
             if "->" in opt:
@@ -107,11 +109,24 @@ class Block:
                 self.givens += [g.strip() for g in opt[len("given "):].split(",")]
             elif opt.startswith("creates "):
                 self.creates += [c.strip() for c in opt[len("creates "):].split(",")]
+            elif opt.startswith("prints "):
+                self.prints.append(opt[len("prints "):])
             elif re.fullmatch(r"[\w-]+=dev\d", opt):
                 name, dev = opt.split("=")
                 self.devices[name] = dev
             else:
                 raise ValueError(f"README.md:{self.line}: unknown marker option {opt!r}")
+
+
+def marker_before(lines: list, fence: int) -> str:
+    """The comment that ends on the line just before the fence (it may span lines), as one line."""
+    end = fence - 1
+    if end < 0 or not lines[end].rstrip().endswith("-->"):
+        return ""
+    start = end
+    while start > 0 and not lines[start].startswith("<!--") and lines[start - 1].strip():
+        start -= 1
+    return " ".join(line.strip() for line in lines[start:end + 1])
 
 
 def readme_blocks(text: str | None = None) -> list:
@@ -124,7 +139,7 @@ def readme_blocks(text: str | None = None) -> list:
             section = re.sub(r"[^a-z0-9]+", "-", line.lstrip("#").strip().lower()).strip("-")
         if line.startswith("```"):
             end = next(j for j in range(i + 1, len(lines)) if lines[j].startswith("```"))
-            m = MARKER.match(lines[i - 1]) if i else None
+            m = MARKER.match(marker_before(lines, i))
             b = Block(line=i + 1, lang=line[3:].strip(), text="\n".join(lines[i + 1:end]),
                       marker=m["body"] if m else None, section=section)
             seen[section] = seen.get(section, 0) + 1
@@ -170,11 +185,11 @@ def test_every_block_runs_or_says_why_not():
 
 def test_the_marker_check_catches_an_unmarked_block_and_a_bare_skip():
     """The parser itself: a block without a marker has none, a skip keeps its reason, options are read."""
-    text = ("# A\n```bash\nlatkit x\n```\n<!-- readme: skip: needs a GPU -->\n```bash\nlatkit y\n```\n"
-            "## B c\n<!-- readme: run fleet; pi4=dev0; --n 9 -> --n 1; creates out/x -->\n```\nlatkit z --n 9\n```\n")
+    text = ("# A\n```bash\nlatkit x\n```\n<!-- readme: skip: needs a GPU; and a board -->\n```bash\nlatkit y\n```\n"
+            "## B c\n<!-- readme: run fleet; pi4=dev0;\n     --n 9 -> --n 1; creates out/x -->\n```\nlatkit z --n 9\n```\n")
     a, b, c = readme_blocks(text)
     assert a.marker is None and a.id == "a"
-    assert (b.how, b.reason, b.id) == ("skip", "needs a GPU", "a-2")
+    assert (b.how, b.reason, b.id) == ("skip", "needs a GPU; and a board", "a-2")
     assert (c.how, c.where, c.devices, c.sizes, c.creates, c.id) == (
         "run", "fleet", {"pi4": "dev0"}, [("--n 9", "--n 1")], ["out/x"], "b-c")
     assert commands(c) == ["latkit z --n 1"]
@@ -254,9 +269,9 @@ def check_json(cmd: str, stdout: str, cwd: Path) -> None:
         json.loads(stdout)
 
 
-def run_shell(block: Block, sandbox, devices: dict) -> list:
-    """Each command on its own, in the sandbox; returns the known bugs that showed."""
-    shown = []
+def run_shell(block: Block, sandbox, devices: dict) -> tuple:
+    """Each command on its own, in the sandbox; returns their stdout and the known bugs that showed."""
+    shown, stdout = [], ""
     for cmd in commands(block):
         cmd = device_add(cmd, devices)
         t0 = time.monotonic()
@@ -264,6 +279,7 @@ def run_shell(block: Block, sandbox, devices: dict) -> list:
                            capture_output=True, text=True, timeout=600)
         sandbox["seconds"][cmd] = time.monotonic() - t0
         print(f"{sandbox['seconds'][cmd]:6.1f} s  exit {r.returncode}  {cmd}")
+        stdout += r.stdout
         bug = next((why for part, why in KNOWN_BUGS.items() if part in cmd), None)
         if bug and r.returncode != 0:
             shown.append(f"{cmd}: {bug}")
@@ -271,10 +287,10 @@ def run_shell(block: Block, sandbox, devices: dict) -> list:
         assert not bug, f"{cmd!r} passes now: remove it from KNOWN_BUGS ({bug})"
         assert r.returncode == 0, f"{cmd}\nexit {r.returncode}\nstdout: {r.stdout[-3000:]}\nstderr: {r.stderr[-3000:]}"
         check_json(cmd, r.stdout, sandbox["work"])
-    return shown
+    return stdout, shown
 
 
-def run_python(block: Block, sandbox) -> None:
+def run_python(block: Block, sandbox) -> str:
     """The block as a script, after the lines that define the names it is given."""
     script = sandbox["work"] / f"_readme_{block.id}.py"
     script.write_text("".join(GIVENS[g] for g in block.givens) + block.text + "\n")
@@ -283,19 +299,18 @@ def run_python(block: Block, sandbox) -> None:
                        text=True, timeout=600)
     sandbox["seconds"][f"python block {block.id}"] = time.monotonic() - t0
     assert r.returncode == 0, f"{block.id}\nstdout: {r.stdout[-3000:]}\nstderr: {r.stderr[-3000:]}"
+    return r.stdout
 
 
 @pytest.mark.parametrize("block", [b for b in BLOCKS if b.how == "run"], ids=lambda b: b.id)
 def test_readme_block(block, sandbox, request):
     """The block runs as the README shows it (sizes only through the options it shows), every command exits 0
-    and writes what the marker says it creates; `--json` gives one JSON document."""
+    and writes and prints what the marker says; `--json` gives one JSON document."""
     devices = loopback(block, request, sandbox) if block.where == "fleet" else {}
-    if block.lang == "python":
-        run_python(block, sandbox)
-        shown = []
-    else:
-        shown = run_shell(block, sandbox, devices)
+    stdout, shown = (run_python(block, sandbox), []) if block.lang == "python" else run_shell(block, sandbox, devices)
     for path in block.creates:
         assert list(sandbox["work"].glob(path)), f"{block.id}: the README says it writes {path}; it is not there"
+    for text in block.prints:
+        assert text in stdout, f"{block.id}: the README says it prints {text!r}; it printed:\n{stdout[-3000:]}"
     if shown:
         pytest.xfail("; ".join(shown))
