@@ -14,8 +14,9 @@ is skipped by the host instead of breaking it.
     <- FRAME {"id": 7, "ok": true, "result": {"samples_ms": [...], "runtime_version": "...", ...}}
     <- FRAME {"id": 7, "ok": false, "error": {"kind": "unsupported_op", "message": "..."}}
 
-Ops: ping, probe, has, lease, measure, shutdown. `measure` needs the device lease (an flock held for
-the agent's lifetime, so two hosts never time on one device at once). Loaded sessions are kept across
+Ops: ping, probe, health, has, lease, measure, shutdown. `health` is what `latkit doctor` judges: governors,
+thermal sensors, load, busy processes on the agent's cores, free disk (no lease needed). `measure` needs the
+device lease (an flock held for the agent's lifetime, so two hosts never time on one device at once). Loaded sessions are kept across
 requests (Sessions: LRU, bounded by count and memory); a reply says session_reused and carries the load
 time and first inference of the session's fresh load. Models arrive out of band into
 <workdir>/models/. The agent exits within a second or two once its host is gone (stdin closed or
@@ -41,7 +42,7 @@ import threading
 import time
 import traceback
 
-AGENT_VERSION = "0.3.2"  # 0.3: sessions kept across requests, load_s without the runtime import; 0.3.1: stops on the CI of p10 on a CPU; 0.3.2: rounds of 0.1-0.25 s
+AGENT_VERSION = "0.3.3"  # 0.3: sessions kept across requests, load_s without the runtime import; 0.3.1: stops on the CI of p10 on a CPU; 0.3.2: rounds of 0.1-0.25 s; 0.3.3: never more samples than repeats_max_count, the health op (latkit doctor)
 FRAME = "@@latkit "  # starts every reply line; the host ignores lines without it
 EXIT_GRACE_S = 3.0      # once stdin closes, a measurement still running this much later is abandoned
 
@@ -327,6 +328,95 @@ def throttle_state(cpus):
         if mode and mode.upper() != "MAXN":
             reasons.append("nvpmodel power mode %s" % mode)
     return "; ".join(reasons) if reasons else ("" if known else None)
+
+
+def _governors(cpus):
+    """{governor: [cpu ids]} over the CPUs we run on; {} where cpufreq is absent (many VMs)."""
+    found = {}
+    for c in cpus:
+        g = _read(_sys("/sys/devices/system/cpu/cpu%d/cpufreq/scaling_governor" % c))
+        if g:
+            found.setdefault(g, []).append(c)
+    return found
+
+
+def _sensors():
+    """Every readable temperature sensor as {name, temp_c}: psutil first, /sys/class/thermal as fallback
+    (only that under LATKIT_SYSROOT)."""
+    psutil = None if os.environ.get("LATKIT_SYSROOT") else _try_import("psutil")
+    if psutil is not None and hasattr(psutil, "sensors_temperatures"):
+        try:
+            found = [{"name": "%s/%s" % (chip, t.label or i), "temp_c": round(t.current, 1)}
+                     for chip, ts in psutil.sensors_temperatures().items() for i, t in enumerate(ts) if t.current]
+            if found:
+                return found
+        except (OSError, NotImplementedError):
+            pass
+    found = []
+    for path in sorted(glob.glob(_sys("/sys/class/thermal/thermal_zone*/temp"))):
+        try:
+            temp = int(_read(path)) / 1000.0
+        except (TypeError, ValueError):
+            continue
+        kind = _read(os.path.join(os.path.dirname(path), "type")) or os.path.basename(os.path.dirname(path))
+        found.append({"name": kind, "temp_c": round(temp, 1)})
+    return found
+
+
+def _proc_cpu():
+    """{pid: (name, CPU seconds so far, the CPU it last ran on)} from /proc; None without /proc."""
+    if not os.path.isdir("/proc/self"):
+        return None
+    tick, out = float(os.sysconf("SC_CLK_TCK")), {}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        text = _read("/proc/%s/stat" % pid)
+        if not text or ")" not in text:
+            continue
+        name, rest = text[text.index("(") + 1:text.rindex(")")], text[text.rindex(")") + 2:].split()
+        try:
+            out[int(pid)] = (name, (int(rest[11]) + int(rest[12])) / tick, int(rest[36]))
+        except (IndexError, ValueError):
+            continue
+    return out
+
+
+def busy_processes(cpus, window_s=0.5, min_share=0.1):
+    """Processes other than this agent and its parent that used at least `min_share` of a CPU over `window_s`,
+    busiest first, each with the CPUs it ran on (at the start and end of the window); None without /proc.
+    A process on the cores a device is pinned to competes with the timed runs."""
+    before = _proc_cpu()
+    if before is None:
+        return None
+    t0 = time.monotonic()
+    time.sleep(window_s)
+    after, dt = _proc_cpu() or {}, time.monotonic() - t0
+    mine, found = {os.getpid(), os.getppid()}, []
+    for pid, (name, cpu_s, last) in after.items():
+        if pid in mine or pid not in before:
+            continue
+        share = (cpu_s - before[pid][1]) / dt
+        if share >= min_share:
+            found.append({"pid": pid, "name": name, "cpu_share": round(share, 2),
+                          "cpus": sorted({before[pid][2], last})})
+    return sorted(found, key=lambda p: -p["cpu_share"])
+
+
+def health(workdir):
+    """What spoils timing on this device now: the `health` op, judged by `latkit doctor` on the host."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    try:
+        load = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        load = None
+    try:
+        free = shutil.disk_usage(workdir).free
+    except OSError:
+        free = None
+    return {"cpus": cpus, "cpu_count": os.cpu_count(), "governors": _governors(cpus), "sensors": _sensors(),
+            "loadavg": load, "busy": busy_processes(cpus), "throttle": throttle_state(cpus),
+            "workdir": os.path.abspath(workdir), "disk_free_mb": None if free is None else free // 2 ** 20}
 
 
 def cooldown(limit_c, max_s):
@@ -731,8 +821,8 @@ def quantile_ci_rel(samples, q=0.5, z=1.96):
 def time_callable(sample, s):
     """Warm up, then time until both the minimum count and the minimum time are reached; go on until the
     95 % CI of the statistic latency_ms will be (CI_QUANTILE: p10 on a CPU, the median on a GPU) is within
-    ci_target, or a count or time cap is reached (the minimums win over the caps). Returns the samples and
-    why timing stopped.
+    ci_target, or a count or time cap is reached (the minimums win over the time cap; the count cap bounds
+    the samples always). Returns the samples and why timing stopped.
 
     `sample()` runs the model once and returns its time in ms (wall clock, or CUDA events). gc is off while
     timing so collector pauses do not land inside samples (as timeit does; no full collection first: with
@@ -756,7 +846,9 @@ def time_callable(sample, s):
             samples.append(dt)
             total_ms += dt
             n = len(samples)
-            if n < s["repeats_min_count"] or total_ms < min_ms:
+            # the minimum time yields to the count cap: the host refuses a reply of more samples than it sent
+            # as the cap (repeats_max_count >= repeats_min_count), so a fast model cannot outgrow its bound
+            if n < s["repeats_min_count"] or (total_ms < min_ms and n < s["repeats_max_count"]):
                 continue
             # sorting is O(n log n): checking at geometric intervals keeps the loop's overhead negligible
             if n >= check_at:
@@ -1100,6 +1192,8 @@ def handle(req, workdir, lease, sessions=None):
         return {"agent_version": AGENT_VERSION, "pid": os.getpid()}
     if op == "probe":
         return probe()
+    if op == "health":
+        return health(workdir)
     if op == "has":
         return has(req["models"], workdir)
     if op == "lease":
@@ -1112,7 +1206,7 @@ def handle(req, workdir, lease, sessions=None):
             return measure(req["model"], req["runtime"], req.get("settings"), workdir, req.get("inputs"), sessions)
         finally:
             _MEASURING.clear()
-    raise AgentError("bad_request", "unknown op %s; known: ping, probe, has, lease, measure, shutdown"
+    raise AgentError("bad_request", "unknown op %s; known: ping, probe, health, has, lease, measure, shutdown"
                      % json.dumps(op)[:80])
 
 
@@ -1180,7 +1274,7 @@ def serve(inp, out, workdir, lease=None, sessions=None):
             _reply(out, req_id, False, {"kind": e.kind, "message": e.message})
         except Exception as e:  # a bug here must not kill a long collection: report it as a value
             traceback.print_exc(file=sys.stderr)
-            _reply(out, req_id, False, {"kind": "agent_error", "message": "%s: %s" % (type(e).__name__, e)})
+            _reply(out, req_id, False, {"kind": "agent_error", "message": ("%s: %s" % (type(e).__name__, e))[:2000]})
 
 
 def _die_with_parent(ppid):

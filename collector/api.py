@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 
 from . import validate
 from .devices import Device, Registry, now_utc
-from .errors import Failure, LatkitError
+from .errors import Failure, LatkitError, need
 from .exporters import (DEFAULT_CACHE, ExportSpec, cached, check_format, export_cached, exporter_versions,
                         input_specs)
 from .job import FORMATS, RUNTIME_FOR_FORMAT, WHOLE, Artifact, Job, Settings
@@ -312,6 +312,8 @@ def collect_space(space, n: int, devices: Sequence[str], runtime: str = "onnxrun
     every arch is exported at it; on ofa, whose archs carry their resolution, the archs are sampled with
     r = resolution, so the stored arch always names its input. `cache_max_gb` bounds the host's export
     cache and each device's model cache (least recently used first; models measured on every device first)."""
+    if kwargs.get("executor") is None:  # exports here need torch: say so before anything else is said or made
+        need("torch", "export", "latkit collect --space")
     reg = registry or Registry()
     devs = [reg.get(d) for d in devices]
     sp = as_space(space)
@@ -405,36 +407,40 @@ def measure_many(artifacts: Sequence[Artifact], device: str = "local", runtime: 
     fresh = {}
     report = DeviceReport(dev.name, total=len(todo))
     run_device(dev, todo, store, report, on_row=lambda _, m: fresh.__setitem__(m.job.key, m), wait=wait,
-               retry_errors=force)
+               retry_errors=force, force=force)
     if report.status == "failed":
         raise (Failure if report.exit_code == 1 else LatkitError)(report.message)
     return [fresh[j.key] if j.key in fresh else stored_measurement(store, j) for j in jobs]
 
 
 def stored_measurement(store: Store, job: Job) -> Measurement:
-    """The newest row of `job` in the store, as a Measurement."""
+    """The newest row of `job` in the store, as a Measurement marked `stored` (its to_row() is that row)."""
     t = store.read(filter=pc.field("key") == job.key)
     row = t.sort_by([("measured_at", "descending")]).slice(0, 1).to_pylist()[0]
     if row["status"] != "ok":
         m = Measurement.failed(job, row["error_kind"], row["error"], row["device_fingerprint"])
-        return dataclasses.replace(m, measured_at=row["measured_at"])
+        return dataclasses.replace(m, measured_at=row["measured_at"], stored=True)
     samples = tuple(row["samples_ms"])
     stats = (Stats(**{f.name: row[f.name] for f in dataclasses.fields(Stats)}) if row["median_ms"] is not None
              else Stats.of(samples))
     applied = {"threads": row["threads_applied"], "dtype": row["dtype"], "cuda_graphs": row["cuda_graphs"],
                "graph_fallback": row["graph_fallback"], "cudnn_benchmark": row["cudnn_benchmark"], "tf32": row["tf32"],
                "cores": [int(c) for c in row["cores_applied"].split(",") if c] if row["cores_applied"] else None}
+    reused = row["round_session_reused"] or ([row["session_reused"]] if row["session_reused"] is not None else [])
     return Measurement(
         job=job, status="ok", samples_ms=samples, stats=stats, warmup=row["warmup"], load_ms=row["load_ms"],
         first_ms=row["first_ms"], runtime_version=row["runtime_version"], agent_version=row["agent_version"],
         inputs=tuple({"shape": [int(d) for d in s.split("x")]} for s in row["input_shape"].split(";") if s),
-        telemetry_before={k: row[f"telemetry_before_{k}"] for k in TELEMETRY},
+        telemetry_before={**{k: row[f"telemetry_before_{k}"] for k in TELEMETRY},
+                          **({"gpu_clocks_locked": row["gpu_clocks_locked"]} if row["gpu_clocks_locked"] is not None
+                             else {})},
         telemetry_after={k: row[f"telemetry_after_{k}"] for k in TELEMETRY},
         applied={k: v for k, v in applied.items() if v is not None}, stopped_by=row["stopped_by"] or "",
         ci_rel=row["ci_rel"], cooldown_s=row["cooldown_s"], throttle=row["throttle"], peak_rss_mb=row["peak_rss_mb"],
         gpu_peak_mb=row["gpu_peak_mb"], launch_ms=row["launch_ms"], round_ms=tuple(row["round_ms"] or ()),
+        round_session_reused=tuple(reused),
         round_started_at=tuple(row["round_started_at"] or ()), round_finished_at=tuple(row["round_finished_at"] or ()),
-        device_fingerprint=row["device_fingerprint"], measured_at=row["measured_at"])
+        device_fingerprint=row["device_fingerprint"], measured_at=row["measured_at"], stored=True)
 
 
 def data_summary(path="latkit-data") -> list:
@@ -443,5 +449,15 @@ def data_summary(path="latkit-data") -> list:
     store = Store(path)
     if not store.exists():
         raise LatkitError(f"no dataset at {path}; measure something first (latkit measure MODEL --out {path})")
+    if not store.files():  # a folder of models, of other tables, or an empty one: not an empty table
+        raise not_a_dataset(path)
     return group_summary(store.read(columns=["device", "runtime", "space", "status", "latency_ms", "measured_at",
                                              "stopped_by"]))
+
+
+def not_a_dataset(path) -> LatkitError:
+    """The error for an existing folder that holds no latkit rows (no Parquet files under `data/`)."""
+    hint = f"give the folder `--out` wrote, or measure into this one (latkit measure MODEL --out {path})"
+    if list(Path(path).glob("*_latency.parquet")):
+        hint = f"it holds latency tables: import them with `latkit data import-help {path} OUT`"
+    return LatkitError(f"{path} is not a latkit dataset (no rows under {path}/data); {hint}")

@@ -26,10 +26,13 @@ from rich.console import Console
 from rich.table import Table
 
 from . import api, compact, dataset, schema, validate
+from .cliargs import Parser, add_globals, finish, merge_globals, parser_of
 from .devices import Registry
-from .errors import EXTRAS, Interrupted, LatkitError, missing
+from .errors import EXTRAS, Failure, Interrupted, LatkitError, missing
 from .job import NUMBER, RUNTIMES, WHOLE, Settings
+from .progress import Steps
 from .ray_executor import parse_executor
+from .text import CleanFormatter, cell, clean
 
 console = Console(width=None if sys.stdout.isatty() else 140)
 log = logging.getLogger("latkit")
@@ -77,6 +80,7 @@ def _row_json(m) -> dict:
     row = m.to_row()
     row.pop("samples_ms")
     row["warnings"] = list(m.warnings)
+    row["stored"] = m.stored  # read back from the dataset, not timed by this command
     return row
 
 
@@ -85,9 +89,12 @@ def cmd_measure(args) -> int:
                     force=args.force, registry=Registry(args.registry), wait=not args.no_wait)
     if args.json:
         _print_json(_row_json(m))
-    else:
-        print(m.summary())
-    return 0 if m.status == "ok" else 1
+    elif m.status == "ok":
+        print(clean(m.summary(), None))
+    if m.status != "ok":  # the row is stored; the failure is one line on stderr (main prints it), exit 1
+        raise Failure(f"{clean(m.summary(), 2000)} (the error row is kept in {args.out}; fix the cause and run "
+                      "again with --force to measure it again)")
+    return 0
 
 
 def cmd_collect(args) -> int:
@@ -121,13 +128,13 @@ def cmd_collect(args) -> int:
     else:
         table = Table("device", "jobs", "skipped", "measured", "errors", "left", "status")
         for d in report.devices:
-            table.add_row(d.device, str(d.total), str(d.skipped), str(d.measured), str(d.errors), str(d.remaining),
-                          d.status + (f": {d.message}" if d.message else ""))
+            table.add_row(cell(d.device), str(d.total), str(d.skipped), str(d.measured), str(d.errors),
+                          str(d.remaining), d.status + (f": {cell(d.message, 600)}" if d.message else ""))
         console.print(table)
         if failed:
             table = Table("device", "model that failed", "error", title=f"{len(failed)} model(s) failed")
             for dev, arch, kind, error in failed:
-                table.add_row(dev, arch, f"{kind}: {error}")
+                table.add_row(cell(dev), cell(arch, 120), cell(f"{kind}: {error}", 600))
             console.print(table)
     down = [d.device for d in report.devices if d.status != "done"]
     if down or failed:
@@ -135,6 +142,24 @@ def cmd_collect(args) -> int:
         what += [f"{len(failed)} model(s) failed (error rows kept; listed above)"] if failed else []
         print(f"latkit: error: {' and '.join(what)}; fix them and re-run the same command to finish (done rows "
               "are kept; --retry-errors measures failed models again)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_doctor(args) -> int:
+    """Per device one line (or one JSON document); exit 1 when a device has a problem that spoils timing."""
+    from .doctor import doctor, line
+    names = [d for d in (args.devices or "").split(",") if d] or None
+    found = doctor(names, Registry(args.registry), args.cores)
+    bad = [r["device"] for r in found if r["problems"]]
+    if args.json:
+        _print_json({"ok": not bad, "devices": found})
+    else:
+        for r in found:
+            print(line(r))
+    if bad:
+        print(f"latkit: error: {len(bad)} device(s) not fit for timing ({', '.join(bad)}): fix the problems named "
+              "above, then run latkit doctor again", file=sys.stderr)
         return 1
     return 0
 
@@ -158,9 +183,9 @@ def cmd_device_add(args) -> int:
     dev = api.add_device(args.name, args.host, args.port, args.user, args.key, args.python, args.workdir,
                          [t for t in (args.tags or "").split(",") if t], args.trust_host_key, Registry(args.registry),
                          lease=args.lease, ssh_config=args.ssh_config)
-    print(f"added {dev.name} ({_route(dev)}): {dev.probe.get('cpu_model')}, {dev.probe.get('cpu_count')} CPUs, "
-          f"runtimes {', '.join(f'{k} {v}' for k, v in dev.probe.get('runtimes', {}).items()) or 'none'}; "
-          f"fingerprint {dev.fingerprint}")
+    runtimes = ', '.join(f'{k} {v}' for k, v in dev.probe.get('runtimes', {}).items()) or 'none'
+    print(clean(f"added {dev.name} ({_route(dev)}): {dev.probe.get('cpu_model')}, {dev.probe.get('cpu_count')} "
+                f"CPUs, runtimes {runtimes}; fingerprint {dev.fingerprint}", None))
     return 0
 
 
@@ -179,8 +204,9 @@ def cmd_device_list(args) -> int:
     table = Table("name", "host", "reachable", "runtimes", "tags", "last probe")
     for d, ok in zip(devices, up):
         runtimes = ", ".join(f"{k} {v}" for k, v in d.probe.get("runtimes", {}).items())
-        table.add_row(d.name, d.address, "?" if ok is None else ("yes" if ok else "no"),
-                      runtimes or ("(host's)" if d.transport == "local" else "-"), ",".join(d.tags), d.last_probe or "-")
+        table.add_row(cell(d.name), cell(d.address), "?" if ok is None else ("yes" if ok else "no"),
+                      cell(runtimes) or ("(host's)" if d.transport == "local" else "-"),
+                      cell(",".join(d.tags)), cell(d.last_probe) or "-")
     console.print(table)
     return 0
 
@@ -200,9 +226,9 @@ def cmd_device_show(args) -> int:
         return 0
     for k, v in entry.items():
         if k not in ("route", "probe"):
-            print(f"{k}: {', '.join(v) if isinstance(v, list) else v}")
+            print(clean(f"{k}: {', '.join(map(str, v)) if isinstance(v, list) else v}", None))
     if dev.transport == "ssh":
-        print(f"route: {_route(dev)}")
+        print(clean(f"route: {_route(dev)}", None))
     return 0
 
 
@@ -229,7 +255,7 @@ def cmd_data_show(args) -> int:
     for r in groups:
         lat = [f"{v:.4g}" for v in r["latency_ms"]] if r["latency_ms"] else ["-"] * 3
         newest = r["newest"].strftime("%Y-%m-%d %H:%M") if r["newest"] is not None else "-"
-        table.add_row(str(r["device"]), str(r["runtime"]), str(r["space"]), str(r["rows"]), str(r["ok"]),
+        table.add_row(cell(r["device"]), cell(r["runtime"]), cell(r["space"]), str(r["rows"]), str(r["ok"]),
                       str(r["missed_ci"]), *lat, newest)
     console.print(table)
     return 0
@@ -265,7 +291,14 @@ def cmd_data_migrate(args) -> int:
 
 
 def cmd_data_import_help(args) -> int:
-    n = dataset.import_help(args.src, args.out)
+    """One table at a time, so progress can name each (a folder without tables gets import_help's own error)."""
+    src = Path(args.src)
+    tables = sorted(src.glob("*_latency.parquet")) if src.is_dir() else [src] if src.is_file() else []
+    n = 0 if tables else dataset.import_help(src, args.out)  # no table there: its one-line error, no progress
+    with Steps("data import-help", not args.quiet) as step:
+        for i, table in enumerate(tables, 1):
+            step(f"{i}/{len(tables)}: {table.name}")
+            n += dataset.import_help(table, args.out)
     print(f"imported {n} rows into {args.out}")
     return 0
 
@@ -278,13 +311,17 @@ def cmd_data_plot(args) -> int:
 
 def _fit_output(args) -> Path:
     """Where fit saves the model: --out, else beside the data (DATA/models/ of a dataset folder, the folder of
-    a Parquet table), never the cwd; checked writable, with --json and --report, before any training."""
+    a Parquet table); for the tables latkit ships (inside its package) ./models/ instead. Checked writable,
+    with --json and --report, before any training, and never over a file that is not a model."""
+    from latkit.predictor import modelfile
     validate.name(args.device, "--device")  # it names the model file
     if not args.out and "://" in args.data:
         raise LatkitError(f"--data {args.data} is not a local path, so the model has no default place; give --out")
     data, name = Path(args.data), f"{args.space}-{args.device}.latkit-model"
-    out = validate.writable_file(args.out or (data.parent if data.is_file() else data / "models") / name,
-                                 "give --out a writable file path")
+    shipped = data.resolve().is_relative_to(dataset.HELP_DIR.resolve())
+    folder = Path("models") if shipped else data.parent if data.is_file() else data / "models"
+    out = validate.writable_file(args.out or folder / name, "give --out a writable file path")
+    modelfile.check_output(out, "give --out a new path or a .latkit-model file to replace")
     if args.json:
         validate.writable_file(args.json, "give --json a writable file path")
     if args.report:
@@ -299,7 +336,9 @@ def cmd_predictor_fit(args) -> int:
     table = LatencyTable(args.data, args.space)  # bad data or device: one line before anything is written
     table.check_devices([args.device])
     out = _fit_output(args)
-    surrogate, result, test = fit(table, table.space, args.device, args.budget, args.sampler, args.model, args.seed)
+    with Steps("predictor fit", not args.quiet) as step:  # progress on stderr: a fit takes minutes
+        surrogate, result, test = fit(table, table.space, args.device, args.budget, args.sampler, args.model, args.seed,
+                                      progress=step)
     surrogate.save(out)
     shown = {k: result[k] for k in ("spearman", "kendall", "mape", "rmse", "acc5", "acc10", "n_train", "n_test",
                                     "model")}
@@ -319,8 +358,11 @@ def _live_settings(args) -> Settings:
 
 
 def _model_out(args, default: str) -> Path:
+    from latkit.predictor import modelfile
     validate.name(args.device, "--device")  # it names the model file
-    return validate.writable_file(args.out or Path(args.data) / "models" / default, "give --out a writable file path")
+    out = validate.writable_file(args.out or Path(args.data) / "models" / default, "give --out a writable file path")
+    modelfile.check_output(out, "give --out a new path or a .latkit-model file to replace")
+    return out
 
 
 def cmd_predictor_build(args) -> int:
@@ -357,8 +399,9 @@ def cmd_predictor_transfer(args) -> int:
         validate.writable_file(args.json, "give --json a writable file path")
     if args.out:
         validate.writable_dir(args.out, "give --out a writable folder")
-    r = transfer(args.data, args.space, split(args.source), split(args.target), args.target_samples,
-                 args.source_samples, args.seeds, use_gnn=not args.no_gnn, save_dir=args.out)
+    with Steps("predictor transfer", not args.quiet) as step:
+        r = transfer(args.data, args.space, split(args.source), split(args.target), args.target_samples,
+                     args.source_samples, args.seeds, use_gnn=not args.no_gnn, save_dir=args.out, progress=step)
     table = Table("target", "spearman", "± (seeds)", "kendall", "mape %")
     for dev, m in r["per_target"].items():
         table.add_row(dev, f"{m['spearman']:.3f}", f"{m['spearman_std']:.3f}", f"{m['kendall']:.3f}", f"{m['mape']:.1f}")
@@ -399,8 +442,9 @@ def cmd_predictor_predict(args) -> int:
         try:
             pred, std = model.predict(archs, return_std=True)
         except TypeError:
-            raise LatkitError(f"{args.model} is a single {type(model).__name__} model without a spread; re-fit it "
-                              "with latkit predictor fit (which saves an ensemble) to use --std") from None
+            raise LatkitError(f"{args.model} is a single {type(model).__name__} model without a spread; for --std use "
+                              "a model saved by latkit predictor fit, build, adapt or transfer, or save "
+                              "latkit.predictor.ensemble.Ensemble(model) from Python") from None
         out.write("arch\tlatency_ms\tstd_ms\n")
         for a, p, s in zip(archs, pred, std):
             out.write(f"{a}\t{p:.6g}\t{s:.3g}\n")
@@ -410,13 +454,6 @@ def cmd_predictor_predict(args) -> int:
     for a, p in zip(archs, pred):
         out.write(f"{a}\t{p:.6g}\n")
     return 0
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse with latkit's error contract: one line on stderr, exit 2 (argparse prints usage too)."""
-
-    def error(self, message):
-        self.exit(2, f"latkit: error: {message} (see {self.prog} --help)\n")
 
 
 def _timing_args(p: argparse.ArgumentParser) -> None:
@@ -480,8 +517,9 @@ def build_parser() -> argparse.ArgumentParser:
     registry.add_argument("--registry",
                           help="devices file (default $LATKIT_REGISTRY or ~/.config/latkit/devices.toml)")
     p = Parser(prog="latkit", description="Measure neural-network latency on real devices.")
-    p.add_argument("--version", action="version", version=_version())
-    sub = p.add_subparsers(dest="command", required=True)
+    p.add_argument("--version", action="version", version=_version(), help="print the host and agent versions and exit")
+    add_globals(p)
+    sub = p.add_subparsers(dest="command", title="commands")
 
     m = sub.add_parser("measure", parents=[registry], help="time one model file on a device, append the row")
     m.add_argument("model", help=".onnx, .tflite, .pt2 (torch.export) or .pt (TorchScript) file")
@@ -494,7 +532,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--models", nargs="+", metavar="DIR_OR_FILE", help="model files or folders")
     c.add_argument("--space", help="search space to sample archs from: nb201, fbnet, ofa")
     c.add_argument("--n", type=validate.arg_whole(1), help="number of archs to sample (with --space)")
-    c.add_argument("--sampler", default="uniform", choices=["uniform", "balanced", "diverse"])
+    c.add_argument("--sampler", default="uniform", choices=["uniform", "balanced", "diverse"],
+                   help="how archs are drawn from --space: uniform (default), balanced over FLOPs, diverse")
     c.add_argument("--seed", type=SEED, default=0, help="sampler seed (default 0)")
     c.add_argument("--resolution", type=validate.arg_whole(1),
                    help="input side (default: the space's; nb201, fbnet: 16-512 step 4; ofa: 128-224 step 4, "
@@ -521,11 +560,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also measure again models stored as permanent errors (corrupt file, unsupported op)")
     c.set_defaults(func=cmd_collect)
 
+    doc = sub.add_parser("doctor", parents=[registry], help="check devices before a long collection: reachable, "
+                         "runtimes, governor, heat, load, busy cores, free disk (one line each)")
+    doc.add_argument("--devices", help="comma-separated device names (default: every registered device and local)")
+    doc.add_argument("--cores", type=validate.arg_cores, help="the CPU ids a collection will pin to (collect "
+                     "--cores): a busy process on them is a problem")
+    doc.add_argument("--json", action="store_true", help="print one JSON document on stdout instead of lines")
+    doc.set_defaults(func=cmd_doctor)
+
     dev = sub.add_parser("device", help="register, list and probe devices").add_subparsers(dest="device_command",
-                                                                                          required=True)
+                                                                                          title="commands")
     a = dev.add_parser("add", parents=[registry], help="register an SSH device: verify host key, deploy agent, probe")
-    a.add_argument("name")
-    a.add_argument("--host", required=True)
+    a.add_argument("name", help="the device's name in latkit (letters, digits, '.', '_', '-')")
+    a.add_argument("--host", required=True, help="host name, address or ssh config Host alias of the device")
     a.add_argument("--port", type=validate.arg_whole(1, 65535), help="(default: the ssh config's Port, else 22)")
     a.add_argument("--user", help="(default: the ssh config's User, else yours)")
     a.add_argument("--key", help="private key file (default: the ssh config's IdentityFile, else ssh-agent and "
@@ -546,36 +593,38 @@ def build_parser() -> argparse.ArgumentParser:
     ls.set_defaults(func=cmd_device_list)
     sh = dev.add_parser("show", parents=[registry], help="a device's entry and the route ssh config resolves "
                                                           "it to (no contact)")
-    sh.add_argument("name")
+    sh.add_argument("name", help="a registered device (latkit device list)")
     sh.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     sh.set_defaults(func=cmd_device_show)
     pr = dev.add_parser("probe", parents=[registry], help="print what a device reports about itself (JSON)")
-    pr.add_argument("name")
+    pr.add_argument("name", help="a registered device, or local")
     pr.add_argument("--json", action="store_true", help="the output is JSON either way")
     pr.set_defaults(func=cmd_device_probe)
     rm = dev.add_parser("remove", parents=[registry], help="forget a device")
-    rm.add_argument("name")
+    rm.add_argument("name", help="a registered device (local is built in and stays)")
     rm.set_defaults(func=cmd_device_remove)
 
     pred = sub.add_parser("predictor", help="train and use latency predictors").add_subparsers(
-        dest="predictor_command", required=True)
+        dest="predictor_command", title="commands")
     f = pred.add_parser("fit", parents=[common], help="ESM-style surrogate for one device from a dataset")
     f.add_argument("--data", required=True, help="latkit dataset folder or Parquet latency table")
-    f.add_argument("--space", required=True)
-    f.add_argument("--device", required=True)
+    f.add_argument("--space", required=True, help="search space of the archs: nb201, fbnet or ofa")
+    f.add_argument("--device", required=True, help="the device (as named in the data) to predict for")
     f.add_argument("--budget", type=validate.arg_whole(10), default=500,
                    help="training archs whose latency may be read (at least 10)")
-    f.add_argument("--sampler", default="balanced", choices=["balanced", "uniform", "diverse"])
-    f.add_argument("--model", default="auto", choices=["auto", "ridge", "gbdt", "rf", "mlp", "gnn"])
-    f.add_argument("--seed", type=SEED, default=0)
+    f.add_argument("--sampler", default="balanced", choices=["balanced", "uniform", "diverse"],
+                   help="how the first training archs are chosen (default balanced over FLOPs)")
+    f.add_argument("--model", default="auto", choices=["auto", "ridge", "gbdt", "rf", "mlp", "gnn"],
+                   help="the estimator (default auto: the best 5-fold cross-validated Spearman)")
+    f.add_argument("--seed", type=SEED, default=0, help="sampling and model seed (default 0)")
     f.add_argument("--out", help="where to save the model (default beside the data: DATA/models/SPACE-DEVICE"
                                  ".latkit-model for a dataset folder, SPACE-DEVICE.latkit-model next to a table)")
     f.add_argument("--json", help="write the metrics as JSON here")
     f.add_argument("--report", help="folder for a scatter PNG and a Markdown summary")
     f.set_defaults(func=cmd_predictor_fit)
     t = pred.add_parser("transfer", parents=[common], help="NASFLAT-style few-shot transfer to new devices")
-    t.add_argument("--data", required=True)
-    t.add_argument("--space", required=True)
+    t.add_argument("--data", required=True, help="latkit dataset folder or Parquet latency table")
+    t.add_argument("--space", required=True, help="search space of the archs: nb201, fbnet or ofa")
     t.add_argument("--source", required=True, help="comma-separated source devices")
     t.add_argument("--target", required=True, help="comma-separated target devices")
     t.add_argument("--target-samples", type=validate.arg_whole(3), default=20, help="at least 3 (default 20)")
@@ -588,8 +637,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_predictor_transfer)
     b = pred.add_parser("build", parents=[registry], help="measure-fit loop on a live device until the surrogate "
                                                           "is accurate enough (resumable)")
-    b.add_argument("--space", required=True)
-    b.add_argument("--device", required=True)
+    b.add_argument("--space", required=True, help="search space to sample archs from: nb201, fbnet or ofa")
+    b.add_argument("--device", required=True, help="registered device to measure on")
     b.add_argument("--target-acc", type=validate.arg_number(0, 1, lo_open=True), default=0.95,
                    help="stop when this share of held-out archs is predicted within ±10 %% (default 0.95)")
     b.add_argument("--max-archs", type=validate.arg_whole(10), default=300, help="measurement budget, held-out "
@@ -598,71 +647,72 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch", type=validate.arg_whole(5), default=20, help="archs per round (default 20)")
     b.add_argument("--out", help="model file (default DATA/models/SPACE-DEVICE.latkit-model)")
     b.add_argument("--report", help="report folder (default beside the model)")
-    b.add_argument("--seed", type=SEED, default=0)
+    b.add_argument("--seed", type=SEED, default=0, help="sampling and model seed (default 0)")
     _live_args(b)
     b.set_defaults(func=cmd_predictor_build)
     ad = pred.add_parser("adapt", parents=[registry], help="few-shot predictor for a new device: measure N "
                                                             "chosen archs, transfer from HELP and --sources")
-    ad.add_argument("--device", required=True)
-    ad.add_argument("--space", default="nb201")
+    ad.add_argument("--device", required=True, help="registered device to measure on")
+    ad.add_argument("--space", default="nb201", help="search space (default nb201)")
     ad.add_argument("--n", type=validate.arg_whole(5), default=20, help="archs to measure (default 20)")
     ad.add_argument("--sources", nargs="+", metavar="DATASET", help="latkit datasets whose devices join the "
                                                                      "HELP sources")
     ad.add_argument("--out", help="model file (default DATA/models/SPACE-DEVICE-adapt.latkit-model)")
-    ad.add_argument("--seed", type=SEED, default=0)
+    ad.add_argument("--seed", type=SEED, default=0, help="sampling and model seed (default 0)")
     _live_args(ad)
     ad.set_defaults(func=cmd_predictor_adapt)
     pp = pred.add_parser("predict", parents=[common], help="latency_ms of archs from a saved model")
-    pp.add_argument("--model", required=True)
-    pp.add_argument("--space", required=True)
+    pp.add_argument("--model", required=True, help="a .latkit-model file (predictor fit, transfer, build, adapt)")
+    pp.add_argument("--space", required=True, help="the space the model predicts (checked against the file)")
     which = pp.add_mutually_exclusive_group(required=True)
-    which.add_argument("--arch", nargs="+")
+    which.add_argument("--arch", nargs="+", help="arch strings of the space")
     which.add_argument("--file", help="one arch string per line")
     which.add_argument("--all", action="store_true", help="every arch of the space (nb201)")
     pp.add_argument("--std", action="store_true", help="also print each prediction's standard deviation (ms)")
     pp.set_defaults(func=cmd_predictor_predict)
 
-    data = sub.add_parser("data", help="inspect datasets").add_subparsers(dest="data_command", required=True)
+    data = sub.add_parser("data", help="inspect datasets").add_subparsers(dest="data_command", title="commands")
     show = data.add_parser("show", parents=[common], help="summary table of a dataset")
-    show.add_argument("dir", nargs="?", default="latkit-data")
+    show.add_argument("dir", nargs="?", default="latkit-data", help="dataset folder or URI (default ./latkit-data)")
     show.add_argument("--json", action="store_true", help="print one JSON document on stdout instead of a table")
     show.set_defaults(func=cmd_data_show)
     card = data.add_parser("card", parents=[common], help="write or refresh the dataset card (README.md) from the data")
-    card.add_argument("dir")
-    card.add_argument("--title")
-    card.add_argument("--licence", default="CC-BY-4.0")
+    card.add_argument("dir", help="dataset folder")
+    card.add_argument("--title", help="the card's title (default: from the folder name)")
+    card.add_argument("--licence", default="CC-BY-4.0", help="licence named in the card (default CC-BY-4.0)")
     card.set_defaults(func=cmd_data_card)
     imp = data.add_parser("import-help", parents=[common], help="bring the HELP latency tables into the latkit schema")
     imp.add_argument("src", nargs="?", default=str(dataset.HELP_DIR),
                      help="folder with *_latency.parquet or one such file (default: the shipped datasets/help)")
-    imp.add_argument("out")
+    imp.add_argument("out", help="dataset folder to write (re-importing adds nothing)")
     imp.set_defaults(func=cmd_data_import_help)
     rt = data.add_parser("retest", parents=[registry],
                          help="measure a random sample of a dataset's rows again (side table) and compare")
-    rt.add_argument("dir")
+    rt.add_argument("dir", help="dataset folder whose rows are measured again")
     rt.add_argument("--n", type=validate.arg_whole(2), default=50, help="rows to measure again (default 50)")
-    rt.add_argument("--seed", type=SEED, default=0)
+    rt.add_argument("--seed", type=SEED, default=0, help="seed of the row sample (default 0)")
     rt.add_argument("--models", nargs="+", metavar="DIR", help="folders holding the measured model files "
                                                                 "(rows of a search space are re-exported)")
-    rt.add_argument("--job-timeout", type=validate.arg_number(0, 86400, lo_open=True), default=600.0)
+    rt.add_argument("--job-timeout", type=validate.arg_number(0, 86400, lo_open=True), default=600.0,
+                    help="seconds before a hung measurement is killed (default 600)")
     rt.set_defaults(func=cmd_data_retest)
     sc = data.add_parser("schema", parents=[common], help="the columns of a dataset's rows: type, unit, meaning")
     sc.add_argument("--json", action="store_true", help="print one JSON document on stdout instead of a table")
     sc.set_defaults(func=cmd_data_schema)
     cp = data.add_parser("compact", parents=[common], help="merge a dataset's small files into large ones "
                                                            "(safe while a collection writes to it)")
-    cp.add_argument("dir")
+    cp.add_argument("dir", help="dataset folder")
     cp.set_defaults(func=cmd_data_compact)
     mg = data.add_parser("migrate", parents=[common], help="move a dataset of an older latkit to the current "
                                                            "layout (rows under data/)")
-    mg.add_argument("dir")
+    mg.add_argument("dir", help="dataset folder in the older layout")
     mg.set_defaults(func=cmd_data_migrate)
     pl = data.add_parser("plot", parents=[common],
                          help="latency histograms per device and a device-vs-device Spearman heatmap")
-    pl.add_argument("dir")
+    pl.add_argument("dir", help="dataset folder")
     pl.add_argument("--out", help="folder for the PNGs (default DIR/plots)")
     pl.set_defaults(func=cmd_data_plot)
-    return p
+    return finish(p)
 
 
 def _terminate(signum, frame):
@@ -672,15 +722,17 @@ def _terminate(signum, frame):
 def _setup_logging(args) -> None:
     """`latkit` log lines on stderr: progress off a terminal, waits, warnings; -q keeps warnings, -v adds debug."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("latkit: %(message)s"))
+    handler.setFormatter(CleanFormatter("latkit: %(message)s"))
     log.handlers[:] = [handler]
     log.propagate = False
     log.setLevel(logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO)
 
 
 def _one_line(text) -> str:
-    """An error message as one plain line: no line breaks, no terminal colour codes (converters add them)."""
-    return re.sub(r"\s*\n\s*", "; ", re.sub(r"\x1b\[[0-9;]*m", "", str(text)).strip())
+    """An error message as one plain line: no line breaks, no terminal colour codes (converters add them), any
+    other control or escape character shown escaped (a device's message must not steer the terminal), at most
+    2,000 characters (a 1 MB arch string is not echoed whole)."""
+    return clean(re.sub(r"\s*\n\s*", "; ", re.sub(r"\x1b\[[0-9;]*m", "", str(text)).strip()), 2000)
 
 
 def _stdout_gone() -> int:
@@ -701,7 +753,12 @@ def _command(args) -> str:
 
 def main(argv=None) -> int:
     debug = os.environ.get("LATKIT_DEBUG") == "1"
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    merge_globals(parser, args)
+    if not hasattr(args, "func"):  # `latkit` or `latkit data` alone: what there is to run, as git and docker do
+        parser_of(parser, args).print_help()
+        return 0
     _setup_logging(args)
     signal.signal(signal.SIGTERM, _terminate)
     try:

@@ -7,6 +7,8 @@ readers skip the files a manifest names once its compacted file exists, so they 
 moment. A compaction killed at any point leaves temporaries, a void manifest or replaced files: all ignored
 by readers and cleaned up by the next compaction. One compaction runs at a time (a lock file on local disks).
 Other readers (DuckDB, polars...) see both copies in the moment between the rename and the deletes.
+Files an older latkit wrote (fewer columns, other types) are rewritten the same way in the current schema, by
+compaction and by `upgrade` (`latkit data migrate`), so that every reader reads all files as one table.
 """
 from __future__ import annotations
 
@@ -24,8 +26,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from .errors import LatkitError
-from .schema import PARTITIONS, SCHEMA, conform
+from .errors import LatkitError, need
+from .schema import PARTITIONS, SCHEMA, conform, current
 from .store import MANIFEST, Store, foreign_columns
 
 ROW_GROUP = 65536  # rows per row group of a compacted file
@@ -57,7 +59,18 @@ def _compaction_lock(store: Store):
 
 
 def compact(path) -> CompactReport:
-    """Merge each partition's files into one file of large row groups (see the module docstring)."""
+    """Merge each partition's files into one file of large row groups in the current schema (a folder's only
+    file too, if an older latkit wrote it). See the module docstring."""
+    return _rewrite(path, merge=True)
+
+
+def upgrade(path) -> CompactReport:
+    """Rewrite the files of `data/` that an older latkit wrote (fewer columns, dictionary-encoded device and space)
+    in the current schema, each folder's old files as one, with compaction's safety; current files stay."""
+    return _rewrite(path, merge=False)
+
+
+def _rewrite(path, merge: bool) -> CompactReport:
     store = Store(path)
     if not store.exists():
         raise LatkitError(f"no dataset at {path}; collect into it first")
@@ -72,11 +85,15 @@ def compact(path) -> CompactReport:
             gone = _repair(store, folder, [i.path for i in files], pool)
             removed += len(gone)
             live = [i for i in files if i.path not in gone]
-            if len(live) < 2:
+            if not merge or len(live) < 2:  # only files of an older schema; read with pyarrow (no polars needed)
+                live, read = _outdated(store, live, pool), _read_arrow
+            else:
+                read = _read
+            if not live:
                 continue
             uid = uuid.uuid4().hex
             manifest = f"{folder}/{MANIFEST}{uid}.json"
-            store.write_file(folder, _row_groups(store, live, pool), prefix="compact", uid=uid,
+            store.write_file(folder, _row_groups(store, live, pool, read), prefix="compact", uid=uid,
                              before_rename=lambda: store.write_json(manifest, [i.base_name for i in live]))
             # the replaced files go while the next folder is read; its manifest once they are gone
             deleting.append((manifest, [pool.submit(store.fs.delete_file, i.path) for i in live]))
@@ -85,6 +102,15 @@ def compact(path) -> CompactReport:
                 d.result()
             store.fs.delete_file(manifest)
     return CompactReport(before, len(store.files()), store.read(columns=["key"]).num_rows, removed)
+
+
+def _outdated(store: Store, files: list, pool: ThreadPoolExecutor) -> list:
+    """The files among `files` (FileInfo) whose footer holds another schema than the current one."""
+    try:
+        schemas = list(pool.map(lambda i: _schema(store, i.path), files))
+    except (pa.ArrowException, OSError):
+        raise store.foreign_file() from None
+    return [i for i, s in zip(files, schemas) if not current(s)]
 
 
 def _chunks(files: list):
@@ -100,11 +126,11 @@ def _chunks(files: list):
         yield run
 
 
-def _row_groups(store: Store, files: list, pool: ThreadPoolExecutor):
+def _row_groups(store: Store, files: list, pool: ThreadPoolExecutor, read):
     """The rows of `files` (FileInfo), about ROW_GROUP rows at a time, conformed to the file schema."""
     buf, n = [], 0
     for run in _chunks(files):
-        for t in _read(store, [i.path for i in run], pool):
+        for t in read(store, [i.path for i in run], pool):
             buf.append(t)
             n += t.num_rows
             if n >= ROW_GROUP:
@@ -119,8 +145,9 @@ def _read(store: Store, paths: list, pool: ThreadPoolExecutor) -> list:
     single-row file costs it ~0.3 ms against ~3 ms in pyarrow, which builds a zstd context per column chunk.
     Files of one schema are read together and conformed once; the scan fails on files whose columns differ
     from the first's (written by an older latkit), and then each file's footer says which run it belongs to.
-    A file that is not latkit data fails the compaction, naming it (conform would make it rows of nulls)."""
-    import polars as pl  # only compaction needs it (0.2 s to import: not on every CLI start)
+    A file that is not latkit data fails the compaction, naming it (conform would make it rows of nulls).
+    Polars is the `compact` extra: a measure-only install stays small."""
+    pl = need("polars", "compact", "latkit data compact")  # 0.2 s to import: not on every CLI start
     sources = paths if store.local else list(pool.map(lambda p: _bytes(store, p), paths))
     try:
         return [_conform(store, paths, sources)]
@@ -139,6 +166,22 @@ def _read(store: Store, paths: list, pool: ThreadPoolExecutor) -> list:
         return [_conform(store, *run) for run in runs.values()]
     except pl.exceptions.PolarsError as e:
         raise LatkitError(f"cannot read {paths[0].rsplit('/', 1)[0]}: {str(e).splitlines()[0]}") from None
+
+
+def _read_arrow(store: Store, paths: list, pool: ThreadPoolExecutor) -> list:
+    """The rows of `paths`, file by file with pyarrow, conformed to the file schema: for the few files an
+    upgrade rewrites, without polars."""
+    def one(path):
+        try:
+            with store.fs.open_input_file(path) as f:
+                t = pq.read_table(f)
+        except (pa.ArrowException, OSError) as e:
+            raise store.not_latkit(path, f"not a Parquet file ({str(e).splitlines()[0]})") from None
+        why = foreign_columns(t.schema)
+        if why:
+            raise store.not_latkit(path, why)
+        return conform(t)
+    return list(pool.map(one, paths))
 
 
 def _conform(store: Store, paths: list, sources: list) -> pa.Table:
@@ -180,14 +223,16 @@ def migrate(path) -> dict:
     """Move a dataset of the older layout (Hive folders beside the card, `_devices.json`) to the current one:
     rows under `data/` with every column in every file, one file per partition, probes under `devices/`;
     retest side tables too. Rows keep every value; raw samples become float32 (the schema's type).
+    Then files under `data/` of an older schema (fewer columns, dictionary-encoded device and space) are
+    rewritten in the current one (`upgrade`), so every reader reads old and new rows as one table.
     Returns {folder: rows}. Running it again finishes a migration that was killed."""
     root = Path(path)
     if not root.is_dir():
         raise LatkitError(f"no dataset at {path}; give a dataset folder")
-    done = {str(root): _migrate_one(root)}
-    for side in sorted(root.glob("_retest/*")):
-        if side.is_dir():
-            done[str(side)] = _migrate_one(side)
+    done = {}
+    for folder in [root] + sorted(p for p in root.glob("_retest/*") if p.is_dir()):
+        _migrate_one(folder)
+        done[str(folder)] = upgrade(folder).rows
     return done
 
 
@@ -196,7 +241,7 @@ def _legacy_files(root: Path) -> list:
                   if not any(part.startswith((".", "_")) for part in p.relative_to(root).parts))
 
 
-def _migrate_one(root: Path) -> int:
+def _migrate_one(root: Path) -> None:
     store = Store(root)
     old = _legacy_files(root)
     staging = root / ".data-migrating"
@@ -220,7 +265,6 @@ def _migrate_one(root: Path) -> int:
     if probes.exists():
         store.record_devices(json.loads(probes.read_text()))
         probes.unlink()
-    return Store(root).read(columns=["key"]).num_rows
 
 
 def _legacy_table(root: Path, f: Path) -> pa.Table:

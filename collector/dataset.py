@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 from . import schema, validate
 from .errors import LatkitError, need
 from .store import Store
+from .text import clean, md_cell
 
 LATENCY_COLUMNS = ["space", "arch", "device", "latency_ms"]
 # The HELP tables shipped with latkit (datasets/help/README.md): datasets/help in a checkout, latkit/help installed.
@@ -147,48 +148,85 @@ def write_card(path, title: Optional[str] = None, licence: str = "CC-BY-4.0", no
     On a refresh, what stands above the marker line (title, hand-written notes) is kept."""
     s = summary(path)
     out = validate.writable_file(Path(path) / "README.md", "make the dataset folder writable")
-    if out.exists() and MARKER in out.read_text():
-        head = out.read_text().split(MARKER)[0].rstrip("\n")
+    old = out.read_text(errors="replace") if out.is_file() and not out.is_symlink() else ""  # a link is not read
+    if MARKER in old:
+        head = _strip_front_matter(old.split(MARKER)[0]).rstrip("\n")
     else:
         head = f"# {title or Path(path).resolve().name}\n\n{notes.strip()}".rstrip()
-    lines = [head, "", MARKER, "",
+    name = head.lstrip("# ").split("\n", 1)[0].strip() or Path(path).resolve().name
+    lines = [*front_matter(path, name, licence, s["rows"]), head, "", MARKER, "",
              f"{s['rows']} rows ({s['ok']} ok), measured {s['from']} to {s['to']}. Licence: {licence}.",
-             "Rows are under `data/` (Hive-partitioned by device and space, every column in every file).", "",
+             "Rows are under `data/` (Hive-partitioned by device and space, every column in every file; device and "
+             "space as plain strings in the files too, so `datasets.load_dataset(\"parquet\", data_dir=\"data\")`, "
+             "pyarrow.dataset, DuckDB and polars read `data/` as one table; pandas: "
+             "`pd.read_parquet(\"data\", partitioning=None)`).", "",
              "## Contents", "",
              "| device | runtime | space | rows | ok | missed CI target | latency_ms min / median / max |",
              "|---|---|---|---|---|---|---|"]
     for g in s["groups"]:
         lat = " / ".join(f"{x:.4g}" for x in g["latency_ms"]) if g["latency_ms"] else "-"
-        lines.append(f"| {g['device']} | {g['runtime'] or '-'} | {g['space']} | {g['rows']} | {g['ok']} | "
-                     f"{g['missed_ci']} | {lat} |")
+        lines.append(f"| {md_cell(g['device'])} | {md_cell(g['runtime'] or '-')} | {md_cell(g['space'])} | "
+                     f"{g['rows']} | {g['ok']} | {g['missed_ci']} | {lat} |")
     lines += ["", "## Devices and runtimes", "", "| device | fingerprint | runtime | version | agent |",
               "|---|---|---|---|---|"]
-    lines += [f"| {d} | {fp} | {rt or '-'} | {v} | {a} |" for d, fp, rt, v, a in s["devices"]]
+    lines += ["| " + " | ".join(md_cell(x or "-") for x in row) + " |" for row in s["devices"]]
     if s["hardware"]:
         lines += ["", "Hardware at probe time (by fingerprint):", ""]
         for fp, p in sorted(s["hardware"].items()):
             rts = ", ".join(f"{k} {v['version']}" for k, v in p.get("runtimes", {}).items())
-            lines.append(f"- `{fp}` ({p.get('device', '?')}): {p.get('cpu_model')}, {p.get('cpu_count')} CPUs "
-                         f"(affinity {p.get('cpu_affinity')}), {p.get('memory_mb')} MB, {p.get('os_release')}, "
-                         f"kernel {p.get('kernel')}, governor {p.get('cpu_governor') or 'n/a'}, Python "
-                         f"{p.get('python')}; {rts}")
+            lines.append(clean(f"- `{fp}` ({p.get('device', '?')}): {p.get('cpu_model')}, {p.get('cpu_count')} CPUs "
+                               f"(affinity {p.get('cpu_affinity')}), {p.get('memory_mb')} MB, {p.get('os_release')}, "
+                               f"kernel {p.get('kernel')}, governor {p.get('cpu_governor') or 'n/a'}, Python "
+                               f"{p.get('python')}; {rts}", None))  # device strings: shown, never obeyed
     lines += ["", "## Protocol", "", "| space | input | threads | pinned cores |", "|---|---|---|---|"]
-    lines += [f"| {sp} | {shape} | {th} | {cores} |" for sp, shape, th, cores in s["inputs"]]
+    lines += ["| " + " | ".join(md_cell(x) for x in row) + " |" for row in s["inputs"]]
     lines += ["", "Settings (canonical JSON, part of each row's key):", ""]
-    lines += [f"- `{x}`" for x in s["settings"]]
-    lines += ["", f"Sampler: {', '.join(s['samplers']) or 'none (single models)'}.", ""]
+    lines += [f"- `{clean(x, 2000)}`" for x in s["settings"]]
+    lines += ["", f"Sampler: {clean(', '.join(s['samplers']), 2000) or 'none (single models)'}.", ""]
     lines += ["## Columns", "", *schema.markdown(), ""]
     rt = latest_retest(path)
     if rt:
-        lines += ["## Test-retest", "", f"{rt['n']} rows measured again ({rt['stamp']}, shuffled, side table "
-                  f"`{rt['side_table']}`):", "", "| statistic | Spearman | median rel. diff | p90 rel. diff |",
+        lines += ["## Test-retest", "", f"{rt['n']} rows measured again ({clean(rt['stamp'])}, shuffled, side table "
+                  f"`{clean(rt['side_table'])}`):", "", "| statistic | Spearman | median rel. diff | p90 rel. diff |",
                   "|---|---|---|---|"]
-        lines += [f"| {k} | {v['spearman']:.4f} | {v['median_rel_diff'] * 100:.2f} % | {v['p90_rel_diff'] * 100:.2f} % |"
-                  for k, v in rt["statistics"].items()]
+        lines += [f"| {md_cell(k)} | {v['spearman']:.4f} | {v['median_rel_diff'] * 100:.2f} % | "
+                  f"{v['p90_rel_diff'] * 100:.2f} % |" for k, v in rt["statistics"].items()]
         lines += ["", "Largest differences of latency_ms: " + ", ".join(
-            f"{w['arch'][:48]} on {w['device']} ({w['a_ms']:.4g} vs {w['b_ms']:.4g} ms)" for w in rt["worst"]), ""]
-    out.write_text("\n".join(lines))
-    return out
+            f"{clean(w['arch'], 48)} on {clean(w['device'])} ({w['a_ms']:.4g} vs {w['b_ms']:.4g} ms)"
+            for w in rt["worst"]), ""]
+    return validate.write_atomic(out, "\n".join(lines))
+
+
+def save_png(fig, path: Path, dpi: int = 110) -> Path:
+    """The figure as a PNG written atomically (a symlink at `path` is replaced, not followed); closes it."""
+    import io
+    import matplotlib.pyplot as plt
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    return validate.write_atomic(path, buf.getvalue())
+
+
+def front_matter(path, name: str, licence: str, rows: int) -> list:
+    """The card's YAML header for the Hugging Face Hub: licence, name, size and the configs naming the data files,
+    so the Hub's viewer shows the rows (one config per retest side table too). JSON strings are valid YAML."""
+    size = next(label for n, label in ((1e3, "n<1K"), (1e4, "1K<n<10K"), (1e5, "10K<n<100K"), (1e6, "100K<n<1M"),
+                                       (float("inf"), "n>1M")) if rows < n)
+    configs = ["- config_name: default", "  data_files:", "  - split: train", "    path: data/**/*.parquet"]
+    for side in sorted(Path(path).glob("_retest/*/data")):
+        stamp = side.parent.name
+        configs += [f"- config_name: retest-{stamp}", "  data_files:", "  - split: train",
+                    f"    path: _retest/{stamp}/data/**/*.parquet"]
+    return ["---", f"license: {licence.lower()}", f"pretty_name: {json.dumps(name)}",
+            "tags:", "- latency", "- neural-architecture-search", "- latkit", "size_categories:", f"- {size}",
+            "configs:", *configs, "---", ""]
+
+
+def _strip_front_matter(text: str) -> str:
+    """`text` without a leading YAML header (`---` ... `---`): a refresh writes it anew."""
+    if text.startswith("---\n") and "\n---\n" in text[4:]:
+        return text[4:].split("\n---\n", 1)[1].lstrip("\n")
+    return text
 
 
 def plot(path, out_dir=None) -> list:
@@ -202,7 +240,8 @@ def plot(path, out_dir=None) -> list:
     t = read_latency(path)
     if t.num_rows == 0:
         raise LatkitError(f"no ok rows in {path} to plot")
-    out = validate.writable_dir(out_dir or Path(path) / "plots", "give --out a writable folder")
+    out = (validate.writable_dir(out_dir, "give --out a writable folder") if out_dir else
+           validate.own_folder(path, Path(path) / "plots", "give --out a writable folder"))
     df = t.to_pandas()
     written = []
     for space, d in df.groupby("space"):
@@ -218,9 +257,7 @@ def plot(path, out_dir=None) -> list:
             ax.axis("off")
         fig.suptitle(f"{space}: latency per device")
         fig.tight_layout()
-        written.append(out / f"{space}_latency_hist.png")
-        fig.savefig(written[-1], dpi=110)
-        plt.close(fig)
+        written.append(save_png(fig, out / f"{validate.name(space, 'space')}_latency_hist.png"))
         if len(devices) > 1:
             wide = d.pivot_table(index="arch", columns="device", values="latency_ms", aggfunc="median").dropna()
             if len(wide) >= 3:
@@ -233,8 +270,6 @@ def plot(path, out_dir=None) -> list:
                 fig.colorbar(im, ax=ax, label="Spearman ρ")
                 ax.set_title(f"{space}: device vs device ({len(wide)} common archs)", fontsize=9)
                 fig.tight_layout()
-                written.append(out / f"{space}_spearman.png")
-                fig.savefig(written[-1], dpi=110)
-                plt.close(fig)
+                written.append(save_png(fig, out / f"{space}_spearman.png"))
     return written
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
 import tomllib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -15,8 +16,9 @@ from pathlib import Path
 from typing import Optional
 
 from . import validate
-from .errors import LatkitError
+from .errors import LatkitError, did_you_mean
 
+MAX_REGISTRY_BYTES = 4 * 2 ** 20  # thousands of devices; anything larger is not a devices file
 _TEXT = ("host", "user", "key", "ssh_config", "python", "workdir", "lease", "fingerprint", "last_probe")
 
 
@@ -47,7 +49,7 @@ class Device:
     known_hosts: Optional[str] = field(default=None, compare=False)
 
     def __post_init__(self):
-        validate.name(self.name, "device name")
+        validate.partition(self.name, "device name")  # it names the folder data/device=<name>/
         if self.transport not in ("local", "ssh"):
             raise LatkitError(f"device {self.name} has transport {self.transport!r}; use local or ssh")
         if self.transport == "ssh" and not self.host:
@@ -96,14 +98,15 @@ class Registry:
         self.known_hosts = self.path.parent / "known_hosts"
 
     def _load(self) -> dict:
-        if not self.path.exists():
+        if not self.path.exists() and not self.path.is_symlink():  # a broken or looping link is named, not ignored
             return {}
+        text = validate.read_bytes(self.path, "registry", MAX_REGISTRY_BYTES)
         try:
-            doc = tomllib.loads(self.path.read_text())
+            doc = tomllib.loads(text.decode())
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise LatkitError(f"registry {self.path} is not valid TOML ({e}); fix or remove it") from None
-        except OSError as e:
-            raise LatkitError(f"cannot read registry {self.path}: {e.strerror}; fix its permissions") from None
+        except RecursionError:
+            raise LatkitError(f"registry {self.path} nests too deeply for a devices file; fix or remove it") from None
         unknown = set(doc) - {"devices"}
         devices = doc.get("devices", {})
         if unknown or not isinstance(devices, dict) or not all(isinstance(e, dict) for e in devices.values()):
@@ -125,11 +128,15 @@ class Registry:
         return found
 
     def get(self, name: str) -> Device:
-        for d in self.devices():
+        devices = self.devices()
+        for d in devices:
             if d.name == name:
                 return d
-        raise LatkitError(f"unknown device {name!r}; known devices: {', '.join(d.name for d in self.devices())} "
-                          "(add one with latkit device add)")
+        names = [d.name for d in devices]
+        known = f"known devices: {', '.join(names)}"
+        close = did_you_mean(name, names)
+        raise LatkitError(f"unknown device {name!r}" + (f"{close} ({known}; add one with latkit device add)" if close
+                                                         else f"; {known} (add one with latkit device add)"))
 
     def save(self, device: Device) -> None:
         if device.name == LOCAL.name:
@@ -149,8 +156,11 @@ class Registry:
         self._edit(put)
 
     def remove(self, name: str) -> None:
-        if name not in self._load():
-            raise LatkitError(f"no registered device {name!r}; see latkit device list")
+        registered = self._load()
+        if name not in registered:
+            close = did_you_mean(name, registered)
+            raise LatkitError(f"no registered device {name!r}" + (f"{close} (see latkit device list)" if close
+                                                                   else "; see latkit device list"))
         self._edit(lambda devices: devices.pop(name))
 
     def _edit(self, change) -> None:
@@ -161,10 +171,12 @@ class Registry:
         if "devices" not in doc:
             doc["devices"] = tomlkit.table(is_super_table=True)
         change(doc["devices"])
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(tomlkit.dumps(doc))
-        os.replace(tmp, self.path)
+        target = self.path.resolve()  # a linked registry (dotfiles) is written where the link points, never replaced
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            f.write(tomlkit.dumps(doc))
+        os.replace(tmp, target)
 
 
 def now_utc() -> str:

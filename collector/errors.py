@@ -16,7 +16,8 @@ class LatkitError(Exception):
 # Optional dependencies: the extra that installs each (pyproject.toml) and its name on PyPI where it differs.
 EXTRAS = {"sklearn": "predict", "scipy": "predict", "lightgbm": "predict", "pandas": "predict",
           "matplotlib": "plot", "torch": "export", "onnx": "export", "onnxscript": "export",
-          "onnxruntime": "onnxruntime", "litert_torch": "tflite", "ai_edge_litert": "tflite", "ray": "ray"}
+          "onnxruntime": "onnxruntime", "litert_torch": "tflite", "ai_edge_litert": "tflite", "ray": "ray",
+          "polars": "compact"}
 DISTRIBUTIONS = {"sklearn": "scikit-learn", "litert_torch": "litert-torch", "ai_edge_litert": "ai-edge-litert"}
 
 
@@ -35,6 +36,20 @@ def need(module: str, extra: str, what: str):
         return importlib.import_module(module)
     except ImportError:
         raise missing(module, what, extra) from None
+
+
+def closest(word: str, choices) -> "str | None":
+    """The choice most like a mistyped `word` (difflib's ratio >= 0.6), or None."""
+    import difflib
+    found = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1)
+    return found[0] if found else None
+
+
+def did_you_mean(word: str, choices) -> str:
+    """"; did you mean 'x'?" for a mistyped name with a close choice, else "": a typo gets the fix in the same
+    line that refuses it."""
+    match = closest(word, choices)
+    return f"; did you mean {match!r}?" if match else ""
 
 
 class Failure(LatkitError):
@@ -70,3 +85,9 @@ class Interrupted(BaseException):
     def __init__(self, signame: str, exit_code: int, summary: str = ""):
         super().__init__(signame)
         self.signame, self.exit_code, self.summary = signame, exit_code, summary
+
+
+class ProtocolError(Failure):
+    """The agent sent what the protocol does not allow (an unbounded line, bytes that are not UTF-8, a reply of
+    the wrong shape, a NaN latency...): the agent is killed, the job in flight becomes a `protocol_error` row and
+    the device leaves the run. Not a TransportError: reconnecting to a device that lies does not help."""

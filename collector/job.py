@@ -126,9 +126,7 @@ class Artifact:
 
     @classmethod
     def from_file(cls, path, space: str = "custom", arch: Optional[str] = None, inputs=()) -> "Artifact":
-        path = Path(path)
-        if not path.is_file():
-            raise LatkitError(f"model file {path} not found; check the path")
+        path = validate.readable_file(path, "model file")  # a FIFO or device is refused, not read forever
         fmt = FORMATS.get(path.suffix.lower())
         if fmt is None:
             raise LatkitError(f"cannot tell the format of {path.name}; use one of {', '.join(sorted(FORMATS))}")

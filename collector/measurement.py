@@ -29,6 +29,9 @@ ERROR_KINDS = {
     "timeout": (True, False),  # no answer within --job-timeout (agent killed and restarted): a busy device, or
                                # a longer --job-timeout, may let it pass
     "settings_not_applied": (True, False),  # the agent read back other settings than the key's
+    "protocol_error": (True, False),  # the device's reply broke the agent protocol (collector/protocol.py): the
+                                      # row of the job in flight; the device leaves the run. A device that
+                                      # lies now may be fixed, so a re-run measures it again
     "runtime_missing": (False, False),
     "model_not_found": (False, False),
     "bad_request": (False, False),
@@ -141,6 +144,7 @@ class Measurement:
     error_kind: str = ""
     error: str = ""
     measured_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    stored: bool = False               # read back from the dataset, not timed by this call (not a column)
 
     @classmethod
     def from_result(cls, job: Job, result: dict, fingerprint: str = "") -> "Measurement":
@@ -226,6 +230,8 @@ class Measurement:
     def summary(self) -> str:
         j = self.job
         head = f"{j.artifact.arch} on {j.device}/{j.settings.runtime} (threads={j.settings.threads})"
+        if self.stored:
+            head += f" (stored row of {self.measured_at:%Y-%m-%d %H:%M} UTC, not timed again; --force re-measures)"
         if self.status != "ok":
             return f"{head}: {self.error_kind}: {self.error}"
         s = self.stats

@@ -88,3 +88,32 @@ class CollectProgress:
             for d in self.report.devices:
                 log.info("%s: %s, %d measured, %d errors, %d already done, %d left%s", d.device, d.status, d.measured,
                          d.errors, d.skipped, d.remaining, f" ({d.message})" if d.message else "")
+
+
+class Steps:
+    """Progress of work made of named steps of unknown count (a predictor fit's rounds, transfer's seeds, one
+    table per import): a spinner with the current step on a terminal, else one `latkit: LABEL: STEP` log line
+    per step. Called with the step's text; `enabled=False` (-q) says nothing."""
+
+    def __init__(self, label: str, enabled: bool = True):
+        self.label, self.enabled, self.bars = label, enabled, enabled and bars()
+        self.progress = None
+
+    def __enter__(self):
+        if self.bars:
+            from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+            self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                                     console=_stderr_console(), transient=True)
+            self.progress.start()
+            self.task = self.progress.add_task(self.label)
+        return self
+
+    def __call__(self, step: str) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, description=f"{self.label}: {step}")
+        elif self.enabled:
+            log.info("%s: %s", self.label, step)
+
+    def __exit__(self, *exc):
+        if self.progress is not None:
+            self.progress.stop()

@@ -9,9 +9,10 @@ import time
 from typing import Callable, Optional
 
 from .devices import Device
-from .errors import AgentCallError, CallTimeout, DeviceBusy, Failure
+from .errors import AgentCallError, CallTimeout, DeviceBusy, Failure, ProtocolError
 from .job import Job
 from .measurement import STORED_ERRORS, Measurement, fingerprint
+from .text import clean
 
 
 def _say(message: str) -> None:
@@ -51,8 +52,8 @@ class DeviceRunner:
                 self.leased = True
                 return
             h = r.get("holder") or {}
-            who = (f"held by pid {h.get('pid', '?')} on host {h.get('host', '?')} (user {h.get('user', '?')}) "
-                   f"since {h.get('since', '?')}")
+            who = clean(f"held by pid {h.get('pid', '?')} on host {h.get('host', '?')} (user {h.get('user', '?')}) "
+                        f"since {h.get('since', '?')}")  # the lease file says so: anyone could have written it
             if not self.wait:
                 raise DeviceBusy(f"device {self.device.name} is busy: {who}; wait for it or run without --no-wait")
             if not told:
@@ -76,7 +77,8 @@ class DeviceRunner:
 
     def measure(self, job: Job, next_job: Optional[Job] = None) -> Measurement:
         """A Measurement, ok or a stored error; set-up problems (runtime missing...) raise LatkitError.
-        A job that outlives `timeout` is a `timeout` row: the agent is killed and must be started again.
+        A job that outlives `timeout` is a `timeout` row: the agent is killed and must be started again. A reply
+        that breaks the protocol is a `protocol_error` row, after which the caller must stop using the device.
         `next_job`'s model is shipped while this one is timed, where the device has CPUs to spare."""
         model = self.transport.put(job.artifact)
         if next_job is not None and self.spare_cpus(job):
@@ -88,6 +90,10 @@ class DeviceRunner:
             self.close()  # the transport has killed the agent: start a fresh one for the next job
             return Measurement.failed(job, "timeout", f"no result within {self.timeout:g} s (--job-timeout); the "
                                       "agent was killed and restarted", self.fingerprint)
+        except ProtocolError as e:  # the transport has killed the agent; the caller drops the device
+            self.close()
+            return Measurement.failed(job, "protocol_error", f"{e}; it was dropped from this run (check the agent "
+                                      "and the python it runs there)", self.fingerprint)
         except AgentCallError as e:
             if e.kind in STORED_ERRORS:
                 return Measurement.failed(job, e.kind, e.message, self.fingerprint)

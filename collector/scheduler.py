@@ -43,7 +43,7 @@ class DeviceReport:
     errors: int = 0  # rows with status=error (model failures, timeouts) stored by this run
     status: str = "pending"  # pending | running | done | failed | stopped
     message: str = ""
-    exit_code: int = 1  # of the error that failed the device: 2 when the set-up was wrong (e.g. a host key)
+    exit_code: int = 0  # 0 unless the device failed: 1 when its work failed, 2 when the set-up was wrong (a host key)
     failed: list = field(default_factory=list)  # this run's error rows: (arch, error_kind, error)
     busy_s: float = 0.0  # host time inside measure calls: upload, request, and the agent's work
     agent_s: float = 0.0  # the agent's own work: model load, warmup and timed runs
@@ -57,6 +57,10 @@ class DeviceReport:
     @property
     def remaining(self) -> int:
         return self.total - self.skipped - self.measured - self.errors
+
+    def fail(self, message: str, exit_code: int = 1) -> None:
+        """The device is out of this run: why, and the exit code that means."""
+        self.status, self.message, self.exit_code = "failed", message, exit_code
 
 
 @dataclass
@@ -181,11 +185,12 @@ def feed(jobs: Iterable[Job], streams: dict, reports: dict, done: set, stop: thr
 def run_device(device: Device, jobs: Union[Sequence[Job], Stream], store: Store, report: DeviceReport, retries: int = 3,
                backoff_s: float = 1.0, job_timeout: float = 600.0, on_row: Optional[Callable] = None,
                stop: Optional[threading.Event] = None, active: Optional[set] = None, wait: bool = True,
-               retry_errors: bool = False, cache_max_gb: Optional[float] = None) -> None:
+               retry_errors: bool = False, cache_max_gb: Optional[float] = None, force: bool = False) -> None:
     """Measure `jobs` on `device` in shuffled rounds, appending each job's row once its last round is in.
     A Stream of jobs is measured a window at a time, as they arrive (the agent starts while the first is
     still on its way). `cache_max_gb` bounds the device's model cache (models measured here go first,
-    pending ones stay)."""
+    pending ones stay). `force` measures every job even where the store holds its key (after the lease
+    too: the re-read of stored keys would drop them)."""
     t0 = time.perf_counter()
     stop = stop or threading.Event()
     report.status = "running"
@@ -210,7 +215,7 @@ def run_device(device: Device, jobs: Union[Sequence[Job], Stream], store: Store,
                     store.record_devices({runner.fingerprint: dict(runner.probe, device=device.name)})
                     runner.lease()
                     # while we waited, another collection may have measured some of these into the same store
-                    done = store.done_keys(include_errors=not retry_errors)
+                    done = set() if force else store.done_keys(include_errors=not retry_errors)
                     gone = {j.key for j, _ in pending if j.key in done}
                     report.skipped += len(gone)
                     pending = [(j, r) for j, r in pending if j.key not in gone]
@@ -247,12 +252,12 @@ def run_device(device: Device, jobs: Union[Sequence[Job], Stream], store: Store,
                     return
                 failures += 1
                 if failures > retries:
-                    report.status, report.message = "failed", f"{e} (gave up after {retries} retries)"
+                    report.fail(f"{e} (gave up after {retries} retries)")
                     return
                 time.sleep(backoff_s * 2 ** (failures - 1))
                 continue
             except LatkitError as e:
-                report.status, report.message, report.exit_code = "failed", str(e), e.exit_code
+                report.fail(str(e), e.exit_code)
                 return
             failures = 0
             pending.pop(0)
@@ -270,7 +275,7 @@ def run_device(device: Device, jobs: Union[Sequence[Job], Stream], store: Store,
             try:
                 rows.add(m.to_row())
             except OSError as e:
-                report.status, report.message = "failed", f"cannot write rows to {store.uri}: {e}"
+                report.fail(f"cannot write rows to {store.uri}: {e}")
                 return
             if cache_max_gb is not None:
                 bound_device_cache(runner, cache_max_gb, {j.artifact.sha256 for j, _ in pending})
@@ -281,6 +286,9 @@ def run_device(device: Device, jobs: Union[Sequence[Job], Stream], store: Store,
                 report.failed.append((job.artifact.arch, m.error_kind, m.error))
             if on_row:
                 on_row(report, m)
+            if m.error_kind == "protocol_error":  # its row is kept; a device that lies measures nothing more
+                report.fail(m.error)
+                return
         report.status = "done"
     except BaseException:
         runner.kill()  # interrupted in this thread (measure_many): stop the device now, not after a polite wait
@@ -301,7 +309,7 @@ def _flushed(rows: BatchWriter, store: Store, report: DeviceReport, close: bool 
         rows.close() if close else rows.flush()
         return True
     except OSError as e:
-        report.status, report.message = "failed", f"cannot write rows to {store.uri}: {e}"
+        report.fail(f"cannot write rows to {store.uri}: {e}")
         return False
 
 

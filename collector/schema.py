@@ -10,9 +10,11 @@ from .measurement import TELEMETRY
 
 _TS = pa.timestamp("us", tz="UTC")
 _STR, _I64, _F64, _BOOL = pa.string(), pa.int64(), pa.float64(), pa.bool_()
-# In the files, partition columns are dictionary-encoded strings: that is the type Hive-partitioning readers
-# (pyarrow, pandas, polars) infer for a `device=...` folder, so the folder and the column merge without a clash.
-_PART = pa.dictionary(pa.int32(), pa.string())
+# The partition columns: folder names (data/device=<d>/space=<s>/) and, as plain strings, columns of every file.
+# Plain string is what a Hive reader infers for a name-like folder value in pyarrow.dataset, DuckDB, polars, Spark
+# and R arrow, and what Hugging Face `datasets` (which ignores folder names) needs in the files; only
+# pyarrow.parquet.read_table / pandas infer a dictionary and need `partitioning=None` (README, "Reading a dataset").
+# Older files held them dictionary-encoded and may lack newer columns: `latkit data migrate` rewrites them.
 PARTITIONS = ("device", "space")
 
 
@@ -108,10 +110,14 @@ COLUMNS: tuple = tuple([
     Column("error", _STR, "", "one-line error message"),
 ])
 
-# The schema rows have in latkit's API (partition columns as plain strings) ...
+# The schema of rows in latkit's API and of every Parquet file (all columns, in this order).
 SCHEMA = pa.schema([(c.name, c.type) for c in COLUMNS])
-# ... and in every Parquet file: the same columns, partition columns dictionary-encoded.
-FILE_SCHEMA = pa.schema([(c.name, _PART if c.name in PARTITIONS else c.type) for c in COLUMNS])
+FILE_SCHEMA = SCHEMA
+
+
+def current(schema: pa.Schema) -> bool:
+    """Whether a file's schema is the current one (else `latkit data migrate` rewrites the file)."""
+    return schema.remove_metadata().equals(FILE_SCHEMA)
 
 
 def markdown() -> list:

@@ -4,8 +4,10 @@
     <dataset>/devices/<device>-<fingerprint>.json              the probe behind each fingerprint
     <dataset>/README.md, plots/, _retest/<stamp>/              card, figures, retest side tables
 
-So pyarrow, pandas, polars, DuckDB and Hugging Face `datasets` read `<dataset>/data` as it is (partition
-columns are stored in the files too). Rows are never rewritten in place: each write is a batch of rows to a
+So pyarrow.dataset, DuckDB, polars and Hugging Face `datasets` read `<dataset>/data` as it is: the partition
+columns are in the files too, as plain strings, the type Hive readers infer from the folder names (pandas and
+pyarrow.parquet infer a dictionary instead: `partitioning=None`). A partition value never looks like a number or
+a date (validate.partition), so no reader infers another type from a folder name. Rows are never rewritten in place: each write is a batch of rows to a
 dot-prefixed temporary file (readers ignore it) renamed into place, so a crash leaves the whole file or none
 of it. Compaction (collector/compact.py) writes `compact-<id>.parquet` files and, while it runs, a manifest
 naming the files each replaces; latkit's readers skip replaced files, so they see old or new rows, never both.
@@ -69,7 +71,33 @@ def check_row(row: dict) -> None:
     if extra:
         raise ValueError(f"row keys not in the schema: {sorted(extra)}")
     for part in PARTITIONS:
-        validate.name(row.get(part), part)
+        validate.partition(row.get(part), part)
+
+
+def _check_tree(folder: str, uri: str) -> None:
+    """A local dataset's `data/` holds folders and regular files only: a symlink could loop (every file read
+    dozens of times) or lead out of the dataset, a FIFO would hang a reader. Each is named in one line."""
+    def refuse(path: str, why: str):
+        raise LatkitError(f"{path} {why}; a dataset's data/ holds only folders and regular files: remove it from "
+                          f"{uri}")
+    if os.path.isfile(folder):
+        refuse(folder, "is a file, not the folder of rows")
+    stack = [folder]
+    while stack:
+        top = stack.pop()
+        try:
+            entries = list(os.scandir(top))
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            raise LatkitError(f"cannot read {top}: {e.strerror or e}; fix its permissions") from None
+        for e in entries:
+            if e.is_symlink():
+                refuse(e.path, "is a symbolic link")
+            if e.is_dir(follow_symlinks=False):
+                stack.append(e.path)
+            elif not e.is_file(follow_symlinks=False):
+                refuse(e.path, "is not a regular file (a FIFO, socket or device)")
 
 
 class Store:
@@ -77,6 +105,8 @@ class Store:
 
     def __init__(self, uri: str | os.PathLike = "latkit-data"):
         self.uri = str(uri)
+        if not self.uri.strip():  # '' would be the current folder: never a dataset by accident
+            raise LatkitError("the dataset path is empty; give a folder or URI (--out DIR)")
         try:
             self.fs, self.root = pafs.FileSystem.from_uri(self.uri)
         except (pa.ArrowInvalid, ValueError):  # a plain relative path
@@ -149,7 +179,7 @@ class Store:
         self.fs.create_dir(folder, recursive=True)
         with self.fs.open_output_stream(tmp) as out, pq.ParquetWriter(out, FILE_SCHEMA, compression="zstd") as w:
             for t in [tables] if isinstance(tables, pa.Table) else tables:
-                w.write_table(t.cast(SCHEMA).cast(FILE_SCHEMA), row_group_size=max(1, t.num_rows))
+                w.write_table(t.cast(FILE_SCHEMA), row_group_size=max(1, t.num_rows))
         if before_rename:
             before_rename()
         self.fs.move(tmp, final)
@@ -172,6 +202,8 @@ class Store:
         """(data files, compaction manifests) under `data/`: FileInfo of each Parquet file (temporaries and
         names starting with '.' or '_' excluded) and paths of `_replaces-<id>.json` manifests."""
         self._check_layout()
+        if self.local:
+            _check_tree(self.data, self.uri)
         try:
             infos = self.fs.get_file_info(pafs.FileSelector(self.data, recursive=True, allow_not_found=True))
         except FileNotFoundError:

@@ -71,6 +71,8 @@ def measure_stream(device: Device, jobs: Iterable[Job], store_of: Callable[[Job]
                         raise Failure(f"{device.name}: {e} (gave up after {retries} retries)") from None
                     time.sleep(backoff_s * 2 ** (failures - 1))
             writers[store.root].add(m.to_row())
+            if m.error_kind == "protocol_error":  # the row is kept (the writers close below); the device is done
+                raise Failure(m.error)
             yield m
     except GeneratorExit:
         raise  # the caller stopped early: the agent is shut down politely below

@@ -7,8 +7,11 @@ and gets it before any exporting, timing or training starts.
 from __future__ import annotations
 
 import argparse
+import errno
 import math
+import os
 import re
+import stat
 import tempfile
 from pathlib import Path
 from typing import Optional
@@ -25,6 +28,21 @@ def name(value, what: str) -> str:
     if not isinstance(value, str) or not NAME.fullmatch(value):
         raise LatkitError(f"{what} {value!r} is not a valid name; use up to 128 letters, digits, '.', '_' or '-', "
                           "starting with a letter or digit")
+    return value
+
+
+# Folder values a Hive reader would type as a number or date (pyarrow: 007 and 0x1f as int32; DuckDB: 2024-01-01
+# and inf as DATE, 12345678901 as BIGINT): the folder's type would then clash with the file's string column.
+_TYPED = re.compile(r"[0-9]+|0[xX][0-9A-Fa-f]+|[0-9]{4}-[0-9]{2}-[0-9]{2}.*|inf(inity)?", re.IGNORECASE)
+
+
+def partition(value, what: str) -> str:
+    """`value` if it can name a partition folder (device=<value>, space=<value>): a name that no Hive reader
+    reads as a number or a date."""
+    name(value, what)
+    if _TYPED.fullmatch(value):
+        raise LatkitError(f"{what} {value!r} is not a valid name: Hive readers of datasets would read it as a number "
+                          "or a date; rename it (e.g. dev-" + value + ")")
     return value
 
 
@@ -118,14 +136,70 @@ def writable_file(path, advice: str) -> Path:
     return p
 
 
-def readable_file(path, what: str) -> Path:
-    """`path` if it is a file this process can read, else a LatkitError naming `what`."""
-    p = Path(path)
+SPECIAL = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+           (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def special(mode: int) -> str:
+    """What a file of `mode` is when it is no regular file ("a FIFO", "a folder", ...), else ""."""
+    return next((what for test, what in SPECIAL if test(mode)), "" if stat.S_ISREG(mode) else "no regular file")
+
+
+def open_regular(path, what: str) -> int:
+    """A read-only descriptor of `path` if it is a regular file, else a LatkitError naming `what`. Opened
+    non-blocking and checked on the descriptor: a FIFO would otherwise hang the reader, /dev/zero never ends,
+    and a check before opening could be raced."""
     try:
-        with open(p, "rb"):
-            pass
-    except IsADirectoryError:
-        raise LatkitError(f"{what} {p} is a folder; give a file") from None
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise LatkitError(f"{what} {path} not found; check the path") from None
     except OSError as e:
-        raise LatkitError(f"cannot read {what} {p}: {e.strerror or e}; check the path") from None
+        why = "a symlink loop" if e.errno == errno.ELOOP else e.strerror or str(e)
+        raise LatkitError(f"cannot read {what} {path}: {why}; check the path") from None
+    kind = special(os.fstat(fd).st_mode)
+    if kind:
+        os.close(fd)
+        raise LatkitError(f"{what} {path} is {kind}, not a regular file; give a file")
+    return fd
+
+
+def readable_file(path, what: str) -> Path:
+    """`path` if it is a regular file this process can read, else a LatkitError naming `what`."""
+    p = Path(path)
+    os.close(open_regular(p, what))
     return p
+
+
+def read_bytes(path, what: str, limit: int) -> bytes:
+    """The contents of the regular file `path`, refused in one line past `limit` bytes (checked on what is
+    read, not only on the size the file system reports)."""
+    p = Path(path)
+    with os.fdopen(open_regular(p, what), "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise LatkitError(f"{what} {p} is larger than {limit / 2 ** 20:g} MB; that is no file latkit wrote")
+    return data
+
+
+def write_atomic(path, data) -> Path:
+    """Write `data` (bytes or text) to `path` through a temporary file in its folder and a rename: a symlink
+    standing at `path` is replaced, never followed, and no reader sees half a file."""
+    p = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return p
+
+
+def own_folder(root, folder, advice: str) -> Path:
+    """`folder` (inside the dataset `root`) as a writable folder that stays inside `root`: a symlink there that
+    leads elsewhere is refused, so nothing generated from a shared dataset lands outside it."""
+    root, p = Path(root), Path(folder)
+    if p.is_symlink() or not p.resolve().is_relative_to(root.resolve()):
+        raise LatkitError(f"{p} is a symbolic link out of the dataset {root}; remove it or {advice}")
+    return writable_dir(p, advice)

@@ -23,6 +23,7 @@ from typing import Optional
 import numpy as np
 
 from latkit.collector import validate
+from latkit.collector.dataset import save_png
 from latkit.collector.devices import Registry
 from latkit.collector.errors import LatkitError
 from latkit.collector.job import Settings
@@ -186,18 +187,14 @@ def write_build_report(out_dir, space: str, device: str, result: dict) -> list:
     ax.set_title(f"{space} on {device}: {result['model']} ensemble", fontsize=9)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    png = out / "learning_curve.png"
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
+    png = save_png(fig, out / "learning_curve.png", dpi=120)
     bins = "\n".join(f"| {b['lo_ms']:.4g}-{b['hi_ms']:.4g} | {b['archs']} |" for b in result["bins_sampled"])
     figures = {k: result[k] for k in ("acc10", "acc5", "spearman", "kendall", "mape", "n_train", "n_heldout",
                                       "reached", "measure_s", "fit_s")}
-    md = out / "summary.md"
-    md.write_text(f"# predictor build: {space} on {device}\n\n| figure (held-out) | value |\n|---|---|\n"
+    md = validate.write_atomic(out / "summary.md", f"# predictor build: {space} on {device}\n\n| figure (held-out) | value |\n|---|---|\n"
                   + "\n".join(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |"
                               for k, v in figures.items())
                   + f"\n\n![learning curve](learning_curve.png)\n\n## Archs measured per bin of predicted latency "
                     f"(after round 0)\n\n| bin (ms) | archs |\n|---|---|\n{bins}\n")
-    js = out / "build.json"
-    js.write_text(json.dumps(result, indent=1))
+    js = validate.write_atomic(out / "build.json", json.dumps(result, indent=1))
     return [png, md, js]

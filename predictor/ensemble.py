@@ -91,6 +91,8 @@ class Ensemble(Surrogate):
         params = dict(params)
         base = params.pop("base")
         states = nest(state["members_"])
+        if sorted(states) != sorted(str(i) for i in range(params.get("n_members", 5))):
+            raise ValueError(f"it holds {len(states)} ensemble members, not its n_members")
         members = [build(base["kind"], base["params"], states[str(i)]) for i in range(len(states))]
         model = cls(members[0], **params)
         model.members_ = members

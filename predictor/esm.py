@@ -23,6 +23,7 @@ from latkit.collector.samplers import SAMPLERS, sample_from
 from latkit.collector.spaces import as_space
 
 from .data import LatencyTable
+from .ensemble import Ensemble
 from .metrics import relative_error, report
 from .models import MODELS, make_model
 
@@ -59,9 +60,13 @@ def choose_model(space, archs: list, y: np.ndarray, seed: int, candidates=None, 
 
 
 def fit(data, space, device: str, budget: int = 500, sampler: str = "balanced", model: str = "auto",
-        seed: int = 0, rounds: int = 4, min_test: int = 10, n_jobs=-1) -> tuple:
+        seed: int = 0, rounds: int = 4, min_test: int = 10, n_jobs=-1, members: int = 5, progress=None) -> tuple:
     """Returns (fitted surrogate, report dict, test archs). Only the training archs' latencies are read
-    before the final scoring on the test archs. `n_jobs`: workers of gbdt and rf (-1: every core)."""
+    before the final scoring on the test archs. `n_jobs`: workers of gbdt and rf (-1: every core). The rounds
+    choose with one model; the surrogate returned (and scored) is a bagged Ensemble of `members`, so that
+    `predict(X, return_std=True)` works on what `fit` saves, as on `build`'s. `progress`: called with each
+    step's text (collector.progress.Steps), as a fit takes minutes."""
+    say = progress or (lambda step: None)
     if model not in MODELS + ("auto",):
         raise LatkitError(f"unknown model {model!r}; choose auto or one of {', '.join(MODELS)}")
     if sampler not in SAMPLERS:
@@ -82,6 +87,8 @@ def fit(data, space, device: str, budget: int = 500, sampler: str = "balanced", 
     batch = (budget - first) // max(1, rounds - 1)
     history = []
     # auto: chosen by CV on the first batch for the rounds, and again on the full training set at the end
+    if model == "auto":
+        say(f"choosing a model by 5-fold CV on {len(train)} archs")
     name = choose_model(sp, train, y_train, seed, n_jobs=n_jobs) if model == "auto" else model
     while len(train) < budget:
         surrogate = make_model(name, sp, seed, n_jobs).fit(train, y_train)
@@ -95,14 +102,19 @@ def fit(data, space, device: str, budget: int = 500, sampler: str = "balanced", 
         history.append({"n_train": len(train), "acc10": float(np.mean(err <= 0.10)), "mape": float(err.mean() * 100),
                         "bins": _bin_errors(pred_nxt, err)})
         train, y_train = train + nxt, np.concatenate([y_train, y_nxt])
+        say(f"round {len(history)}: {len(train)} training archs (±10 % on the last batch: "
+            f"{history[-1]['acc10'] * 100:.0f} %)")
         if len(history) >= 3 and history[-1]["acc10"] - history[-3]["acc10"] < 0.005:
             break
+    if model == "auto":
+        say(f"choosing the final model by 5-fold CV on {len(train)} archs")
     name = choose_model(sp, train, y_train, seed, n_jobs=n_jobs) if model == "auto" else model
-    surrogate = make_model(name, sp, seed, n_jobs).fit(train, y_train)
+    say(f"fitting {name} ({members} bagged members) on {len(train)} archs")
+    surrogate = Ensemble(make_model(name, sp, seed, n_jobs), members, seed).fit(train, y_train)
     taken = set(train)
     test = [a for a in pool if a not in taken]
     result = report(surrogate.predict(test), table.latency(device, test))
-    result.update({"n_train": len(train), "n_test": len(test), "model": name, "sampler": sampler,
+    result.update({"n_train": len(train), "n_test": len(test), "model": name, "members": members, "sampler": sampler,
                    "rounds": [{k: v for k, v in h.items() if k != "bins"} for h in history],
                    "seconds": time.time() - t0})
     return surrogate, result, test

@@ -157,6 +157,9 @@ class GNN(Surrogate):
         import torch
         state = dict(state)
         net = state.pop("net_")
+        extra = set(state) - {"extra_mean_", "extra_std_", "y_mean_", "y_std_"}
+        if extra or not isinstance(net, dict) or getattr(net["hw.weight"], "ndim", 0) != 2:
+            raise ValueError(f"its GNN state holds {sorted(extra)[:1] or 'no hardware embedding'}, not a GNN's")
         vars(self).update(state)
         self.net_ = self._build(len(net["hw.weight"]))
         self.net_.load_state_dict({k: torch.tensor(v) for k, v in net.items()})

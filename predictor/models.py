@@ -24,7 +24,7 @@ from sklearn.utils.validation import check_is_fitted
 from latkit.collector.errors import LatkitError
 from latkit.collector.spaces import as_space
 
-from . import modelfile
+from . import limits, modelfile
 from .encodings import encode
 from .regressors import REGRESSORS, RidgeRegressor
 
@@ -64,12 +64,18 @@ class Surrogate(RegressorMixin, BaseEstimator):
     def save(self, path) -> None:
         """Write the data-only model file (predictor/modelfile.py), with the latkit version that wrote it."""
         check_is_fitted(self)
-        modelfile.write(path, self._kind(), self._params(), self._state())
+        kind, params = self._kind(), self._params()
+        try:
+            limits.check(kind, params)
+        except ValueError as e:
+            raise LatkitError(f"cannot save this model: {e}; latkit reads models only within these ranges "
+                              "(predictor/limits.py)") from None
+        modelfile.write(path, kind, params, self._state())
 
     @staticmethod
     def load(path) -> "Surrogate":
         """Read a model file as data; anything else is refused in one line and nothing in it is run."""
-        return modelfile.read(path, _build)
+        return modelfile.read(path, _load)
 
     def _params(self) -> dict:
         return self.get_params(deep=False)
@@ -108,6 +114,22 @@ class ArchRegressor(Surrogate):
 
     def _restore(self, state: dict) -> None:
         self.regressor_ = clone(self.regressor)._restore(state)
+
+
+def _load(kind, params: dict, state: dict) -> Surrogate:
+    """A model file's model: hyperparameters checked against their ranges before anything is built, then
+    one arch of its space predicted, so that arrays which do not fit each other (or the space's encoding) are
+    refused now, as a bad file, instead of failing at the first prediction."""
+    import warnings
+    limits.check(kind, params)
+    model = _build(kind, params, state)
+    arch = as_space(limits.space_of(kind, params)).sample(1, np.random.default_rng(0))
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        pred = model.predict(arch)
+    if np.shape(pred) != (1,):
+        raise ValueError("it predicts no single latency per arch")
+    return model
 
 
 def _build(kind, params: dict, state: dict) -> Surrogate:

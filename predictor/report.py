@@ -5,6 +5,9 @@ from pathlib import Path
 
 import numpy as np
 
+from latkit.collector.dataset import save_png
+from latkit.collector.validate import write_atomic
+
 
 def write_report(out_dir, title: str, pred, true, metrics: dict) -> list:
     import matplotlib
@@ -24,11 +27,8 @@ def write_report(out_dir, title: str, pred, true, metrics: dict) -> list:
     ax.set_title(f"{title}\nρ={metrics['spearman']:.3f}  ±10 %: {metrics['acc10'] * 100:.1f} %", fontsize=9)
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
-    png = out / "scatter.png"
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
+    png = save_png(fig, out / "scatter.png", dpi=120)
     rows = "\n".join(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |"
                      for k, v in metrics.items() if not isinstance(v, (list, dict)))
-    md = out / "summary.md"
-    md.write_text(f"# {title}\n\n| metric | value |\n|---|---|\n{rows}\n\n![predicted vs measured](scatter.png)\n")
+    md = write_atomic(out / "summary.md", f"# {title}\n\n| metric | value |\n|---|---|\n{rows}\n\n![predicted vs measured](scatter.png)\n")
     return [png, md]

@@ -162,6 +162,11 @@ class FewShot(Surrogate):
     def __init__(self, pretrained, finetune_epochs=60, alphas=FEW_SHOT_ALPHAS):
         self.pretrained, self.finetune_epochs, self.alphas = pretrained, finetune_epochs, alphas
 
+    @property
+    def space(self) -> str:
+        """The space whose archs it predicts: its pretraining's (what `predictor predict` checks)."""
+        return as_space(self.pretrained.space).name
+
     def fit(self, X, y):
         from sklearn.linear_model import RidgeCV
         pre = self.pretrained
@@ -261,13 +266,21 @@ class FewShot(Surrogate):
         return g.adapt(archs, [slot] * len(archs), _z(log_y), self.finetune_epochs, g.lr / 3, len(archs))
 
 
+def model_path(folder, space: str, target: str) -> Path:
+    """Where `transfer --out` saves a target's model: FOLDER/SPACE-TARGET.latkit-model."""
+    return Path(folder) / f"{space}-{validate.name(target, 'target device')}.latkit-model"
+
+
 def run_seed(table: LatencyTable, sources: Sequence[str], targets: Sequence[str], target_samples: int,
-             source_samples: int, seed: int, use_gnn: bool = True, n_jobs=-1, save_dir=None) -> dict:
+             source_samples: int, seed: int, use_gnn: bool = True, n_jobs=-1, save_dir=None,
+             say=lambda step: None) -> dict:
     """Per target: scores over the pool's archs other than the target samples (never seen by the model).
     With `save_dir`, each target's model is saved there as SPACE-TARGET.latkit-model."""
     archs = table.common_archs(targets)
     pre = Pretrained(table.space.name, source_samples, use_gnn=use_gnn, random_state=seed, n_jobs=n_jobs)
+    say(f"pretraining on {len(sources)} source device(s), {len(archs)} archs")
     pre.fit(table, sources, archs)
+    say(f"few-shot fit of {len(targets)} target device(s) on {target_samples} samples each")
     chosen = pre.choose(target_samples)
     taken = set(chosen)
     unseen = [a for a in archs if a not in taken]
@@ -276,15 +289,17 @@ def run_seed(table: LatencyTable, sources: Sequence[str], targets: Sequence[str]
         model = FewShot(FrozenEstimator(pre)).fit(chosen, table.latency(tgt, chosen))  # the only target latencies read
         r = report(model.predict(unseen), table.latency(tgt, unseen))
         if save_dir is not None:
-            model.save(Path(save_dir) / f"{table.space}-{validate.name(tgt, 'target device')}.latkit-model")
+            model.save(model_path(save_dir, table.space.name, tgt))
         per_target[tgt] = {"spearman": r["spearman"], "kendall": r["kendall"], "mape": r["mape"], "n_test": len(unseen)}
     return per_target
 
 
 def transfer(data, space, sources: Sequence[str], targets: Sequence[str], target_samples: int = 20,
-             source_samples: int = 900, seeds: int = 3, use_gnn: bool = True, n_jobs=-1, save_dir=None) -> dict:
+             source_samples: int = 900, seeds: int = 3, use_gnn: bool = True, n_jobs=-1, save_dir=None,
+             progress=None) -> dict:
     """`latkit predictor transfer`: per-target and mean Spearman over the unseen archs, mean +- std over seeds.
-    `n_jobs`: LightGBM threads of the source bank (-1: every core)."""
+    `n_jobs`: LightGBM threads of the source bank (-1: every core). `progress`: called with each step's text
+    (collector.progress.Steps)."""
     table = data if isinstance(data, LatencyTable) else LatencyTable(data, space)
     if not sources or not targets:
         raise LatkitError("give at least one --source and one --target device")
@@ -299,8 +314,10 @@ def transfer(data, space, sources: Sequence[str], targets: Sequence[str], target
         for t in targets:
             validate.name(t, "target device")  # it names a model file
     t0 = time.time()
+    say = progress or (lambda step: None)
     runs = [run_seed(table, sources, targets, target_samples, source_samples, seed, use_gnn, n_jobs,
-                     save_dir if seed == 0 else None) for seed in range(seeds)]
+                     save_dir if seed == 0 else None, lambda step, s=seed: say(f"seed {s + 1}/{seeds}: {step}"))
+            for seed in range(seeds)]
     per_target = {}
     for tgt in targets:
         vals = {k: [r[tgt][k] for r in runs] for k in ("spearman", "kendall", "mape")}
@@ -308,6 +325,6 @@ def transfer(data, space, sources: Sequence[str], targets: Sequence[str], target
         per_target[tgt]["spearman_std"] = float(np.std(vals["spearman"]))
         per_target[tgt]["n_test"] = runs[0][tgt]["n_test"]
     seed_means = [np.mean([r[t]["spearman"] for t in targets]) for r in runs]
-    saved = [str(Path(save_dir) / f"{space}-{t}.latkit-model") for t in targets] if save_dir is not None else []
+    saved = [str(model_path(save_dir, table.space.name, t)) for t in targets] if save_dir is not None else []
     return {"saved": saved, "per_target": per_target, "mean_spearman": float(np.mean(seed_means)),
             "mean_spearman_std": float(np.std(seed_means)), "seeds": seeds, "seconds": time.time() - t0}

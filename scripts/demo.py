@@ -86,7 +86,7 @@ def main():
     console.print(f"\n[bold]surrogate[/] ({r['model']}, trained on {r['n_train']} archs, tested on the other {r['n_test']}): "
                   f"Spearman {r['spearman']:.3f}, Kendall {r['kendall']:.3f}, MAPE {r['mape']:.1f} %, "
                   f"within ±10 %: {r['acc10'] * 100:.0f} %")
-    console.print(f"{time.time() - t0:.0f} s; rows kept in [bold]{args.out}/data[/] (Parquet, read it with pandas, "
+    console.print(f"{time.time() - t0:.0f} s; rows kept in [bold]{args.out}/data[/] (Parquet, read it with pyarrow, "
                   f"polars or DuckDB; columns: latkit data schema). Next: latkit data show {args.out}; "
                   f"latkit predictor build --space nb201 --device local --out nb201-local.latkit-model (measure "
                   f"until the surrogate is accurate); latkit predictor adapt --device local --space nb201 --n 20 "

@@ -73,8 +73,8 @@ T = "--data {w}/table.parquet --space nb201 --source d1 --target d2"      # tran
 
 CASES = [
     # (id, arguments, exit code, words the one line must hold)
-    ("no-command", "", 2, "required: command"),
-    ("unknown-command", "frobnicate", 2, "invalid choice: 'frobnicate'"),
+    ("unknown-command", "frobnicate", 2, "unknown command 'frobnicate'; choose one of measure, collect"),
+    ("unknown-subcommand", "data frobnicate", 2, "unknown command 'data frobnicate'; choose one of show, card"),
     ("measure-no-model", "measure", 2, "required: model"),
     ("threads-0", f"measure {M} --threads 0", 2, "argument --threads: must be a whole number >= 1"),
     ("threads-text", f"measure {M} --threads abc", 2, "argument --threads: must be a whole number"),

@@ -71,7 +71,8 @@ def test_corrupt_model_row_kept_exit_1(dataset, tmp_path):
     bad.write_bytes(b"garbage" * 100)
     before = {p: m for p, m in snapshot(dataset).items() if p.suffix == ".parquet"}
     r = latkit("measure", bad, "--out", dataset, *FAST)
-    assert r.returncode == 1 and "corrupt_model" in r.stdout
+    assert r.returncode == 1 and r.stdout == "" and r.stderr.count("\n") == 1  # the failure is one line on stderr
+    assert r.stderr.startswith("latkit: error: corrupt.onnx on local/onnxruntime") and "corrupt_model" in r.stderr
     after = snapshot(dataset)
     assert all(after.get(p) == m for p, m in before.items())  # rows already there are untouched
     rows = Store(dataset).read().to_pylist()
@@ -93,8 +94,8 @@ def test_misnamed_model_is_a_wrong_runtime_row_measured_again(dataset, artifacts
     fake.write_bytes(artifacts["onnx"].path.read_bytes())
     for n in (1, 2):
         r = latkit("measure", fake, "--out", dataset, *FAST)
-        assert r.returncode == 1 and "wrong_runtime: the content of" in r.stdout
-        assert "use runtime onnxruntime" in r.stdout
+        assert r.returncode == 1 and "wrong_runtime: the content of" in r.stderr
+        assert "use runtime onnxruntime" in r.stderr
         rows = [x for x in Store(dataset).read().to_pylist() if x["arch"] == fake.name]
         assert len(rows) == n and {x["error_kind"] for x in rows} == {"wrong_runtime"}
 

@@ -72,7 +72,9 @@ def test_card_from_data(collected):
     r = latkit("data", "card", collected, "--title", "test set")
     assert r.returncode == 0, r.stderr
     card = (collected / "README.md").read_text()
-    assert card.startswith("# test set") and "10 rows (10 ok)" in card
+    # the YAML header for the Hugging Face Hub first (tests/test_readers.py loads a dataset through it)
+    assert card.startswith('---\nlicense: cc-by-4.0\npretty_name: "test set"\n') and "\n---\n\n# test set\n" in card
+    assert "10 rows (10 ok)" in card
     assert "| local | onnxruntime | nb201 | 6 | 6 |" in card and "| local | onnxruntime | fbnet | 4 | 4 |" in card
     fp = Store(collected).read(columns=["device_fingerprint"])["device_fingerprint"][0].as_py()
     assert f"`{fp}` (local)" in card and "CPUs" in card

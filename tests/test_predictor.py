@@ -202,5 +202,5 @@ def test_bad_inputs(tmp_path, fbnet_slice):
     pq.write_table(pa.Table.from_pandas(partial), tmp_path / "partial.parquet")
     with pytest.raises(LatkitError, match="1 archs have no latency on d2"):
         LatencyTable(tmp_path / "partial.parquet", "nb201").latency("d2", ["x", "y"])
-    with pytest.raises(LatkitError, match="cannot load a predictor"):
+    with pytest.raises(LatkitError, match="is not a valid latkit model"):
         Surrogate.load(tmp_path / "bad.parquet")

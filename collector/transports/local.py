@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from ..errors import LatkitError, TransportError
+from ..errors import LatkitError, ProtocolError, TransportError
 from ..job import Artifact
 from .base import AGENT_PATH, AgentClient, Transport
 
@@ -58,7 +58,7 @@ class LocalTransport(Transport):
             try:
                 self.call("shutdown", timeout=10)
                 self._proc.wait(timeout=10)
-            except (TransportError, subprocess.TimeoutExpired):
+            except (TransportError, ProtocolError, subprocess.TimeoutExpired):
                 self.kill()
         for f in (self._proc.stdin, self._proc.stdout):
             f.close()

@@ -23,8 +23,9 @@ from typing import Optional
 
 import paramiko
 
-from ..errors import LatkitError, TransportError
+from ..errors import LatkitError, ProtocolError, TransportError
 from ..job import Artifact
+from ..text import clean
 from . import sshconfig
 from .base import AGENT_PATH, AgentClient, Transport
 from .files import open_files
@@ -179,6 +180,10 @@ class SSHTransport(Transport):
         self._client = AgentClient(chan.makefile_stdin("wb"), chan.makefile("rb"), self.describe)
         try:
             pong = self._client.call("ping", 60)
+        except ProtocolError:
+            self.kill()  # no polite shutdown for an agent that broke the protocol
+            self.close()
+            raise
         except TransportError:
             status = chan.recv_exit_status() if chan.exit_status_ready() else None
             tail = " | ".join(self._stderr) or "no output"
@@ -190,9 +195,17 @@ class SSHTransport(Transport):
         return pong
 
     def _drain_stderr(self, stream) -> None:
+        """Keep the agent's last stderr lines for error messages, each cut to its start: read in pieces, so a
+        device writing one endless line costs the host nothing."""
         try:
-            for line in stream:
-                self._stderr.append(line.decode(errors="replace").rstrip())
+            whole = True  # the previous piece ended a line
+            while True:
+                piece = stream.readline(4096)
+                if not piece:
+                    break
+                if whole:
+                    self._stderr.append(clean(piece[:600].decode(errors="replace").rstrip(), 300))
+                whole = piece.endswith(b"\n")
         except (OSError, EOFError, paramiko.SSHException):
             pass
 
@@ -276,7 +289,7 @@ class SSHTransport(Transport):
         if self._client is not None and self._chan is not None and not self._chan.closed:
             try:
                 self._client.call("shutdown", 10)
-            except TransportError:
+            except (TransportError, ProtocolError):
                 self.kill()
         self._close_channel()
         if self._uploads is not None:

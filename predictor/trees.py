@@ -1,0 +1,196 @@
+"""Decision trees as flat node arrays, checked and evaluated with numpy, so that a model file's trees are data.
+
+Both tree models keep all their trees end to end in one set of node arrays: `left` and `right` (a leaf's
+children are itself), `feature`, `threshold`, `value` (a leaf's output) and `roots` (each tree's first node).
+ForestRegressor walks scikit-learn's trees with them. GBDTRegressor keeps LightGBM's boosted trees the same
+way, with LightGBM's rule for missing values per node (`missing`: 0 none, 1 zero, 2 NaN; `default_left`),
+taken from `booster.dump_model()`: loading a model never hands file contents to LightGBM's native parser
+(which aborts or segfaults the process on crafted text), and prediction sums leaf values with numpy.
+
+`check` is what makes arrays from a file safe to walk: every index in range, every child a later node of its
+own tree with exactly one parent (so no cycles, and a walk ends), depth at most MAX_DEPTH.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+MAX_NODES = 1 << 24  # all trees together; a 300-tree forest on 15,625 archs has ~6M nodes
+MAX_DEPTH = 512
+MISSING = ("None", "Zero", "NaN")  # LightGBM's missing_type, by the index stored in `missing`
+ZERO = float(np.float32(1e-35))  # LightGBM's kZeroThreshold: |x| <= it counts as zero
+BOOSTED_KEYS = ("left", "right", "feature", "threshold", "value", "roots", "missing", "default_left")
+
+
+def _ints(a, what: str) -> np.ndarray:
+    if not isinstance(a, np.ndarray) or a.ndim != 1 or a.dtype.kind not in "iu":
+        raise ValueError(f"its tree array {what} is not a 1-D integer array")
+    return a.astype(np.int64)
+
+
+def check(left, right, feature, threshold, value, roots, n_features: int) -> int:
+    """The depth of the trees (the steps a walk takes), or a ValueError naming what is inconsistent."""
+    left, right, feature, roots = (_ints(a, w) for a, w in ((left, "left"), (right, "right"),
+                                                              (feature, "feature"), (roots, "roots")))
+    for a, w in ((threshold, "threshold"), (value, "value")):
+        if not isinstance(a, np.ndarray) or a.ndim != 1 or a.dtype.kind != "f":
+            raise ValueError(f"its tree array {w} is not a 1-D float array")
+    n = len(left)
+    if not 1 <= n <= MAX_NODES or any(len(a) != n for a in (right, feature, threshold, value)):
+        raise ValueError(f"its tree arrays have {n} nodes or differ in length (1 to {MAX_NODES} nodes, all alike)")
+    if not 1 <= len(roots) <= n or roots[0] != 0 or np.any(np.diff(roots) <= 0) or roots[-1] >= n:
+        raise ValueError("its tree roots are not increasing node indices starting at 0")
+    node = np.arange(n)
+    leaf = (left == node) & (right == node)
+    inner = ~leaf
+    end = np.repeat(np.r_[roots[1:], n], np.diff(np.r_[roots, n]))  # where each node's tree ends
+    for child in (left, right):
+        if np.any(inner & ((child <= node) | (child >= end))):
+            raise ValueError("a tree node's child is not a later node of its tree (an index out of range or a cycle)")
+    parents = np.bincount(np.r_[left[inner], right[inner]], minlength=n)
+    is_root = np.zeros(n, bool)
+    is_root[roots] = True
+    if np.any(parents != ~is_root):
+        raise ValueError("a tree node has more or fewer than one parent")
+    if np.any(inner & ((feature < 0) | (feature >= n_features))):
+        raise ValueError(f"a tree splits on a feature outside 0..{n_features - 1}")
+    if np.isnan(threshold[inner]).any() or not np.isfinite(value).all():
+        raise ValueError("a tree has a NaN threshold or a non-finite value")
+    return len(levels(left, right, roots, inner))
+
+
+def levels(left, right, roots, inner) -> list:
+    """The parents of each level's children, root level first (checked arrays: each node is visited once)."""
+    out, level = [], roots
+    while True:
+        level = level[inner[level]]
+        if not len(level):
+            return out
+        if len(out) == MAX_DEPTH:
+            raise ValueError(f"its trees are deeper than {MAX_DEPTH}")
+        out.append(level)
+        level = np.r_[left[level], right[level]]
+
+
+def from_lightgbm(booster) -> dict:
+    """A LightGBM regression booster's trees as node arrays (BOOSTED_KEYS), from the text model of the booster
+    just fitted in this process (never from a file). LightGBM numbers a tree's splits in the order it makes
+    them, so a split's children come after it; its leaves are put after its splits. Categorical splits,
+    multi-output and averaged (random-forest mode) boosters are refused: latkit fits none of them."""
+    text = booster.model_to_string()
+    head, _, body = text.partition("\nTree=")
+    if "num_tree_per_iteration=1\n" not in head or "average_output" in head or "\nTree=" not in text:
+        raise ValueError("only a single-output LightGBM booster with trees saves as arrays")
+    cols = {k: [] for k in BOOSTED_KEYS}
+    start = 0
+    for block in ("Tree=" + body).split("\nend of trees")[0].split("\n\n"):
+        block = block.strip()
+        if not block.startswith("Tree="):
+            continue
+        f = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+        n_leaves = int(f["num_leaves"])
+        if int(f.get("num_cat", 0)) or f.get("is_linear", "0") != "0":
+            raise ValueError("categorical splits and linear trees do not save as arrays")
+        leaf = np.array(f["leaf_value"].split(), dtype=np.float64)
+        n_in = n_leaves - 1
+        num = (lambda k, t: np.array(f[k].split(), dtype=t)) if n_in else (lambda k, t: np.zeros(0, t))
+        dt = num("decision_type", np.int64)
+        kids = [np.where(c >= 0, c, n_in + ~c) + start  # leaf j (stored as ~j) goes after the splits
+                for c in (num("left_child", np.int64), num("right_child", np.int64))]
+        own = start + np.arange(n_in + n_leaves)
+        cols["left"].append(np.r_[kids[0], own[n_in:]])
+        cols["right"].append(np.r_[kids[1], own[n_in:]])
+        cols["feature"].append(np.r_[num("split_feature", np.int64), np.zeros(n_leaves, np.int64)])
+        cols["threshold"].append(np.r_[num("threshold", np.float64), np.zeros(n_leaves)])
+        cols["value"].append(np.r_[np.zeros(n_in), leaf])
+        cols["missing"].append(np.r_[(dt >> 2) & 3, np.zeros(n_leaves, np.int64)])
+        cols["default_left"].append(np.r_[(dt & 2) > 0, np.zeros(n_leaves, bool)])
+        cols["roots"].append([start])
+        if np.any(dt & 1):
+            raise ValueError("categorical splits do not save as arrays")
+        start += n_in + n_leaves
+    types = dict(left=np.int32, right=np.int32, feature=np.int32, threshold=np.float64, value=np.float64,
+                 missing=np.int8, default_left=np.bool_, roots=np.int32)
+    return {k: np.concatenate(v).astype(types[k]) for k, v in cols.items()}
+
+
+class Boosted:
+    """Checked boosted trees, ready to predict: per row, the sum of each tree's leaf value, as LightGBM does.
+
+    Every split is one of few distinct conditions (feature, threshold, missing rule: ~100 among the 8,400
+    splits of a default nb201 model), so a chunk of rows first evaluates each distinct condition once, with
+    LightGBM's missing-value rules, as bits (one per row, packed 64 to a word). Then each level of every tree
+    at once gives each child the set of rows that reach it (its parent's set AND the condition, or its
+    negation) and each tree's leaf index is assembled from bit planes: a few whole-array operations per
+    level, instead of one walk step per (tree, row)."""
+
+    def __init__(self, trees: dict, n_features: int):
+        if not isinstance(trees, dict) or set(trees) != set(BOOSTED_KEYS):
+            raise ValueError(f"its boosted trees hold {sorted(trees)}, not {list(BOOSTED_KEYS)}")
+        t = trees
+        check(t["left"], t["right"], t["feature"], t["threshold"], t["value"], t["roots"], n_features)
+        missing, default_left = _ints(t["missing"], "missing"), t["default_left"]
+        if len(missing) != len(t["left"]) or np.any((missing < 0) | (missing > 2)) or \
+                getattr(default_left, "shape", None) != missing.shape or default_left.dtype.kind not in "biu":
+            raise ValueError("its boosted trees' missing-value rules are not one of None, Zero, NaN per node")
+        left, right, roots = (t[k].astype(np.intp) for k in ("left", "right", "roots"))
+        node = np.arange(len(left))
+        leaf = (left == node) & (right == node)
+        key = np.rec.fromarrays([t["feature"].astype(np.int64), t["threshold"], missing, default_left.astype(bool)])
+        conds, cond = np.unique(key, return_inverse=True)
+        cond = cond.reshape(-1)
+        self.feature, self.threshold = conds.f0.astype(np.intp), conds.f1
+        self.missing, self.default_left = conds.f2, conds.f3
+        self.n_nodes, self.roots = len(left), roots
+        self.steps = []  # per level: (children, their parents, the parents' conditions, 0 / ~0 for left / right)
+        for parents in levels(left, right, roots, ~leaf):
+            flip = np.r_[np.zeros(len(parents), np.uint64), np.full(len(parents), ~np.uint64(0))]
+            self.steps.append((np.r_[left[parents], right[parents]], np.r_[parents, parents],
+                               np.r_[cond[parents], cond[parents]], flip[:, None]))
+        self._leaf_planes(node[leaf], roots, t["value"][leaf])
+
+    def _leaf_planes(self, leaves, roots, values) -> None:
+        """Each tree's leaves numbered 0.. (bit b of that number: which leaves make plane b) and their values."""
+        tree = np.searchsorted(roots, leaves, side="right") - 1
+        first = np.searchsorted(tree, np.arange(len(roots)))
+        local = np.arange(len(leaves)) - first[tree]
+        self.bits = max(1, int(local.max()).bit_length())
+        self.planes = []
+        for b in range(self.bits):
+            on = ((local >> b) & 1) == 1
+            trees_on, starts = np.unique(tree[on], return_index=True)
+            self.planes.append((leaves[on], trees_on, starts))
+        self.table = np.zeros((len(roots), 1 << self.bits))
+        self.table[tree, local] = values
+
+    def goes_left(self, x: np.ndarray) -> np.ndarray:
+        """[rows, conditions] bool: True where a row goes left, by LightGBM's NumericalDecision."""
+        v = x[:, self.feature]
+        nan = np.isnan(v)
+        if nan.any():
+            v = np.where(nan & (self.missing != 2), 0.0, v)
+        left = v <= self.threshold
+        default = ((self.missing == 1) & (np.abs(v) <= ZERO)) | ((self.missing == 2) & nan)
+        return np.where(default, self.default_left, left) if default.any() else left
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        chunk = max(64, ((1 << 28) // self.n_nodes) // 64 * 64)  # rows per pass: the row sets stay ~32 MB
+        return np.concatenate([self._predict(x[s:s + chunk]) for s in range(0, len(x), chunk)] or [np.zeros(0)])
+
+    def _predict(self, x: np.ndarray) -> np.ndarray:
+        n, words = len(x), -(-len(x) // 64)
+        packed = np.zeros((len(self.feature), words * 8), np.uint8)
+        packed[:, :-(-n // 8)] = np.packbits(self.goes_left(x).T, axis=1, bitorder="little")
+        go = packed.view(np.uint64)  # [conditions, words]: bit r of a row set is row r
+        sets = np.empty((self.n_nodes, words), np.uint64)
+        sets[self.roots] = ~np.uint64(0)
+        for child, parent, cond, flip in self.steps:
+            sets[child] = sets[parent] & (go[cond] ^ flip)
+        small = np.uint8 if self.bits <= 8 else np.uint16 if self.bits <= 16 else np.uint32
+        local = np.zeros((len(self.roots), n), small)
+        for b, (leaves, trees_on, starts) in enumerate(self.planes):
+            plane = np.zeros((len(self.roots), words), np.uint64)
+            plane[trees_on] = np.bitwise_or.reduceat(sets[leaves], starts, axis=0)
+            local |= np.unpackbits(plane.view(np.uint8), axis=1, count=n, bitorder="little").astype(small) << small(b)
+        at = local.astype(np.intp) + (np.arange(len(self.roots)) << self.bits)[:, None]
+        return self.table.ravel()[at].sum(0)  # tree by tree, in LightGBM's order

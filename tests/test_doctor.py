@@ -1,0 +1,120 @@
+"""`latkit doctor` as a user runs it before a long collection: one line per device, exit 1 only for a problem
+that spoils timing (unreachable, a busy process on the pinned cores), warnings never fail."""
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT
+
+
+def latkit(*args, timeout=180):
+    return subprocess.run([sys.executable, "-m", "latkit.collector.cli", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, cwd=ROOT)
+
+
+@pytest.fixture
+def ghost_registry(tmp_path):
+    """A registry with one ssh device on a closed port of this machine."""
+    reg = tmp_path / "devices.toml"
+    reg.write_text('[devices.ghost]\ntransport = "ssh"\nhost = "127.0.0.1"\nport = 9\nuser = "nobody"\n')
+    return reg
+
+
+def test_local_is_one_line_and_fit(tmp_path):
+    """The local device, not pinned: reachable, its runtimes, and only warnings (exit 0)."""
+    r = latkit("doctor", "--devices", "local", "--registry", tmp_path / "none.toml")
+    assert r.returncode == 0 and r.stderr == "", r.stdout + r.stderr
+    line, = r.stdout.splitlines()
+    assert line.startswith(("local: ok: runtimes ", "local: warn: runtimes ")), line
+    assert "onnxruntime" in line and "GB free in " in line and "load " in line and "problem" not in line
+
+
+def test_json_is_one_document_with_the_facts(tmp_path):
+    r = latkit("--json", "doctor", "--devices", "local", "--registry", tmp_path / "none.toml")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["ok"] is True and [d["device"] for d in doc["devices"]] == ["local"]
+    local = doc["devices"][0]
+    assert local["reachable"] and local["problems"] == [] and "onnxruntime" in local["runtimes"]
+    assert local["cpus"] == sorted(os.sched_getaffinity(0)) and local["cpu_count"] == os.cpu_count()
+    assert local["disk_free_mb"] > 0 and len(local["loadavg"]) == 3 and isinstance(local["busy"], list)
+
+
+def test_a_busy_process_on_the_pinned_core_fails_and_is_named(tmp_path):
+    """--cores 0 (the cores a collection will pin to): a busy loop on CPU 0 spoils timing there, exit 1."""
+    spin = subprocess.Popen([sys.executable, "-c", "import os; os.sched_setaffinity(0, {0})\nwhile True: pass"])
+    try:
+        time.sleep(0.5)
+        r = latkit("doctor", "--devices", "local", "--cores", "0", "--registry", tmp_path / "none.toml")
+    finally:
+        spin.kill()
+        spin.wait()
+    assert r.returncode == 1, r.stdout + r.stderr
+    line, = r.stdout.splitlines()
+    assert line.startswith("local: problem: ") and "pinned to cpu 0" in line
+    busy = next(part for part in line.split(" | ") if part.startswith("problem: busy on its pinned cpu 0: "))
+    assert f"python (pid {spin.pid}, " in busy, line
+    assert r.stderr == ("latkit: error: 1 device(s) not fit for timing (local): fix the problems named above, then "
+                        "run latkit doctor again\n")
+
+
+def test_every_device_by_default_and_unreachable_fails(ghost_registry):
+    r = latkit("doctor", "--registry", ghost_registry)
+    assert r.returncode == 1
+    local, ghost = r.stdout.splitlines()
+    assert local.startswith("local: ") and " problem" not in local.split("|")[0][len("local: "):]
+    assert ghost.startswith("ghost: problem: unreachable | problem: cannot reach ghost at nobody@127.0.0.1:9"), ghost
+    assert r.stderr.strip().splitlines() == ["latkit: error: 1 device(s) not fit for timing (ghost): fix the problems "
+                                             "named above, then run latkit doctor again"]
+
+
+def test_a_pinned_ssh_device(tmp_path):
+    """A loopback sshd device whose agent is pinned to CPU 0 (taskset): doctor reaches it over ssh and judges
+    CPU 0 as its cores."""
+    from latkit.collector import Registry, add_device
+    from latkit.collector.loopback import new_fleet_dir, start_fleet, stop_fleet
+    base = new_fleet_dir()
+    try:
+        d, = start_fleet(base, [sys.executable], cores=["0"], prefix="doc")
+        reg = Registry(tmp_path / "devices.toml")
+        add_device(d.name, d.host, d.port, d.user, d.key, d.python, d.workdir, ["loopback"], trust_host_key=True,
+                   registry=reg, lease=f"{d.dir}/lease")
+        r = latkit("doctor", "--devices", "doc0", "--json", "--registry", reg.path)
+    finally:
+        stop_fleet(base, remove=True)
+    assert r.returncode in (0, 1), r.stderr  # 1 where another process is busy on CPU 0 just then
+    dev, = json.loads(r.stdout)["devices"]
+    assert dev["reachable"] and dev["cpus"] == [0] and "pinned to cpu 0" in dev["summary"]
+    assert dev["workdir"] == d.workdir
+    assert all("busy on its pinned cpu 0" in p for p in dev["problems"])
+
+
+def test_governor_heat_and_throttling_are_warnings(tmp_path):
+    """A board as a fake /sys tree (LATKIT_SYSROOT, which the local agent inherits): powersave on every CPU,
+    two sensors, one at 91 °C, clocks at 40 % of rated. All named, none fails the device."""
+    root = tmp_path / "sysroot"
+    for c in range(os.cpu_count()):
+        d = root / f"sys/devices/system/cpu/cpu{c}/cpufreq"
+        d.mkdir(parents=True)
+        for name, text in (("scaling_governor", "powersave"), ("scaling_cur_freq", "1200000"),
+                           ("cpuinfo_max_freq", "3000000"), ("scaling_max_freq", "3000000")):
+            (d / name).write_text(text + "\n")
+    for i, (kind, mc) in enumerate((("cpu-thermal", 91000), ("gpu-thermal", 50000))):
+        z = root / f"sys/class/thermal/thermal_zone{i}"
+        z.mkdir(parents=True)
+        (z / "temp").write_text(f"{mc}\n")
+        (z / "type").write_text(kind + "\n")
+    r = subprocess.run([sys.executable, "-m", "latkit.collector.cli", "doctor", "--devices", "local", "--registry",
+                        tmp_path / "none.toml"], capture_output=True, text=True, timeout=180, cwd=ROOT,
+                       env=dict(os.environ, LATKIT_SYSROOT=str(root)))
+    assert r.returncode == 0 and r.stderr == "", r.stdout + r.stderr
+    line, = r.stdout.splitlines()
+    cpus = f"0-{os.cpu_count() - 1}" if os.cpu_count() > 1 else "0"
+    assert line.startswith("local: warn: ") and "governor powersave; 2 sensor(s), hottest 91 °C" in line, line
+    assert f"warning: governor powersave on cpu {cpus}; set performance" in line
+    assert "warning: cpu-thermal reads 91 °C; let it cool or use --cooldown-temp" in line
+    assert "warning: throttled now: cpu0 at 1200 of 3000 MHz" in line

@@ -1,0 +1,218 @@
+"""Hostile files a user may be handed: registries, datasets and outputs crafted or broken. Each gives one line on
+stderr and exit 2, fast, writes nothing outside its folder, and never ends in the catch-all 'please report it'."""
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from latkit.collector import Registry
+
+
+def latkit(*args, env=None, cwd=None, timeout=60):
+    full = {**os.environ, **(env or {})}
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "latkit.collector.cli", *map(str, args)], capture_output=True, text=True,
+                       timeout=timeout, env=full, cwd=cwd)
+    r.seconds = time.monotonic() - t0
+    return r
+
+
+def refused(r, *words, code=2):
+    """One `latkit: error:` line naming what was wrong (`words`), the exit code, and no catch-all."""
+    assert r.returncode == code, (r.returncode, r.stdout, r.stderr)
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("latkit: error: "), r.stderr
+    assert "please report" not in r.stderr
+    assert all(w in r.stderr for w in words), r.stderr
+    assert len(r.stderr) < 1000  # nothing echoed whole
+
+
+def deep(n: int) -> str:
+    return "x = " + "[" * n + "]" * n + "\n"
+
+
+REGISTRIES = {
+    "fifo": (lambda p: os.mkfifo(p), ["is a FIFO"]),
+    "dev-zero": (lambda p: os.symlink("/dev/zero", p), ["is a character device"]),
+    "folder": (lambda p: p.mkdir(), ["is a folder"]),
+    "symlink-loop": (lambda p: (os.symlink(p.with_name("b"), p), os.symlink(p, p.with_name("b"))), ["symlink loop"]),
+    "huge": (lambda p: p.write_bytes(b"# " + b"x" * (5 * 2 ** 20)), ["larger than 4 MB"]),
+    "deep-array": (lambda p: p.write_text(deep(50_000)), ["registry"]),
+    "deep-tables": (lambda p: p.write_text("x = " + "{a = " * 5000 + "1" + "}" * 5000 + "\n"), ["registry"]),
+    "not-utf8": (lambda p: p.write_bytes(b"[devices.a]\nhost = \"\xff\xfe\"\n"), ["not valid TOML"]),
+    "devices-number": (lambda p: p.write_text("devices = 5\n"), ["[devices.NAME] tables"]),
+    "top-level-key": (lambda p: p.write_text("evil = 1\n"), ["[devices.NAME] tables", "evil"]),
+    "port-text": (lambda p: p.write_text('[devices.a]\ntransport = "ssh"\nhost = "h"\nport = "22"\n'), ["port"]),
+    "port-bool": (lambda p: p.write_text('[devices.a]\ntransport = "ssh"\nhost = "h"\nport = true\n'), ["port"]),
+    "port-range": (lambda p: p.write_text('[devices.a]\ntransport = "ssh"\nhost = "h"\nport = 70000\n'), ["port"]),
+    "tags-text": (lambda p: p.write_text('[devices.a]\ntags = "cpu"\n'), ["tags"]),
+    "probe-list": (lambda p: p.write_text('[devices.a]\nprobe = [1]\n'), ["probe"]),
+    "host-number": (lambda p: p.write_text('[devices.a]\ntransport = "ssh"\nhost = 5\n'), ["host"]),
+    "transport": (lambda p: p.write_text('[devices.a]\ntransport = "telnet"\n'), ["telnet"]),
+    "traversal-name": (lambda p: p.write_text('[devices."../../etc"]\n'), ["not a valid name"]),
+    "unknown-key": (lambda p: p.write_text('[devices.a]\nshell = "rm -rf /"\n'), ["unknown key", "shell"]),
+    "entry-not-table": (lambda p: p.write_text('[devices]\na = 1\n'), ["[devices.NAME] tables"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REGISTRIES))
+def test_hostile_registry(tmp_path, case):
+    make, words = REGISTRIES[case]
+    path = tmp_path / "devices.toml"
+    make(path)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    r = latkit("device", "list", "--no-check", env={"LATKIT_REGISTRY": str(path)}, timeout=30)
+    refused(r, *words)
+    assert r.seconds < 15
+    assert resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss < max(before, 1) + 600_000  # KB: bounded
+
+
+def test_registry_behind_a_link_is_written_through_it(tmp_path):
+    """A registry kept elsewhere (dotfiles) and linked: removing a device edits the target, the link stays."""
+    real = tmp_path / "dotfiles" / "devices.toml"
+    real.parent.mkdir()
+    real.write_text('# my devices\n[devices.a]\ntransport = "local"\n\n[devices.b]\ntransport = "local"\n')
+    link = tmp_path / "config" / "devices.toml"
+    link.parent.mkdir()
+    link.symlink_to(real)
+    r = latkit("device", "remove", "a", "--registry", link)
+    assert r.returncode == 0, r.stderr
+    assert link.is_symlink() and link.resolve() == real
+    assert [d.name for d in Registry(link).devices()] == ["local", "b"]
+    assert real.read_text().startswith("# my devices") and "[devices.a]" not in real.read_text()
+    assert sorted(p.name for p in real.parent.iterdir()) == ["devices.toml"]  # no temporary file left
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "folder"])
+def test_special_model_file_refused(tmp_path, kind):
+    path = tmp_path / "model.onnx"
+    {"fifo": lambda: os.mkfifo(path), "dev-zero": lambda: os.symlink("/dev/zero", path),
+     "folder": lambda: path.mkdir()}[kind]()
+    r = latkit("measure", path, "--out", tmp_path / "d", timeout=30)
+    refused(r, str(path))
+    assert not (tmp_path / "d").exists()
+
+
+def test_read_bytes_bounds_what_it_read(tmp_path):
+    """read_bytes reads what is there, bounded by what it read, not by what stat says."""
+    from latkit.collector import validate
+    from latkit.collector.errors import LatkitError
+    p = tmp_path / "f"
+    p.write_bytes(b"abc")
+    assert validate.read_bytes(p, "thing", 3) == b"abc"
+    with pytest.raises(LatkitError, match="larger than"):
+        validate.read_bytes(p, "thing", 2)
+    with pytest.raises(LatkitError, match="not found"):
+        validate.read_bytes(tmp_path / "nope", "thing", 2)
+    assert Path(validate.readable_file(p, "thing")) == p
+
+
+def test_empty_out_is_refused_not_the_current_folder(artifacts, tmp_path):
+    r = latkit("measure", artifacts["onnx"].path, "--out", "", cwd=tmp_path)
+    refused(r, "dataset path is empty")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_card_and_plots_never_write_through_links(artifacts, tmp_path, fast):
+    """A shared dataset whose README.md links to a file of the user's and whose plots/ links elsewhere: the
+    card replaces the link (the target is untouched and not read), plot refuses the linked folder."""
+    from latkit.collector import measure
+    data = tmp_path / "shared"
+    measure(artifacts["onnx"], settings=fast, out=data)
+    victim = tmp_path / "bashrc"
+    victim.write_text("precious\n")
+    (data / "README.md").symlink_to(victim)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (data / "plots").symlink_to(elsewhere)
+    r = latkit("data", "card", data)
+    assert r.returncode == 0, r.stderr
+    assert victim.read_text() == "precious\n" and not (data / "README.md").is_symlink()
+    assert "precious" not in (data / "README.md").read_text()
+    refused(latkit("data", "plot", data), "symbolic link out of the dataset")
+    assert list(elsewhere.iterdir()) == []
+    (data / "plots").unlink()
+    (data / "plots").mkdir()
+    (data / "plots" / "custom_latency_hist.png").symlink_to(victim)
+    r = latkit("data", "plot", data)
+    assert r.returncode == 0, r.stderr
+    assert victim.read_text() == "precious\n" and not (data / "plots" / "custom_latency_hist.png").is_symlink()
+
+
+def test_a_huge_arch_string_is_not_echoed_whole(tmp_path):
+    from latkit.collector.samplers import sample
+    from latkit.collector.spaces import get_space
+    from latkit.predictor.models import make_model
+    archs = sample(get_space("nb201"), 12, "uniform", 0)
+    model = tmp_path / "m.latkit-model"
+    make_model("ridge", "nb201").fit(archs, [1.0 + i for i in range(12)]).save(model)
+    (tmp_path / "archs.txt").write_text("|nor_conv_3x3~0|" + "x" * 10**6 + "\n")
+    r = latkit("predictor", "predict", "--model", model, "--space", "nb201", "--file", tmp_path / "archs.txt")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith("latkit: error: ")
+    assert len(r.stderr) < 2100 and "more characters" in r.stderr
+
+
+SHIPPED = Path(__file__).resolve().parents[1] / "datasets" / "local-cpu-nb201-fbnet"
+
+
+def _leaf(d: Path) -> Path:
+    return sorted((d / "data").rglob("*.parquet"))[0].parent
+
+
+def _retyped(d: Path, column: str, values) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    f = sorted(_leaf(d).glob("*.parquet"))[0]
+    t = pq.read_table(f)
+    t = t.set_column(t.schema.get_field_index(column), column, pa.array(values(t.num_rows)))
+    pq.write_table(t, f.with_name("crafted.parquet"))
+
+
+DATASETS = {
+    "symlink-loop": (lambda d: os.symlink(_leaf(d), _leaf(d) / "loop"), ["is a symbolic link"]),
+    "symlink-out": (lambda d: os.symlink("/etc", _leaf(d) / "etc"), ["is a symbolic link"]),
+    "dangling-link": (lambda d: os.symlink("/nonexistent.parquet", _leaf(d) / "x.parquet"), ["is a symbolic link"]),
+    "fifo": (lambda d: os.mkfifo(_leaf(d) / "x.parquet"), ["not a regular file"]),
+    "data-is-a-file": (lambda d: (__import__("shutil").rmtree(d / "data"), (d / "data").write_text("x")),
+                       ["is a file, not the folder of rows"]),
+    "garbage-parquet": (lambda d: (_leaf(d) / "g.parquet").write_bytes(b"PAR1" + os.urandom(999) + b"PAR1"),
+                        ["is not latkit data"]),
+    "empty-parquet": (lambda d: (_leaf(d) / "e.parquet").write_bytes(b""), ["is not latkit data"]),
+    "foreign-table": (lambda d: __import__("pyarrow.parquet").parquet.write_table(
+        __import__("pyarrow").table({"a": [1]}), _leaf(d) / "f.parquet"), ["is not latkit data"]),
+    "latency-as-text": (lambda d: _retyped(d, "latency_ms", lambda n: ["fast"] * n), ["cannot be read"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DATASETS))
+@pytest.mark.parametrize("command", ["show", "card", "fit"])
+def test_hostile_dataset(tmp_path, case, command):
+    import shutil
+    make, words = DATASETS[case]
+    d = tmp_path / "shared"
+    shutil.copytree(SHIPPED, d)
+    make(d)
+    args = {"show": ["data", "show", d], "card": ["data", "card", d],
+            "fit": ["predictor", "fit", "--data", d, "--space", "nb201", "--device", "local", "--budget", "10",
+                    "--model", "ridge", "--out", tmp_path / "m.latkit-model"]}[command]
+    r = latkit(*args, timeout=60)
+    refused(r, *words)
+    assert r.seconds < 30 and not (tmp_path / "m.latkit-model").exists()
+
+
+def test_escapes_in_a_dataset_are_shown_not_obeyed(tmp_path):
+    """A device name crafted to retitle the terminal and fake a line: data show and the card show it escaped."""
+    import shutil
+    d = tmp_path / "shared"
+    shutil.copytree(SHIPPED, d)
+    _retyped(d, "device", lambda n: ["\x1b]0;pwned\x07\nlatkit: done | x"] * n)
+    r = latkit("data", "show", d)
+    assert r.returncode == 0 and "\x1b" not in r.stdout and "\\x1b]0;pwned\\x07\\nlatkit: done" in r.stdout
+    assert latkit("data", "card", d).returncode == 0
+    card = (d / "README.md").read_text()
+    assert "\x1b" not in card and "\nlatkit: done" not in card and "\\nlatkit: done \\| x |" in card
