@@ -73,6 +73,12 @@ GIVENS = {
              "               key=lambda r: r['arch'])[:40]\n"
              "archs = [r['arch'] for r in _rows]\n",
     "latency_ms": "latency_ms = [r['latency_ms'] for r in _rows]\n",
+    # the readers a block calls by their module names
+    "pyarrow": "import pyarrow.dataset\n",
+    "duckdb": "import duckdb\n",
+    "polars": "import polars\n",
+    "datasets": "import datasets\n",
+    "pandas": "import pandas\n",
 }
 
 
@@ -220,7 +226,7 @@ def sandbox(tmp_path_factory, export_cache):
     (root / "bin" / "latkit").chmod(0o755)
     env = {k: v for k, v in os.environ.items() if k not in ("LATKIT_DEBUG", "LATKIT_REGISTRY", "PYTHONPATH")}
     env.update(HOME=str(home), LATKIT_REGISTRY=str(home / ".config" / "latkit" / "devices.toml"),
-               LATKIT_CACHE=str(root / "cache"), PATH=os.pathsep.join([str(root / "bin"), str(BIN), env["PATH"]]))
+               LATKIT_CACHE=str(root / "cache"), HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", PATH=os.pathsep.join([str(root / "bin"), str(BIN), env["PATH"]]))
     return {"work": work, "home": home, "env": env, "seconds": {}}
 
 
@@ -309,8 +315,9 @@ def test_readme_block(block, sandbox, request):
     and writes and prints what the marker says; `--json` gives one JSON document."""
     devices = loopback(block, request, sandbox) if block.where == "fleet" else {}
     stdout, shown = (run_python(block, sandbox), []) if block.lang == "python" else run_shell(block, sandbox, devices)
-    for path in block.creates:
-        assert list(sandbox["work"].glob(path)), f"{block.id}: the README says it writes {path}; it is not there"
+    for path in block.creates:  # relative to the working dir, or to HOME (~/...)
+        where, pattern = (sandbox["home"], path[2:]) if path.startswith("~/") else (sandbox["work"], path)
+        assert list(where.glob(pattern)), f"{block.id}: the README says it writes {path}; it is not there"
     for text in block.prints:
         assert text in stdout, f"{block.id}: the README says it prints {text!r}; it printed:\n{stdout[-3000:]}"
     if shown:
