@@ -184,6 +184,8 @@ def test_every_block_runs_or_says_why_not():
             problems.append(f"README.md:{b.line}: '{b.how}' needs a reason ('<!-- readme: {b.how}: why -->')")
         elif b.how == "run" and b.where not in ("local", "fleet"):
             problems.append(f"README.md:{b.line}: 'run' must say 'local' or 'fleet', not {b.where!r}")
+        elif b.how == "run" and b.lang not in ("bash", "python", ""):
+            problems.append(f"README.md:{b.line}: a ```{b.lang} block cannot be run (bash, python or bare only)")
         elif b.how not in ("run", "skip", "data"):
             problems.append(f"README.md:{b.line}: unknown marker {b.marker!r}")
     assert not problems, "\n".join(problems)
@@ -200,6 +202,20 @@ def test_the_marker_check_catches_an_unmarked_block_and_a_bare_skip():
     assert (c.how, c.where, c.devices, c.sizes, c.creates, c.id) == (
         "run", "fleet", {"pi4": "dev0"}, [("--n 9", "--n 1")], ["out/x"], "b-c")
     assert commands(c) == ["latkit z --n 1"]
+
+
+def test_a_failing_command_fails_its_block_and_a_fixed_bug_is_noticed(tmp_path, monkeypatch):
+    """The runner checks every command's exit code, not just the block's last one, and `--json` output; a
+    KNOWN_BUGS entry whose command passes fails too, so the list cannot outlive the bug."""
+    box = {"work": tmp_path, "env": dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}"), "seconds": {}}
+    with pytest.raises(AssertionError, match="exit 2"):
+        run_shell(Block(1, "bash", "latkit data show no-such-data\ntrue", "run local", "t"), box, {})
+    with pytest.raises(json.JSONDecodeError):
+        run_shell(Block(1, "bash", "echo not-json --json", "run local", "t"), box, {})
+    monkeypatch.setitem(KNOWN_BUGS, "true", "bug 0")
+    with pytest.raises(AssertionError, match="passes now"):
+        run_shell(Block(1, "bash", "true", "run local", "t"), box, {})
+    assert run_shell(Block(1, "bash", "false && true", "run local", "t"), box, {}) == ("", ["false && true: bug 0"])
 
 
 @pytest.fixture(scope="module")
