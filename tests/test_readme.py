@@ -172,7 +172,6 @@ def commands(block: Block) -> list:
 BLOCKS = readme_blocks()
 
 
-
 def test_every_block_runs_or_says_why_not():
     """A block with no marker, an unknown kind, or a skip without its reason fails here: nothing in the README
     goes unchecked silently."""
@@ -194,8 +193,10 @@ def test_every_block_runs_or_says_why_not():
 
 def test_the_marker_check_catches_an_unmarked_block_and_a_bare_skip():
     """The parser itself: a block without a marker has none, a skip keeps its reason, options are read."""
-    text = ("# A\n```bash\nlatkit x\n```\n<!-- readme: skip: needs a GPU; and a board -->\n```bash\nlatkit y\n```\n"
-            "## B c\n<!-- readme: run fleet; pi4=dev0;\n     --n 9 -> --n 1; creates out/x -->\n```\nlatkit z --n 9\n```\n")
+    text = ("# A\n```bash\nlatkit x\n```\n"
+            "<!-- readme: skip: needs a GPU; and a board -->\n```bash\nlatkit y\n```\n"
+            "## B c\n<!-- readme: run fleet; pi4=dev0;\n     --n 9 -> --n 1; creates out/x -->\n"
+            "```\nlatkit z --n 9\n```\n")
     a, b, c = readme_blocks(text)
     assert a.marker is None and a.id == "a"
     assert (b.how, b.reason, b.id) == ("skip", "needs a GPU; and a board", "a-2")
@@ -242,7 +243,8 @@ def sandbox(tmp_path_factory, export_cache):
     (root / "bin" / "latkit").chmod(0o755)
     env = {k: v for k, v in os.environ.items() if k not in ("LATKIT_DEBUG", "LATKIT_REGISTRY", "PYTHONPATH")}
     env.update(HOME=str(home), LATKIT_REGISTRY=str(home / ".config" / "latkit" / "devices.toml"),
-               LATKIT_CACHE=str(root / "cache"), HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", PATH=os.pathsep.join([str(root / "bin"), str(BIN), env["PATH"]]))
+               LATKIT_CACHE=str(root / "cache"), HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1",
+               PATH=os.pathsep.join([str(root / "bin"), str(BIN), env["PATH"]]))
     return {"work": work, "home": home, "env": env, "seconds": {}}
 
 
