@@ -145,7 +145,9 @@ def readme_blocks(text: str | None = None) -> list:
         if line.startswith("#"):
             section = re.sub(r"[^a-z0-9]+", "-", line.lstrip("#").strip().lower()).strip("-")
         if line.startswith("```"):
-            end = next(j for j in range(i + 1, len(lines)) if lines[j].startswith("```"))
+            end = next((j for j in range(i + 1, len(lines)) if lines[j].startswith("```")), None)
+            if end is None:
+                raise ValueError(f"README.md:{i + 1}: a ``` fence that is never closed")
             m = MARKER.match(marker_before(lines, i))
             b = Block(line=i + 1, lang=line[3:].strip(), text="\n".join(lines[i + 1:end]),
                       marker=m["body"] if m else None, section=section)
