@@ -126,6 +126,8 @@ class Artifact:
 
     @classmethod
     def from_file(cls, path, space: str = "custom", arch: Optional[str] = None, inputs=()) -> "Artifact":
+        if not Path(path).exists() and not Path(path).is_symlink():
+            raise LatkitError(f"model file {path} not found; check the path")
         path = validate.readable_file(path, "model file")  # a FIFO or device is refused, not read forever
         fmt = FORMATS.get(path.suffix.lower())
         if fmt is None:

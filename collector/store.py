@@ -138,19 +138,26 @@ class Store:
             self._layout_ok = True
 
     def check_writable(self, min_free_mb: int = 64) -> None:
-        """Fail before any device time is spent if rows could not be kept (unwritable, or a full local disk)."""
-        probe = f"{self.root}/.latkit-write-test-{uuid.uuid4().hex}"
-        try:
-            self.fs.create_dir(self.root, recursive=True)
-            with self.fs.open_output_stream(probe) as f:
-                f.write(b"ok")
-            self.fs.delete_file(probe)
-        except OSError as e:
-            reason = e.strerror if getattr(e, "strerror", None) else str(e).splitlines()[0]
-            raise LatkitError(f"cannot write to {self.uri}: {reason}; choose another --out") from None
-        self._check_layout()
+        """Fail before any device time is spent if rows could not be kept (unwritable, or a full local disk). A
+        local dataset that does not exist yet is not made here (its first write makes it), so a refusal after
+        this check leaves no folder behind."""
+        if self.local and not os.path.isdir(self.root):
+            why = validate.cannot_create(Path(self.root))
+            if why:
+                raise LatkitError(f"cannot write to {self.uri}: {why}; choose another --out")
+        else:
+            probe = f"{self.root}/.latkit-write-test-{uuid.uuid4().hex}"
+            try:
+                self.fs.create_dir(self.root, recursive=True)
+                with self.fs.open_output_stream(probe) as f:
+                    f.write(b"ok")
+                self.fs.delete_file(probe)
+            except OSError as e:
+                reason = e.strerror if getattr(e, "strerror", None) else str(e).splitlines()[0]
+                raise LatkitError(f"cannot write to {self.uri}: {reason}; choose another --out") from None
+            self._check_layout()
         if self.local:
-            free_mb = shutil.disk_usage(self.root).free // 2 ** 20
+            free_mb = shutil.disk_usage(validate.existing(Path(self.root))).free // 2 ** 20
             if free_mb < min_free_mb:
                 raise LatkitError(f"only {free_mb} MiB free at {self.uri}; free some space or choose another --out")
 

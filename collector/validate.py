@@ -107,28 +107,52 @@ def arg_cores(text: str) -> tuple:
                                          f"got {text!r}") from None
 
 
-def _create_in(folder: Path, target: Path, advice: str, blocker: str) -> None:
-    """Create `folder` if missing and a temporary file in it, else a LatkitError about `target`; `blocker`
-    names what is in the way when a file stands where the folder should be."""
+def existing(p: Path) -> Path:
+    """`p` or its nearest ancestor that exists."""
+    p = p.absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def cannot_create(folder: Path) -> Optional[str]:
+    """Why files cannot be made in `folder`, or None. An existing folder is tried with a temporary file; a
+    missing one is not created (a refusal later must leave nothing behind): its nearest existing ancestor must
+    be a folder this process may write."""
+    base = existing(folder)
+    if base != folder.absolute():
+        if not base.is_dir():
+            return os.strerror(errno.ENOTDIR)
+        return None if os.access(base, os.W_OK | os.X_OK) else os.strerror(errno.EACCES)
+    if not base.is_dir():
+        return "it is a file"
     try:
-        folder.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=folder).close()
-    except FileExistsError:
-        raise LatkitError(f"cannot write {target}: {blocker} is a file; {advice}") from None
     except OSError as e:
-        raise LatkitError(f"cannot write {target}: {e.strerror or e}; {advice}") from None
+        return e.strerror or str(e)
+    return None
+
+
+def _create_in(folder: Path, target: Path, advice: str, blocker: str) -> None:
+    """A LatkitError about `target` unless files can be made in `folder`; `blocker` names what is in the way
+    when a file stands where the folder should be."""
+    why = cannot_create(folder)
+    if why == "it is a file":
+        raise LatkitError(f"cannot write {target}: {blocker} is a file; {advice}")
+    if why:
+        raise LatkitError(f"cannot write {target}: {why}; {advice}")
 
 
 def writable_dir(path, advice: str) -> Path:
-    """`path` as a folder that accepts new files (created if missing), else a LatkitError ending in `advice`
-    (what to do, e.g. "give --out a writable folder")."""
+    """`path` as a folder that accepts new files (made by whoever writes there first), else a LatkitError ending
+    in `advice` (what to do, e.g. "give --out a writable folder")."""
     p = Path(path)
     _create_in(p, p, advice, "it")
     return p
 
 
 def writable_file(path, advice: str) -> Path:
-    """`path` as a file that can be written (its folder is created if missing), else a LatkitError."""
+    """`path` as a file that can be written (its folder made by the writer), else a LatkitError."""
     p = Path(path)
     if p.is_dir():
         raise LatkitError(f"cannot write {p}: it is a folder; {advice}")
@@ -151,8 +175,6 @@ def open_regular(path, what: str) -> int:
     and a check before opening could be raced."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError:
-        raise LatkitError(f"{what} {path} not found; check the path") from None
     except OSError as e:
         why = "a symlink loop" if e.errno == errno.ELOOP else e.strerror or str(e)
         raise LatkitError(f"cannot read {what} {path}: {why}; check the path") from None
@@ -182,9 +204,10 @@ def read_bytes(path, what: str, limit: int) -> bytes:
 
 
 def write_atomic(path, data) -> Path:
-    """Write `data` (bytes or text) to `path` through a temporary file in its folder and a rename: a symlink
-    standing at `path` is replaced, never followed, and no reader sees half a file."""
+    """Write `data` (bytes or text) to `path` (its folder made if missing) through a temporary file in its folder
+    and a rename: a symlink standing at `path` is replaced, never followed, and no reader sees half a file."""
     p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:

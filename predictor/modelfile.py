@@ -70,7 +70,8 @@ def write(path, kind: str, params: dict, state: dict) -> None:
     """`state`: attribute -> array, number or dict of arrays."""
     meta = {"format": "latkit-model", "version": FORMAT_VERSION, "latkit": latkit_version(), "model": kind,
             "params": params}
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
         z.writestr("meta.json", json.dumps(meta, indent=1))
         for attr, value in state.items():
             if isinstance(value, dict):
@@ -78,6 +79,7 @@ def write(path, kind: str, params: dict, state: dict) -> None:
                     z.writestr(f"{attr}.{key}.npy", _npy(v))
             else:
                 z.writestr(f"{attr}.npy", _npy(value))
+    validate.write_atomic(path, buf.getvalue())  # a reader never sees half a model; a link at `path` is replaced
 
 
 def _npy(arr) -> bytes:

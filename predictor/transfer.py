@@ -49,6 +49,7 @@ from latkit.collector.validate import whole
 from latkit.collector.samplers import sample_from
 from latkit.collector.spaces import as_space
 
+from . import modelfile
 from .data import LatencyTable
 from .encodings import encode
 from .gnn import GNN
@@ -311,8 +312,8 @@ def transfer(data, space, sources: Sequence[str], targets: Sequence[str], target
     if overlap:
         raise LatkitError(f"device(s) {', '.join(sorted(overlap))} are both source and target; keep them apart")
     if save_dir is not None:
-        for t in targets:
-            validate.name(t, "target device")  # it names a model file
+        for t in targets:  # each names a model file, which may replace a model but nothing else
+            modelfile.check_output(model_path(save_dir, table.space.name, t), "give --out another folder")
     t0 = time.time()
     say = progress or (lambda step: None)
     runs = [run_seed(table, sources, targets, target_samples, source_samples, seed, use_gnn, n_jobs,

@@ -48,7 +48,7 @@ def test_fit_logs_its_rounds_on_stderr_and_only_the_result_on_stdout(table, tmp_
     assert re.fullmatch(r"nb201 on d1: spearman=\S+, .*model=ridge; saved \S+m\.latkit-model\n", r.stdout), r.stdout
     err = r.stderr.splitlines()
     assert err[0].startswith("latkit: predictor fit: round 1: 13 training archs (±10 % on the last batch: ")
-    assert err[-1] == "latkit: predictor fit: fitting ridge on 20 archs" and all(e.startswith("latkit: ") for e in err)
+    assert err[-1] == "latkit: predictor fit: fitting ridge (5 bagged members) on 20 archs" and all(e.startswith("latkit: ") for e in err)
     assert "\x1b[" not in r.stderr
     q = latkit("-q", *fit_args(table, tmp_path))
     assert q.returncode == 0 and q.stderr == "" and q.stdout.startswith("nb201 on d1: spearman=")

@@ -107,7 +107,7 @@ def test_read_bytes_bounds_what_it_read(tmp_path):
     assert validate.read_bytes(p, "thing", 3) == b"abc"
     with pytest.raises(LatkitError, match="larger than"):
         validate.read_bytes(p, "thing", 2)
-    with pytest.raises(LatkitError, match="not found"):
+    with pytest.raises(LatkitError, match="cannot read thing .*nope: No such file or directory"):
         validate.read_bytes(tmp_path / "nope", "thing", 2)
     assert Path(validate.readable_file(p, "thing")) == p
 
@@ -216,3 +216,28 @@ def test_escapes_in_a_dataset_are_shown_not_obeyed(tmp_path):
     assert latkit("data", "card", d).returncode == 0
     card = (d / "README.md").read_text()
     assert "\x1b" not in card and "\nlatkit: done" not in card and "\\nlatkit: done \\| x |" in card
+
+
+def test_transfer_out_never_replaces_a_file_that_is_not_a_model(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    notes = out / "fbnet-raspi4.latkit-model"
+    notes.write_text("my notes\n")
+    help_fbnet = SHIPPED.parent / "help" / "fbnet_latency.parquet"
+    r = latkit("predictor", "transfer", "--data", help_fbnet, "--space", "fbnet", "--source", "1080ti_1",
+               "--target", "raspi4", "--target-samples", "5", "--source-samples", "20", "--seeds", "1", "--no-gnn",
+               "--out", out, timeout=120)
+    refused(r, str(notes), "not overwrite")
+    assert notes.read_text() == "my notes\n"
+
+
+def test_a_refusal_leaves_no_output_folder_behind(artifacts, tmp_path):
+    """Outputs are checked before work starts but made by the first write: a command refused later (here:
+    a runtime that cannot read the file; a budget the data cannot give) leaves no folder of its own."""
+    r = latkit("measure", artifacts["onnx"].path, "--runtime", "tflite", "--out", tmp_path / "new" / "data")
+    refused(r, "tflite")
+    help_fbnet = SHIPPED.parent / "help" / "fbnet_latency.parquet"
+    r = latkit("predictor", "fit", "--data", help_fbnet, "--space", "fbnet", "--device", "raspi4", "--budget",
+               "100000", "--out", tmp_path / "models" / "m.latkit-model", "--report", tmp_path / "report")
+    refused(r, "--budget")
+    assert list(tmp_path.iterdir()) == []
