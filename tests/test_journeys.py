@@ -160,3 +160,14 @@ def test_std_of_a_single_model_says_what_gives_one(tmp_path):
     assert r.returncode == 2 and r.stderr.count("\n") == 1
     assert "without a spread" in r.stderr and "Ensemble(model)" in r.stderr and "re-fit" not in r.stderr
     predict_std(bagged, "nb201", archs[0])
+
+
+def test_demo(tmp_path):
+    """The README's first command after its setup step: doctor, timing, a collection, a fit, a saved model and a
+    prediction with its spread, all on `local`."""
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "demo.py"), "--n", "30", "--out", tmp_path / "d"],
+                       capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "mobilenet_ish_128" in r.stdout and "surrogate" in r.stdout and "std_ms" in r.stdout
+    assert (tmp_path / "d" / "models" / "nb201-local.latkit-model").is_file()
+    assert Store(tmp_path / "d").read(["key"]).num_rows == 30 + 6
