@@ -69,8 +69,8 @@ def _print_json(doc) -> None:
 
 def _settings(args) -> Settings:
     return Settings(threads=args.threads, cores=args.cores, batch_size=args.batch_size,
-                    repeats_min_count=args.repeats, repeats_min_s=args.min_time, repeats_max_s=args.max_time,
-                    ci_target=args.ci_target, accelerator=args.accelerator, dtype=args.dtype,
+                    repeats_min_count=args.repeats, repeats_max_count=args.max_repeats, repeats_min_s=args.min_time,
+                    repeats_max_s=args.max_time, ci_target=args.ci_target, accelerator=args.accelerator, dtype=args.dtype,
                     cuda_graphs=args.cuda_graphs, include_copies=args.include_copies, rounds=args.rounds,
                     cooldown_temp_c=args.cooldown_temp, cooldown_max_s=args.cooldown_max)
 
@@ -353,8 +353,8 @@ def cmd_predictor_fit(args) -> int:
 
 
 def _live_settings(args) -> Settings:
-    return Settings(threads=args.threads, repeats_min_count=args.repeats, repeats_min_s=args.min_time,
-                    repeats_max_s=args.max_time, rounds=args.rounds)
+    return Settings(threads=args.threads, repeats_min_count=args.repeats, repeats_max_count=args.max_repeats,
+                    repeats_min_s=args.min_time, repeats_max_s=args.max_time, rounds=args.rounds)
 
 
 def _model_out(args, default: str) -> Path:
@@ -459,8 +459,11 @@ def cmd_predictor_predict(args) -> int:
 def _timing_args(p: argparse.ArgumentParser) -> None:
     """The timing protocol options every measuring command takes (Settings fields, ranges from job.py)."""
     p.add_argument("--threads", type=_whole("threads"), default=1, help="runtime threads (default 1; 1 to 256)")
-    p.add_argument("--repeats", type=_whole("repeats_min_count", Settings.repeats_max_count),
-                   default=Settings.repeats_min_count, help="minimum timed runs per round (1 to 10000)")
+    p.add_argument("--repeats", type=_whole("repeats_min_count"), default=Settings.repeats_min_count,
+                   help="minimum timed runs per round (1 to 1000000; at most --max-repeats)")
+    p.add_argument("--max-repeats", type=_whole("repeats_max_count"), default=Settings.repeats_max_count,
+                   help="stop a round after this many timed runs, minimum time or not: the device never sends more "
+                        "samples (default 10000; 1 to 10000000)")
     p.add_argument("--min-time", type=_number("repeats_min_s"), default=Settings.repeats_min_s,
                    help="minimum timed seconds per round (0 to 3600)")
     p.add_argument("--max-time", type=_number("repeats_max_s"), default=Settings.repeats_max_s,

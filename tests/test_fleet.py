@@ -177,7 +177,8 @@ def test_sshd_killed_mid_collection(registry, fleet, models, tmp_path):
     """~1 s per job, rows written in batches every 2 s: the first batch of dev0 lands well before its last job."""
     out = tmp_path / "d"
     jobs = make_jobs(models["tflite"], ["dev0", "dev2"], settings=dataclasses.replace(QUICK, repeats_min_s=1.0,
-                                                                                      repeats_max_s=1.0))
+                                                                                      repeats_max_s=1.0,
+                                                                                      repeats_max_count=10_000_000))
     devices = [registry.get("dev0"), registry.get("dev2")]
     victim = fleet[0]
     result = {}
@@ -203,7 +204,7 @@ def test_sshd_killed_mid_collection(registry, fleet, models, tmp_path):
 
 def test_agent_killed_mid_measure_is_retried(registry, fleet, models, tmp_path):
     out = tmp_path / "d"
-    slow = dataclasses.replace(QUICK, repeats_min_s=1.5, repeats_max_s=1.5)
+    slow = dataclasses.replace(QUICK, repeats_min_s=1.5, repeats_max_s=1.5, repeats_max_count=10_000_000)
     jobs = make_jobs(models["tflite"][:2], ["dev0"], settings=slow)
     result = {}
     thread = threading.Thread(target=lambda: result.update(r=collect(jobs, [registry.get("dev0")], out=out,
@@ -224,7 +225,8 @@ def test_agent_killed_mid_measure_is_retried(registry, fleet, models, tmp_path):
 def test_hung_model_is_a_timeout_row(registry, fleet, models, tmp_path):
     """A measurement past --job-timeout: the agent is killed on the device (not left timing), the job stored as a
     timeout row, a fresh agent started, and the device goes on with the other jobs."""
-    hung = dataclasses.replace(QUICK, repeats_min_s=30.0, repeats_max_s=30.0)
+    # 30 s of timing (no sample cap ends it first: the agent never sends more samples than the cap)
+    hung = dataclasses.replace(QUICK, repeats_min_s=30.0, repeats_max_s=30.0, repeats_max_count=10_000_000)
     jobs = make_jobs(models["tflite"][:1], ["dev0"], settings=hung) + make_jobs(models["tflite"][1:3], ["dev0"],
                                                                                  settings=QUICK)
     t0 = time.time()

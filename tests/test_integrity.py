@@ -170,7 +170,8 @@ def test_sigkilled_orchestrator_leaves_no_agent(where, reg, registry, fleet, mod
     else:
         device, registry_path, marker = "dev0", registry.path, fleet[0].workdir
     proc = spawn("collect", "--models", models, "--devices", device, "--registry", registry_path,
-                 "--out", tmp_path / "d", "--min-time", "20", "--max-time", "20", "--rounds", "1", "--quiet")
+                 "--out", tmp_path / "d", "--min-time", "20", "--max-time", "20", "--max-repeats", "10000000", "--rounds",
+                 "1", "--quiet")
     deadline = time.time() + 60
     while not agents_of(marker) and time.time() < deadline:
         time.sleep(0.05)
@@ -188,7 +189,8 @@ def test_agent_exits_when_stdin_closes_mid_measurement(tmp_path, models):
     proc = subprocess.Popen([sys.executable, str(AGENT), "--workdir", str(tmp_path / "wd"), "--lease",
                              str(tmp_path / "lease")], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)
-    settings = dict(Settings(rounds=1).agent_settings(), repeats_min_s=60.0, repeats_max_s=60.0)
+    settings = dict(Settings(rounds=1).agent_settings(), repeats_min_s=60.0, repeats_max_s=60.0,
+                    repeats_max_count=10_000_000)  # 60 s of timing: the sample cap must not end it first
     proc.stdin.write(json.dumps({"id": 1, "op": "lease"}) + "\n")
     proc.stdin.write(json.dumps({"id": 2, "op": "measure", "model": str(models / "w4.onnx"),
                                  "runtime": "onnxruntime", "settings": settings}) + "\n")
@@ -209,7 +211,7 @@ def test_signal_stops_collection_then_resume(sig, code, reg, models, tmp_path):
     out = tmp_path / "d"
     # ~1 s per model, 6 per device, rows written in batches every 2 s: the first rows land well before the end
     args = ["collect", "--models", models, "--devices", "loc,loc2", "--registry", reg.path, "--out", out,
-            "--min-time", "1.0", "--max-time", "1.0", "--rounds", "1", "--quiet"]
+            "--min-time", "1.0", "--max-time", "1.0", "--max-repeats", "10000000", "--rounds", "1", "--quiet"]
     proc = spawn(*args)
     deadline = time.time() + 120
     while Store(out).read(columns=["key"]).num_rows < 1 and time.time() < deadline:
