@@ -191,3 +191,17 @@ def test_escape_sequences_in_probe_fields_are_shown_escaped(tmp_path):
         assert stdout.count(r"Evil\nCPU \x1b]0;pwned\x07\x1b[2J") == 1 and "\x1b" not in stdout and "\x07" not in stdout
     finally:
         stop_fleet(base, remove=True)
+
+
+def test_an_honest_reply_without_a_ci_yet_is_kept():
+    """Under 6 samples the agent reports ci_rel = +inf ("no CI yet"): an honest reply, not a protocol breach;
+    -inf, NaN and +inf anywhere else still are."""
+    import copy
+    from latkit.collector import protocol
+    fields = {"settings": {"repeats_max_count": 10}}
+    ok = {"samples_ms": [1.0, 1.1, 0.9], "warmup": 1, "runtime_version": "1.0", "agent_version": "0.3.3",
+          "inputs": [], "telemetry_before": {}, "telemetry_after": {}, "ci_rel": float("inf")}
+    protocol.check_result("measure", copy.deepcopy(ok), fields)
+    for key, value in (("ci_rel", float("-inf")), ("ci_rel", float("nan")), ("peak_rss_mb", float("inf"))):
+        with pytest.raises(protocol.Bad):
+            protocol.check_result("measure", {**ok, key: value}, fields)
