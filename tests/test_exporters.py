@@ -134,7 +134,8 @@ def test_export_key_names_every_input_and_a_change_misses(tmp_path, monkeypatch)
     base = api.export_arch("nb201", NB, "torchscript", cache_dir=tmp_path)
     seeded = api.export_arch("nb201", NB, "torchscript", cache_dir=tmp_path, weight_seed=1)
     assert seeded.sha256 != base.sha256  # other weights, another file and job key
-    monkeypatch.setattr(api, "exporter_versions", lambda fmt: (("torch", "9.9"),))
+    from latkit.collector import pipeline
+    monkeypatch.setattr(pipeline, "exporter_versions", lambda fmt: (("torch", "9.9"),))
     newer = api.export_arch("nb201", NB, "torchscript", cache_dir=tmp_path)
     assert len(list((tmp_path / "index").glob("*.json"))) == 3 and newer.path.exists()  # a miss: exported anew
 
