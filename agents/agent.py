@@ -14,7 +14,7 @@ is skipped by the host instead of breaking it.
     <- FRAME {"id": 7, "ok": true, "result": {"samples_ms": [...], "runtime_version": "...", ...}}
     <- FRAME {"id": 7, "ok": false, "error": {"kind": "unsupported_op", "message": "..."}}
 
-Ops: ping, probe, health, has, lease, measure, shutdown. `health` is what `latkit doctor` judges: governors,
+Ops (OPS, and shutdown): `health` is what `latkit doctor` judges: governors,
 thermal sensors, load, busy processes on the agent's cores, free disk (no lease needed). `measure` needs the
 device lease (an flock held for the agent's lifetime, so two hosts never time on one device at once). Loaded sessions are kept across
 requests (Sessions: LRU, bounded by count and memory); a reply says session_reused and carries the load
@@ -25,6 +25,7 @@ descriptor 1, so replies go to a private duplicate of stdout and fd 1 is pointed
 """
 import argparse
 import collections
+import dataclasses
 import errno
 import gc
 import glob
@@ -135,6 +136,30 @@ def _gpus():
     return gpus
 
 
+def _tflite_interpreter():
+    """(module name, Interpreter class) of the first TFLite runtime that imports, else (None, None)."""
+    for module, attr in (("ai_edge_litert.interpreter", "Interpreter"),
+                         ("tflite_runtime.interpreter", "Interpreter"),
+                         ("tensorflow.lite", "Interpreter")):
+        mod = _try_import(module)
+        if mod is not None and hasattr(mod, attr):
+            return module.split(".")[0], getattr(mod, attr)
+    return None, None
+
+
+def _tflite_version(module):
+    mod = _try_import(module)
+    version = getattr(mod, "__version__", None)
+    if version is None:
+        try:
+            from importlib import metadata
+            dist = {"ai_edge_litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime"}.get(module, module)
+            version = metadata.version(dist)
+        except Exception:
+            version = "unknown"
+    return version
+
+
 def runtime_versions():
     """Each runtime that imports here, with its version and what it can run on."""
     found = {}
@@ -149,30 +174,6 @@ def runtime_versions():
         found["torch"] = {"version": torch.__version__.split("+")[0], "cuda": bool(torch.cuda.is_available()),
                           "cuda_version": torch.version.cuda}
     return found
-
-
-def probe():
-    uname = platform.uname()
-    cpu_freq = _cpu_freq_mhz()
-    return {
-        "agent_version": AGENT_VERSION,
-        "hostname": socket.gethostname(),
-        "os": uname.system,
-        "os_release": _os_release(),
-        "kernel": uname.release,
-        "machine": uname.machine,
-        "cpu_model": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "cpu_affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "cpu_freq_mhz": cpu_freq,
-        "cpu_max_freq_mhz": _khz_to_mhz(_read("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq")),
-        "cpu_governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
-        "memory_mb": _mem_total_mb(),
-        "gpus": _gpus(),
-        "python": platform.python_version(),
-        "python_executable": sys.executable,
-        "runtimes": runtime_versions(),
-    }
 
 
 def _os_release():
@@ -208,6 +209,35 @@ def _cpu_freq_mhz():
     return round(sum(mhz) / len(mhz), 1) if mhz else None
 
 
+def probe():
+    uname = platform.uname()
+    cpu_freq = _cpu_freq_mhz()
+    return {
+        "agent_version": AGENT_VERSION,
+        "hostname": socket.gethostname(),
+        "os": uname.system,
+        "os_release": _os_release(),
+        "kernel": uname.release,
+        "machine": uname.machine,
+        "cpu_model": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "cpu_freq_mhz": cpu_freq,
+        "cpu_max_freq_mhz": _khz_to_mhz(_read("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq")),
+        "cpu_governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
+        "memory_mb": _mem_total_mb(),
+        "gpus": _gpus(),
+        "python": platform.python_version(),
+        "python_executable": sys.executable,
+        "runtimes": runtime_versions(),
+    }
+
+
+def _sys(path):
+    """A /sys or /proc path under LATKIT_SYSROOT (default /): tests and containers point it at a fake tree."""
+    return os.path.join(os.environ.get("LATKIT_SYSROOT", "/"), path.lstrip("/"))
+
+
 def _temp_c():
     """Hottest readable sensor: psutil first, /sys/class/thermal as fallback (only that under LATKIT_SYSROOT);
     None where unreadable."""
@@ -228,15 +258,11 @@ def _temp_c():
     return round(max(temps), 1) if temps else None
 
 
-def telemetry(gpu=False):
+def _number(text):
     try:
-        load1 = round(os.getloadavg()[0], 2)
-    except OSError:
-        load1 = None
-    t = {"freq_mhz": _cpu_freq_mhz(), "temp_c": _temp_c(), "load1": load1}
-    if gpu:
-        t.update(gpu_telemetry())
-    return t
+        return float(text)
+    except ValueError:
+        return None
 
 
 _GPU_FIELDS = ("gpu_sm_mhz", "gpu_mem_mhz", "gpu_temp_c", "gpu_power_w", "gpu_clocks_locked")
@@ -273,16 +299,15 @@ def gpu_telemetry(index=0):
     return dict.fromkeys(_GPU_FIELDS)
 
 
-def _number(text):
+def telemetry(gpu=False):
     try:
-        return float(text)
-    except ValueError:
-        return None
-
-
-def _sys(path):
-    """A /sys or /proc path under LATKIT_SYSROOT (default /): tests and containers point it at a fake tree."""
-    return os.path.join(os.environ.get("LATKIT_SYSROOT", "/"), path.lstrip("/"))
+        load1 = round(os.getloadavg()[0], 2)
+    except OSError:
+        load1 = None
+    t = {"freq_mhz": _cpu_freq_mhz(), "temp_c": _temp_c(), "load1": load1}
+    if gpu:
+        t.update(gpu_telemetry())
+    return t
 
 
 def _run(cmd):
@@ -455,6 +480,41 @@ def peak_rss_mb():
 # Runners: load a model, generate inputs from its declared shapes, return a zero-argument callable
 
 
+def _first_line(text):
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[0][:300] if lines else "no message"
+
+
+def wall_timer(fn):
+    """A sampler timing one call of fn with perf_counter_ns (ms)."""
+    clock = time.perf_counter_ns
+
+    def sample():
+        t0 = clock()
+        fn()
+        return (clock() - t0) / 1e6
+    return sample
+
+
+@dataclasses.dataclass
+class Loaded:
+    """What a loader returns: `sample()` times one run (ms); the runtime's version, the inputs generated and
+    the settings as applied (read back where the runtime can say). Optional: `reapply()` restores process-wide
+    settings before a reused session runs, `first_ms`/`launch_ms` where the loader timed them itself, and on a
+    GPU `gpu_mb()`/`gpu_peak_mb()` (memory now and at peak) and `gpu_total_mb`."""
+
+    sample: object
+    version: object
+    inputs: object
+    applied: dict
+    reapply: object = None
+    first_ms: object = None
+    launch_ms: object = None
+    gpu_mb: object = None
+    gpu_peak_mb: object = None
+    gpu_total_mb: object = None
+
+
 def _np():
     np = _try_import("numpy")
     if np is None:
@@ -532,33 +592,9 @@ def load_onnxruntime(path, s, inputs):
         shape = _resolve_shape(inp.shape, s["batch_size"], "input %r" % inp.name)
         feeds[inp.name] = _make_input(np, rng, shape, _ORT_DTYPES[inp.type])
     # session.run returns host arrays, so with the CUDA EP the wall clock includes the output copy
-    return {"sample": wall_timer(lambda: sess.run(None, feeds)), "version": ort.__version__,
-            "inputs": [_input_desc(k, v) for k, v in feeds.items()],
-            "applied": {"threads": sess.get_session_options().intra_op_num_threads}}
-
-
-def _tflite_interpreter():
-    """(module name, Interpreter class) of the first TFLite runtime that imports, else (None, None)."""
-    for module, attr in (("ai_edge_litert.interpreter", "Interpreter"),
-                         ("tflite_runtime.interpreter", "Interpreter"),
-                         ("tensorflow.lite", "Interpreter")):
-        mod = _try_import(module)
-        if mod is not None and hasattr(mod, attr):
-            return module.split(".")[0], getattr(mod, attr)
-    return None, None
-
-
-def _tflite_version(module):
-    mod = _try_import(module)
-    version = getattr(mod, "__version__", None)
-    if version is None:
-        try:
-            from importlib import metadata
-            dist = {"ai_edge_litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime"}.get(module, module)
-            version = metadata.version(dist)
-        except Exception:
-            version = "unknown"
-    return version
+    return Loaded(wall_timer(lambda: sess.run(None, feeds)), ort.__version__,
+                  [_input_desc(k, v) for k, v in feeds.items()],
+                  {"threads": sess.get_session_options().intra_op_num_threads})
 
 
 def load_tflite(path, s, inputs):
@@ -590,62 +626,7 @@ def load_tflite(path, s, inputs):
         interp.set_tensor(d["index"], data)
         descs.append(_input_desc(d["name"], data))
     # the Interpreter has no getter for its thread count: the requested one is what it was built with
-    return {"sample": wall_timer(interp.invoke), "version": _tflite_version(module), "inputs": descs,
-            "applied": {"threads": s["threads"]}}
-
-
-def load_torch(path, s, inputs):
-    torch = _try_import("torch")
-    if torch is None:
-        raise AgentError("runtime_missing", "torch is not installed on this device; pip install torch")
-    cuda = s["accelerator"] == "cuda"
-    if cuda and not torch.cuda.is_available():
-        raise AgentError("runtime_missing", "torch %s here sees no CUDA device; use accelerator cpu or a CUDA "
-                         "build of torch" % torch.__version__)
-    torch.set_num_threads(s["threads"])
-    torch.manual_seed(s["seed"])
-    try:
-        if path.endswith(".pt2"):
-            program = torch.export.load(path)
-            module = program.module()
-            shapes = [(n.name, n.meta["val"]) for n in program.graph.nodes
-                      if n.op == "placeholder" and n.name in program.graph_signature.user_inputs]
-            specs = [(name, [int(d) for d in val.shape], val.dtype) for name, val in shapes]
-        else:
-            module = torch.jit.load(path, map_location="cpu")
-            specs = None
-    except Exception as e:
-        raise AgentError("corrupt_model", "torch could not load the model: %s" % _first_line(str(e)))
-    if specs is None:
-        specs = [(i["name"], i["shape"], getattr(torch, i["dtype"])) for i in inputs or []]
-        if not specs:
-            raise AgentError("bad_request", "a TorchScript file declares no input shapes; "
-                             "send inputs with the request or export to .pt2 (torch.export) instead")
-    dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[s["dtype"]]
-    host = []
-    gen = torch.Generator().manual_seed(s["seed"])
-    for name, shape, in_dtype in specs:
-        if s["batch_size"] and shape:
-            shape = [s["batch_size"]] + list(shape[1:])
-        if in_dtype.is_floating_point:
-            host.append(torch.randn(shape, generator=gen).to(dtype))
-        else:
-            host.append(torch.randint(0, 10, shape, generator=gen, dtype=in_dtype))
-    descs = [{"name": n, "shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")}
-             for (n, _, _), t in zip(specs, host)]
-    loaded = {"version": torch.__version__.split("+")[0], "inputs": descs,
-              "applied": {"threads": torch.get_num_threads()},
-              # the intra-op thread count is process-wide: a reused session sets its own again
-              "reapply": lambda: torch.set_num_threads(s["threads"])}
-    if not cuda:
-        def run():
-            with torch.inference_mode():
-                module(*host)
-        loaded["sample"] = wall_timer(run)
-        return loaded
-    loaded.update(_cuda_sampler(torch, module, host, dtype, s))
-    loaded["applied"]["threads"] = torch.get_num_threads()
-    return loaded
+    return Loaded(wall_timer(interp.invoke), _tflite_version(module), descs, {"threads": s["threads"]})
 
 
 def _cuda_sampler(torch, module, host, dtype, s):
@@ -734,29 +715,66 @@ def _cuda_sampler(torch, module, host, dtype, s):
                "cuda_graphs": step is not forward, "graph_fallback": fallback,
                "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
                "tf32": bool(torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32)}
-    return {"sample": sample, "first_ms": first_ms, "launch_ms": sorted(launches)[2], "applied": applied,
-            "gpu_peak_mb": lambda: round(torch.cuda.max_memory_allocated() / 2 ** 20, 1),
-            "gpu_mb": lambda: torch.cuda.memory_allocated() / 2 ** 20,
-            "gpu_total_mb": torch.cuda.get_device_properties(0).total_memory / 2 ** 20}
+    return Loaded(sample, None, None, applied, first_ms=first_ms, launch_ms=sorted(launches)[2],
+                  gpu_mb=lambda: torch.cuda.memory_allocated() / 2 ** 20,
+                  gpu_peak_mb=lambda: round(torch.cuda.max_memory_allocated() / 2 ** 20, 1),
+                  gpu_total_mb=torch.cuda.get_device_properties(0).total_memory / 2 ** 20)
 
 
-def wall_timer(fn):
-    """A sampler timing one call of fn with perf_counter_ns (ms)."""
-    clock = time.perf_counter_ns
-
-    def sample():
-        t0 = clock()
-        fn()
-        return (clock() - t0) / 1e6
-    return sample
+def load_torch(path, s, inputs):
+    torch = _try_import("torch")
+    if torch is None:
+        raise AgentError("runtime_missing", "torch is not installed on this device; pip install torch")
+    cuda = s["accelerator"] == "cuda"
+    if cuda and not torch.cuda.is_available():
+        raise AgentError("runtime_missing", "torch %s here sees no CUDA device; use accelerator cpu or a CUDA "
+                         "build of torch" % torch.__version__)
+    torch.set_num_threads(s["threads"])
+    torch.manual_seed(s["seed"])
+    try:
+        if path.endswith(".pt2"):
+            program = torch.export.load(path)
+            module = program.module()
+            shapes = [(n.name, n.meta["val"]) for n in program.graph.nodes
+                      if n.op == "placeholder" and n.name in program.graph_signature.user_inputs]
+            specs = [(name, [int(d) for d in val.shape], val.dtype) for name, val in shapes]
+        else:
+            module = torch.jit.load(path, map_location="cpu")
+            specs = None
+    except Exception as e:
+        raise AgentError("corrupt_model", "torch could not load the model: %s" % _first_line(str(e)))
+    if specs is None:
+        specs = [(i["name"], i["shape"], getattr(torch, i["dtype"])) for i in inputs or []]
+        if not specs:
+            raise AgentError("bad_request", "a TorchScript file declares no input shapes; "
+                             "send inputs with the request or export to .pt2 (torch.export) instead")
+    dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[s["dtype"]]
+    host = []
+    gen = torch.Generator().manual_seed(s["seed"])
+    for name, shape, in_dtype in specs:
+        if s["batch_size"] and shape:
+            shape = [s["batch_size"]] + list(shape[1:])
+        if in_dtype.is_floating_point:
+            host.append(torch.randn(shape, generator=gen).to(dtype))
+        else:
+            host.append(torch.randint(0, 10, shape, generator=gen, dtype=in_dtype))
+    descs = [{"name": n, "shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")}
+             for (n, _, _), t in zip(specs, host)]
+    version = torch.__version__.split("+")[0]
+    # the intra-op thread count is process-wide: a reused session sets its own again
+    reapply = lambda: torch.set_num_threads(s["threads"])  # noqa: E731
+    if not cuda:
+        def run():
+            with torch.inference_mode():
+                module(*host)
+        return Loaded(wall_timer(run), version, descs, {"threads": torch.get_num_threads()}, reapply)
+    loaded = _cuda_sampler(torch, module, host, dtype, s)
+    loaded.version, loaded.inputs, loaded.reapply = version, descs, reapply
+    loaded.applied["threads"] = torch.get_num_threads()
+    return loaded
 
 
 LOADERS = {"onnxruntime": load_onnxruntime, "tflite": load_tflite, "torch": load_torch}
-
-
-def _first_line(text):
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[0][:300] if lines else "no message"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -885,9 +903,13 @@ def _real(x):
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def check_settings(s):
-    """Refuse settings of the wrong type or range as a bad request, before they reach a runtime (where a
-    negative thread count would surface as a misleading load error)."""
+def check_settings(s, runtime):
+    """Refuse settings of the wrong type or range, or that `runtime` cannot honour, as a bad request, before they
+    reach a runtime (where a negative thread count would surface as a misleading load error)."""
+    unknown = set(s) - set(DEFAULT_SETTINGS)
+    if unknown:
+        raise AgentError("bad_request", "unknown settings %s; known: %s" % (sorted(unknown), sorted(DEFAULT_SETTINGS)))
+
     def bad(key, want):
         raise AgentError("bad_request", "setting %s must be %s, got %r" % (key, want, s[key]))
     for key, lo in _WHOLE_SETTINGS.items():
@@ -912,6 +934,12 @@ def check_settings(s):
     for key in ("cuda_graphs", "include_copies"):
         if not isinstance(s[key], bool):
             bad(key, "true or false")
+    if s["accelerator"] == "cpu" and (s["dtype"] != "float32" or s["cuda_graphs"] or s["include_copies"]):
+        raise AgentError("bad_request", "dtype, cuda_graphs and include_copies apply to accelerator cuda only")
+    if s["accelerator"] != "cpu" and runtime == "tflite":
+        raise AgentError("bad_request", "the tflite runner times on the CPU only; use accelerator cpu")
+    if runtime not in LOADERS:
+        raise AgentError("bad_request", "unknown runtime %r; choose one of %s" % (runtime, ", ".join(RUNTIMES)))
 
 
 # The runtime each model file extension is for, and the names of the formats in messages.
@@ -948,6 +976,9 @@ def check_format(path, runtime):
                          % (os.path.basename(path), FORMAT_OF_RUNTIME[named], runtime, named))
 
 
+_SESSION_SETTINGS = ("threads", "accelerator", "batch_size", "seed", "dtype", "cuda_graphs", "include_copies")
+
+
 def session_key(path, runtime, s, inputs):
     """Everything that shapes a loaded session: the file (path and identity, so a replaced file loads
     again), the runtime and the settings a loader reads. Not the cores: pinning is applied to every thread
@@ -955,9 +986,6 @@ def session_key(path, runtime, s, inputs):
     st = os.stat(path)
     return (os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns, runtime,
             json.dumps([s[k] for k in _SESSION_SETTINGS] + [inputs], sort_keys=True))
-
-
-_SESSION_SETTINGS = ("threads", "accelerator", "batch_size", "seed", "dtype", "cuda_graphs", "include_copies")
 
 
 class Session:
@@ -1023,16 +1051,7 @@ def _rss_mb():
 def measure(model, runtime, settings, workdir, inputs=None, sessions=None):
     s = dict(DEFAULT_SETTINGS)
     s.update(settings or {})
-    unknown = set(s) - set(DEFAULT_SETTINGS)
-    if unknown:
-        raise AgentError("bad_request", "unknown settings %s; known: %s" % (sorted(unknown), sorted(DEFAULT_SETTINGS)))
-    check_settings(s)
-    if s["accelerator"] == "cpu" and (s["dtype"] != "float32" or s["cuda_graphs"] or s["include_copies"]):
-        raise AgentError("bad_request", "dtype, cuda_graphs and include_copies apply to accelerator cuda only")
-    if s["accelerator"] != "cpu" and runtime == "tflite":
-        raise AgentError("bad_request", "the tflite runner times on the CPU only; use accelerator cpu")
-    if runtime not in LOADERS:
-        raise AgentError("bad_request", "unknown runtime %r; choose one of %s" % (runtime, ", ".join(RUNTIMES)))
+    check_settings(s, runtime)
     path = model if os.path.isabs(model) else os.path.join(workdir, "models", model)
     if not os.path.isfile(path):
         raise AgentError("model_not_found", "model file %s is not on the device; upload it first" % path)
@@ -1044,21 +1063,22 @@ def measure(model, runtime, settings, workdir, inputs=None, sessions=None):
     entry = sessions.get(key)
     reused = entry is not None
     if reused:
-        entry.loaded.get("reapply", lambda: None)()
+        if entry.loaded.reapply is not None:
+            entry.loaded.reapply()
     else:
         _import_runtime(runtime)  # once per agent: neither in this model's load time nor in its memory
         rss_reset, rss0 = peak_rss_reset(), _rss_mb()
         t_load = time.perf_counter()
         loaded = LOADERS[runtime](path, s, inputs)
         entry = Session(loaded, time.perf_counter() - t_load)
-        gpu0 = loaded["gpu_mb"]() if "gpu_mb" in loaded else 0.0
+        gpu0 = loaded.gpu_mb() if loaded.gpu_mb is not None else 0.0
     loaded = entry.loaded
-    applied = dict(loaded["applied"], cores=_pin(s["cores"]))  # read back right before timing
+    applied = dict(loaded.applied, cores=_pin(s["cores"]))  # read back right before timing
     cuda = s["accelerator"] == "cuda"
     before = telemetry(cuda)
     started = time.time()
     try:
-        timed = time_callable(loaded["sample"], s)
+        timed = time_callable(loaded.sample, s)
     except Exception as e:
         raise AgentError("runtime_error", "%s failed while running the model: %s" % (runtime, _first_line(str(e))))
     finished = time.time()
@@ -1066,19 +1086,19 @@ def measure(model, runtime, settings, workdir, inputs=None, sessions=None):
     after = telemetry(cuda)
     if not reused:
         # the CUDA path times its first eager forward itself
-        entry.first_ms = loaded["first_ms"] if loaded.get("first_ms") is not None else timed["first_ms"]
+        entry.first_ms = loaded.first_ms if loaded.first_ms is not None else timed["first_ms"]
         other_rss, other_gpu = sessions.others_mb(key)
         peak = peak_rss_mb() if rss_reset else None
         entry.peak_rss_mb = None if peak is None else round(peak - other_rss, 1)  # as if alone in the agent
         entry.rss_mb = max(0.0, _rss_mb() - rss0)
-        if "gpu_mb" in loaded:
-            entry.gpu_mb = max(0.0, loaded["gpu_mb"]() - gpu0)
-            entry.gpu_peak_mb = round(loaded["gpu_peak_mb"]() - other_gpu, 1)
-        sessions.put(key, entry, loaded.get("gpu_total_mb"))
-    timed.update(runtime_version=loaded["version"], inputs=loaded["inputs"], load_s=entry.load_s, applied=applied,
+        if loaded.gpu_mb is not None:
+            entry.gpu_mb = max(0.0, loaded.gpu_mb() - gpu0)
+            entry.gpu_peak_mb = round(loaded.gpu_peak_mb() - other_gpu, 1)
+        sessions.put(key, entry, loaded.gpu_total_mb)
+    timed.update(runtime_version=loaded.version, inputs=loaded.inputs, load_s=entry.load_s, applied=applied,
                  telemetry_before=before, telemetry_after=after, settings=s, agent_version=AGENT_VERSION,
                  started_at=_utc(started), finished_at=_utc(finished), cooldown_s=cooldown_s, cooled=cooled,
-                 throttle=throttle, peak_rss_mb=entry.peak_rss_mb, launch_ms=loaded.get("launch_ms"),
+                 throttle=throttle, peak_rss_mb=entry.peak_rss_mb, launch_ms=loaded.launch_ms,
                  gpu_peak_mb=entry.gpu_peak_mb, first_ms=entry.first_ms, session_reused=reused)
     return timed
 
@@ -1163,54 +1183,57 @@ def _spec_ok(i):
             and isinstance(i.get("shape"), list) and all(_whole(d) and d >= 0 for d in i["shape"]))
 
 
-# The fields each op reads: name -> (check, what it must be). A request of another shape is a bad_request,
-# never an exception deep inside an op.
-_FIELDS = {
-    "has": {"models": (lambda v: isinstance(v, list) and all(isinstance(m, str) for m in v),
-                       "a list of model file names")},
-    "lease": {"holder": (lambda v: v is None or isinstance(v, dict), "an object saying who takes the lease")},
-    "measure": {"model": (lambda v: isinstance(v, str), "a model file name"),
-                "runtime": (lambda v: v in RUNTIMES, "one of " + ", ".join(RUNTIMES)),
-                "settings": (lambda v: v is None or isinstance(v, dict), "an object of settings"),
-                "inputs": (lambda v: v is None or (isinstance(v, list) and all(_spec_ok(i) for i in v)),
-                           "a list of {name, shape, dtype} objects with whole-number shapes")},
+_MEASURING = threading.Event()  # set while a measure request runs
+
+
+def _measure_op(req, workdir, lease, sessions):
+    if lease.fd is None:
+        raise AgentError("bad_request", "measure needs the device lease: send {\"op\": \"lease\"} first")
+    _MEASURING.set()
+    try:
+        return measure(req["model"], req["runtime"], req.get("settings"), workdir, req.get("inputs"), sessions)
+    finally:
+        _MEASURING.clear()
+
+
+def _models_ok(v):
+    return isinstance(v, list) and all(isinstance(m, str) for m in v)
+
+
+def _inputs_ok(v):
+    return v is None or (isinstance(v, list) and all(_spec_ok(i) for i in v))
+
+
+# Every op the agent answers but shutdown (which ends serve): what it runs, as run(req, workdir, lease, sessions),
+# and the fields it reads, name -> (check, what it must be). A request of another shape is a bad_request, never
+# an exception deep inside an op.
+Op = collections.namedtuple("Op", "run fields")
+OPS = {
+    "ping": Op(lambda req, workdir, lease, sessions: {"agent_version": AGENT_VERSION, "pid": os.getpid()}, {}),
+    "probe": Op(lambda req, workdir, lease, sessions: probe(), {}),
+    "health": Op(lambda req, workdir, lease, sessions: health(workdir), {}),
+    "has": Op(lambda req, workdir, lease, sessions: has(req["models"], workdir),
+              {"models": (_models_ok, "a list of model file names")}),
+    "lease": Op(lambda req, workdir, lease, sessions: lease.acquire(req.get("holder")),
+                {"holder": (lambda v: v is None or isinstance(v, dict), "an object saying who takes the lease")}),
+    "measure": Op(_measure_op, {
+        "model": (lambda v: isinstance(v, str), "a model file name"),
+        "runtime": (lambda v: v in RUNTIMES, "one of " + ", ".join(RUNTIMES)),
+        "settings": (lambda v: v is None or isinstance(v, dict), "an object of settings"),
+        "inputs": (_inputs_ok, "a list of {name, shape, dtype} objects with whole-number shapes")}),
 }
-
-
-def _check_fields(op, req):
-    for key, (ok, what) in _FIELDS.get(op, {}).items():
-        if not ok(req.get(key)):
-            raise AgentError("bad_request", "%s: %s must be %s, got %s"
-                             % (op, key, what, json.dumps(req.get(key))[:80]))
 
 
 def handle(req, workdir, lease, sessions=None):
     op = req.get("op")
-    if isinstance(op, str):
-        _check_fields(op, req)
-    if op == "ping":
-        return {"agent_version": AGENT_VERSION, "pid": os.getpid()}
-    if op == "probe":
-        return probe()
-    if op == "health":
-        return health(workdir)
-    if op == "has":
-        return has(req["models"], workdir)
-    if op == "lease":
-        return lease.acquire(req.get("holder"))
-    if op == "measure":
-        if lease.fd is None:
-            raise AgentError("bad_request", "measure needs the device lease: send {\"op\": \"lease\"} first")
-        _MEASURING.set()
-        try:
-            return measure(req["model"], req["runtime"], req.get("settings"), workdir, req.get("inputs"), sessions)
-        finally:
-            _MEASURING.clear()
-    raise AgentError("bad_request", "unknown op %s; known: ping, probe, health, has, lease, measure, shutdown"
-                     % json.dumps(op)[:80])
-
-
-_MEASURING = threading.Event()  # set while a measure request runs
+    if not isinstance(op, str) or op not in OPS:
+        raise AgentError("bad_request", "unknown op %s; known: %s"
+                         % (json.dumps(op)[:80], ", ".join(list(OPS) + ["shutdown"])))
+    for key, (ok, what) in OPS[op].fields.items():
+        if not ok(req.get(key)):
+            raise AgentError("bad_request", "%s: %s must be %s, got %s"
+                             % (op, key, what, json.dumps(req.get(key))[:80]))
+    return OPS[op].run(req, workdir, lease, sessions)
 
 
 def _read_requests(inp, lines):

@@ -1,34 +1,34 @@
 """The Python API behind the CLI: every `latkit` command is one of these functions."""
 from __future__ import annotations
 
-import collections
 import dataclasses
-import hashlib
-import itertools
 import logging
-import multiprocessing
-import os
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence
 
 import pyarrow.compute as pc
 
 from . import validate
-from .devices import Device, Registry, now_utc
-from .errors import Failure, LatkitError, need
-from .exporters import (DEFAULT_CACHE, ExportSpec, cached, check_format, export_cached, exporter_versions,
-                        input_specs)
-from .job import FORMATS, RUNTIME_FOR_FORMAT, WHOLE, Artifact, Job, Settings
 from .cache import max_bytes, prune_host
 from .dataset import group_summary
+from .device_loop import DeviceRequest, run_device
+from .devices import Device, Registry, now_utc
+from .errors import Failure, LatkitError, need
+from .executor import CollectRequest
+from .exporters import DEFAULT_CACHE, cached
+from .job import FORMATS, RUNTIME_FOR_FORMAT, WHOLE, Artifact, Job, Settings
 from .measurement import TELEMETRY, Measurement, Stats, fingerprint
-from .progress import progress_iter
+from .pipeline import ExportRequest
+from .reports import CollectReport, DeviceReport, DeviceStatus
 from .runner import DeviceRunner
 from .samplers import sample
-from .scheduler import CollectReport, DeviceReport, collect, run_device
+from .scheduler import collect, executor_of
 from .spaces import as_space
 from .store import Store
+from .transports import kind_of
+# The export pipeline moved to pipeline.py; these names stay importable from here (scripts, tests, predictor/).
+from .pipeline import (EXPORT_FORMAT, ExportPlan, arch_spec, export_arch, export_plan,  # noqa: F401, E402
+                       iter_space_artifacts, space_artifacts)
 
 log = logging.getLogger("latkit")
 
@@ -42,7 +42,7 @@ def probe(device: str = "local", registry: Optional[Registry] = None) -> dict:
         found = runner.start()
     finally:
         runner.close()
-    return dict(found, route=[str(h) for h in ssh_route(dev)]) if dev.transport == "ssh" else found
+    return dict(found, route=[str(h) for h in ssh_route(dev)]) if kind_of(dev).remote else found
 
 
 def ssh_route(device: Device) -> list:
@@ -92,7 +92,7 @@ def reprobe_device(name: str, registry: Optional[Registry] = None) -> dict:
     reg = registry or Registry()
     dev = reg.get(name)
     p = probe(name, reg)
-    if dev.transport == "ssh":
+    if kind_of(dev).remote:
         reg.save(_with_probe(dev, p))
     return p
 
@@ -149,158 +149,6 @@ def collect_models(models: Sequence, devices: Sequence[str], runtime: Optional[s
     return collect(make_jobs(arts, [d.name for d in devs], runtime, settings), devs, out=out, **kwargs)
 
 
-EXPORT_FORMAT = {"onnxruntime": "onnx", "tflite": "tflite", "torch": "pt2"}
-
-
-def arch_spec(space, arch: str, fmt: str, batch_size: int = 1, resolution: Optional[int] = None,
-              weight_seed: int = 0) -> ExportSpec:
-    """What determines the file `arch` exports to: found in the cache by its key, no network built."""
-    sp = as_space(space)
-    shape = sp.input_shape(arch, batch_size, resolution)
-    return ExportSpec(sp.name, arch, shape[0], shape[-1], fmt, weight_seed, exporter_versions(fmt),
-                      tuple(sp.options().items()))
-
-
-def export_arch(space, arch: str, fmt: str, batch_size: int = 1, resolution: Optional[int] = None,
-                cache_dir=None, weight_seed: int = 0) -> Artifact:
-    """Build one arch of `space` (a Space or its name) and export it to `fmt`, unless the cache holds it.
-    The weights are seeded by (space, arch, weight_seed): the same arch is the same file (same sha256, same
-    job key), so re-running a collection resumes instead of timing fresh random copies."""
-    check_format(fmt)
-    sp = as_space(space)
-    spec = arch_spec(sp, arch, fmt, batch_size, resolution, weight_seed)
-    shape = (spec.batch_size, 3, spec.resolution, spec.resolution)
-
-    def make():
-        import torch
-        salt = f"\n{weight_seed}" if weight_seed else ""  # seed 0 keeps the weights (and sha256s) of before
-        torch.manual_seed(int(hashlib.sha256(f"{sp.name}\n{arch}{salt}".encode()).hexdigest()[:15], 16))
-        return sp.build(arch, resolution), (torch.randn(shape),)
-
-    return export_cached(Path(cache_dir or DEFAULT_CACHE), spec.key, fmt, make, sp.name, arch,
-                         input_specs([shape], ["float32"]), dataclasses.asdict(spec))
-
-
-def _export_worker(cores: Optional[tuple] = None, host_pid: Optional[int] = None) -> None:
-    """Export workers: one thread each, so N workers use N cores instead of N x all of them, a lower
-    priority, so a device timing on this host while they export (the local agent) gets the CPU first, and,
-    given `cores`, only those (kept apart from a pinned local device). They die with the host process
-    (Linux PR_SET_PDEATHSIG), which an idle pool worker would otherwise outlive, blocked on its queue."""
-    import torch
-    torch.set_num_threads(1)
-    os.nice(10)
-    if cores:
-        os.sched_setaffinity(0, cores)
-    try:
-        import ctypes
-        import signal
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: shut down with the pool, as before
-        return
-    if host_pid is not None and os.getppid() != host_pid:  # the host died before the prctl
-        os._exit(1)
-
-
-def iter_space_artifacts(space, archs: Sequence[str], fmt: str, batch_size: int = 1,
-                         resolution: Optional[int] = None, workers: int = 1, ahead: Optional[int] = None,
-                         cache_dir=None, weight_seed: int = 0, cores: Optional[tuple] = None,
-                         pool: bool = False) -> Iterator[Artifact]:
-    """Export archs and yield their artifacts in the order given, each as soon as it is ready, so timing
-    can start while later archs are still exporting. The archs are checked here, before anything is
-    exported; cached archs are found without a network or a worker; with workers > 1, or `pool` (exports
-    beside timing: in worker processes at nice 10 even with one worker), a process pool (spawned: a forked
-    torch can hang, and started only at the first miss) exports the rest, keeping at most `ahead` (default
-    4 x workers) archs beyond the consumer, so a slow consumer bounds the files on disk. Closing the
-    iterator cancels what has not started."""
-    sp = as_space(space)
-    archs = [sp.validate(a) for a in archs]
-    for a in archs:  # a resolution the space lacks, or one that contradicts an ofa arch: refused before exporting
-        sp.input_shape(a, batch_size, resolution)
-    validate.whole(workers, "export workers", 1)
-    check_format(fmt)
-    cache = Path(cache_dir or DEFAULT_CACHE)
-    return _exports(sp, archs, fmt, batch_size, resolution, workers, ahead or 4 * workers, cache, weight_seed, cores,
-                    pool or workers > 1 or cores is not None)
-
-
-def _exports(sp, archs, fmt, batch_size, resolution, workers, ahead, cache, weight_seed, cores,
-             pooled) -> Iterator[Artifact]:
-    args = lambda a: (sp, a, fmt, batch_size, resolution, cache, weight_seed)  # noqa: E731
-    if not pooled:
-        for a in archs:
-            yield export_arch(*args(a))
-        return
-    pool = None
-    try:
-        todo, queued = iter(archs), collections.deque()
-
-        def push(a) -> None:
-            nonlocal pool
-            hit = cached(cache, arch_spec(sp, a, fmt, batch_size, resolution, weight_seed).key, fmt)
-            if hit:
-                queued.append(a)  # exported already: export_arch finds it at once
-                return
-            if pool is None:
-                pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                           initializer=_export_worker, initargs=(cores, os.getpid()))
-            queued.append(pool.submit(export_arch, *args(a)))
-
-        for a in itertools.islice(todo, ahead):
-            push(a)
-        while queued:
-            head = queued.popleft()
-            art = export_arch(*args(head)) if isinstance(head, str) else head.result()
-            nxt = next(todo, None)
-            if nxt is not None:
-                push(nxt)
-            yield art
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
-
-
-def space_artifacts(space, archs: Sequence[str], runtime: str = "onnxruntime", batch_size: int = 1,
-                    resolution: Optional[int] = None, progress: bool = False, workers: int = 1,
-                    weight_seed: int = 0) -> list:
-    """Build and export each arch (cached) in the format `runtime` times, on `workers` processes."""
-    sp, fmt = as_space(space), EXPORT_FORMAT[runtime]
-    arts = iter_space_artifacts(sp, archs, fmt, batch_size, resolution, workers, weight_seed=weight_seed)
-    return list(progress_iter(arts, f"exporting {len(archs)} {sp.name} archs to {fmt}", progress, total=len(archs)))
-
-
-@dataclasses.dataclass(frozen=True)
-class ExportPlan:
-    """How many export workers, on which cores, whether devices time while they export, and why (logged)."""
-
-    workers: int
-    cores: Optional[tuple]  # None: any core (at nice 10)
-    why: str
-    stream: bool = True  # devices time while later archs export; False: every export first
-
-
-def export_plan(devices: Sequence[Device], settings: Optional[Settings], cores: Optional[set] = None) -> ExportPlan:
-    """Default export workers: the host's cores - 1, none on a core a `local` device is pinned to (--cores).
-    Exports stream into the devices' queues unless a `local` device would share cores with them: a local
-    device that is not pinned (or pinned to every core) times only once every export is done, so no
-    export disturbs its timing."""
-    cores = set(os.sched_getaffinity(0) if cores is None else cores)
-    pinned = set(settings.cores or ()) if settings else set()
-    local = any(d.transport == "local" for d in devices)
-    n = max(1, len(cores) - 1)
-    if local and pinned:
-        free = sorted(cores - pinned)
-        if free:
-            n = max(1, min(len(free), len(cores) - 1))
-            return ExportPlan(n, tuple(free), f"{n} export worker(s) on cores {free}, apart from the local device's "
-                                              f"{sorted(pinned)}, while the devices time")
-        return ExportPlan(n, None, f"{n} export worker(s), all before timing: the local device is pinned to every "
-                                   f"core ({sorted(pinned)})", stream=False)
-    if local:
-        return ExportPlan(n, None, f"{n} export worker(s) ({len(cores)} cores - 1), all before timing: the local "
-                                   "device is not pinned (--cores), so exports would share its cores", stream=False)
-    return ExportPlan(n, None, f"{n} export worker(s) ({len(cores)} cores - 1) at nice 10, while the devices time")
-
-
 def collect_space(space, n: int, devices: Sequence[str], runtime: str = "onnxruntime",
                   sampler: str = "uniform", seed: int = 0, settings: Optional[Settings] = None, out="latkit-data",
                   batch_size: int = 1, resolution: Optional[int] = None, registry: Optional[Registry] = None,
@@ -308,11 +156,13 @@ def collect_space(space, n: int, devices: Sequence[str], runtime: str = "onnxrun
                   cache_max_gb: Optional[float] = None, cache_dir=None, **kwargs) -> CollectReport:
     """`latkit collect --space`: sample n archs of `space` (a Space or its name), export them (cached, on
     `export_workers` processes, default export_plan's) and time each on every device as soon as it is
-    exported, so devices do not wait for the whole export (scheduler.Stream). With a `resolution`,
+    exported, so devices do not wait for the whole export (a Stream per device). With a `resolution`,
     every arch is exported at it; on ofa, whose archs carry their resolution, the archs are sampled with
     r = resolution, so the stored arch always names its input. `cache_max_gb` bounds the host's export
-    cache and each device's model cache (least recently used first; models measured on every device first)."""
-    if kwargs.get("executor") is None:  # exports here need torch: say so before anything else is said or made
+    cache and each device's model cache (least recently used first; models measured on every device first).
+    Other keywords go to scheduler.collect (`executor` among them)."""
+    engine = executor_of(kwargs.pop("executor", None))
+    if engine.exports_here:  # exports here need torch: say so before anything else is said or made
         need("torch", "export", "latkit collect --space")
     reg = registry or Registry()
     devs = [reg.get(d) for d in devices]
@@ -329,56 +179,41 @@ def collect_space(space, n: int, devices: Sequence[str], runtime: str = "onnxrun
     store.check_writable()  # before sampling and exporting, as before any device time
     cache = Path(cache_dir or DEFAULT_CACHE)
     validate.writable_dir(cache, "set LATKIT_CACHE to a writable folder for the exported models")
-    archs = sample(sp, n, sampler, seed)
-    refs, streamed = None, False
-    if kwargs.get("executor") is not None:  # exports as Ray tasks across the cluster
-        if cache_max_gb is not None:
-            raise LatkitError("--cache-max-gb does not apply to --executor ray yet (each node keeps its own cache); "
-                              "leave it out")
-        from .ray_executor import export_remote
-        pairs = export_remote(sp, archs, EXPORT_FORMAT[runtime], batch_size, resolution, kwargs["executor"],
-                              weight_seed=weight_seed)
-        arts, refs = [a for a, _ in pairs], {a.sha256: r for a, r in pairs}
-    else:
-        plan = export_plan(devs, settings)  # said once the inputs are known good, so a refusal stays one line
-        if export_workers is not None:
-            plan = dataclasses.replace(plan, workers=export_workers, why=f"{export_workers} export worker(s) (given)"
-                                       + ("" if plan.stream else ", all before timing: a local device shares their cores"))
-        log.info("%s", plan.why)
-        arts = iter_space_artifacts(sp, archs, EXPORT_FORMAT[runtime], batch_size, resolution, plan.workers,
-                                    cache_dir=cache, weight_seed=weight_seed, cores=plan.cores, pool=plan.stream)
-        streamed = plan.stream
-        if not streamed:
-            arts = list(progress_iter(arts, f"exporting {len(archs)} {sp.name} archs to {EXPORT_FORMAT[runtime]}",
-                                      progress, total=len(archs)))
-    names, label = [d.name for d in devs], f"{sampler}(seed={seed})"
+    engine.refuse(CollectRequest(out=out, device=DeviceRequest(cache_max_gb=cache_max_gb)))
+    fmt = EXPORT_FORMAT[runtime]
+    request = ExportRequest(sp, tuple(sample(sp, n, sampler, seed)), fmt, batch_size, resolution, weight_seed,
+                            cache, export_workers)
+    exported = engine.export(request, devs, settings, progress)
     made: list = []  # the jobs so far, for the cache bound at the end
-
-    def jobs() -> Iterator[Job]:
-        """Each arch's jobs on every device as soon as its export is ready: devices time while later archs
-        export (scheduler.Stream)."""
-        exported = iter(arts)
-        try:
-            for art in exported:
-                for j in make_jobs([art], names, runtime, settings):
-                    made.append(dataclasses.replace(j, sampler=label))
-                    yield made[-1]
-        finally:
-            getattr(exported, "close", lambda: None)()  # cancels exports not started
-
+    jobs = _space_jobs(exported.artifacts, [d.name for d in devs], runtime, settings, f"{sampler}(seed={seed})",
+                       made)
     if cache_max_gb is not None:  # other collections' files go first; this one's cached exports stay
-        mine = {cached(cache, arch_spec(sp, a, EXPORT_FORMAT[runtime], batch_size, resolution, weight_seed).key,
-                       EXPORT_FORMAT[runtime]) for a in archs}
+        mine = {cached(cache, request.spec(a).key, fmt) for a in request.archs}
         prune_host(cache, cache_max_gb, keep={m[1] for m in mine if m})
     try:
-        return collect(jobs() if streamed else list(jobs()), devs, out=out, progress=progress,
-                       cache_max_gb=cache_max_gb, refs=refs, expected=len(archs), **kwargs)
+        return collect(jobs if exported.streamed else list(jobs), devs, out=out, progress=progress,
+                       cache_max_gb=cache_max_gb, executor=engine, refs=exported.refs,
+                       expected=len(request.archs), **kwargs)
     finally:
         if cache_max_gb is not None:
             done = store.done_keys()
             mine = {j.artifact.sha256 for j in made}
             everywhere = mine - {j.artifact.sha256 for j in made if j.key not in done}
             prune_host(cache, cache_max_gb, keep=mine - everywhere, first=everywhere)
+
+
+def _space_jobs(artifacts, names: Sequence[str], runtime: str, settings: Optional[Settings], label: str,
+                made: list) -> Iterator[Job]:
+    """Each arch's jobs on every device as soon as its export is ready, appended to `made` too: devices time
+    while later archs export."""
+    exported = iter(artifacts)
+    try:
+        for art in exported:
+            for j in make_jobs([art], names, runtime, settings):
+                made.append(dataclasses.replace(j, sampler=label))
+                yield made[-1]
+    finally:
+        getattr(exported, "close", lambda: None)()  # cancels exports not started
 
 
 def measure(model, device: str = "local", runtime: Optional[str] = None, settings: Optional[Settings] = None,
@@ -406,9 +241,9 @@ def measure_many(artifacts: Sequence[Artifact], device: str = "local", runtime: 
     todo = list({j.key: j for j in jobs if j.key not in done}.values())
     fresh = {}
     report = DeviceReport(dev.name, total=len(todo))
-    run_device(dev, todo, store, report, on_row=lambda _, m: fresh.__setitem__(m.job.key, m), wait=wait,
-               retry_errors=force, force=force)
-    if report.status == "failed":
+    run_device(dev, todo, store, report, DeviceRequest(wait=wait, retry_errors=force, force=force),
+               on_row=lambda _, m: fresh.__setitem__(m.job.key, m))
+    if report.status == DeviceStatus.FAILED:
         raise (Failure if report.exit_code == 1 else LatkitError)(report.message)
     return [fresh[j.key] if j.key in fresh else stored_measurement(store, j) for j in jobs]
 

@@ -17,6 +17,7 @@ from typing import Optional
 
 from . import validate
 from .errors import LatkitError, did_you_mean
+from .transports import TRANSPORTS, kind_of
 
 MAX_REGISTRY_BYTES = 4 * 2 ** 20  # thousands of devices; anything larger is not a devices file
 _TEXT = ("host", "user", "key", "ssh_config", "python", "workdir", "lease", "fingerprint", "last_probe")
@@ -50,9 +51,9 @@ class Device:
 
     def __post_init__(self):
         validate.partition(self.name, "device name")  # it names the folder data/device=<name>/
-        if self.transport not in ("local", "ssh"):
-            raise LatkitError(f"device {self.name} has transport {self.transport!r}; use local or ssh")
-        if self.transport == "ssh" and not self.host:
+        if self.transport not in TRANSPORTS:
+            raise LatkitError(f"device {self.name} has transport {self.transport!r}; use {' or '.join(TRANSPORTS)}")
+        if kind_of(self).remote and not self.host:
             raise LatkitError(f"device {self.name} needs a host (--host)")
         if self.port is not None:
             validate.whole(self.port, f"the port of device {self.name}", 1, 65535)
@@ -73,11 +74,7 @@ class Device:
 
     def connect(self, trust_host_key: bool = False):
         """A transport for this device (not yet started)."""
-        if self.transport == "local":
-            from .transports import LocalTransport
-            return LocalTransport(python=self.python, workdir=self.workdir, name=self.name, lease=self.lease)
-        from .transports.ssh import SSHTransport  # paramiko only where a device is reached over ssh
-        return SSHTransport(self, trust_host_key=trust_host_key)
+        return kind_of(self).open(self, trust_host_key=trust_host_key)
 
     def to_toml(self) -> dict:
         d = {k: v for k, v in dataclasses.asdict(self).items() if v not in (None, "", (), {}) and k != "name"}

@@ -24,17 +24,15 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .errors import Failure, LatkitError
-from .job import Artifact, sha256_file
+from .formats import CONVERTERS, EXTENSIONS
+from .job import Artifact, InputSpec, sha256_file
 
 log = logging.getLogger("latkit")
 
-EXTENSIONS = {"onnx": ".onnx", "tflite": ".tflite", "pt2": ".pt2", "torchscript": ".pt"}
 DEFAULT_CACHE = Path(os.environ.get("LATKIT_CACHE", Path.home() / ".cache" / "latkit" / "exports"))
 # Bump when latkit exports a (space, arch) differently in a way the package versions do not show
 # (a change to a space's network, to the weight seeding or to the converters' options).
 EXPORT_RECIPE = 1
-CONVERTERS = {"onnx": ("torch", "onnx"), "tflite": ("torch", "litert-torch"), "pt2": ("torch",),
-              "torchscript": ("torch",)}
 
 
 @lru_cache(maxsize=None)
@@ -172,7 +170,7 @@ def check_format(fmt: str) -> None:
 
 
 def input_specs(shapes: Sequence[tuple], dtypes: Sequence[str]) -> tuple:
-    return tuple({"name": f"input_{i}", "shape": list(s), "dtype": d.replace("torch.", "")}
+    return tuple(InputSpec(f"input_{i}", tuple(s), d.replace("torch.", ""))
                  for i, (s, d) in enumerate(zip(shapes, dtypes)))
 
 

@@ -10,10 +10,7 @@ from typing import Optional
 
 from . import validate
 from .errors import LatkitError
-
-RUNTIMES = ("onnxruntime", "tflite", "torch")
-FORMATS = {".onnx": "onnx", ".tflite": "tflite", ".pt2": "pt2", ".pt": "torchscript", ".ts": "torchscript"}
-RUNTIME_FOR_FORMAT = {"onnx": "onnxruntime", "tflite": "tflite", "pt2": "torch", "torchscript": "torch"}
+from .formats import FORMATS, RUNTIME_FOR_FORMAT, RUNTIMES  # noqa: F401 - named here by the CLI and retest
 
 # Allowed values of the numeric settings; the CLI's options take theirs from here too.
 # Whole numbers: name -> (lowest, highest).
@@ -114,6 +111,28 @@ def sha256_file(path: Path) -> str:
 
 
 @dataclass(frozen=True)
+class InputSpec:
+    """One input a model file takes; TorchScript files need them sent, other formats declare their own.
+    Frozen with a tuple shape, so an Artifact (and a Job) holding inputs can be hashed."""
+
+    name: str
+    shape: tuple
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        object.__setattr__(self, "shape", tuple(self.shape))
+
+    @classmethod
+    def of(cls, spec) -> "InputSpec":
+        """An InputSpec from itself or a {name, shape, dtype} dict (the agent protocol's form)."""
+        return spec if isinstance(spec, cls) else cls(spec["name"], tuple(spec["shape"]), spec.get("dtype", "float32"))
+
+    def to_dict(self) -> dict:
+        """The agent protocol's form: {name, shape (a list), dtype}."""
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+
+@dataclass(frozen=True)
 class Artifact:
     """A model file ready to ship. Its sha256 is its identity everywhere (cache, upload, key)."""
 
@@ -122,7 +141,10 @@ class Artifact:
     format: str
     space: str = "custom"
     arch: str = ""
-    inputs: tuple = field(default=())  # ({"name", "shape", "dtype"}, ...); TorchScript needs them
+    inputs: tuple = field(default=())  # InputSpecs (dicts given are turned into them); TorchScript needs them
+
+    def __post_init__(self):
+        object.__setattr__(self, "inputs", tuple(InputSpec.of(i) for i in self.inputs))
 
     @classmethod
     def from_file(cls, path, space: str = "custom", arch: Optional[str] = None, inputs=()) -> "Artifact":

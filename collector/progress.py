@@ -8,6 +8,8 @@ import sys
 import threading
 from typing import Iterable, Optional
 
+from .reports import DeviceStatus
+
 log = logging.getLogger("latkit")
 
 
@@ -75,7 +77,7 @@ class CollectProgress:
             for d in self.report.devices:
                 state = d.status + (f" ({d.errors} errors)" if d.errors else "")
                 self.progress.update(self.tasks[d.device], total=d.total, completed=d.total - d.remaining, state=state)
-            failed = sum(d.status == "failed" for d in self.report.devices)
+            failed = sum(d.status == DeviceStatus.FAILED for d in self.report.devices)
             self.progress.update(self.overall, total=sum(d.total for d in self.report.devices),
                                  completed=sum(d.total - d.remaining for d in self.report.devices),
                                  state=f"{failed} device(s) failed" if failed else "")

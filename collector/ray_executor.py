@@ -1,7 +1,7 @@
 """`latkit collect --executor ray[=ADDRESS]`: one study over a Ray cluster.
 
 Exports run as Ray tasks wherever the cluster has CPUs. Each device is driven by one Ray actor running the
-same per-device loop as the in-process executor (`scheduler.run_device`: lease, shuffled rounds, retries,
+same per-device loop as the in-process executor (`device_loop.run_device`: lease, shuffled rounds, retries,
 resume by key). A node that can reach a device says so with the custom resource `latkit-device:<name>`
 (`ray start --resources '{"latkit-device:pi4": 1}'`): the device's actor is placed there, anywhere when no
 node claims the device. Model files travel through Ray's object store and are written into the driving node's
@@ -19,11 +19,14 @@ import os
 from pathlib import Path
 from typing import Optional, Sequence
 
+from .device_loop import DeviceRequest, run_device
 from .devices import Device
 from .errors import Interrupted, LatkitError, need
+from .executor import CollectRequest, Exported, Executor
 from .exporters import DEFAULT_CACHE
-from .job import Artifact, Job, sha256_file
-from .scheduler import CollectReport, DeviceReport, run_device
+from .job import Artifact, sha256_file
+from .pipeline import ExportRequest, export_arch
+from .reports import CollectReport, DeviceReport, DeviceStatus
 from .store import Store
 
 RESOURCE = "latkit-device:{}"
@@ -73,18 +76,17 @@ def _materialize(artifact: Artifact, ref, ray) -> Artifact:
 class DeviceDriver:
     """The Ray actor that drives one device: the in-process loop, on the node that can reach the device."""
 
-    def run(self, device: Device, jobs: list, out: str, options: dict) -> tuple:
+    def run(self, device: Device, jobs: list, out: str, request: DeviceRequest) -> tuple:
         import ray
         mine = [dataclasses.replace(job, artifact=_materialize(job.artifact, ref, ray)) for job, ref in jobs]
         report = DeviceReport(device.name, total=len(mine))
-        run_device(device, mine, Store(out), report, **options)
+        run_device(device, mine, Store(out), report, request)
         return report, ray.get_runtime_context().get_node_id()
 
 
 def _export(space, arch: str, fmt: str, batch_size: int, resolution: Optional[int], weight_seed: int) -> tuple:
     """A Ray task: export one arch on whichever node runs it (its own export cache); the file's bytes go to
     the object store."""
-    from .api import export_arch
     import torch
     torch.set_num_threads(1)
     art = export_arch(space, arch, fmt, batch_size=batch_size, resolution=resolution, weight_seed=weight_seed)
@@ -102,42 +104,65 @@ def export_remote(space, archs: Sequence[str], fmt: str, batch_size: int = 1, re
     return list(zip(arts, [p[1] for p in pairs]))
 
 
-def collect_ray(jobs: Sequence[Job], devices: Sequence[Device], out: str, address: str = "",
-                refs: Optional[dict] = None, retries: int = 3, backoff_s: float = 1.0, job_timeout: float = 600.0,
-                retry_errors: bool = False, wait: bool = True, **_) -> CollectReport:
-    """`scheduler.collect` on a Ray cluster: one actor per device, placed where the device is reachable.
-    `refs` maps a model sha256 to the object ref of its bytes (from export_remote); other files are put in
-    the object store from here."""
-    ray = _ray(address)
-    store = Store(out)
-    store.check_writable()
-    done = store.done_keys(include_errors=not retry_errors)
-    refs = dict(refs or {})
-    claimed = set(ray.cluster_resources())
-    actor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(DeviceDriver)
-    options = dict(retries=retries, backoff_s=backoff_s, job_timeout=job_timeout, wait=wait, retry_errors=retry_errors)
-    reports, running = {}, {}
-    for dev in devices:
-        mine = list({j.key: j for j in jobs if j.device == dev.name}.values())
-        todo = [j for j in mine if j.key not in done]
-        reports[dev.name] = DeviceReport(dev.name, total=len(mine), skipped=len(mine) - len(todo))
-        if not todo:
-            reports[dev.name].status = "done"
-            continue
-        for j in todo:
-            if j.artifact.sha256 not in refs:
-                refs[j.artifact.sha256] = ray.put(j.artifact.path.read_bytes())
-        resource = RESOURCE.format(dev.name)
-        place = {"resources": {resource: 0.001}} if resource in claimed else {}
-        driver = actor.options(name=f"latkit-{dev.name}-{os.getpid()}", **place).remote()
-        running[driver.run.remote(dev, [(j, refs[j.artifact.sha256]) for j in todo], str(out), options)] = \
-            (dev.name, driver)
+class RayExecutor(Executor):
+    """Ray tasks export, Ray actors drive the devices (one per device, placed where the device is reachable).
+    `address`: "" starts a cluster here, else the head's host:port or auto."""
+
+    name = "ray"
+    exports_here = False
+
+    def __init__(self, address: str = ""):
+        self.address = address
+
+    def refuse(self, request: CollectRequest) -> None:
+        if request.device.cache_max_gb is not None:
+            raise LatkitError("--cache-max-gb does not apply to --executor ray yet (each node keeps its own cache); "
+                              "leave it out")
+
+    def export(self, request: ExportRequest, devices: Sequence[Device], settings, progress: bool) -> Exported:
+        r = request
+        pairs = export_remote(r.space, r.archs, r.fmt, r.batch_size, r.resolution, self.address,
+                              weight_seed=r.weight_seed)
+        return Exported([a for a, _ in pairs], refs={a.sha256: ref for a, ref in pairs})
+
+    def collect(self, jobs, devices: Sequence[Device], request: CollectRequest) -> CollectReport:
+        """`refs` (request.refs) maps a model sha256 to the object ref of its bytes (from export); other files
+        are put in the object store from here."""
+        ray = _ray(self.address)
+        store = Store(request.out)
+        store.check_writable()
+        done = store.done_keys(include_errors=not request.device.retry_errors)
+        refs = dict(request.refs or {})
+        claimed = set(ray.cluster_resources())
+        actor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(DeviceDriver)
+        jobs = list(jobs)
+        reports, running = {}, {}
+        for dev in devices:
+            mine = list({j.key: j for j in jobs if j.device == dev.name}.values())
+            todo = [j for j in mine if j.key not in done]
+            reports[dev.name] = DeviceReport(dev.name, total=len(mine), skipped=len(mine) - len(todo))
+            if not todo:
+                reports[dev.name].status = DeviceStatus.DONE
+                continue
+            for j in todo:
+                if j.artifact.sha256 not in refs:
+                    refs[j.artifact.sha256] = ray.put(j.artifact.path.read_bytes())
+            resource = RESOURCE.format(dev.name)
+            place = {"resources": {resource: 0.001}} if resource in claimed else {}
+            driver = actor.options(name=f"latkit-{dev.name}-{os.getpid()}", **place).remote()
+            running[driver.run.remote(dev, [(j, refs[j.artifact.sha256]) for j in todo], str(request.out),
+                                      request.device)] = (dev.name, driver)
+        return _gather(ray, running, reports)
+
+
+def _gather(ray, running: dict, reports: dict) -> CollectReport:
+    """Wait for every device's actor; its report, plus what was skipped here before it started."""
     try:
         pending = list(running)
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
             name, _ = running[ready[0]]
-            got, node = ray.get(ready[0])  # the actor's report, plus what was skipped here before it started
+            got, node = ray.get(ready[0])
             reports[name] = dataclasses.replace(got, total=reports[name].total,
                                                 skipped=reports[name].skipped + got.skipped, node=node)
     except (KeyboardInterrupt, Interrupted) as e:

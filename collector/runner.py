@@ -85,7 +85,8 @@ class DeviceRunner:
             self.transport.prefetch(next_job.artifact)
         try:
             result = self.transport.call("measure", timeout=self.timeout, model=model, runtime=job.settings.runtime,
-                                         settings=job.settings.agent_settings(), inputs=list(job.artifact.inputs))
+                                         settings=job.settings.agent_settings(),
+                                         inputs=[i.to_dict() for i in job.artifact.inputs])
         except CallTimeout:
             self.close()  # the transport has killed the agent: start a fresh one for the next job
             return Measurement.failed(job, "timeout", f"no result within {self.timeout:g} s (--job-timeout); the "

@@ -1,0 +1,366 @@
+"""One device, one loop: every executor (in-process threads, Ray actors, the caller-driven stream) times
+jobs through `measurements`, a generator that yields each Measurement once its row is buffered.
+
+The loop starts the agent, records its probe in each store it writes to, takes the device lease and then
+reads the stored keys again (another collection may have measured some jobs into the same store while it
+waited: a key is stored once). Jobs come from a source a window at a time (all at once, a Stream fed while
+models export, or one by one as a caller hands them over) and are timed in `settings.rounds` shuffled rounds
+(round_queue). A broken link is retried on a fresh agent with capped, jittered exponential backoff; rows are
+flushed before the lease can go (the next holder must see them), and an error or Ctrl-C kills the agent at
+once, while a caller that stops early (closes the generator) shuts it down politely.
+"""
+from __future__ import annotations
+
+import queue
+import random
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
+
+from .cache import evictions, max_bytes
+from .devices import Device
+from .errors import Failure, LatkitError, TransportError
+from .job import Job
+from .measurement import Measurement
+from .reports import DeviceReport, DeviceStatus
+from .runner import DeviceRunner
+from .store import Store
+
+# Jobs whose rounds interleave: the agent's default --max-sessions, so every round after the first runs on
+# a session the agent still holds (a .pt2 load is ~0.6 s) while rounds still spread over many models.
+ROUND_WINDOW = 64
+
+
+@dataclass(frozen=True)
+class DeviceRequest:
+    """How a device is driven, from the caller's options down to its loop (a frozen value, so none is lost on
+    the way). `force` measures every job even where the store holds its key (after the lease too);
+    `retry_errors` measures again the jobs whose stored row is an error; `cache_max_gb` bounds the device's
+    model cache (models measured here go first, pending ones stay)."""
+
+    retries: int = 3
+    backoff_s: float = 1.0
+    backoff_max_s: float = 60.0
+    job_timeout: float = 600.0
+    wait: bool = True
+    retry_errors: bool = False
+    force: bool = False
+    cache_max_gb: Optional[float] = None
+
+    def backoff(self, failures: int) -> float:
+        """Seconds before retry number `failures`: doubling from backoff_s, capped, with +-25 % jitter so devices
+        behind one broken link do not all come back at the same moment."""
+        return min(self.backoff_max_s, self.backoff_s * 2 ** (failures - 1)) * random.uniform(0.75, 1.25)
+
+
+def round_queue(jobs: Sequence[Job], seed: int = 0, window: int = ROUND_WINDOW) -> list:
+    """(job, round) pairs, `window` jobs at a time: round r visits every job of the window that needs more
+    than r rounds, in a fresh shuffled order."""
+    order = []
+    for w in range(0, len(jobs), window):
+        block = jobs[w:w + window]
+        for r in range(max(j.settings.rounds for j in block)):
+            these = [j for j in block if j.settings.rounds > r]
+            random.Random(seed * 1000003 + w * 1009 + r).shuffle(these)
+            order += [(j, r) for j in these]
+    return order
+
+
+class Stream:
+    """One device's jobs as they arrive while it already times (models still exporting): a bounded queue that
+    a feeder fills and the loop drains a window at a time. Bounded, so a slow device holds back the exports
+    (and the files on disk) instead of letting them run far ahead."""
+
+    first_seed = 1  # round_queue's seed of the first window (the next ones count up)
+
+    def __init__(self, maxsize: int = 2 * ROUND_WINDOW):
+        self._q: queue.Queue = queue.Queue(maxsize)
+        self._ended = threading.Event()
+
+    def put(self, job: Job, wanted: Callable[[], bool]) -> bool:
+        """Queue `job`, waiting while the queue is full; False (dropped) once `wanted()` turns False."""
+        while wanted():
+            try:
+                self._q.put(job, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def end(self) -> None:
+        self._ended.set()
+
+    def window(self, stop: threading.Event, limit: int = ROUND_WINDOW) -> Optional[list]:
+        """The next jobs (at least one, at most `limit`: what has arrived), waiting for the first; None once
+        the stream has ended and is drained, or `stop` is set."""
+        while not stop.is_set():
+            try:
+                first = self._q.get(timeout=0.2)
+            except queue.Empty:
+                if self._ended.is_set() and self._q.empty():
+                    return None
+                continue
+            out = [first]
+            while len(out) < limit:
+                try:
+                    out.append(self._q.get_nowait())
+                except queue.Empty:
+                    break
+            return out
+        return None
+
+
+class Batch:
+    """Jobs known up front: queued in shuffled rounds before the agent starts (round_queue windows them)."""
+
+    def __init__(self, jobs: Sequence[Job]):
+        self.jobs = list(jobs)
+
+
+class Arrivals:
+    """Jobs from any iterable, each timed the moment it comes (a window of one)."""
+
+    first_seed = 0
+
+    def __init__(self, jobs: Iterable[Job], check: Callable[[Job], None] = lambda job: None):
+        self._jobs, self._check = iter(jobs), check
+
+    def window(self, stop: threading.Event) -> Optional[list]:
+        job = next(self._jobs, None)
+        if job is None:
+            return None
+        self._check(job)
+        return [job]
+
+
+Source = Union[Batch, Stream, Arrivals]
+
+
+class GaveUp(Failure):
+    """A device that stayed unreachable through every retry."""
+
+
+class _Rows:
+    """The loop's stores: a batch writer each, the probe of the running agent recorded once in each, and the
+    keys each held when the lease was last taken."""
+
+    def __init__(self, store_of: Callable[[Job], Store], request: DeviceRequest):
+        self.store_of, self.request = store_of, request
+        self.writers: dict = {}  # Store.root -> (store, writer)
+        self.probed: set = set()
+        self.done: dict = {}  # Store.root -> keys stored when the lease was taken
+
+    def new_lease(self) -> None:
+        self.probed.clear()
+        self.done.clear()
+
+    def writer(self, job: Job, runner: DeviceRunner):
+        store = self.store_of(job)
+        if store.root not in self.writers:
+            self.writers[store.root] = (store, store.writer())
+        if store.root not in self.probed:
+            store.record_devices({runner.fingerprint: dict(runner.probe, device=runner.device.name)})
+            self.probed.add(store.root)
+        return self.writers[store.root]
+
+    def stored(self, job: Job) -> bool:
+        """Whether `job`'s store held its key when this lease was taken (never, with `force`)."""
+        if self.request.force:
+            return False
+        store = self.store_of(job)
+        if store.root not in self.done:
+            self.done[store.root] = store.done_keys(include_errors=not self.request.retry_errors)
+        return job.key in self.done[store.root]
+
+    def flush(self, close: bool = False) -> None:
+        """Write what is buffered (before a lease can go); a write that fails fails the device."""
+        for store, w in self.writers.values():
+            try:
+                w.close() if close else w.flush()
+            except OSError as e:
+                raise Failure(f"cannot write rows to {store.uri}: {e}") from None
+
+
+def _account(report: DeviceReport, m: Measurement) -> None:
+    """The device's own time in a round: warmup and timed runs, plus the load of a fresh session."""
+    if m.status == "ok":
+        report.timing_s += m.warmup_s + sum(m.samples_ms) / 1e3
+        fresh = not (m.round_session_reused and m.round_session_reused[0])  # a reused session loaded nothing
+        report.agent_s += (m.load_ms or 0) / 1e3 * fresh + m.warmup_s + sum(m.samples_ms) / 1e3
+
+
+def _counted(report: DeviceReport, m: Measurement) -> None:
+    if m.status == "ok":
+        report.measured += 1
+    else:
+        report.errors += 1
+        report.failed.append((m.job.artifact.arch, m.error_kind, m.error))
+
+
+def bound_device_cache(runner: DeviceRunner, max_gb: float, pending: set) -> None:
+    """Evict models from the device's cache down to `max_gb`, least recently used first; the models still
+    pending on this device stay (every other one is measured here already)."""
+    gone = evictions(runner.transport.model_files(), max_bytes(max_gb), keep=pending)
+    if gone:
+        runner.transport.evict({f.sha256 for f in gone})
+
+
+class _Loop:
+    """The state of one device's loop; `run` is the generator."""
+
+    def __init__(self, device: Device, source: Source, store_of: Callable[[Job], Store], request: DeviceRequest,
+                 report: DeviceReport, stop: threading.Event, active: Optional[set]):
+        self.device, self.source, self.request, self.report, self.stop = device, source, request, report, stop
+        self.rows = _Rows(store_of, request)
+        self.runner = DeviceRunner(device, timeout=request.job_timeout, wait=request.wait)
+        self.active = active
+        batch = isinstance(source, Batch)
+        self.pending: list = round_queue(source.jobs) if batch else []  # (job, round) still to time
+        self.parts: dict = {}  # key -> the job's rounds so far
+        self.windows = 0
+        self.more = not batch  # the source may have more jobs
+
+    def start(self) -> None:
+        """A fresh agent holding the lease; pending jobs stored meanwhile (by another collection) are dropped."""
+        self.runner.start()
+        self.report.agent_starts += 1
+        self.runner.lease()
+        self.rows.new_lease()
+        gone = {j.key for j, _ in self.pending if self.rows.stored(j)}
+        self.report.skipped += len(gone)
+        self.pending = [(j, r) for j, r in self.pending if j.key not in gone]
+        for k in gone:
+            self.parts.pop(k, None)
+
+    def refill(self) -> None:
+        """The next window of the source, less what is stored, in shuffled rounds; `more` False once it ends."""
+        block = self.source.window(self.stop)
+        if block is None:
+            self.more = False
+            return
+        fresh = [j for j in block if not self.rows.stored(j)]
+        self.report.skipped += len(block) - len(fresh)
+        self.pending = round_queue(fresh, seed=self.source.first_seed + self.windows) if fresh else []
+        self.windows += 1
+
+    def measure(self, t0: float) -> Measurement:
+        job = self.pending[0][0]
+        self.rows.writer(job, self.runner)  # the store's probe, before the first row of this agent
+        if self.report.first_timing_at is None:
+            self.report.first_timing_at = time.time()
+        t_job = time.perf_counter()
+        if self.report.start_s is None:
+            self.report.start_s = t_job - t0
+        m = self.runner.measure(job, self.pending[1][0] if len(self.pending) > 1 else None)
+        self.report.busy_s += time.perf_counter() - t_job
+        return m
+
+    def step(self, t0: float) -> Optional[Measurement]:
+        """One request: start the agent, take a window, or time one round; the Measurement when a job is done."""
+        if not self.runner.started:
+            self.start()
+            return None
+        if not self.pending:
+            self.refill()
+            return None
+        m = self.measure(t0)
+        job, _ = self.pending.pop(0)
+        _account(self.report, m)
+        if m.status == "ok":
+            self.parts.setdefault(job.key, []).append(m)
+            if len(self.parts[job.key]) < job.settings.rounds:
+                return None
+            return Measurement.combine(self.parts.pop(job.key))
+        self.parts.pop(job.key, None)  # an error ends the job: its later rounds are dropped
+        self.pending = [(j, r) for j, r in self.pending if j.key != job.key]
+        return m
+
+    def store(self, m: Measurement) -> None:
+        store, writer = self.rows.writer(m.job, self.runner)
+        try:
+            writer.add(m.to_row())
+        except OSError as e:
+            raise Failure(f"cannot write rows to {store.uri}: {e}") from None
+        if self.request.cache_max_gb is not None:
+            bound_device_cache(self.runner, self.request.cache_max_gb, {j.artifact.sha256 for j, _ in self.pending})
+        _counted(self.report, m)
+
+    def link_failed(self, e: TransportError, failures: int) -> None:
+        """After a broken link: rows flushed, the agent gone, a wait before the next try (or give up)."""
+        self.rows.flush()
+        self.runner.close()
+        if self.stop.is_set():
+            return
+        if failures > self.request.retries:
+            raise GaveUp(f"{e} (gave up after {self.request.retries} retries)")
+        time.sleep(self.request.backoff(failures))
+
+    def run(self) -> Iterator[Measurement]:
+        t0 = time.perf_counter()
+        self.report.status = DeviceStatus.RUNNING
+        if self.active is not None:
+            self.active.add(self.runner)
+        failures = 0
+        try:
+            while self.pending or self.more:
+                if self.stop.is_set():
+                    self.report.status = DeviceStatus.STOPPED
+                    return
+                try:
+                    m = self.step(t0)
+                except TransportError as e:
+                    failures += 1
+                    self.link_failed(e, failures)
+                    continue
+                if m is None:
+                    continue
+                failures = 0
+                self.store(m)
+                yield m
+                if m.error_kind == "protocol_error":  # its row is kept; a device that lies measures nothing more
+                    raise Failure(m.error)
+            self.report.status = DeviceStatus.DONE if not self.stop.is_set() else DeviceStatus.STOPPED
+        except (GeneratorExit, LatkitError):
+            raise  # the caller stopped early, or the device cannot go on: the agent is shut down politely below
+        except BaseException:
+            self.runner.kill()  # an error or Ctrl-C: stop the device now, not after a polite wait
+            raise
+        finally:
+            try:
+                self.rows.flush(close=True)
+            finally:
+                self.runner.close()
+                if self.active is not None:
+                    self.active.discard(self.runner)
+                self.report.wall_s = time.perf_counter() - t0
+
+
+def measurements(device: Device, source: Source, store_of: Callable[[Job], Store], request: DeviceRequest,
+                 report: Optional[DeviceReport] = None, stop: Optional[threading.Event] = None,
+                 active: Optional[set] = None) -> Iterator[Measurement]:
+    """Time the jobs of `source` on `device`, buffering each job's row in `store_of(job)` once its last round is
+    in, and yield its Measurement. `report` is kept up to date (counts, timings, status); `stop` ends the loop
+    between requests; `active` holds the running DeviceRunner (to kill it from another thread). Raises
+    LatkitError when the device cannot go on (GaveUp after `request.retries` failed restarts in a row)."""
+    return _Loop(device, source, store_of, request, report or DeviceReport(device.name, total=0),
+                 stop or threading.Event(), active).run()
+
+
+def run_device(device: Device, jobs: Union[Sequence[Job], Stream], store: Store, report: DeviceReport,
+               request: DeviceRequest = DeviceRequest(), on_row: Optional[Callable] = None,
+               stop: Optional[threading.Event] = None, active: Optional[set] = None) -> None:
+    """Measure `jobs` (a list, or a Stream measured a window at a time as jobs arrive) on `device` into `store`,
+    calling `on_row(report, m)` after each stored row. A device that cannot go on is marked failed in `report`
+    (with its message and exit code), not raised, so the other devices go on."""
+    source = jobs if isinstance(jobs, Stream) else Batch(jobs)
+    loop = measurements(device, source, lambda job: store, request, report, stop, active)
+    try:
+        for m in loop:
+            if on_row:
+                try:
+                    on_row(report, m)
+                except BaseException as e:  # Ctrl-C in this thread: the device stops now, as inside the loop
+                    loop.throw(e)
+    except LatkitError as e:
+        report.fail(str(e), e.exit_code)
