@@ -332,6 +332,7 @@ def _fit_output(args) -> Path:
 def cmd_predictor_fit(args) -> int:
     from latkit.predictor.data import LatencyTable
     from latkit.predictor.esm import fit
+    from latkit.predictor.metrics import METRICS
     from latkit.predictor.report import write_report
     table = LatencyTable(args.data, args.space)  # bad data or device: one line before anything is written
     table.check_devices([args.device])
@@ -340,8 +341,7 @@ def cmd_predictor_fit(args) -> int:
         surrogate, result, test = fit(table, table.space, args.device, args.budget, args.sampler, args.model, args.seed,
                                       progress=step)
     surrogate.save(out)
-    shown = {k: result[k] for k in ("spearman", "kendall", "mape", "rmse", "acc5", "acc10", "n_train", "n_test",
-                                    "model")}
+    shown = {k: result[k] for k in (*METRICS, "n_train", "n_test", "model")}
     print(f"{args.space} on {args.device}: " + ", ".join(
         f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()) + f"; saved {out}")
     if args.json:
@@ -417,11 +417,11 @@ def cmd_predictor_transfer(args) -> int:
 
 def cmd_predictor_predict(args) -> int:
     from latkit.collector.spaces import get_space
-    from latkit.predictor.models import Surrogate
+    from latkit.predictor.models import load
     space = get_space(args.space)
     if args.file:
         validate.readable_file(args.file, "--file")
-    model = Surrogate.load(args.model)
+    model = load(args.model)
     if model.space != args.space:
         raise LatkitError(f"{args.model} predicts {model.space}, not {args.space}; give --space {model.space}")
     if args.all:
