@@ -2,7 +2,7 @@
 (build.py): the candidates are split into bins of predicted latency; each bin gets a share of the batch in
 proportion to the relative error the surrogate made there on the previous batch (measured before it joined
 training), and within a bin the archs the ensemble's members dispute most are taken (a single model, which
-has no spread: a random draw within the bin).
+has no spread: a random draw within the bin; and before any error is known, a uniform draw).
 
 The binning is build's: N_BINS quantile bins of the candidates' predicted latency, the same edges for the
 errors and the draw, so every bin holds archs to draw (edges from the batch's own predictions, as fit had,
@@ -57,6 +57,8 @@ def weak_spots(pred: np.ndarray, k: int, bins: Optional[list], rng: np.random.Ge
     pred = np.asarray(pred)
     if k <= 0 or not len(pred):
         return []
+    if bins is None and spread is None:  # nothing yet says where the surrogate is weak: a uniform draw
+        return rng.choice(len(pred), min(k, len(pred)), replace=False).tolist()
     # most disputed first; without a spread, a random order (the draw within each bin)
     order = np.argsort(-np.asarray(spread), kind="stable") if spread is not None else rng.permutation(len(pred))
     idx = _bin(pred, _edges(pred))[order]
