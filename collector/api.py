@@ -230,13 +230,16 @@ def measure(model, device: str = "local", runtime: Optional[str] = None, setting
 
 def measure_many(artifacts: Sequence[Artifact], device: str = "local", runtime: Optional[str] = None,
                  settings: Optional[Settings] = None, out="latkit-data", force: bool = False,
-                 registry: Optional[Registry] = None, wait: bool = True, sampler: str = "") -> list:
+                 registry: Optional[Registry] = None, wait: bool = True, sampler: str = "", role: str = "",
+                 role_round: Optional[int] = None) -> list:
     """Time several artifacts on one device with one agent (in shuffled rounds); each row is appended as
-    soon as its job is done. `sampler`: how the archs were chosen, kept in each new row."""
+    soon as its job is done. `sampler`: how the archs were chosen, `role` and `role_round`: what the rows are
+    for (collector/schema.py), kept in each new row."""
     dev = (registry or Registry()).get(device)
     store = Store(out)
     store.check_writable()
-    jobs = [dataclasses.replace(j, sampler=sampler) for j in make_jobs(artifacts, [dev.name], runtime, settings)]
+    jobs = [dataclasses.replace(j, sampler=sampler, role=role, role_round=role_round)
+            for j in make_jobs(artifacts, [dev.name], runtime, settings)]
     done = set() if force else store.done_keys()
     todo = list({j.key: j for j in jobs if j.key not in done}.values())
     fresh = {}

@@ -1,7 +1,7 @@
 """The argparse side of the `latkit` CLI: its error contract, "did you mean" for a mistyped command, the global
 -q/-v/--json flags (before or after the command), each leaf command's examples, and shell completion.
 
-Kept apart from cli.py so the command bodies there stay about what each command does, and so one test
+Kept apart from the command modules (cli_*.py) so they stay about what each command does, and so one test
 (tests/test_cli_help.py) can walk the parser tree: every leaf command must have examples that parse and a
 help text for every option, or the test names the command that lacks them.
 """

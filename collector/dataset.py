@@ -80,7 +80,7 @@ def import_help(src, out) -> int:
                 continue
             suffix = device.rsplit("_", 1)[-1]
             rows.append({"space": space, "arch": arch, "device": device, "latency_ms": lat, "key": key,
-                         "runtime": "published", "settings": "{}", "sampler": "help", "status": "ok",
+                         "runtime": "published", "settings": "{}", "sampler": "help", "role": "", "status": "ok",
                          "batch_size": int(suffix) if suffix.isdigit() else 1, "samples_ms": [],
                          "model_sha256": "", "model_format": "", "error_kind": "", "error": ""})
         added += store.append(rows)

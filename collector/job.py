@@ -171,6 +171,8 @@ class Job:
     device: str
     settings: Settings
     sampler: str = field(default="", compare=False)  # how the arch was chosen; not part of the key
+    role: str = field(default="", compare=False)  # what the row is for (collector/schema.py ROLES); not in the key
+    role_round: Optional[int] = field(default=None, compare=False)  # the round of a "round" row
 
     @property
     def key(self) -> str:

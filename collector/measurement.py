@@ -262,6 +262,7 @@ class Measurement:
             "cudnn_benchmark": a.get("cudnn_benchmark"), "tf32": a.get("tf32"),
             "launch_ms": self.launch_ms, "launch_bound": self.launch_bound,
             "settings": st.canonical(), "key": j.key, "sampler": j.sampler,
+            "role": j.role, "role_round": j.role_round,
             "warmup": self.warmup, "samples_ms": list(self.samples_ms),
             "rounds": len(self.round_ms) if self.status == "ok" else None, "round_ms": list(self.round_ms) or None,
             "round_started_at": rounds_at or None, "round_finished_at": ends or None,

@@ -100,7 +100,8 @@ def retest(path, n: int = 50, seed: int = 0, models: Sequence = (), registry: Op
     jobs, original = [], {}
     for key in picked:
         r = newest[key]
-        job = Job(_artifact(r, files), r["device"], settings_of(r["settings"]), sampler="retest")
+        job = Job(_artifact(r, files), r["device"], settings_of(r["settings"]), sampler=r["sampler"] or "",
+                  role="retest")
         if job.key != key:  # the key is recomputed from the same file, device and settings
             raise LatkitError(f"cannot reproduce the key of {r['arch'][:40]} on {r['device']}; was it measured by "
                               "an older latkit?")

@@ -65,7 +65,14 @@ COLUMNS: tuple = tuple([
     Column("launch_bound", _BOOL, "", "an eager row whose launch_ms >= 0.8 x latency (it timed the host)"),
     Column("settings", _STR, "", "canonical JSON of Settings"),
     Column("key", _STR, "", "sha256(model, device, settings): a row is exactly-once per key; resume skips done keys"),
-    Column("sampler", _STR, "", "how the arch was chosen, e.g. \"balanced(seed=0)\"; \"\" for single models"),
+    Column("sampler", _STR, "", "how the arch was chosen, e.g. \"balanced(seed=0)\"; \"\" for single models; "
+                                "predictor build: uniform (held-out), balanced (round 0), weak-spots (later rounds); "
+                                "predictor adapt: diverse-bank (k-means over the source bank). Rows of latkit before "
+                                "the role column: \"build(heldout)\", \"build(round=N)\", \"adapt\", \"retest\""),
+    Column("role", _STR, "", "what the row is for: \"\" data; \"heldout\" / \"round\" predictor build's held-out "
+                             "and training archs; \"adapt\" predictor adapt's; \"retest\" measured again into a "
+                             "retest side table. Null in rows of latkit before it (their sampler says it)"),
+    Column("role_round", _I64, "", "the build round that measured a \"round\" row (0 = the first); null otherwise"),
     Column("latency_ms", _F64, "ms", "the headline; latency_statistic says which statistic of the samples it is"),
     Column("latency_statistic", _STR, "", "p10 on a CPU (the 10th percentile of all samples: a low quantile repeats "
                                           "best on a busy host); on a GPU median, or min_round_median (the fastest "
@@ -109,6 +116,23 @@ COLUMNS: tuple = tuple([
     Column("error_kind", _STR, "", "error kind (collector/measurement.py ERROR_KINDS)"),
     Column("error", _STR, "", "one-line error message"),
 ])
+
+# The values of the role column: a row's part in the pipeline that measured it, apart from how its arch was
+# chosen (sampler), so that a pipeline finds its own rows without parsing sampler strings.
+ROLES = ("", "heldout", "round", "adapt", "retest")
+_LEGACY_ROLES = {"build(heldout)": "heldout", "adapt": "adapt", "retest": "retest"}
+
+
+def role_of(row: dict) -> tuple:
+    """(role, role_round) of a row; rows of latkit before the role column (role null) kept it in sampler,
+    "build(round=N)" and the like, which datasets written then still hold."""
+    if row.get("role") is not None:
+        return row["role"], row.get("role_round")
+    sampler = row.get("sampler") or ""
+    if sampler.startswith("build(round=") and sampler.endswith(")") and sampler[12:-1].isdigit():
+        return "round", int(sampler[12:-1])
+    return _LEGACY_ROLES.get(sampler, ""), None
+
 
 # The schema of rows in latkit's API and of every Parquet file (all columns, in this order).
 SCHEMA = pa.schema([(c.name, c.type) for c in COLUMNS])

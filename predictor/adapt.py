@@ -4,7 +4,7 @@
    the shipped HELP table of the space and of any latkit datasets given as `sources` (their ok rows).
 2. Choose `n` archs with the encoding-based sampler (k-means over the source bank and proxies): no latency
    of the new device exists yet. The choice is stable in `n` only up to k-means; rows already measured
-   (tagged "adapt") are reused and count towards `n`, so a re-run with a larger n measures only new archs.
+   (role "adapt") are reused and count towards `n`, so a re-run with a larger n measures only new archs.
 3. Measure them on the device (lease, store, resume), fit FewShot, save it; the expected accuracy is the
    out-of-fold Spearman and +-10 % accuracy of 5-fold cross-validation on the n measured archs.
 """
@@ -24,11 +24,11 @@ from latkit.collector.errors import LatkitError
 from latkit.collector.job import Settings
 
 from .data import LatencyTable
-from .live import job_settings, latencies, measure_archs, tagged_rows
+from .live import job_settings, latencies, measure_archs, own_rows
 from .metrics import report
 from .transfer import FewShot, Pretrained
 
-TAG = "adapt"
+ROLE = "adapt"
 
 
 def source_table(space: str, sources: Sequence = ()) -> tuple:
@@ -53,11 +53,12 @@ def adapt(device: str, space: str = "nb201", n: int = 20, sources: Sequence = ()
     pre = Pretrained(space, source_samples=900, use_gnn=False, random_state=seed, n_jobs=-1)
     pre.fit(table, names, pool)
     pretrain_s = time.perf_counter() - t0
-    rows = tagged_rows(data, device, space, settings, TAG)
+    rows = own_rows(data, device, space, settings, (ROLE,))
     have = [a for a in rows if a in pre.pool_index_]
     chosen = have + [a for a in pre.choose(n + len(have)) if a not in rows][: max(0, n - len(have))]
-    got, measure_s = measure_archs(space, [a for a in chosen if a not in rows], device, settings, data, TAG, reg)
-    rows.update({a: (v, TAG) for a, v in got.items()})
+    got, measure_s = measure_archs(space, [a for a in chosen if a not in rows], device, settings, data,
+                                   f"diverse-bank(seed={seed})", ROLE, registry=reg)
+    rows.update(got)
     archs = [a for a in chosen if a in rows]
     if len(archs) < 5:
         raise LatkitError(f"only {len(archs)} archs measured ok on {device}; see latkit data show {data}")

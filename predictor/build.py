@@ -7,12 +7,15 @@
 3. Round r: over the unmeasured pool, the ensemble predicts latency and its spread. The batch is split over
    bins of predicted latency in proportion to the relative error the surrogate made in each bin on the
    previous batch (measured before it joined training, as in ESM); within a bin, the archs where the
-   members disagree most are taken. Measure, refit, score on the held-out set. Each round records its
-   measuring seconds and its `fit_s` (fitting, scoring and choosing the next batch: the loop's overhead).
+   members disagree most are taken (predictor/weakspots.py, the sampler `fit` uses too). Measure, refit,
+   score on the held-out set. Each round records its measuring seconds and its `fit_s` (fitting, scoring and
+   choosing the next batch: the loop's overhead).
 4. Stop when the held-out +-10 % accuracy reaches `target_acc`, or when `max_archs` (held-out included)
    are measured.
-Every row is tagged "build(heldout)" or "build(round=r)" (predictor/live.py): interrupted, the same call
-reads its rows back and replays the rounds' fits, measuring only archs that have no row yet.
+Every row has the role "heldout", or "round" and its round number (predictor/live.py), and says how its
+arch was chosen in `sampler`: uniform, balanced, weak-spots. Interrupted, the same call reads its rows back
+(those of an older latkit by their "build(round=r)" sampler) and replays the rounds' fits, measuring only
+archs that have no row yet.
 """
 from __future__ import annotations
 
@@ -32,11 +35,11 @@ from latkit.collector.spaces import get_space
 
 from .ensemble import Ensemble
 from .esm import choose_model
-from .live import job_settings, latencies, measure_archs, tagged_rows
+from .live import job_settings, latencies, measure_archs, own_rows
 from .metrics import relative_error, report
 from .models import make_model
+from .weakspots import N_BINS, bin_errors, weak_spots
 
-N_BINS = 8
 MAX_CANDIDATES = 4000  # unmeasured archs scored per round: the ranking, not the pool size, is what matters
 
 
@@ -56,33 +59,22 @@ def build(space: str, device: str = "local", target_acc: float = 0.95, max_archs
     candidates = pool(sp, max_archs, rng)
     if len(candidates) < max_archs:
         raise LatkitError(f"{space} has {len(candidates)} archs; --max-archs {max_archs} is more; lower it")
-    rows = tagged_rows(data, device, space, settings, "build(")
-    measured = []  # seconds measuring each batch (0 for a batch read back from the dataset)
-
-    def take(archs, tag):
-        got, seconds = measure_archs(space, [a for a in archs if a not in rows], device, settings, data, tag, reg)
-        rows.update({a: (v, tag) for a, v in got.items()})
-        measured.append(seconds)
-        return [a for a in archs if a in rows]
-
-    held = [a for a, (_, tag) in rows.items() if tag == "build(heldout)"]
+    own = _Own(space, device, settings, data, reg, seed)
+    held = own.archs("heldout")
     if len(held) < heldout:
         order = [candidates[i] for i in rng.permutation(len(candidates))]
-        held = take([a for a in order if a not in rows or a in held][:heldout], "build(heldout)")
-    held_set, y_held = set(held), latencies(rows, held)
-    rounds = {}
-    for a, (_, tag) in rows.items():
-        if tag.startswith("build(round="):
-            rounds.setdefault(int(tag[len("build(round="):-1]), []).append(a)
+        held = own.take([a for a in order if a not in own.rows or a in held][:heldout], "uniform", "heldout")
+    held_set, y_held = set(held), own.latencies(held)
+    rounds = own.rounds()
     free = [a for a in candidates if a not in held_set]
     start = sample_from(sp, free, batch, "balanced", seed)
-    train = take(start, "build(round=0)") if 0 not in rounds else rounds[0]
-    round_measure = measured[-1] if 0 not in rounds else 0.0
+    train = own.take(start, "balanced", "round", 0) if 0 not in rounds else rounds[0]
+    round_measure = own.measured[-1] if 0 not in rounds else 0.0
     t0 = time.perf_counter()
-    name = choose_model(space, train, latencies(rows, train), seed, n_jobs=2)
+    name = choose_model(space, train, own.latencies(train), seed, n_jobs=2)
     history, prev_err, r = [], None, 0
     while True:
-        model = Ensemble(make_model(name, space, seed, n_jobs=2), members, seed).fit(train, latencies(rows, train))
+        model = Ensemble(make_model(name, space, seed, n_jobs=2), members, seed).fit(train, own.latencies(train))
         m = report(model.predict(held), y_held)
         history.append({"round": r, "n_train": len(train), "n_measured": len(train) + len(held),
                         "acc10": m["acc10"], "spearman": m["spearman"], "mape": m["mape"], "bins": prev_err,
@@ -97,61 +89,59 @@ def build(space: str, device: str = "local", target_acc: float = 0.95, max_archs
             rest = [a for a in candidates if a not in taken]
             pick = rest if len(rest) <= MAX_CANDIDATES else [
                 rest[i] for i in np.sort(rng.choice(len(rest), MAX_CANDIDATES, replace=False))]
-            nxt = present + _weak_spots(model, pick, max(0, k - len(present)), history[-1]["bins"], rng)
+            mean, std = model.predict(pick, return_std=True)
+            nxt = present + [pick[i] for i in weak_spots(mean, max(0, k - len(present)), history[-1]["bins"], rng,
+                                                         spread=std / mean)]
         # the loop's own time between two measurements: fitting, scoring, choosing the next batch
         history[-1]["fit_s"] = time.perf_counter() - t0
         log(f"round {r - 1}: {len(train)} archs trained on, held-out ±10 % {m['acc10'] * 100:.1f} %, "
             f"spearman {m['spearman']:.3f} (measuring {round_measure:.1f} s, fitting {history[-1]['fit_s']:.1f} s)")
         if stop:
             break
-        nxt = take(nxt, f"build(round={r})")
-        round_measure = measured[-1]
+        nxt = own.take(nxt, "weak-spots", "round", r)
+        round_measure = own.measured[-1]
         t0 = time.perf_counter()
         pred = model.predict(nxt)
-        prev_err = _bin_errors(pred, relative_error(pred, latencies(rows, nxt)), model.predict(pick))
+        prev_err = bin_errors(pred, relative_error(pred, own.latencies(nxt)), mean)
         train = train + [a for a in nxt if a not in set(train)]
     final = dict(m, model=name, members=members, n_train=len(train), n_heldout=len(held), rounds=history,
                  target_acc=target_acc, reached=m["acc10"] >= target_acc, max_archs=max_archs,
-                 measure_s=float(sum(measured)), fit_s=float(sum(h["fit_s"] for h in history)),
+                 measure_s=float(sum(own.measured)), fit_s=float(sum(h["fit_s"] for h in history)),
                  bins_sampled=_bins_sampled(history))
     return model, final
 
 
-def _edges(pred_pool: np.ndarray) -> np.ndarray:
-    return np.quantile(pred_pool, np.linspace(0, 1, N_BINS + 1))
+class _Own:
+    """The loop's rows in the dataset: read back at the start (resume), added to as batches are measured."""
 
+    def __init__(self, space: str, device: str, settings: Settings, data, registry: Registry, seed: int):
+        self.space, self.device, self.settings, self.data, self.registry = space, device, settings, data, registry
+        self.seed = seed
+        self.rows = own_rows(data, device, space, settings, ("heldout", "round"))
+        self.measured = []  # seconds measuring each batch (0 for a batch read back from the dataset)
 
-def _bin_errors(pred: np.ndarray, err: np.ndarray, pred_pool: np.ndarray) -> list:
-    """Per bin of predicted latency (quantiles of the pool): [lo_ms, hi_ms, archs, mean relative error]."""
-    edges = _edges(pred_pool)
-    idx = np.clip(np.searchsorted(edges, pred, side="right") - 1, 0, N_BINS - 1)
-    return [[float(edges[b]), float(edges[b + 1]), int(np.sum(idx == b)),
-             float(err[idx == b].mean()) if np.any(idx == b) else None] for b in range(N_BINS)]
+    def archs(self, role: str) -> list:
+        return [a for a, row in self.rows.items() if row.role == role]
 
+    def rounds(self) -> dict:
+        """round -> the archs measured for it."""
+        out = {}
+        for a, row in self.rows.items():
+            if row.role == "round":
+                out.setdefault(row.round, []).append(a)
+        return out
 
-def _weak_spots(model, rest: list, k: int, bins: Optional[list], rng) -> list:
-    """k archs: bins weighted by the previous batch's error there, the most disputed archs of each bin."""
-    if k <= 0 or not rest:
-        return []
-    mean, std = model.predict(rest, return_std=True)
-    spread = std / mean
-    edges = _edges(mean)
-    idx = np.clip(np.searchsorted(edges, mean, side="right") - 1, 0, N_BINS - 1)
-    errs = [b[3] for b in bins] if bins else []
-    known = [e for e in errs if e is not None]
-    w = np.array([(e if e is not None else (max(known) if known else 1.0)) for e in errs] or [1.0] * N_BINS)
-    w = w + 0.1 * w.mean() + 1e-9  # every bin keeps a little weight
-    quota = np.floor(k * w / w.sum()).astype(int)
-    for b in np.argsort(-w)[: k - quota.sum()]:
-        quota[b] += 1
-    out = []
-    for b in range(N_BINS):
-        members = np.flatnonzero(idx == b)
-        out += [rest[i] for i in members[np.argsort(-spread[members])][: quota[b]]]
-    if len(out) < k:  # a bin with fewer archs than its quota: fill with the most disputed elsewhere
-        chosen = set(out)
-        out += [rest[i] for i in np.argsort(-spread) if rest[i] not in chosen][: k - len(out)]
-    return out
+    def take(self, archs: list, sampler: str, role: str, round_: Optional[int] = None) -> list:
+        """Measure the archs that have no row yet; the archs that have one now."""
+        got, seconds = measure_archs(self.space, [a for a in archs if a not in self.rows], self.device,
+                                     self.settings, self.data, f"{sampler}(seed={self.seed})", role, round_,
+                                     self.registry)
+        self.rows.update(got)
+        self.measured.append(seconds)
+        return [a for a in archs if a in self.rows]
+
+    def latencies(self, archs: list) -> np.ndarray:
+        return latencies(self.rows, archs)
 
 
 def _bins_sampled(history: list) -> list:

@@ -5,8 +5,9 @@
 2. A first quarter of the budget is chosen with the sampler (balanced over FLOPs by default).
 3. Rounds: the current surrogate predicts the pool; the next batch is drawn from bins of predicted
    latency, weighted by the relative error the surrogate made in each bin on the batch before (its
-   latencies were read when it was chosen, before it joined the training set). Stops at the budget, or
-   when the batch error stops improving (plateau: < 0.5 point of +-10 % accuracy over two rounds).
+   latencies were read when it was chosen, before it joined the training set): predictor/weakspots.py,
+   the sampler `build` uses too. Stops at the budget, or when the batch error stops improving (plateau:
+   < 0.5 point of +-10 % accuracy over two rounds).
 4. Model choice: `auto` takes the model with the best 5-fold cross-validated Spearman, on the first batch
    for the rounds and on the whole training set for the final surrogate.
 5. Every arch never chosen is the test set: Spearman, Kendall, MAPE, RMSE, +-5 % and +-10 % accuracy.
@@ -14,8 +15,6 @@
 from __future__ import annotations
 
 import time
-from typing import Optional
-
 import numpy as np
 
 from latkit.collector.errors import LatkitError
@@ -26,6 +25,7 @@ from .data import LatencyTable
 from .ensemble import Ensemble
 from .metrics import relative_error, report
 from .models import MODELS, make_model
+from .weakspots import bin_errors, weak_spots
 
 AUTO_CANDIDATES = ("ridge", "gbdt", "rf", "mlp")
 
@@ -95,12 +95,13 @@ def fit(data, space, device: str, budget: int = 500, sampler: str = "balanced", 
         taken = set(train)
         rest = [a for a in pool if a not in taken]
         k = min(batch or budget - len(train), budget - len(train))
-        nxt = _weak_batch(surrogate, rest, k, history[-1] if history else None, rng)
+        pred_rest = surrogate.predict(rest)
+        chosen = weak_spots(pred_rest, k, history[-1]["bins"] if history else None, rng)
+        nxt, pred_nxt = [rest[i] for i in chosen], pred_rest[chosen]
         y_nxt = table.latency(device, nxt)
-        pred_nxt = surrogate.predict(nxt)
         err = relative_error(pred_nxt, y_nxt)
         history.append({"n_train": len(train), "acc10": float(np.mean(err <= 0.10)), "mape": float(err.mean() * 100),
-                        "bins": _bin_errors(pred_nxt, err)})
+                        "bins": bin_errors(pred_nxt, err, pred_rest)})
         train, y_train = train + nxt, np.concatenate([y_train, y_nxt])
         say(f"round {len(history)}: {len(train)} training archs (±10 % on the last batch: "
             f"{history[-1]['acc10'] * 100:.0f} %)")
@@ -119,20 +120,3 @@ def fit(data, space, device: str, budget: int = 500, sampler: str = "balanced", 
                    "seconds": time.time() - t0})
     return surrogate, result, test
 
-
-def _bin_errors(pred: np.ndarray, err: np.ndarray, n_bins: int = 5) -> dict:
-    edges = np.quantile(np.log(pred), np.linspace(0, 1, n_bins + 1))
-    return {"edges": edges, "error": np.array([err[(np.log(pred) >= lo) & (np.log(pred) <= hi)].mean()
-                                               if np.any((np.log(pred) >= lo) & (np.log(pred) <= hi)) else 0.0
-                                               for lo, hi in zip(edges[:-1], edges[1:])])}
-
-
-def _weak_batch(surrogate, rest: list, k: int, last: Optional[dict], rng: np.random.Generator) -> list:
-    """k archs from `rest`: uniformly at first, then weighted towards predicted-latency bins where the
-    previous batch's relative error was largest (ESM's "sample where the surrogate is weakest")."""
-    if last is None:
-        return [rest[i] for i in rng.choice(len(rest), k, replace=False)]
-    logp = np.log(surrogate.predict(rest))
-    idx = np.clip(np.searchsorted(last["bins"]["edges"], logp, side="right") - 1, 0, len(last["bins"]["error"]) - 1)
-    w = last["bins"]["error"][idx] + 1e-3
-    return [rest[i] for i in rng.choice(len(rest), k, replace=False, p=w / w.sum())]

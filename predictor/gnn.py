@@ -2,7 +2,7 @@
 
 Node features = op embedding ++ the device's hardware embedding; 3 graph-convolution layers over the
 symmetric-normalised adjacency (both directions); mean readout ++ log FLOPs -> MLP -> log-latency; loss MSE +
-pairwise ranking. `fit(X, y)` is one device, scikit-learn style (predictor/models.py); `fit_devices` trains on
+pairwise ranking. `fit(X, y)` is one device, scikit-learn style (predictor/base.py); `fit_devices` trains on
 (arch, device) pairs (transfer's pretraining) and `adapt` goes on training from the current weights (its
 fine-tuning), the only way to warm-start: `fit` and `fit_devices` always start afresh.
 
@@ -21,7 +21,7 @@ from sklearn.utils.validation import check_is_fitted
 from latkit.collector.spaces import as_space
 
 from .encodings import graphs
-from .models import Surrogate, arch_list, training_data
+from .base import Surrogate, arch_list, training_data
 
 
 @contextmanager

@@ -4,6 +4,9 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import kendalltau, spearmanr
 
+# The keys of `report`, in its order: what `predictor fit` prints and saves, and scripts/gpu_e2e.py reports.
+METRICS = ("spearman", "kendall", "mape", "rmse", "acc5", "acc10")
+
 
 def relative_error(pred, true) -> np.ndarray:
     pred, true = np.asarray(pred, dtype=np.float64), np.asarray(true, dtype=np.float64)

@@ -24,7 +24,7 @@ What reading bounds and checks (tests/test_model_files.py crafts a file breaking
 - format 1 and versions newer than this code are refused; format 2 files (latkit 0.1 before trees were
   arrays) are read like format 3, except LightGBM's text model (`booster_.txt`), which latkit no longer
   parses: those gbdt models must be re-fitted;
-- then `build(kind, params, state)` (predictor/models.py) checks hyperparameters against ranges before
+- then `build(kind, params, state)` (predictor/models.py's `load`) checks hyperparameters against ranges before
   anything is allocated from them, and the arrays against each other (tree structure, shapes).
 A file written by another latkit version loads with a one-line warning (as scikit-learn warns).
 """

@@ -4,7 +4,7 @@ Each is a scikit-learn estimator on a numeric X (n_samples x n_features) and any
 fits the library estimator (RidgeCV, LightGBM, a random forest, an L-BFGS MLP), keeps only the learned
 arrays (trees as node arrays, predictor/trees.py) and predicts from them with numpy. `_restore` checks
 arrays read from a model file against each other (shapes, tree structure) before anything uses them.
-`ArchRegressor` (predictor/models.py) puts one behind arch strings and log-latency. Every hyperparameter is a
+`ArchRegressor` (predictor/archregressor.py) puts one behind arch strings and log-latency. Every hyperparameter is a
 keyword of __init__, which only stores it; `fit` starts afresh each time. They pass scikit-learn's `check_estimator` (tests/test_predictor.py).
 """
 from __future__ import annotations

@@ -50,12 +50,14 @@ from latkit.collector.samplers import sample_from
 from latkit.collector.spaces import as_space
 
 from . import modelfile
+from .archregressor import ArchRegressor
+from .base import Surrogate, arch_list, training_data
 from .data import LatencyTable
 from .encodings import encode
 from .gnn import GNN
 from .metrics import report
-from .models import ArchRegressor, Surrogate, arch_list, training_data
 from .regressors import GBDTRegressor
+from .state import flatten, nest
 
 FEW_SHOT_ALPHAS = tuple(float(a) for a in np.logspace(-2, 3, 11))
 # ridge, best line, GNN. The GNN fine-tuned on 20 samples is the noisiest view on fbnet (0.05-0.15 Spearman
@@ -149,6 +151,15 @@ class Pretrained(BaseEstimator):
             out[new] = (self._raw([archs[i] for i in new]) - self.mean_) / self.std_
         return out
 
+    @classmethod
+    def from_bank(cls, space, bank: list, n_sources: int, mean, std) -> "Pretrained":
+        """The pretraining a few-shot model file keeps: the fitted source bank and the feature scaling. No pool
+        (features are computed for the archs asked) and no GNN (the few-shot model holds its fine-tuned copy)."""
+        pre = cls(space)
+        pre.bank_, pre.n_sources_, pre.mean_, pre.std_ = list(bank), int(n_sources), mean, std
+        pre.pool_, pre.pool_index_, pre.features_, pre.gnn_ = [], {}, np.zeros((0, len(mean))), None
+        return pre
+
     def choose(self, n: int) -> list:
         """n target samples, diverse over (source bank, proxies): no target latency exists here."""
         check_is_fitted(self)
@@ -226,7 +237,6 @@ class FewShot(Surrogate):
                 "gnn": None if self.gnn_ is None else self.gnn_._params()}
 
     def _state(self) -> dict:
-        from .ensemble import flatten
         pre = self.pretrained
         state = {k: getattr(self, k) for k in ("coef_", "intercept_", "loo_var_", "column_", "line_",
                                                 "view_stats_", "z_stats_", "weights_")}
@@ -239,16 +249,13 @@ class FewShot(Surrogate):
     @classmethod
     def from_file(cls, params: dict, state: dict, build) -> "FewShot":
         """The model a file describes (predictor/modelfile.py); `build(kind, params, state)` makes each part."""
-        from .ensemble import nest
         if "view_stats_" not in state:
             raise LatkitError("this few-shot model file comes from an older latkit (two views, not three); "
                               "run `latkit predictor transfer` or `adapt` again to remake it")
-        pre = Pretrained(params["space"])
         banks = nest(state["bank_"])
-        pre.bank_ = [build(b["kind"], b["params"], banks[str(i)]) for i, b in enumerate(params["bank"])]
-        pre.n_sources_, pre.mean_, pre.std_ = int(params["n_sources"]), state["feature_mean_"], state["feature_std_"]
-        pre.pool_, pre.pool_index_, pre.features_ = [], {}, np.zeros((0, len(pre.mean_)))
-        pre.gnn_ = None
+        pre = Pretrained.from_bank(params["space"], [build(b["kind"], b["params"], banks[str(i)])
+                                                     for i, b in enumerate(params["bank"])],
+                                   params["n_sources"], state["feature_mean_"], state["feature_std_"])
         model = cls(pre, finetune_epochs=params["finetune_epochs"])
         model.coef_, model.intercept_, model.loo_var_ = state["coef_"], float(state["intercept_"]), float(state["loo_var_"])
         model.column_, model.line_ = int(state["column_"]), state["line_"]

@@ -207,10 +207,10 @@ def collect(args, plan: Plan, work: Path, stores: dict, log) -> dict:
         for job in random.Random(args.seed + 1).sample(retest_jobs, n) if n >= 2 else []:
             if plan.left() < plan.per("retest") + args.fit_reserve_s + args.pack_reserve_s:
                 break
-            yield dataclasses.replace(job, sampler="retest")
+            yield dataclasses.replace(job, role="retest")
 
     def store_of(job):
-        if job.sampler == "retest":
+        if job.role == "retest":
             return stores["retest"]
         return stores["big"] if job.settings.batch_size == args.batch else stores["small"]
 
@@ -221,7 +221,7 @@ def collect(args, plan: Plan, work: Path, stores: dict, log) -> dict:
     try:
         for m in measure_stream(dev, jobs(), store_of, job_timeout=args.job_timeout_s):
             now = time.monotonic()
-            kind = ("retest" if m.job.sampler == "retest" else
+            kind = ("retest" if m.job.role == "retest" else
                     "big" if m.job.settings.batch_size == args.batch else "small")
             if last is not None:
                 plan.cost[kind].append(now - last)
@@ -297,6 +297,7 @@ def fit_one(data: str, space: str, device: str, budget: int, model: str, prefix:
     import csv
     from latkit.predictor.data import LatencyTable
     from latkit.predictor.esm import fit
+    from latkit.predictor.metrics import METRICS
     try:
         table = LatencyTable(data, space)
         surrogate, result, test = fit(table, space, device, budget, model=model)
@@ -309,7 +310,7 @@ def fit_one(data: str, space: str, device: str, budget: int, model: str, prefix:
         csv.writer(f).writerows([("arch", "measured_ms", "predicted_ms")] + list(zip(test, true, pred)))
     try:
         from latkit.predictor.report import write_report
-        shown = {k: result[k] for k in ("spearman", "kendall", "mape", "rmse", "acc5", "acc10", "n_train", "model")}
+        shown = {k: result[k] for k in (*METRICS, "n_train", "model")}
         write_report(f"{prefix}-report", f"{space} / {Path(data).name} / {result['model']}", pred, true, shown)
     except ImportError:
         pass  # no matplotlib here: the CSV holds the same points
@@ -318,6 +319,7 @@ def fit_one(data: str, space: str, device: str, budget: int, model: str, prefix:
 def fits(args, plan: Plan, work: Path, stores: dict, log) -> dict:
     """Phase (f): both fits at once in child processes; what has not finished by the deadline is stopped."""
     from latkit.collector.dataset import read_latency
+    from latkit.predictor.metrics import METRICS
     ctx, procs, out = multiprocessing.get_context("spawn"), {}, {}
     for name in ("big", "small"):
         n = read_latency(stores[name].uri).num_rows if stores[name].exists() and stores[name].files() else 0
@@ -340,8 +342,7 @@ def fits(args, plan: Plan, work: Path, stores: dict, log) -> dict:
             out[name] = {"skipped": f"stopped at the deadline (budget {budget})"}
         elif Path(f"{prefix}.json").exists() and "error" not in json.loads(Path(f"{prefix}.json").read_text()):
             r = json.loads(Path(f"{prefix}.json").read_text())
-            out[name] = {k: r[k] for k in ("model", "n_train", "n_test", "spearman", "kendall", "mape", "acc5",
-                                           "acc10", "seconds")}
+            out[name] = {k: r[k] for k in ("model", "n_train", "n_test", *METRICS, "seconds")}
         else:
             said = json.loads(Path(f"{prefix}.json").read_text()) if Path(f"{prefix}.json").exists() else {}
             out[name] = {"skipped": f"the fit failed (exit code {p.exitcode}): {said.get('error', 'no message')}"}

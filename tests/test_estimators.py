@@ -18,7 +18,7 @@ from latkit.collector.dataset import HELP_DIR
 from latkit.collector.spaces import get_space
 from conftest import ROOT
 from latkit.predictor.data import LatencyTable
-from latkit.predictor.models import MODELS, ArchRegressor, Surrogate, make_model
+from latkit.predictor.models import MODELS, ArchRegressor, load, make_model
 from latkit.predictor.regressors import ForestRegressor, GBDTRegressor, MLPRegressor, RidgeRegressor
 from latkit.predictor.transfer import FewShot, Pretrained, _best_line, _clipped
 
@@ -121,7 +121,7 @@ def test_few_shot_keeps_pretraining_through_clone(tmp_path):
     scores = cross_val_score(FewShot(FrozenEstimator(pre)), chosen, y, cv=4)
     assert np.isfinite(scores).all()
     model.save(tmp_path / "f.latkit-model")  # the three views, their scales and weights travel in the file
-    loaded, (mean, std) = Surrogate.load(tmp_path / "f.latkit-model"), model.predict(archs[:50], return_std=True)
+    loaded, (mean, std) = load(tmp_path / "f.latkit-model"), model.predict(archs[:50], return_std=True)
     assert all(np.allclose(a, b) for a, b in zip(loaded.predict(archs[:50], return_std=True), (mean, std)))
     with pytest.raises(LatkitError, match=r"needs pretraining done: give FewShot\(FrozenEstimator"):
         clone(FewShot(pre)).fit(chosen, y)

@@ -57,7 +57,8 @@ def test_smoke_run_end_to_end(tmp_path):
     by_arch = {r["arch"]: r for r in big}
     assert all(by_arch[r["arch"]]["model_sha256"] == r["model_sha256"] for r in small)  # one trace, both batches
     assert len(again) == c["retest"]["n"] == 3 and {r["key"] for r in again} <= {r["key"] for r in big}
-    assert {r["sampler"] for r in big} == {"balanced(seed=0)"} and {r["sampler"] for r in again} == {"retest"}
+    assert {r["sampler"] for r in big} == {r["sampler"] for r in again} == {"balanced(seed=0)"}
+    assert {r["role"] for r in big} == {""} and {r["role"] for r in again} == {"retest"}
 
     assert s["fits"]["big"]["n_train"] == 10 and s["fits"]["big"]["n_test"] == 11
     assert "needs at least 20" in s["fits"]["small"]["skipped"]

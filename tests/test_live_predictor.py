@@ -28,7 +28,7 @@ def build_args(data, out, target):
 
 
 def rows(data):
-    t = Store(data).read(["key", "arch", "sampler"]).to_pylist()
+    t = Store(data).read(["key", "arch", "sampler", "role", "role_round"]).to_pylist()
     return t
 
 
@@ -41,7 +41,11 @@ def test_build_stops_at_target_and_reports(tmp_path):
     accs = [h["acc10"] for h in report["rounds"]]
     assert accs[-1] >= 0.05 and all(a < 0.05 for a in accs[:-1])  # stopped at the first round that met it
     got = rows(tmp_path / "d")
-    assert len(got) == report["rounds"][-1]["n_measured"] < 40 and all(g["sampler"].startswith("build(") for g in got)
+    assert len(got) == report["rounds"][-1]["n_measured"] < 40
+    assert {(g["role"], g["sampler"]) for g in got} <= {("heldout", "uniform(seed=0)"), ("round", "balanced(seed=0)"),
+                                                        ("round", "weak-spots(seed=0)")}
+    assert sum(g["role"] == "heldout" for g in got) == 8 and {g["role_round"] for g in got if g["role"] == "round"} \
+        == set(range(len(report["rounds"])))
     assert (tmp_path / "m-report" / "learning_curve.png").stat().st_size > 1000
     arch = got[0]["arch"]
     p = latkit("predict", "--model", str(out), "--space", "nb201", "--arch", arch, "--std")
@@ -82,7 +86,7 @@ def test_build_reads_only_its_own_rows(tmp_path):
     files = sorted((data / "data").rglob("*.parquet"))
     for f in files:  # the same rows re-tagged as another collection's, with absurd latencies
         t = pq.read_table(f).to_pandas()
-        t["sampler"], t["latency_ms"] = "uniform(seed=0)", 1e6
+        t["sampler"], t["role"], t["latency_ms"] = "uniform(seed=0)", "", 1e6
         t.to_parquet(f.with_name("x" + f.name), index=False)
         f.unlink()
     r = latkit(*build_args(data, tmp_path / "b.latkit-model", 0.05))
@@ -91,12 +95,53 @@ def test_build_reads_only_its_own_rows(tmp_path):
     assert report["mape"] < 1000  # the absurd latencies were not read
 
 
+def test_role_of_reads_rows_of_older_latkit():
+    """A row's role is its role column; rows written before it (role null) kept it in sampler."""
+    from latkit.collector.schema import ROLES, role_of
+    assert role_of({"role": "round", "role_round": 3, "sampler": "weak-spots(seed=0)"}) == ("round", 3)
+    assert role_of({"role": "", "role_round": None, "sampler": "adapt"}) == ("", None)  # a data row named so
+    assert role_of({"role": None, "sampler": "build(round=12)"}) == ("round", 12)
+    assert role_of({"role": None, "sampler": "build(heldout)"}) == ("heldout", None)
+    assert role_of({"sampler": "adapt"}) == ("adapt", None) and role_of({"sampler": "retest"}) == ("retest", None)
+    for sampler in ("balanced(seed=0)", "build(round=x)", "help", "", None):
+        assert role_of({"role": None, "sampler": sampler}) == ("", None)
+    assert {role_of({"sampler": s})[0] for s in ("build(heldout)", "build(round=1)", "adapt", "retest", "")} \
+        == set(ROLES)
+
+
+def test_build_resumes_from_rows_of_an_older_latkit(tmp_path):
+    """Datasets written before the role column kept a row's role in `sampler` ("build(heldout)",
+    "build(round=N)") and have no role columns: build reads those rows back as its own and measures nothing
+    again."""
+    import pyarrow as pa
+    data = tmp_path / "d"
+    r = latkit(*build_args(data, tmp_path / "a.latkit-model", 0.05))
+    assert r.returncode == 0, r.stderr
+    first = json.loads((tmp_path / "a-report" / "build.json").read_text())
+    for f in sorted((data / "data").rglob("*.parquet")):
+        t = pq.read_table(f, partitioning=None)
+        old = ["build(heldout)" if role == "heldout" else f"build(round={n})"
+               for role, n in zip(t["role"].to_pylist(), t["role_round"].to_pylist())]
+        t = t.drop_columns(["role", "role_round"]).set_column(t.schema.get_field_index("sampler"), "sampler",
+                                                              pa.array(old, pa.string()))
+        pq.write_table(t, f.with_name("x" + f.name))
+        f.unlink()
+    before = rows(data)
+    assert {g["role"] for g in before} == {None} and all(g["sampler"].startswith("build(") for g in before)
+    r = latkit(*build_args(data, tmp_path / "b.latkit-model", 0.05))
+    assert r.returncode == 0, r.stderr
+    assert sorted(g["key"] for g in rows(data)) == sorted(g["key"] for g in before)  # nothing measured again
+    second = json.loads((tmp_path / "b-report" / "build.json").read_text())
+    assert [h["n_train"] for h in second["rounds"]] == [h["n_train"] for h in first["rounds"]]
+    assert second["measure_s"] == 0
+
+
 def test_adapt_on_local_scored_on_further_archs(tmp_path):
     from latkit.collector.api import measure_many, space_artifacts
     from latkit.collector.job import Settings
     from latkit.collector.samplers import sample
     from latkit.collector.spaces import get_space
-    from latkit.predictor.models import Surrogate
+    from latkit.predictor.models import load
     from scipy.stats import spearmanr
     out, data = tmp_path / "a.latkit-model", tmp_path / "d"
     args = ["adapt", "--device", "local", "--space", "nb201", "--n", "12", "--data", str(data), "--out", str(out),
@@ -109,12 +154,13 @@ def test_adapt_on_local_scored_on_further_archs(tmp_path):
     assert r.returncode == 0, r.stderr
     second = rows(data)
     assert len(second) == 16 and {g["key"] for g in first} <= {g["key"] for g in second}, (first, second)
+    assert {(g["role"], g["sampler"]) for g in second} == {("adapt", "diverse-bank(seed=0)")}
     seen = {g["arch"] for g in rows(data)}
     held = [a for a in sample(get_space("nb201"), 120, "uniform", 7) if a not in seen][:50]  # measured for the test
     s = Settings(repeats_min_count=3, repeats_min_s=0.01, repeats_max_s=0.02, rounds=1)
     ms = measure_many(space_artifacts("nb201", held), "local", "onnxruntime", s, tmp_path / "test-only")
     y = np.array([m.latency_ms for m in ms])
-    pred = Surrogate.load(out).predict(held)
+    pred = load(out).predict(held)
     assert spearmanr(pred, y).statistic > 0.5
 
 

@@ -308,8 +308,8 @@ def test_fit_out_never_overwrites_what_is_not_a_model(tmp_path, files):
     model = tmp_path / "m.latkit-model"
     model.write_bytes(files["ridge"].read_bytes())
     code, err, _, _ = run_cli(*fit, model, timeout=300)
-    from latkit.predictor.models import Surrogate
-    assert code == 0 and Surrogate.load(model).space == "fbnet", err
+    from latkit.predictor.models import load
+    assert code == 0 and load(model).space == "fbnet", err
     code, err, _, _ = run_cli("predictor", "predict", "--model", model, "--space", "fbnet", "--file", pipe)
     assert code == 2 and err.splitlines() == [
         f"latkit: error: --file {pipe} is a FIFO, not a regular file; give a file"], err

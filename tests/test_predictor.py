@@ -18,7 +18,7 @@ from conftest import ROOT
 from latkit.predictor.data import LatencyTable
 from latkit.predictor.esm import fit
 from latkit.predictor.metrics import report
-from latkit.predictor.models import MODELS, Surrogate, make_model
+from latkit.predictor.models import MODELS, load, make_model
 from latkit.predictor.transfer import FewShot, Pretrained, transfer
 
 OWN = ROOT / "datasets" / "local-cpu-nb201-fbnet"
@@ -61,7 +61,7 @@ def test_models_beat_the_mean_on_own_data_and_round_trip(model, tmp_path):
     baseline_rmse = np.sqrt(np.mean((y[150:] - y[:150].mean()) ** 2))
     assert r["spearman"] > 0.8 and r["rmse"] < 0.7 * baseline_rmse, r
     m.save(tmp_path / "m.latkit-model")
-    assert np.array_equal(Surrogate.load(tmp_path / "m.latkit-model").predict(te), pred)
+    assert np.array_equal(load(tmp_path / "m.latkit-model").predict(te), pred)
 
 
 def test_esm_fit_reads_only_training_latencies(fbnet_slice, tmp_path):
@@ -128,7 +128,7 @@ def test_fit_cli_on_own_dataset_and_predict(tmp_path):
     # latkit's own FBNet rows span a narrow range on a noisy VM (see the dataset card): rho ~0.7-0.8 here
     assert m["n_train"] + m["n_test"] == 200 and m["spearman"] > 0.65 and m["model"] in {"ridge", "gbdt", "rf", "mlp"}
     assert (rep / "scatter.png").read_bytes()[:4] == b"\x89PNG" and "spearman" in (rep / "summary.md").read_text()
-    arch = Surrogate.load(model).space and LatencyTable(OWN, "fbnet").archs("local")[0]
+    arch = load(model).space and LatencyTable(OWN, "fbnet").archs("local")[0]
     r = subprocess.run([sys.executable, "-m", "latkit.collector.cli", "predictor", "predict", "--model", str(model),
                         "--space", "fbnet", "--arch", arch], capture_output=True, text=True, timeout=300, cwd=ROOT)
     lines = r.stdout.strip().splitlines()
@@ -149,7 +149,7 @@ def test_fit_saves_beside_the_data_and_checks_out_first(tmp_path, fbnet_slice):
                               cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT)})
     r = fit_cli("--data", ds, "--device", "local", "--budget", 50)
     assert r.returncode == 0, r.stderr
-    assert Surrogate.load(ds / "models" / "fbnet-local.latkit-model").space == "fbnet"
+    assert load(ds / "models" / "fbnet-local.latkit-model").space == "fbnet"
     assert len(LatencyTable(ds, "fbnet").archs("local")) == 200  # the model is not read as data
     r = fit_cli("--data", fbnet_slice, "--device", "raspi4", "--budget", 50)
     assert r.returncode == 0 and (fbnet_slice.parent / "fbnet-raspi4.latkit-model").is_file(), r.stderr
@@ -203,4 +203,4 @@ def test_bad_inputs(tmp_path, fbnet_slice):
     with pytest.raises(LatkitError, match="1 archs have no latency on d2"):
         LatencyTable(tmp_path / "partial.parquet", "nb201").latency("d2", ["x", "y"])
     with pytest.raises(LatkitError, match="is not a valid latkit model"):
-        Surrogate.load(tmp_path / "bad.parquet")
+        load(tmp_path / "bad.parquet")

@@ -20,7 +20,7 @@ from latkit.collector.spaces import get_space
 from conftest import ROOT
 from latkit.predictor.encodings import encode
 from latkit.predictor.modelfile import FORMAT_VERSION
-from latkit.predictor.models import MODELS, Surrogate, make_model
+from latkit.predictor.models import MODELS, load, make_model
 
 # -- the loopback fleet -----------------------------------------------------------------------------------
 
@@ -124,7 +124,7 @@ def test_every_model_round_trips_exactly(kind, nb201, tmp_path):
     m.fit(archs[:150], y[:150])
     pred = m.predict(archs[150:])
     m.save(tmp_path / "m.latkit-model")
-    back = Surrogate.load(tmp_path / "m.latkit-model")
+    back = load(tmp_path / "m.latkit-model")
     assert type(back) is type(m) and repr(back) == repr(m) and np.array_equal(back.predict(archs[150:]), pred)
     with zipfile.ZipFile(tmp_path / "m.latkit-model") as z:
         meta = json.loads(z.read("meta.json"))
@@ -168,7 +168,7 @@ def object_npy(obj) -> bytes:
 
 def refused(path, match):
     with pytest.raises(LatkitError, match=match) as e:
-        Surrogate.load(path)
+        load(path)
     assert "\n" not in str(e.value) and str(path) in str(e.value)
 
 

@@ -1,0 +1,257 @@
+"""`latkit predictor fit|transfer|build|adapt|predict`. The only collector module that uses latkit.predictor,
+and only inside the commands, so parsing arguments (and every other command) loads no predictor module."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from rich.table import Table
+
+from . import dataset, validate
+from .cli_common import (MODEL_NAMES, SEED, Parents, console, default_first, jsonable, live_args, live_settings,
+                         log)
+from .devices import Registry
+from .errors import LatkitError
+from .progress import Steps
+from .samplers import SAMPLERS
+
+
+def _fit_output(args) -> Path:
+    """Where fit saves the model: --out, else beside the data (DATA/models/ of a dataset folder, the folder of
+    a Parquet table); for the tables latkit ships (inside its package) ./models/ instead. Checked writable,
+    with --json and --report, before any training, and never over a file that is not a model."""
+    from latkit.predictor import modelfile
+    validate.name(args.device, "--device")  # it names the model file
+    if not args.out and "://" in args.data:
+        raise LatkitError(f"--data {args.data} is not a local path, so the model has no default place; give --out")
+    data, name = Path(args.data), f"{args.space}-{args.device}.latkit-model"
+    shipped = data.resolve().is_relative_to(dataset.HELP_DIR.resolve())
+    folder = Path("models") if shipped else data.parent if data.is_file() else data / "models"
+    out = validate.writable_file(args.out or folder / name, "give --out a writable file path")
+    modelfile.check_output(out, "give --out a new path or a .latkit-model file to replace")
+    if args.json:
+        validate.writable_file(args.json, "give --json a writable file path")
+    if args.report:
+        validate.writable_dir(args.report, "give --report a writable folder")
+    return out
+
+
+def cmd_predictor_fit(args) -> int:
+    from latkit.predictor.data import LatencyTable
+    from latkit.predictor.esm import fit
+    from latkit.predictor.metrics import METRICS
+    from latkit.predictor.report import write_report
+    table = LatencyTable(args.data, args.space)  # bad data or device: one line before anything is written
+    table.check_devices([args.device])
+    out = _fit_output(args)
+    with Steps("predictor fit", not args.quiet) as step:  # progress on stderr: a fit takes minutes
+        surrogate, result, test = fit(table, table.space, args.device, args.budget, args.sampler, args.model, args.seed,
+                                      progress=step)
+    surrogate.save(out)
+    shown = {k: result[k] for k in (*METRICS, "n_train", "n_test", "model")}
+    print(f"{args.space} on {args.device}: " + ", ".join(
+        f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()) + f"; saved {out}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(jsonable(shown), indent=2))
+    if args.report:
+        write_report(args.report, f"{args.space} / {args.device} / {result['model']} ({result['n_train']} samples)",
+                     surrogate.predict(test), table.latency(args.device, test), shown)
+    return 0
+
+
+def _model_out(args, default: str) -> Path:
+    from latkit.predictor import modelfile
+    validate.name(args.device, "--device")  # it names the model file
+    out = validate.writable_file(args.out or Path(args.data) / "models" / default, "give --out a writable file path")
+    modelfile.check_output(out, "give --out a new path or a .latkit-model file to replace")
+    return out
+
+
+def cmd_predictor_build(args) -> int:
+    from latkit.predictor.build import build, write_build_report
+    out = _model_out(args, f"{args.space}-{args.device}.latkit-model")
+    report_dir = validate.writable_dir(args.report or out.with_name(out.name.split(".")[0] + "-report"),
+                                       "give --report a writable folder")
+    model, r = build(args.space, args.device, args.target_acc, args.max_archs, args.data, args.heldout, args.batch,
+                     live_settings(args), args.seed, registry=Registry(args.registry), log=log.info)
+    model.save(out)
+    write_build_report(report_dir, args.space, args.device, r)
+    print(f"{args.space} on {args.device}: held-out ±10 % {r['acc10'] * 100:.1f} % (target "
+          f"{args.target_acc * 100:.0f} %{'' if r['reached'] else ', not reached'}), spearman {r['spearman']:.3f}, "
+          f"{r['n_train']} + {r['n_heldout']} held-out archs measured; measuring {r['measure_s']:.0f} s, fitting "
+          f"{r['fit_s']:.1f} s; saved {out}, report in {report_dir}")
+    return 0
+
+
+def cmd_predictor_adapt(args) -> int:
+    from latkit.predictor.adapt import adapt
+    out = _model_out(args, f"{args.space}-{args.device}-adapt.latkit-model")
+    model, r = adapt(args.device, args.space, args.n, args.sources or (), args.data, live_settings(args), args.seed,
+                     Registry(args.registry))
+    model.save(out)
+    print(f"{args.space} on {args.device}: {r['n']} archs measured; expected spearman {r['cv_spearman']:.3f}, "
+          f"±10 % {r['cv_acc10'] * 100:.0f} % (5-fold CV on them); {r['seconds']:.0f} s; saved {out}")
+    return 0
+
+
+def cmd_predictor_transfer(args) -> int:
+    from latkit.predictor.transfer import transfer
+    split = lambda s: [x for x in s.split(",") if x]  # noqa: E731
+    if args.json:
+        validate.writable_file(args.json, "give --json a writable file path")
+    if args.out:
+        validate.writable_dir(args.out, "give --out a writable folder")
+    with Steps("predictor transfer", not args.quiet) as step:
+        r = transfer(args.data, args.space, split(args.source), split(args.target), args.target_samples,
+                     args.source_samples, args.seeds, use_gnn=not args.no_gnn, save_dir=args.out, progress=step)
+    table = Table("target", "spearman", "± (seeds)", "kendall", "mape %")
+    for dev, m in r["per_target"].items():
+        table.add_row(dev, f"{m['spearman']:.3f}", f"{m['spearman_std']:.3f}", f"{m['kendall']:.3f}", f"{m['mape']:.1f}")
+    console.print(table)
+    print(f"mean spearman {r['mean_spearman']:.3f} ± {r['mean_spearman_std']:.3f} over {r['seeds']} seeds "
+          f"in {r['seconds']:.0f} s")
+    if args.json:
+        Path(args.json).write_text(json.dumps(jsonable(r), indent=2))
+    for path in r.get("saved", []):
+        print(f"saved {path}")
+    return 0
+
+
+def cmd_predictor_predict(args) -> int:
+    from latkit.collector.spaces import get_space
+    from latkit.predictor.models import load
+    space = get_space(args.space)
+    if args.file:
+        validate.readable_file(args.file, "--file")
+    model = load(args.model)
+    if model.space != args.space:
+        raise LatkitError(f"{args.model} predicts {model.space}, not {args.space}; give --space {model.space}")
+    if args.all:
+        archs = space.enumerate()
+    elif args.file:
+        try:
+            text = Path(args.file).read_text()
+        except UnicodeDecodeError:
+            raise LatkitError(f"--file {args.file} is not text; give one arch string per line") from None
+        archs = [line.strip() for line in text.splitlines() if line.strip()]
+        if not archs:
+            raise LatkitError(f"--file {args.file} holds no archs; give one arch string per line")
+    else:
+        archs = args.arch
+    archs = [space.validate(a) for a in archs]
+    out = sys.stdout
+    if args.std:
+        try:
+            pred, std = model.predict(archs, return_std=True)
+        except TypeError:
+            raise LatkitError(f"{args.model} is a single {type(model).__name__} model without a spread; for --std use "
+                              "a model saved by latkit predictor fit, build, adapt or transfer, or save "
+                              "latkit.predictor.ensemble.Ensemble(model) from Python") from None
+        out.write("arch\tlatency_ms\tstd_ms\n")
+        for a, p, s in zip(archs, pred, std):
+            out.write(f"{a}\t{p:.6g}\t{s:.3g}\n")
+        return 0
+    pred = model.predict(archs)
+    out.write("arch\tlatency_ms\n")
+    for a, p in zip(archs, pred):
+        out.write(f"{a}\t{p:.6g}\n")
+    return 0
+
+
+def add_predictor(sub, par: Parents) -> None:
+    """`latkit predictor fit|transfer|build|adapt|predict`."""
+    pred = sub.add_parser("predictor", help="train and use latency predictors").add_subparsers(
+        dest="predictor_command", title="commands")
+    for add in (_fit, _transfer, _build, _adapt, _predict):
+        add(pred, par)
+
+
+
+def _fit(pred, par: Parents) -> None:
+    """predictor fit"""
+    f = pred.add_parser("fit", parents=[par.common], help="ESM-style surrogate for one device from a dataset")
+    f.add_argument("--data", required=True, help="latkit dataset folder or Parquet latency table")
+    f.add_argument("--space", required=True, help="search space of the archs: nb201, fbnet or ofa")
+    f.add_argument("--device", required=True, help="the device (as named in the data) to predict for")
+    f.add_argument("--budget", type=validate.arg_whole(10), default=500,
+                   help="training archs whose latency may be read (at least 10)")
+    f.add_argument("--sampler", default="balanced", choices=default_first(SAMPLERS, "balanced"),
+                   help="how the first training archs are chosen (default balanced over FLOPs)")
+    f.add_argument("--model", default="auto", choices=["auto", *MODEL_NAMES],
+                   help="the estimator (default auto: the best 5-fold cross-validated Spearman)")
+    f.add_argument("--seed", type=SEED, default=0, help="sampling and model seed (default 0)")
+    f.add_argument("--out", help="where to save the model (default beside the data: DATA/models/SPACE-DEVICE"
+                                 ".latkit-model for a dataset folder, SPACE-DEVICE.latkit-model next to a table)")
+    f.add_argument("--json", help="write the metrics as JSON here")
+    f.add_argument("--report", help="folder for a scatter PNG and a Markdown summary")
+    f.set_defaults(func=cmd_predictor_fit)
+
+
+
+def _transfer(pred, par: Parents) -> None:
+    """predictor transfer"""
+    t = pred.add_parser("transfer", parents=[par.common], help="NASFLAT-style few-shot transfer to new devices")
+    t.add_argument("--data", required=True, help="latkit dataset folder or Parquet latency table")
+    t.add_argument("--space", required=True, help="search space of the archs: nb201, fbnet or ofa")
+    t.add_argument("--source", required=True, help="comma-separated source devices")
+    t.add_argument("--target", required=True, help="comma-separated target devices")
+    t.add_argument("--target-samples", type=validate.arg_whole(3), default=20, help="at least 3 (default 20)")
+    t.add_argument("--source-samples", type=validate.arg_whole(10), default=900,
+                   help="archs per source to pretrain on, at least 10 (default 900)")
+    t.add_argument("--seeds", type=validate.arg_whole(1, 100), default=3, help="1 to 100 (default 3)")
+    t.add_argument("--no-gnn", action="store_true", help="source bank + proxies only (faster, a little weaker)")
+    t.add_argument("--json", help="write the results as JSON here")
+    t.add_argument("--out", help="folder to save each target's model (first seed) as SPACE-TARGET.latkit-model")
+    t.set_defaults(func=cmd_predictor_transfer)
+
+
+
+def _build(pred, par: Parents) -> None:
+    """predictor build"""
+    b = pred.add_parser("build", parents=[par.registry], help="measure-fit loop on a live device until the surrogate "
+                                                          "is accurate enough (resumable)")
+    b.add_argument("--space", required=True, help="search space to sample archs from: nb201, fbnet or ofa")
+    b.add_argument("--device", required=True, help="registered device to measure on")
+    b.add_argument("--target-acc", type=validate.arg_number(0, 1, lo_open=True), default=0.95,
+                   help="stop when this share of held-out archs is predicted within ±10 %% (default 0.95)")
+    b.add_argument("--max-archs", type=validate.arg_whole(10), default=300, help="measurement budget, held-out "
+                                                                                 "included (default 300)")
+    b.add_argument("--heldout", type=validate.arg_whole(5), default=30, help="held-out archs (default 30)")
+    b.add_argument("--batch", type=validate.arg_whole(5), default=20, help="archs per round (default 20)")
+    b.add_argument("--out", help="model file (default DATA/models/SPACE-DEVICE.latkit-model)")
+    b.add_argument("--report", help="report folder (default beside the model)")
+    b.add_argument("--seed", type=SEED, default=0, help="sampling and model seed (default 0)")
+    live_args(b)
+    b.set_defaults(func=cmd_predictor_build)
+
+
+
+def _adapt(pred, par: Parents) -> None:
+    """predictor adapt"""
+    ad = pred.add_parser("adapt", parents=[par.registry], help="few-shot predictor for a new device: measure N "
+                                                            "chosen archs, transfer from HELP and --sources")
+    ad.add_argument("--device", required=True, help="registered device to measure on")
+    ad.add_argument("--space", default="nb201", help="search space (default nb201)")
+    ad.add_argument("--n", type=validate.arg_whole(5), default=20, help="archs to measure (default 20)")
+    ad.add_argument("--sources", nargs="+", metavar="DATASET", help="latkit datasets whose devices join the "
+                                                                     "HELP sources")
+    ad.add_argument("--out", help="model file (default DATA/models/SPACE-DEVICE-adapt.latkit-model)")
+    ad.add_argument("--seed", type=SEED, default=0, help="sampling and model seed (default 0)")
+    live_args(ad)
+    ad.set_defaults(func=cmd_predictor_adapt)
+
+
+
+def _predict(pred, par: Parents) -> None:
+    """predictor predict"""
+    pp = pred.add_parser("predict", parents=[par.common], help="latency_ms of archs from a saved model")
+    pp.add_argument("--model", required=True, help="a .latkit-model file (predictor fit, transfer, build, adapt)")
+    pp.add_argument("--space", required=True, help="the space the model predicts (checked against the file)")
+    which = pp.add_mutually_exclusive_group(required=True)
+    which.add_argument("--arch", nargs="+", help="arch strings of the space")
+    which.add_argument("--file", help="one arch string per line")
+    which.add_argument("--all", action="store_true", help="every arch of the space (nb201)")
+    pp.add_argument("--std", action="store_true", help="also print each prediction's standard deviation (ms)")
+    pp.set_defaults(func=cmd_predictor_predict)
+
