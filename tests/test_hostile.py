@@ -241,3 +241,17 @@ def test_a_refusal_leaves_no_output_folder_behind(artifacts, tmp_path):
                "100000", "--out", tmp_path / "models" / "m.latkit-model", "--report", tmp_path / "report")
     refused(r, "--budget")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_card_options_cannot_inject_lines(tmp_path):
+    """--title and --licence come from a user's script or a shared Makefile: shown escaped, or refused."""
+    import shutil
+    d = tmp_path / "shared"
+    shutil.copytree(SHIPPED, d)
+    (d / "README.md").unlink()
+    refused(latkit("data", "card", d, "--licence", "mit\nconfigs: []"), "not a licence identifier")
+    r = latkit("data", "card", d, "--title", "x\x1b]0;t\x07\n---\nlicense: evil", "--licence", "MIT")
+    assert r.returncode == 0, r.stderr
+    card = (d / "README.md").read_text()
+    assert card.startswith("---\nlicense: mit\n") and "\nlicense: evil" not in card and "\x1b" not in card
+    assert "# x\\x1b]0;t\\x07\\n---\\nlicense: evil" in card
