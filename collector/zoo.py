@@ -58,6 +58,7 @@ class Entry:
     kwargs: tuple = ()
     min_resolution: int = 32
     resolution_kwarg: Optional[str] = None  # a builder keyword that must equal the input resolution (ViT)
+    attention: bool = False  # traced with torch's MHA fast path off (see _no_fastpath)
 
 
 def _c(name, **kw):
@@ -74,7 +75,7 @@ FAMILIES = [
     _c("regnet_x_1_6gf"), _c("densenet121"), _c("resnet34"), _c("efficientnet_v2_s"), _c("resnet50"),
     _c("convnext_tiny"),
     Entry("vit_b_32", "classifier", "torchvision.models", "vit_b_32", min_resolution=32,
-          resolution_kwarg="image_size"),
+          resolution_kwarg="image_size", attention=True),
     Entry("fasterrcnn_mobilenet_v3_large_fpn.backbone", "detection", "torchvision.models.detection",
           "fasterrcnn_mobilenet_v3_large_fpn", attr="backbone", kwargs=(("weights_backbone", None),)),
     Entry("ssdlite320_mobilenet_v3_large.backbone", "detection", "torchvision.models.detection",
@@ -211,6 +212,28 @@ def _tuple_out(module):
     return TupleOut(module)
 
 
+def _no_fastpath(module):
+    """`module`, traced with torch's multi-head-attention fast path off. Exporters trace under no_grad, where
+    nn.MultiheadAttention takes `aten::_native_multi_head_attention`, which the TorchScript ONNX exporter
+    cannot export (latkit then falls back to dynamo); off, every format gets the same decomposed attention."""
+    import torch
+
+    class NoFastpath(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            was = torch.backends.mha.get_fastpath_enabled()
+            torch.backends.mha.set_fastpath_enabled(False)
+            try:
+                return self.inner(x)
+            finally:
+                torch.backends.mha.set_fastpath_enabled(was)
+
+    return NoFastpath(module)
+
+
 def build(name: str, resolution: Optional[int] = None):
     """The torch network of zoo model `name` in eval mode, random weights seeded from its canonical name."""
     import importlib
@@ -233,6 +256,8 @@ def build(name: str, resolution: Optional[int] = None):
         net = getattr(net, e.attr)
     if e.kind != "classifier" or e.attr:
         net = _tuple_out(net)
+    if e.attention:
+        net = _no_fastpath(net)
     return net.eval()
 
 
@@ -265,12 +290,13 @@ def export(name: str, fmt: str = "onnx", batch_size: int = 1, resolution: Option
 
 def export_all(names: Sequence[str], fmt: str, resolution: Optional[int] = None,
                cache_dir: Optional[Path] = None) -> tuple:
-    """({name: Artifact}, {name: why it failed}) for every name; one failure does not stop the others."""
-    from .errors import Failure
+    """({name: Artifact}, {name: why it failed}) for every name; one failure (a converter's, or a network
+    that does not build) does not stop the others."""
     done, failed = {}, {}
     for n in names:
         try:
             done[n] = export(n, fmt, resolution=resolution, cache_dir=cache_dir)
-        except (Failure, LatkitError) as e:
-            failed[n] = str(e).splitlines()[0]
+        except Exception as e:  # noqa: BLE001  (recorded, with its type, for the benchmark's JSON)
+            text = str(e).strip()
+            failed[n] = (text.splitlines()[0] if text else type(e).__name__)[:500]
     return done, failed
