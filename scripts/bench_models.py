@@ -182,6 +182,37 @@ def ort_profile_pass(arts, seconds) -> dict:
             "ms": out}
 
 
+def cpu_pass(arts, runtime, seconds, rounds=4, seed=0) -> dict:
+    """A proposal's timer (not latkit's agent): every file loaded once, then `rounds` shuffled rounds of
+    seconds / rounds each (>= 3 runs, after 1 warmup run), each run timed by the wall clock and by the calling
+    thread's CPU time (CLOCK_THREAD_CPUTIME_ID). With 1 runtime thread the model runs in the calling thread,
+    so its CPU time leaves out the time the host gave to other processes: what the model costs, unpreempted."""
+    import random
+    out = {k: {} for k in ("cpu median", "cpu p10", "wall median", "wall p10")}
+    l0, t0 = load_now(), time.perf_counter()
+    runs = {a.arch: _runner(a, runtime)[0] for a in arts}
+    wall, cpu = {a: [] for a in runs}, {a: [] for a in runs}
+    rng = random.Random(seed)
+    for _ in range(rounds):
+        order = list(runs)
+        rng.shuffle(order)
+        for a in order:
+            run = runs[a]
+            run()
+            start, n = time.perf_counter(), 0
+            while n < 3 or time.perf_counter() - start < seconds / rounds:
+                c, w = time.thread_time_ns(), time.perf_counter_ns()
+                run()
+                wall[a].append((time.perf_counter_ns() - w) / 1e6)
+                cpu[a].append((time.thread_time_ns() - c) / 1e6)
+                n += 1
+    for a in runs:
+        out["cpu median"][a], out["cpu p10"][a] = float(np.median(cpu[a])), float(np.percentile(cpu[a], 10))
+        out["wall median"][a], out["wall p10"][a] = float(np.median(wall[a])), float(np.percentile(wall[a], 10))
+    return {"seconds_per_model": (time.perf_counter() - t0) / len(arts), "load_1min": [l0, load_now()],
+            "stats": out}
+
+
 # ---------------------------------------------------------------- figures
 
 
@@ -190,12 +221,17 @@ def figures(pa: dict, pb: dict, names, aa, stats) -> dict:
     out = {"seconds_per_model": (pa["seconds_per_model"] + pb["seconds_per_model"]) / 2,
            "load_1min": [pa["load_1min"], pb["load_1min"]], "statistics": {}, "aa": {}}
     for stat in stats:
-        get = (lambda p, n: p["rows"][n][stat]) if "rows" in pa else (lambda p, n: p["ms"][n])
-        common = [n for n in names if all(n in (p.get("rows") or p.get("ms")) for p in (pa, pb))]
+        if "rows" in pa:
+            get, has = (lambda p, n: p["rows"][n][stat]), (lambda p: p["rows"])
+        elif "stats" in pa:
+            get, has = (lambda p, n: p["stats"][stat][n]), (lambda p: p["stats"][stat])
+        else:
+            get, has = (lambda p, n: p["ms"][n]), (lambda p: p["ms"])
+        common = [n for n in names if all(n in has(p) for p in (pa, pb))]
         out["statistics"][stat] = compare_max([get(pa, n) for n in common], [get(pb, n) for n in common])
         out["n"] = len(common)
         diffs = [abs(get(p, f"{n}~aa") - get(p, n)) / get(p, n) for p in (pa, pb) for n in aa
-                 if n in (p.get("rows") or p.get("ms")) and f"{n}~aa" in (p.get("rows") or p.get("ms"))]
+                 if n in has(p) and f"{n}~aa" in has(p)]
         if diffs:
             out["aa"][stat] = {"median_rel_diff": float(np.median(diffs)), "max_rel_diff": float(np.max(diffs)),
                                "n": len(diffs)}
@@ -218,6 +254,19 @@ def parse_settings(text: str) -> Settings:
         k, _, v = part.partition("=")
         kw[k.strip()] = json.loads(v)
     return Settings(**kw)
+
+
+def cpu_set(label, runtime, arts, aa, seconds, keep, console) -> dict:
+    """Only the thread-CPU-time timer (two passes at `seconds` per model), A/A twins included."""
+    folder = Path(keep) / "twins" / f"{label}-{runtime}"
+    folder.mkdir(parents=True, exist_ok=True)
+    files = arts + [twin(a, folder) for a in arts if a.arch in aa]
+    runs = []
+    for k in range(2):
+        console.print(f"{label} {runtime}: thread CPU time pass {k + 1} ({seconds:.2f} s / model) ...")
+        runs.append(cpu_pass(files, runtime, seconds, seed=k))
+    return figures(runs[0], runs[1], [a.arch for a in arts], aa,
+                   ("cpu median", "cpu p10", "wall median", "wall p10"))
 
 
 def run_set(label, runtime, arts, aa, settings, passes, keep, peer, console) -> dict:
@@ -262,6 +311,8 @@ def main():
                     "rounds=8,repeats_max_s=0.5 to record samples for replay_protocols.py)")
     ap.add_argument("--passes", type=int, default=2)
     ap.add_argument("--no-peer", action="store_true", help="latkit's passes only (recording for replay)")
+    ap.add_argument("--cpu-timer", type=float, metavar="SECONDS", help="instead of latkit's passes: two passes of "
+                    "the thread-CPU-time timer (cpu_pass, a proposal) at SECONDS per model, added to the run TAG")
     ap.add_argument("--json", default="scripts/bench_models.json", help="where to write the figures (merged "
                     "into an existing file by set, runtime and settings)")
     ap.add_argument("--tag", default="default", help="name of this run in the JSON (default: default)")
@@ -296,8 +347,13 @@ def main():
                 else:
                     arts = nb201_files(runtime, args.nb201)
                     pair = [a.arch for a in arts[:AA_NB201]]
-                r = run_set(label, runtime, arts, pair, settings, args.passes, keep, not args.no_peer, console)
-                r["settings"] = json.loads(settings.canonical())
+                if args.cpu_timer:
+                    f = cpu_set(label, runtime, arts, pair, args.cpu_timer, keep, console)
+                    r = res["runs"][f"{args.tag} {label} {runtime}"]
+                    r["timers"][f"thread CPU time {args.cpu_timer:g} s (proposal)"] = f
+                else:
+                    r = run_set(label, runtime, arts, pair, settings, args.passes, keep, not args.no_peer, console)
+                    r["settings"] = json.loads(settings.canonical())
                 res["runs"][f"{args.tag} {label} {runtime}"] = r
                 path.write_text(json.dumps(res, indent=1))
                 show(console, f"{args.tag} {label} {runtime}", r)

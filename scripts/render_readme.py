@@ -191,7 +191,8 @@ def bench_fleet_overhead(d: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-MODEL_STATS = ("latency_ms", "median_ms", "mean_ms", "mode_ms", "min_ms", "median")
+MODEL_STATS = ("latency_ms", "median_ms", "mean_ms", "mode_ms", "min_ms", "median", "cpu median", "cpu p10",
+               "wall median", "wall p10")
 GOAL_MED, GOAL_MAX, GOAL_RHO, GOAL_S = 0.03, 0.10, 0.995, 2.5  # issue 23, for a quiet host and default settings
 
 
@@ -203,10 +204,12 @@ def bench_models(d: dict) -> str:
     """Real networks (scripts/bench_models.py): pass vs pass and A/A for every timer, run and set."""
     lines = [f"On {d['machine']}, " + ", ".join(f"{k} {v}" for k, v in d["runtimes"].items())
              + f", torchvision {d['torchvision']} ({d['date']}). Exports: "
-             + "; ".join(f"{fmt} {len(e['ok'])} of {len(e['ok']) + len(e['failed'])}"
+             + "; ".join(f"{fmt} {len(e['ok'])} of {len(e['ok']) + len(e['failed']) + len(e.get('not_attempted', []))}"
                          + (f" (failed: {', '.join(e['failed'])})" if e["failed"] else "")
+                         + (f" ({len(e['not_attempted'])} not attempted: {e['why_not']})" if e.get("not_attempted")
+                            else "")
                          for fmt, e in d["exports"].items()) + ".", "",
-             "| run | set | runtime | timer | statistic | Spearman | median abs. diff | max abs. diff | A/A median | "
+             "| run | set | runtime | timer | statistic | Spearman | median rel. diff | max rel. diff | A/A median | "
              "A/A max | s / model | 1-min load, pass 1 and 2 |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for key, r in d["runs"].items():
         tag, label, runtime = key.split()

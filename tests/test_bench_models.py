@@ -99,3 +99,16 @@ def test_replay_rounds_statistics_and_adaptive_rounds():
     assert replay.replay_row(moved, P("min_round_median", 2, 3, 0.05, 0.05))["value"] == 10.0
     assert replay.replay_row(steady, P("iqm", 4, 3, 0.05, 0.05))["timed_s"] == pytest.approx(0.2)
     assert all(s in replay.STATISTICS_R for s in ("p10", "median", "iqm", "trim10"))
+
+
+def test_thread_cpu_timer_gives_both_clocks_for_every_file_and_twin(tmp_path, export_cache):
+    from latkit.collector.job import Artifact
+    from rich.console import Console
+    small_onnx_models(tmp_path, (4, 8), export_cache)
+    arts = [Artifact.from_file(tmp_path / f"w{w}.onnx", arch=f"w{w}") for w in (4, 8)]
+    f = bench.cpu_set("zoo", "onnxruntime", arts, ["w4"], 0.04, tmp_path / "keep", Console(quiet=True))
+    assert set(f["statistics"]) == {"cpu median", "cpu p10", "wall median", "wall p10"} and f["n"] == 2
+    assert f["aa"]["cpu median"]["n"] == 2
+    p = bench.cpu_pass(arts, "onnxruntime", 0.02, rounds=2)
+    for a in ("w4", "w8"):  # CPU time of the calling thread never exceeds the wall clock by much
+        assert 0 < p["stats"]["cpu median"][a] <= p["stats"]["wall median"][a] * 1.05 + 0.01
