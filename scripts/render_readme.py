@@ -225,13 +225,13 @@ def bench_models(d: dict) -> str:
     lines.append("")
     for key, r in d["runs"].items():
         lk = r["timers"].get("latkit")
-        if not lk or not key.startswith("default "):
+        if not lk or key.startswith("record "):
             continue
         c, a = lk["statistics"]["latency_ms"], lk["aa"].get("latency_ms")
         met = {"median": c["median_rel_diff"] <= GOAL_MED, "max": c["max_rel_diff"] <= GOAL_MAX,
                "Spearman": c["spearman"] >= GOAL_RHO, "time": lk["seconds_per_model"] <= GOAL_S}
         stops = ", ".join(f"{k} {v * 100:.0f} %" for k, v in lk["stopped_by"].items())
-        lines.append(f"- {key[8:]}: latency_ms {lk['latency_ms_range'][0]:.1f}-{lk['latency_ms_range'][1]:.1f} ms; "
+        lines.append(f"- {key}: latency_ms {lk['latency_ms_range'][0]:.1f}-{lk['latency_ms_range'][1]:.1f} ms; "
                      f"goals (median <= 3 %, max <= 10 %, Spearman >= 0.995, <= 2.5 s / model) "
                      + ", ".join(f"{k} {'met' if v else 'missed'}" for k, v in met.items())
                      + (f"; A/A floor {a['median_rel_diff'] * 100:.2f} % (median of {a['n']})" if a else "")
