@@ -191,11 +191,86 @@ def bench_fleet_overhead(d: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+MODEL_STATS = ("latency_ms", "median_ms", "mean_ms", "mode_ms", "min_ms", "median", "cpu median", "cpu p10",
+               "wall median", "wall p10")
+GOAL_MED, GOAL_MAX, GOAL_RHO, GOAL_S = 0.03, 0.10, 0.995, 2.5  # issue 23, for a quiet host and default settings
+
+
+def _loads(run: dict) -> str:
+    return " and ".join(f"{a:.1f}-{b:.1f}" for a, b in run["load_1min"])
+
+
+def bench_models(d: dict) -> str:
+    """Real networks (scripts/bench_models.py): pass vs pass and A/A for every timer, run and set."""
+    lines = [f"On {d['machine']}, " + ", ".join(f"{k} {v}" for k, v in d["runtimes"].items())
+             + f", torchvision {d['torchvision']} ({d['date']}). Exports: "
+             + "; ".join(f"{fmt} {len(e['ok'])} of {len(e['ok']) + len(e['failed']) + len(e.get('not_attempted', []))}"
+                         + (f" (failed: {', '.join(e['failed'])})" if e["failed"] else "")
+                         + (f" ({len(e['not_attempted'])} not attempted: {e['why_not']})" if e.get("not_attempted")
+                            else "")
+                         for fmt, e in d["exports"].items()) + ".", "",
+             "| run | set | runtime | timer | statistic | Spearman | median rel. diff | max rel. diff | A/A median | "
+             "A/A max | s / model | 1-min load, pass 1 and 2 |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for key, r in d["runs"].items():
+        tag, label, runtime = key.split()
+        for timer, f in r["timers"].items():
+            for stat, c in f["statistics"].items():
+                if stat not in MODEL_STATS:
+                    continue
+                a = f["aa"].get(stat)
+                aa = (f"{a['median_rel_diff'] * 100:.2f} % | {a['max_rel_diff'] * 100:.1f} %" if a else "- | -")
+                lines.append(f"| {tag} | {label} ({f['n']}) | {runtime} | {timer} | {stat} | {c['spearman']:.4f} | "
+                             f"{c['median_rel_diff'] * 100:.2f} % | {c['max_rel_diff'] * 100:.1f} % | {aa} | "
+                             f"{f['seconds_per_model']:.2f} | {_loads(f)} |")
+    lines.append("")
+    for key, r in d["runs"].items():
+        lk = r["timers"].get("latkit")
+        if not lk or key.startswith("record "):
+            continue
+        c, a = lk["statistics"]["latency_ms"], lk["aa"].get("latency_ms")
+        met = {"median": c["median_rel_diff"] <= GOAL_MED, "max": c["max_rel_diff"] <= GOAL_MAX,
+               "Spearman": c["spearman"] >= GOAL_RHO, "time": lk["seconds_per_model"] <= GOAL_S}
+        stops = ", ".join(f"{k} {v * 100:.0f} %" for k, v in lk["stopped_by"].items())
+        lines.append(f"- {key}: latency_ms {lk['latency_ms_range'][0]:.1f}-{lk['latency_ms_range'][1]:.1f} ms; "
+                     f"goals (median <= 3 %, max <= 10 %, Spearman >= 0.995, <= 2.5 s / model) "
+                     + ", ".join(f"{k} {'met' if v else 'missed'}" for k, v in met.items())
+                     + (f"; A/A floor {a['median_rel_diff'] * 100:.2f} % (median of {a['n']})" if a else "")
+                     + f"; stopped by {stops}.")
+    return "\n".join(lines) + "\n"
+
+
+def replay_protocols(d: dict) -> str:
+    """Candidate protocols replayed on the recorded samples (scripts/replay_protocols.py --bench)."""
+    sets = list(next(iter(d["named"].values()))["sets"])
+    rec = "; ".join(f"{lb}: {r['models']} models + {r['aa_pairs']} A/A twins, 1-min load {_loads(r)}"
+                    for lb, r in d["recorded"].items())
+    lines = [f"{d['candidates']} candidates replayed ({d['runtime']}, {d['machine']}, {d['date']}; {rec}). "
+             "s / model is estimated: load + rounds x (per-round overhead + warmup) + the timed work kept:", "",
+             "| protocol | " + " | ".join(f"{lb} Spearman | {lb} median | {lb} max | {lb} A/A median | {lb} s / model"
+                                          for lb in sets) + " |", "|---" * (1 + 5 * len(sets)) + "|"]
+
+    def row(title, e):
+        cells = []
+        for lb in sets:
+            f = e["sets"][lb]
+            aa = f"{f['aa_median'] * 100:.2f} %" if f["aa_median"] is not None else "-"
+            cells += [f"{f['spearman']:.4f}", f"{f['median_rel_diff'] * 100:.2f} %", f"{f['max_rel_diff'] * 100:.1f} %",
+                      aa, f"{f['seconds_per_model']:.2f}"]
+        lines.append(f"| {title} | " + " | ".join(cells) + " |")
+
+    for k, e in d["named"].items():
+        row(f"**{k}**: {e['name']}", e)
+    for k, e in d["best_per_statistic"].items():
+        row(f"best with {k}: {e['name']}", e)
+    return "\n".join(lines) + "\n"
+
+
 RENDERERS = {"bench_store.json": bench_store, "bench_fleet.json#export": bench_fleet_export,
              "bench_fleet.json#overhead": bench_fleet_overhead,
              "bench_measure.json": bench_measure, "bench_predictor.json#transfer": bench_predictor_transfer,
              "bench_predictor.json#fit": bench_predictor_fit,
-             "bench_predictor.json#live": bench_predictor_live, "bench_predictor.json#predict": bench_predictor_predict}
+             "bench_predictor.json#live": bench_predictor_live, "bench_predictor.json#predict": bench_predictor_predict,
+             "bench_models.json": bench_models, "replay_protocols.json": replay_protocols}
 
 
 def render(text: str) -> str:
