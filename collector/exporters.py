@@ -139,7 +139,10 @@ def _write(module, example_inputs: tuple, fmt: str, path: str) -> None:
             try:
                 torch.onnx.export(module, example_inputs, path, input_names=names, dynamo=False, opset_version=17)
             except Exception:
-                torch.onnx.export(module, example_inputs, path, input_names=names, dynamo=True, verbose=False)
+                # external_data=False: one self-contained file (< 2 GB); the default writes the weights to
+                # `<tmp>.data`, which the rename to `<sha256>.onnx` leaves behind (the file then has no weights)
+                torch.onnx.export(module, example_inputs, path, input_names=names, dynamo=True, verbose=False,
+                                  external_data=False)
         elif fmt == "tflite":
             try:
                 import litert_torch
