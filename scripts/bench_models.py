@@ -111,7 +111,7 @@ def latkit_pass(arts, runtime, settings, out) -> dict:
 
 def _runner(art: Artifact, runtime: str, profile_dir=None):
     """(callable running the model once, its load seconds, session) for the peers, 1 thread."""
-    shape = tuple(art.inputs[0]["shape"]) if art.inputs else None
+    shape = art.inputs[0].shape if art.inputs else None
     t0 = time.perf_counter()
     if runtime == "onnxruntime":
         import onnxruntime as ort

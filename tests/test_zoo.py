@@ -92,7 +92,7 @@ def test_zoo_models_export_to_onnx_and_match_torch(tmp_path_factory, name):
     cache = tmp_path_factory.getbasetemp() / "zoo-exports"
     res = 64
     art = zoo.export(name, "onnx", resolution=res, cache_dir=cache)
-    assert art.space == "zoo" and art.arch == f"{name}@{res}" and art.inputs[0]["shape"] == [1, 3, res, res]
+    assert art.space == "zoo" and art.arch == f"{name}@{res}" and art.inputs[0].shape == (1, 3, res, res)
     x = torch.randn(1, 3, res, res)
     with torch.no_grad():
         want = zoo.build(name, res)(x)
