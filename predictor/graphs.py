@@ -234,9 +234,8 @@ def _itemsize(elem_type: int) -> int:
 
 def _infer(model, batch: int, shapes: Optional[dict]):
     """Shapes and element types of every tensor: {name: (shape tuple (-1 unknown), elem_type)}, plus the
-    constant tensors {name: numpy value or None (large)} and the input shapes used."""
+    constant tensor names {name: None} and the input shapes used."""
     onnx = need("onnx", "export", "reading ONNX graphs")
-    from onnx import numpy_helper
     g = model.graph
     consts: dict = {}
     info: dict = {}
@@ -244,14 +243,9 @@ def _infer(model, batch: int, shapes: Optional[dict]):
     for init in g.initializer:
         dims = tuple(int(d) for d in init.dims)
         info[init.name] = (dims, init.data_type)
+        consts[init.name] = None  # constant; its values are never needed here
         if _numel(dims) <= SMALL_INIT:
             kept.append(init)
-            try:
-                consts[init.name] = numpy_helper.to_array(init)
-            except Exception:
-                consts[init.name] = None
-        else:
-            consts[init.name] = None
     light = onnx.ModelProto()
     light.ir_version, light.producer_name = model.ir_version, model.producer_name
     light.opset_import.extend(model.opset_import)
@@ -278,8 +272,9 @@ def _infer(model, batch: int, shapes: Optional[dict]):
         lg.input.append(onnx.helper.make_tensor_value_info(inp.name, t.elem_type, dims if t.HasField("shape")
                                                            else None))
         info[inp.name] = (tuple(dims), t.elem_type)
+    kept_names = {i.name for i in kept}
     for init in g.initializer:
-        if init.name not in {i.name for i in kept}:
+        if init.name not in kept_names:
             lg.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
     try:
         inferred = onnx.shape_inference.infer_shapes(light, check_type=False, strict_mode=False, data_prop=True)
@@ -435,6 +430,19 @@ def _fuse(nodes, info, consts, fusion) -> tuple:
         if fusion == "ort-cpu" and n.op_type in ("Conv", "Gemm", "MatMul") and cur is not None:
             acts = _CONV_ACTS if n.op_type == "Conv" else _GEMM_ACTS
             while True:
+                both = consumers.get(cur, [])
+                if n.op_type == "Conv" and k.act == "none" and len(both) == 2:  # x * HardSigmoid(x): HardSwish
+                    hs = next((c for c in both if nodes[c][0].op_type == "HardSigmoid" and not taken[c]), None)
+                    mul = None if hs is None else _mul_of(nodes, consumers, cur, hs, nodes[hs][2])
+                    if mul is not None:
+                        for c in (hs, mul):
+                            taken[c] = True
+                            group.append(nodes[c])
+                        k.onnx_ops += ["HardSigmoid", "Mul"]
+                        k.act = "hardswish"
+                        k.flops += _elem_flops("HardSwish", info, cur)
+                        cur = nodes[mul][2][0]
+                        continue
                 j = only_consumer(cur)
                 if j is None:
                     break
@@ -457,19 +465,6 @@ def _fuse(nodes, info, consts, fusion) -> tuple:
                     ins = ins + [other]
                 elif m.op_type in acts and k.act == "none":
                     k.act = acts[m.op_type]
-                elif (m.op_type == "HardSigmoid" and k.act == "none" and n.op_type == "Conv"
-                      and _mul_of(nodes, consumers, cur, j, mouts) is not None):
-                    mul = _mul_of(nodes, consumers, cur, j, mouts)  # x * HardSigmoid(x) = HardSwish
-                    taken[mul] = True
-                    group.append(nodes[mul])
-                    k.onnx_ops.append("Mul")
-                    k.act = "hardswish"
-                    k.flops += _elem_flops("HardSwish", info, mouts[0])
-                    cur = nodes[mul][2][0]
-                    taken[j] = True
-                    group.append((m, mins, mouts))
-                    k.onnx_ops.insert(-1, "HardSigmoid")
-                    continue
                 else:
                     break
                 taken[j] = True
