@@ -6,14 +6,18 @@
 KernelAdditive: a graph's latency is an overhead plus the sum of its kernels' latencies (kernels as the
 runtime fuses them, predictor/graphs.py). Only whole graphs are measured, so kernel latencies are learned
 from sums, in two steps:
-1. linear: per kernel type (graphs.OPS) a non-negative cost per kernel, per FLOP, per byte moved and per
-   activated output element, plus one per-graph overhead, by non-negative least squares on the relative
-   error of the sums (scipy's nnls on rows divided by the measured latency);
+1. linear: a non-negative cost per kernel, per FLOP, per byte moved and per activated output element,
+   shared by all kernels and again per kernel type (graphs.OPS: what that type costs more; a type never
+   seen in training costs the shared rates), plus one per-graph overhead, by non-negative least squares on
+   the relative error of the sums (scipy's nnls on rows divided by the measured latency). This part is
+   physics-like and extrapolates to larger or unseen networks;
 2. `backfit_rounds` rounds: each graph's measured latency (less the overhead) is shared among its kernels
    in proportion to their current predictions, and one gradient-boosted tree model (LightGBM, on the
-   kernel features of graphs.FEATURES: type one-hots, kernel / stride / groups, shapes, FLOPs, bytes) learns
-   log kernel latency from those shares, weighted by each kernel's share of its graph; a final line
-   (overhead + scale x the sum) calibrates the sums on the training graphs.
+   kernel features of graphs.FEATURES: type one-hots, kernel / stride / groups, shapes, FLOPs, bytes)
+   learns the log ratio of those shares to the linear costs, weighted by each kernel's share of its graph
+   (a kernel's latency = linear cost x exp(trees): outside the training range the trees' correction stays
+   bounded and the linear costs carry on); a final line (overhead + scale x the sum) calibrates the sums
+   on the training graphs.
 `n_members` bootstrap copies over graphs give the standard deviation (spread of their log-predictions,
 as predictor/ensemble.py). Trees are kept as node arrays (predictor/trees.py) and saved as data.
 
@@ -54,13 +58,16 @@ def stacked(graphs) -> tuple:
 
 
 def basis(F: np.ndarray) -> np.ndarray:
-    """[K, len(OPS) * N_BASIS] per-kernel linear basis: each kernel's costs in its own type's columns."""
+    """[K, (1 + len(OPS)) * N_BASIS] per-kernel linear basis: each kernel's costs in shared columns (what any
+    kernel costs, so a type unseen in training still costs something) and again in its own type's columns
+    (what that type costs more)."""
     op = F[:, :len(OPS)].argmax(1)
     raw = np.stack([np.ones(len(F)), np.expm1(F[:, _I_FLOPS]) / 1e9, np.expm1(F[:, _I_MEM]) / 1e6,
                     np.expm1(F[:, _I_OUT]) / 1e6 * (1 - F[:, _I_ACT_NONE])], 1)
-    out = np.zeros((len(F), len(OPS) * N_BASIS))
+    out = np.zeros((len(F), (1 + len(OPS)) * N_BASIS))
+    out[:, :N_BASIS] = raw
     for j in range(N_BASIS):
-        out[np.arange(len(F)), op * N_BASIS + j] = raw[:, j]
+        out[np.arange(len(F)), (1 + op) * N_BASIS + j] = raw[:, j]
     return out
 
 
@@ -152,6 +159,7 @@ class KernelAdditive(GraphSurrogate):
             member["calib"] = _nnls_relative(np.stack([np.ones(n), total], 1), y)
             return member
         lgb = need("lightgbm", "predict", "the per-kernel latency model")
+        linear = kernel
         for _ in range(self.backfit_rounds):
             total = _segsum(kernel, seg, n)
             share = np.clip((y - overhead) / np.maximum(total, 1e-9), 0.05, 20.0)[seg]
@@ -161,9 +169,9 @@ class KernelAdditive(GraphSurrogate):
                                     num_leaves=self.num_leaves, min_child_samples=10, subsample=0.8,
                                     subsample_freq=1, colsample_bytree=0.8, random_state=seed,
                                     n_jobs=self.n_jobs, verbose=-1)
-            est.fit(F, np.log(target), sample_weight=weight)
+            est.fit(F, np.log(target / linear), sample_weight=weight)  # a correction of the linear costs
             member["trees"] = trees.from_lightgbm(est.booster_)
-            kernel = np.exp(trees.Boosted(member["trees"], F.shape[1]).predict(F))
+            kernel = linear * np.exp(trees.Boosted(member["trees"], F.shape[1]).predict(F))
         total = _segsum(kernel, seg, n)
         member["calib"] = _nnls_relative(np.stack([np.ones(n), total], 1), y)
         return member
@@ -171,11 +179,12 @@ class KernelAdditive(GraphSurrogate):
     @staticmethod
     def _member_kernels(m: dict, F) -> np.ndarray:
         """Uncalibrated kernel latencies of one member."""
+        linear = np.maximum(basis(F) @ m["linear"][1:], 1e-7)
         if m["trees"] is None:
-            return np.maximum(basis(F) @ m["linear"][1:], 1e-7)
+            return linear
         booster = m.get("_boosted") or trees.Boosted(m["trees"], len(FEATURES))
         m["_boosted"] = booster
-        return np.exp(booster.predict(F))
+        return linear * np.exp(booster.predict(F))
 
     def _member_predict(self, m: dict, F, seg, n) -> np.ndarray:
         return np.maximum(m["calib"][0] + m["calib"][1] * _segsum(self._member_kernels(m, F), seg, n), 1e-9)
@@ -225,9 +234,9 @@ class KernelAdditive(GraphSurrogate):
         members = []
         for i in range(self.n_members):
             lin, cal = flat.get(f"m{i}.linear"), flat.get(f"m{i}.calib")
-            if not isinstance(lin, np.ndarray) or lin.shape != (1 + len(OPS) * N_BASIS,) or \
+            if not isinstance(lin, np.ndarray) or lin.shape != (1 + (1 + len(OPS)) * N_BASIS,) or \
                     not isinstance(cal, np.ndarray) or cal.shape != (2,):
-                raise ValueError(f"its member {i} has no linear part of {1 + len(OPS) * N_BASIS} numbers and "
+                raise ValueError(f"its member {i} has no linear part of {1 + (1 + len(OPS)) * N_BASIS} numbers and "
                                  "calibration of 2")
             t = {k.split(".", 2)[2]: v for k, v in flat.items() if k.startswith(f"m{i}.trees.")}
             m = {"linear": lin.astype(np.float64), "calib": cal.astype(np.float64), "trees": t or None}

@@ -100,6 +100,8 @@ def main():
     ap.add_argument("--device", default="local")
     ap.add_argument("--models", nargs="*", default=[])
     ap.add_argument("--export-missing", action="store_true")
+    ap.add_argument("--column", default="latency_ms", help="statistic read as latency (p10_ms: rows of agent 0.1 "
+                                                            "beside today's CPU rows, whose latency_ms is p10)")
     ap.add_argument("--kinds", default="kernels,gnn")
     ap.add_argument("--families", nargs="*", default=None, help="families to hold out (default: each with >= 20)")
     ap.add_argument("--retest", nargs="*", default=[])
@@ -108,7 +110,8 @@ def main():
     args = ap.parse_args()
     import pandas as pd
     load_start = os.getloadavg()
-    t = pd.concat([graph_rows(d, args.device, models=args.models, export_missing=args.export_missing)
+    t = pd.concat([graph_rows(d, args.device, models=args.models, export_missing=args.export_missing,
+                              column=args.column)
                    for d in args.data], ignore_index=True)
     # one graph measured in two datasets: keep the median
     t = t.groupby("model_sha256", as_index=False).agg(
@@ -128,7 +131,7 @@ def main():
     if (high := high_res(t)).any() and (~high).any():
         splits["resolution"] = high
     splits["random"] = np.random.default_rng(0).random(len(t)) < 0.2
-    result = {"device": args.device, "data": args.data, "graphs": len(t), "families": fams.to_dict(),
+    result = {"device": args.device, "data": args.data, "column": args.column, "graphs": len(t), "families": fams.to_dict(),
               "resolutions": {f: sorted(set(int(r) for r in g.resolution)) for f, g in t.groupby("family")},
               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
               "load_avg_start": load_start, "splits": {}}
