@@ -5,8 +5,9 @@
 
 Nodes are the fused kernels of predictor/graphs.py with their features (standardised on the training
 graphs); `layers` rounds of message passing (a residual update from the node itself, the mean of its
-producers and the mean of its consumers); each node then gives a non-negative latency share (softplus) and
-the graph's latency is their sum times a learned scale plus an overhead: additive like the runtime, but
+producers and the mean of its consumers); each node then gives a latency share (exp of its output, a power
+law in its log FLOPs and bytes) and
+the graph's latency is their sum plus a learned overhead: additive like the runtime, but
 every kernel's share sees its neighbourhood (a cheap elementwise op after a conv costs less than alone).
 Loss: squared error of log-latency (relative errors). `n_members` networks from different seeds on
 bootstrap resamples of the graphs give the standard deviation (spread of their log-predictions).
@@ -82,7 +83,8 @@ def _net(n_features: int, hidden: int, layers: int, seed: int):
                 from_pred = torch.zeros_like(h).index_add_(0, dst, h[src]) / b["indeg"]
                 from_succ = torch.zeros_like(h).index_add_(0, src, h[dst]) / b["outdeg"]
                 h = h + torch.relu(norm(s(h) + p(from_pred) + c(from_succ)))
-            share = torch.nn.functional.softplus(self.head(torch.cat([h, x], 1)).squeeze(1) - 2.0)
+            # log-space share: log latency is near-linear in log FLOPs / bytes, so exp extrapolates as a power law
+            share = torch.exp(torch.clamp(self.head(torch.cat([h, x], 1)).squeeze(1) - 4.0, -30.0, 10.0))
             total = torch.zeros(b["n_graphs"]).index_add_(0, b["seg"], share)
             return torch.log(total + torch.nn.functional.softplus(self.overhead) + 1e-6)
 

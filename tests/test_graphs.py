@@ -398,3 +398,27 @@ def test_graph_rows_fit_graphs_and_predict_files(nets, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(LatkitError, match="no .onnx files"):
         predict_files(model, [tmp_path / "empty"])
+
+
+def test_search_space_rows_are_exported_again_from_their_recipe(tmp_path):
+    """A row whose file is gone (or was timed as TorchScript) yields its graph from (space, arch, batch,
+    resolution); without export_missing it is counted as missing."""
+    pytest.importorskip("torch")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from latkit.collector.schema import FILE_SCHEMA, conform
+    from latkit.collector.spaces import get_space
+    from latkit.predictor.graphdata import graph_rows
+    arch = "|nor_conv_3x3~0|+|nor_conv_1x1~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_1x1~2|"
+    rows = {"space": ["nb201"], "arch": [arch], "model_sha256": ["f" * 64], "model_format": ["torchscript"],
+            "device": ["gpu"], "runtime": ["torch"], "input_shape": ["1x3x40x40"], "batch_size": [1],
+            "latency_ms": [0.5], "status": ["ok"]}
+    t = conform(pa.table({k: pa.array(v, FILE_SCHEMA.field(k).type) for k, v in rows.items()}))
+    part = tmp_path / "d" / "data" / "device=gpu" / "space=nb201"
+    part.mkdir(parents=True)
+    pq.write_table(t, part / "part-0.parquet")
+    assert len(graph_rows(tmp_path / "d", "gpu", cache=tmp_path / "c")) == 0
+    table = graph_rows(tmp_path / "d", "gpu", cache=tmp_path / "c", export_missing=True)
+    (row,) = table.itertuples()
+    assert row.source == "recipe" and row.family == "nb201" and row.resolution == 40
+    assert encode(row.path).totals()["mac_flops"] == get_space("nb201").flops(arch, 40)
