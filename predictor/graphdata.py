@@ -177,16 +177,18 @@ def onnx_files(paths: Sequence) -> list:
     return out
 
 
-def predict_files(model: GraphSurrogate, paths: Sequence, batch: int = 1) -> list:
+def predict_files(model: GraphSurrogate, paths: Sequence, batch: int = 1, external: str = "refuse") -> list:
     """`latkit predictor predict --model M --file my.onnx` (or folders): one dict per file with file,
-    latency_ms, std_ms, flops (analytic), kernels (after fusion), onnx_nodes. A file that cannot be
-    read is a LatkitError naming it."""
+    latency_ms, std_ms, flops (analytic), kernels (after fusion), onnx_nodes. `batch`: the size of a
+    symbolic first input dimension; `external`: graphs.encode's (refuse, or shapes for models whose weights
+    are in a separate data file). A file that cannot be read is a LatkitError naming it."""
+    from .graphs import encode
     files = onnx_files(paths)
     graphs = []
     for f in files:
         try:
-            graphs.append(as_graph(f) if batch == 1 else __import__(
-                "latkit.predictor.graphs", fromlist=["encode"]).encode(f, batch=batch))
+            graphs.append(as_graph(f) if batch == 1 and external == "refuse" else
+                          encode(f, batch=batch, external=external))
         except LatkitError as e:
             raise LatkitError(f"{f}: {e}") from None
     mean, std = model.predict(graphs, return_std=True)

@@ -7,7 +7,8 @@
     g.totals()                             # {"flops", "mac_flops", "mem_bytes", "param_bytes", "n_kernels", ...}
 
 Reading (`load`): a regular file of at most MAX_FILE bytes; no external data (a tensor stored outside the
-file is refused, never opened); at most MAX_NODES nodes, counting those of subgraphs and model-local
+file is refused, never opened; with external="shapes" it is encoded from the dimensions the .onnx file
+declares, the data file still never opened); at most MAX_NODES nodes, counting those of subgraphs and model-local
 functions; then `onnx.shape_inference.infer_shapes` (ONNX's C++ shape functions: it runs no operator and no
 code from the file) on a copy whose large initializers are replaced by typed inputs (shape inference needs
 their shapes only, so a 100 MB model infers in milliseconds). A dimension left symbolic in a graph input is
@@ -174,7 +175,7 @@ def _numel(shape) -> int:
 
 
 # -- reading ------------------------------------------------------------------------------------------
-def load(path, max_bytes: int = MAX_FILE, max_nodes: int = MAX_NODES):
+def load(path, max_bytes: int = MAX_FILE, max_nodes: int = MAX_NODES, external: str = "refuse"):
     """The ModelProto of an .onnx file, with the bounds of the module docstring."""
     onnx = need("onnx", "export", "reading ONNX graphs")
     with os.fdopen(validate.open_regular(path, "ONNX file"), "rb") as f:
@@ -187,12 +188,16 @@ def load(path, max_bytes: int = MAX_FILE, max_nodes: int = MAX_NODES):
     except Exception as e:  # protobuf's DecodeError and friends
         raise LatkitError(f"{path} is not an ONNX model ({str(e)[:100] or type(e).__name__}); give an .onnx file") \
             from None
-    check(model, str(path), max_nodes)
+    check(model, str(path), max_nodes, external)
     return model
 
 
-def check(model, what: str = "the model", max_nodes: int = MAX_NODES) -> None:
-    """Refuse external data and graphs over `max_nodes` nodes (subgraphs and functions counted)."""
+def check(model, what: str = "the model", max_nodes: int = MAX_NODES, external: str = "refuse") -> None:
+    """Refuse graphs over `max_nodes` nodes (subgraphs and functions counted) and, with external="refuse",
+    tensors kept in external data; external="shapes" encodes such a model from the shapes its .onnx file
+    declares (the data file is never opened: encoding needs no weight values)."""
+    if external not in ("refuse", "shapes"):
+        raise LatkitError(f"unknown external-data mode {external!r}; choose refuse or shapes")
     onnx = need("onnx", "export", "reading ONNX graphs")
     if not model.HasField("graph"):
         raise LatkitError(f"{what} holds no graph; give an ONNX model file")
@@ -203,17 +208,19 @@ def check(model, what: str = "the model", max_nodes: int = MAX_NODES) -> None:
         if count > max_nodes:
             raise LatkitError(f"{what} has more than {max_nodes} nodes, more than latkit encodes")
         for init in getattr(g, "initializer", ()):
-            if init.data_location == onnx.TensorProto.EXTERNAL or init.external_data:
-                raise LatkitError(f"{what} keeps tensor {init.name[:60]!r} in external data, which latkit does not "
-                                  "open; save the model with its weights inside (onnx.save(..., "
-                                  "save_as_external_data=False))")
+            if (init.data_location == onnx.TensorProto.EXTERNAL or init.external_data) and external == "refuse":
+                raise LatkitError(f"{what} keeps tensor {init.name[:60]!r} in external data (torch's dynamo "
+                                  "exporter does by default), which latkit does not open; encode it from its "
+                                  "declared shapes (external='shapes'; the data file is never read) or save the "
+                                  "model with its weights inside (onnx.save(..., save_as_external_data=False))")
         for node in g.node:
             for a in node.attribute:
                 if a.type == onnx.AttributeProto.GRAPH:
                     stack.append(a.g)
                 elif a.type == onnx.AttributeProto.GRAPHS:
                     stack.extend(a.graphs)
-                elif a.type == onnx.AttributeProto.TENSOR and a.t.data_location == onnx.TensorProto.EXTERNAL:
+                elif (a.type == onnx.AttributeProto.TENSOR and a.t.data_location == onnx.TensorProto.EXTERNAL
+                      and external == "refuse"):
                     raise LatkitError(f"{what} keeps a constant in external data, which latkit does not open")
 
 
@@ -244,7 +251,7 @@ def _infer(model, batch: int, shapes: Optional[dict]):
         dims = tuple(int(d) for d in init.dims)
         info[init.name] = (dims, init.data_type)
         consts[init.name] = None  # constant; its values are never needed here
-        if _numel(dims) <= SMALL_INIT:
+        if _numel(dims) <= SMALL_INIT and init.data_location != onnx.TensorProto.EXTERNAL:
             kept.append(init)
     light = onnx.ModelProto()
     light.ir_version, light.producer_name = model.ir_version, model.producer_name
@@ -326,16 +333,17 @@ class _Node:
 
 # -- encoding -----------------------------------------------------------------------------------------
 def encode(model, batch: int = 1, shapes: Optional[dict] = None, fusion: str = "ort-cpu",
-           max_bytes: int = MAX_FILE, max_nodes: int = MAX_NODES) -> Graph:
-    """The kernel graph of `model`: a path to an .onnx file or an onnx ModelProto."""
+           max_bytes: int = MAX_FILE, max_nodes: int = MAX_NODES, external: str = "refuse") -> Graph:
+    """The kernel graph of `model`: a path to an .onnx file or an onnx ModelProto. `external`: refuse
+    (default) or encode from declared shapes a model whose tensors are kept in external data."""
     if fusion not in ("ort-cpu", "none"):
         raise LatkitError(f"unknown fusion {fusion!r}; choose ort-cpu or none")
     source = ""
     if isinstance(model, (str, os.PathLike)):
         source = str(model)
-        model = load(model, max_bytes, max_nodes)
+        model = load(model, max_bytes, max_nodes, external)
     else:
-        check(model, "the model", max_nodes)
+        check(model, "the model", max_nodes, external)
     info, consts, used = _infer(model, batch, shapes)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     g = model.graph

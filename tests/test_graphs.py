@@ -224,6 +224,10 @@ def test_reading_is_bounded(tmp_path):
               location="ext.bin", size_threshold=0)
     with pytest.raises(LatkitError, match="external data"):
         encode(tmp_path / "ext.onnx")
+    (tmp_path / "ext.bin").unlink()
+    os.mkfifo(tmp_path / "ext.bin")          # opening it would block: shapes mode must never open it
+    shaped = encode(tmp_path / "ext.onnx", external="shapes")
+    assert shaped.totals()["mac_flops"] == encode(path).totals()["mac_flops"] > 0
     with pytest.raises(LatkitError, match="more than"):   # a subgraph's nodes count too
         body = helper.make_graph([helper.make_node("Relu", ["x"], [f"r{i}"]) for i in range(20)], "b", [],
                                  [helper.make_tensor_value_info("r0", TensorProto.FLOAT, None)])
