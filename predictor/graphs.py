@@ -151,7 +151,7 @@ def kernel_features(kernels) -> np.ndarray:
         cout, hout, wout = _chw(k.out_shape)
         kh, kw = (k.kernel + (1, 1))[:2] if k.kernel else (0, 0)
         out[r, n_ops + n_acts:] = (
-            k.bn, k.bias, k.residual, kh, kw, k.stride, k.dilation, lg(k.groups - 1 + 1), lg(cin), lg(cout),
+            k.bn, k.bias, k.residual, kh, kw, k.stride, k.dilation, math.log(max(k.groups, 1)), lg(cin), lg(cout),
             lg(hin), lg(win), lg(hout), lg(wout), lg(k.flops), lg(k.mac_flops), lg(k.mem_bytes),
             lg(k.param_bytes), lg(sum(_numel(s) for s in k.in_shapes)), lg(_numel(k.out_shape)),
             len(k.onnx_ops), k.shapes_known)

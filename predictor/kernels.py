@@ -110,6 +110,10 @@ class FlopsLinear(GraphSurrogate):
         mean = np.maximum(self.coef_[0] + self.coef_[1] * flops, 1e-9)
         return (mean, mean * self.rel_std_) if return_std else mean
 
+    def adapt(self, X, y) -> "FlopsLinear":
+        """Few-shot to a new device: the line fitted again on its graphs (2 numbers)."""
+        return self.fit(X, y)
+
     def _kind(self) -> str:
         return "graph-flops"
 
