@@ -252,12 +252,12 @@ def test_a_200_node_graph_encodes_in_a_few_ms(tmp_path):
     assert len(onnx.load(path).graph.node) == 201
     encode(path)
     times = []
-    for _ in range(7):
-        t = time.perf_counter()
+    for _ in range(7):  # CPU time of this process: a shared machine's run queue does not count
+        t = time.process_time()
         g = encode(path)
-        times.append(time.perf_counter() - t)
+        times.append(time.process_time() - t)
     assert len(g) == 67
-    assert min(times) < 0.02, f"encoding took {min(times) * 1e3:.1f} ms"  # ~3 ms on an idle 2-core VM
+    assert min(times) < 0.015, f"encoding took {min(times) * 1e3:.1f} ms of CPU"  # ~5 ms on this 2-core VM
 
 
 # -- models ------------------------------------------------------------------------------------------------
