@@ -8,7 +8,7 @@ A row of a latkit dataset yields a graph when its model file is found: by `model
 cache (`$LATKIT_CACHE`, ~/.cache/latkit/exports) or in `models` folders (files named `<sha256>.onnx`, or any
 .onnx there whose content hash matches). Search-space rows whose file is gone (or which were timed in
 another format: TorchScript on a GPU) are exported again from their recipe (space, arch, batch, resolution)
-when `export_missing` is set (needs torch); the re-export is the same network, so the same graph, whatever
+when `export_missing` is set (needs torch; "cached": only recipe exports the cache already holds); the re-export is the same network, so the same graph, whatever
 its bytes. Rows of one graph on one device and runtime (retests, repeated collections) are merged by their
 median latency. `family` groups graphs for held-out evaluation: the space for search-space archs, else the
 leading letters of the file name (resnet50 -> resnet) or a `families` mapping.
@@ -91,7 +91,7 @@ def graph_rows(data_dir, device: Optional[str] = None, runtime: Optional[str] = 
         if path is None and (cache / f"{sha}.onnx").is_file():
             path = str(cache / f"{sha}.onnx")
         if path is None and export_missing and first.space not in ("custom", "", None):
-            path, source = _recipe(first, cache), "recipe"
+            path, source = _recipe(first, cache, only_cached=export_missing == "cached"), "recipe"
         if path is None:
             missing += len(g)
             continue
@@ -106,15 +106,20 @@ def graph_rows(data_dir, device: Optional[str] = None, runtime: Optional[str] = 
     return out
 
 
-def _recipe(row, cache: Path) -> Optional[str]:
-    """The .onnx of a search-space row exported again from its recipe (None if the space refuses it)."""
-    from latkit.collector.api import export_arch
+def _recipe(row, cache: Path, only_cached: bool = False) -> Optional[str]:
+    """The .onnx of a search-space row exported again from its recipe (None if the space refuses it, or,
+    `only_cached`, if the cache does not hold that export yet)."""
+    from latkit.collector.api import arch_spec, export_arch
+    from latkit.collector.exporters import cached
     from latkit.collector.spaces import get_space
     try:
         sp = get_space(row.space)
         res = int(row.resolution) or None
         if row.space == "ofa":
             res = None  # an ofa arch carries its resolution
+        if only_cached:
+            hit = cached(cache, arch_spec(sp, row.arch, "onnx", int(row.batch_size or 1), res).key, "onnx")
+            return str(hit[0]) if hit else None
         return str(export_arch(sp, row.arch, "onnx", int(row.batch_size or 1), res, cache_dir=cache).path)
     except LatkitError:
         return None

@@ -187,7 +187,8 @@ def main():
     ap.add_argument("--gpu", nargs="*", default=[], help="datasets measured on a GPU")
     ap.add_argument("--gpu-device", default="local")
     ap.add_argument("--models", nargs="*", default=[])
-    ap.add_argument("--export-missing", action="store_true")
+    ap.add_argument("--export-missing", nargs="?", const=True, default="cached",
+                    help="export rows without a file from their recipe (default: only those the cache holds)")
     ap.add_argument("--column", default="latency_ms", help="statistic read as latency (p10_ms: rows of agent 0.1 "
                                                             "beside today's CPU rows, whose latency_ms is p10)")
     ap.add_argument("--kinds", default="kernels,gnn")

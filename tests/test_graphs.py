@@ -422,7 +422,10 @@ def test_search_space_rows_are_exported_again_from_their_recipe(tmp_path):
     part.mkdir(parents=True)
     pq.write_table(t, part / "part-0.parquet")
     assert len(graph_rows(tmp_path / "d", "gpu", cache=tmp_path / "c")) == 0
+    assert len(graph_rows(tmp_path / "d", "gpu", cache=tmp_path / "c", export_missing="cached")) == 0
     table = graph_rows(tmp_path / "d", "gpu", cache=tmp_path / "c", export_missing=True)
+    again = graph_rows(tmp_path / "d", "gpu", cache=tmp_path / "c", export_missing="cached")  # now cached
+    assert list(again.path) == list(table.path)
     (row,) = table.itertuples()
     assert row.source == "recipe" and row.family == "nb201" and row.resolution == 40
     assert encode(row.path).totals()["mac_flops"] == get_space("nb201").flops(arch, 40)
