@@ -101,7 +101,8 @@ def graph_rows(data_dir, device: Optional[str] = None, runtime: Optional[str] = 
                      "latency_ms": float(g.latency_ms.median()), "n_rows": len(g), "source": source})
         if progress:
             progress(i + 1, groups.ngroups)
-    out = pd.DataFrame(rows)
+    out = pd.DataFrame(rows, columns=["path", "model_sha256", "space", "arch", "family", "device", "runtime",
+                                      "batch_size", "resolution", "latency_ms", "n_rows", "source"])
     out.attrs["missing"] = missing
     return out
 

@@ -193,15 +193,41 @@ class KernelAdditive(GraphSurrogate):
     def _member_predict(self, m: dict, F, seg, n) -> np.ndarray:
         return np.maximum(m["calib"][0] + m["calib"][1] * _segsum(self._member_kernels(m, F), seg, n), 1e-9)
 
-    def adapt(self, X, y) -> "KernelAdditive":
-        """Few-shot to a new device: keep each member's kernel model (where the time goes) and refit its
-        overhead and scale (2 numbers) on the new device's graphs."""
+    def adapt(self, X, y, folds: int = 5) -> "KernelAdditive":
+        """Few-shot to a new device from a few of its measured graphs. Two candidates: this model with each
+        member's overhead and scale refitted (2 numbers: the kernel costs keep their shape), and a fresh
+        model of the same hyperparameters fitted on the new graphs alone; the one with the lower
+        cross-validated log error on those graphs (`folds` folds; decided on the new device's data only)
+        replaces this model's members. `adapted_` says which won and the errors."""
+        from sklearn.base import clone
+        from sklearn.model_selection import KFold
         check_is_fitted(self, "members_")
         graphs, y = training_data(X, y)
         F, seg = stacked(graphs)
-        for m in self.members_:
-            total = _segsum(self._member_kernels(m, F), seg, len(y))
-            m["calib"] = _nnls_relative(np.stack([np.ones(len(y)), total], 1), y)
+        totals = [_segsum(self._member_kernels(m, F), seg, len(y)) for m in self.members_]
+
+        def recalibrated(rows):
+            return [_nnls_relative(np.stack([np.ones(len(rows)), t[rows]], 1), y[rows]) for t in totals]
+
+        err = {"recalibrated": [], "fresh": []}
+        k = min(folds, len(y))
+        if k >= 2:
+            for tr, te in KFold(k, shuffle=True, random_state=0).split(graphs):
+                cal = recalibrated(tr)
+                pred = np.exp(np.mean([np.log(np.maximum(c[0] + c[1] * t[te], 1e-9)) for c, t in zip(cal, totals)], 0))
+                err["recalibrated"] += list(np.log(pred / y[te]) ** 2)
+                if len(tr) >= 2:
+                    fresh = clone(self).fit([graphs[i] for i in tr], y[tr])
+                    err["fresh"] += list(np.log(fresh.predict([graphs[i] for i in te]) / y[te]) ** 2)
+        rmse = {k_: float(np.sqrt(np.mean(v))) if v else float("inf") for k_, v in err.items()}
+        if rmse["fresh"] < rmse["recalibrated"]:
+            self.members_ = clone(self).fit(graphs, y).members_
+            choice = "fresh"
+        else:
+            for m, cal in zip(self.members_, recalibrated(np.arange(len(y)))):
+                m["calib"] = cal
+            choice = "recalibrated"
+        self.adapted_ = {"choice": choice, "cv_log_rmse": rmse, "graphs": len(y)}
         return self
 
     def predict(self, X, return_std: bool = False):
