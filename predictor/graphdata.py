@@ -1,0 +1,205 @@
+"""Training data for the graph models from what latkit already measures, and the functions the CLI calls.
+
+    table = graph_rows("my-data", device="local")              # one row per measured graph (pandas)
+    model, rep = fit_graphs("my-data", "local", kind="kernels")  # `latkit predictor fit --space onnx`
+    rows = predict_files(model, ["my.onnx", "folder/"])          # `latkit predictor predict --file ...`
+
+A row of a latkit dataset yields a graph when its model file is found: by `model_sha256` in the export
+cache (`$LATKIT_CACHE`, ~/.cache/latkit/exports) or in `models` folders (files named `<sha256>.onnx`, or any
+.onnx there whose content hash matches). Search-space rows whose file is gone (or which were timed in
+another format: TorchScript on a GPU) are exported again from their recipe (space, arch, batch, resolution)
+when `export_missing` is set (needs torch; "cached": only recipe exports the cache already holds); the re-export is the same network, so the same graph, whatever
+its bytes. Rows of one graph on one device and runtime (retests, repeated collections) are merged by their
+median latency. `family` groups graphs for held-out evaluation: the space for search-space archs, else the
+leading letters of the file name (resnet50 -> resnet) or a `families` mapping.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import re
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from latkit.collector.errors import LatkitError
+
+from .graphmodel import GraphSurrogate, as_graph, as_graphs
+
+COLUMNS = ["space", "arch", "model_sha256", "model_format", "device", "runtime", "input_shape", "batch_size",
+           "latency_ms"]
+MODEL_KINDS = ("kernels", "gnn", "flops")
+
+
+def _index_models(folders: Sequence) -> dict:
+    """sha256 -> path of the .onnx files in `folders` (named by their hash, or hashed here)."""
+    from latkit.collector.job import sha256_file
+    out = {}
+    for folder in folders:
+        for p in sorted(Path(folder).rglob("*.onnx")) if Path(folder).is_dir() else [Path(folder)]:
+            stem = p.name[:-5]
+            out[stem if re.fullmatch(r"[0-9a-f]{64}", stem) else sha256_file(p)] = str(p)
+    return out
+
+
+def family_of(space: str, arch: str, families: Optional[dict] = None) -> str:
+    if families and arch in families:
+        return families[arch]
+    if space and space != "custom":
+        return space
+    m = re.match(r"[A-Za-z]+", Path(str(arch)).name)
+    return m.group(0).lower() if m else "other"
+
+
+def graph_rows(data_dir, device: Optional[str] = None, runtime: Optional[str] = None, models: Sequence = (),
+               cache=None, export_missing: bool = False, families: Optional[dict] = None, progress=None,
+               column: str = "latency_ms"):
+    """One row per (graph, device, runtime) of the dataset's ok rows whose model is found: columns path,
+    space, arch, family, device, runtime, batch_size, resolution, latency_ms, n_rows, source ('file' or
+    'recipe'); rows without a model are counted in `.attrs['missing']`. `column`: the statistic read as
+    latency_ms (p10_ms puts rows of agent 0.1, whose latency_ms was the median, beside today's CPU rows)."""
+    import pandas as pd
+    import pyarrow.compute as pc
+
+    from latkit.collector.exporters import DEFAULT_CACHE
+    from latkit.collector.store import Store
+    store = Store(data_dir)
+    if not store.exists() or not store.files():
+        raise LatkitError(f"no dataset at {data_dir}; give a latkit dataset folder")
+    flt = pc.field("status") == "ok"
+    if device is not None:
+        flt = flt & (pc.field("device") == device)
+    if column not in ("latency_ms", "median_ms", "mean_ms", "min_ms", "p10_ms", "p90_ms", "mode_ms"):
+        raise LatkitError(f"unknown latency column {column!r}; choose latency_ms, median_ms, p10_ms, ...")
+    df = store.read(columns=COLUMNS + ([column] if column != "latency_ms" else []), filter=flt).to_pandas()
+    if column != "latency_ms":
+        df["latency_ms"] = df[column].fillna(df["latency_ms"])
+    if runtime is not None:
+        df = df[df.runtime == runtime]
+    if df.empty:
+        raise LatkitError(f"no ok rows{' of device ' + device if device else ''} in {data_dir}")
+    cache = Path(cache or os.environ.get("LATKIT_CACHE") or DEFAULT_CACHE)
+    index = _index_models(list(models))
+    df["resolution"] = [int(s.split(";")[0].split("x")[-1]) if s else 0 for s in df.input_shape.fillna("")]
+    rows, missing = [], 0
+    groups = df.groupby(["model_sha256", "device", "runtime"], sort=True, dropna=False)
+    for i, ((sha, dev, rt), g) in enumerate(groups):
+        first = g.iloc[0]
+        path, source = index.get(sha), "file"
+        if path is None and (cache / f"{sha}.onnx").is_file():
+            path = str(cache / f"{sha}.onnx")
+        if path is None and export_missing and first.space not in ("custom", "", None):
+            path, source = _recipe(first, cache, only_cached=export_missing == "cached"), "recipe"
+        if path is None:
+            missing += len(g)
+            continue
+        rows.append({"path": path, "model_sha256": sha, "space": first.space, "arch": first.arch,
+                     "family": family_of(first.space, first.arch, families), "device": dev, "runtime": rt,
+                     "batch_size": int(first.batch_size or 1), "resolution": int(first.resolution),
+                     "latency_ms": float(g.latency_ms.median()), "n_rows": len(g), "source": source})
+        if progress:
+            progress(i + 1, groups.ngroups)
+    out = pd.DataFrame(rows, columns=["path", "model_sha256", "space", "arch", "family", "device", "runtime",
+                                      "batch_size", "resolution", "latency_ms", "n_rows", "source"])
+    out.attrs["missing"] = missing
+    return out
+
+
+def _recipe(row, cache: Path, only_cached: bool = False) -> Optional[str]:
+    """The .onnx of a search-space row exported again from its recipe (None if the space refuses it, or,
+    `only_cached`, if the cache does not hold that export yet)."""
+    from latkit.collector.api import arch_spec, export_arch
+    from latkit.collector.exporters import cached
+    from latkit.collector.spaces import get_space
+    try:
+        sp = get_space(row.space)
+        res = int(row.resolution) or None
+        if row.space == "ofa":
+            res = None  # an ofa arch carries its resolution
+        if only_cached:
+            hit = cached(cache, arch_spec(sp, row.arch, "onnx", int(row.batch_size or 1), res).key, "onnx")
+            return str(hit[0]) if hit else None
+        return str(export_arch(sp, row.arch, "onnx", int(row.batch_size or 1), res, cache_dir=cache).path)
+    except LatkitError:
+        return None
+
+
+def make(kind: str = "kernels", random_state: int = 0, **params) -> GraphSurrogate:
+    """A graph model by name: kernels (per-kernel additive), gnn (graph network), flops (baseline)."""
+    if kind == "kernels":
+        from .kernels import KernelAdditive
+        return KernelAdditive(random_state=random_state, **params)
+    if kind == "gnn":
+        from .graphnet import GraphNet
+        return GraphNet(random_state=random_state, **params)
+    if kind == "flops":
+        from .kernels import FlopsLinear
+        return FlopsLinear(**params)
+    raise LatkitError(f"unknown graph model {kind!r}; choose one of {', '.join(MODEL_KINDS)}")
+
+
+def fit_graphs(data_dir, device: str, kind: str = "kernels", models: Sequence = (), export_missing: bool = False,
+               test_fraction: float = 0.2, random_state: int = 0, runtime: Optional[str] = None, **params) -> tuple:
+    """`latkit predictor fit --space onnx --data DIR --device D`: (model fitted on every graph, report).
+    The report scores a model fitted on the other graphs on a random `test_fraction` of them (0: none)
+    beside the FLOPs-linear baseline; `report['families']` counts graphs per family."""
+    from .metrics import report as scores
+    t = graph_rows(data_dir, device, runtime, models, export_missing=export_missing)
+    if len(t) < 5:
+        raise LatkitError(f"only {len(t)} measured graphs of {device} have model files; measure more, or give "
+                          "--models / export_missing")
+    X, y = list(t.path), t.latency_ms.to_numpy()
+    rep = {"device": device, "kind": kind, "graphs": len(t), "rows_without_model": int(t.attrs["missing"]),
+           "families": t.family.value_counts().to_dict()}
+    if test_fraction:
+        rng = np.random.default_rng(random_state)
+        test = rng.random(len(y)) < test_fraction
+        if test.sum() >= 3 and (~test).sum() >= 5:
+            tr = [x for x, s in zip(X, test) if not s]
+            te = [x for x, s in zip(X, test) if s]
+            t0 = time.perf_counter()
+            m = make(kind, random_state, **params).fit(tr, y[~test])
+            rep["fit_s"] = time.perf_counter() - t0
+            rep["test"] = scores(m.predict(te), y[test])
+            rep["test_flops_linear"] = scores(make("flops").fit(tr, y[~test]).predict(te), y[test])
+            rep["test_graphs"] = int(test.sum())
+    model = make(kind, random_state, **params).fit(X, y)
+    return model, rep
+
+
+def onnx_files(paths: Sequence) -> list:
+    """The .onnx files named in `paths` (files, or folders searched recursively), sorted within a folder."""
+    out = []
+    for p in paths:
+        if os.path.isdir(p):
+            found = sorted(glob.glob(os.path.join(glob.escape(str(p)), "**", "*.onnx"), recursive=True))
+            if not found:
+                raise LatkitError(f"no .onnx files in {p}")
+            out += found
+        else:
+            out.append(str(p))
+    return out
+
+
+def predict_files(model: GraphSurrogate, paths: Sequence, batch: int = 1, external: str = "refuse") -> list:
+    """`latkit predictor predict --model M --file my.onnx` (or folders): one dict per file with file,
+    latency_ms, std_ms, flops (analytic), kernels (after fusion), onnx_nodes. `batch`: the size of a
+    symbolic first input dimension; `external`: graphs.encode's (refuse, or shapes for models whose weights
+    are in a separate data file). A file that cannot be read is a LatkitError naming it."""
+    from .graphs import encode
+    files = onnx_files(paths)
+    graphs = []
+    for f in files:
+        try:
+            graphs.append(as_graph(f) if batch == 1 and external == "refuse" else
+                          encode(f, batch=batch, external=external))
+        except LatkitError as e:
+            raise LatkitError(f"{f}: {e}") from None
+    mean, std = model.predict(graphs, return_std=True)
+    return [{"file": f, "latency_ms": float(m), "std_ms": float(s), "flops": g.totals()["flops"],
+             "kernels": len(g), "onnx_nodes": g.n_onnx_nodes} for f, g, m, s in zip(files, graphs, mean, std)]
+
+
+__all__ = ["graph_rows", "fit_graphs", "predict_files", "onnx_files", "make", "family_of", "as_graphs"]

@@ -1,0 +1,154 @@
+"""What the graph latency models share: X as ONNX files or encoded graphs, the model file, their ranges.
+
+    from latkit.predictor.kernels import KernelAdditive
+    m = KernelAdditive().fit(["a.onnx", "b.onnx", ...], latency_ms)     # or encoded Graphs (predictor/graphs.py)
+    mean_ms, std_ms = m.predict(["mine.onnx"], return_std=True)
+    m.save("graphs-local.latkit-model"); m2 = load_model("graphs-local.latkit-model")
+
+X is a sequence of .onnx paths and/or `graphs.Graph` objects (one 1-D list, or a one-column 2-D array); y is
+latency in ms (> 0). Paths are encoded once per (path, size, mtime) in a bounded cache. Models are
+scikit-learn regressors (parameters in __init__ only, learned state ending in '_', `fit` starts afresh).
+
+Model files: the data-only `.latkit-model` format of predictor/modelfile.py (JSON + .npy, read with its
+bounds), kinds "graph-flops", "graph-kernels" and "graph-gnn". `load_model` reads them with this module's
+builder; modelfile.py and models.py are unchanged. To let `Surrogate.load` (the CLI's `predict --model`)
+read them too, predictor/models.py's `_load` needs one hook ahead of its arch check:
+
+    if isinstance(kind, str) and kind.startswith("graph-"):
+        from .graphmodel import build
+        return build(kind, params, state)
+
+Hyperparameters are checked against `LIMITS` (as predictor/limits.py does for arch models) on save and
+before anything is built from a file.
+"""
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+
+import numpy as np
+from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.utils.validation import check_is_fitted
+
+from latkit.collector.errors import LatkitError
+
+from . import limits, modelfile
+from .graphs import Graph, encode
+
+KINDS = ("graph-flops", "graph-kernels", "graph-gnn")
+_SEED = limits.whole(*limits.SEED)
+LIMITS = {
+    "graph-flops": {"random_state": limits.whole(*limits.SEED, none=True)},
+    "graph-kernels": {"n_members": limits.whole(1, 100), "n_estimators": limits.whole(1, 20_000),
+                      "learning_rate": limits.number(0, 10, lo_open=True), "num_leaves": limits.whole(2, 4096),
+                      "backfit_rounds": limits.whole(0, 100), "random_state": _SEED,
+                      "n_jobs": limits.THREADS},
+    "graph-gnn": {"hidden": limits.whole(1, 1024), "layers": limits.whole(1, 16), "epochs": limits.whole(0, 100_000),
+                  "lr": limits.number(0, 10, lo_open=True), "batch_size": limits.whole(1, 100_000),
+                  "n_members": limits.whole(1, 100), "weight_decay": limits.number(0, 1e6),
+                  "random_state": _SEED, "torch_threads": limits.whole(1, 1024, none=True)},
+}
+CACHE_SIZE = 4096
+_cache: "OrderedDict[tuple, Graph]" = OrderedDict()
+
+
+def as_graph(x) -> Graph:
+    """A Graph from a Graph or a path to an .onnx file (cached by path, size and mtime)."""
+    if isinstance(x, Graph):
+        return x
+    if not isinstance(x, (str, os.PathLike)):
+        raise LatkitError(f"X holds {str(x)[:60]!r}, which is neither an .onnx path nor an encoded graph")
+    try:
+        st = os.stat(x)
+        key = (os.path.realpath(x), st.st_size, st.st_mtime_ns)
+    except OSError as e:
+        raise LatkitError(f"cannot read {x}: {e.strerror or e}; give an existing .onnx file") from None
+    g = _cache.get(key)
+    if g is None:
+        g = encode(x)
+        _cache[key] = g
+        if len(_cache) > CACHE_SIZE:
+            _cache.popitem(last=False)
+    else:
+        _cache.move_to_end(key)
+    return g
+
+
+def as_graphs(X) -> list:
+    if isinstance(X, (str, os.PathLike, Graph)):
+        raise LatkitError("X is one model; give a sequence of .onnx paths or graphs, e.g. [path]")
+    items = list(X.ravel() if isinstance(X, np.ndarray) and X.ndim == 2 and X.shape[1] == 1 else X)
+    return [as_graph(x) for x in items]
+
+
+def training_data(X, y) -> tuple:
+    """(graphs, latency_ms as float64), checked: one positive finite latency per graph."""
+    graphs, y = as_graphs(X), np.asarray(y, dtype=np.float64)
+    if y.ndim != 1 or not np.all(np.isfinite(y)) or np.any(y <= 0):
+        raise LatkitError("latencies must be one positive finite number per graph; drop NaN, zero or negative "
+                          "rows first")
+    if len(graphs) != len(y):
+        raise LatkitError(f"{len(graphs)} graphs but {len(y)} latencies; give one latency per graph")
+    if len(graphs) < 2:
+        raise LatkitError("fitting needs at least 2 measured graphs")
+    return graphs, y
+
+
+def spread(logs: np.ndarray, return_std: bool):
+    """Members' log-predictions [n_members, n] -> geometric mean (and std by the delta method, as
+    predictor/ensemble.py)."""
+    mean = np.exp(logs.mean(0))
+    return (mean, mean * logs.std(0)) if return_std else mean
+
+
+class GraphSurrogate(RegressorMixin, BaseEstimator):
+    """Base of the graph models: `_kind`, `_state`, `_restore` give the model file."""
+
+    def save(self, path) -> None:
+        check_is_fitted(self)
+        kind, params = self._kind(), self.get_params(deep=False)
+        try:
+            check(kind, params)
+        except ValueError as e:
+            raise LatkitError(f"cannot save this model: {e}; latkit reads graph models only within these ranges "
+                              "(predictor/graphmodel.py LIMITS)") from None
+        modelfile.write(path, kind, params, self._state())
+
+
+def check(kind, params) -> None:
+    if kind not in LIMITS:
+        raise ValueError(f"it names an unknown graph model kind {str(kind)[:40]!r}")
+    limits._table(kind, params, LIMITS[kind])
+
+
+def build(kind, params: dict, state: dict) -> GraphSurrogate:
+    """A graph model from a model file's data; ValueError, TypeError or KeyError where it does not fit."""
+    check(kind, params)
+    if kind == "graph-flops":
+        from .kernels import FlopsLinear as cls
+    elif kind == "graph-kernels":
+        from .kernels import KernelAdditive as cls
+    else:
+        from .graphnet import GraphNet as cls
+    model = cls(**params)
+    model._restore(state)
+    probe = _probe_graph()
+    with np.errstate(all="ignore"):
+        pred = model.predict([probe])
+    if np.shape(pred) != (1,):
+        raise ValueError("it predicts no single latency per graph")
+    return model
+
+
+def load_model(path) -> GraphSurrogate:
+    """Read a graph model file as data (predictor/modelfile.py's bounds); anything else in one line."""
+    return modelfile.read(path, build)
+
+
+def _probe_graph() -> Graph:
+    """A one-kernel graph to try a loaded model on (no file, no onnx needed)."""
+    from .graphs import Kernel
+    k = Kernel(op="conv", onnx_ops=["Conv"], kernel=(3, 3), in_shapes=[(1, 16, 8, 8)], out_shape=(1, 16, 8, 8),
+               flops=2.0 * 16 * 16 * 9 * 64, mac_flops=2.0 * 16 * 16 * 9 * 64, mem_bytes=4.0 * (2 * 1024 + 2304),
+               param_bytes=4.0 * 2304)
+    return Graph([k], np.zeros((0, 2), np.int32), {"input_0": (1, 16, 8, 8)})
