@@ -3,23 +3,16 @@
     from latkit.predictor.kernels import KernelAdditive
     m = KernelAdditive().fit(["a.onnx", "b.onnx", ...], latency_ms)     # or encoded Graphs (predictor/graphs.py)
     mean_ms, std_ms = m.predict(["mine.onnx"], return_std=True)
-    m.save("graphs-local.latkit-model"); m2 = load_model("graphs-local.latkit-model")
+    m.save("graphs-local.latkit-model"); m2 = models.load("graphs-local.latkit-model")
 
 X is a sequence of .onnx paths and/or `graphs.Graph` objects (one 1-D list, or a one-column 2-D array); y is
 latency in ms (> 0). Paths are encoded once per (path, size, mtime) in a bounded cache. Models are
 scikit-learn regressors (parameters in __init__ only, learned state ending in '_', `fit` starts afresh).
 
 Model files: the data-only `.latkit-model` format of predictor/modelfile.py (JSON + .npy, read with its
-bounds), kinds "graph-flops", "graph-kernels" and "graph-gnn". `load_model` reads them with this module's
-builder; modelfile.py and models.py are unchanged. To let `Surrogate.load` (the CLI's `predict --model`)
-read them too, predictor/models.py's `_load` needs one hook ahead of its arch check:
-
-    if isinstance(kind, str) and kind.startswith("graph-"):
-        from .graphmodel import build
-        return build(kind, params, state)
-
-Hyperparameters are checked against `LIMITS` (as predictor/limits.py does for arch models) on save and
-before anything is built from a file.
+bounds), kinds "graph-flops", "graph-kernels" and "graph-gnn", registered in predictor/models.py's KINDS, so
+`models.load` (the CLI's `predict --model`) reads them like every other kind. Hyperparameters are checked
+against `LIMITS` (as predictor/limits.py does for arch models) on save and before anything is built from a file.
 """
 from __future__ import annotations
 
@@ -121,15 +114,10 @@ def check(kind, params) -> None:
     limits._table(kind, params, LIMITS[kind])
 
 
-def build(kind, params: dict, state: dict) -> GraphSurrogate:
-    """A graph model from a model file's data; ValueError, TypeError or KeyError where it does not fit."""
+def restore(cls, kind: str, params: dict, state: dict) -> GraphSurrogate:
+    """A graph model of class `cls` from a model file's data (predictor/models.py's registry calls it);
+    ValueError, TypeError or KeyError where it does not fit: ranges first, then one graph predicted."""
     check(kind, params)
-    if kind == "graph-flops":
-        from .kernels import FlopsLinear as cls
-    elif kind == "graph-kernels":
-        from .kernels import KernelAdditive as cls
-    else:
-        from .graphnet import GraphNet as cls
     model = cls(**params)
     model._restore(state)
     probe = _probe_graph()
@@ -138,11 +126,6 @@ def build(kind, params: dict, state: dict) -> GraphSurrogate:
     if np.shape(pred) != (1,):
         raise ValueError("it predicts no single latency per graph")
     return model
-
-
-def load_model(path) -> GraphSurrogate:
-    """Read a graph model file as data (predictor/modelfile.py's bounds); anything else in one line."""
-    return modelfile.read(path, build)
 
 
 def _probe_graph() -> Graph:

@@ -412,6 +412,21 @@ def _kahn_sorted(all_nodes, produced_by) -> list:
     return order
 
 
+def _as_swish(k, info, out: str) -> str:
+    """Kernel `k` (a Sigmoid) with the Mul of x * Sigmoid(x) absorbed: one swish kernel writing `out`."""
+    k.onnx_ops.append("Mul")
+    k.op, k.act = "unary", "swish"
+    k.flops += _elem_flops("Mul", info, out)
+    return out
+
+
+def _fused_output(k, info, first_out: str, last_out: str) -> None:
+    """A fused kernel writes its last node's output, not its first's."""
+    k.out_shape = _shape(info, last_out)
+    k.mem_bytes = k.mem_bytes - _bytes(info, first_out) + _bytes(info, last_out)
+    k.shapes_known = k.shapes_known and all(d > 0 for d in k.out_shape)
+
+
 def _fuse(nodes, info, consts, fusion) -> tuple:
     """[(Kernel, output tensor names, input tensor names)] in order."""
     consumers: dict = {}
@@ -485,14 +500,9 @@ def _fuse(nodes, info, consts, fusion) -> tuple:
             if mul is not None:  # x * Sigmoid(x): QuickGelu
                 taken[mul] = True
                 group.append(nodes[mul])
-                k.onnx_ops.append("Mul")
-                k.op, k.act = "unary", "swish"
-                k.flops += _elem_flops("Mul", info, nodes[mul][2][0])
-                cur = nodes[mul][2][0]
+                cur = _as_swish(k, info, nodes[mul][2][0])
         if cur is not None and len(group) > 1:
-            k.out_shape = _shape(info, cur)
-            k.mem_bytes = k.mem_bytes - _bytes(info, outs[0]) + _bytes(info, cur)
-            k.shapes_known = k.shapes_known and all(d > 0 for d in k.out_shape)
+            _fused_output(k, info, outs[0], cur)
         final_outs = [cur] if len(group) > 1 else outs
         out.append((k, final_outs, ins))
     return out

@@ -16,6 +16,8 @@ latency_ms; `score` is R² on latency_ms.
 - gnn (predictor/gnn.py): a NASFLAT-style graph network on the op graph; several devices at once.
 - ensemble (predictor/ensemble.py) and fewshot (predictor/transfer.py): models made of models; they are
   read from files but not made by name.
+- graph-flops, graph-kernels, graph-gnn (GRAPH_KINDS): models of whole ONNX graphs (predictor/kernels.py,
+  predictor/graphnet.py); read from files by `load` too.
 __init__ only stores hyperparameters, `fit` starts afresh, learned state ends in '_'. `save` and `load` use
 the data-only model file of predictor/modelfile.py.
 """
@@ -36,6 +38,9 @@ from .archregressor import ArchRegressor
 from .base import Surrogate  # noqa: F401  (where users import it from, as before)
 from .ensemble import Ensemble
 from .gnn import GNN
+from .graphmodel import restore
+from .graphnet import GraphNet
+from .kernels import FlopsLinear, KernelAdditive
 from .regressors import REGRESSORS
 from .transfer import FewShot
 
@@ -60,6 +65,9 @@ KINDS = {
     "ensemble": Kind(None, Ensemble.from_file),
     "fewshot": Kind(None, FewShot.from_file),
 }
+# models of whole ONNX graphs (X: .onnx files or encoded graphs, predictor/graphs.py): read from files here,
+# with their own ranges and probe (predictor/graphmodel.py)
+GRAPH_KINDS = {"graph-flops": FlopsLinear, "graph-kernels": KernelAdditive, "graph-gnn": GraphNet}
 MODELS = tuple(name for name, kind in KINDS.items() if kind.make)  # what make_model and `--model` take
 
 
@@ -84,6 +92,8 @@ def _checked(kind, params: dict, state: dict) -> Surrogate:
     """A model file's model: hyperparameters checked against their ranges before anything is built, then
     one arch of its space predicted, so that arrays which do not fit each other (or the space's encoding) are
     refused now, as a bad file, instead of failing at the first prediction."""
+    if kind in GRAPH_KINDS:
+        return restore(GRAPH_KINDS[kind], kind, params, state)
     limits.check(kind, params)
     model = build(kind, params, state)
     arch = as_space(limits.space_of(kind, params)).sample(1, np.random.default_rng(0))

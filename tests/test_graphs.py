@@ -300,7 +300,7 @@ def nets(tmp_path_factory):
 
 
 def test_kernel_additive_learns_an_additive_device_and_beats_flops(nets, tmp_path):
-    from latkit.predictor.graphmodel import load_model
+    from latkit.predictor.models import load as load_model
     from latkit.predictor.kernels import FlopsLinear, KernelAdditive
     from latkit.predictor.metrics import report
     _, paths, y = nets
@@ -328,7 +328,7 @@ def test_kernel_additive_learns_an_additive_device_and_beats_flops(nets, tmp_pat
 def test_graphnet_fits_saves_and_adapts(nets, tmp_path):
     pytest.importorskip("torch")
     from sklearn.base import clone
-    from latkit.predictor.graphmodel import load_model
+    from latkit.predictor.models import load as load_model
     from latkit.predictor.graphnet import GraphNet
     from latkit.predictor.metrics import report
     _, paths, y = nets
@@ -349,7 +349,7 @@ def test_model_files_are_checked(nets, tmp_path):
     import json
     import zipfile
     from latkit.predictor import modelfile
-    from latkit.predictor.graphmodel import load_model
+    from latkit.predictor.models import load as load_model
     from latkit.predictor.kernels import FlopsLinear, KernelAdditive
     _, paths, y = nets
     FlopsLinear().fit(paths[:20], y[:20]).save(tmp_path / "f.latkit-model")
