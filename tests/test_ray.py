@@ -15,8 +15,9 @@ from latkit.collector.ray_executor import RESOURCE, parse_executor  # noqa: E402
 from latkit.collector.errors import LatkitError  # noqa: E402
 from conftest import small_onnx_models  # noqa: E402
 
+# 0.4 s per job (the sample cap raised so that tiny models take it too): a run lasts long enough to be killed
 SETTINGS = Settings(warmup_min_count=2, warmup_min_s=0.01, repeats_min_count=5, repeats_min_s=0.4,
-                    repeats_max_s=0.4, rounds=1)
+                    repeats_max_s=0.4, repeats_max_count=10_000_000, rounds=1)
 
 
 @pytest.fixture(scope="module")
