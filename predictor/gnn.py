@@ -25,7 +25,7 @@ from .base import Surrogate, arch_list, training_data
 
 
 @contextmanager
-def _threads(n):
+def threads(n):
     """torch threads = n for the block (None: as they are), restored after: the setting is process-wide and
     other code shares it."""
     import torch
@@ -81,7 +81,7 @@ class GNN(Surrogate):
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
         gen = torch.Generator().manual_seed(self.random_state)
         self.net_.train()
-        with _threads(self.torch_threads):
+        with threads(self.torch_threads):
             for _ in range(epochs):
                 perm = torch.randperm(len(y_t), generator=gen)
                 for i in range(0, len(perm), batch_size):
@@ -109,7 +109,7 @@ class GNN(Surrogate):
         import torch
         check_is_fitted(self, "net_")
         _, ops, extra = graphs(self.space, list(archs))
-        with torch.no_grad(), _threads(self.torch_threads):
+        with torch.no_grad(), threads(self.torch_threads):
             out = self.net_(torch.tensor(ops), torch.full((len(ops),), device_id, dtype=torch.long),
                             torch.tensor((extra - self.extra_mean_) / self.extra_std_, dtype=torch.float32))
         return out.numpy().astype(np.float64)

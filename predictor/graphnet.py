@@ -18,28 +18,13 @@ data-only model file (predictor/modelfile.py), never pickled.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import numpy as np
 from sklearn.utils.validation import check_is_fitted
 
+from .gnn import threads as _threads
 from .graphmodel import GraphSurrogate, as_graphs, spread, training_data
 from .graphs import FEATURES
 from .kernels import features
-
-
-@contextmanager
-def _threads(n):
-    import torch
-    if n is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _batch(graphs, mean, std) -> dict:
