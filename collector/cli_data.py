@@ -82,9 +82,10 @@ def cmd_data_retest(args) -> int:
     from .retest import retest
     r = retest(args.dir, args.n, args.seed, args.models or (), Registry(args.registry), progress=not args.quiet,
                job_timeout=args.job_timeout)
-    table = Table("statistic", "spearman", "median rel. diff", "p90 rel. diff")
+    table = Table("statistic", "spearman", "median rel. diff", "p90 rel. diff", "max rel. diff")
     for k, v in r["statistics"].items():
-        table.add_row(k, f"{v['spearman']:.4f}", f"{v['median_rel_diff'] * 100:.2f} %", f"{v['p90_rel_diff'] * 100:.2f} %")
+        diffs = (f"{v[f'{q}_rel_diff'] * 100:.2f} %" for q in ("median", "p90", "max"))
+        table.add_row(k, f"{v['spearman']:.4f}", *diffs)
     console.print(table)
     print(f"{r['n']} rows measured again into {args.dir}/{r['side_table']}; the card's test-retest section "
           f"is refreshed by latkit data card {args.dir}")

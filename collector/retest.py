@@ -69,10 +69,11 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
 
 
 def compare(a: Sequence[float], b: Sequence[float]) -> dict:
+    """Spearman hides what a predictor's ±10 % cannot: the median, p90 and max of |b - a| / a beside it."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     rel = np.abs(b - a) / a
     return {"spearman": spearman(a, b), "median_rel_diff": float(np.median(rel)),
-            "p90_rel_diff": float(np.percentile(rel, 90))}
+            "p90_rel_diff": float(np.percentile(rel, 90)), "max_rel_diff": float(np.max(rel))}
 
 
 def retest(path, n: int = 50, seed: int = 0, models: Sequence = (), registry: Optional[Registry] = None,

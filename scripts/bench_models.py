@@ -53,13 +53,6 @@ def load_now() -> float:
     return os.getloadavg()[0]
 
 
-def compare_max(a, b) -> dict:
-    """Spearman, median / p90 / max |b - a| / a (retest.compare plus the max)."""
-    c = compare(a, b)
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    return dict(c, max_rel_diff=float(np.max(np.abs(b - a) / a)))
-
-
 # ---------------------------------------------------------------- the files
 
 
@@ -228,7 +221,7 @@ def figures(pa: dict, pb: dict, names, aa, stats) -> dict:
         else:
             get, has = (lambda p, n: p["ms"][n]), (lambda p: p["ms"])
         common = [n for n in names if all(n in has(p) for p in (pa, pb))]
-        out["statistics"][stat] = compare_max([get(pa, n) for n in common], [get(pb, n) for n in common])
+        out["statistics"][stat] = compare([get(pa, n) for n in common], [get(pb, n) for n in common])
         out["n"] = len(common)
         diffs = [abs(get(p, f"{n}~aa") - get(p, n)) / get(p, n) for p in (pa, pb) for n in aa
                  if n in has(p) and f"{n}~aa" in has(p)]

@@ -494,6 +494,8 @@ def test_retest_measures_again_into_a_side_table(reg, models, tmp_path):
     assert Store(out).read().num_rows == 6  # the side table is never mixed with the rows
     figures = json.loads(next((out / "_retest").glob("*/retest.json")).read_text())
     assert figures["n"] == 5 and -1 <= figures["statistics"]["latency_ms"]["spearman"] <= 1
+    lat = figures["statistics"]["latency_ms"]
+    assert 0 <= lat["median_rel_diff"] <= lat["p90_rel_diff"] <= lat["max_rel_diff"] and "max rel. diff" in r.stdout
     assert "## Test-retest" in (out / "README.md").read_text()
     r = latkit("data", "retest", out, "--n", "3", "--registry", reg.path, "--quiet")
     assert r.returncode == 2 and "not among --models" in r.stderr
