@@ -28,15 +28,21 @@ def arch_list(X) -> list:
     return archs
 
 
+def latencies(y, n: int, what: str) -> np.ndarray:
+    """fit's y (latency_ms) as float64, checked: one positive finite latency per each of the `n` `what`s."""
+    y = np.asarray(y, dtype=np.float64)
+    if y.ndim != 1 or not np.all(np.isfinite(y)) or np.any(y <= 0):
+        raise LatkitError(f"latencies must be one positive finite number per {what}; drop NaN, zero or negative "
+                          "rows first")
+    if n != len(y):
+        raise LatkitError(f"{n} {what}s but {len(y)} latencies; give one latency per {what}")
+    return y
+
+
 def training_data(X, y) -> tuple:
     """(archs, log-latency) from fit's X and y (latency_ms), checked: one positive finite latency per arch."""
-    archs, y = arch_list(X), np.asarray(y, dtype=np.float64)
-    if y.ndim != 1 or not np.all(np.isfinite(y)) or np.any(y <= 0):
-        raise LatkitError("latencies must be one positive finite number per arch; drop NaN, zero or negative rows "
-                          "first")
-    if len(archs) != len(y):
-        raise LatkitError(f"{len(archs)} archs but {len(y)} latencies; give one latency per arch")
-    return archs, np.log(y)
+    archs = arch_list(X)
+    return archs, np.log(latencies(y, len(archs), "arch"))
 
 
 class Surrogate(RegressorMixin, BaseEstimator):

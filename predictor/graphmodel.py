@@ -26,6 +26,7 @@ from sklearn.utils.validation import check_is_fitted
 from latkit.collector.errors import LatkitError
 
 from . import limits, modelfile
+from .base import latencies
 from .graphs import Graph, encode
 
 KINDS = ("graph-flops", "graph-kernels", "graph-gnn")
@@ -76,12 +77,8 @@ def as_graphs(X) -> list:
 
 def training_data(X, y) -> tuple:
     """(graphs, latency_ms as float64), checked: one positive finite latency per graph."""
-    graphs, y = as_graphs(X), np.asarray(y, dtype=np.float64)
-    if y.ndim != 1 or not np.all(np.isfinite(y)) or np.any(y <= 0):
-        raise LatkitError("latencies must be one positive finite number per graph; drop NaN, zero or negative "
-                          "rows first")
-    if len(graphs) != len(y):
-        raise LatkitError(f"{len(graphs)} graphs but {len(y)} latencies; give one latency per graph")
+    graphs = as_graphs(X)
+    y = latencies(y, len(graphs), "graph")
     if len(graphs) < 2:
         raise LatkitError("fitting needs at least 2 measured graphs")
     return graphs, y
