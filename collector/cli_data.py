@@ -101,14 +101,12 @@ def add_data(sub, par: Parents) -> None:
         add(data, par)
 
 
-
 def _show(data, par: Parents) -> None:
     """data show"""
     show = data.add_parser("show", parents=[par.common], help="summary table of a dataset")
     show.add_argument("dir", nargs="?", default="latkit-data", help="dataset folder or URI (default ./latkit-data)")
     show.add_argument("--json", action="store_true", help="print one JSON document on stdout instead of a table")
     show.set_defaults(func=cmd_data_show)
-
 
 
 def _card(data, par: Parents) -> None:
@@ -120,7 +118,6 @@ def _card(data, par: Parents) -> None:
     card.set_defaults(func=cmd_data_card)
 
 
-
 def _import_help(data, par: Parents) -> None:
     """data import-help"""
     imp = data.add_parser("import-help", parents=[par.common], help="bring the HELP latency tables into the latkit schema")
@@ -128,7 +125,6 @@ def _import_help(data, par: Parents) -> None:
                      help="folder with *_latency.parquet or one such file (default: the shipped datasets/help)")
     imp.add_argument("out", help="dataset folder to write (re-importing adds nothing)")
     imp.set_defaults(func=cmd_data_import_help)
-
 
 
 def _retest(data, par: Parents) -> None:
@@ -145,13 +141,11 @@ def _retest(data, par: Parents) -> None:
     rt.set_defaults(func=cmd_data_retest)
 
 
-
 def _schema(data, par: Parents) -> None:
     """data schema"""
     sc = data.add_parser("schema", parents=[par.common], help="the columns of a dataset's rows: type, unit, meaning")
     sc.add_argument("--json", action="store_true", help="print one JSON document on stdout instead of a table")
     sc.set_defaults(func=cmd_data_schema)
-
 
 
 def _compact(data, par: Parents) -> None:
@@ -162,14 +156,12 @@ def _compact(data, par: Parents) -> None:
     cp.set_defaults(func=cmd_data_compact)
 
 
-
 def _migrate(data, par: Parents) -> None:
     """data migrate"""
     mg = data.add_parser("migrate", parents=[par.common], help="move a dataset of an older latkit to the current "
                                                            "layout (rows under data/)")
     mg.add_argument("dir", help="dataset folder in the older layout")
     mg.set_defaults(func=cmd_data_migrate)
-
 
 
 def _plot(data, par: Parents) -> None:

@@ -85,7 +85,6 @@ def add_device(sub, par: Parents) -> None:
         add(dev, par)
 
 
-
 def _add(dev, par: Parents) -> None:
     """device add"""
     a = dev.add_parser("add", parents=[par.registry], help="register an SSH device: verify host key, deploy agent, probe")
@@ -107,14 +106,12 @@ def _add(dev, par: Parents) -> None:
     a.set_defaults(func=cmd_device_add)
 
 
-
 def _list(dev, par: Parents) -> None:
     """device list"""
     ls = dev.add_parser("list", parents=[par.registry], help="registered devices and whether they answer now")
     ls.add_argument("--no-check", action="store_true", help="do not contact the devices")
     ls.add_argument("--json", action="store_true", help="print one JSON document on stdout instead of a table")
     ls.set_defaults(func=cmd_device_list)
-
 
 
 def _show(dev, par: Parents) -> None:
@@ -126,14 +123,12 @@ def _show(dev, par: Parents) -> None:
     sh.set_defaults(func=cmd_device_show)
 
 
-
 def _probe(dev, par: Parents) -> None:
     """device probe"""
     pr = dev.add_parser("probe", parents=[par.registry], help="print what a device reports about itself (JSON)")
     pr.add_argument("name", help="a registered device, or local")
     pr.add_argument("--json", action="store_true", help="the output is JSON either way")
     pr.set_defaults(func=cmd_device_probe)
-
 
 
 def _remove(dev, par: Parents) -> None:

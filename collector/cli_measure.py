@@ -96,7 +96,6 @@ def add_measure(sub, par: Parents) -> None:
     m.set_defaults(func=cmd_measure)
 
 
-
 def add_collect(sub, par: Parents) -> None:
     """`latkit collect`: many models (files or a space's archs) on many devices."""
     c = sub.add_parser("collect", parents=[par.registry], help="time many models on many devices in parallel (resumable)")

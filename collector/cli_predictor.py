@@ -167,7 +167,6 @@ def add_predictor(sub, par: Parents) -> None:
         add(pred, par)
 
 
-
 def _fit(pred, par: Parents) -> None:
     """predictor fit"""
     f = pred.add_parser("fit", parents=[par.common], help="ESM-style surrogate for one device from a dataset")
@@ -188,7 +187,6 @@ def _fit(pred, par: Parents) -> None:
     f.set_defaults(func=cmd_predictor_fit)
 
 
-
 def _transfer(pred, par: Parents) -> None:
     """predictor transfer"""
     t = pred.add_parser("transfer", parents=[par.common], help="NASFLAT-style few-shot transfer to new devices")
@@ -204,7 +202,6 @@ def _transfer(pred, par: Parents) -> None:
     t.add_argument("--json", help="write the results as JSON here")
     t.add_argument("--out", help="folder to save each target's model (first seed) as SPACE-TARGET.latkit-model")
     t.set_defaults(func=cmd_predictor_transfer)
-
 
 
 def _build(pred, par: Parents) -> None:
@@ -226,7 +223,6 @@ def _build(pred, par: Parents) -> None:
     b.set_defaults(func=cmd_predictor_build)
 
 
-
 def _adapt(pred, par: Parents) -> None:
     """predictor adapt"""
     ad = pred.add_parser("adapt", parents=[par.registry], help="few-shot predictor for a new device: measure N "
@@ -240,7 +236,6 @@ def _adapt(pred, par: Parents) -> None:
     ad.add_argument("--seed", type=SEED, default=0, help="sampling and model seed (default 0)")
     live_args(ad)
     ad.set_defaults(func=cmd_predictor_adapt)
-
 
 
 def _predict(pred, par: Parents) -> None:
