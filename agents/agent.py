@@ -43,7 +43,7 @@ import threading
 import time
 import traceback
 
-AGENT_VERSION = "0.3.3"  # 0.3: sessions kept across requests, load_s without the runtime import; 0.3.1: stops on the CI of p10 on a CPU; 0.3.2: rounds of 0.1-0.25 s; 0.3.3: never more samples than repeats_max_count, the health op (latkit doctor)
+AGENT_VERSION = "0.3.4"  # 0.3: sessions kept across requests, load_s without the runtime import; 0.3.1: stops on the CI of p10 on a CPU; 0.3.2: rounds of 0.1-0.25 s; 0.3.3: never more samples than repeats_max_count, the health op (latkit doctor); 0.3.4: defaults 2 warmup, >= 3 runs, 0.1-0.3 s a round
 FRAME = "@@latkit "  # starts every reply line; the host ignores lines without it
 EXIT_GRACE_S = 3.0      # once stdin closes, a measurement still running this much later is abandoned
 
@@ -53,12 +53,12 @@ DEFAULT_SETTINGS = {
     "cores": None,         # CPU ids to pin the agent to (os.sched_setaffinity); None = the agent's own affinity
     "accelerator": "cpu",  # "cpu" or "cuda"
     "batch_size": None,    # fills a dynamic first dimension; None = the model's declared size (1 if dynamic)
-    "warmup_min_count": 5,
+    "warmup_min_count": 2,
     "warmup_min_s": 0.05,
-    "repeats_min_count": 10,
+    "repeats_min_count": 3,
     "repeats_min_s": 0.1,
     "repeats_max_count": 10000,
-    "repeats_max_s": 0.25,
+    "repeats_max_s": 0.3,
     "ci_target": 0.005,    # stop once the 95 % CI of latency_ms's quantile is within +-0.5 % of it (or at a cap)
     "seed": 0,             # seed of the generated inputs
     "dtype": "float32",    # torch on cuda: float32, float16 or bfloat16 weights and inputs

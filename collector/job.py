@@ -30,13 +30,14 @@ class Settings:
     Defaults mirror the agent's DEFAULT_SETTINGS (a test keeps them equal). On the CPU a job is timed in
     `rounds` (4) shuffled rounds: the scheduler visits every model once per round in a new order, so a
     slow spell of a shared host hits all models alike instead of a contiguous block. Each round: one
-    thread, no pinning, >= 5 warmup runs and 0.05 s, then >= 10 timed runs and 0.1 s of timed work,
+    thread, no pinning, >= 2 warmup runs and 0.05 s, then >= 3 timed runs and 0.1 s of timed work,
     continuing until the 95 % CI of latency_ms's quantile (p10 on a CPU, the median on a GPU) is within
-    +-0.5 % (`ci_target`) or 0.25 s / 10,000 runs; the minimums win over the caps. The number of rounds
-    matters and the per-round cap does not: replaying the stored samples of 60 NB201 archs timed twice in
-    6 rounds of up to 0.5 s (scripts/bench_measure.py --keep, README "Test-retest"), ONNX Runtime retests
-    at Spearman 0.967 / 0.998 / 0.999 with 2 / 3 / 4 rounds whatever the cap from 0.1 to 0.5 s, torch at
-    0.978 with 4 rounds of 0.5 s and 0.978 with 4 of 0.25 s (a third less time); one set for all runtimes.
+    +-0.5 % (`ci_target`) or 0.3 s / 10,000 runs; the minimums win over the caps, so a 100 ms network
+    takes 3 runs a round and a 1 ms cell the time minimum. Chosen on two sets timed twice each on a quiet
+    host (README "Real networks": 27 zoo networks and 40 NB201 cells, scripts/bench_models.py): against
+    the former 5 warmup / 10 runs / 0.25 s, a third less time per real network at the same retest. The
+    number of rounds matters more than the per-round cap (replayed on 60 NB201 archs, README
+    "Test-retest": 2 / 3 / 4 rounds retest at Spearman 0.967 / 0.998 / 0.999); one set for all runtimes.
     On a GPU: one round, CUDA graphs on (eager timing of a small network on a fast GPU measures the host's
     kernel launches).
     """
@@ -46,12 +47,12 @@ class Settings:
     cores: Optional[tuple] = None
     accelerator: str = "cpu"
     batch_size: Optional[int] = None
-    warmup_min_count: int = 5
+    warmup_min_count: int = 2
     warmup_min_s: float = 0.05
-    repeats_min_count: int = 10
+    repeats_min_count: int = 3
     repeats_min_s: float = 0.1
     repeats_max_count: int = 10000
-    repeats_max_s: float = 0.25
+    repeats_max_s: float = 0.3
     ci_target: float = 0.005
     seed: int = 0
     dtype: str = "float32"
