@@ -296,11 +296,7 @@ class _Loop:
         t, got = self.first_request(), []
         for job in twins:
             m = self.runner.measure(job)
-            store, writer = self.rows.writer(job, self.runner, side=True)
-            try:
-                writer.add(dict(m.to_row(), key=sch.key(job)))
-            except OSError as e:
-                raise Failure(f"cannot write rows to {store.uri}: {e}") from None
+            self.write(job, dict(m.to_row(), key=sch.key(job)), side=True)
             got.append(m)
             if m.status != "ok":
                 sch.off = f"reference on {self.device.name} failed: {m.error_kind}: {m.error}"
@@ -308,6 +304,7 @@ class _Loop:
                 log.info("%s", sch.off)
                 break
         sch.done(self.jobs_done())
+        self.bound_cache()  # the twins are not pending: a bounded cache may let them go until the next check
         self.report.reference_s += time.perf_counter() - t
         if len(got) == 2 and sch.off == "":
             a, b = got
@@ -349,15 +346,23 @@ class _Loop:
         self.pending = [(j, r) for j, r in self.pending if j.key != job.key]
         return m
 
-    def store(self, m: Measurement) -> None:
-        store, writer = self.rows.writer(m.job, self.runner)
+    def write(self, job: Job, row: dict, side: bool = False) -> None:
+        """Buffer a row in `job`'s store (or, with `side`, its reference side table); a write that fails fails
+        the device."""
+        store, writer = self.rows.writer(job, self.runner, side)
         try:
-            writer.add(m.to_row())
+            writer.add(row)
         except OSError as e:
             raise Failure(f"cannot write rows to {store.uri}: {e}") from None
+
+    def store(self, m: Measurement) -> None:
+        self.write(m.job, m.to_row())
+        self.bound_cache()
+        _counted(self.report, m)
+
+    def bound_cache(self) -> None:
         if self.request.cache_max_gb is not None:
             bound_device_cache(self.runner, self.request.cache_max_gb, {j.artifact.sha256 for j, _ in self.pending})
-        _counted(self.report, m)
 
     def link_failed(self, e: TransportError, failures: int) -> None:
         """After a broken link: rows flushed, the agent gone, a wait before the next try (or give up)."""
