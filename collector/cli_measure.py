@@ -148,6 +148,7 @@ def add_collect(sub, par: Parents) -> None:
                    help="also measure again models stored as permanent errors (corrupt file, unsupported op)")
     c.add_argument("--no-reference", action="store_true",
                    help="do not time the reference network (by default each device times an A/A pair of it first, "
-                        "every 60 s or 25 jobs and last, into DIR/_reference, to show the host's drift and noise)")
+                        "every 60 s or 25 jobs and last, into the side table OUT/_reference/: the host's drift and "
+                        "noise floor)")
     c.set_defaults(func=cmd_collect)
 

@@ -179,7 +179,7 @@ class Schedule:
     checks: int = 0
     last_at: Optional[float] = None
     jobs_at_last: int = 0
-    twins: dict = dataclasses.field(default_factory=dict)  # runtime -> (a, b) Artifacts, or the reason there are none
+    twins: Optional[tuple] = None  # the (a, b) Artifacts, once made
     off: str = ""  # why no more checks are made in this run
 
     def due(self, jobs: int) -> bool:
@@ -200,17 +200,15 @@ class Schedule:
     def jobs(self, job: Job, cache: Path) -> Optional[tuple]:
         """The twins' jobs on `job`'s device under its settings (one round each: a check is two requests), or
         None (and `off` says why) when no reference can be made for its runtime."""
-        rt = job.settings.runtime
-        if rt not in self.twins:
+        if self.twins is None:
             try:
-                self.twins[rt] = artifacts(rt, cache)
-            except LatkitError as e:
-                self.twins[rt] = str(e)
-        if isinstance(self.twins[rt], str):
-            self.off = f"no reference on {job.device}: {self.twins[rt]}"
-            return None
+                self.twins = artifacts(job.settings.runtime, cache)
+            except Exception as e:  # noqa: BLE001 - the reference is optional: never a reason to lose the data
+                why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                self.off = f"no reference on {job.device}: {why}"
+                return None
         settings = dataclasses.replace(job.settings, rounds=1, batch_size=None)
-        return tuple(Job(a, job.device, settings, role=ROLE) for a in self.twins[rt])
+        return tuple(Job(a, job.device, settings, role=ROLE) for a in self.twins)
 
     def key(self, job: Job) -> str:
         """A reference row's key: the job's, this run's and the check's, so each timing is a row of its own."""
