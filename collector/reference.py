@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -124,12 +125,17 @@ def _torch_module():
                                torch.nn.Linear(CONVS[-1][0], CLASSES, bias=False)).eval()
 
 
+def _tmp(path: Path) -> Path:
+    """A temporary name beside `path` no other process or thread writes (its suffix kept: torch.export wants it)."""
+    return path.with_name(f".{path.stem}.{uuid.uuid4().hex}.tmp{path.suffix}")
+
+
 def _twin_of(art: Artifact, folder: Path) -> Path:
     """Twin "b" of an exported file: the same network, a few bytes of metadata apart."""
     out = folder / f"{art.sha256}-b{art.path.suffix}"
     if out.is_file():
         return out
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    tmp = _tmp(out)
     if art.format == "tflite":  # a flatbuffer is read from its root offset: bytes after it are never looked at
         tmp.write_bytes(art.path.read_bytes() + b"latkit reference twin b\0")
     else:
@@ -141,19 +147,32 @@ def _twin_of(art: Artifact, folder: Path) -> Path:
 
 def _write_once(path: Path, data: bytes) -> Path:
     if not (path.is_file() and sha256_file(path) == hashlib.sha256(data).hexdigest()):
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp = _tmp(path)
         tmp.write_bytes(data)
         os.replace(tmp, path)
     return path
 
 
+_MADE: dict = {}  # (runtime, cache) -> the twins this process made or found
+_MAKING = threading.Lock()  # devices' threads start at once; exports redirect the process's stdout: one at a time
+
+
 def artifacts(runtime: str, cache: Path) -> tuple:
-    """The twins (a, b) for `runtime` in its export format, made once into `cache`/reference. LatkitError when
-    they cannot be made here (a torch runtime without torch, tflite without litert-torch)."""
+    """The twins (a, b) for `runtime` in its export format, made once into `cache`/reference (once per process,
+    whichever device thread asks first). LatkitError when they cannot be made here (a torch runtime without
+    torch, tflite without litert-torch)."""
+    key = (runtime, str(cache))
+    with _MAKING:
+        if key not in _MADE or not all(a.path.is_file() for a in _MADE[key]):  # made, and still there
+            _MADE[key] = _make(runtime, Path(cache))
+        return _MADE[key]
+
+
+def _make(runtime: str, cache: Path) -> tuple:
     fmt = EXPORT_FORMAT.get(runtime)
     if fmt is None:
         raise LatkitError(f"latkit has no reference network for runtime {runtime}")
-    folder = Path(cache) / "reference"
+    folder = cache / "reference"
     folder.mkdir(parents=True, exist_ok=True)
     inputs = (InputSpec("input_0", INPUT),)
     if fmt == "onnx":
