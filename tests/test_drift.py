@@ -67,9 +67,17 @@ def test_the_onnx_reference_is_one_fixed_valid_network_under_two_names(tmp_path)
     ya, yb = (ort.InferenceSession(m).run(None, {"input_0": x})[0] for m in (a, b))
     assert ya.shape == (1, 10) and np.array_equal(ya, yb) and np.abs(ya).max() > 0
     assert hashlib.sha256(a).hexdigest() == REFERENCE_A_SHA256
-    twins = artifacts("onnxruntime", tmp_path)
+    made = []  # the devices' threads ask at once: one pair is made, no temporary file is left
+    threads = [threading.Thread(target=lambda: made.append(artifacts("onnxruntime", tmp_path))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    twins = made[0]
+    assert len(made) == 4 and all(m == twins for m in made)
     assert [t.arch for t in twins] == ["reference-a", "reference-b"] and twins[0].sha256 != twins[1].sha256
-    assert artifacts("onnxruntime", tmp_path) == twins  # made once, then read from the cache
+    assert sorted(p.name for p in (tmp_path / "reference").iterdir()) == ["reference-a.onnx", "reference-b.onnx"]
+    assert twins[0].sha256 == REFERENCE_A_SHA256
 
 
 def test_collect_times_reference_pairs_into_the_side_table_and_reports_them(reg, models, tmp_path):
