@@ -6,17 +6,21 @@ from pathlib import Path
 from rich.table import Table
 
 from . import api, compact, dataset, schema, validate
-from .cli_common import SEED, Parents, console, print_json
+from .cli_common import SEED, Parents, console, log, print_json
 from .devices import Registry
+from .drift import dataset_drift
 from .progress import Steps
-from .text import cell
+from .text import cell, clean
 
 
 def cmd_data_show(args) -> int:
     groups = api.data_summary(args.dir)
+    drifts = dataset_drift(args.dir)
     if args.json:
         print_json([dict({k: v for k, v in g.items() if k != "latency_ms"},
-                          **dict(zip(("min_ms", "median_ms", "max_ms"), g["latency_ms"] or (None,) * 3)))
+                          **dict(zip(("min_ms", "median_ms", "max_ms"), g["latency_ms"] or (None,) * 3)),
+                          reference=[d.as_dict() for d in drifts
+                                     if (d.device, d.runtime) == (g["device"], g["runtime"])])
                      for g in groups])
         return 0
     table = Table("device", "runtime", "space", "rows", "ok", "missed CI", "min ms", "median ms", "max ms",
@@ -27,6 +31,13 @@ def cmd_data_show(args) -> int:
         table.add_row(cell(r["device"]), cell(r["runtime"]), cell(r["space"]), str(r["rows"]), str(r["ok"]),
                       str(r["missed_ci"]), *lat, newest)
     console.print(table)
+    for d in drifts:
+        print(clean(d.line(), None))
+        if d.warning():
+            log.warning("warning: %s", d.warning())
+    if not drifts:
+        print(f"no reference timings in {clean(args.dir, 300)}: the host's noise floor and drift are unknown "
+              "(collected with --no-reference, or by an older latkit)")
     return 0
 
 

@@ -7,7 +7,7 @@ import sys
 from rich.table import Table
 
 from . import api, validate
-from .cli_common import SEED, Parents, console, default_first, print_json, protocol_args, settings_of_args
+from .cli_common import SEED, Parents, console, default_first, log, print_json, protocol_args, settings_of_args
 from .devices import Registry
 from .errors import Failure, LatkitError
 from .ray_executor import parse_executor
@@ -45,7 +45,8 @@ def cmd_collect(args) -> int:
         raise LatkitError("give either --models DIR_OR_FILES or --space S --n N")
     common = dict(registry=Registry(args.registry), retries=args.retries, job_timeout=args.job_timeout,
                   progress=not args.quiet, retry_errors=args.retry_errors, wait=not args.no_wait,
-                  executor=parse_executor(args.executor), cache_max_gb=args.cache_max_gb)
+                  executor=parse_executor(args.executor), cache_max_gb=args.cache_max_gb,
+                  reference=not args.no_reference)
     if args.space:
         if not args.n:
             raise LatkitError("--space needs --n (how many archs to sample)")
@@ -60,10 +61,13 @@ def cmd_collect(args) -> int:
         report = api.collect_models(api.model_files(args.models), devices, args.runtime, settings_of_args(args), args.out,
                                     **common)
     failed = report.failed_models
+    drifts = {d.device: d.drift() for d in report.devices}
     if args.json:
         print_json({"ok": report.ok and not failed, "summary": report.line(),
-                     "devices": [{**{k: v for k, v in dataclasses.asdict(d).items() if k != "failed"},
-                                  "remaining": d.remaining} for d in report.devices],
+                     "devices": [{**{k: v for k, v in dataclasses.asdict(d).items() if k not in ("failed", "checks")},
+                                  "remaining": d.remaining,
+                                  "reference": drifts[d.device].as_dict() if drifts[d.device] else None}
+                                 for d in report.devices],
                      "failed_models": [dict(zip(("device", "arch", "error_kind", "error"), f)) for f in failed]})
     else:
         table = Table("device", "jobs", "skipped", "measured", "errors", "left", "status")
@@ -76,6 +80,11 @@ def cmd_collect(args) -> int:
             for dev, arch, kind, error in failed:
                 table.add_row(cell(dev), cell(arch, 120), cell(f"{kind}: {error}", 600))
             console.print(table)
+        for d in report.devices:
+            _reference_line(d, drifts[d.device])
+    for drift in drifts.values():
+        if drift and drift.warning():
+            log.warning("warning: %s", drift.warning())
     down = [d.device for d in report.devices if d.status != "done"]
     if down or failed:
         what = [f"{len(down)} device(s) failed ({', '.join(down)})"] if down else []
@@ -84,6 +93,15 @@ def cmd_collect(args) -> int:
               "are kept; --retry-errors measures failed models again)", file=sys.stderr)
         return 1
     return 0
+
+
+def _reference_line(d, drift) -> None:
+    """A device's reference at the end of `collect`: drift and A/A floor, or why there is none."""
+    if drift:
+        share = d.reference_s / d.wall_s * 100 if d.wall_s else 0.0
+        print(clean(f"{drift.line()}; {d.reference_s:.1f} s on it ({share:.1f} % of the run)", None))
+    if d.reference_note:
+        print(clean(d.reference_note, 600))
 
 
 def add_measure(sub, par: Parents) -> None:
@@ -128,5 +146,9 @@ def add_collect(sub, par: Parents) -> None:
                    help="seconds before a hung measurement is killed (a timeout row, measured again next run)")
     c.add_argument("--retry-errors", action="store_true",
                    help="also measure again models stored as permanent errors (corrupt file, unsupported op)")
+    c.add_argument("--no-reference", action="store_true",
+                   help="do not time the reference network (by default each device times an A/A pair of it first, "
+                        "every 60 s or 25 jobs and last, into the side table OUT/_reference/: the host's drift and "
+                        "noise floor)")
     c.set_defaults(func=cmd_collect)
 

@@ -27,6 +27,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .errors import LatkitError, need
+from .reference import SIDE
 from .schema import PARTITIONS, SCHEMA, conform, current
 from .store import MANIFEST, Store, foreign_columns
 
@@ -222,7 +223,7 @@ def _repair(store: Store, folder: str, paths: list, pool: ThreadPoolExecutor) ->
 def migrate(path) -> dict:
     """Move a dataset of the older layout (Hive folders beside the card, `_devices.json`) to the current one:
     rows under `data/` with every column in every file, one file per partition, probes under `devices/`;
-    retest side tables too. Rows keep every value; raw samples become float32 (the schema's type).
+    retest and reference side tables too. Rows keep every value; raw samples become float32 (the schema's type).
     Then files under `data/` of an older schema (fewer columns, dictionary-encoded device and space) are
     rewritten in the current one (`upgrade`), so every reader reads old and new rows as one table.
     Returns {folder: rows}. Running it again finishes a migration that was killed."""
@@ -230,7 +231,8 @@ def migrate(path) -> dict:
     if not root.is_dir():
         raise LatkitError(f"no dataset at {path}; give a dataset folder")
     done = {}
-    for folder in [root] + sorted(p for p in root.glob("_retest/*") if p.is_dir()):
+    sides = sorted(p for p in root.glob("_retest/*") if p.is_dir()) + [p for p in [root / SIDE] if p.is_dir()]
+    for folder in [root] + sides:
         _migrate_one(folder)
         done[str(folder)] = upgrade(folder).rows
     return done

@@ -13,7 +13,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import schema, validate
+from .drift import DRIFT_FACTOR, dataset_drift
 from .errors import LatkitError, need
+from .reference import REFERENCE_EVERY_JOBS, REFERENCE_EVERY_S, SIDE
 from .store import Store
 from .text import clean, md_cell
 
@@ -132,6 +134,7 @@ def summary(path) -> dict:
         "from": min(stamps).strftime("%Y-%m-%d") if stamps else "-",
         "to": max(stamps).strftime("%Y-%m-%d") if stamps else "-",
         "hardware": store.devices(),
+        "reference": dataset_drift(path),
     }
 
 
@@ -188,6 +191,7 @@ def write_card(path, title: Optional[str] = None, licence: str = "CC-BY-4.0", no
     lines += ["", "Settings (canonical JSON, part of each row's key):", ""]
     lines += [f"- `{clean(x, 2000)}`" for x in s["settings"]]
     lines += ["", f"Sampler: {clean(', '.join(s['samplers']), 2000) or 'none (single models)'}.", ""]
+    lines += reference_section(s["reference"])
     lines += ["## Columns", "", *schema.markdown(), ""]
     rt = latest_retest(path)
     if rt:
@@ -200,6 +204,30 @@ def write_card(path, title: Optional[str] = None, licence: str = "CC-BY-4.0", no
             f"{clean(w['arch'], 48)} on {clean(w['device'])} ({w['a_ms']:.4g} vs {w['b_ms']:.4g} ms)"
             for w in rt["worst"]), ""]
     return validate.write_atomic(out, "\n".join(lines))
+
+
+def reference_section(drifts: list) -> list:
+    """The card's section on the reference network: per device its A/A floor (the host's own noise) and drift."""
+    lines = ["## Reference, noise floor and drift", ""]
+    if not drifts:
+        return lines + ["No reference timings (collected with `--no-reference`, or by a latkit before them): the "
+                        "hosts' noise floor and drift during the collection are unknown.", ""]
+    lines += [f"Each device timed a fixed reference network as an A/A pair (the same network under two names, back "
+              f"to back, one round each) first, every {REFERENCE_EVERY_S:g} s or {REFERENCE_EVERY_JOBS} jobs, and "
+              f"last in every collection; its rows are in the side table `{SIDE}/`, never among the data. The A/A "
+              "floor (median |b - a| / a) is how far two timings of one network at one moment differ: rows of the "
+              "device are not comparable closer than that. The drift is the reference's range over the checks; "
+              f"above {DRIFT_FACTOR:g}x the noise (the larger of the floor and the median ci_rel) it is a warning.", "",
+              "| device | runtime | checks | from / to (UTC) | reference ms first / min / max / last | drift | "
+              "largest step | A/A floor | noise |", "|---|---|---|---|---|---|---|---|---|"]
+    for d in drifts:
+        ms = " / ".join(f"{x:.4g}" for x in (d.first_ms, d.min_ms, d.max_ms, d.last_ms))
+        lines.append(f"| {md_cell(d.device)} | {md_cell(d.runtime)} | {d.checks} | {d.start:%Y-%m-%d %H:%M} / "
+                     f"{d.end:%Y-%m-%d %H:%M} | {ms} | {d.drift * 100:.2f} % | {d.step * 100:.2f} % "
+                     f"({d.step_from:%H:%M:%S}-{d.step_to:%H:%M:%S}) | {d.aa_floor * 100:.2f} % | "
+                     f"{d.noise * 100:.2f} % |")
+    warned = [clean(d.warning(), 600) for d in drifts if d.warning()]
+    return lines + [""] + [f"Warning: {w}." for w in warned] + ([""] if warned else [])
 
 
 def save_png(fig, path: Path, dpi: int = 110) -> Path:
@@ -224,6 +252,9 @@ def front_matter(path, name: str, licence: str, rows: int) -> list:
             continue
         configs += [f"- config_name: retest-{stamp}", "  data_files:", "  - split: train",
                     f"    path: _retest/{stamp}/data/**/*.parquet"]
+    if (Path(path) / SIDE / "data").is_dir():
+        configs += ["- config_name: reference", "  data_files:", "  - split: train",
+                    f"    path: {SIDE}/data/**/*.parquet"]
     return ["---", f"license: {licence.lower()}", f"pretty_name: {json.dumps(name)}",
             "tags:", "- latency", "- neural-architecture-search", "- latkit", "size_categories:", f"- {size}",
             "configs:", *configs, "---", ""]

@@ -7,10 +7,13 @@ waited: a key is stored once). Jobs come from a source a window at a time (all a
 models export, or one by one as a caller hands them over) and are timed in `settings.rounds` shuffled rounds
 (round_queue). A broken link is retried on a fresh agent with capped, jittered exponential backoff; rows are
 flushed before the lease can go (the next holder must see them), and an error or Ctrl-C kills the agent at
-once, while a caller that stops early (closes the generator) shuts it down politely.
+once, while a caller that stops early (closes the generator) shuts it down politely. With `reference` on
+(`collect`'s default), the loop also times the reference network's A/A pair now and then (collector/reference.py)
+into the dataset's side table, and keeps each check in the report (collector/drift.py reads them).
 """
 from __future__ import annotations
 
+import logging
 import queue
 import random
 import threading
@@ -20,12 +23,17 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
 
 from .cache import evictions, max_bytes
 from .devices import Device
+from .drift import Check
 from .errors import Failure, LatkitError, TransportError
+from .exporters import DEFAULT_CACHE
 from .job import Job
 from .measurement import Measurement
+from .reference import REFERENCE_EVERY_JOBS, REFERENCE_EVERY_S, Schedule, side_store
 from .reports import DeviceReport, DeviceStatus
 from .runner import DeviceRunner
 from .store import Store
+
+log = logging.getLogger("latkit")
 
 # Jobs whose rounds interleave: the agent's default --max-sessions, so every round after the first runs on
 # a session the agent still holds (a .pt2 load is ~0.6 s) while rounds still spread over many models.
@@ -37,7 +45,8 @@ class DeviceRequest:
     """How a device is driven, from the caller's options down to its loop (a frozen value, so none is lost on
     the way). `force` measures every job even where the store holds its key (after the lease too);
     `retry_errors` measures again the jobs whose stored row is an error; `cache_max_gb` bounds the device's
-    model cache (models measured here go first, pending ones stay)."""
+    model cache (models measured here go first, pending ones stay); `reference` times the reference network's A/A
+    pair first, every `reference_every_s` seconds or `reference_every_jobs` jobs, and last (collector/reference.py)."""
 
     retries: int = 3
     backoff_s: float = 1.0
@@ -47,6 +56,9 @@ class DeviceRequest:
     retry_errors: bool = False
     force: bool = False
     cache_max_gb: Optional[float] = None
+    reference: bool = False
+    reference_every_s: float = REFERENCE_EVERY_S
+    reference_every_jobs: int = REFERENCE_EVERY_JOBS
 
     def backoff(self, failures: int) -> float:
         """Seconds before retry number `failures`: doubling from backoff_s, capped, with +-25 % jitter so devices
@@ -155,8 +167,11 @@ class _Rows:
         self.probed.clear()
         self.done.clear()
 
-    def writer(self, job: Job, runner: DeviceRunner):
+    def writer(self, job: Job, runner: DeviceRunner, side: bool = False):
+        """The batch writer of `job`'s store, or with `side` of its reference side table."""
         store = self.store_of(job)
+        if side:
+            store = side_store(store)
         if store.root not in self.writers:
             self.writers[store.root] = (store, store.writer())
         if store.root not in self.probed:
@@ -220,6 +235,9 @@ class _Loop:
         self.parts: dict = {}  # key -> the job's rounds so far
         self.windows = 0
         self.more = not batch  # the source may have more jobs
+        self.schedule = Schedule(request.reference_every_s, request.reference_every_jobs) if request.reference else None
+        self.template: Optional[Job] = None  # the job whose device and settings every reference check takes
+        self.t0 = time.perf_counter()
 
     def start(self) -> None:
         """A fresh agent holding the lease; pending jobs stored meanwhile (by another collection) are dropped."""
@@ -244,27 +262,79 @@ class _Loop:
         self.pending = round_queue(fresh, seed=self.source.first_seed + self.windows) if fresh else []
         self.windows += 1
 
-    def measure(self, t0: float) -> Measurement:
-        job = self.pending[0][0]
-        self.rows.writer(job, self.runner)  # the store's probe, before the first row of this agent
+    def first_request(self) -> float:
+        """Now (perf_counter), noting the first measure request of the run in the report."""
         if self.report.first_timing_at is None:
             self.report.first_timing_at = time.time()
-        t_job = time.perf_counter()
+        now = time.perf_counter()
         if self.report.start_s is None:
-            self.report.start_s = t_job - t0
+            self.report.start_s = now - self.t0
+        return now
+
+    def measure(self) -> Measurement:
+        job = self.pending[0][0]
+        self.rows.writer(job, self.runner)  # the store's probe, before the first row of this agent
+        t_job = self.first_request()
         m = self.runner.measure(job, self.pending[1][0] if len(self.pending) > 1 else None)
         self.report.busy_s += time.perf_counter() - t_job
         return m
 
-    def step(self, t0: float) -> Optional[Measurement]:
-        """One request: start the agent, take a window, or time one round; the Measurement when a job is done."""
+    def jobs_done(self) -> int:
+        return self.report.measured + self.report.errors
+
+    def check(self) -> None:
+        """One A/A check: the reference twins timed back to back under the first job's settings, their rows into the
+        side table (each a new row: Schedule.key), the pair into the report. A twin that fails ends the checks."""
+        sch = self.schedule
+        self.template = self.template or self.pending[0][0]
+        twins = sch.jobs(self.template, DEFAULT_CACHE)
+        if twins is None:
+            self.report.reference_note = sch.off
+            log.info("%s", sch.off)
+            return
+        self.report.reference_runtime = self.template.settings.runtime
+        t, got = self.first_request(), []
+        for job in twins:
+            m = self.runner.measure(job)
+            self.write(job, dict(m.to_row(), key=sch.key(job)), side=True)
+            got.append(m)
+            if m.status != "ok":
+                sch.off = f"reference on {self.device.name} failed: {m.error_kind}: {m.error}"
+                self.report.reference_note = sch.off
+                log.info("%s", sch.off)
+                break
+        sch.done(self.jobs_done())
+        self.bound_cache()  # the twins are not pending: a bounded cache may let them go until the next check
+        self.report.reference_s += time.perf_counter() - t
+        if len(got) == 2 and sch.off == "":
+            a, b = got
+            at = a.round_started_at[0] if a.round_started_at and a.round_started_at[0] else a.measured_at
+            self.report.checks.append(Check(at, a.latency_ms, b.latency_ms,
+                                            max((x.ci_rel for x in got if x.ci_rel is not None), default=None)))
+
+    def end_check(self) -> None:
+        """The last check, after the last job; a device that cannot give it now keeps its rows and says why."""
+        try:
+            if not self.runner.started:
+                self.start()
+            self.check()
+        except LatkitError as e:
+            self.report.reference_note = f"no end check of the reference on {self.device.name}: {e}"
+            log.info("%s", self.report.reference_note)
+
+    def step(self) -> Optional[Measurement]:
+        """One request: start the agent, take a window, check the reference or time one round; the Measurement
+        when a job is done."""
         if not self.runner.started:
             self.start()
             return None
         if not self.pending:
             self.refill()
             return None
-        m = self.measure(t0)
+        if self.schedule and self.schedule.due(self.jobs_done()):
+            self.check()
+            return None
+        m = self.measure()
         job, _ = self.pending.pop(0)
         _account(self.report, m)
         if m.status == "ok":
@@ -276,15 +346,23 @@ class _Loop:
         self.pending = [(j, r) for j, r in self.pending if j.key != job.key]
         return m
 
-    def store(self, m: Measurement) -> None:
-        store, writer = self.rows.writer(m.job, self.runner)
+    def write(self, job: Job, row: dict, side: bool = False) -> None:
+        """Buffer a row in `job`'s store (or, with `side`, its reference side table); a write that fails fails
+        the device."""
+        store, writer = self.rows.writer(job, self.runner, side)
         try:
-            writer.add(m.to_row())
+            writer.add(row)
         except OSError as e:
             raise Failure(f"cannot write rows to {store.uri}: {e}") from None
+
+    def store(self, m: Measurement) -> None:
+        self.write(m.job, m.to_row())
+        self.bound_cache()
+        _counted(self.report, m)
+
+    def bound_cache(self) -> None:
         if self.request.cache_max_gb is not None:
             bound_device_cache(self.runner, self.request.cache_max_gb, {j.artifact.sha256 for j, _ in self.pending})
-        _counted(self.report, m)
 
     def link_failed(self, e: TransportError, failures: int) -> None:
         """After a broken link: rows flushed, the agent gone, a wait before the next try (or give up)."""
@@ -297,7 +375,7 @@ class _Loop:
         time.sleep(self.request.backoff(failures))
 
     def run(self) -> Iterator[Measurement]:
-        t0 = time.perf_counter()
+        self.t0 = time.perf_counter()
         self.report.status = DeviceStatus.RUNNING
         if self.active is not None:
             self.active.add(self.runner)
@@ -308,7 +386,7 @@ class _Loop:
                     self.report.status = DeviceStatus.STOPPED
                     return
                 try:
-                    m = self.step(t0)
+                    m = self.step()
                 except TransportError as e:
                     failures += 1
                     self.link_failed(e, failures)
@@ -320,6 +398,8 @@ class _Loop:
                 yield m
                 if m.error_kind == "protocol_error":  # its row is kept; a device that lies measures nothing more
                     raise Failure(m.error)
+            if self.schedule and not self.stop.is_set() and self.schedule.pending_end(self.jobs_done()):
+                self.end_check()
             self.report.status = DeviceStatus.DONE if not self.stop.is_set() else DeviceStatus.STOPPED
         except (GeneratorExit, LatkitError):
             raise  # the caller stopped early, or the device cannot go on: the agent is shut down politely below
@@ -333,7 +413,7 @@ class _Loop:
                 self.runner.close()
                 if self.active is not None:
                     self.active.discard(self.runner)
-                self.report.wall_s = time.perf_counter() - t0
+                self.report.wall_s = time.perf_counter() - self.t0
 
 
 def measurements(device: Device, source: Source, store_of: Callable[[Job], Store], request: DeviceRequest,

@@ -6,6 +6,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Optional
 
+from .drift import Drift, of_checks
+
 
 class DeviceStatus(enum.StrEnum):
     """Where a device is in a run. A str, so the CLI's table, logs and --json show the same words as before."""
@@ -36,6 +38,14 @@ class DeviceReport:
     first_timing_at: Optional[float] = None  # time.time() as the first measure request went out (resume latency)
     start_s: Optional[float] = None  # from the start to the first measure call: connect, deploy, probe, lease
     agent_starts: int = 0  # one for the whole run unless the agent had to be restarted (timeouts, link failures)
+    checks: list = field(default_factory=list)  # the reference's A/A checks of this run (collector/drift.py Check)
+    reference_runtime: str = ""  # the runtime the reference was timed with ("" none)
+    reference_s: float = 0.0  # host time spent on the reference checks
+    reference_note: str = ""  # why the reference was not (or no longer) timed
+
+    def drift(self) -> Optional[Drift]:
+        """The reference's drift over this run's checks (None without any)."""
+        return of_checks(self.device, self.reference_runtime, self.checks)
 
     def __post_init__(self):
         self.status = DeviceStatus(self.status)

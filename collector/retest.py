@@ -110,7 +110,7 @@ def retest(path, n: int = 50, seed: int = 0, models: Sequence = (), registry: Op
         original[key] = r
     stamp, side = side_table(store)
     report = collect(jobs, [reg.get(d) for d in sorted({j.device for j in jobs})], out=side, progress=progress,
-                     job_timeout=job_timeout)
+                     job_timeout=job_timeout, reference=False)
     if not report.ok:
         raise LatkitError("; ".join(f"{d.device}: {d.message}" for d in report.devices if d.message)
                           + f"; the measurements so far are in {side}")

@@ -71,7 +71,9 @@ COLUMNS: tuple = tuple([
                                 "the role column: \"build(heldout)\", \"build(round=N)\", \"adapt\", \"retest\""),
     Column("role", _STR, "", "what the row is for: \"\" data; \"heldout\" / \"round\" predictor build's held-out "
                              "and training archs; \"adapt\" predictor adapt's; \"retest\" measured again into a "
-                             "retest side table. Null in rows of latkit before it (their sampler says it)"),
+                             "retest side table; \"reference\" the reference network's A/A checks, in the reference "
+                             "side table _reference/ (never among the data). Null in rows of latkit before it (their "
+                             "sampler says it)"),
     Column("role_round", _I64, "", "the build round that measured a \"round\" row (0 = the first); null otherwise"),
     Column("latency_ms", _F64, "ms", "the headline; latency_statistic says which statistic of the samples it is"),
     Column("latency_statistic", _STR, "", "p10 on a CPU (the 10th percentile of all samples: a low quantile repeats "
@@ -119,7 +121,7 @@ COLUMNS: tuple = tuple([
 
 # The values of the role column: a row's part in the pipeline that measured it, apart from how its arch was
 # chosen (sampler), so that a pipeline finds its own rows without parsing sampler strings.
-ROLES = ("", "heldout", "round", "adapt", "retest")
+ROLES = ("", "heldout", "round", "adapt", "retest", "reference")
 _LEGACY_ROLES = {"build(heldout)": "heldout", "adapt": "adapt", "retest": "retest"}
 
 

@@ -36,7 +36,8 @@ from latkit.collector.store import Store
 def latkit_pass(archs, runtime, out, settings) -> tuple:
     """One collection of every arch; returns (wall seconds per arch, {arch: row})."""
     t0, load0 = time.perf_counter(), os.getloadavg()[0]
-    report = collect_space("nb201", len(archs), ["local"], runtime, "uniform", 0, settings, out, progress=False)
+    report = collect_space("nb201", len(archs), ["local"], runtime, "uniform", 0, settings, out, progress=False,
+                           reference=False)
     wall = time.perf_counter() - t0
     assert report.ok, report.devices[0].message
     rows = {r["arch"]: r for r in Store(out).read().to_pylist() if r["status"] == "ok"}

@@ -15,6 +15,7 @@ import pytest
 from latkit.collector import Artifact, LatkitError, Registry, Settings, Store, add_device, collect, collect_models, export
 from latkit.collector.api import make_jobs
 from latkit.collector.loopback import _keygen, kill_sshd, start_sshd
+from latkit.collector.reference import side_store
 from conftest import ROOT
 
 QUICK = Settings(warmup_min_count=2, warmup_min_s=0.01, repeats_min_count=10, repeats_min_s=0.05, repeats_max_s=0.2,
@@ -138,10 +139,12 @@ def test_collect_over_fleet_and_resume(registry, models, tmp_path):
     for row in t.select(["device", "device_fingerprint", "runtime_version"]).to_pylist():
         assert row["device_fingerprint"] == fps[row["device"]]
     assert {r["runtime_version"] for r in t.to_pylist() if r["device"] == "dev1"} == {"2.14.0"}
-    # each model was shipped once per device, under its sha256
+    # each model was shipped once per device, under its sha256: the data's and the reference's twins
+    twins = {f"{sha}.tflite" for sha in side_store(Store(out)).read(["model_sha256"])["model_sha256"].to_pylist()}
+    assert len(twins) == 2
     for d in ("dev0", "dev1", "dev2"):
         shipped = os.listdir(os.path.join(registry.get(d).workdir, "models"))
-        assert sorted(shipped) == sorted(a.name for a in models["tflite"][:4])
+        assert sorted(shipped) == sorted({a.name for a in models["tflite"][:4]} | twins)
     again = collect_models([a.path for a in models["tflite"][:4]], ["dev0", "dev1", "dev2"], settings=QUICK,
                            out=out, registry=registry, progress=False)
     assert again.ok and again.measured == 0 and sum(d.skipped for d in again.devices) == 12
@@ -291,7 +294,7 @@ def test_bounded_device_model_cache(registry, models, tmp_path):
     files = [a.path for a in models["onnx"]]
     bound = 2.5 * max(f.stat().st_size for f in files)
     report = collect_models(files, ["dev0"], settings=QUICK, out=tmp_path / "data", registry=registry,
-                            progress=False, cache_max_gb=bound / 2 ** 30)
+                            progress=False, cache_max_gb=bound / 2 ** 30, reference=False)  # the data's files only
     assert report.ok and report.measured == len(files)
     folder = Path(registry.get("dev0").workdir) / "models"
     left = [f for f in folder.iterdir() if f.is_file()]

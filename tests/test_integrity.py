@@ -16,6 +16,7 @@ import pytest
 
 from latkit.collector import Artifact, Job, Registry, Settings, Store
 from latkit.collector.measurement import ERROR_KINDS
+from latkit.collector.reference import side_store
 from latkit.collector.runner import DeviceRunner
 from conftest import AGENT, ROOT, small_onnx_models
 
@@ -322,7 +323,8 @@ def test_login_banner_device_add_and_collect(banner_device, models, tmp_path):
     assert len(rows) == 6 and {x["status"] for x in rows} == {"ok"} and {x["device"] for x in rows} == {"chatty0"}
     assert all(x["rounds"] == 2 and x["latency_ms"] > 0 for x in rows)
     shipped = sorted(os.listdir(Path(d.workdir) / "models"))  # by sha256, checked on the device, no leftovers
-    assert shipped == sorted(x["model_sha256"] + ".onnx" for x in rows)
+    timed = rows + side_store(Store(out)).read(["model_sha256"]).to_pylist()  # the data and the reference's twins
+    assert shipped == sorted({x["model_sha256"] + ".onnx" for x in timed}) and len(shipped) == len(rows) + 2
 
 
 # -- settings read back -----------------------------------------------------------------------------------
