@@ -235,7 +235,8 @@ def cmd_predictor_predict(args) -> int:
 
 
 def _predict_graphs(args, model) -> int:
-    """One line per .onnx file; a file that cannot be read is one error line on stderr, the others predicted."""
+    """One line per .onnx file; a file that cannot be read is one error line on stderr, the others are still
+    predicted (exit 1; exit 2 when no file could be read)."""
     from latkit.predictor.graphdata import predict_files
     if args.space not in (None, GRAPH_SPACE):
         raise LatkitError(f"{args.model} is a graph model of ONNX files, not of {args.space}; leave out --space")
@@ -254,7 +255,7 @@ def _predict_graphs(args, model) -> int:
     for r in rows:
         if "error" in r:
             print(f"latkit: error: {clean(' '.join(r['error'].split()), 2000)}", file=sys.stderr)
-    return 2 if len(good) < len(rows) else 0
+    return 0 if len(good) == len(rows) else 1 if good else 2  # as collect: exit 1 when some of the work failed
 
 
 def _arch_lines(paths, model, space: str) -> list:
