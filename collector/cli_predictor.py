@@ -107,7 +107,7 @@ def _fit_graphs(args) -> int:
         held = ", ".join(f"{k}={shown[k]:.4f}" for k in METRICS) + \
             f" (the FLOPs line: mape={rep['test_flops_linear']['mape']:.4f})"
     else:
-        held = f"no held-out test (a graph model scores held-out graphs from 8 graphs; {rep['graphs']} found)"
+        held = f"none (from 8 graphs a fit holds some out; {rep['graphs']} found{', so no --report' if args.report else ''})"
     print(f"onnx on {args.device}: {kind} model of {rep['graphs']} graphs ({rep['rows_without_model']} rows without "
           f"an .onnx file); held-out {shown['n_test']} graphs: {held}; saved {out}")
     if args.json:
@@ -228,6 +228,9 @@ def _graph_files(paths, model) -> list:
 def cmd_predictor_predict(args) -> int:
     from latkit.predictor.graphmodel import GraphSurrogate
     from latkit.predictor.models import load
+    for f in args.file or ():
+        if not Path(f).is_dir():
+            validate.readable_file(f, "--file")  # before the model is read: the cheaper mistake first
     model = load(args.model)
     if isinstance(model, GraphSurrogate):
         return _predict_graphs(args, model)
@@ -266,7 +269,6 @@ def _arch_lines(paths, model, space: str) -> list:
             raise LatkitError(f"--file {f} is {'a folder' if Path(f).is_dir() else 'an ONNX file'}, but {model} "
                               f"predicts arch strings of {space}; give a text file of one arch per line, or for ONNX "
                               "files a graph model (latkit predictor fit --space onnx)")
-        validate.readable_file(f, "--file")
         try:
             text = Path(f).read_text()
         except UnicodeDecodeError:

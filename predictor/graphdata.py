@@ -193,12 +193,12 @@ def adapt_graphs(model: GraphSurrogate, data_dir, device: str, paths: Sequence, 
     from .metrics import report as scores
     files = onnx_files(paths)
     index = _index_models(files)
-    api.collect_models(files, [device], None, settings, data_dir, registry=registry, progress=progress)
+    done = api.collect_models(files, [device], None, settings, data_dir, registry=registry, progress=progress)
     t = graph_rows(data_dir, device, models=files)
     t = t[t.model_sha256.isin(list(index))]
     if len(t) < 3:
-        raise LatkitError(f"only {len(t)} of the {len(index)} files measured ok on {device}; adapting needs 3 (see "
-                          f"latkit data show {data_dir})")
+        raise LatkitError(f"only {len(t)} of the {len(index)} files measured ok on {device} ({done.line()}); adapting "
+                          f"needs 3: give more files, or see latkit data show {data_dir}")
     X, y = list(t.path), t.latency_ms.to_numpy()
     rep = {"device": device, "graphs": len(t), "before": scores(model.predict(X), y)}
     model.adapt(X, y)

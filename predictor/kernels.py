@@ -221,7 +221,8 @@ class KernelAdditive(GraphSurrogate):
                     err["fresh"] += list(np.log(fresh.predict([graphs[i] for i in te]) / y[te]) ** 2)
         rmse = {k_: float(np.sqrt(np.mean(v))) if v else float("inf") for k_, v in err.items()}
         if rmse["fresh"] < rmse["recalibrated"]:
-            self.members_ = clone(self).fit(graphs, y).members_
+            fresh = clone(self).fit(graphs, y)
+            self.members_, self.domain_ = fresh.members_, fresh.domain_  # it knows the new graphs only
             choice = "fresh"
         else:
             for m, cal in zip(self.members_, recalibrated(np.arange(len(y)))):
