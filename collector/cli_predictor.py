@@ -95,9 +95,9 @@ def _fit_graphs(args) -> int:
                           f"{', '.join(GRAPH_MODEL_NAMES)}")
     out = _fit_output(args)
     with Steps("predictor fit", not args.quiet) as step:
-        step(f"fitting a {kind} graph model")
         model, rep = fit_graphs(args.data, args.device, kind, models=args.models or (),
-                                export_missing=True if args.export_missing else "cached", random_state=args.seed)
+                                export_missing=True if args.export_missing else "cached", random_state=args.seed,
+                                progress=step)
     model.save(out)
     shown = {**rep.get("test", {}), "n_train": rep["graphs"] - rep.get("test_graphs", 0),
              "n_test": rep.get("test_graphs", 0), "model": kind, "graphs": rep["graphs"],

@@ -146,11 +146,13 @@ def make(kind: str = "kernels", random_state: int = 0, **params) -> GraphSurroga
 
 
 def fit_graphs(data_dir, device: str, kind: str = "kernels", models: Sequence = (), export_missing: bool = False,
-               test_fraction: float = 0.2, random_state: int = 0, runtime: Optional[str] = None, **params) -> tuple:
+               test_fraction: float = 0.2, random_state: int = 0, runtime: Optional[str] = None, progress=None,
+               **params) -> tuple:
     """`latkit predictor fit --space onnx --data DIR --device D`: (model fitted on every graph, report).
     The report scores a model fitted on the other graphs on a random `test_fraction` of them (at least 3,
     with at least 5 left to fit; 0: none) beside the FLOPs-linear baseline (`heldout`: those graphs' files,
-    latencies and predictions); `report['families']` counts graphs per family."""
+    latencies and predictions); `report['families']` counts graphs per family. `progress(text)` hears of
+    each step."""
     from .metrics import report as scores
     t = graph_rows(data_dir, device, runtime, models, export_missing=export_missing)
     if len(t) < 5:
@@ -160,6 +162,8 @@ def fit_graphs(data_dir, device: str, kind: str = "kernels", models: Sequence = 
             "folder of the .onnx files that were measured (--models FOLDER), keep the export cache the collection "
             "wrote (LATKIT_CACHE), or export search-space archs again (--export-missing)")
     X, y = list(t.path), t.latency_ms.to_numpy()
+    if progress:
+        progress(f"{len(t)} graphs found; fitting {kind}")
     rep = {"device": device, "kind": kind, "graphs": len(t), "rows_without_model": int(t.attrs["missing"]),
            "families": t.family.value_counts().to_dict()}
     n_test = max(3, int(round(test_fraction * len(y))))
