@@ -89,7 +89,7 @@ def test_cli_choices_are_the_registries():
     assert choices(p, "collect", "--sampler") == ["uniform", "balanced", "diverse"]
     assert choices(p, "predictor fit", "--sampler") == ["balanced", "uniform", "diverse"]
     assert sorted(choices(p, "collect", "--sampler")) == sorted(SAMPLERS)
-    assert choices(p, "predictor fit", "--model") == ["auto", "ridge", "gbdt", "rf", "mlp", "gnn"]
+    assert choices(p, "predictor fit", "--model") == ["auto", "ridge", "gbdt", "rf", "mlp", "gnn", "kernels", "flops"]
     for command in ("measure", "collect"):
         assert choices(p, command, "--runtime") == list(RUNTIMES)
         assert choices(p, command, "--accelerator") == list(ACCELERATORS) == ["cpu", "cuda"]
