@@ -108,8 +108,8 @@ def _fit_graphs(args) -> int:
             f" (the FLOPs line: mape={rep['test_flops_linear']['mape']:.4f})"
     else:
         held = f"none (from 8 graphs a fit holds some out; {rep['graphs']} found{', so no --report' if args.report else ''})"
-    print(f"onnx on {args.device}: {kind} model of {rep['graphs']} graphs ({rep['rows_without_model']} rows without "
-          f"an .onnx file); held-out {shown['n_test']} graphs: {held}; saved {out}")
+    print(f"onnx on {args.device}: {kind} model of {rep['graphs']} graphs (ok rows without an .onnx file found: "
+          f"{rep['rows_without_model']}); held-out {shown['n_test']} graphs: {held}; saved {out}")
     if args.json:
         Path(args.json).write_text(json.dumps(jsonable(shown), indent=2))
     if args.report and "test" in rep:
