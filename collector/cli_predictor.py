@@ -107,7 +107,8 @@ def _fit_graphs(args) -> int:
         held = ", ".join(f"{k}={shown[k]:.4f}" for k in METRICS) + \
             f" (the FLOPs line: mape={rep['test_flops_linear']['mape']:.4f})"
     else:
-        held = f"none (from 8 graphs a fit holds some out; {rep['graphs']} found{', so no --report' if args.report else ''})"
+        held = f"none (from 8 graphs a fit holds some out; {rep['graphs']} found" + \
+            (", so no --report)" if args.report else ")")
     print(f"onnx on {args.device}: {kind} model of {rep['graphs']} graphs (ok rows without an .onnx file found: "
           f"{rep['rows_without_model']}); held-out {shown['n_test']} graphs: {held}; saved {out}")
     if args.json:

@@ -99,8 +99,8 @@ def fitted(user):
              "--json", "fit.json", "--report", "fit-report", "-q")
     model = user["root"] / "data" / "models" / "onnx-local.latkit-model"
     assert f"saved {model.relative_to(user['root'])}" in out and model.is_file(), out
-    assert out.startswith("onnx on local: kernels model of 12 graphs (ok rows without an .onnx file found: 0); held-out 3 "
-                          "graphs: spearman=")
+    assert out.startswith("onnx on local: kernels model of 12 graphs (ok rows without an .onnx file found: 0); "
+                          "held-out 3 graphs: spearman=")
     return model, json.loads((user["root"] / "fit.json").read_text())
 
 
