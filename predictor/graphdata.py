@@ -3,7 +3,7 @@
     table = graph_rows("my-data", device="local")              # one row per measured graph (pandas)
     model, rep = fit_graphs("my-data", "local", kind="kernels")  # `latkit predictor fit --space onnx`
     rows = predict_files(model, ["my.onnx", "folder/"])          # `latkit predictor predict --file ...`
-    model, rep = adapt_graphs(model, "my-data", "pi4", ["few/"])  # `latkit predictor adapt --model M --files`
+    model, rep = adapt_graphs(model, "my-data", "pi4", ["few/"])  # `latkit predictor adapt --model M --file few/`
 
 A row of a latkit dataset yields a graph when its model file is found: by `model_sha256` in the export
 cache (`$LATKIT_CACHE`, ~/.cache/latkit/exports) or in `models` folders (files named `<sha256>.onnx`, or any
@@ -186,7 +186,7 @@ def fit_graphs(data_dir, device: str, kind: str = "kernels", models: Sequence = 
 
 def adapt_graphs(model: GraphSurrogate, data_dir, device: str, paths: Sequence, settings=None, registry=None,
                  progress: bool = True) -> tuple:
-    """`latkit predictor adapt --model M --device D --files ...`: a graph model few-shot to a new device.
+    """`latkit predictor adapt --model M --device D --file ...`: a graph model few-shot to a new device.
     The .onnx files in `paths` are measured on `device` into `data_dir` (rows stored there before under the
     same settings are not timed again), then `model.adapt` learns from their latencies (KernelAdditive:
     overhead and scale refitted, or a fresh fit where that cross-validates better; GraphNet: fine-tuned;
