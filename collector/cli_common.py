@@ -2,9 +2,10 @@
 the Settings they make, option choices read from the code's own tables, and JSON output.
 
 Choices come from the registries, so a new sampler, runtime or model kind is offered without editing the
-CLI: samplers from collector/samplers.py SAMPLERS, runtimes from collector/job.py. Two lists stay here, checked by
-tests/test_modules.py: MODEL_NAMES (predictor/models.py's MODELS; the CLI must not import predictor to parse
-arguments) and ACCELERATORS / DTYPES (Settings checks them inline; no table to read).
+CLI: samplers from collector/samplers.py SAMPLERS, runtimes from collector/job.py. These lists stay here, checked
+by tests/test_modules.py: MODEL_NAMES and GRAPH_MODEL_NAMES (predictor/models.py's MODELS, predictor/graphdata.py's
+MODEL_KINDS; the CLI must not import predictor to parse arguments) and ACCELERATORS / DTYPES (Settings checks them
+inline; no table to read).
 """
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ console = Console(width=None if sys.stdout.isatty() else 140)
 log = logging.getLogger("latkit")
 SEED = validate.arg_whole(0, WHOLE["seed"][1])
 MODEL_NAMES = ("ridge", "gbdt", "rf", "mlp", "gnn")  # predictor/models.py MODELS, in its order
+GRAPH_SPACE = "onnx"  # `--space onnx`: models of any ONNX file, not of a search space's archs
+GRAPH_MODEL_NAMES = ("kernels", "gnn", "flops")  # predictor/graphdata.py MODEL_KINDS, in its order
 ACCELERATORS = ("cpu", "cuda")
 DTYPES = ("float32", "float16", "bfloat16")
 

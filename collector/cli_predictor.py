@@ -3,18 +3,34 @@ and only inside the commands, so parsing arguments (and every other command) loa
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
 from rich.table import Table
 
 from . import dataset, validate
-from .cli_common import (MODEL_NAMES, SEED, Parents, console, default_first, jsonable, live_args, live_settings,
-                         log)
+from .cli_common import (GRAPH_MODEL_NAMES, GRAPH_SPACE, MODEL_NAMES, SEED, Parents, console, default_first, jsonable,
+                         live_args, live_settings, log)
 from .devices import Registry
 from .errors import LatkitError
 from .progress import Steps
 from .samplers import SAMPLERS
+from .text import clean
+
+# options of one kind of model only, with the default the other kind does not take: (option, default)
+ARCH_FIT = (("budget", 500), ("sampler", "balanced"))
+GRAPH_FIT = (("models", None), ("export_missing", False))
+GRAPH_AUTO = "kernels"  # `--model auto` with --space onnx
+
+
+def _only(args, options, where: str, other: str) -> None:
+    """Refuse an option given where it has no meaning, instead of ignoring it; fill the defaults of the rest."""
+    for name, default in options:
+        value = getattr(args, name)
+        if value is not None and value is not False and other:
+            raise LatkitError(f"--{name.replace('_', '-')} applies to {where}; leave it out {other}")
+        setattr(args, name, default if value is None else value)
 
 
 def _fit_output(args) -> Path:
@@ -38,6 +54,14 @@ def _fit_output(args) -> Path:
 
 
 def cmd_predictor_fit(args) -> int:
+    graph = args.space == GRAPH_SPACE
+    _only(args, ARCH_FIT, "search spaces (nb201, fbnet, ofa)", "with --space onnx" if graph else "")
+    _only(args, GRAPH_FIT, "--space onnx", "" if graph else f"with --space {args.space}")
+    if graph:
+        return _fit_graphs(args)
+    if args.model in GRAPH_MODEL_NAMES and args.model not in MODEL_NAMES:
+        raise LatkitError(f"--model {args.model} is a model of ONNX graphs (--space onnx); for {args.space} choose "
+                          f"auto, {', '.join(MODEL_NAMES)}")
     from latkit.predictor.data import LatencyTable
     from latkit.predictor.esm import fit
     from latkit.predictor.metrics import METRICS
@@ -57,6 +81,41 @@ def cmd_predictor_fit(args) -> int:
     if args.report:
         write_report(args.report, f"{args.space} / {args.device} / {result['model']} ({result['n_train']} samples)",
                      surrogate.predict(test), table.latency(args.device, test), shown)
+    return 0
+
+
+def _fit_graphs(args) -> int:
+    """`predictor fit --space onnx`: a graph model from the dataset's rows whose .onnx file is found."""
+    from latkit.predictor.graphdata import fit_graphs
+    from latkit.predictor.metrics import METRICS
+    from latkit.predictor.report import write_report
+    kind = GRAPH_AUTO if args.model == "auto" else args.model
+    if kind not in GRAPH_MODEL_NAMES:
+        raise LatkitError(f"--model {kind} is a model of arch strings; with --space onnx choose auto (= {GRAPH_AUTO}), "
+                          f"{', '.join(GRAPH_MODEL_NAMES)}")
+    out = _fit_output(args)
+    with Steps("predictor fit", not args.quiet) as step:
+        model, rep = fit_graphs(args.data, args.device, kind, models=args.models or (),
+                                export_missing=True if args.export_missing else "cached", random_state=args.seed,
+                                progress=step)
+    model.save(out)
+    shown = {**rep.get("test", {}), "n_train": rep["graphs"] - rep.get("test_graphs", 0),
+             "n_test": rep.get("test_graphs", 0), "model": kind, "graphs": rep["graphs"],
+             "rows_without_model": rep["rows_without_model"]}
+    if "test" in rep:
+        shown["flops_linear"] = rep["test_flops_linear"]
+        held = ", ".join(f"{k}={shown[k]:.4f}" for k in METRICS) + \
+            f" (the FLOPs line: mape={rep['test_flops_linear']['mape']:.4f})"
+    else:
+        held = f"none (from 8 graphs a fit holds some out; {rep['graphs']} found" + \
+            (", so no --report)" if args.report else ")")
+    print(f"onnx on {args.device}: {kind} model of {rep['graphs']} graphs (ok rows without an .onnx file found: "
+          f"{rep['rows_without_model']}); held-out {shown['n_test']} graphs: {held}; saved {out}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(jsonable(shown), indent=2))
+    if args.report and "test" in rep:
+        write_report(args.report, f"onnx / {args.device} / {kind} ({shown['n_train']} graphs)",
+                     rep["heldout"]["predicted_ms"], rep["heldout"]["latency_ms"], shown)
     return 0
 
 
@@ -85,13 +144,50 @@ def cmd_predictor_build(args) -> int:
 
 
 def cmd_predictor_adapt(args) -> int:
+    if args.model:
+        return _adapt_graphs(args)
+    if args.file:
+        raise LatkitError("--file applies with --model (a graph model to adapt); for an arch space adapt chooses "
+                          "the archs it measures itself (--n)")
     from latkit.predictor.adapt import adapt
+    args.space, args.n = args.space or "nb201", args.n or 20
     out = _model_out(args, f"{args.space}-{args.device}-adapt.latkit-model")
     model, r = adapt(args.device, args.space, args.n, args.sources or (), args.data, live_settings(args), args.seed,
                      Registry(args.registry))
     model.save(out)
     print(f"{args.space} on {args.device}: {r['n']} archs measured; expected spearman {r['cv_spearman']:.3f}, "
           f"±10 % {r['cv_acc10'] * 100:.0f} % (5-fold CV on them); {r['seconds']:.0f} s; saved {out}")
+    return 0
+
+
+def _adapt_graphs(args) -> int:
+    """`predictor adapt --model M --file ...`: measure the files on the device, adapt the graph model to them."""
+    from latkit.predictor.graphdata import adapt_graphs
+    from latkit.predictor.graphmodel import GraphSurrogate
+    from latkit.predictor.models import load
+    for option, value in (("sources", args.sources), ("n", args.n)):
+        if value:
+            raise LatkitError(f"--{option} applies to arch spaces; with --model the files of --file are measured")
+    if args.space not in (None, GRAPH_SPACE):
+        raise LatkitError(f"--model takes a graph model (--space onnx), not {args.space}; leave out --model to adapt "
+                          f"to {args.space} (adapt pretrains on HELP and --sources itself)")
+    if not args.file:
+        raise LatkitError("--model needs --file: a few .onnx files or folders to measure on the device (3 or more)")
+    Registry(args.registry).get(args.device)
+    files = _graph_files(args.file, args.model)
+    model = load(args.model)
+    if not isinstance(model, GraphSurrogate):
+        raise LatkitError(f"{args.model} predicts arch strings of {model.space}; adapt --model takes a graph model "
+                          f"(predictor fit --space onnx); for {model.space} leave out --model")
+    out = _model_out(args, f"{GRAPH_SPACE}-{args.device}-adapt.latkit-model")
+    model, r = adapt_graphs(model, args.data, args.device, files, live_settings(args), Registry(args.registry),
+                            progress=not args.quiet)
+    model.save(out)
+    b = r["before"]
+    after = "adapted" if "choice" not in r else \
+        f"{r['choice']} (cross-validated error ±{(math.exp(r['cv_log_rmse'][r['choice']]) - 1) * 100:.0f} %)"
+    print(f"onnx on {args.device}: {r['graphs']} graphs measured; the model as it was: mape {b['mape']:.0f} %, "
+          f"spearman {b['spearman']:.3f}; {after}; saved {out}")
     return 0
 
 
@@ -118,27 +214,80 @@ def cmd_predictor_transfer(args) -> int:
     return 0
 
 
+def _graph_files(paths, model) -> list:
+    """The --file paths of a graph model: .onnx files or folders, each checked to be there."""
+    for f in paths:
+        if Path(f).is_dir():
+            continue
+        validate.readable_file(f, "--file")
+        if not str(f).lower().endswith(".onnx"):
+            raise LatkitError(f"--file {f} is no .onnx file; {model} is a graph model, which predicts ONNX files: give "
+                              ".onnx files or folders of them (arch strings need a model fit on their space)")
+    return list(paths)
+
+
 def cmd_predictor_predict(args) -> int:
-    from latkit.collector.spaces import get_space
+    from latkit.predictor.graphmodel import GraphSurrogate
     from latkit.predictor.models import load
-    space = get_space(args.space)
-    if args.file:
-        validate.readable_file(args.file, "--file")
+    for f in args.file or ():
+        if not Path(f).is_dir():
+            validate.readable_file(f, "--file")  # before the model is read: the cheaper mistake first
     model = load(args.model)
-    if model.space != args.space:
-        raise LatkitError(f"{args.model} predicts {model.space}, not {args.space}; give --space {model.space}")
-    if args.all:
-        archs = space.enumerate()
-    elif args.file:
+    if isinstance(model, GraphSurrogate):
+        return _predict_graphs(args, model)
+    return _predict_archs(args, model)
+
+
+def _predict_graphs(args, model) -> int:
+    """One line per .onnx file; a file that cannot be read is one error line on stderr, the others are still
+    predicted (exit 1; exit 2 when no file could be read)."""
+    from latkit.predictor.graphdata import predict_files
+    if args.space not in (None, GRAPH_SPACE):
+        raise LatkitError(f"{args.model} is a graph model of ONNX files, not of {args.space}; leave out --space")
+    if not args.file:
+        raise LatkitError(f"{args.model} predicts ONNX files, not arch strings; give --file my.onnx (more files or "
+                          "folders may follow)")
+    rows = predict_files(model, _graph_files(args.file, args.model), errors="keep")
+    good = [r for r in rows if "error" not in r]
+    if good:
+        sys.stdout.write("file\tlatency_ms" + ("\tstd_ms" if args.std else "") + "\tflops\tkernels\toutside\n")
+    for r in good:
+        std = f"\t{r['std_ms']:.3g}" if args.std else ""
+        sys.stdout.write(f"{clean(r['file'], None)}\t{r['latency_ms']:.6g}{std}\t{r['flops']:.4g}\t{r['kernels']}\t"
+                         f"{clean(r['outside'], None)}\n")
+    sys.stdout.flush()
+    for r in rows:
+        if "error" in r:
+            print(f"latkit: error: {clean(' '.join(r['error'].split()), 2000)}", file=sys.stderr)
+    return 0 if len(good) == len(rows) else 1 if good else 2  # as collect: exit 1 when some of the work failed
+
+
+def _arch_lines(paths, model, space: str) -> list:
+    """The arch strings of --file text files, one per line."""
+    archs = []
+    for f in paths:
+        if Path(f).is_dir() or str(f).lower().endswith(".onnx"):
+            raise LatkitError(f"--file {f} is {'a folder' if Path(f).is_dir() else 'an ONNX file'}, but {model} "
+                              f"predicts arch strings of {space}; give a text file of one arch per line, or for ONNX "
+                              "files a graph model (latkit predictor fit --space onnx)")
         try:
-            text = Path(args.file).read_text()
+            text = Path(f).read_text()
         except UnicodeDecodeError:
-            raise LatkitError(f"--file {args.file} is not text; give one arch string per line") from None
-        archs = [line.strip() for line in text.splitlines() if line.strip()]
-        if not archs:
-            raise LatkitError(f"--file {args.file} holds no archs; give one arch string per line")
-    else:
-        archs = args.arch
+            raise LatkitError(f"--file {f} is not text; give one arch string per line") from None
+        found = [line.strip() for line in text.splitlines() if line.strip()]
+        if not found:
+            raise LatkitError(f"--file {f} holds no archs; give one arch string per line")
+        archs += found
+    return archs
+
+
+def _predict_archs(args, model) -> int:
+    from latkit.collector.spaces import get_space
+    if args.space and model.space != args.space:
+        raise LatkitError(f"{args.model} predicts {model.space}, not {args.space}; give --space {model.space}")
+    space = get_space(model.space)
+    archs = (space.enumerate() if args.all else _arch_lines(args.file, args.model, model.space) if args.file
+             else args.arch)
     archs = [space.validate(a) for a in archs]
     out = sys.stdout
     if args.std:
@@ -169,21 +318,31 @@ def add_predictor(sub, par: Parents) -> None:
 
 def _fit(pred, par: Parents) -> None:
     """predictor fit"""
-    f = pred.add_parser("fit", parents=[par.common], help="ESM-style surrogate for one device from a dataset")
+    f = pred.add_parser("fit", parents=[par.common], help="ESM-style surrogate for one device from a dataset, or "
+                                                          "with --space onnx a model of any ONNX file")
     f.add_argument("--data", required=True, help="latkit dataset folder or Parquet latency table")
-    f.add_argument("--space", required=True, help="search space of the archs: nb201, fbnet or ofa")
+    f.add_argument("--space", required=True, help="search space of the archs: nb201, fbnet or ofa; or onnx: every "
+                                                  "measured ONNX graph whose file is found (a graph model)")
     f.add_argument("--device", required=True, help="the device (as named in the data) to predict for")
-    f.add_argument("--budget", type=validate.arg_whole(10), default=500,
-                   help="training archs whose latency may be read (at least 10)")
-    f.add_argument("--sampler", default="balanced", choices=default_first(SAMPLERS, "balanced"),
-                   help="how the first training archs are chosen (default balanced over FLOPs)")
-    f.add_argument("--model", default="auto", choices=["auto", *MODEL_NAMES],
-                   help="the estimator (default auto: the best 5-fold cross-validated Spearman)")
+    f.add_argument("--budget", type=validate.arg_whole(10),
+                   help="training archs whose latency may be read (at least 10; default 500; search spaces only)")
+    f.add_argument("--sampler", choices=default_first(SAMPLERS, "balanced"),
+                   help="how the first training archs are chosen (default balanced over FLOPs; search spaces only)")
+    f.add_argument("--model", default="auto", choices=list(dict.fromkeys(["auto", *MODEL_NAMES, *GRAPH_MODEL_NAMES])),
+                   help="the estimator (default auto: the best 5-fold cross-validated Spearman); with --space onnx "
+                        f"{', '.join(GRAPH_MODEL_NAMES)} (auto: {GRAPH_AUTO}, per-kernel latencies summed)")
+    f.add_argument("--models", nargs="+", metavar="DIR_OR_FILE",
+                   help="--space onnx: folders or .onnx files that were measured, found by content hash (the export "
+                        "cache, $LATKIT_CACHE, is searched too)")
+    f.add_argument("--export-missing", action="store_true",
+                   help="--space onnx: export search-space rows whose .onnx file is not found again from their "
+                        "recipe (needs torch; default: only what the export cache holds)")
     f.add_argument("--seed", type=SEED, default=0, help="sampling and model seed (default 0)")
     f.add_argument("--out", help="where to save the model (default beside the data: DATA/models/SPACE-DEVICE"
                                  ".latkit-model for a dataset folder, SPACE-DEVICE.latkit-model next to a table)")
     f.add_argument("--json", help="write the metrics as JSON here")
-    f.add_argument("--report", help="folder for a scatter PNG and a Markdown summary")
+    f.add_argument("--report", help="folder for a scatter PNG and a Markdown summary (of the held-out graphs with "
+                                    "--space onnx)")
     f.set_defaults(func=cmd_predictor_fit)
 
 
@@ -226,12 +385,17 @@ def _build(pred, par: Parents) -> None:
 def _adapt(pred, par: Parents) -> None:
     """predictor adapt"""
     ad = pred.add_parser("adapt", parents=[par.registry], help="few-shot predictor for a new device: measure N "
-                                                            "chosen archs, transfer from HELP and --sources")
+                                                            "chosen archs, transfer from HELP and --sources; or "
+                                                            "measure --file ONNX files and adapt a graph --model")
     ad.add_argument("--device", required=True, help="registered device to measure on")
-    ad.add_argument("--space", default="nb201", help="search space (default nb201)")
-    ad.add_argument("--n", type=validate.arg_whole(5), default=20, help="archs to measure (default 20)")
+    ad.add_argument("--space", help="search space (default nb201; onnx with --model)")
+    ad.add_argument("--n", type=validate.arg_whole(5), help="archs to measure (default 20; search spaces)")
     ad.add_argument("--sources", nargs="+", metavar="DATASET", help="latkit datasets whose devices join the "
-                                                                     "HELP sources")
+                                                                     "HELP sources (search spaces)")
+    ad.add_argument("--model", help="a graph model (.latkit-model of predictor fit --space onnx) to adapt to "
+                                    "--device from the files of --file")
+    ad.add_argument("--file", nargs="+", metavar="ONNX", help="with --model: .onnx files or folders to measure on "
+                                                              "--device (3 or more; rows already in --data are reused)")
     ad.add_argument("--out", help="model file (default DATA/models/SPACE-DEVICE-adapt.latkit-model)")
     ad.add_argument("--seed", type=SEED, default=0, help="sampling and model seed (default 0)")
     live_args(ad)
@@ -240,13 +404,15 @@ def _adapt(pred, par: Parents) -> None:
 
 def _predict(pred, par: Parents) -> None:
     """predictor predict"""
-    pp = pred.add_parser("predict", parents=[par.common], help="latency_ms of archs from a saved model")
+    pp = pred.add_parser("predict", parents=[par.common], help="latency_ms of archs, or of ONNX files, from a saved "
+                                                                "model")
     pp.add_argument("--model", required=True, help="a .latkit-model file (predictor fit, transfer, build, adapt)")
-    pp.add_argument("--space", required=True, help="the space the model predicts (checked against the file)")
+    pp.add_argument("--space", help="the space the model predicts, checked against the file (default: the file's; "
+                                    "onnx for a graph model)")
     which = pp.add_mutually_exclusive_group(required=True)
     which.add_argument("--arch", nargs="+", help="arch strings of the space")
-    which.add_argument("--file", help="one arch string per line")
+    which.add_argument("--file", nargs="+", help="a graph model: .onnx files or folders of them (one line each); "
+                                                 "a model of a space: text files of one arch string per line")
     which.add_argument("--all", action="store_true", help="every arch of the space (nb201)")
     pp.add_argument("--std", action="store_true", help="also print each prediction's standard deviation (ms)")
     pp.set_defaults(func=cmd_predictor_predict)
-

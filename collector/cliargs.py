@@ -28,17 +28,19 @@ EXAMPLES = {
     "device show": ["latkit device show pi4"],
     "device probe": ["latkit device probe local"],
     "device remove": ["latkit device remove pi4"],
-    "predictor fit": ["latkit predictor fit --data my-data --space nb201 --device pi4",
-                      "latkit predictor fit --data table.parquet --space nb201 --device pi4 --model ridge "
-                      "--json metrics.json"],
+    "predictor fit": ["latkit predictor fit --data table.parquet --space nb201 --device pi4 --model ridge "
+                      "--json metrics.json",
+                      "latkit predictor fit --data my-data --space onnx --device pi4 --models my-models/"],
     "predictor transfer": ["latkit predictor transfer --data my-data --space nb201 --source local --target pi4",
                            "latkit predictor transfer --data my-data --space nb201 --source local,gpu "
                            "--target pi4 --seeds 1 --no-gnn"],
     "predictor build": ["latkit predictor build --space nb201 --device pi4 --data my-data"],
-    "predictor adapt": ["latkit predictor adapt --device pi4 --space nb201 --n 20"],
-    "predictor predict": ["latkit predictor predict --model nb201-pi4.latkit-model --space nb201 --all",
-                          "latkit predictor predict --model nb201-pi4.latkit-model --space nb201 --file archs.txt "
-                          "--std"],
+    "predictor adapt": ["latkit predictor adapt --device pi4 --space nb201 --n 20",
+                        "latkit predictor adapt --model my-data/models/onnx-local.latkit-model --device pi4 "
+                        "--file few-models/"],
+    "predictor predict": ["latkit predictor predict --model nb201-pi4.latkit-model --file archs.txt --std",
+                          "latkit predictor predict --model my-data/models/onnx-pi4.latkit-model --file my.onnx "
+                          "my-models/ --std"],
     "data show": ["latkit data show my-data",
                   "latkit data show my-data --json"],
     "data card": ["latkit data card my-data --title 'NB201 on a Pi 4'"],

@@ -3,6 +3,7 @@
     table = graph_rows("my-data", device="local")              # one row per measured graph (pandas)
     model, rep = fit_graphs("my-data", "local", kind="kernels")  # `latkit predictor fit --space onnx`
     rows = predict_files(model, ["my.onnx", "folder/"])          # `latkit predictor predict --file ...`
+    model, rep = adapt_graphs(model, "my-data", "pi4", ["few/"])  # `latkit predictor adapt --model M --file few/`
 
 A row of a latkit dataset yields a graph when its model file is found: by `model_sha256` in the export
 cache (`$LATKIT_CACHE`, ~/.cache/latkit/exports) or in `models` folders (files named `<sha256>.onnx`, or any
@@ -38,6 +39,8 @@ def _index_models(folders: Sequence) -> dict:
     from latkit.collector.job import sha256_file
     out = {}
     for folder in folders:
+        if not Path(folder).exists():
+            raise LatkitError(f"models path {folder} not found; give the folders or .onnx files that were measured")
         for p in sorted(Path(folder).rglob("*.onnx")) if Path(folder).is_dir() else [Path(folder)]:
             stem = p.name[:-5]
             out[stem if re.fullmatch(r"[0-9a-f]{64}", stem) else sha256_file(p)] = str(p)
@@ -58,8 +61,9 @@ def graph_rows(data_dir, device: Optional[str] = None, runtime: Optional[str] = 
                column: str = "latency_ms"):
     """One row per (graph, device, runtime) of the dataset's ok rows whose model is found: columns path,
     space, arch, family, device, runtime, batch_size, resolution, latency_ms, n_rows, source ('file' or
-    'recipe'); rows without a model are counted in `.attrs['missing']`. `column`: the statistic read as
-    latency_ms (p10_ms puts rows of agent 0.1, whose latency_ms was the median, beside today's CPU rows)."""
+    'recipe'); rows without a model are counted in `.attrs['missing']`, the places searched listed in
+    `.attrs['looked_in']`. `column`: the statistic read as latency_ms (p10_ms puts rows of agent 0.1, whose
+    latency_ms was the median, beside today's CPU rows)."""
     import pandas as pd
     import pyarrow.compute as pc
 
@@ -104,6 +108,7 @@ def graph_rows(data_dir, device: Optional[str] = None, runtime: Optional[str] = 
     out = pd.DataFrame(rows, columns=["path", "model_sha256", "space", "arch", "family", "device", "runtime",
                                       "batch_size", "resolution", "latency_ms", "n_rows", "source"])
     out.attrs["missing"] = missing
+    out.attrs["looked_in"] = [f"the export cache {cache}", *map(str, models)]
     return out
 
 
@@ -141,31 +146,67 @@ def make(kind: str = "kernels", random_state: int = 0, **params) -> GraphSurroga
 
 
 def fit_graphs(data_dir, device: str, kind: str = "kernels", models: Sequence = (), export_missing: bool = False,
-               test_fraction: float = 0.2, random_state: int = 0, runtime: Optional[str] = None, **params) -> tuple:
+               test_fraction: float = 0.2, random_state: int = 0, runtime: Optional[str] = None, progress=None,
+               **params) -> tuple:
     """`latkit predictor fit --space onnx --data DIR --device D`: (model fitted on every graph, report).
-    The report scores a model fitted on the other graphs on a random `test_fraction` of them (0: none)
-    beside the FLOPs-linear baseline; `report['families']` counts graphs per family."""
+    The report scores a model fitted on the other graphs on a random `test_fraction` of them (at least 3,
+    with at least 5 left to fit; 0: none) beside the FLOPs-linear baseline (`heldout`: those graphs' files,
+    latencies and predictions); `report['families']` counts graphs per family. `progress(text)` hears of
+    each step."""
     from .metrics import report as scores
     t = graph_rows(data_dir, device, runtime, models, export_missing=export_missing)
     if len(t) < 5:
-        raise LatkitError(f"only {len(t)} measured graphs of {device} have model files; measure more, or give "
-                          "--models / export_missing")
+        raise LatkitError(
+            f"only {len(t)} measured graphs of {device} in {data_dir} have their .onnx file ({t.attrs['missing']} "
+            f"ok rows without one; looked in {', '.join(t.attrs['looked_in'])}); a graph model needs 5: give the "
+            "folder of the .onnx files that were measured (--models FOLDER), keep the export cache the collection "
+            "wrote (LATKIT_CACHE), or export search-space archs again (--export-missing)")
     X, y = list(t.path), t.latency_ms.to_numpy()
+    if progress:
+        progress(f"{len(t)} graphs found; fitting {kind}")
     rep = {"device": device, "kind": kind, "graphs": len(t), "rows_without_model": int(t.attrs["missing"]),
            "families": t.family.value_counts().to_dict()}
-    if test_fraction:
-        rng = np.random.default_rng(random_state)
-        test = rng.random(len(y)) < test_fraction
-        if test.sum() >= 3 and (~test).sum() >= 5:
-            tr = [x for x, s in zip(X, test) if not s]
-            te = [x for x, s in zip(X, test) if s]
-            t0 = time.perf_counter()
-            m = make(kind, random_state, **params).fit(tr, y[~test])
-            rep["fit_s"] = time.perf_counter() - t0
-            rep["test"] = scores(m.predict(te), y[test])
-            rep["test_flops_linear"] = scores(make("flops").fit(tr, y[~test]).predict(te), y[test])
-            rep["test_graphs"] = int(test.sum())
+    n_test = max(3, int(round(test_fraction * len(y))))
+    if test_fraction and len(y) - n_test >= 5:
+        test = np.zeros(len(y), bool)
+        test[np.random.default_rng(random_state).permutation(len(y))[:n_test]] = True
+        tr = [x for x, s in zip(X, test) if not s]
+        te = [x for x, s in zip(X, test) if s]
+        t0 = time.perf_counter()
+        m = make(kind, random_state, **params).fit(tr, y[~test])
+        rep["fit_s"] = time.perf_counter() - t0
+        pred = m.predict(te)
+        rep["test"] = scores(pred, y[test])
+        rep["test_flops_linear"] = scores(make("flops").fit(tr, y[~test]).predict(te), y[test])
+        rep["test_graphs"] = n_test
+        rep["heldout"] = {"file": te, "latency_ms": y[test].tolist(), "predicted_ms": pred.tolist()}
     model = make(kind, random_state, **params).fit(X, y)
+    return model, rep
+
+
+def adapt_graphs(model: GraphSurrogate, data_dir, device: str, paths: Sequence, settings=None, registry=None,
+                 progress: bool = True) -> tuple:
+    """`latkit predictor adapt --model M --device D --file ...`: a graph model few-shot to a new device.
+    The .onnx files in `paths` are measured on `device` into `data_dir` (rows stored there before under the
+    same settings are not timed again), then `model.adapt` learns from their latencies (KernelAdditive:
+    overhead and scale refitted, or a fresh fit where that cross-validates better; GraphNet: fine-tuned;
+    FlopsLinear: refitted). Returns (the adapted model, report: graphs, `before`: the scores of the model as
+    it was on these graphs, and what the model's adapt says of itself, its `adapted_`)."""
+    from latkit.collector import api
+
+    from .metrics import report as scores
+    files = onnx_files(paths)
+    index = _index_models(files)
+    done = api.collect_models(files, [device], None, settings, data_dir, registry=registry, progress=progress)
+    t = graph_rows(data_dir, device, models=files)
+    t = t[t.model_sha256.isin(list(index))]
+    if len(t) < 3:
+        raise LatkitError(f"only {len(t)} of the {len(index)} files measured ok on {device} ({done.line()}); adapting "
+                          f"needs 3: give more files, or see latkit data show {data_dir}")
+    X, y = list(t.path), t.latency_ms.to_numpy()
+    rep = {"device": device, "graphs": len(t), "before": scores(model.predict(X), y)}
+    model.adapt(X, y)
+    rep.update(getattr(model, "adapted_", {}))
     return model, rep
 
 
@@ -183,23 +224,35 @@ def onnx_files(paths: Sequence) -> list:
     return out
 
 
-def predict_files(model: GraphSurrogate, paths: Sequence, batch: int = 1, external: str = "refuse") -> list:
+def predict_files(model: GraphSurrogate, paths: Sequence, batch: int = 1, external: str = "refuse",
+                  errors: str = "raise") -> list:
     """`latkit predictor predict --model M --file my.onnx` (or folders): one dict per file with file,
-    latency_ms, std_ms, flops (analytic), kernels (after fusion), onnx_nodes. `batch`: the size of a
-    symbolic first input dimension; `external`: graphs.encode's (refuse, or shapes for models whose weights
-    are in a separate data file). A file that cannot be read is a LatkitError naming it."""
+    latency_ms, std_ms, flops (analytic), kernels (after fusion), onnx_nodes and outside (model.outside: ""
+    within the training graphs' range). `batch`: the size of a symbolic first input dimension; `external`:
+    graphs.encode's (refuse, or shapes for models whose weights are in a separate data file). A file that
+    cannot be read is a LatkitError naming it, or with errors="keep" a dict of its file and error (the
+    others are still predicted)."""
     from .graphs import encode
-    files = onnx_files(paths)
-    graphs = []
-    for f in files:
+    rows, graphs = [], []
+    for f in onnx_files(paths):
         try:
             graphs.append(as_graph(f) if batch == 1 and external == "refuse" else
                           encode(f, batch=batch, external=external))
+            rows.append({"file": f})
         except LatkitError as e:
-            raise LatkitError(f"{f}: {e}") from None
+            msg = str(e) if f in str(e) else f"{f}: {e}"
+            if errors != "keep":
+                raise LatkitError(msg) from None
+            rows.append({"file": f, "error": msg})
+    if not graphs:
+        return rows
     mean, std = model.predict(graphs, return_std=True)
-    return [{"file": f, "latency_ms": float(m), "std_ms": float(s), "flops": g.totals()["flops"],
-             "kernels": len(g), "onnx_nodes": g.n_onnx_nodes} for f, g, m, s in zip(files, graphs, mean, std)]
+    told = iter(zip(graphs, mean, std, model.outside(graphs)))
+    for r in (r for r in rows if "error" not in r):
+        g, m, s, far = next(told)
+        r.update({"latency_ms": float(m), "std_ms": float(s), "flops": g.totals()["flops"], "kernels": len(g),
+                  "onnx_nodes": g.n_onnx_nodes, "outside": far})
+    return rows
 
 
-__all__ = ["graph_rows", "fit_graphs", "predict_files", "onnx_files", "make", "family_of", "as_graphs"]
+__all__ = ["graph_rows", "fit_graphs", "adapt_graphs", "predict_files", "onnx_files", "make", "family_of", "as_graphs"]

@@ -13,6 +13,10 @@ Model files: the data-only `.latkit-model` format of predictor/modelfile.py (JSO
 bounds), kinds "graph-flops", "graph-kernels" and "graph-gnn", registered in predictor/models.py's KINDS, so
 `models.load` (the CLI's `predict --model`) reads them like every other kind. Hyperparameters are checked
 against `LIMITS` (as predictor/limits.py does for arch models) on save and before anything is built from a file.
+
+Every model keeps the range of its training graphs (`domain_`: FLOPs, kernel count, kernel types seen; saved
+in the file), and `outside(X)` says, per graph, where a graph lies beyond it: a prediction there is an
+extrapolation, whatever its std says (the members of an ensemble can agree on a wrong extrapolation).
 """
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ from latkit.collector.errors import LatkitError
 
 from . import limits, modelfile
 from .base import latencies
-from .graphs import Graph, encode
+from .graphs import OPS, Graph, encode
 
 KINDS = ("graph-flops", "graph-kernels", "graph-gnn")
 _SEED = limits.whole(*limits.SEED)
@@ -43,6 +47,7 @@ LIMITS = {
                   "random_state": _SEED, "torch_threads": limits.whole(1, 1024, none=True)},
 }
 CACHE_SIZE = 4096
+DOMAIN_SLACK = 2.0  # a graph with FLOPs or kernels up to this factor beyond the training range is inside it
 _cache: "OrderedDict[tuple, Graph]" = OrderedDict()
 
 
@@ -91,8 +96,52 @@ def spread(logs: np.ndarray, return_std: bool):
     return (mean, mean * logs.std(0)) if return_std else mean
 
 
+def domain(graphs) -> np.ndarray:
+    """[FLOPs min, max, kernels min, max, then 1 per kernel type of OPS seen] of `graphs`."""
+    flops = [g.totals()["flops"] for g in graphs]
+    kernels = [len(g) for g in graphs]
+    seen = {k.op for g in graphs for k in g.kernels}
+    return np.array([min(flops), max(flops), min(kernels), max(kernels), *(o in seen for o in OPS)], np.float64)
+
+
+def _beyond(what: str, value: float, lo: float, hi: float) -> str:
+    if value > hi * DOMAIN_SLACK:
+        return f"{what} {value / max(hi, 1e-30):.3g}x the largest trained"
+    if value * DOMAIN_SLACK < lo:
+        return f"{what} 1/{lo / max(value, 1e-30):.3g} of the smallest trained"
+    return ""
+
+
 class GraphSurrogate(RegressorMixin, BaseEstimator):
-    """Base of the graph models: `_kind`, `_state`, `_restore` give the model file."""
+    """Base of the graph models: `_kind`, `_state`, `_restore` give the model file; `_training_data` (which
+    fit and adapt call) records the training graphs' range for `outside`."""
+
+    def _training_data(self, X, y, widen: bool = False) -> tuple:
+        """training_data(X, y), and `domain_` set to these graphs' range (`widen`: joined to the one kept)."""
+        graphs, y = training_data(X, y)
+        d = domain(graphs)
+        old = getattr(self, "domain_", None)
+        if widen and old is not None:
+            d = np.r_[min(d[0], old[0]), max(d[1], old[1]), min(d[2], old[2]), max(d[3], old[3]),
+                      np.maximum(d[4:], old[4:])]
+        self.domain_ = d
+        return graphs, y
+
+    def outside(self, X) -> list:
+        """Per graph, "" if it lies within the training graphs' range, else where it lies beyond it (FLOPs or
+        kernel count more than DOMAIN_SLACK times beyond, kernel types never trained); "" for all where the
+        model file predates the range."""
+        d = getattr(self, "domain_", None)
+        out = []
+        for g in as_graphs(X):
+            if d is None:
+                out.append("")
+                continue
+            new = sorted({k.op for k in g.kernels if not d[4 + OPS.index(k.op)]}, key=OPS.index)
+            why = [_beyond("FLOPs", g.totals()["flops"], d[0], d[1]), _beyond("kernels", len(g), d[2], d[3]),
+                   f"kernel types never trained: {' '.join(new)}" if new else ""]
+            out.append("; ".join(w for w in why if w))
+        return out
 
     def save(self, path) -> None:
         check_is_fitted(self)
@@ -102,7 +151,10 @@ class GraphSurrogate(RegressorMixin, BaseEstimator):
         except ValueError as e:
             raise LatkitError(f"cannot save this model: {e}; latkit reads graph models only within these ranges "
                               "(predictor/graphmodel.py LIMITS)") from None
-        modelfile.write(path, kind, params, self._state())
+        state = self._state()
+        if getattr(self, "domain_", None) is not None:
+            state = {**state, "domain_": self.domain_}
+        modelfile.write(path, kind, params, state)
 
 
 def check(kind, params) -> None:
@@ -116,7 +168,12 @@ def restore(cls, kind: str, params: dict, state: dict) -> GraphSurrogate:
     ValueError, TypeError or KeyError where it does not fit: ranges first, then one graph predicted."""
     check(kind, params)
     model = cls(**params)
+    state = dict(state)
+    dom = state.pop("domain_", None)  # files written before the range was kept have none
+    if dom is not None and (not isinstance(dom, np.ndarray) or dom.shape != (4 + len(OPS),)):
+        raise ValueError(f"its domain_ is not {4 + len(OPS)} numbers")
     model._restore(state)
+    model.domain_ = None if dom is None else dom.astype(np.float64)
     probe = _probe_graph()
     with np.errstate(all="ignore"):
         pred = model.predict([probe])

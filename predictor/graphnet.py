@@ -22,7 +22,7 @@ import numpy as np
 from sklearn.utils.validation import check_is_fitted
 
 from .gnn import threads as _threads
-from .graphmodel import GraphSurrogate, as_graphs, spread, training_data
+from .graphmodel import GraphSurrogate, as_graphs, spread
 from .graphs import FEATURES
 from .kernels import features
 
@@ -86,7 +86,7 @@ class GraphNet(GraphSurrogate):
         self.torch_threads = torch_threads
 
     def fit(self, X, y):
-        graphs, y = training_data(X, y)
+        graphs, y = self._training_data(X, y)
         F = np.concatenate([features(g) for g in graphs])
         self.feat_mean_ = F.mean(0).astype(np.float32)
         self.feat_std_ = (F.std(0) + 1e-3).astype(np.float32)
@@ -103,7 +103,7 @@ class GraphNet(GraphSurrogate):
     def adapt(self, X, y, finetune_epochs: int = 60, lr: float = 1e-3) -> "GraphNet":
         """Few-shot: go on training every member on a new device's graphs (the scale y_scale_ kept)."""
         check_is_fitted(self, "nets_")
-        graphs, y = training_data(X, y)
+        graphs, y = self._training_data(X, y, widen=True)
         for i, net in enumerate(self.nets_):
             self._train(net, graphs, y, finetune_epochs, lr, int(self.random_state) + 1000 + i)
         return self

@@ -32,7 +32,7 @@ from sklearn.utils.validation import check_is_fitted
 from latkit.collector.errors import need
 
 from . import trees
-from .graphmodel import GraphSurrogate, as_graphs, spread, training_data
+from .graphmodel import GraphSurrogate, as_graphs, spread
 from .graphs import FEATURES, OPS
 
 _I_ACT_NONE = FEATURES.index("act=none")
@@ -96,7 +96,7 @@ class FlopsLinear(GraphSurrogate):
         self.random_state = random_state  # unused; the fit is deterministic (kept for a uniform interface)
 
     def fit(self, X, y):
-        graphs, y = training_data(X, y)
+        graphs, y = self._training_data(X, y)
         flops = np.array([g.totals()["flops"] for g in graphs]) / 1e9
         A = np.stack([np.ones(len(y)), flops], 1)
         self.coef_ = _nnls_relative(A, y)
@@ -137,7 +137,7 @@ class KernelAdditive(GraphSurrogate):
             random_state, n_jobs
 
     def fit(self, X, y):
-        graphs, y = training_data(X, y)
+        graphs, y = self._training_data(X, y)
         F, seg = stacked(graphs)
         rng = np.random.default_rng(self.random_state)
         self.members_ = []
@@ -202,7 +202,7 @@ class KernelAdditive(GraphSurrogate):
         from sklearn.base import clone
         from sklearn.model_selection import KFold
         check_is_fitted(self, "members_")
-        graphs, y = training_data(X, y)
+        graphs, y = self._training_data(X, y, widen=True)
         F, seg = stacked(graphs)
         totals = [_segsum(self._member_kernels(m, F), seg, len(y)) for m in self.members_]
 
@@ -221,7 +221,8 @@ class KernelAdditive(GraphSurrogate):
                     err["fresh"] += list(np.log(fresh.predict([graphs[i] for i in te]) / y[te]) ** 2)
         rmse = {k_: float(np.sqrt(np.mean(v))) if v else float("inf") for k_, v in err.items()}
         if rmse["fresh"] < rmse["recalibrated"]:
-            self.members_ = clone(self).fit(graphs, y).members_
+            fresh = clone(self).fit(graphs, y)
+            self.members_, self.domain_ = fresh.members_, fresh.domain_  # it knows the new graphs only
             choice = "fresh"
         else:
             for m, cal in zip(self.members_, recalibrated(np.arange(len(y)))):

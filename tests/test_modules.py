@@ -60,10 +60,13 @@ def test_no_import_cycle_among_predictor_modules():
 def test_model_kinds_are_one_registry():
     """make_model, the file loader and --model read predictor/models.py's KINDS; the CLI keeps the names
     (it must not import predictor to parse arguments), checked here."""
-    from latkit.collector.cli_common import MODEL_NAMES
+    from latkit.collector.cli_common import GRAPH_MODEL_NAMES, GRAPH_SPACE, MODEL_NAMES
+    from latkit.collector.spaces import SPACES
     from latkit.predictor import limits
+    from latkit.predictor.graphdata import MODEL_KINDS
     from latkit.predictor.models import KINDS, MODELS
     assert MODEL_NAMES == MODELS == tuple(k for k in KINDS if k not in ("ensemble", "fewshot"))
+    assert GRAPH_MODEL_NAMES == MODEL_KINDS and GRAPH_SPACE not in SPACES  # --space onnx: no search space
     for kind in KINDS:  # limits knows every kind's ranges (an unknown kind would say so)
         with pytest.raises(ValueError) as e:
             limits.check(kind, {"no_such_parameter": 1})
@@ -86,7 +89,7 @@ def test_cli_choices_are_the_registries():
     assert choices(p, "collect", "--sampler") == ["uniform", "balanced", "diverse"]
     assert choices(p, "predictor fit", "--sampler") == ["balanced", "uniform", "diverse"]
     assert sorted(choices(p, "collect", "--sampler")) == sorted(SAMPLERS)
-    assert choices(p, "predictor fit", "--model") == ["auto", "ridge", "gbdt", "rf", "mlp", "gnn"]
+    assert choices(p, "predictor fit", "--model") == ["auto", "ridge", "gbdt", "rf", "mlp", "gnn", "kernels", "flops"]
     for command in ("measure", "collect"):
         assert choices(p, command, "--runtime") == list(RUNTIMES)
         assert choices(p, command, "--accelerator") == list(ACCELERATORS) == ["cpu", "cuda"]
