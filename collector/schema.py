@@ -13,10 +13,10 @@ _STR, _I64, _F64, _BOOL = pa.string(), pa.int64(), pa.float64(), pa.bool_()
 # The partition columns, plain strings in every file, and the folder keys that partition the rows by them:
 # data/device_=<d>/space_=<s>/. The keys differ from the column names on purpose: a Hive reader adds each folder key
 # as a column of the type it infers (a string in pyarrow.dataset, DuckDB and polars; a dictionary in
-# pyarrow.parquet.read_table and pandas), which would clash with a file column of the same name in one reader or
-# another, so `device=` folders were read by none of them with no options. Hugging Face `datasets` ignores folder
-# names, so the columns must be in the files. Older datasets (`device=` folders, dictionary-encoded columns, fewer
-# columns): `latkit data migrate` moves and rewrites them.
+# pyarrow.parquet.read_table and so pandas), and under a file column's own name the two types clash (with
+# `device=` folders, read_table and pandas failed without `partitioning=None`). Hugging Face `datasets` ignores
+# folder names, so the columns must be in the files. Older datasets (`device=` folders, dictionary-encoded
+# columns, fewer columns): `latkit data migrate` moves and rewrites them.
 PARTITIONS = ("device", "space")
 FOLDER_KEYS = ("device_", "space_")
 
