@@ -245,7 +245,8 @@ def _move_folders(store: Store) -> None:
     """Move each `data/device=<d>/space=<s>/` folder to `data/device_=<d>/space_=<s>/`: one rename, or one per
     file into a folder a collection has already made there. Every step is a rename, so a killed move leaves each
     file whole in one folder or the other (latkit reads both) and running it again finishes it. Under the
-    compaction lock, after finishing a killed compaction in the folder, so no manifest parts from its files."""
+    compaction lock, after finishing a killed compaction in the folder, so a manifest never moves apart from its
+    files."""
     data = Path(store.data)
     with _compaction_lock(store), ThreadPoolExecutor(_IO_THREADS) as pool:
         for old in sorted(data.glob(f"{PARTITIONS[0]}=*/{PARTITIONS[1]}=*")):
