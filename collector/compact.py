@@ -8,11 +8,14 @@ moment. A compaction killed at any point leaves temporaries, a void manifest or 
 by readers and cleaned up by the next compaction. One compaction runs at a time (a lock file on local disks).
 Other readers (DuckDB, polars...) see both copies in the moment between the rename and the deletes.
 Files an older latkit wrote (fewer columns, other types) are rewritten the same way in the current schema, by
-compaction and by `upgrade` (`latkit data migrate`), so that every reader reads all files as one table.
+compaction and by `upgrade` (`latkit data migrate`), which first moves the partition folders of an older latkit
+(`device=<d>/space=<s>/`) to the current names (`device_=<d>/space_=<s>/`), so that every reader reads all files
+as one table.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -29,7 +32,7 @@ import pyarrow.parquet as pq
 from .errors import LatkitError, need
 from .reference import SIDE
 from .schema import PARTITIONS, SCHEMA, conform, current
-from .store import MANIFEST, Store, foreign_columns
+from .store import MANIFEST, Store, foreign_columns, partition_folder
 
 ROW_GROUP = 65536  # rows per row group of a compacted file
 CHUNK_BYTES = 128 * 2 ** 20  # files read at once, by size on disk (a single-row file is ~25 KB, mostly footer)
@@ -221,12 +224,13 @@ def _repair(store: Store, folder: str, paths: list, pool: ThreadPoolExecutor) ->
 
 
 def migrate(path) -> dict:
-    """Move a dataset of the older layout (Hive folders beside the card, `_devices.json`) to the current one:
-    rows under `data/` with every column in every file, one file per partition, probes under `devices/`;
-    retest and reference side tables too. Rows keep every value; raw samples become float32 (the schema's type).
-    Then files under `data/` of an older schema (fewer columns, dictionary-encoded device and space) are
-    rewritten in the current one (`upgrade`), so every reader reads old and new rows as one table.
-    Returns {folder: rows}. Running it again finishes a migration that was killed."""
+    """Move a dataset of an older layout to the current one, retest and reference side tables too: rows beside the card
+    (Hive folders, `_devices.json`) go under `data/` with every column in every file, probes under `devices/`;
+    partition folders named like the columns (`data/device=<d>/space=<s>/`) move to `device_=<d>/space_=<s>/`;
+    then files of an older schema (fewer columns, dictionary-encoded device and space) are rewritten in the
+    current one (`upgrade`), so every reader reads old and new rows as one table. Rows keep every value; raw
+    samples become float32 (the schema's type). Returns {folder: rows}. Running it again finishes a migration
+    that was killed."""
     root = Path(path)
     if not root.is_dir():
         raise LatkitError(f"no dataset at {path}; give a dataset folder")
@@ -234,8 +238,40 @@ def migrate(path) -> dict:
     sides = sorted(p for p in root.glob("_retest/*") if p.is_dir()) + [p for p in [root / SIDE] if p.is_dir()]
     for folder in [root] + sides:
         _migrate_one(folder)
+        _move_folders(Store(folder))
         done[str(folder)] = upgrade(folder).rows
     return done
+
+
+def _move_folders(store: Store) -> None:
+    """Move each `data/device=<d>/space=<s>/` folder to `data/device_=<d>/space_=<s>/`: one rename, or one per
+    file into a folder a collection has already made there. Every step is a rename, so a killed move leaves each
+    file whole in one folder or the other (latkit reads both) and running it again finishes it. Under the
+    compaction lock, after finishing a killed compaction in the folder, so a manifest never moves apart from its
+    files."""
+    data = Path(store.data)
+    with _compaction_lock(store), ThreadPoolExecutor(_IO_THREADS) as pool:
+        for old in sorted(data.glob(f"{PARTITIONS[0]}=*/{PARTITIONS[1]}=*")):
+            if not old.is_dir():
+                continue
+            _repair(store, str(old), [str(f) for f in old.glob("*.parquet")], pool)
+            new = Path(partition_folder(store.data, tuple(p.split("=", 1)[1] for p in old.relative_to(data).parts)))
+            new.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.rename(old, new)  # onto no folder or an empty one
+                continue
+            except OSError as e:
+                if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise LatkitError(f"cannot move {old} to {new}: {e.strerror}; fix its permissions") from None
+            for f in sorted(old.iterdir()):
+                if (new / f.name).exists():
+                    raise LatkitError(f"{f} and {new / f.name} have one name; move one of them out of the dataset, "
+                                      f"then run `latkit data migrate {store.uri}` again")
+                os.rename(f, new / f.name)
+            old.rmdir()
+        for d in data.glob(f"{PARTITIONS[0]}=*"):
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
 
 
 def _legacy_files(root: Path) -> list:
@@ -256,8 +292,8 @@ def _migrate_one(root: Path) -> None:
             groups: dict = {}
             for i, part in enumerate(zip(*(t[p].to_pylist() for p in PARTITIONS))):
                 groups.setdefault(part, []).append(i)
-            for (dev, space), idx in sorted(groups.items()):
-                store.write_file(f"{staging}/device={dev}/space={space}", t.take(idx))
+            for part, idx in sorted(groups.items()):
+                store.write_file(partition_folder(str(staging), part), t.take(idx))
             os.rename(staging, root / "data")  # the switch: from here on readers see the rows under data/
     for f in old:
         f.unlink()

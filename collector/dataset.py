@@ -164,10 +164,10 @@ def write_card(path, title: Optional[str] = None, licence: str = "CC-BY-4.0", no
     name = head.lstrip("# ").split("\n", 1)[0].strip() or Path(path).resolve().name
     lines = [*front_matter(path, name, licence, s["rows"]), head, "", MARKER, "",
              f"{s['rows']} rows ({s['ok']} ok), measured {s['from']} to {s['to']}. Licence: {licence}.",
-             "Rows are under `data/` (Hive-partitioned by device and space, every column in every file; device and "
-             "space as plain strings in the files too, so `datasets.load_dataset(\"parquet\", data_dir=\"data\")`, "
-             "pyarrow.dataset, DuckDB and polars read `data/` as one table; pandas: "
-             "`pd.read_parquet(\"data\", partitioning=None)`).", "",
+             "Rows are under `data/device_=<device>/space_=<space>/`, every column in every file (device and space as "
+             "plain strings; the folder keys have other names, so no reader's Hive columns clash with them): "
+             "`datasets.load_dataset(\"parquet\", data_dir=\"data\")`, `pd.read_parquet(\"data\")`, pyarrow, "
+             "DuckDB and polars read `data/` as one table with no options.", "",
              "## Contents", "",
              "| device | runtime | space | rows | ok | missed CI target | latency_ms min / median / max |",
              "|---|---|---|---|---|---|---|"]

@@ -50,7 +50,7 @@ class Device:
     known_hosts: Optional[str] = field(default=None, compare=False)
 
     def __post_init__(self):
-        validate.partition(self.name, "device name")  # it names the folder data/device=<name>/
+        validate.partition(self.name, "device name")  # it names the folder data/device_=<name>/
         if self.transport not in TRANSPORTS:
             raise LatkitError(f"device {self.name} has transport {self.transport!r}; use {' or '.join(TRANSPORTS)}")
         if kind_of(self).remote and not self.host:

@@ -10,12 +10,15 @@ from .measurement import TELEMETRY
 
 _TS = pa.timestamp("us", tz="UTC")
 _STR, _I64, _F64, _BOOL = pa.string(), pa.int64(), pa.float64(), pa.bool_()
-# The partition columns: folder names (data/device=<d>/space=<s>/) and, as plain strings, columns of every file.
-# Plain string is what a Hive reader infers for a name-like folder value in pyarrow.dataset, DuckDB, polars, Spark
-# and R arrow, and what Hugging Face `datasets` (which ignores folder names) needs in the files; only
-# pyarrow.parquet.read_table / pandas infer a dictionary and need `partitioning=None` (README, "Reading a dataset").
-# Older files held them dictionary-encoded and may lack newer columns: `latkit data migrate` rewrites them.
+# The partition columns, plain strings in every file, and the folder keys that partition the rows by them:
+# data/device_=<d>/space_=<s>/. The keys differ from the column names on purpose: a Hive reader adds each folder key
+# as a column of the type it infers (a string in pyarrow.dataset, DuckDB and polars; a dictionary in
+# pyarrow.parquet.read_table and so pandas), and under a file column's own name the two types clash (with
+# `device=` folders, read_table and pandas failed without `partitioning=None`). Hugging Face `datasets` ignores
+# folder names, so the columns must be in the files. Older datasets (`device=` folders, dictionary-encoded
+# columns, fewer columns): `latkit data migrate` moves and rewrites them.
 PARTITIONS = ("device", "space")
+FOLDER_KEYS = ("device_", "space_")
 
 
 @dataclass(frozen=True)

@@ -1,18 +1,21 @@
 """The Parquet store: a dataset folder with its rows under `data/` and everything else beside it.
 
-    <dataset>/data/device=<d>/space=<s>/part-<uuid>.parquet   rows, the full schema in every file
-    <dataset>/devices/<device>-<fingerprint>.json              the probe behind each fingerprint
-    <dataset>/README.md, plots/, _retest/<stamp>/              card, figures, retest side tables
+    <dataset>/data/device_=<d>/space_=<s>/part-<uuid>.parquet   rows, the full schema in every file
+    <dataset>/devices/<device>-<fingerprint>.json                the probe behind each fingerprint
+    <dataset>/README.md, plots/, _retest/<stamp>/                card, figures, retest side tables
 
-So pyarrow.dataset, DuckDB, polars and Hugging Face `datasets` read `<dataset>/data` as it is: the partition
-columns are in the files too, as plain strings, the type Hive readers infer from the folder names (pandas and
-pyarrow.parquet infer a dictionary instead: `partitioning=None`). A partition value never looks like a number or
-a date (validate.partition), so no reader infers another type from a folder name. Rows are never rewritten in place: each write is a batch of rows to a
-dot-prefixed temporary file (readers ignore it) renamed into place, so a crash leaves the whole file or none
-of it. Compaction (collector/compact.py) writes `compact-<id>.parquet` files and, while it runs, a manifest
-naming the files each replaces; latkit's readers skip replaced files, so they see old or new rows, never both.
-Any pyarrow filesystem URI works (a local path, file://, s3://, gs://, hdfs://); on object stores the final
-move is the store's copy-then-delete, still never visible half-written. The columns: collector/schema.py.
+So pyarrow, pandas, DuckDB, polars and Hugging Face `datasets` read `<dataset>/data` as it is, with no options:
+`device` and `space` are plain-string columns of every file, and the folder keys (`device_`, `space_`) are other
+names, so a Hive reader's own columns for them never clash with the files' (collector/schema.py FOLDER_KEYS).
+A partition value never looks like a number or a date (validate.partition), so no reader types a folder key as
+one. latkit reads every file under `data/` whatever its folder, so rows in the `device=<d>/space=<s>/` folders of
+an older latkit read with the rest until `latkit data migrate` moves them. Rows are never rewritten in place: each
+write is a batch of rows to a dot-prefixed temporary file (readers ignore it) renamed into place, so a crash
+leaves the whole file or none of it. Compaction (collector/compact.py) writes `compact-<id>.parquet` files and,
+while it runs, a manifest naming the files each replaces; latkit's readers skip replaced files, so they see old
+or new rows, never both. Any pyarrow filesystem URI works (a local path, file://, s3://, gs://, hdfs://); on
+object stores the final move is the store's copy-then-delete, still never visible half-written. The columns:
+collector/schema.py.
 """
 from __future__ import annotations
 
@@ -34,7 +37,7 @@ import pyarrow.parquet as pq
 from . import validate
 from .errors import LatkitError
 from .measurement import PERMANENT_ERRORS
-from .schema import FILE_SCHEMA, PARTITIONS, SCHEMA
+from .schema import FILE_SCHEMA, FOLDER_KEYS, PARTITIONS, SCHEMA
 
 MANIFEST = "_replaces-"  # `_replaces-<id>.json`: the file names `compact-<id>.parquet` replaces (collector/compact.py)
 _READ_TRIES = 20  # a concurrent compaction may remove files between listing and reading: list again
@@ -62,6 +65,11 @@ def foreign_columns(schema: pa.Schema) -> Optional[str]:
              and not _castable(schema.field(n).type, FILE_SCHEMA.field(n).type)]
     return f"column {clash[0]} is {schema.field(clash[0]).type}, not {FILE_SCHEMA.field(clash[0]).type}" \
         if clash else None
+
+
+def partition_folder(base: str, values: tuple) -> str:
+    """`<base>/device_=<d>/space_=<s>`, the folder of the rows whose PARTITIONS hold `values`."""
+    return "/".join([base, *(f"{k}={v}" for k, v in zip(FOLDER_KEYS, values))])
 
 
 def check_row(row: dict) -> None:
@@ -173,8 +181,8 @@ class Store:
         groups: dict = {}
         for i, part in enumerate(zip(*(table[p].to_pylist() for p in PARTITIONS))):
             groups.setdefault(part, []).append(i)
-        for (dev, space), idx in groups.items():
-            self.write_file(f"{self.data}/device={dev}/space={space}", table.take(idx))
+        for part, idx in groups.items():
+            self.write_file(partition_folder(self.data, part), table.take(idx))
         return table.num_rows
 
     def write_file(self, folder: str, tables, prefix: str = "part", uid: Optional[str] = None,

@@ -19,7 +19,7 @@ from typing import Optional
 from .errors import LatkitError
 
 # One path component, never "." or ".." or hidden: device, space and dataset names become folder and file
-# names (device=<name>/space=<name>/, <space>-<device>.latkit-model).
+# names (device_=<name>/space_=<name>/, <space>-<device>.latkit-model).
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
@@ -32,12 +32,13 @@ def name(value, what: str) -> str:
 
 
 # Folder values a Hive reader would type as a number or date (pyarrow: 007 and 0x1f as int32; DuckDB: 2024-01-01
-# and inf as DATE, 12345678901 as BIGINT): the folder's type would then clash with the file's string column.
+# and inf as DATE, 12345678901 as BIGINT): the folder key's column (device_) would then hold another type than the
+# file's string column (device), and differ in type from one dataset, or one reader, to the next.
 _TYPED = re.compile(r"[0-9]+|0[xX][0-9A-Fa-f]+|[0-9]{4}-[0-9]{2}-[0-9]{2}.*|inf(inity)?", re.IGNORECASE)
 
 
 def partition(value, what: str) -> str:
-    """`value` if it can name a partition folder (device=<value>, space=<value>): a name that no Hive reader
+    """`value` if it can name a partition folder (device_=<value>, space_=<value>): a name that no Hive reader
     reads as a number or a date."""
     name(value, what)
     if _TYPED.fullmatch(value):

@@ -24,8 +24,8 @@ import pyarrow as pa
 from latkit.collector.compact import compact
 from latkit.collector.job import Artifact, Job, Settings
 from latkit.collector.measurement import Measurement
-from latkit.collector.schema import SCHEMA
-from latkit.collector.store import Store
+from latkit.collector.schema import PARTITIONS, SCHEMA
+from latkit.collector.store import Store, partition_folder
 
 GOALS = {"resume_keys_s": 2.0, "bytes_per_row": 8192, "compact_s": 60.0}
 DEVICES = ("dev0", "dev1", "dev2", "dev3")
@@ -61,8 +61,7 @@ def _single_files(args) -> int:
     path, start, n, samples = args
     store = Store(path)
     table = pa.Table.from_pylist(rows(start, n, samples), schema=SCHEMA)
-    folders = [f"{store.data}/device={d}/space={s}" for d, s in zip(table["device"].to_pylist(),
-                                                                   table["space"].to_pylist())]
+    folders = [partition_folder(store.data, part) for part in zip(*(table[p].to_pylist() for p in PARTITIONS))]
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(lambda i: store.write_file(folders[i], table.slice(i, 1)), range(n)))
     return n

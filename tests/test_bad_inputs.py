@@ -54,7 +54,7 @@ def w(tmp_path_factory, artifacts):
     dataset.import_help(w / "table.parquet", w / "data")
     for name, what in (("foreign", "foreign"), ("notpq", "text"), ("devjson", "json")):
         shutil.copytree(w / "data", w / name)
-        part = w / name / "data" / "device=d1" / "space=nb201"
+        part = w / name / "data" / "device_=d1" / "space_=nb201"
         if what == "foreign":
             pq.write_table(pa.table({"x": [1, 2]}), part / "other-tool.parquet")
         elif what == "text":

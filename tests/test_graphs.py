@@ -386,7 +386,7 @@ def test_graph_rows_fit_graphs_and_predict_files(nets, tmp_path):
             "input_shape": ["1x3x16x16"] * (n + 2), "batch_size": [1] * (n + 2),
             "latency_ms": list(y[:n]) + [1.0, 3 * y[0]], "status": ["ok"] * (n + 2)}
     t = conform(pa.table({k: pa.array(v, FILE_SCHEMA.field(k).type) for k, v in rows.items()}))
-    part = tmp_path / "data" / "data" / "device=local" / "space=custom"
+    part = tmp_path / "data" / "data" / "device_=local" / "space_=custom"
     part.mkdir(parents=True)
     pq.write_table(t, part / "part-0.parquet")
     table = graph_rows(tmp_path / "data", "local", models=[folder], cache=tmp_path / "nocache")
@@ -419,7 +419,7 @@ def test_search_space_rows_are_exported_again_from_their_recipe(tmp_path):
             "device": ["gpu"], "runtime": ["torch"], "input_shape": ["1x3x40x40"], "batch_size": [1],
             "latency_ms": [0.5], "status": ["ok"]}
     t = conform(pa.table({k: pa.array(v, FILE_SCHEMA.field(k).type) for k, v in rows.items()}))
-    part = tmp_path / "d" / "data" / "device=gpu" / "space=nb201"
+    part = tmp_path / "d" / "data" / "device_=gpu" / "space_=nb201"
     part.mkdir(parents=True)
     pq.write_table(t, part / "part-0.parquet")
     assert len(graph_rows(tmp_path / "d", "gpu", cache=tmp_path / "c")) == 0

@@ -1,7 +1,10 @@
-"""Other tools read a latkit dataset's `data/` as one table, as users call them: pyarrow.dataset (Hive), DuckDB,
-polars, pandas and Hugging Face `datasets` (offline); old files (76 columns, dictionary-encoded device and space,
-as the shipped datasets had) read after `latkit data migrate`; and `data show` on a folder that is no dataset."""
+"""Other tools read a latkit dataset's `data/` as one table with no options, as users call them: pyarrow.dataset
+(Hive), pyarrow.parquet, pandas, DuckDB, polars and Hugging Face `datasets` (offline); old files (76 columns,
+dictionary-encoded device and space, as the shipped datasets had) and old folders (`device=<d>/space=<s>/`, keyed
+like the columns) read after `latkit data migrate`; and `data show` on a folder that is no dataset."""
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -44,12 +47,12 @@ def hf_load(*args, **kwargs) -> dict:
     finally:
         shutil.rmtree(home, ignore_errors=True)
     assert r.returncode == 0, r.stderr[-2000:]
-    import json
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 def every_reader(root: Path) -> dict:
-    """What each reader makes of `root/data`, as (rows, sorted distinct devices)."""
+    """What each reader makes of `root/data`, called with no options (or only the Hive switch), as (rows, sorted
+    distinct devices)."""
     import duckdb
     import pandas as pd
     import polars as pl
@@ -60,15 +63,19 @@ def every_reader(root: Path) -> dict:
     out["pyarrow hive"] = (t.num_rows, devices(t["device"].to_pylist()))
     t = ds.dataset(data).to_table()
     out["pyarrow"] = (t.num_rows, devices(t["device"].to_pylist()))
+    t = pq.read_table(data)
+    out["pyarrow.parquet"] = (t.num_rows, devices(t["device"].to_pylist()))
     for name, q in [("duckdb", f"read_parquet('{glob}')"), ("duckdb hive", f"read_parquet('{glob}', hive_partitioning=true)")]:
         rows = duckdb.sql(f"select device from {q}").fetchall()
         out[name] = (len(rows), devices(r[0] for r in rows))
     for name, kw in [("polars", {}), ("polars hive", {"hive_partitioning": True})]:
         f = pl.scan_parquet(glob, **kw).collect()
         out[name] = (f.height, devices(f["device"].to_list()))
+    f = pl.read_parquet(glob)
+    out["polars read"] = (f.height, devices(f["device"].to_list()))
     f = pl.read_parquet(data)
     out["polars folder"] = (f.height, devices(f["device"].to_list()))
-    f = pd.read_parquet(data, partitioning=None)  # pandas' Hive inference gives a dictionary type: see README
+    f = pd.read_parquet(data)
     out["pandas"] = (len(f), devices(f["device"]))
     got = hf_load("parquet", data_dir=str(data))
     out["hf datasets"] = (got["rows"], tuple(got["devices"]))
@@ -89,12 +96,13 @@ def old_file(path: Path, rows: list) -> None:
 def test_every_reader_reads_data_as_one_table_before_and_after_migrate(tmp_path):
     store = Store(tmp_path)
     store.append([make_measurement(i, device=DEVICES[i % 2]).to_row() for i in range(6)])
+    assert folders(tmp_path) == [f"device_={d}/space_=custom" for d in sorted(DEVICES)]
     for f in (tmp_path / "data").rglob("*.parquet"):
         assert pq.read_schema(f).remove_metadata().equals(FILE_SCHEMA) and FILE_SCHEMA.field("device").type == pa.string()
     assert cli("data", "card", tmp_path).returncode == 0
     got = every_reader(tmp_path)
-    assert got == dict.fromkeys(got, (6, DEVICES)) and len(got) == 9, got
-    # An old file beside new ones: latkit reads it at once (conformed); other readers after `data migrate`
+    assert got == dict.fromkeys(got, (6, DEVICES)) and len(got) == 11, got
+    # An old file in an old folder beside new ones: latkit reads it at once (conformed); others after `data migrate`
     old_file(tmp_path / "data" / "device=dev1" / "space=custom" / "part-old.parquet",
              [make_measurement(i, device="dev1").to_row() for i in (10, 11)])
     t = Store(tmp_path).read()
@@ -104,12 +112,12 @@ def test_every_reader_reads_data_as_one_table_before_and_after_migrate(tmp_path)
         pl.scan_parquet(f"{tmp_path}/data/**/*.parquet").collect()
     r = cli("data", "migrate", tmp_path)
     assert r.returncode == 0 and f"{tmp_path}: 8 rows under data/" in r.stdout, r.stderr
-    assert not (tmp_path / "data" / "device=dev1" / "space=custom" / "part-old.parquet").exists()
+    assert folders(tmp_path) == [f"device_={d}/space_=custom" for d in sorted(DEVICES)]  # moved in beside the new
     for f in (tmp_path / "data").rglob("*.parquet"):
         assert pq.read_schema(f).remove_metadata().equals(FILE_SCHEMA), f
     assert Store(tmp_path).read().sort_by("key").equals(t.sort_by("key"))  # every value kept
     got = every_reader(tmp_path)
-    assert got == dict.fromkeys(got, (8, DEVICES)) and len(got) == 9, got
+    assert got == dict.fromkeys(got, (8, DEVICES)) and len(got) == 11, got
     # the card's YAML header names the configs: `load_dataset(DIR)` (what the Hub does) finds the rows
     assert cli("data", "card", tmp_path).returncode == 0
     card = (tmp_path / "README.md").read_text()
@@ -117,11 +125,65 @@ def test_every_reader_reads_data_as_one_table_before_and_after_migrate(tmp_path)
     assert hf_load(str(tmp_path)) == {"rows": 8, "devices": list(DEVICES), "spaces": ["custom"]}
 
 
+def folders(root: Path) -> list:
+    """The folders under `root/data` that hold files, relative to it."""
+    return sorted({f.parent.relative_to(root / "data").as_posix() for f in (root / "data").rglob("*") if f.is_file()})
+
+
+def old_layout(root: Path) -> None:
+    """`root/data` as latkit wrote it before the folder keys differed from the columns: device=<d>/space=<s>/."""
+    for folder in sorted((root / "data").glob("device_=*/space_=*")):
+        dev, space = (p.split("=", 1)[1] for p in folder.relative_to(root / "data").parts)
+        (root / "data" / f"device={dev}").mkdir(exist_ok=True)
+        folder.rename(root / "data" / f"device={dev}" / f"space={space}")
+        if not any(folder.parent.iterdir()):
+            folder.parent.rmdir()
+
+
+def test_old_folders_are_read_by_latkit_and_moved_by_migrate_for_the_others(tmp_path):
+    """A dataset in `device=`/`space=` folders with an old file, one folder moved by a killed `data migrate` and
+    rows written since: latkit reads every row once; pyarrow.parquet (and so pandas) cannot read it as one table;
+    `data migrate` moves the rest with every value kept, after which every reader, `data show` and `fit` read it."""
+    d = tmp_path / "d"
+    shutil.copytree(ROOT / "datasets" / "local-cpu-nb201-fbnet", d)
+    old_layout(d)
+    with pytest.raises(pa.ArrowException):  # the Hive dictionary of the device= folders against the string column
+        pq.read_table(d / "data")
+    old_file(d / "data" / "device=local" / "space=custom" / "part-old.parquet",
+             [make_measurement(i, device="local").to_row() for i in (1, 2)])
+    assert folders(d) == [f"device=local/space={s}" for s in ("custom", "fbnet", "nb201")]
+    (d / "data" / "device_=local").mkdir()  # a killed migrate moved one folder; a collection wrote rows since
+    os.rename(d / "data" / "device=local" / "space=nb201", d / "data" / "device_=local" / "space_=nb201")
+    Store(d).append([make_measurement(3, device="local").to_row()])
+    want = Store(d).read().sort_by("key")
+    assert want.num_rows == 403 and len(want["key"].unique()) == 403  # every row once
+    r = cli("data", "migrate", d)
+    assert r.returncode == 0 and f"{d}: 403 rows under data/" in r.stdout, r.stderr
+    assert folders(d) == [f"device_=local/space_={s}" for s in ("custom", "fbnet", "nb201")]
+    assert sorted(p.name for p in (d / "data").iterdir()) == ["device_=local"]
+    got = Store(d).read().sort_by("key")
+    for name in ("key", "latency_ms", "samples_ms", "device", "space"):
+        assert got[name].combine_chunks().equals(want[name].combine_chunks()), name
+    assert got.equals(want)
+    got = every_reader(d)
+    assert got == dict.fromkeys(got, (403, ("local",))), got
+    r = cli("data", "show", d, "--json")
+    assert r.returncode == 0, r.stderr
+    assert {g["space"]: g["rows"] for g in json.loads(r.stdout)} == {"custom": 3, "fbnet": 200, "nb201": 200}
+    model = tmp_path / "m.latkit-model"
+    r = cli("predictor", "fit", "--data", d, "--space", "fbnet", "--device", "local", "--budget", 50, "--model",
+            "ridge", "--out", model)
+    assert r.returncode == 0 and model.is_file(), r.stderr
+    n = re.search(r"n_train=(\d+), n_test=(\d+)", r.stdout)
+    assert int(n[1]) + int(n[2]) == 200, r.stdout  # every fbnet row, trained on or tested
+
+
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(ROOT / "datasets")))
 def test_shipped_datasets_read_as_one_table_everywhere(path):
     t = Store(path).read(columns=["device"])
-    for f in (path / "data").rglob("*.parquet"):  # upgraded in the repo: the full schema in every file
+    for f in (path / "data").rglob("*.parquet"):  # migrated in the repo: the full schema in every file
         assert pq.read_schema(f).remove_metadata().equals(FILE_SCHEMA), f
+    assert folders(path) and all(f.startswith("device_=") and "/space_=" in f for f in folders(path)), folders(path)
     got = every_reader(path)
     assert got == dict.fromkeys(got, (t.num_rows, tuple(sorted(set(t["device"].to_pylist()))))), got
 
@@ -162,7 +224,7 @@ def test_migrate_needs_no_polars_and_compact_names_its_extra(tmp_path):
     """On an install without polars (made unimportable in the subprocess), `data migrate` upgrades old files
     and `data compact`, which merges with polars, says in one line which extra to install."""
     shutil.copytree(ROOT / "datasets" / "h200-ofa-bs1", tmp_path / "d")
-    folder = next((tmp_path / "d" / "data").glob("device=*/space=*"))
+    folder = next((tmp_path / "d" / "data").glob("device_=*/space_=*"))
     old_file(folder / "part-old.parquet", [make_measurement(i, device="local").to_row() for i in (1, 2)])
     code = ("import sys\n"
             "class Absent:\n"

@@ -74,7 +74,7 @@ GIVENS = {
              "archs = [r['arch'] for r in _rows]\n",
     "latency_ms": "latency_ms = [r['latency_ms'] for r in _rows]\n",
     # the readers a block calls by their module names
-    "pyarrow": "import pyarrow.dataset\n",
+    "pyarrow": "import pyarrow.dataset\nimport pyarrow.parquet\n",
     "duckdb": "import duckdb\n",
     "polars": "import polars\n",
     "datasets": "import datasets\n",

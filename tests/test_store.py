@@ -36,7 +36,7 @@ def test_append_read_partitions(tmp_path):
     store.append([make_measurement(i).to_row() for i in range(3)] + [make_measurement(9, device="dev2").to_row()])
     t = store.read()
     assert t.schema.equals(SCHEMA) and t.num_rows == 4
-    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["device=dev1", "device=dev2"]
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["device_=dev1", "device_=dev2"]
     for f in (tmp_path / "data").rglob("*.parquet"):  # every column in every file, partition columns too
         assert pq.read_schema(f).remove_metadata().equals(FILE_SCHEMA)
     row = t.filter(ds.field("arch") == "m1").to_pylist()[0]
@@ -198,7 +198,7 @@ def test_compact_conforms_older_files(tmp_path, monkeypatch, local):
     store = Store(tmp_path)
     for i in range(3):
         store.append([make_measurement(i).to_row()])
-    folder = tmp_path / "data" / "device=dev1" / "space=custom"
+    folder = tmp_path / "data" / "device_=dev1" / "space_=custom"
     full = pa.Table.from_pylist([make_measurement(i).to_row() for i in range(3, 7)], schema=SCHEMA).cast(FILE_SCHEMA)
     older = full.slice(0, 2).drop_columns(["session_reused", "round_session_reused"])
     for name in ("device", "space"):  # dictionary-encoded, as latkit wrote them before
@@ -226,7 +226,7 @@ def test_sigkill_during_compaction(tmp_path):
     for attempt in range(12):
         d = tmp_path / str(attempt)
         Store(d).append([make_measurement(0).to_row()])
-        folder = d / "data" / "device=dev1" / "space=custom"
+        folder = d / "data" / "device_=dev1" / "space_=custom"
         for f in range(1, 600):  # single-row files, copies of one with another key (fast to make)
             t = pq.read_table(next(folder.glob("*.parquet")))
             pq.write_table(t.set_column(t.schema.get_field_index("key"), "key", pa.array([f"k{f}"])),
