@@ -224,8 +224,9 @@ def _repair(store: Store, folder: str, paths: list, pool: ThreadPoolExecutor) ->
 
 
 def migrate(path) -> dict:
-    """Move a dataset of an older layout to the current one, retest and reference side tables too: rows beside the card
-    (Hive folders, `_devices.json`) go under `data/` with every column in every file, probes under `devices/`;
+    """Move a dataset of an older layout to the current one, retest and reference side tables too: rows beside
+    the card (Hive folders, `_devices.json`) go under `data/` with every column in every file, probes under
+    `devices/`;
     partition folders named like the columns (`data/device=<d>/space=<s>/`) move to `device_=<d>/space_=<s>/`;
     then files of an older schema (fewer columns, dictionary-encoded device and space) are rewritten in the
     current one (`upgrade`), so every reader reads old and new rows as one table. Rows keep every value; raw
