@@ -25,7 +25,8 @@ def _fit_output(args) -> Path:
     validate.name(args.device, "--device")  # it names the model file
     if not args.out and "://" in args.data:
         raise LatkitError(f"--data {args.data} is not a local path, so the model has no default place; give --out")
-    data, name = Path(args.data), f"{args.space}-{args.device}.latkit-model"
+    target = "" if args.target == "latency_ms" else f"-{args.target}"
+    data, name = Path(args.data), f"{args.space}-{args.device}{target}.latkit-model"
     shipped = data.resolve().is_relative_to(dataset.HELP_DIR.resolve())
     folder = Path("models") if shipped else data.parent if data.is_file() else data / "models"
     out = validate.writable_file(args.out or folder / name, "give --out a writable file path")
@@ -42,7 +43,7 @@ def cmd_predictor_fit(args) -> int:
     from latkit.predictor.esm import fit
     from latkit.predictor.metrics import METRICS
     from latkit.predictor.report import write_report
-    table = LatencyTable(args.data, args.space)  # bad data or device: one line before anything is written
+    table = LatencyTable(args.data, args.space, args.target)  # bad data, device, no --target: one line, nothing written
     table.check_devices([args.device])
     out = _fit_output(args)
     with Steps("predictor fit", not args.quiet) as step:  # progress on stderr: a fit takes minutes
@@ -50,13 +51,14 @@ def cmd_predictor_fit(args) -> int:
                                       progress=step)
     surrogate.save(out)
     shown = {k: result[k] for k in (*METRICS, "n_train", "n_test", "model")}
-    print(f"{args.space} on {args.device}: " + ", ".join(
+    what = "" if args.target == "latency_ms" else f" ({args.target})"
+    print(f"{args.space} on {args.device}{what}: " + ", ".join(
         f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()) + f"; saved {out}")
     if args.json:
         Path(args.json).write_text(json.dumps(jsonable(shown), indent=2))
     if args.report:
         write_report(args.report, f"{args.space} / {args.device} / {result['model']} ({result['n_train']} samples)",
-                     surrogate.predict(test), table.latency(args.device, test), shown)
+                     surrogate.predict(test), table.latency(args.device, test), shown, args.target)
     return 0
 
 
@@ -140,7 +142,7 @@ def cmd_predictor_predict(args) -> int:
     else:
         archs = args.arch
     archs = [space.validate(a) for a in archs]
-    out = sys.stdout
+    out, target = sys.stdout, getattr(model, "target_", "latency_ms")
     if args.std:
         try:
             pred, std = model.predict(archs, return_std=True)
@@ -148,12 +150,12 @@ def cmd_predictor_predict(args) -> int:
             raise LatkitError(f"{args.model} is a single {type(model).__name__} model without a spread; for --std use "
                               "a model saved by latkit predictor fit, build, adapt or transfer, or save "
                               "latkit.predictor.ensemble.Ensemble(model) from Python") from None
-        out.write("arch\tlatency_ms\tstd_ms\n")
+        out.write(f"arch\t{target}\tstd_{target.rsplit('_', 1)[1]}\n")  # std_ms, std_mj
         for a, p, s in zip(archs, pred, std):
             out.write(f"{a}\t{p:.6g}\t{s:.3g}\n")
         return 0
     pred = model.predict(archs)
-    out.write("arch\tlatency_ms\n")
+    out.write(f"arch\t{target}\n")
     for a, p in zip(archs, pred):
         out.write(f"{a}\t{p:.6g}\n")
     return 0
@@ -173,6 +175,8 @@ def _fit(pred, par: Parents) -> None:
     f.add_argument("--data", required=True, help="latkit dataset folder or Parquet latency table")
     f.add_argument("--space", required=True, help="search space of the archs: nb201, fbnet or ofa")
     f.add_argument("--device", required=True, help="the device (as named in the data) to predict for")
+    f.add_argument("--target", default="latency_ms", choices=dataset.TARGETS,
+                   help="the column to fit: latency_ms (default) or energy_mj (rows measured with --energy)")
     f.add_argument("--budget", type=validate.arg_whole(10), default=500,
                    help="training archs whose latency may be read (at least 10)")
     f.add_argument("--sampler", default="balanced", choices=default_first(SAMPLERS, "balanced"),
@@ -181,7 +185,8 @@ def _fit(pred, par: Parents) -> None:
                    help="the estimator (default auto: the best 5-fold cross-validated Spearman)")
     f.add_argument("--seed", type=SEED, default=0, help="sampling and model seed (default 0)")
     f.add_argument("--out", help="where to save the model (default beside the data: DATA/models/SPACE-DEVICE"
-                                 ".latkit-model for a dataset folder, SPACE-DEVICE.latkit-model next to a table)")
+                                 ".latkit-model for a dataset folder, SPACE-DEVICE.latkit-model next to a table; "
+                                 "SPACE-DEVICE-TARGET for another --target)")
     f.add_argument("--json", help="write the metrics as JSON here")
     f.add_argument("--report", help="folder for a scatter PNG and a Markdown summary")
     f.set_defaults(func=cmd_predictor_fit)
@@ -240,13 +245,15 @@ def _adapt(pred, par: Parents) -> None:
 
 def _predict(pred, par: Parents) -> None:
     """predictor predict"""
-    pp = pred.add_parser("predict", parents=[par.common], help="latency_ms of archs from a saved model")
+    pp = pred.add_parser("predict", parents=[par.common], help="latency_ms (or the column the model was fitted "
+                                                             "on) of archs from a saved model")
     pp.add_argument("--model", required=True, help="a .latkit-model file (predictor fit, transfer, build, adapt)")
     pp.add_argument("--space", required=True, help="the space the model predicts (checked against the file)")
     which = pp.add_mutually_exclusive_group(required=True)
     which.add_argument("--arch", nargs="+", help="arch strings of the space")
     which.add_argument("--file", help="one arch string per line")
     which.add_argument("--all", action="store_true", help="every arch of the space (nb201)")
-    pp.add_argument("--std", action="store_true", help="also print each prediction's standard deviation (ms)")
+    pp.add_argument("--std", action="store_true", help="also print each prediction's standard deviation (in "
+                                                        "the predicted column's unit)")
     pp.set_defaults(func=cmd_predictor_predict)
 
