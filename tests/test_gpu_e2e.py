@@ -35,9 +35,9 @@ def test_plan_keeps_time_for_what_comes_after():
     assert not plan.room_for_arch(0.3)
     # and 2 energy archs twice: until one is seen, a big-batch arch + 1.5 s each (4 x 3.5 s)
     args.energy_n = 2
-    plan.deadline = time.monotonic() + 76.0
+    plan.deadline = time.monotonic() + 77.0
     assert plan.room_for_arch(0.3)
-    plan.deadline = time.monotonic() + 75.0
+    plan.deadline = time.monotonic() + 76.0
     assert not plan.room_for_arch(0.3)
 
 
