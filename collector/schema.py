@@ -117,7 +117,8 @@ COLUMNS: tuple = tuple([
                                       "counter); null when energy was not read"),
     Column("cooldown_s", _F64, "s", "seconds waited for --cooldown-temp"),
     Column("throttle", _STR, "", "why the device ran below rated speed (\"\" = nothing seen, null = cannot tell)"),
-    Column("warnings", _STR, "", "\"; \"-joined: noisy, missed CI target, throttled, launch-bound, CUDA-graph fallback"),
+    Column("warnings", _STR, "", "\"; \"-joined: noisy, missed CI target, throttled, launch-bound, CUDA-graph fallback, "
+                                 "why energy asked for is null (\"energy: ...\", last)"),
     *[Column(f"telemetry_{when}_{k}", _F64, _TELEMETRY_UNITS[k][0], f"{_TELEMETRY_UNITS[k][1]} {when} timing")
       for when in ("before", "after") for k in TELEMETRY],
     Column("gpu_clocks_locked", _BOOL, "", "application clocks differ from the defaults (nvidia-smi -ac); null = unknown"),

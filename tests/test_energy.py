@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import AGENT, ROOT
+from conftest import AGENT, ROOT, small_onnx_models
 from test_agent import load_agent_module
 from latkit.collector import Artifact, Job, Measurement, Settings, Store, protocol
 from latkit.collector.schema import FILE_SCHEMA, SCHEMA
@@ -124,6 +124,28 @@ def test_measure_stores_energy_per_inference_from_rapl(tmp_path, artifacts):
     assert stored["stored"] and stored["energy_runs"] == row["energy_runs"] and stored["energy_method"] == "rapl"
     for k in ("energy_mj", "power_w", "idle_power_w", "energy_s"):
         assert stored[k] == pytest.approx(row[k], rel=1e-12), k
+
+
+def test_collect_and_retest_energy(tmp_path, export_cache):
+    """`collect --energy` over two models, then `data retest`: energy_mj and power_w are compared beside latency
+    (the counters' 20 W read back within 15 % by both passes)."""
+    models = tmp_path / "models"
+    models.mkdir()
+    small_onnx_models(models, (4, 8), export_cache)
+    env, none = {"LATKIT_SYSROOT": str(tmp_path / "root")}, tmp_path / "none.toml"
+    with Powercap(tmp_path / "root"):
+        r = latkit("collect", "--models", models, "--devices", "local", "--energy", "--rounds", "2", "--out",
+                   tmp_path / "d", "--registry", none, "-q", env=env)
+        assert r.returncode == 0, r.stdout + r.stderr
+        r = latkit("data", "retest", tmp_path / "d", "--n", "2", "--models", models, "--registry", none, "-q",
+                   env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    figures = json.loads(next((tmp_path / "d" / "_retest").glob("*/retest.json")).read_text())
+    assert {"latency_ms", "energy_mj", "power_w"} <= set(figures["statistics"]), figures
+    assert figures["statistics"]["power_w"]["max_rel_diff"] < 0.3
+    for side in (Store(tmp_path / "d").read().to_pylist(),
+                 Store(next((tmp_path / "d" / "_retest").glob("2*"))).read().to_pylist()):
+        assert [row["power_w"] == pytest.approx(sum(PACKAGES_W), rel=0.15) for row in side] == [True, True], side
 
 
 def test_without_a_counter_energy_is_null_and_warnings_say_why(tmp_path, artifacts):
