@@ -43,7 +43,7 @@ import threading
 import time
 import traceback
 
-AGENT_VERSION = "0.3.4"  # 0.3: sessions kept across requests, load_s without the runtime import; 0.3.1: stops on the CI of p10 on a CPU; 0.3.2: rounds of 0.1-0.25 s; 0.3.3: never more samples than repeats_max_count, the health op (latkit doctor); 0.3.4: energy (RAPL, NVML)
+AGENT_VERSION = "0.3.5"  # 0.3: sessions kept across requests, load_s without the runtime import; 0.3.1: stops on the CI of p10 on a CPU; 0.3.2: rounds of 0.1-0.25 s; 0.3.3: never more samples than repeats_max_count, the health op (latkit doctor); 0.3.4: defaults 2 warmup, >= 3 runs, 0.1-0.3 s a round; 0.3.5: energy (RAPL, NVML)
 FRAME = "@@latkit "  # starts every reply line; the host ignores lines without it
 EXIT_GRACE_S = 3.0      # once stdin closes, a measurement still running this much later is abandoned
 

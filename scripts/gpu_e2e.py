@@ -57,6 +57,11 @@ SMOKE = dict(space="nb201", accelerator="cpu", batch=2, goal_big=14, goal_small=
              tests="tests/test_gpu.py -k 'settings_are_checked or cuda_defaults'")
 
 
+# What energy adds to one measurement (one round): the idle span and the counter's least span (agents/agent.py
+# ENERGY_SPANS: NVML 0.5 + 1 s, RAPL 0.2 + 0.2 s)
+ENERGY_EXTRA_S = {"cuda": 1.5, "cpu": 0.4}
+
+
 class Log:
     """Lines with the seconds since start, to stdout and to OUT/log.txt as they happen (a run killed at the
     machine's limit still brings its log back)."""
@@ -88,9 +93,12 @@ class Plan:
                                                          # agent's start)
 
     def per_energy(self) -> float:
-        """An energy measurement: a big-batch one plus the idle span and the longer counter span (~1.5 s on
-        NVML) until one is seen."""
-        return self.per("energy") if self.cost["energy"] else self.per("big") + 1.5
+        """An energy measurement, until one is seen: one without an export to wait for (a retest or a batch-1
+        one) plus the idle span and the longer counter span."""
+        if self.cost["energy"]:
+            return self.per("energy")
+        like = "retest" if self.cost["retest"] else "small" if self.cost["small"] else "big"
+        return self.per(like) + ENERGY_EXTRA_S[self.args.accelerator]
 
     def after_retest_s(self) -> float:
         return 2 * self.args.energy_n * self.per_energy() + self.args.fit_reserve_s + self.args.pack_reserve_s
@@ -303,8 +311,8 @@ def energy_figures(stores: dict, log) -> dict:
     out = {"rows": len(first), "read": len(have)}
     if not have:
         said = [r["warnings"][r["warnings"].find("energy:"):] for r in first.values() if "energy:" in (r["warnings"] or "")]
-        out["skipped"] = said[0] if said else "no energy rows measured"
-        log(f"energy: {out['skipped']}")
+        out["skipped"] = said[0] if said else "energy: no energy rows measured (the budget)"
+        log(out["skipped"])
         return out
     out.update(method=have[0]["energy_method"], **{c: _quantiles([r[c] for r in have if r[c] is not None])
                                                    for c in ("energy_mj", "power_w", "idle_power_w", "energy_s")})

@@ -246,7 +246,7 @@ def test_rounds_pool_energy_per_inference():
     power averaged, a round without a reading left out of both, its reason kept once."""
     art = Artifact(path="/m/a.onnx", sha256="a" * 64, format="onnx", arch="a")
     job = Job(art, "dev", Settings(energy=True, rounds=3))
-    base = {"samples_ms": [1.0, 1.1], "warmup": 1, "runtime_version": "1", "agent_version": "0.3.4",
+    base = {"samples_ms": [1.0, 1.1], "warmup": 1, "runtime_version": "1", "agent_version": "0.3.5",
             "inputs": [], "telemetry_before": {}, "telemetry_after": {}}
     read = [dict(base, energy_method="rapl", energy_j=j, energy_s=s, energy_runs=n, idle_power_w=w)
             for j, s, n, w in ((2.0, 0.2, 100, 4.0), (4.0, 0.3, 300, 6.0))]
@@ -259,7 +259,7 @@ def test_rounds_pool_energy_per_inference():
     assert (row["energy_mj"], row["power_w"], row["energy_s"], row["energy_method"]) == (15.0, 12.0, 0.5, "rapl")
 
 
-OK_REPLY = {"samples_ms": [1.0, 1.1, 0.9], "warmup": 1, "runtime_version": "1.0", "agent_version": "0.3.4",
+OK_REPLY = {"samples_ms": [1.0, 1.1, 0.9], "warmup": 1, "runtime_version": "1.0", "agent_version": "0.3.5",
             "inputs": [], "telemetry_before": {}, "telemetry_after": {}, "energy_method": "nvml", "energy_j": 3.5,
             "energy_s": 1.02, "energy_runs": 1200, "idle_power_w": 61.0, "energy_warning": None}
 
@@ -312,7 +312,7 @@ def energy_dataset(path: Path, n: int, seed: int = 0, energy: bool = True) -> li
         flops = space.flops(arch)
         art = Artifact(path=f"/m/{i}.onnx", sha256=f"{i:064x}", format="onnx", space="nb201", arch=arch)
         result = {"samples_ms": [flops / 1e7, flops / 1e7 * 1.01], "warmup": 1, "runtime_version": "1",
-                  "agent_version": "0.3.4", "inputs": [], "telemetry_before": {}, "telemetry_after": {}}
+                  "agent_version": "0.3.5", "inputs": [], "telemetry_before": {}, "telemetry_after": {}}
         if energy and i >= 5:
             runs = 1000
             result.update(energy_method="nvml", energy_j=flops * 2e-9 * runs / 1e3 * rng.normal(1, 0.05),
