@@ -43,7 +43,7 @@ import threading
 import time
 import traceback
 
-AGENT_VERSION = "0.3.4"  # 0.3: sessions kept across requests, load_s without the runtime import; 0.3.1: stops on the CI of p10 on a CPU; 0.3.2: rounds of 0.1-0.25 s; 0.3.3: never more samples than repeats_max_count, the health op (latkit doctor); 0.3.4: defaults 2 warmup, >= 3 runs, 0.1-0.3 s a round
+AGENT_VERSION = "0.3.5"  # 0.3: sessions kept across requests, load_s without the runtime import; 0.3.1: stops on the CI of p10 on a CPU; 0.3.2: rounds of 0.1-0.25 s; 0.3.3: never more samples than repeats_max_count, the health op (latkit doctor); 0.3.4: defaults 2 warmup, >= 3 runs, 0.1-0.3 s a round; 0.3.5: energy (RAPL, NVML)
 FRAME = "@@latkit "  # starts every reply line; the host ignores lines without it
 EXIT_GRACE_S = 3.0      # once stdin closes, a measurement still running this much later is abandoned
 
@@ -66,6 +66,7 @@ DEFAULT_SETTINGS = {
     "include_copies": False,  # torch on cuda: time host->device input and device->host output copies too
     "cooldown_temp_c": None,  # wait until the hottest sensor is at or below this before timing
     "cooldown_max_s": 300.0,  # ... but no longer than this
+    "energy": False,       # read the device's energy counter (RAPL on a CPU, NVML on cuda) around the timed runs
 }
 
 RUNTIMES = ("onnxruntime", "tflite", "torch")
@@ -836,11 +837,12 @@ def quantile_ci_rel(samples, q=0.5, z=1.96):
     return (x[hi] - x[lo]) / 2.0 / v if v > 0 else float("inf")
 
 
-def time_callable(sample, s):
+def time_callable(sample, s, meter=None):
     """Warm up, then time until both the minimum count and the minimum time are reached; go on until the
     95 % CI of the statistic latency_ms will be (CI_QUANTILE: p10 on a CPU, the median on a GPU) is within
     ci_target, or a count or time cap is reached (the minimums win over the time cap; the count cap bounds
-    the samples always). Returns the samples and why timing stopped.
+    the samples always). Returns the samples and why timing stopped. An EnergyMeter `meter` reads its
+    counter right before the first timed run and after the last (with more runs where that span is too short).
 
     `sample()` runs the model once and returns its time in ms (wall clock, or CUDA events). gc is off while
     timing so collector pauses do not land inside samples (as timeit does; no full collection first: with
@@ -858,6 +860,8 @@ def time_callable(sample, s):
             first_ms = dt if first_ms is None else first_ms
             warmup += 1
         warmup_s = time.perf_counter() - start
+        if meter is not None:
+            meter.start()
         samples, total_ms, check_at = [], 0.0, 0
         while True:
             dt = sample()
@@ -880,11 +884,164 @@ def time_callable(sample, s):
             if total_ms >= max_ms:
                 stopped_by = "max_time"
                 break
+        if meter is not None:
+            meter.stop(sample, len(samples))
     finally:
         if gc_was_enabled:
             gc.enable()
     return {"samples_ms": samples, "warmup": warmup, "warmup_s": warmup_s, "first_ms": first_ms,
             "stopped_by": stopped_by, "ci_rel": quantile_ci_rel(samples, q)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Energy
+
+# Per counter: (seconds of idle reading before warmup, the least span the timed runs are read over). RAPL's
+# counter moves every ~1 ms; NVML's total-energy counter every 20-100 ms, so its span is 1 s (<= 10 % from
+# the edges at the slowest update).
+ENERGY_SPANS = {"rapl": (0.2, 0.2), "nvml": (0.5, 1.0)}
+MAX_COUNTER_W = 5000.0  # a counter step meaning more than this per package or GPU is a glitch, not energy
+
+
+class EnergyUnavailable(Exception):
+    """Why energy cannot be read here: the row's energy columns stay null and this goes to its warnings."""
+
+
+def _counter_value(path):
+    """A powercap file's whole number (µJ), or EnergyUnavailable saying why not."""
+    try:
+        with open(path) as f:
+            text = f.read(64).strip()
+    except PermissionError:
+        raise EnergyUnavailable("cannot read %s: permission denied (energy_uj is root-only on Linux >= 5.10: run "
+                                "the agent as root or make the file readable)" % path)
+    except (OSError, UnicodeDecodeError) as e:
+        raise EnergyUnavailable("cannot read %s: %s" % (path, getattr(e, "strerror", None) or e))
+    if not text.isdigit() or len(text) > 20 or int(text) >= 2 ** 64:
+        raise EnergyUnavailable("%s holds %r, not a counter of microjoules" % (path, text[:24]))
+    return int(text)
+
+
+class Rapl:
+    """Linux powercap's RAPL package domains (`intel-rapl:N` whose `name` is package-N; AMD CPUs appear under the
+    same names on recent kernels), `energy_uj` summed over packages, each unwrapped at its
+    `max_energy_range_uj`. Subdomains (`intel-rapl:N:M`: core, uncore, dram) are inside their package; psys
+    would count the packages twice. The counter is package-wide: other processes count too. The tree is read
+    under LATKIT_SYSROOT (default /), which tests point at a fixture of the same layout."""
+
+    method = "rapl"
+
+    def __init__(self):
+        root = _sys("/sys/class/powercap")
+        self.domains = []  # (energy_uj path, max_energy_range_uj)
+        for d in sorted(glob.glob(os.path.join(root, "intel-rapl:*"))):
+            number = os.path.basename(d).split(":")[1:]
+            if len(number) == 1 and number[0].isdigit() and (_read(os.path.join(d, "name")) or "").startswith("package"):
+                top = _counter_value(os.path.join(d, "max_energy_range_uj"))
+                if top <= 0:
+                    raise EnergyUnavailable("%s/max_energy_range_uj is 0, no counter range" % d)
+                self.domains.append((os.path.join(d, "energy_uj"), top))
+        if not self.domains:
+            raise EnergyUnavailable("no RAPL package domain under %s (a VM, or a kernel without powercap)" % root)
+        self.read()  # unreadable (root-only) files: said now, before any timing
+
+    def read(self):
+        return tuple(_counter_value(path) for path, _ in self.domains)
+
+    def joules(self, a, b, seconds):
+        total = 0
+        for (path, top), x, y in zip(self.domains, a, b):
+            step = y - x if y >= x else top - x + y  # wrapped once at max_energy_range_uj
+            if x > top or y > top or step > MAX_COUNTER_W * 1e6 * seconds:
+                raise EnergyUnavailable("%s went from %d to %d µJ in %.3f s (range %d): not a plausible step; "
+                                        "energy not recorded" % (path, x, y, seconds, top))
+            total += step
+        return total / 1e6
+
+
+class Nvml:
+    """NVML's total-energy counter of GPU 0 (mJ since the driver loaded; Volta and newer), via nvidia-ml-py."""
+
+    method = "nvml"
+
+    def __init__(self, index=0):
+        self.nvml = _try_import("pynvml")
+        if self.nvml is None:
+            raise EnergyUnavailable("pynvml is not importable on the device; pip install nvidia-ml-py")
+        try:
+            self.nvml.nvmlInit()
+            self.handle = self.nvml.nvmlDeviceGetHandleByIndex(index)
+        except Exception as e:  # NVMLError and its kin: no driver, no GPU
+            raise EnergyUnavailable("NVML cannot open GPU %d: %s" % (index, _first_line(str(e))))
+        self.read()
+
+    def read(self):
+        try:
+            return (int(self.nvml.nvmlDeviceGetTotalEnergyConsumption(self.handle)),)
+        except Exception as e:  # NVMLError_NotSupported before Volta
+            raise EnergyUnavailable("NVML has no total-energy counter here (%s; Volta or newer has one)"
+                                    % _first_line(str(e)))
+
+    def joules(self, a, b, seconds):
+        if not 0 <= b[0] - a[0] <= MAX_COUNTER_W * 1e3 * seconds:
+            raise EnergyUnavailable("NVML's energy counter went from %d to %d mJ in %.3f s: not a plausible step; "
+                                    "energy not recorded" % (a[0], b[0], seconds))
+        return (b[0] - a[0]) / 1e3
+
+
+class EnergyMeter:
+    """Energy per inference over one request's timed runs: the counter read right before the first timed run
+    and after the last, the span extended with more runs (not kept as samples) to the counter's least span;
+    the idle power over a span before warmup, reported beside it, not subtracted. Any failure leaves the
+    fields null and says why in energy_warning; the latency is kept whatever happens here."""
+
+    def __init__(self, accelerator):
+        self.counter = self.warning = self.idle_w = self.joules = self.seconds = self.runs = None
+        self.a, self.t0 = None, 0.0
+        try:
+            self.counter = Nvml() if accelerator == "cuda" else Rapl()
+        except EnergyUnavailable as e:
+            self.fail(e)
+
+    def fail(self, e):
+        self.counter, self.warning = None, "energy: %s" % e
+        self.idle_w = self.joules = self.seconds = self.runs = None
+
+    def idle(self):
+        if self.counter is not None:
+            try:
+                a, t = self.counter.read(), time.perf_counter()
+                time.sleep(ENERGY_SPANS[self.counter.method][0])
+                span = time.perf_counter() - t
+                self.idle_w = self.counter.joules(a, self.counter.read(), span) / span
+            except EnergyUnavailable as e:
+                self.fail(e)
+
+    def start(self):
+        if self.counter is not None:
+            try:
+                self.a, self.t0 = self.counter.read(), time.perf_counter()
+            except EnergyUnavailable as e:
+                self.fail(e)
+
+    def stop(self, sample, runs):
+        if self.counter is None:
+            return
+        while time.perf_counter() - self.t0 < ENERGY_SPANS[self.counter.method][1]:
+            sample()
+            runs += 1
+        try:
+            b, span = self.counter.read(), time.perf_counter() - self.t0
+            self.joules, self.seconds, self.runs = self.counter.joules(self.a, b, span), span, runs
+            if self.joules <= 0:
+                raise EnergyUnavailable("the %s counter did not move in %.3f s" % (self.counter.method, span))
+        except EnergyUnavailable as e:
+            self.fail(e)
+
+    def reply(self):
+        return {"energy_method": self.counter.method if self.counter is not None else None,
+                "energy_j": self.joules, "energy_s": self.seconds, "energy_runs": self.runs,
+                "idle_power_w": self.idle_w, "energy_warning": self.warning}
 
 
 def _utc(t):
@@ -931,7 +1088,7 @@ def check_settings(s, runtime):
         bad("accelerator", "cpu or cuda")
     if s["dtype"] not in ("float32", "float16", "bfloat16"):
         bad("dtype", "float32, float16 or bfloat16")
-    for key in ("cuda_graphs", "include_copies"):
+    for key in ("cuda_graphs", "include_copies", "energy"):
         if not isinstance(s[key], bool):
             bad(key, "true or false")
     if s["accelerator"] == "cpu" and (s["dtype"] != "float32" or s["cuda_graphs"] or s["include_copies"]):
@@ -1075,10 +1232,13 @@ def measure(model, runtime, settings, workdir, inputs=None, sessions=None):
     loaded = entry.loaded
     applied = dict(loaded.applied, cores=_pin(s["cores"]))  # read back right before timing
     cuda = s["accelerator"] == "cuda"
+    meter = EnergyMeter(s["accelerator"]) if s["energy"] else None
+    if meter is not None:
+        meter.idle()  # the session is loaded, warmup not started
     before = telemetry(cuda)
     started = time.time()
     try:
-        timed = time_callable(loaded.sample, s)
+        timed = time_callable(loaded.sample, s, meter)
     except Exception as e:
         raise AgentError("runtime_error", "%s failed while running the model: %s" % (runtime, _first_line(str(e))))
     finished = time.time()
@@ -1099,7 +1259,8 @@ def measure(model, runtime, settings, workdir, inputs=None, sessions=None):
                  telemetry_before=before, telemetry_after=after, settings=s, agent_version=AGENT_VERSION,
                  started_at=_utc(started), finished_at=_utc(finished), cooldown_s=cooldown_s, cooled=cooled,
                  throttle=throttle, peak_rss_mb=entry.peak_rss_mb, launch_ms=loaded.launch_ms,
-                 gpu_peak_mb=entry.gpu_peak_mb, first_ms=entry.first_ms, session_reused=reused)
+                 gpu_peak_mb=entry.gpu_peak_mb, first_ms=entry.first_ms, session_reused=reused,
+                 **(meter.reply() if meter is not None else {}))
     return timed
 
 

@@ -275,10 +275,24 @@ def stored_measurement(store: Store, job: Job) -> Measurement:
         telemetry_after={k: row[f"telemetry_after_{k}"] for k in TELEMETRY},
         applied={k: v for k, v in applied.items() if v is not None}, stopped_by=row["stopped_by"] or "",
         ci_rel=row["ci_rel"], cooldown_s=row["cooldown_s"], throttle=row["throttle"], peak_rss_mb=row["peak_rss_mb"],
-        gpu_peak_mb=row["gpu_peak_mb"], launch_ms=row["launch_ms"], round_ms=tuple(row["round_ms"] or ()),
+        gpu_peak_mb=row["gpu_peak_mb"], launch_ms=row["launch_ms"], **_stored_energy(row),
+        round_ms=tuple(row["round_ms"] or ()),
         round_session_reused=tuple(reused),
         round_started_at=tuple(row["round_started_at"] or ()), round_finished_at=tuple(row["round_finished_at"] or ()),
         device_fingerprint=row["device_fingerprint"], measured_at=row["measured_at"], stored=True)
+
+
+def _stored_energy(row: dict) -> dict:
+    """A stored row's energy as Measurement fields (energy_j from energy_mj x energy_runs; the reason is the
+    warnings' last part, from "energy:" on); rows from before the energy columns have none."""
+    read = row.get("energy_mj") is not None and row.get("energy_runs")
+    warnings = row["warnings"] or ""
+    at = 0 if warnings.startswith("energy: ") else warnings.find("; energy: ")
+    return {"energy_method": row.get("energy_method") or "",
+            "energy_j": row["energy_mj"] * row["energy_runs"] / 1e3 if read else None,
+            "energy_s": row.get("energy_s") if read else None, "energy_runs": row.get("energy_runs") if read else None,
+            "idle_power_w": row.get("idle_power_w"),
+            "energy_warning": warnings[at:].removeprefix("; ") if at >= 0 else ""}
 
 
 def data_summary(path="latkit-data") -> list:

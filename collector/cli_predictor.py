@@ -41,7 +41,8 @@ def _fit_output(args) -> Path:
     validate.name(args.device, "--device")  # it names the model file
     if not args.out and "://" in args.data:
         raise LatkitError(f"--data {args.data} is not a local path, so the model has no default place; give --out")
-    data, name = Path(args.data), f"{args.space}-{args.device}.latkit-model"
+    target = "" if args.target == "latency_ms" else f"-{args.target}"
+    data, name = Path(args.data), f"{args.space}-{args.device}{target}.latkit-model"
     shipped = data.resolve().is_relative_to(dataset.HELP_DIR.resolve())
     folder = Path("models") if shipped else data.parent if data.is_file() else data / "models"
     out = validate.writable_file(args.out or folder / name, "give --out a writable file path")
@@ -66,7 +67,7 @@ def cmd_predictor_fit(args) -> int:
     from latkit.predictor.esm import fit
     from latkit.predictor.metrics import METRICS
     from latkit.predictor.report import write_report
-    table = LatencyTable(args.data, args.space)  # bad data or device: one line before anything is written
+    table = LatencyTable(args.data, args.space, args.target)  # bad data, device, no --target: one line, nothing written
     table.check_devices([args.device])
     out = _fit_output(args)
     with Steps("predictor fit", not args.quiet) as step:  # progress on stderr: a fit takes minutes
@@ -74,13 +75,14 @@ def cmd_predictor_fit(args) -> int:
                                       progress=step)
     surrogate.save(out)
     shown = {k: result[k] for k in (*METRICS, "n_train", "n_test", "model")}
-    print(f"{args.space} on {args.device}: " + ", ".join(
+    what = "" if args.target == "latency_ms" else f" ({args.target})"
+    print(f"{args.space} on {args.device}{what}: " + ", ".join(
         f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()) + f"; saved {out}")
     if args.json:
         Path(args.json).write_text(json.dumps(jsonable(shown), indent=2))
     if args.report:
         write_report(args.report, f"{args.space} / {args.device} / {result['model']} ({result['n_train']} samples)",
-                     surrogate.predict(test), table.latency(args.device, test), shown)
+                     surrogate.predict(test), table.latency(args.device, test), shown, args.target)
     return 0
 
 
@@ -90,6 +92,9 @@ def _fit_graphs(args) -> int:
     from latkit.predictor.metrics import METRICS
     from latkit.predictor.report import write_report
     kind = GRAPH_AUTO if args.model == "auto" else args.model
+    if args.target != "latency_ms":
+        raise LatkitError(f"--target {args.target} fits search-space archs only; a graph model (--space onnx) "
+                          "learns latency_ms, so leave --target out")
     if kind not in GRAPH_MODEL_NAMES:
         raise LatkitError(f"--model {kind} is a model of arch strings; with --space onnx choose auto (= {GRAPH_AUTO}), "
                           f"{', '.join(GRAPH_MODEL_NAMES)}")
@@ -289,7 +294,7 @@ def _predict_archs(args, model) -> int:
     archs = (space.enumerate() if args.all else _arch_lines(args.file, args.model, model.space) if args.file
              else args.arch)
     archs = [space.validate(a) for a in archs]
-    out = sys.stdout
+    out, target = sys.stdout, getattr(model, "target_", "latency_ms")
     if args.std:
         try:
             pred, std = model.predict(archs, return_std=True)
@@ -297,12 +302,12 @@ def _predict_archs(args, model) -> int:
             raise LatkitError(f"{args.model} is a single {type(model).__name__} model without a spread; for --std use "
                               "a model saved by latkit predictor fit, build, adapt or transfer, or save "
                               "latkit.predictor.ensemble.Ensemble(model) from Python") from None
-        out.write("arch\tlatency_ms\tstd_ms\n")
+        out.write(f"arch\t{target}\tstd_{target.rsplit('_', 1)[1]}\n")  # std_ms, std_mj
         for a, p, s in zip(archs, pred, std):
             out.write(f"{a}\t{p:.6g}\t{s:.3g}\n")
         return 0
     pred = model.predict(archs)
-    out.write("arch\tlatency_ms\n")
+    out.write(f"arch\t{target}\n")
     for a, p in zip(archs, pred):
         out.write(f"{a}\t{p:.6g}\n")
     return 0
@@ -324,6 +329,8 @@ def _fit(pred, par: Parents) -> None:
     f.add_argument("--space", required=True, help="search space of the archs: nb201, fbnet or ofa; or onnx: every "
                                                   "measured ONNX graph whose file is found (a graph model)")
     f.add_argument("--device", required=True, help="the device (as named in the data) to predict for")
+    f.add_argument("--target", default="latency_ms", choices=dataset.TARGETS,
+                   help="the column to fit: latency_ms (default) or energy_mj (rows measured with --energy)")
     f.add_argument("--budget", type=validate.arg_whole(10),
                    help="training archs whose latency may be read (at least 10; default 500; search spaces only)")
     f.add_argument("--sampler", choices=default_first(SAMPLERS, "balanced"),
@@ -339,7 +346,8 @@ def _fit(pred, par: Parents) -> None:
                         "recipe (needs torch; default: only what the export cache holds)")
     f.add_argument("--seed", type=SEED, default=0, help="sampling and model seed (default 0)")
     f.add_argument("--out", help="where to save the model (default beside the data: DATA/models/SPACE-DEVICE"
-                                 ".latkit-model for a dataset folder, SPACE-DEVICE.latkit-model next to a table)")
+                                 ".latkit-model for a dataset folder, SPACE-DEVICE.latkit-model next to a table; "
+                                 "SPACE-DEVICE-TARGET for another --target)")
     f.add_argument("--json", help="write the metrics as JSON here")
     f.add_argument("--report", help="folder for a scatter PNG and a Markdown summary (of the held-out graphs with "
                                     "--space onnx)")
@@ -404,8 +412,8 @@ def _adapt(pred, par: Parents) -> None:
 
 def _predict(pred, par: Parents) -> None:
     """predictor predict"""
-    pp = pred.add_parser("predict", parents=[par.common], help="latency_ms of archs, or of ONNX files, from a saved "
-                                                                "model")
+    pp = pred.add_parser("predict", parents=[par.common], help="latency_ms (or the column the model was fitted on) "
+                                                                "of archs, or of ONNX files, from a saved model")
     pp.add_argument("--model", required=True, help="a .latkit-model file (predictor fit, transfer, build, adapt)")
     pp.add_argument("--space", help="the space the model predicts, checked against the file (default: the file's; "
                                     "onnx for a graph model)")
@@ -414,5 +422,6 @@ def _predict(pred, par: Parents) -> None:
     which.add_argument("--file", nargs="+", help="a graph model: .onnx files or folders of them (one line each); "
                                                  "a model of a space: text files of one arch string per line")
     which.add_argument("--all", action="store_true", help="every arch of the space (nb201)")
-    pp.add_argument("--std", action="store_true", help="also print each prediction's standard deviation (ms)")
+    pp.add_argument("--std", action="store_true", help="also print each prediction's standard deviation (in "
+                                                        "the predicted column's unit)")
     pp.set_defaults(func=cmd_predictor_predict)

@@ -15,7 +15,7 @@ from .errors import closest
 # Each leaf command's examples, shown at the end of its --help (and checked to parse by the tests). A command
 # added to build_parser without an entry here fails tests/test_cli_help.py.
 EXAMPLES = {
-    "measure": ["latkit measure model.onnx --threads 2 --out my-data",
+    "measure": ["latkit measure model.onnx --threads 2 --energy --out my-data",
                 "latkit measure model.tflite --device pi4 --cores 2,3 --json"],
     "collect": ["latkit collect --space nb201 --n 200 --devices local,pi4 --out my-data",
                 "latkit collect --models models/ --devices pi4 --rounds 2 -q"],
@@ -28,8 +28,7 @@ EXAMPLES = {
     "device show": ["latkit device show pi4"],
     "device probe": ["latkit device probe local"],
     "device remove": ["latkit device remove pi4"],
-    "predictor fit": ["latkit predictor fit --data table.parquet --space nb201 --device pi4 --model ridge "
-                      "--json metrics.json",
+    "predictor fit": ["latkit predictor fit --data my-data --space nb201 --device pi4 --target energy_mj",
                       "latkit predictor fit --data my-data --space onnx --device pi4 --models my-models/"],
     "predictor transfer": ["latkit predictor transfer --data my-data --space nb201 --source local --target pi4",
                            "latkit predictor transfer --data my-data --space nb201 --source local,gpu "

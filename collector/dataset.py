@@ -20,15 +20,21 @@ from .store import Store
 from .text import clean, md_cell
 
 LATENCY_COLUMNS = ["space", "arch", "device", "latency_ms"]
+# The columns a predictor can learn (`predictor fit --target`): latency, or the energy of rows measured with --energy.
+TARGETS = ("latency_ms", "energy_mj")
 # The HELP tables shipped with latkit (datasets/help/README.md): datasets/help in a checkout, latkit/help installed.
 _PACKAGE = Path(__file__).resolve().parents[1]
 HELP_DIR = next((p for p in (_PACKAGE / "datasets" / "help", _PACKAGE / "help") if p.is_dir()),
                 _PACKAGE / "datasets" / "help")
 
 
-def read_latency(path, space: Optional[str] = None) -> pa.Table:
+def read_latency(path, space: Optional[str] = None, target: str = "latency_ms") -> pa.Table:
     """`space, arch, device, latency_ms` of every ok measurement in a latkit dataset folder or in a Parquet
-    file with those columns (such as the HELP tables), optionally of one space."""
+    file with those columns (such as the HELP tables), optionally of one space; with another `target` (TARGETS)
+    that column in place of latency_ms, of the rows that have it."""
+    if target not in TARGETS:
+        raise LatkitError(f"unknown target {clean(target, 40)!r}; choose one of {', '.join(TARGETS)}")
+    columns = [*LATENCY_COLUMNS[:3], target]
     p = Path(path)
     if p.is_file():
         try:
@@ -36,25 +42,26 @@ def read_latency(path, space: Optional[str] = None) -> pa.Table:
         except (pa.ArrowException, OSError) as e:
             raise LatkitError(f"{p} is not a Parquet file ({str(e).splitlines()[0]}); give a latkit dataset folder "
                               "or a Parquet latency table") from None
-        missing = set(LATENCY_COLUMNS) - set(t.column_names)
+        missing = set(columns) - set(t.column_names)
         if missing:
-            raise LatkitError(f"{p} lacks columns {sorted(missing)}; a latency table needs {LATENCY_COLUMNS}")
-        kind = t.schema.field("latency_ms").type
+            raise LatkitError(f"{p} lacks columns {sorted(missing)}; a table to fit {target} needs {columns}")
+        kind = t.schema.field(target).type
         if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
-            raise LatkitError(f"column latency_ms of {p} is {kind}, not a number; a latency table holds "
-                              "milliseconds as numbers")
+            raise LatkitError(f"column {target} of {p} is {kind}, not a number; a table to fit {target} holds it "
+                              "as numbers")
         try:
-            t = t.select(LATENCY_COLUMNS).cast(pa.schema([(c, pa.float64() if c == "latency_ms" else pa.string())
-                                                          for c in LATENCY_COLUMNS]))
+            t = t.select(columns).cast(pa.schema([(c, pa.float64() if c == target else pa.string()) for c in columns]))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             raise LatkitError(f"columns space, arch and device of {p} must be text") from None
     else:
         store = Store(path)
         if not store.exists() or not store.files():
             raise LatkitError(f"no dataset at {path}; give a latkit dataset folder or a Parquet latency table")
-        t = store.read(columns=LATENCY_COLUMNS, filter=pc.field("status") == "ok")
+        t = store.read(columns=columns, filter=pc.field("status") == "ok")
     if space is not None:
         t = t.filter(pc.equal(t["space"], space))
+    if target != "latency_ms":  # rows measured without --energy have none; a null latency is an error, said later
+        t = t.filter(pc.is_valid(t[target]))
     return t
 
 

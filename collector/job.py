@@ -39,7 +39,8 @@ class Settings:
     number of rounds matters more than the per-round cap (replayed on 60 NB201 archs, README
     "Test-retest": 2 / 3 / 4 rounds retest at Spearman 0.967 / 0.998 / 0.999); one set for all runtimes.
     On a GPU: one round, CUDA graphs on (eager timing of a small network on a fast GPU measures the host's
-    kernel launches).
+    kernel launches). `energy` (off: it costs an idle span and a longer span per round) also reads the
+    device's energy counter, RAPL or NVML (agents/agent.py EnergyMeter, README "Energy").
     """
 
     runtime: str = "onnxruntime"
@@ -61,6 +62,7 @@ class Settings:
     cooldown_temp_c: Optional[float] = None
     cooldown_max_s: float = 300.0
     rounds: Optional[int] = None  # None: 4 on the CPU, 1 on a GPU
+    energy: bool = False  # read the energy counter around the timed runs (an idle span and >= 0.2 s / 1 s each)
 
     def __post_init__(self):
         cuda = self.accelerator == "cuda"
@@ -83,6 +85,8 @@ class Settings:
                                                             for c in self.cores})))
         if self.repeats_max_count < self.repeats_min_count:
             raise LatkitError("repeats_max_count must be >= repeats_min_count")
+        if not isinstance(self.energy, bool):
+            raise LatkitError(f"energy must be True or False, got {self.energy!r}")
         if self.accelerator not in ("cpu", "cuda"):
             raise LatkitError(f"unknown accelerator {self.accelerator!r}; choose cpu or cuda")
         if self.dtype not in ("float32", "float16", "bfloat16"):
@@ -100,7 +104,11 @@ class Settings:
         return d
 
     def canonical(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True, separators=(",", ":"))
+        """The key's JSON; energy only when on, so the keys of rows from before it stay as they were."""
+        d = dataclasses.asdict(self)
+        if not self.energy:
+            del d["energy"]
+        return json.dumps(d, sort_keys=True, separators=(",", ":"))
 
 
 def sha256_file(path: Path) -> str:

@@ -136,6 +136,12 @@ class Measurement:
     peak_rss_mb: Optional[float] = None
     gpu_peak_mb: Optional[float] = None
     launch_ms: Optional[float] = None
+    energy_method: str = ""            # rapl | nvml; "" when energy was not read
+    energy_j: Optional[float] = None   # counter energy over the timed runs (and the runs that extended their span)
+    energy_s: Optional[float] = None   # seconds that span took
+    energy_runs: Optional[int] = None  # model runs in it
+    idle_power_w: Optional[float] = None  # the counter's power over an idle span before warmup (not subtracted)
+    energy_warning: str = ""           # why energy asked for is null ("energy: ...")
     round_ms: tuple = ()               # each round's median
     round_session_reused: tuple = ()   # per round: timed on a session the agent had loaded before
     round_started_at: tuple = ()
@@ -159,6 +165,9 @@ class Measurement:
                    ci_rel=result.get("ci_rel"), cooldown_s=result.get("cooldown_s"), cooled=result.get("cooled"),
                    throttle=result.get("throttle"), peak_rss_mb=result.get("peak_rss_mb"),
                    gpu_peak_mb=result.get("gpu_peak_mb"), launch_ms=result.get("launch_ms"),
+                   energy_method=result.get("energy_method") or "", energy_j=result.get("energy_j"),
+                   energy_s=result.get("energy_s"), energy_runs=result.get("energy_runs"),
+                   idle_power_w=result.get("idle_power_w"), energy_warning=result.get("energy_warning") or "",
                    round_ms=(float(np.median(samples)),), round_session_reused=(bool(result.get("session_reused")),),
                    round_started_at=(_ts(result.get("started_at")),),
                    round_finished_at=(_ts(result.get("finished_at")),), device_fingerprint=fingerprint)
@@ -187,10 +196,21 @@ class Measurement:
             throttle="; ".join(sorted({r.throttle for r in rounds if r.throttle})) or first.throttle,
             peak_rss_mb=max((r.peak_rss_mb for r in rounds if r.peak_rss_mb is not None), default=None),
             gpu_peak_mb=max((r.gpu_peak_mb for r in rounds if r.gpu_peak_mb is not None), default=None),
-            round_ms=medians, round_session_reused=tuple(u for r in rounds for u in r.round_session_reused),
+            **_energy_of(rounds), round_ms=medians,
+            round_session_reused=tuple(u for r in rounds for u in r.round_session_reused),
             round_started_at=tuple(t for r in rounds for t in r.round_started_at),
             round_finished_at=tuple(t for r in rounds for t in r.round_finished_at),
             measured_at=rounds[-1].measured_at)
+
+    @property
+    def energy_mj(self) -> Optional[float]:
+        """Energy per inference: the counter's energy over the timed span / the runs in it."""
+        return self.energy_j * 1e3 / self.energy_runs if self.energy_j is not None and self.energy_runs else None
+
+    @property
+    def power_w(self) -> Optional[float]:
+        """Average power over the timed span (idle_power_w beside it says how much of it the device draws idle)."""
+        return self.energy_j / self.energy_s if self.energy_j is not None and self.energy_s else None
 
     @property
     def latency_ms(self) -> Optional[float]:
@@ -225,6 +245,8 @@ class Measurement:
         if self.launch_bound:
             out.append(f"launch-bound: the host takes {self.launch_ms:.3f} ms to launch a forward of "
                        f"{s.latency_ms:.3f} ms; time with CUDA graphs")
+        if self.energy_warning:
+            out.append(self.energy_warning)
         return tuple(out)
 
     def summary(self) -> str:
@@ -237,7 +259,14 @@ class Measurement:
         s = self.stats
         return (f"{head}: {s.latency_ms:.4f} ms, median {s.median_ms:.4f}, p10-p90 {s.p10_ms:.4f}-{s.p90_ms:.4f} ms, "
                 f"robust CV {s.robust_cv * 100:.2f}%, {s.repeats} repeats in {len(self.round_ms)} round(s), "
-                f"input {self.input_shape or '?'}" + "".join(f"\n  warning: {w}" for w in self.warnings))
+                f"input {self.input_shape or '?'}" + self._energy_text()
+                + "".join(f"\n  warning: {w}" for w in self.warnings))
+
+    def _energy_text(self) -> str:
+        if self.energy_mj is None:
+            return ""
+        idle = f", idle {self.idle_power_w:.3g} W" if self.idle_power_w is not None else ""
+        return f"\n  energy {self.energy_mj:.4g} mJ per inference at {self.power_w:.3g} W{idle} ({self.energy_method})"
 
     @property
     def input_shape(self) -> str:
@@ -269,6 +298,8 @@ class Measurement:
             "started_at": rounds_at[0] if rounds_at else None, "finished_at": ends[-1] if ends else None,
             "stopped_by": self.stopped_by or None, "ci_rel": self.ci_rel, "load_ms": self.load_ms,
             "first_ms": self.first_ms, "peak_rss_mb": self.peak_rss_mb, "gpu_peak_mb": self.gpu_peak_mb,
+            "energy_mj": self.energy_mj, "power_w": self.power_w, "idle_power_w": self.idle_power_w,
+            "energy_s": self.energy_s, "energy_runs": self.energy_runs, "energy_method": self.energy_method or None,
             "session_reused": self.round_session_reused[0] if self.round_session_reused else None,
             "round_session_reused": list(self.round_session_reused) or None,
             "cooldown_s": self.cooldown_s, "throttle": self.throttle, "warnings": "; ".join(self.warnings),
@@ -283,6 +314,19 @@ class Measurement:
                 row[f"telemetry_{when}_{k}"] = tel.get(k)
         row["gpu_clocks_locked"] = self.telemetry_before.get("gpu_clocks_locked")
         return row
+
+
+def _energy_of(rounds: Sequence[Measurement]) -> dict:
+    """The energy fields of one row from its rounds: energy, span and runs summed over the rounds that read the
+    counter (so energy_mj stays energy per inference), their idle power averaged, each reason kept once."""
+    read = [r for r in rounds if r.energy_j is not None]
+    idle = [r.idle_power_w for r in read if r.idle_power_w is not None]
+    return {"energy_method": read[0].energy_method if read else "",
+            "energy_j": sum(r.energy_j for r in read) if read else None,
+            "energy_s": sum(r.energy_s for r in read) if read else None,
+            "energy_runs": sum(r.energy_runs for r in read) if read else None,
+            "idle_power_w": sum(idle) / len(idle) if idle else None,
+            "energy_warning": "; ".join(dict.fromkeys(r.energy_warning for r in rounds if r.energy_warning))}
 
 
 def fingerprint(probe: dict) -> str:

@@ -15,6 +15,8 @@ Bounds, and why:
   kind, shown through collector.text.clean wherever it is printed.
 - Containers: at most ITEMS entries and DEPTH levels (a probe is 3 deep); numbers finite (ci_rel may be +inf:
   the agent says so below 6 samples).
+- Energy: a reading is method, joules, seconds and runs together or none of them, at most MAX_POWER_W over at
+  most MAX_ENERGY_S; the idle power at most MAX_POWER_W too.
 """
 from __future__ import annotations
 
@@ -34,6 +36,9 @@ DEFAULT_CAP = 10000  # the agent's repeats_max_count where a request sends none
 IDENT, TEXT, MESSAGE = 256, 4096, 8192
 ITEMS, DEPTH = 4096, 8
 STOPS = ("ci_target", "max_count", "max_time")
+ENERGY_METHODS = ("rapl", "nvml")
+MAX_POWER_W = 1e5     # more than any one device draws (the agent itself refuses a counter step over 5 kW)
+MAX_ENERGY_S = 86400  # a request's energy span: its timed runs, at most an hour by the settings, and a little
 _UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 
 
@@ -276,6 +281,28 @@ def _measure(r: dict, fields: dict) -> None:
     _text(r.get("throttle"), "throttle", none=True)
     _bool(r.get("cooled"), "cooled")
     _bool(r.get("session_reused"), "session_reused")
+    _energy(r)
+
+
+def _energy(r: dict) -> None:
+    """A reading (method, joules, seconds, runs: all or none) within bounds, the idle power and the reason."""
+    given = [r.get(k) is not None for k in ("energy_method", "energy_j", "energy_s", "energy_runs")]
+    if any(given) and not all(given):
+        raise Bad("energy_method, energy_j, energy_s and energy_runs are neither all given nor all null")
+    if all(given):
+        if r["energy_method"] not in ENERGY_METHODS:
+            raise Bad(f"energy_method = {clean(json.dumps(r['energy_method']), 40)}, not one of "
+                      f"{', '.join(ENERGY_METHODS)}")
+        _number(r["energy_j"], "energy_j", positive=True)
+        _number(r["energy_s"], "energy_s", positive=True)
+        _whole(r["energy_runs"], "energy_runs", 1)
+        if r["energy_s"] > MAX_ENERGY_S or r["energy_j"] / r["energy_s"] > MAX_POWER_W:
+            raise Bad(f"energy_j = {r['energy_j']!r} over energy_s = {r['energy_s']!r}: more than {MAX_POWER_W:g} W "
+                      f"or {MAX_ENERGY_S} s")
+    _number(r.get("idle_power_w"), "idle_power_w", lo=0, none=True)
+    if (r.get("idle_power_w") or 0) > MAX_POWER_W:
+        raise Bad(f"idle_power_w = {r['idle_power_w']!r}, more than {MAX_POWER_W:g} W")
+    _text(r.get("energy_warning"), "energy_warning", none=True)
 
 
 def _utc(text: str) -> bool:

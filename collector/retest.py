@@ -26,7 +26,8 @@ from .scheduler import collect
 from .spaces import SPACES
 from .store import Store
 
-STATISTICS = ("latency_ms", "median_ms", "min_ms", "p10_ms", "mode_ms", "mean_ms")
+# energy_mj and power_w where both passes read the counter (rows measured with --energy)
+STATISTICS = ("latency_ms", "median_ms", "min_ms", "p10_ms", "mode_ms", "mean_ms", "energy_mj", "power_w")
 
 
 def settings_of(row_settings: str) -> Settings:
@@ -134,7 +135,8 @@ def compare_side(store: Store, stamp: str, original: dict, seed: int = 0) -> dic
         raise LatkitError(f"{len(keys)} of {len(original)} rows were measured again; a retest needs at least 2")
     figures = {"n": len(keys), "seed": seed, "stamp": stamp, "side_table": f"_retest/{stamp}",
                "statistics": {s: compare([original[k][s] for k in keys], [again[k][s] for k in keys])
-                              for s in STATISTICS if all(original[k][s] is not None for k in keys)}}
+                              for s in STATISTICS
+                              if all(original[k].get(s) is not None and again[k][s] is not None for k in keys)}}
     rel = sorted(((abs(again[k]["latency_ms"] - original[k]["latency_ms"]) / original[k]["latency_ms"], k)
                   for k in keys), reverse=True)
     figures["worst"] = [{"arch": original[k]["arch"], "device": original[k]["device"],

@@ -109,9 +109,21 @@ COLUMNS: tuple = tuple([
     Column("peak_rss_mb", _F64, "MB", "the agent's peak resident memory while loading and first timing the session "
                                       "(VmHWM, reset per load), less what the other kept sessions hold"),
     Column("gpu_peak_mb", _F64, "MB", "torch.cuda peak allocation, likewise"),
+    Column("energy_mj", _F64, "mJ", "energy per inference (--energy): the counter's energy over the timed runs "
+                                    "/ energy_runs; RAPL is package-wide (other processes count too); null when "
+                                    "not asked for, or unreadable (warnings says why)"),
+    Column("power_w", _F64, "W", "average power over that span (energy / energy_s), idle_power_w included"),
+    Column("idle_power_w", _F64, "W", "the counter's power over an idle span before warmup (0.2 s RAPL, 0.5 s NVML): "
+                                      "stored beside power_w, not subtracted"),
+    Column("energy_s", _F64, "s", "seconds the counter was read over: the timed runs, extended with more runs to "
+                                  ">= 0.2 s (RAPL) / 1 s (NVML, which updates every 20-100 ms), summed over rounds"),
+    Column("energy_runs", _I64, "", "model runs in that span (timed runs and the runs that extended it)"),
+    Column("energy_method", _STR, "", "rapl (Linux powercap, CPU package domains) or nvml (the GPU's total-energy "
+                                      "counter); null when energy was not read"),
     Column("cooldown_s", _F64, "s", "seconds waited for --cooldown-temp"),
     Column("throttle", _STR, "", "why the device ran below rated speed (\"\" = nothing seen, null = cannot tell)"),
-    Column("warnings", _STR, "", "\"; \"-joined: noisy, missed CI target, throttled, launch-bound, CUDA-graph fallback"),
+    Column("warnings", _STR, "", "\"; \"-joined: noisy, missed CI target, throttled, launch-bound, CUDA-graph fallback, "
+                                 "why energy asked for is null (\"energy: ...\", last)"),
     *[Column(f"telemetry_{when}_{k}", _F64, _TELEMETRY_UNITS[k][0], f"{_TELEMETRY_UNITS[k][1]} {when} timing")
       for when in ("before", "after") for k in TELEMETRY],
     Column("gpu_clocks_locked", _BOOL, "", "application clocks differ from the defaults (nvidia-smi -ac); null = unknown"),

@@ -51,7 +51,8 @@ class Surrogate(RegressorMixin, BaseEstimator):
     every kind."""
 
     def save(self, path) -> None:
-        """Write the data-only model file (predictor/modelfile.py), with the latkit version that wrote it."""
+        """Write the data-only model file (predictor/modelfile.py), with the latkit version that wrote it and the
+        column it predicts (`target_`, set by predictor fit and by loading; latency_ms where unset)."""
         check_is_fitted(self)
         kind, params = self._kind(), self._params()
         try:
@@ -59,7 +60,7 @@ class Surrogate(RegressorMixin, BaseEstimator):
         except ValueError as e:
             raise LatkitError(f"cannot save this model: {e}; latkit reads models only within these ranges "
                               "(predictor/limits.py)") from None
-        modelfile.write(path, kind, params, self._state())
+        modelfile.write(path, kind, params, self._state(), getattr(self, "target_", "latency_ms"))
 
     @classmethod
     def from_file(cls, params: dict, state: dict, build) -> "Surrogate":

@@ -12,20 +12,25 @@ from latkit.collector.spaces import as_space
 
 class LatencyTable:
     """latency_ms of a space's archs on its devices (median over repeated rows). Loaded once; readers that
-    must not see some latencies (samplers, pipelines) are given archs, not this table."""
+    must not see some latencies (samplers, pipelines) are given archs, not this table. With another `target`
+    (collector/dataset.py TARGETS: energy_mj) the table holds that column instead, and `latency` returns it:
+    the same pipelines fit it."""
 
-    def __init__(self, path, space):
+    def __init__(self, path, space, target: str = "latency_ms"):
         space = as_space(space)  # a Space or its name; an unknown name: a clear error first
-        t = read_latency(path, space.name)
+        t = read_latency(path, space.name, target)
         if t.num_rows == 0:
-            raise LatkitError(f"no {space.name} rows in {path}; pick the space the data holds")
+            fix = ("pick the space the data holds" if target == "latency_ms" else
+                   f"measure them with --energy (rows measured without it have no {target}), or pick the space "
+                   "the data holds")
+            raise LatkitError(f"no {space.name} rows in {path} have {target}; {fix}")
         df = t.to_pandas()
-        bad = df[~np.isfinite(df["latency_ms"]) | (df["latency_ms"] <= 0)]
+        bad = df[~np.isfinite(df[target]) | (df[target] <= 0)]
         if len(bad):
-            raise LatkitError(f"{len(bad)} rows in {path} have NaN, zero or negative latency_ms "
+            raise LatkitError(f"{len(bad)} rows in {path} have NaN, zero or negative {target} "
                               f"(e.g. {bad.iloc[0]['device']} / {bad.iloc[0]['arch'][:40]}); fix or drop them")
-        self.space = space  # the Space
-        self.wide = df.pivot_table(index="arch", columns="device", values="latency_ms", aggfunc="median")
+        self.space, self.target = space, target  # the Space; the column
+        self.wide = df.pivot_table(index="arch", columns="device", values=target, aggfunc="median")
 
     def join(self, other: "LatencyTable") -> "LatencyTable":
         """One table with the devices of both (same space; a device in both is refused)."""
@@ -34,7 +39,9 @@ class LatencyTable:
             raise LatkitError(f"cannot join tables: {'device(s) ' + ', '.join(sorted(both)) + ' in both' if both else 'spaces differ'}; "
                               "give sources with other devices of the same space")
         out = object.__new__(LatencyTable)
-        out.space, out.wide = self.space, self.wide.join(other.wide, how="outer")
+        if other.target != self.target:
+            raise LatkitError(f"cannot join a table of {self.target} with one of {other.target}")
+        out.space, out.target, out.wide = self.space, self.target, self.wide.join(other.wide, how="outer")
         return out
 
     @property
@@ -58,7 +65,7 @@ class LatencyTable:
         values = col.reindex(list(archs)).to_numpy(dtype=np.float64)
         if np.isnan(values).any():
             missing = [a for a, v in zip(archs, values) if np.isnan(v)]
-            raise LatkitError(f"{len(missing)} archs have no latency on {device} (e.g. {missing[0][:60]}); "
+            raise LatkitError(f"{len(missing)} archs have no {self.target} on {device} (e.g. {missing[0][:60]}); "
                               "collect them or choose archs the device has")
         return values
 

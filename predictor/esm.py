@@ -61,7 +61,8 @@ def choose_model(space, archs: list, y: np.ndarray, seed: int, candidates=None, 
 
 def fit(data, space, device: str, budget: int = 500, sampler: str = "balanced", model: str = "auto",
         seed: int = 0, rounds: int = 4, min_test: int = 10, n_jobs=-1, members: int = 5, progress=None) -> tuple:
-    """Returns (fitted surrogate, report dict, test archs). Only the training archs' latencies are read
+    """Returns (fitted surrogate, report dict, test archs). `data`'s target (a LatencyTable of energy_mj, say)
+    is what is fitted, latency_ms for a path. Only the training archs' latencies are read
     before the final scoring on the test archs. `n_jobs`: workers of gbdt and rf (-1: every core). The rounds
     choose with one model; the surrogate returned (and scored) is a bagged Ensemble of `members`, so that
     `predict(X, return_std=True)` works on what `fit` saves, as on `build`'s. `progress`: called with each
@@ -112,6 +113,7 @@ def fit(data, space, device: str, budget: int = 500, sampler: str = "balanced", 
     name = choose_model(sp, train, y_train, seed, n_jobs=n_jobs) if model == "auto" else model
     say(f"fitting {name} ({members} bagged members) on {len(train)} archs")
     surrogate = Ensemble(make_model(name, sp, seed, n_jobs), members, seed).fit(train, y_train)
+    surrogate.target_ = table.target  # what y was: the model file records it
     taken = set(train)
     test = [a for a in pool if a not in taken]
     result = report(surrogate.predict(test), table.latency(device, test))

@@ -3,7 +3,8 @@ and no native parser on it, and a crafted file costs bounded time and memory and
 
 A zip archive (stored or deflated) of:
 - `meta.json`: {"format": "latkit-model", "version": 3, "latkit": "<version that wrote it>",
-  "model": "ridge" | "gbdt" | "rf" | "mlp" | "gnn" | "ensemble" | "fewshot", "params": {hyperparameters}};
+  "model": "ridge" | "gbdt" | "rf" | "mlp" | "gnn" | "ensemble" | "fewshot", "params": {hyperparameters},
+  "target": "latency_ms" | "energy_mj" (the column it predicts; files without it predict latency_ms)};
 - `<attr>.npy`: a learned array (a number as a 0-d array), numpy's .npy format;
 - `<attr>.<key>.npy`: entry <key> of a learned dict of arrays (MLP layers, the GNN's state_dict, the node
   arrays of LightGBM's trees: predictor/trees.py);
@@ -43,6 +44,7 @@ from importlib import metadata
 import numpy as np
 
 from latkit.collector import validate
+from latkit.collector.dataset import TARGETS
 from latkit.collector.errors import LatkitError
 
 FORMAT_VERSION = 3
@@ -66,10 +68,10 @@ def latkit_version() -> str:
         return "unknown"
 
 
-def write(path, kind: str, params: dict, state: dict) -> None:
-    """`state`: attribute -> array, number or dict of arrays."""
+def write(path, kind: str, params: dict, state: dict, target: str = "latency_ms") -> None:
+    """`state`: attribute -> array, number or dict of arrays; `target`: the column the model predicts."""
     meta = {"format": "latkit-model", "version": FORMAT_VERSION, "latkit": latkit_version(), "model": kind,
-            "params": params}
+            "params": params, "target": target}
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
         z.writestr("meta.json", json.dumps(meta, indent=1))
@@ -90,7 +92,8 @@ def _npy(arr) -> bytes:
 
 def read(path, build) -> object:
     """The model in `path`: `build(kind, params, state)` makes it from the file's data (and raises ValueError,
-    TypeError or KeyError on data that does not fit); anything else is refused in one line."""
+    TypeError or KeyError on data that does not fit); anything else is refused in one line. The model's
+    `target_` is the column it predicts."""
     with os.fdopen(validate.open_regular(path, "predictor file"), "rb") as f:
         size = os.fstat(f.fileno()).st_size
         if f.read(1) == b"\x80":  # a pickle (protocol >= 2), as latkit wrote before format 1
@@ -104,6 +107,7 @@ def read(path, build) -> object:
                 meta, state = _read(z, path)
             try:
                 model = build(meta["model"], meta["params"], state)
+                model.target_ = meta.get("target", "latency_ms")
             except LatkitError as e:  # e.g. an unknown space: still this file's fault
                 raise ValueError(str(e)) from None
         except KeyError as e:
@@ -230,6 +234,8 @@ def _meta(data: bytes, path) -> dict:
     for key, types in (("latkit", str), ("model", str), ("params", dict)):
         if not isinstance(meta.get(key), types):
             raise ValueError(f"meta.json: its {key!r} is no JSON {'object' if types is dict else 'string'}")
+    if meta.get("target", "latency_ms") not in TARGETS:
+        raise ValueError(f"meta.json: its target {str(meta['target'])[:40]!r} is none of {', '.join(TARGETS)}")
     return meta
 
 

@@ -9,7 +9,7 @@ from latkit.collector.dataset import save_png
 from latkit.collector.validate import write_atomic
 
 
-def write_report(out_dir, title: str, pred, true, metrics: dict) -> list:
+def write_report(out_dir, title: str, pred, true, metrics: dict, target: str = "latency_ms") -> list:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -22,8 +22,8 @@ def write_report(out_dir, title: str, pred, true, metrics: dict) -> list:
     xs = np.linspace(lo, hi, 50)
     ax.plot(xs, xs, "k-", lw=0.8, label="exact")
     ax.fill_between(xs, xs * 0.9, xs * 1.1, color="tab:green", alpha=0.15, label="±10 %")
-    ax.set_xlabel("measured latency_ms")
-    ax.set_ylabel("predicted latency_ms")
+    ax.set_xlabel(f"measured {target}")
+    ax.set_ylabel(f"predicted {target}")
     ax.set_title(f"{title}\nρ={metrics['spearman']:.3f}  ±10 %: {metrics['acc10'] * 100:.1f} %", fontsize=9)
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()

@@ -8,6 +8,7 @@ is written to $OUT comes back (at most 8 files of <= 16 MiB). So the script plan
   <space>-bs<B>.parquet        each dataset as one Parquet file (every stored column, samples included)
   <space>-bs1.parquet
   <space>-bs<B>-retest.parquet the test-retest side table
+  <space>-bs<B>-energy.parquet the energy rows (both passes; role "retest" marks the second)
   reports.tar.gz               dataset cards, device probes, retest.json, fit metrics, predictions and plots,
                                pytest's output, nvidia-smi
 
@@ -17,9 +18,12 @@ as TorchScript traced at batch 1, which the agent runs at both batch sizes and l
 takes ~0.6 s (measured on a CPU); each file is deleted once timed; (c) one agent, started while the first
 exports run, times each arch at the big batch and a share of them at batch 1 too, as the exports arrive,
 until the plan says stop; (d) the first --retest big-batch archs measured again, shuffled, by the same agent
-into a side table; (e) the datasets written to OUT; (f) predictor fits (ESM, model auto) on both datasets
-in child processes stopped at the deadline, and beside them tests/test_gpu.py (the GPU is free by then,
-so the tests cost the collection no time); (g) the reports and the summary.
+into a side table; (d2) the first --energy-n of them with energy on (NVML on the GPU: an idle 0.5 s and >= 1 s
+of replays each), twice, reshuffled: energy per inference and its retest; (e) the datasets written to OUT;
+(f) predictor fits (ESM, model auto) on both datasets and on the energy rows (--target energy_mj) in child
+processes stopped at the deadline, and beside them tests/test_gpu.py (the GPU is free by then, so the tests
+cost the collection no time); (g) the reports and the summary. Where the device has no energy counter (a CPU
+without RAPL, as this project's VM) the energy rows say why and the energy figures are skipped with it.
 
     python3 scripts/gpu_e2e.py --out "$OUT"                 # the GPU run, sized for ~9 minutes
     python3 scripts/gpu_e2e.py --smoke --out /tmp/smoke     # the same plumbing on a CPU in ~1 minute
@@ -47,10 +51,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # --smoke: nb201 on the CPU, just enough archs for a fit (budget 10, 11 to test); ~1 minute on 2 idle cores
-SMOKE = dict(space="nb201", accelerator="cpu", batch=2, goal_big=14, goal_small=3, retest=3, budget_s=150,
-             min_time=0.005, max_time=0.03, warmup_time=0.002, fit_model="ridge", fit_reserve_s=12,
+SMOKE = dict(space="nb201", accelerator="cpu", batch=2, goal_big=14, goal_small=3, retest=3, energy_n=3,
+             budget_s=150, min_time=0.005, max_time=0.03, warmup_time=0.002, fit_model="ridge", fit_reserve_s=12,
              pack_reserve_s=4, export_workers=2, export_ahead=8, tests_timeout_s=30,
              tests="tests/test_gpu.py -k 'settings_are_checked or cuda_defaults'")
+
+
+# What energy adds to one measurement (one round): the idle span and the counter's least span (agents/agent.py
+# ENERGY_SPANS: NVML 0.5 + 1 s, RAPL 0.2 + 0.2 s)
+ENERGY_EXTRA_S = {"cuda": 1.5, "cpu": 0.4}
 
 
 class Log:
@@ -73,7 +82,7 @@ class Plan:
 
     def __init__(self, args, t0: float):
         self.args, self.deadline = args, t0 + args.budget_s
-        self.cost = {"big": [], "small": [], "retest": []}
+        self.cost = {"big": [], "small": [], "retest": [], "energy": []}
 
     def left(self) -> float:
         return self.deadline - time.monotonic()
@@ -83,8 +92,19 @@ class Plan:
         return statistics.median(seen) if seen else 1.0  # a guess until the second result (the first paid for the
                                                          # agent's start)
 
+    def per_energy(self) -> float:
+        """An energy measurement, until one is seen: one without an export to wait for (a retest or a batch-1
+        one) plus the idle span and the longer counter span."""
+        if self.cost["energy"]:
+            return self.per("energy")
+        like = "retest" if self.cost["retest"] else "small" if self.cost["small"] else "big"
+        return self.per(like) + ENERGY_EXTRA_S[self.args.accelerator]
+
+    def after_retest_s(self) -> float:
+        return 2 * self.args.energy_n * self.per_energy() + self.args.fit_reserve_s + self.args.pack_reserve_s
+
     def tail_s(self, retest_n: int) -> float:
-        return retest_n * self.per("big") + self.args.fit_reserve_s + self.args.pack_reserve_s
+        return retest_n * self.per("big") + self.after_retest_s()
 
     def room_for_arch(self, small_share: float) -> bool:
         need = self.per("big") + small_share * self.per("small")
@@ -179,7 +199,7 @@ def collect(args, plan: Plan, work: Path, stores: dict, log) -> dict:
     big, small = settings(args, args.batch), settings(args, 1)
     dev = Device("local", lease=args.lease)
     stamp, side = side_table(stores["big"])
-    stores["retest"] = Store(side)
+    stores["retest"], stores["energy_retest"] = Store(side), Store(side_table(stores["energy"])[1])
     state = {"stop": "", "export_wait_s": 0.0, "archs": 0}
     left, keep, retest_jobs = {}, [], []
 
@@ -200,28 +220,30 @@ def collect(args, plan: Plan, work: Path, stores: dict, log) -> dict:
         else:
             state["stop"] = "every sampled arch measured"
         arts.close()  # cancels exports not yet started
-        n = max(0, min(len(retest_jobs), int((plan.left() - args.fit_reserve_s - args.pack_reserve_s)
-                                             / plan.per("big"))))
+        n = max(0, min(len(retest_jobs), int((plan.left() - plan.after_retest_s()) / plan.per("big"))))
         state["retest_planned"] = n
         log(f"main collection stopped ({state['stop']}); retest of {n} of {len(retest_jobs)} kept archs")
         for job in random.Random(args.seed + 1).sample(retest_jobs, n) if n >= 2 else []:
-            if plan.left() < plan.per("retest") + args.fit_reserve_s + args.pack_reserve_s:
+            if plan.left() < plan.per("retest") + plan.after_retest_s():
                 break
             yield dataclasses.replace(job, role="retest")
+        yield from energy_jobs(args, plan, retest_jobs, log)
 
     def store_of(job):
+        if job.settings.energy:
+            return stores["energy_retest" if job.role == "retest" else "energy"]
         if job.role == "retest":
             return stores["retest"]
         return stores["big"] if job.settings.batch_size == args.batch else stores["small"]
 
-    counts = {"big": 0, "small": 0, "retest": 0, "errors": 0}
+    counts = {"big": 0, "small": 0, "retest": 0, "energy": 0, "errors": 0}
     timing = {k: [] for k in counts if k != "errors"}
     last = None  # the first result also paid for the agent's start: not a rate
     result = {"stop": "", "retest": None}
     try:
         for m in measure_stream(dev, jobs(), store_of, job_timeout=args.job_timeout_s):
             now = time.monotonic()
-            kind = ("retest" if m.job.role == "retest" else
+            kind = ("energy" if m.job.settings.energy else "retest" if m.job.role == "retest" else
                     "big" if m.job.settings.batch_size == args.batch else "small")
             if last is not None:
                 plan.cost[kind].append(now - last)
@@ -235,11 +257,11 @@ def collect(args, plan: Plan, work: Path, stores: dict, log) -> dict:
                 if kind == "big" and len(retest_jobs) < args.retest:
                     retest_jobs.append(m.job)
                     keep.append(m.job.artifact.path)
-            if kind != "retest":
+            if kind in ("big", "small"):
                 left[m.job.artifact.path] -= 1
                 if left[m.job.artifact.path] == 0 and m.job.artifact.path not in keep:
                     m.job.artifact.path.unlink(missing_ok=True)  # ~20 MB each: the disk holds a few hundred
-            done = counts["big"] + counts["small"] + counts["retest"]
+            done = sum(counts.values()) - counts["errors"]
             if done % 100 == 0:
                 log(f"{counts['big']} big-batch, {counts['small']} batch-1, {counts['retest']} retest rows; "
                     f"{plan.per('big'):.2f} s per big-batch arch, {plan.left():.0f} s left")
@@ -261,7 +283,47 @@ def collect(args, plan: Plan, work: Path, stores: dict, log) -> dict:
         lat = result["retest"]["statistics"]["latency_ms"]
         log(f"retest of {result['retest']['n']}: spearman {lat['spearman']:.4f}, median rel. diff "
             f"{lat['median_rel_diff'] * 100:.3f} %")
+    result["energy"] = energy_figures(stores, log)
     return result
+
+
+def energy_jobs(args, plan: Plan, kept: list, log):
+    """Phase (d2): the first --energy-n kept big-batch archs with energy on, then again reshuffled as a retest
+    (their files are kept for the retest)."""
+    picked = kept[:args.energy_n]
+    if len(picked) < 2:
+        return
+    log(f"energy: {len(picked)} archs, twice")
+    for role, order in (("", picked), ("retest", random.Random(args.seed + 2).sample(picked, len(picked)))):
+        for job in order:
+            if plan.left() < plan.per_energy() + args.fit_reserve_s + args.pack_reserve_s:
+                return
+            yield dataclasses.replace(job, settings=dataclasses.replace(job.settings, energy=True), role=role)
+
+
+def energy_figures(stores: dict, log) -> dict:
+    """Energy per inference, power and idle power over the energy rows, and how energy_mj retests; or why not."""
+    from latkit.collector.retest import compare
+    read = lambda s: s.read().to_pylist() if s.exists() and s.files() else []  # noqa: E731
+    first = {r["key"]: r for r in read(stores["energy"]) if r["status"] == "ok"}
+    again = {r["key"]: r for r in read(stores["energy_retest"]) if r["status"] == "ok"}
+    have = [r for r in first.values() if r["energy_mj"] is not None]
+    out = {"rows": len(first), "read": len(have)}
+    if not have:
+        said = [r["warnings"][r["warnings"].find("energy:"):] for r in first.values() if "energy:" in (r["warnings"] or "")]
+        out["skipped"] = said[0] if said else "energy: no energy rows measured (the budget)"
+        log(out["skipped"])
+        return out
+    out.update(method=have[0]["energy_method"], **{c: _quantiles([r[c] for r in have if r[c] is not None])
+                                                   for c in ("energy_mj", "power_w", "idle_power_w", "energy_s")})
+    both = [k for k in first if first[k]["energy_mj"] is not None and (again.get(k) or {}).get("energy_mj")]
+    if len(both) >= 2:
+        out["retest"] = {c: compare([first[k][c] for k in both], [again[k][c] for k in both])
+                         for c in ("energy_mj", "power_w", "latency_ms")}
+        out["retest"]["n"] = len(both)
+        log(f"energy retest of {len(both)}: spearman {out['retest']['energy_mj']['spearman']:.4f}, median rel. "
+            f"diff {out['retest']['energy_mj']['median_rel_diff'] * 100:.2f} %")
+    return out
 
 
 def describe(table) -> dict:
@@ -291,7 +353,8 @@ def _quantiles(values) -> dict:
             "p90": round(q[-1], 4), "sum": round(sum(values), 1)}
 
 
-def fit_one(data: str, space: str, device: str, budget: int, model: str, prefix: str) -> None:
+def fit_one(data: str, space: str, device: str, budget: int, model: str, prefix: str,
+            target: str = "latency_ms") -> None:
     """One ESM fit in a child process (the parent stops it at the deadline): metrics JSON, the test archs'
     measured and predicted latency (CSV, to plot anywhere), and the report's plot where matplotlib is."""
     import csv
@@ -299,7 +362,7 @@ def fit_one(data: str, space: str, device: str, budget: int, model: str, prefix:
     from latkit.predictor.esm import fit
     from latkit.predictor.metrics import METRICS
     try:
-        table = LatencyTable(data, space)
+        table = LatencyTable(data, space, target)
         surrogate, result, test = fit(table, space, device, budget, model=model)
     except Exception as e:  # the parent reports it: this process's stderr may never come back
         Path(f"{prefix}.json").write_text(json.dumps({"error": f"{type(e).__name__}: {e}"}))
@@ -307,30 +370,33 @@ def fit_one(data: str, space: str, device: str, budget: int, model: str, prefix:
     pred, true = surrogate.predict(test), table.latency(device, test)
     Path(f"{prefix}.json").write_text(json.dumps(result, indent=1, default=float))
     with open(f"{prefix}-pred.csv", "w", newline="") as f:
-        csv.writer(f).writerows([("arch", "measured_ms", "predicted_ms")] + list(zip(test, true, pred)))
+        csv.writer(f).writerows([("arch", f"measured_{target}", f"predicted_{target}")] + list(zip(test, true, pred)))
     try:
         from latkit.predictor.report import write_report
         shown = {k: result[k] for k in (*METRICS, "n_train", "model")}
-        write_report(f"{prefix}-report", f"{space} / {Path(data).name} / {result['model']}", pred, true, shown)
+        write_report(f"{prefix}-report", f"{space} / {Path(data).name} / {result['model']}", pred, true, shown, target)
     except ImportError:
         pass  # no matplotlib here: the CSV holds the same points
 
 
 def fits(args, plan: Plan, work: Path, stores: dict, log) -> dict:
-    """Phase (f): both fits at once in child processes; what has not finished by the deadline is stopped."""
+    """Phase (f): the fits at once in child processes (both batches' latency, the energy rows' energy_mj); what
+    has not finished by the deadline is stopped."""
     from latkit.collector.dataset import read_latency
     from latkit.predictor.metrics import METRICS
     ctx, procs, out = multiprocessing.get_context("spawn"), {}, {}
-    for name in ("big", "small"):
-        n = read_latency(stores[name].uri).num_rows if stores[name].exists() and stores[name].files() else 0
-        budget = min(args.fit_budget if name == "big" else args.fit_budget_small, n // 2)
+    for name in ("big", "small", "energy"):
+        target = "energy_mj" if name == "energy" else "latency_ms"
+        n = read_latency(stores[name].uri, target=target).num_rows if stores[name].exists() and stores[name].files() \
+            else 0
+        budget = min(args.fit_budget_small if name == "small" else args.fit_budget, n // 2)
         if budget < 10:
             out[name] = {"skipped": f"{n} archs; a fit needs at least 20"}
             log(f"fit {name}: {out[name]}")
             continue
         prefix = str(work / "fits" / f"{Path(stores[name].uri).name}-fit")
         procs[name] = (ctx.Process(target=fit_one, args=(stores[name].uri, args.space, "local", budget,
-                                                         args.fit_model, prefix)), prefix, budget)
+                                                         args.fit_model, prefix, target)), prefix, budget)
     (work / "fits").mkdir(exist_ok=True)
     for p, _, _ in procs.values():
         p.start()
@@ -365,18 +431,22 @@ def card_notes(args, summary: dict, batch: int) -> str:
 def pack_datasets(args, out_dir: Path, stores: dict, summary: dict, log) -> dict:
     """Each dataset as one Parquet file in OUT, with its card written beside the rows (for the reports);
     done as soon as the collection ends, so a run stopped later still brings the data back."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
     from latkit.collector.dataset import write_card
     written = {}
-    for name, batch in (("big", args.batch), ("small", 1), ("retest", args.batch)):
+    for name, batch in (("big", args.batch), ("small", 1), ("retest", args.batch), ("energy", args.batch)):
         store = stores.get(name)
         if store is None or not (store.exists() and store.files()):
             continue
         base = Path(store.uri).name if name != "retest" else f"{Path(stores['big'].uri).name}-retest"
-        if name != "retest":
+        if name in ("big", "small"):
             write_card(store.uri, title=f"{args.space} on the GPU, batch {batch} (latkit GPU study)",
                        notes=card_notes(args, summary, batch))
         table = store.read()
+        again = stores.get("energy_retest")
+        if name == "energy" and again is not None and again.exists() and again.files():  # both passes in one file
+            table = pa.concat_tables([table, again.read()])
         pq.write_table(table, out_dir / f".{base}.parquet", compression="zstd")
         os.replace(out_dir / f".{base}.parquet", out_dir / f"{base}.parquet")
         written[f"{base}.parquet"] = {"bytes": (out_dir / f"{base}.parquet").stat().st_size, **describe(table)}
@@ -413,10 +483,12 @@ def goals(args, summary: dict) -> dict:
     ok = {name: v.get("ok", 0) for name, v in summary.get("datasets", {}).items() if isinstance(v, dict)}
     rt = ((summary.get("collect") or {}).get("retest") or {}).get("n", 0)
     fit = (summary.get("fits") or {}).get("big", {})
+    energy = ((summary.get("collect") or {}).get("energy") or {}).get("read", 0)
     big, small = ok.get(f"{args.space}-bs{args.batch}.parquet", 0), ok.get(f"{args.space}-bs1.parquet", 0)
     reached = {f"batch {args.batch} archs >= {args.goal_big}": (big, args.goal_big),
                f"batch 1 archs >= {args.goal_small}": (small, args.goal_small),
                f"retest archs >= {args.retest}": (rt, args.retest),
+               f"energy archs >= {args.energy_n}": (energy, args.energy_n),
                "big-batch fit +-10 % accuracy >= 0.99": (fit.get("acc10"), 0.99),
                "big-batch fit spearman >= 0.99": (fit.get("spearman"), 0.99)}
     return {k: {"value": v, "reached": (v or 0) >= goal} for k, (v, goal) in reached.items()}
@@ -435,7 +507,8 @@ def main(argv=None) -> int:
     summary = {"argv": sys.argv[1:], "budget_s": args.budget_s, "work": str(work), "cpus": os.cpu_count(),
                "python": sys.version.split()[0], "phases": {}}
     from latkit.collector import Store
-    stores = {"big": Store(work / f"{args.space}-bs{args.batch}"), "small": Store(work / f"{args.space}-bs1")}
+    stores = {"big": Store(work / f"{args.space}-bs{args.batch}"), "small": Store(work / f"{args.space}-bs1"),
+              "energy": Store(work / f"{args.space}-bs{args.batch}-energy")}
 
     def phase(name, fn, *a):
         t = time.monotonic()
@@ -484,6 +557,8 @@ def parse(argv=None):
     p.add_argument("--goal-big", type=int, default=1000, help="archs to time at the big batch")
     p.add_argument("--goal-small", type=int, default=300, help="archs to time at batch 1 (interleaved)")
     p.add_argument("--retest", type=int, default=100, help="big-batch archs to measure again")
+    p.add_argument("--energy-n", type=int, default=30, help="of those, archs measured twice more with energy on "
+                                                             "(~1.5 s more each on NVML; 0: none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--min-time", type=float, default=0.05, help="minimum timed seconds per model")
     p.add_argument("--max-time", type=float, default=0.3, help="cap on timed seconds once the minimums are met")
@@ -507,8 +582,8 @@ def parse(argv=None):
         for k, v in SMOKE.items():
             if k not in given:
                 setattr(args, k, v)
-    if args.batch < 2 or args.goal_big < 1 or args.goal_small < 0 or args.retest < 0:
-        p.error("--batch must be >= 2 (batch 1 is the other dataset); goals and --retest >= 0")
+    if args.batch < 2 or args.goal_big < 1 or args.goal_small < 0 or args.retest < 0 or args.energy_n < 0:
+        p.error("--batch must be >= 2 (batch 1 is the other dataset); goals, --retest and --energy-n >= 0")
     return args
 
 

@@ -200,7 +200,7 @@ def test_bad_inputs(tmp_path, fbnet_slice):
     partial = pd.DataFrame({"space": ["nb201"] * 3, "arch": ["x", "y", "x"], "device": ["d1", "d1", "d2"],
                             "latency_ms": [1.0, 2.0, 3.0]})
     pq.write_table(pa.Table.from_pandas(partial), tmp_path / "partial.parquet")
-    with pytest.raises(LatkitError, match="1 archs have no latency on d2"):
+    with pytest.raises(LatkitError, match="1 archs have no latency_ms on d2"):
         LatencyTable(tmp_path / "partial.parquet", "nb201").latency("d2", ["x", "y"])
     with pytest.raises(LatkitError, match="is not a valid latkit model"):
         load(tmp_path / "bad.parquet")
