@@ -266,6 +266,21 @@ def _number(text):
         return None
 
 
+def _nvml_handle(nvml, index):
+    """NVML's handle of cuda:`index`. NVML numbers GPUs as the driver does whatever CUDA_VISIBLE_DEVICES says,
+    so where torch has CUDA up the GPU is found by its UUID; by index only where CUDA sees every GPU."""
+    torch = sys.modules.get("torch")
+    try:
+        if torch is not None and torch.cuda.is_initialized():  # never starts CUDA for a CPU job's telemetry
+            uuid = str(torch.cuda.get_device_properties(index).uuid)
+            return nvml.nvmlDeviceGetHandleByUUID(uuid if uuid.startswith("GPU-") else "GPU-" + uuid)
+    except Exception:
+        pass
+    if os.environ.get("CUDA_VISIBLE_DEVICES", "").strip():
+        raise ValueError("CUDA_VISIBLE_DEVICES is set and NVML cannot match cuda:%d by its UUID" % index)
+    return nvml.nvmlDeviceGetHandleByIndex(index)
+
+
 _GPU_FIELDS = ("gpu_sm_mhz", "gpu_mem_mhz", "gpu_temp_c", "gpu_power_w", "gpu_clocks_locked")
 
 
@@ -276,7 +291,7 @@ def gpu_telemetry(index=0):
     if nvml is not None:
         try:
             nvml.nvmlInit()
-            h = nvml.nvmlDeviceGetHandleByIndex(index)
+            h = _nvml_handle(nvml, index)
             sm = nvml.nvmlDeviceGetClockInfo(h, nvml.NVML_CLOCK_SM)
             app = nvml.nvmlDeviceGetApplicationsClock(h, nvml.NVML_CLOCK_SM)
             default = nvml.nvmlDeviceGetDefaultApplicationsClock(h, nvml.NVML_CLOCK_SM)
@@ -960,7 +975,7 @@ class Rapl:
 
 
 class Nvml:
-    """NVML's total-energy counter of GPU 0 (mJ since the driver loaded; Volta and newer), via nvidia-ml-py."""
+    """NVML's total-energy counter of the GPU timed (mJ since the driver loaded; Volta and newer): nvidia-ml-py."""
 
     method = "nvml"
 
@@ -970,7 +985,7 @@ class Nvml:
             raise EnergyUnavailable("pynvml is not importable on the device; pip install nvidia-ml-py")
         try:
             self.nvml.nvmlInit()
-            self.handle = self.nvml.nvmlDeviceGetHandleByIndex(index)
+            self.handle = _nvml_handle(self.nvml, index)
         except Exception as e:  # NVMLError and its kin: no driver, no GPU
             raise EnergyUnavailable("NVML cannot open GPU %d: %s" % (index, _first_line(str(e))))
         self.read()
