@@ -457,7 +457,20 @@ def health(workdir):
         free = None
     return {"cpus": cpus, "cpu_count": os.cpu_count(), "governors": _governors(cpus), "sensors": _sensors(),
             "loadavg": load, "busy": busy_processes(cpus), "throttle": throttle_state(cpus),
-            "workdir": os.path.abspath(workdir), "disk_free_mb": None if free is None else free // 2 ** 20}
+            "workdir": os.path.abspath(workdir), "disk_free_mb": None if free is None else free // 2 ** 20,
+            "energy": energy_counters()}
+
+
+def energy_counters():
+    """For each counter `--energy` can read (rapl, nvml): "ok", or why it cannot be read here."""
+    out = {}
+    for counter in (Rapl, Nvml):
+        try:
+            counter()
+            out[counter.method] = "ok"
+        except EnergyUnavailable as e:
+            out[counter.method] = str(e)
+    return out
 
 
 def cooldown(limit_c, max_s):

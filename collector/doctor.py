@@ -103,11 +103,17 @@ def _disk(h: dict, problems: list, warnings: list) -> str:
     return where
 
 
+def _energy(h: dict) -> str:
+    """Which counter `--energy` would read: a fact, not a verdict (energy is opt-in); the reasons are in --json."""
+    ok = [k for k, v in (h.get("energy") or {}).items() if v == "ok"]
+    return "energy " + ("+".join(ok) if ok else "n/a" if h.get("energy") else "unknown (agent < 0.3.5)")
+
+
 def judge(name: str, probe: dict, h: dict, cores: Optional[Sequence[int]] = None) -> dict:
     """One device's facts and verdicts from its probe and health replies."""
     problems, warnings = [], []
     facts = [_runtimes(probe, problems), _governor(h, warnings), _thermal(h, warnings), _load(h, warnings),
-             _busy(h, problems, warnings, cores), _disk(h, problems, warnings)]
+             _busy(h, problems, warnings, cores), _disk(h, problems, warnings), _energy(h)]
     facts[0], facts[1] = f"runtimes {facts[0]}", f"governor {facts[1]}"
     return {"device": name, "reachable": True, "status": "problem" if problems else "warn" if warnings else "ok",
             "problems": problems, "warnings": warnings, "summary": "; ".join(facts),

@@ -118,3 +118,22 @@ def test_governor_heat_and_throttling_are_warnings(tmp_path):
     assert f"warning: governor powersave on cpu {cpus}; set performance" in line
     assert "warning: cpu-thermal reads 91 °C; let it cool or use --cooldown-temp" in line
     assert "warning: throttled now: cpu0 at 1200 of 3000 MHz" in line
+
+
+def test_the_energy_counter_is_a_fact_with_its_reason_in_json(tmp_path):
+    """`--energy` is opt-in, so doctor says which counter it would read (a fact, never a warning): RAPL from a
+    package domain of a fake powercap tree; with none, `energy n/a` and the reason in --json."""
+    root = tmp_path / "sysroot"
+    zone = root / "sys/class/powercap/intel-rapl:0"
+    zone.mkdir(parents=True)
+    for name, text in (("name", "package-0"), ("energy_uj", "123456"), ("max_energy_range_uj", "262143328850")):
+        (zone / name).write_text(text + "\n")
+    cmd = [sys.executable, "-m", "latkit.collector.cli", "doctor", "--devices", "local", "--registry",
+           tmp_path / "none.toml"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=ROOT,
+                       env=dict(os.environ, LATKIT_SYSROOT=str(root)))
+    assert "; energy rapl" in r.stdout and "warning: energy" not in r.stdout, r.stdout + r.stderr
+    r = subprocess.run(cmd + ["--json"], capture_output=True, text=True, timeout=180, cwd=ROOT,
+                       env=dict(os.environ, LATKIT_SYSROOT=str(tmp_path / "bare")))
+    dev, = json.loads(r.stdout)["devices"]
+    assert dev["summary"].endswith("energy n/a") and "no RAPL package domain" in dev["energy"]["rapl"], dev
