@@ -212,6 +212,22 @@ def test_fit_errors_name_where_they_looked_and_what_to_do(user):
                                                       "--device", "local", "--models", "nowhere")
 
 
+def test_a_fifo_or_a_device_among_the_models_is_passed_over_not_read(user):
+    """Hashing a FIFO would hang and /dev/zero never ends: in a --models folder only regular files count (as in
+    collect --models), and such a file named alone is refused in one line."""
+    root = user["root"]
+    odd = root / "odd-models"
+    odd.mkdir()
+    os.mkfifo(odd / "pipe.onnx")
+    os.symlink("/dev/zero", odd / "zero.onnx")
+    for f in (root / "models").glob("*.onnx"):
+        os.symlink(f, odd / f.name)
+    args = ("predictor", "fit", "--space", "onnx", "--data", "data", "--device", "local", "--model", "flops", "--out",
+            "odd.latkit-model", "-q", "--models")
+    assert "flops model of 12 graphs" in ok(user, *args, "odd-models", timeout=120)
+    assert "odd-models/pipe.onnx is a FIFO, not a regular file" in refused(user, *args, "odd-models/pipe.onnx")
+
+
 def test_adapt_measures_a_few_files_on_the_device_and_adapts_the_graph_model(user, fitted):
     """adapt --model: the files are measured into --data (a re-run times nothing again), the model as it was is
     scored on them, the adapted model is saved and predicts."""
