@@ -130,26 +130,33 @@ def _tmp(path: Path) -> Path:
     return path.with_name(f".{path.stem}.{uuid.uuid4().hex}.tmp{path.suffix}")
 
 
+def _place(path: Path, write) -> Path:
+    """`write(tmp)` to a temporary name beside `path`, renamed onto it; the temporary goes if either fails."""
+    tmp = _tmp(path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
 def _twin_of(art: Artifact, folder: Path) -> Path:
     """Twin "b" of an exported file: the same network, a few bytes of metadata apart."""
     out = folder / f"{art.sha256}-b{art.path.suffix}"
     if out.is_file():
         return out
-    tmp = _tmp(out)
     if art.format == "tflite":  # a flatbuffer is read from its root offset: bytes after it are never looked at
-        tmp.write_bytes(art.path.read_bytes() + b"latkit reference twin b\0")
-    else:
-        import torch
-        torch.export.save(torch.export.load(str(art.path)), str(tmp), extra_files={"latkit_reference": "b"})
-    os.replace(tmp, out)
-    return out
+        return _place(out, lambda tmp: tmp.write_bytes(art.path.read_bytes() + b"latkit reference twin b\0"))
+    import torch
+    return _place(out, lambda tmp: torch.export.save(torch.export.load(str(art.path)), str(tmp),
+                                                     extra_files={"latkit_reference": "b"}))
 
 
 def _write_once(path: Path, data: bytes) -> Path:
     if not (path.is_file() and sha256_file(path) == hashlib.sha256(data).hexdigest()):
-        tmp = _tmp(path)
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        _place(path, lambda tmp: tmp.write_bytes(data))
     return path
 
 

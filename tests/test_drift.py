@@ -80,6 +80,16 @@ def test_the_onnx_reference_is_one_fixed_valid_network_under_two_names(tmp_path)
     assert twins[0].sha256 == REFERENCE_A_SHA256
 
 
+def test_a_reference_that_cannot_be_placed_leaves_no_temporary_file(tmp_path):
+    """A folder where the reference file goes: the write fails in one error, and its temporary file goes too (no
+    hidden file left in the cache by each run that tried)."""
+    (tmp_path / "reference" / "reference-a.onnx").mkdir(parents=True)
+    (tmp_path / "reference" / "reference-a.onnx" / "x").write_text("in the way")
+    with pytest.raises(OSError):
+        artifacts("onnxruntime", tmp_path)
+    assert sorted(p.name for p in (tmp_path / "reference").iterdir()) == ["reference-a.onnx"]
+
+
 def test_collect_times_reference_pairs_into_the_side_table_and_reports_them(reg, models, tmp_path):
     out = tmp_path / "d"
     r = latkit("collect", "--models", models, "--devices", "loc", "--registry", reg.path, "--out", out, "--json",
