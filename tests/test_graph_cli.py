@@ -193,6 +193,8 @@ def test_the_wrong_file_for_the_wrong_model_says_what_to_do(user, fitted):
     assert out.startswith("arch\tlatency_ms\n" + NB201_ARCH + "\t")
     err = refused(user, "predictor", "adapt", "--model", arch_model, "--device", "local", "--file", "models")
     assert "predicts arch strings of nb201" in err and "leave out --model" in err
+    err = refused(user, "predictor", "adapt", "--space", "onnx", "--device", "local")
+    assert "--space onnx adapts a graph model: give --model" in err
 
 
 def test_fit_errors_name_where_they_looked_and_what_to_do(user):
