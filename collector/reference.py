@@ -5,7 +5,7 @@ REFERENCE_EVERY_JOBS jobs (whichever comes first) and at the end, as an A/A pair
 names (twins "a" and "b", a few bytes of metadata apart, so the agent loads two sessions), back to back.
 Their rows (role "reference", space "reference", arch "reference-a" / "reference-b") go to a side table,
 `<dataset>/_reference/`, never among the data: no reader of `data/` (latkit's, pyarrow's, a predictor's) can
-mix them in. Each timing is a new row: its key adds the run and the check number to the job key.
+mix them in. Each timing is a new row: its key adds the run and the timing's number to the job key.
 collector/drift.py turns the rows into the A/A floor and the drift.
 
 The ONNX reference is written here, protobuf field by field with numpy's seeded weights, so its bytes (and
@@ -203,6 +203,7 @@ class Schedule:
     every_jobs: int = REFERENCE_EVERY_JOBS
     run: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex)
     checks: int = 0
+    timings: int = 0  # reference rows keyed so far
     last_at: Optional[float] = None
     jobs_at_last: int = 0
     twins: Optional[tuple] = None  # the (a, b) Artifacts, once made
@@ -237,5 +238,7 @@ class Schedule:
         return tuple(Job(a, job.device, settings, role=ROLE) for a in self.twins)
 
     def key(self, job: Job) -> str:
-        """A reference row's key: the job's, this run's and the check's, so each timing is a row of its own."""
-        return hashlib.sha256(f"{job.key}\n{self.run}\n{self.checks}".encode()).hexdigest()
+        """A reference row's key: the job's, this run's and the timing's number, so each timing is a row of its own
+        (a check timed again after a broken link too)."""
+        self.timings += 1
+        return hashlib.sha256(f"{job.key}\n{self.run}\n{self.timings}".encode()).hexdigest()

@@ -12,12 +12,12 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pytest
 
-from latkit.collector import Artifact, Registry, Settings, Store
+from latkit.collector import Artifact, Job, Registry, Settings, Store
 from latkit.collector.api import make_jobs
 from latkit.collector.dataset import read_latency, summary, write_card
 from latkit.collector.device_loop import DeviceRequest, run_device
 from latkit.collector.drift import DRIFT_FACTOR, Check, dataset_drift, of_checks
-from latkit.collector.reference import artifacts, onnx_bytes, side_store
+from latkit.collector.reference import Schedule, artifacts, onnx_bytes, side_store
 from latkit.collector.reports import DeviceReport
 from latkit.collector.scheduler import collect
 from latkit.collector.schema import ROLES
@@ -88,6 +88,17 @@ def test_a_reference_that_cannot_be_placed_leaves_no_temporary_file(tmp_path):
     with pytest.raises(OSError):
         artifacts("onnxruntime", tmp_path)
     assert sorted(p.name for p in (tmp_path / "reference").iterdir()) == ["reference-a.onnx"]
+
+
+def test_a_check_timed_again_after_a_broken_link_gets_rows_of_its_own(tmp_path):
+    """A link that breaks between the twins leaves twin a's row; the check is timed again on a fresh agent, and
+    its rows must not share a key with the first ones."""
+    sch = Schedule()
+    art = Artifact(path="/m/x.onnx", sha256="0" * 64, format="onnx", space="custom", arch="x")
+    twins = sch.jobs(Job(art, "loc", QUICK), tmp_path)
+    first = [sch.key(j) for j in twins]
+    again = [sch.key(j) for j in twins]  # no sch.done() between: the same check, timed again
+    assert len(set(first + again)) == 4
 
 
 def test_collect_times_reference_pairs_into_the_side_table_and_reports_them(reg, models, tmp_path):
