@@ -25,7 +25,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from latkit.collector.errors import LatkitError
+from latkit.collector.errors import Failure, LatkitError
 
 from .graphmodel import GraphSurrogate, as_graph, as_graphs
 
@@ -203,6 +203,9 @@ def adapt_graphs(model: GraphSurrogate, data_dir, device: str, paths: Sequence, 
     files = onnx_files(paths)
     index = _index_models(files)
     done = api.collect_models(files, [device], None, settings, data_dir, registry=registry, progress=progress)
+    if not done.ok:  # before reading: a device that measured nothing leaves no dataset to name
+        raise Failure("; ".join(f"{d.device}: {d.message}" for d in done.devices if d.message) +
+                      f" ({done.line()}); nothing adapted")
     t = graph_rows(data_dir, device, models=files)
     t = t[t.model_sha256.isin(list(index))]
     if len(t) < 3:

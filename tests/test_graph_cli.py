@@ -230,6 +230,16 @@ def test_a_fifo_or_a_device_among_the_models_is_passed_over_not_read(user):
     assert "odd-models/pipe.onnx is a FIFO, not a regular file" in refused(user, *args, "odd-models/pipe.onnx")
 
 
+def test_adapt_on_a_device_that_cannot_be_reached_says_so(user, fitted):
+    """The device's own error and what was measured, exit 1 (as collect), not "no dataset at ..." of the empty
+    --data the failed measuring left."""
+    model, _ = fitted
+    (user["root"] / "dead.toml").write_text('[devices.dead]\ntransport = "ssh"\nhost = "127.0.0.1"\nport = 1\n')
+    err = refused(user, "predictor", "adapt", "--registry", "dead.toml", "--model", model, "--device", "dead",
+                  "--file", "models", "--data", "dead-data", "-q", code=1)
+    assert "dead: cannot reach dead at 127.0.0.1:1" in err and "0 measured" in err and "nothing adapted" in err
+
+
 def test_adapt_measures_a_few_files_on_the_device_and_adapts_the_graph_model(user, fitted):
     """adapt --model: the files are measured into --data (a re-run times nothing again), the model as it was is
     scored on them, the adapted model is saved and predicts."""
