@@ -37,7 +37,8 @@ def cmd_data_show(args) -> int:
             log.warning("warning: %s", d.warning())
     if not drifts:
         print(f"no reference timings in {clean(args.dir, 300)}: the host's noise floor and drift are unknown "
-              "(collected with --no-reference, or by an older latkit)")
+              "(only `collect` times the reference: these rows came from `measure`, `collect --no-reference` or an older "
+              "latkit)")
     return 0
 
 

@@ -151,7 +151,7 @@ def test_collect_prints_the_reference_line_and_no_reference_writes_none(reg, mod
     assert json.loads(r.stdout)["devices"][0]["reference"] is None and not (off / "_reference").exists()
     assert Store(off).read(["key"]).num_rows == 5
     shown = latkit("data", "show", off)
-    assert "no reference timings" in shown.stdout
+    assert "no reference timings" in shown.stdout and "only `collect` times the reference" in shown.stdout
     assert "No reference timings" in write_card(off).read_text()
 
 
