@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pytest
 
-from latkit.collector import Artifact, Job, Registry, Settings, Store
+from latkit.collector import Artifact, Job, Settings, Store
 from latkit.collector.api import make_jobs
 from latkit.collector.dataset import read_latency, summary, write_card
 from latkit.collector.device_loop import DeviceRequest, run_device
@@ -38,14 +38,6 @@ def latkit(*args, timeout=300):
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, export_cache):
     return small_onnx_models(tmp_path_factory.mktemp("models"), range(4, 9), export_cache)
-
-
-@pytest.fixture
-def reg(tmp_path):
-    path = tmp_path / "devices.toml"
-    path.write_text(f'[devices.loc]\ntransport = "local"\nworkdir = "{tmp_path / "loc"}"\n'
-                    f'lease = "{tmp_path / "lease"}"\n')
-    return Registry(path)
 
 
 def reference_rows(out) -> list:
