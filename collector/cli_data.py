@@ -37,7 +37,8 @@ def cmd_data_show(args) -> int:
             log.warning("warning: %s", d.warning())
     if not drifts:
         print(f"no reference timings in {clean(args.dir, 300)}: the host's noise floor and drift are unknown "
-              "(collected with --no-reference, or by an older latkit)")
+              "(only `collect` times the reference: these rows came from `measure`, `collect --no-reference` or an older "
+              "latkit)")
     return 0
 
 
@@ -114,7 +115,7 @@ def add_data(sub, par: Parents) -> None:
 
 def _show(data, par: Parents) -> None:
     """data show"""
-    show = data.add_parser("show", parents=[par.common], help="summary table of a dataset")
+    show = data.add_parser("show", parents=[par.common], help="summary table of a dataset, and the drift of the reference each device timed")
     show.add_argument("dir", nargs="?", default="latkit-data", help="dataset folder or URI (default ./latkit-data)")
     show.add_argument("--json", action="store_true", help="print one JSON document on stdout instead of a table")
     show.set_defaults(func=cmd_data_show)

@@ -11,6 +11,7 @@ from .cli_common import SEED, Parents, console, default_first, log, print_json, 
 from .devices import Registry
 from .errors import Failure, LatkitError
 from .ray_executor import parse_executor
+from .reference import REFERENCE_EVERY_JOBS, REFERENCE_EVERY_S, SIDE
 from .samplers import SAMPLERS
 from .text import cell, clean
 
@@ -148,7 +149,7 @@ def add_collect(sub, par: Parents) -> None:
                    help="also measure again models stored as permanent errors (corrupt file, unsupported op)")
     c.add_argument("--no-reference", action="store_true",
                    help="do not time the reference network (by default each device times an A/A pair of it first, "
-                        "every 60 s or 25 jobs and last, into the side table OUT/_reference/: the host's drift and "
-                        "noise floor)")
+                        f"every {REFERENCE_EVERY_S:g} s or {REFERENCE_EVERY_JOBS} jobs and last, into the side table "
+                        f"OUT/{SIDE}/: the host's drift and noise floor)")
     c.set_defaults(func=cmd_collect)
 

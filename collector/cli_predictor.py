@@ -154,6 +154,9 @@ def cmd_predictor_adapt(args) -> int:
     if args.file:
         raise LatkitError("--file applies with --model (a graph model to adapt); for an arch space adapt chooses "
                           "the archs it measures itself (--n)")
+    if args.space == GRAPH_SPACE:
+        raise LatkitError("--space onnx adapts a graph model: give --model (a .latkit-model of predictor fit --space "
+                          "onnx) and --file (a few .onnx files to measure on --device)")
     from latkit.predictor.adapt import adapt
     args.space, args.n = args.space or "nb201", args.n or 20
     out = _model_out(args, f"{args.space}-{args.device}-adapt.latkit-model")

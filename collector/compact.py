@@ -54,7 +54,13 @@ def _compaction_lock(store: Store):
         yield
         return
     os.makedirs(store.root, exist_ok=True)
-    with open(os.path.join(store.root, ".compact.lock"), "w") as f:
+    path = os.path.join(store.root, ".compact.lock")
+    try:  # never truncated, never through a symlink: a shared dataset may hold one pointing anywhere
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except OSError as e:
+        why = "it is a symlink" if e.errno == errno.ELOOP else e.strerror
+        raise LatkitError(f"cannot open the compaction lock {path}: {why}; remove it and run again") from None
+    with os.fdopen(fd, "r+") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -217,8 +217,9 @@ def reference_section(drifts: list) -> list:
     """The card's section on the reference network: per device its A/A floor (the host's own noise) and drift."""
     lines = ["## Reference, noise floor and drift", ""]
     if not drifts:
-        return lines + ["No reference timings (collected with `--no-reference`, or by a latkit before them): the "
-                        "hosts' noise floor and drift during the collection are unknown.", ""]
+        return lines + ["No reference timings (only `latkit collect` times the reference: these rows came from "
+                        "`latkit measure`, `collect --no-reference` or a latkit before it): the hosts' noise floor "
+                        "and drift during the collection are unknown.", ""]
     lines += [f"Each device timed a fixed reference network as an A/A pair (the same network under two names, back "
               f"to back, one round each) first, every {REFERENCE_EVERY_S:g} s or {REFERENCE_EVERY_JOBS} jobs, and "
               f"last in every collection; its rows are in the side table `{SIDE}/`, never among the data. The A/A "

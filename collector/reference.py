@@ -5,7 +5,7 @@ REFERENCE_EVERY_JOBS jobs (whichever comes first) and at the end, as an A/A pair
 names (twins "a" and "b", a few bytes of metadata apart, so the agent loads two sessions), back to back.
 Their rows (role "reference", space "reference", arch "reference-a" / "reference-b") go to a side table,
 `<dataset>/_reference/`, never among the data: no reader of `data/` (latkit's, pyarrow's, a predictor's) can
-mix them in. Each timing is a new row: its key adds the run and the check number to the job key.
+mix them in. Each timing is a new row: its key adds the run and the timing's number to the job key.
 collector/drift.py turns the rows into the A/A floor and the drift.
 
 The ONNX reference is written here, protobuf field by field with numpy's seeded weights, so its bytes (and
@@ -130,26 +130,33 @@ def _tmp(path: Path) -> Path:
     return path.with_name(f".{path.stem}.{uuid.uuid4().hex}.tmp{path.suffix}")
 
 
+def _place(path: Path, write) -> Path:
+    """`write(tmp)` to a temporary name beside `path`, renamed onto it; the temporary goes if either fails."""
+    tmp = _tmp(path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
 def _twin_of(art: Artifact, folder: Path) -> Path:
     """Twin "b" of an exported file: the same network, a few bytes of metadata apart."""
     out = folder / f"{art.sha256}-b{art.path.suffix}"
     if out.is_file():
         return out
-    tmp = _tmp(out)
     if art.format == "tflite":  # a flatbuffer is read from its root offset: bytes after it are never looked at
-        tmp.write_bytes(art.path.read_bytes() + b"latkit reference twin b\0")
-    else:
-        import torch
-        torch.export.save(torch.export.load(str(art.path)), str(tmp), extra_files={"latkit_reference": "b"})
-    os.replace(tmp, out)
-    return out
+        return _place(out, lambda tmp: tmp.write_bytes(art.path.read_bytes() + b"latkit reference twin b\0"))
+    import torch
+    return _place(out, lambda tmp: torch.export.save(torch.export.load(str(art.path)), str(tmp),
+                                                     extra_files={"latkit_reference": "b"}))
 
 
 def _write_once(path: Path, data: bytes) -> Path:
     if not (path.is_file() and sha256_file(path) == hashlib.sha256(data).hexdigest()):
-        tmp = _tmp(path)
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        _place(path, lambda tmp: tmp.write_bytes(data))
     return path
 
 
@@ -196,6 +203,7 @@ class Schedule:
     every_jobs: int = REFERENCE_EVERY_JOBS
     run: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex)
     checks: int = 0
+    timings: int = 0  # reference rows keyed so far
     last_at: Optional[float] = None
     jobs_at_last: int = 0
     twins: Optional[tuple] = None  # the (a, b) Artifacts, once made
@@ -230,5 +238,7 @@ class Schedule:
         return tuple(Job(a, job.device, settings, role=ROLE) for a in self.twins)
 
     def key(self, job: Job) -> str:
-        """A reference row's key: the job's, this run's and the check's, so each timing is a row of its own."""
-        return hashlib.sha256(f"{job.key}\n{self.run}\n{self.checks}".encode()).hexdigest()
+        """A reference row's key: the job's, this run's and the timing's number, so each timing is a row of its own
+        (a check timed again after a broken link too)."""
+        self.timings += 1
+        return hashlib.sha256(f"{job.key}\n{self.run}\n{self.timings}".encode()).hexdigest()

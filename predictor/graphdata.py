@@ -25,7 +25,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from latkit.collector.errors import LatkitError
+from latkit.collector.errors import Failure, LatkitError
 
 from .graphmodel import GraphSurrogate, as_graph, as_graphs
 
@@ -35,13 +35,18 @@ MODEL_KINDS = ("kernels", "gnn", "flops")
 
 
 def _index_models(folders: Sequence) -> dict:
-    """sha256 -> path of the .onnx files in `folders` (named by their hash, or hashed here)."""
+    """sha256 -> path of the .onnx files in `folders` (named by their hash, or hashed here). In a folder only
+    regular files count (as `collect --models`): hashing a FIFO would hang, /dev/zero never ends; a file named
+    itself must be one."""
+    from latkit.collector import validate
     from latkit.collector.job import sha256_file
     out = {}
     for folder in folders:
         if not Path(folder).exists():
             raise LatkitError(f"models path {folder} not found; give the folders or .onnx files that were measured")
-        for p in sorted(Path(folder).rglob("*.onnx")) if Path(folder).is_dir() else [Path(folder)]:
+        found = [p for p in sorted(Path(folder).rglob("*.onnx")) if p.is_file()] if Path(folder).is_dir() else \
+            [validate.readable_file(folder, "ONNX file")]
+        for p in found:
             stem = p.name[:-5]
             out[stem if re.fullmatch(r"[0-9a-f]{64}", stem) else sha256_file(p)] = str(p)
     return out
@@ -198,6 +203,9 @@ def adapt_graphs(model: GraphSurrogate, data_dir, device: str, paths: Sequence, 
     files = onnx_files(paths)
     index = _index_models(files)
     done = api.collect_models(files, [device], None, settings, data_dir, registry=registry, progress=progress)
+    if not done.ok:  # before reading: a device that measured nothing leaves no dataset to name
+        raise Failure("; ".join(f"{d.device}: {d.message}" for d in done.devices if d.message) +
+                      f" ({done.line()}); nothing adapted")
     t = graph_rows(data_dir, device, models=files)
     t = t[t.model_sha256.isin(list(index))]
     if len(t) < 3:

@@ -64,7 +64,7 @@ def main():
     cli.main(["doctor", "--devices", "local"])  # what would spoil timing here: governor, load, busy cores, disk
     console.print(f"[bold]device local[/]: {p['cpu_model']}, {p['cpu_count']} CPUs, {p['memory_mb']} MB, "
                   f"runtimes " + ", ".join(f"{k} {v['version']}" for k, v in p["runtimes"].items()))
-    settings = Settings()  # the default protocol: 4 shuffled rounds, each stopped by the p10's CI or 0.25 s
+    settings = Settings()  # the default protocol: 4 shuffled rounds, each stopped by the p10's CI or 0.3 s
     table = Table("model", "runtime", "latency_ms", "p10-p90 ms", "robust CV", "repeats", "stopped by", "status")
     t0 = time.time()
     for fmt, runtime in (("onnx", "onnxruntime"), ("tflite", "tflite")):

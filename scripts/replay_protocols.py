@@ -331,7 +331,7 @@ def schedules() -> list:
 
 
 # the defaults as they are (warmup 5 runs: the replay's warmup estimate; its samples follow the recorded 2)
-CURRENT = Protocol("p10", 4, 10, 0.1, 0.25, 0.005, warmup_count=5, warmup_s=0.05)
+CURRENT = Protocol("p10", 4, 3, 0.1, 0.3, 0.005, warmup_count=2, warmup_s=0.05)  # collector/job.py Settings (agent 0.3.4)
 
 
 def load_set(bench: dict, keep: Path, tag: str, label: str, runtime: str) -> dict:

@@ -62,6 +62,17 @@ def artifacts(export_cache):
 
 
 @pytest.fixture
+def reg(tmp_path):
+    """A registry of one local device, `loc`, with its own workdir and lease (the machine-wide default lease is
+    shared with whatever else runs here); modules that need more devices define their own."""
+    from latkit.collector import Registry
+    path = tmp_path / "devices.toml"
+    path.write_text(f'[devices.loc]\ntransport = "local"\nworkdir = "{tmp_path / "loc"}"\n'
+                    f'lease = "{tmp_path / "lease"}"\n')
+    return Registry(path)
+
+
+@pytest.fixture
 def fast():
     """Settings that keep each measurement around 0.1 s."""
     from latkit.collector import Settings

@@ -12,12 +12,12 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pytest
 
-from latkit.collector import Artifact, Registry, Settings, Store
+from latkit.collector import Artifact, Job, Settings, Store
 from latkit.collector.api import make_jobs
 from latkit.collector.dataset import read_latency, summary, write_card
 from latkit.collector.device_loop import DeviceRequest, run_device
 from latkit.collector.drift import DRIFT_FACTOR, Check, dataset_drift, of_checks
-from latkit.collector.reference import artifacts, onnx_bytes, side_store
+from latkit.collector.reference import Schedule, artifacts, onnx_bytes, side_store
 from latkit.collector.reports import DeviceReport
 from latkit.collector.scheduler import collect
 from latkit.collector.schema import ROLES
@@ -38,14 +38,6 @@ def latkit(*args, timeout=300):
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, export_cache):
     return small_onnx_models(tmp_path_factory.mktemp("models"), range(4, 9), export_cache)
-
-
-@pytest.fixture
-def reg(tmp_path):
-    path = tmp_path / "devices.toml"
-    path.write_text(f'[devices.loc]\ntransport = "local"\nworkdir = "{tmp_path / "loc"}"\n'
-                    f'lease = "{tmp_path / "lease"}"\n')
-    return Registry(path)
 
 
 def reference_rows(out) -> list:
@@ -78,6 +70,27 @@ def test_the_onnx_reference_is_one_fixed_valid_network_under_two_names(tmp_path)
     assert [t.arch for t in twins] == ["reference-a", "reference-b"] and twins[0].sha256 != twins[1].sha256
     assert sorted(p.name for p in (tmp_path / "reference").iterdir()) == ["reference-a.onnx", "reference-b.onnx"]
     assert twins[0].sha256 == REFERENCE_A_SHA256
+
+
+def test_a_reference_that_cannot_be_placed_leaves_no_temporary_file(tmp_path):
+    """A folder where the reference file goes: the write fails in one error, and its temporary file goes too (no
+    hidden file left in the cache by each run that tried)."""
+    (tmp_path / "reference" / "reference-a.onnx").mkdir(parents=True)
+    (tmp_path / "reference" / "reference-a.onnx" / "x").write_text("in the way")
+    with pytest.raises(OSError):
+        artifacts("onnxruntime", tmp_path)
+    assert sorted(p.name for p in (tmp_path / "reference").iterdir()) == ["reference-a.onnx"]
+
+
+def test_a_check_timed_again_after_a_broken_link_gets_rows_of_its_own(tmp_path):
+    """A link that breaks between the twins leaves twin a's row; the check is timed again on a fresh agent, and
+    its rows must not share a key with the first ones."""
+    sch = Schedule()
+    art = Artifact(path="/m/x.onnx", sha256="0" * 64, format="onnx", space="custom", arch="x")
+    twins = sch.jobs(Job(art, "loc", QUICK), tmp_path)
+    first = [sch.key(j) for j in twins]
+    again = [sch.key(j) for j in twins]  # no sch.done() between: the same check, timed again
+    assert len(set(first + again)) == 4
 
 
 def test_collect_times_reference_pairs_into_the_side_table_and_reports_them(reg, models, tmp_path):
@@ -130,7 +143,7 @@ def test_collect_prints_the_reference_line_and_no_reference_writes_none(reg, mod
     assert json.loads(r.stdout)["devices"][0]["reference"] is None and not (off / "_reference").exists()
     assert Store(off).read(["key"]).num_rows == 5
     shown = latkit("data", "show", off)
-    assert "no reference timings" in shown.stdout
+    assert "no reference timings" in shown.stdout and "only `collect` times the reference" in shown.stdout
     assert "No reference timings" in write_card(off).read_text()
 
 

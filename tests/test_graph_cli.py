@@ -193,6 +193,8 @@ def test_the_wrong_file_for_the_wrong_model_says_what_to_do(user, fitted):
     assert out.startswith("arch\tlatency_ms\n" + NB201_ARCH + "\t")
     err = refused(user, "predictor", "adapt", "--model", arch_model, "--device", "local", "--file", "models")
     assert "predicts arch strings of nb201" in err and "leave out --model" in err
+    err = refused(user, "predictor", "adapt", "--space", "onnx", "--device", "local")
+    assert "--space onnx adapts a graph model: give --model" in err
 
 
 def test_fit_errors_name_where_they_looked_and_what_to_do(user):
@@ -210,6 +212,32 @@ def test_fit_errors_name_where_they_looked_and_what_to_do(user):
                                                    "--device", "local", "--model", "ridge")
     assert "models path nowhere not found" in refused(user, "predictor", "fit", "--space", "onnx", "--data", "data",
                                                       "--device", "local", "--models", "nowhere")
+
+
+def test_a_fifo_or_a_device_among_the_models_is_passed_over_not_read(user):
+    """Hashing a FIFO would hang and /dev/zero never ends: in a --models folder only regular files count (as in
+    collect --models), and such a file named alone is refused in one line."""
+    root = user["root"]
+    odd = root / "odd-models"
+    odd.mkdir()
+    os.mkfifo(odd / "pipe.onnx")
+    os.symlink("/dev/zero", odd / "zero.onnx")
+    for f in (root / "models").glob("*.onnx"):
+        os.symlink(f, odd / f.name)
+    args = ("predictor", "fit", "--space", "onnx", "--data", "data", "--device", "local", "--model", "flops", "--out",
+            "odd.latkit-model", "-q", "--models")
+    assert "flops model of 12 graphs" in ok(user, *args, "odd-models", timeout=120)
+    assert "odd-models/pipe.onnx is a FIFO, not a regular file" in refused(user, *args, "odd-models/pipe.onnx")
+
+
+def test_adapt_on_a_device_that_cannot_be_reached_says_so(user, fitted):
+    """The device's own error and what was measured, exit 1 (as collect), not "no dataset at ..." of the empty
+    --data the failed measuring left."""
+    model, _ = fitted
+    (user["root"] / "dead.toml").write_text('[devices.dead]\ntransport = "ssh"\nhost = "127.0.0.1"\nport = 1\n')
+    err = refused(user, "predictor", "adapt", "--registry", "dead.toml", "--model", model, "--device", "dead",
+                  "--file", "models", "--data", "dead-data", "-q", code=1)
+    assert "dead: cannot reach dead at 127.0.0.1:1" in err and "0 measured" in err and "nothing adapted" in err
 
 
 def test_adapt_measures_a_few_files_on_the_device_and_adapts_the_graph_model(user, fitted):

@@ -10,7 +10,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from latkit.collector import Registry, Settings, Store, api  # noqa: E402
+from latkit.collector import Settings, Store, api  # noqa: E402
 from latkit.collector.ray_executor import RESOURCE, parse_executor  # noqa: E402
 from latkit.collector.errors import LatkitError  # noqa: E402
 from conftest import small_onnx_models  # noqa: E402
@@ -36,14 +36,6 @@ def cluster():
             os.environ.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
         else:
             os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = old
-
-
-@pytest.fixture
-def reg(tmp_path):
-    path = tmp_path / "devices.toml"
-    path.write_text(f'[devices.loc]\ntransport = "local"\nworkdir = "{tmp_path / "loc"}"\n'
-                    f'lease = "{tmp_path / "lease"}"\n')
-    return Registry(path)
 
 
 @pytest.fixture(scope="module")

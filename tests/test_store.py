@@ -290,6 +290,22 @@ def test_migrate_older_layout(tmp_path):
     assert compact_migrate(tmp_path) == {str(tmp_path): 4}  # again: nothing to do
 
 
+def test_a_planted_lock_symlink_is_refused_not_followed(tmp_path):
+    """A shared dataset may hold `.compact.lock` as a symlink to any file: compact and migrate refuse it in one
+    line and leave the file it points to as it was (opening the lock once truncated it)."""
+    store = Store(tmp_path / "ds")
+    store.append([make_measurement(i).to_row() for i in range(2)])
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    os.symlink(victim, tmp_path / "ds" / ".compact.lock")
+    for command in ("compact", "migrate"):
+        r = subprocess.run([sys.executable, "-m", "latkit.collector.cli", "data", command, str(tmp_path / "ds")],
+                           env=dict(os.environ, PYTHONPATH=os.getcwd()), capture_output=True, text=True)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+        assert "compaction lock" in r.stderr and "it is a symlink" in r.stderr
+    assert victim.read_text() == "keep me" and store.read().num_rows == 2
+
+
 def compact_migrate(path):
     from latkit.collector.compact import migrate
     return migrate(path)
