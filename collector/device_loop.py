@@ -296,7 +296,7 @@ class _Loop:
         t, got = self.first_request(), []
         for job in twins:
             m = self.runner.measure(job)
-            self.write(job, dict(m.to_row(), key=sch.key(job)), side=True)
+            self.write(job, dict(m.to_row(), key=sch.key(job), sampler=sch.sampler), side=True)
             got.append(m)
             if m.status != "ok":
                 sch.off = f"reference on {self.device.name} failed: {m.error_kind}: {m.error}"

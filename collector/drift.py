@@ -71,7 +71,7 @@ class Drift:
     def line(self) -> str:
         """One line: the reference, its drift and the floor."""
         head = (f"reference on {self.device} ({self.runtime}): {self.first_ms:.4g} -> {self.last_ms:.4g} ms over "
-                f"{self.checks} check(s) {_hm(self.start)}-{_hm(self.end)} UTC")
+                f"{self.checks} check(s) {_stamp(self.start)}-{_hm(self.end)} UTC")
         if self.checks < 2:
             return f"{head}, A/A floor {self.aa_floor * 100:.2f} % (one check: no drift to tell)"
         return (f"{head}, drift {self.drift * 100:.2f} % (range), largest step {self.step * 100:.2f} %, "
@@ -115,29 +115,30 @@ def of_checks(device: str, runtime: str, checks: Sequence[Check]) -> Optional[Dr
 
 
 def checks_of_rows(rows: Sequence[dict]) -> dict:
-    """(device, runtime, settings) -> Checks from reference rows (dicts with device, runtime, settings, arch,
-    status, latency_ms, ci_rel, started_at): a twin-a row followed, on its device, by a twin-b row. A lone
-    twin (the other failed, or the run stopped between them) is left out."""
+    """(device, runtime, settings, run) -> Checks from reference rows (dicts with device, runtime, settings,
+    sampler, arch, status, latency_ms, ci_rel, started_at): a twin-a row followed, on its device, by a twin-b row
+    of the same run (the sampler names it; "" in rows of latkit before it). A lone twin (the other failed, or the
+    run stopped between them) is left out."""
     ok = sorted((r for r in rows if r["status"] == "ok" and r["started_at"] is not None),
                 key=lambda r: (r["device"], r["started_at"]))
     out: dict = {}
     for a, b in zip(ok, ok[1:]):
         if a["device"] == b["device"] and a["arch"].endswith("-a") and b["arch"].endswith("-b") \
-                and (a["runtime"], a["settings"]) == (b["runtime"], b["settings"]):
+                and (a["runtime"], a["settings"], a["sampler"]) == (b["runtime"], b["settings"], b["sampler"]):
             ci = [x for x in (a["ci_rel"], b["ci_rel"]) if x is not None]
-            out.setdefault((a["device"], a["runtime"], a["settings"]), []).append(
+            out.setdefault((a["device"], a["runtime"], a["settings"], a["sampler"]), []).append(
                 Check(a["started_at"], a["latency_ms"], b["latency_ms"], max(ci) if ci else None))
     return out
 
 
-COLUMNS = ["device", "runtime", "settings", "arch", "status", "latency_ms", "ci_rel", "started_at"]
+COLUMNS = ["device", "runtime", "settings", "sampler", "arch", "status", "latency_ms", "ci_rel", "started_at"]
 
 
 def dataset_drift(path) -> list:
-    """The Drift of every (device, runtime, settings) in the reference side table of the dataset at `path`
-    (none: an empty list)."""
+    """The Drift of every collection run of each (device, runtime, settings) in the reference side table of the
+    dataset at `path`, in time order (none: an empty list)."""
     side = side_store(Store(path))
     if not side.exists() or not side.files():
         return []
     found = checks_of_rows(side.read(columns=COLUMNS).to_pylist())
-    return [of_checks(dev, rt, cs) for (dev, rt, _), cs in sorted(found.items())]
+    return sorted((of_checks(dev, rt, cs) for (dev, rt, _, _), cs in found.items()), key=lambda d: (d.start, d.device))

@@ -237,6 +237,12 @@ class Schedule:
         settings = dataclasses.replace(job.settings, rounds=1, batch_size=None)
         return tuple(Job(a, job.device, settings, role=ROLE) for a in self.twins)
 
+    @property
+    def sampler(self) -> str:
+        """A reference row's sampler: names this run, so that the checks of one collection are told apart from
+        another's (collector/drift.py: a resume days later is a new run, not a step)."""
+        return f"reference(run={self.run[:12]})"
+
     def key(self, job: Job) -> str:
         """A reference row's key: the job's, this run's and the timing's number, so each timing is a row of its own
         (a check timed again after a broken link too)."""

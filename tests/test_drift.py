@@ -177,13 +177,30 @@ def test_resume_after_a_stop_neither_duplicates_nor_loses_rows(reg, models, tmp_
     assert len(keys) == 5 and set(keys.values()) == {1}
     rows = reference_rows(out)
     assert len(rows) == 6 and len({r["key"] for r in rows}) == 6
-    assert dataset_drift(out)[0].checks == 3
+    assert [d.checks for d in dataset_drift(out)] == [1, 2]  # each collection run apart (its sampler names it)
+    assert len({r["sampler"] for r in rows}) == 2 and all(r["sampler"].startswith("reference(run=") for r in rows)
 
 
-def _row(device: str, arch: str, ms: float, at: datetime, n: int) -> dict:
+def _row(device: str, arch: str, ms: float, at: datetime, n: int, run: str = "") -> dict:
     return {"space": "reference", "arch": arch, "device": device, "runtime": "onnxruntime", "settings": "{}",
             "key": f"k{n}", "status": "ok", "latency_ms": ms, "ci_rel": 0.002, "started_at": at, "role": "reference",
-            "sampler": "", "model_sha256": arch, "error_kind": "", "error": "", "samples_ms": []}
+            "sampler": run, "model_sha256": arch, "error_kind": "", "error": "", "samples_ms": []}
+
+
+def test_two_runs_days_apart_are_two_drifts_not_a_step(tmp_path):
+    """A resume two days later on a host 20 % slower (another kernel, say) is another run: each run's drift is
+    its own (none here), no warning spans the gap."""
+    out, t0, rows = tmp_path / "d", datetime(2026, 12, 4, 10, 0, tzinfo=timezone.utc), []
+    for run, start, base in (("reference(run=aaaa)", t0, 1.0), ("reference(run=bbbb)", t0 + timedelta(days=2), 1.2)):
+        for i in range(4):
+            for twin, ms in (("a", base), ("b", base * 1.004)):
+                rows.append(_row("pi4", f"reference-{twin}", ms, start + timedelta(minutes=i, seconds=twin == "b"),
+                                 len(rows), run))
+    side_store(Store(out)).append(rows)
+    first, second = dataset_drift(out)
+    assert (first.checks, second.checks) == (4, 4) and first.start < second.start
+    assert first.drift == pytest.approx(0.0) and second.first_ms == pytest.approx(1.2024) and not second.drifted
+    assert first.warning() is None and second.warning() is None
 
 
 def test_a_host_that_jumps_gets_a_warning_naming_the_span(tmp_path, capfd):
@@ -208,7 +225,7 @@ def test_a_host_that_jumps_gets_a_warning_naming_the_span(tmp_path, capfd):
     assert "between 2026-12-06 10:05:00 and 2026-12-06 10:06:00 UTC" in warning and "pi4" in warning
     r = latkit("data", "show", out)
     assert r.returncode == 0 and "reference on pi4 (onnxruntime): 1.002 -> 1.25" in r.stdout
-    assert "ms over 10 check(s) 10:00:00-10:09:00 UTC" in r.stdout
+    assert "ms over 10 check(s) 2026-12-06 10:00:00-10:09:00 UTC" in r.stdout
     assert "between 2026-12-06 10:05:00 and 2026-12-06 10:06:00 UTC" in r.stderr and "warning:" in r.stderr
     card = write_card(out).read_text()
     assert "Warning: pi4's reference changed by 25.0 % in one step between 2026-12-06 10:05:00" in card

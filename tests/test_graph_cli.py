@@ -260,6 +260,7 @@ def test_adapt_measures_a_few_files_on_the_device_and_adapts_the_graph_model(use
     assert np.all(adapted.predict([str(root / "new" / "unseen.onnx")]) > 0)
     ok(user, *args, "--out", "again.latkit-model")
     assert len(measured(user, "pi-data")) == 4  # stored rows reused, nothing timed twice
+    assert not (root / "pi-data" / "_reference").exists()  # a few files: no reference checks
     assert "--n applies to arch spaces" in refused(user, "predictor", "adapt", "--model", model, "--device", "local",
                                                    "--file", "few", "--n", "10")
     assert "--model needs --file" in refused(user, "predictor", "adapt", "--model", model, "--device", "local")
