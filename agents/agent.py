@@ -444,35 +444,6 @@ def busy_processes(cpus, window_s=0.5, min_share=0.1):
     return sorted(found, key=lambda p: -p["cpu_share"])
 
 
-def health(workdir):
-    """What spoils timing on this device now: the `health` op, judged by `latkit doctor` on the host."""
-    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
-    try:
-        load = [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        load = None
-    try:
-        free = shutil.disk_usage(workdir).free
-    except OSError:
-        free = None
-    return {"cpus": cpus, "cpu_count": os.cpu_count(), "governors": _governors(cpus), "sensors": _sensors(),
-            "loadavg": load, "busy": busy_processes(cpus), "throttle": throttle_state(cpus),
-            "workdir": os.path.abspath(workdir), "disk_free_mb": None if free is None else free // 2 ** 20,
-            "energy": energy_counters()}
-
-
-def energy_counters():
-    """For each counter `--energy` can read (rapl, nvml): "ok", or why it cannot be read here."""
-    out = {}
-    for counter in (Rapl, Nvml):
-        try:
-            counter()
-            out[counter.method] = "ok"
-        except EnergyUnavailable as e:
-            out[counter.method] = str(e)
-    return out
-
-
 def cooldown(limit_c, max_s):
     """Wait until the hottest sensor reads <= limit_c (at most max_s). Returns (seconds waited, reached);
     reached is None where no sensor can be read."""
@@ -1015,6 +986,35 @@ class Nvml:
             raise EnergyUnavailable("NVML's energy counter went from %d to %d mJ in %.3f s: not a plausible step; "
                                     "energy not recorded" % (a[0], b[0], seconds))
         return (b[0] - a[0]) / 1e3
+
+
+def energy_counters():
+    """For each counter `--energy` can read (rapl, nvml): "ok", or why it cannot be read here."""
+    out = {}
+    for counter in (Rapl, Nvml):
+        try:
+            counter()
+            out[counter.method] = "ok"
+        except EnergyUnavailable as e:
+            out[counter.method] = str(e)
+    return out
+
+
+def health(workdir):
+    """What spoils timing on this device now: the `health` op, judged by `latkit doctor` on the host."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    try:
+        load = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        load = None
+    try:
+        free = shutil.disk_usage(workdir).free
+    except OSError:
+        free = None
+    return {"cpus": cpus, "cpu_count": os.cpu_count(), "governors": _governors(cpus), "sensors": _sensors(),
+            "loadavg": load, "busy": busy_processes(cpus), "throttle": throttle_state(cpus),
+            "workdir": os.path.abspath(workdir), "disk_free_mb": None if free is None else free // 2 ** 20,
+            "energy": energy_counters()}
 
 
 class EnergyMeter:

@@ -174,7 +174,7 @@ class _Rows:
             store = side_store(store)
         if store.root not in self.writers:
             self.writers[store.root] = (store, store.writer())
-        if store.root not in self.probed:
+        if store.root not in self.probed and runner.probe is not None:  # None: its agent was killed (a timeout)
             store.record_devices({runner.fingerprint: dict(runner.probe, device=runner.device.name)})
             self.probed.add(store.root)
         return self.writers[store.root]
