@@ -24,12 +24,12 @@ def cmd_data_show(args) -> int:
                      for g in groups])
         return 0
     table = Table("device", "runtime", "space", "rows", "ok", "missed CI", "min ms", "median ms", "max ms",
-                  "newest (UTC)")
+                  "contention", "newest (UTC)")
     for r in groups:
         lat = [f"{v:.4g}" for v in r["latency_ms"]] if r["latency_ms"] else ["-"] * 3
         newest = r["newest"].strftime("%Y-%m-%d %H:%M") if r["newest"] is not None else "-"
         table.add_row(cell(r["device"]), cell(r["runtime"]), cell(r["space"]), str(r["rows"]), str(r["ok"]),
-                      str(r["missed_ci"]), *lat, newest)
+                      str(r["missed_ci"]), *lat, "-" if r["contention"] is None else f"{r['contention']:.1%}", newest)
     console.print(table)
     for d in drifts:
         print(clean(d.line(), None))
