@@ -24,13 +24,17 @@ def cmd_data_show(args) -> int:
                      for g in groups])
         return 0
     table = Table("device", "runtime", "space", "rows", "ok", "missed CI", "min ms", "median ms", "max ms",
-                  "contention", "newest (UTC)")
+                  "newest (UTC)")
     for r in groups:
         lat = [f"{v:.4g}" for v in r["latency_ms"]] if r["latency_ms"] else ["-"] * 3
         newest = r["newest"].strftime("%Y-%m-%d %H:%M") if r["newest"] is not None else "-"
         table.add_row(cell(r["device"]), cell(r["runtime"]), cell(r["space"]), str(r["rows"]), str(r["ok"]),
-                      str(r["missed_ci"]), *lat, "-" if r["contention"] is None else f"{r['contention']:.1%}", newest)
+                      str(r["missed_ci"]), *lat, newest)
     console.print(table)
+    for r in groups:
+        if r["contention"] is not None:
+            print(f"{clean(r['device'], 80)}/{clean(r['runtime'], 40)}/{clean(r['space'], 40)}: median contention "
+                  f"{r['contention']:.1%} (latency_ms / cpu_ms - 1: the share of wall time the host took away)")
     for d in drifts:
         print(clean(d.line(), None))
         if d.warning():

@@ -105,7 +105,8 @@ def test_more_threads_leave_the_cpu_columns_null(conv_model, tmp_path):
 
 
 def test_retest_compares_cpu_ms(tmp_path):
-    """`data retest` of two CPU rows: cpu_ms is among the statistics compared."""
+    """`data retest` of two CPU rows: cpu_ms is among the statistics compared; `data show` gives the median
+    contention."""
     models = tmp_path / "models"
     models.mkdir()
     small_onnx_models(models, (4, 8), tmp_path / "exports")
@@ -120,6 +121,7 @@ def test_retest_compares_cpu_ms(tmp_path):
     r = latkit("--json", "data", "show", tmp_path / "d")
     (group,) = json.loads(r.stdout)
     assert group["contention"] is not None and math.isfinite(group["contention"])
+    assert "local/onnxruntime/custom: median contention " in latkit("data", "show", tmp_path / "d").stdout
 
 
 OK_REPLY = {"samples_ms": [1.0, 1.1, 0.9], "cpu_samples_ms": [0.9, 1.0, 0.0], "warmup": 1, "runtime_version": "1.0",
