@@ -111,8 +111,9 @@ def test_device_list_and_probe():
 def test_data_show(dataset):
     r = latkit("data", "show", dataset)
     assert r.returncode == 0
-    lines = [line for line in r.stdout.splitlines() if "onnxruntime" in line]
+    lines = [line for line in r.stdout.splitlines() if "onnxruntime" in line and "│" in line]  # the table's rows
     assert len(lines) == 1 and " local " in lines[0] and " custom " in lines[0]
+    assert "local/onnxruntime/custom: median contention " in r.stdout  # rows of agent >= 0.3.6 have cpu_ms
 
 
 def test_version():
