@@ -129,6 +129,7 @@ def test_json_documents(dataset, artifacts):
         return json.loads(r.stdout)
     m = doc("measure", artifacts["onnx"].path, "--out", dataset, *FAST)
     assert m["status"] == "ok" and m["latency_ms"] > 0 and m["device"] == "local" and "samples_ms" not in m
+    assert "cpu_samples_ms" not in m and m["cpu_ms"] > 0
     groups = doc("data", "show", dataset)
     assert {(g["device"], g["runtime"]) for g in groups} >= {("local", "onnxruntime")}
     assert all(g["min_ms"] <= g["median_ms"] <= g["max_ms"] for g in groups if g["ok"])
