@@ -504,8 +504,8 @@ def _first_line(text):
 def cpu_timer(fn):
     """A sampler timing one call of fn on a CPU: (wall ms by perf_counter_ns, the calling thread's CPU ms by
     thread_time_ns). With one thread the runtimes compute in the calling thread, so its CPU clock counts the
-    model's own work and leaves out the slices the host gave to other processes. It is read outside the wall
-    clock, which so times exactly what it timed before."""
+    model's own work and leaves out the slices the host gave to other processes. The CPU clock is read outside
+    the wall clock, so the wall clock times what it did before (CPU time gains the clock reads, < 1 us)."""
     wall, cpu = time.perf_counter_ns, time.thread_time_ns
 
     def sample():
@@ -519,8 +519,8 @@ def cpu_timer(fn):
 
 @dataclasses.dataclass
 class Loaded:
-    """What a loader returns: `sample()` times one run, (ms, the calling thread's CPU ms or None); the runtime's version, the inputs generated and
-    the settings as applied (read back where the runtime can say). Optional: `reapply()` restores process-wide
+    """What a loader returns: `sample()` times one run, (ms, the calling thread's CPU ms or None); the runtime's
+    version, the inputs generated and the settings as applied (read back where the runtime can say). Optional: `reapply()` restores process-wide
     settings before a reused session runs, `first_ms`/`launch_ms` where the loader timed them itself, and on a
     GPU `gpu_mb()`/`gpu_peak_mb()` (memory now and at peak) and `gpu_total_mb`."""
 

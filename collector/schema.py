@@ -101,12 +101,11 @@ COLUMNS: tuple = tuple([
     Column("warmup", _I64, "", "untimed warmup runs before them"),
     Column("samples_ms", pa.list_(pa.float32()), "ms", "every timed run, in order (rounds one after the other); "
                                                    "float32 (7 significant digits), statistics from float64"),
-    Column("cpu_samples_ms", pa.list_(pa.float32()), "ms", "the calling thread's CPU time (thread_time_ns) of each timed "
-                                                       "run, beside samples_ms in the same order: with one thread the "
-                                                       "runtime computes in that thread, so it counts the model's own "
-                                                       "work, not the slices the host gave to other processes. CPU rows "
-                                                       "with threads=1 of agent >= 0.3.6; null otherwise (with more "
-                                                       "threads the pool's work is not in that clock)"),
+    Column("cpu_samples_ms", pa.list_(pa.float32()), "ms",
+           "the calling thread's CPU time (thread_time_ns) of each timed run, beside samples_ms in the same order: "
+           "with one thread the runtime computes in that thread, so it counts the model's own work, not the slices "
+           "the host gave to other processes. CPU rows with threads=1 of agent >= 0.3.6; null otherwise (with more "
+           "threads the pool's work is not in that clock)"),
     Column("cpu_ms", _F64, "ms", "p10 of cpu_samples_ms (latency_ms's statistic on a CPU): the latency without the "
                                  "host's other work, for data collected on shared or loaded hosts (on a quiet host ~ "
                                  "latency_ms); still counts cache and memory interference from other cores"),
