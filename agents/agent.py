@@ -43,7 +43,7 @@ import threading
 import time
 import traceback
 
-AGENT_VERSION = "0.3.5"  # 0.3: sessions kept across requests, load_s without the runtime import; 0.3.1: stops on the CI of p10 on a CPU; 0.3.2: rounds of 0.1-0.25 s; 0.3.3: never more samples than repeats_max_count, the health op (latkit doctor); 0.3.4: defaults 2 warmup, >= 3 runs, 0.1-0.3 s a round; 0.3.5: energy (RAPL, NVML)
+AGENT_VERSION = "0.3.6"  # 0.3: sessions kept across requests, load_s without the runtime import; 0.3.1: stops on the CI of p10 on a CPU; 0.3.2: rounds of 0.1-0.25 s; 0.3.3: never more samples than repeats_max_count, the health op (latkit doctor); 0.3.4: defaults 2 warmup, >= 3 runs, 0.1-0.3 s a round; 0.3.5: energy (RAPL, NVML); 0.3.6: cpu_samples_ms, the calling thread's CPU time of each run on a CPU
 FRAME = "@@latkit "  # starts every reply line; the host ignores lines without it
 EXIT_GRACE_S = 3.0      # once stdin closes, a measurement still running this much later is abandoned
 
@@ -485,21 +485,26 @@ def _first_line(text):
     return lines[0][:300] if lines else "no message"
 
 
-def wall_timer(fn):
-    """A sampler timing one call of fn with perf_counter_ns (ms)."""
-    clock = time.perf_counter_ns
+def cpu_timer(fn):
+    """A sampler timing one call of fn on a CPU: (wall ms by perf_counter_ns, the calling thread's CPU ms by
+    thread_time_ns). With one thread the runtimes compute in the calling thread, so its CPU clock counts the
+    model's own work and leaves out the slices the host gave to other processes. The CPU clock is read outside
+    the wall clock, so the wall clock times what it did before (CPU time gains the clock reads, < 1 us)."""
+    wall, cpu = time.perf_counter_ns, time.thread_time_ns
 
     def sample():
-        t0 = clock()
+        c0 = cpu()
+        t0 = wall()
         fn()
-        return (clock() - t0) / 1e6
+        t1 = wall()
+        return (t1 - t0) / 1e6, (cpu() - c0) / 1e6
     return sample
 
 
 @dataclasses.dataclass
 class Loaded:
-    """What a loader returns: `sample()` times one run (ms); the runtime's version, the inputs generated and
-    the settings as applied (read back where the runtime can say). Optional: `reapply()` restores process-wide
+    """What a loader returns: `sample()` times one run, (ms, the calling thread's CPU ms or None); the runtime's
+    version, the inputs generated and the settings as applied (read back where the runtime can say). Optional: `reapply()` restores process-wide
     settings before a reused session runs, `first_ms`/`launch_ms` where the loader timed them itself, and on a
     GPU `gpu_mb()`/`gpu_peak_mb()` (memory now and at peak) and `gpu_total_mb`."""
 
@@ -592,7 +597,7 @@ def load_onnxruntime(path, s, inputs):
         shape = _resolve_shape(inp.shape, s["batch_size"], "input %r" % inp.name)
         feeds[inp.name] = _make_input(np, rng, shape, _ORT_DTYPES[inp.type])
     # session.run returns host arrays, so with the CUDA EP the wall clock includes the output copy
-    return Loaded(wall_timer(lambda: sess.run(None, feeds)), ort.__version__,
+    return Loaded(cpu_timer(lambda: sess.run(None, feeds)), ort.__version__,
                   [_input_desc(k, v) for k, v in feeds.items()],
                   {"threads": sess.get_session_options().intra_op_num_threads})
 
@@ -626,7 +631,7 @@ def load_tflite(path, s, inputs):
         interp.set_tensor(d["index"], data)
         descs.append(_input_desc(d["name"], data))
     # the Interpreter has no getter for its thread count: the requested one is what it was built with
-    return Loaded(wall_timer(interp.invoke), _tflite_version(module), descs, {"threads": s["threads"]})
+    return Loaded(cpu_timer(interp.invoke), _tflite_version(module), descs, {"threads": s["threads"]})
 
 
 def _cuda_sampler(torch, module, host, dtype, s):
@@ -709,7 +714,7 @@ def _cuda_sampler(torch, module, host, dtype, s):
             step()
             end.record()
             end.synchronize()
-        return start.elapsed_time(end)
+        return start.elapsed_time(end), None
     param = next(iter(module.parameters()), None)
     applied = {"dtype": str(param.dtype if param is not None else dtype).replace("torch.", ""),
                "cuda_graphs": step is not forward, "graph_fallback": fallback,
@@ -767,7 +772,7 @@ def load_torch(path, s, inputs):
         def run():
             with torch.inference_mode():
                 module(*host)
-        return Loaded(wall_timer(run), version, descs, {"threads": torch.get_num_threads()}, reapply)
+        return Loaded(cpu_timer(run), version, descs, {"threads": torch.get_num_threads()}, reapply)
     loaded = _cuda_sampler(torch, module, host, dtype, s)
     loaded.version, loaded.inputs, loaded.reapply = version, descs, reapply
     loaded.applied["threads"] = torch.get_num_threads()
@@ -843,7 +848,8 @@ def time_callable(sample, s, meter=None):
     the samples always). Returns the samples and why timing stopped. An EnergyMeter `meter` reads its
     counter right before the first timed run and after the last (with more runs where that span is too short).
 
-    `sample()` runs the model once and returns its time in ms (wall clock, or CUDA events). gc is off while
+    `sample()` runs the model once and returns its time in ms (wall clock, or CUDA events) and on a CPU the
+    calling thread's CPU time in ms, kept as cpu_samples_ms (same order; not on CUDA). gc is off while
     timing so collector pauses do not land inside samples (as timeit does; no full collection first: with
     torch loaded one costs ~0.1 s per measurement).
     """
@@ -855,16 +861,17 @@ def time_callable(sample, s, meter=None):
         warmup, first_ms = 0, None
         start = time.perf_counter()
         while warmup < s["warmup_min_count"] or (time.perf_counter() - start) < s["warmup_min_s"]:
-            dt = sample()
+            dt = sample()[0]
             first_ms = dt if first_ms is None else first_ms
             warmup += 1
         warmup_s = time.perf_counter() - start
         if meter is not None:
             meter.start()
-        samples, total_ms, check_at = [], 0.0, 0
+        samples, cpu_samples, total_ms, check_at = [], [], 0.0, 0
         while True:
-            dt = sample()
+            dt, cpu_dt = sample()
             samples.append(dt)
+            cpu_samples.append(cpu_dt)
             total_ms += dt
             n = len(samples)
             # the minimum time yields to the count cap: the host refuses a reply of more samples than it sent
@@ -888,8 +895,11 @@ def time_callable(sample, s, meter=None):
     finally:
         if gc_was_enabled:
             gc.enable()
-    return {"samples_ms": samples, "warmup": warmup, "warmup_s": warmup_s, "first_ms": first_ms,
-            "stopped_by": stopped_by, "ci_rel": quantile_ci_rel(samples, q)}
+    timed = {"samples_ms": samples, "warmup": warmup, "warmup_s": warmup_s, "first_ms": first_ms,
+             "stopped_by": stopped_by, "ci_rel": quantile_ci_rel(samples, q)}
+    if s["accelerator"] == "cpu":
+        timed["cpu_samples_ms"] = cpu_samples
+    return timed
 
 
 # ---------------------------------------------------------------------------------------------

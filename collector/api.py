@@ -266,7 +266,8 @@ def stored_measurement(store: Store, job: Job) -> Measurement:
                "cores": [int(c) for c in row["cores_applied"].split(",") if c] if row["cores_applied"] else None}
     reused = row["round_session_reused"] or ([row["session_reused"]] if row["session_reused"] is not None else [])
     return Measurement(
-        job=job, status="ok", samples_ms=samples, stats=stats, warmup=row["warmup"], load_ms=row["load_ms"],
+        job=job, status="ok", samples_ms=samples, stats=stats, cpu_samples_ms=tuple(row.get("cpu_samples_ms") or ()),
+        cpu_ms=row.get("cpu_ms"), warmup=row["warmup"], load_ms=row["load_ms"],
         first_ms=row["first_ms"], runtime_version=row["runtime_version"], agent_version=row["agent_version"],
         inputs=tuple({"shape": [int(d) for d in s.split("x")]} for s in row["input_shape"].split(";") if s),
         telemetry_before={**{k: row[f"telemetry_before_{k}"] for k in TELEMETRY},
@@ -303,8 +304,8 @@ def data_summary(path="latkit-data") -> list:
         raise LatkitError(f"no dataset at {path}; measure something first (latkit measure MODEL --out {path})")
     if not store.files():  # a folder of models, of other tables, or an empty one: not an empty table
         raise not_a_dataset(path)
-    return group_summary(store.read(columns=["device", "runtime", "space", "status", "latency_ms", "measured_at",
-                                             "stopped_by"]))
+    return group_summary(store.read(columns=["device", "runtime", "space", "status", "latency_ms", "contention",
+                                             "measured_at", "stopped_by"]))
 
 
 def not_a_dataset(path) -> LatkitError:

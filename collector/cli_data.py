@@ -31,6 +31,10 @@ def cmd_data_show(args) -> int:
         table.add_row(cell(r["device"]), cell(r["runtime"]), cell(r["space"]), str(r["rows"]), str(r["ok"]),
                       str(r["missed_ci"]), *lat, newest)
     console.print(table)
+    for r in groups:
+        if r["contention"] is not None:
+            print(f"{clean(r['device'], 80)}/{clean(r['runtime'], 40)}/{clean(r['space'], 40)}: median contention "
+                  f"{r['contention']:.1%} (latency_ms / cpu_ms - 1: the share of wall time the host took away)")
     for d in drifts:
         print(clean(d.line(), None))
         if d.warning():

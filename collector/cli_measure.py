@@ -20,6 +20,7 @@ def _row_json(m) -> dict:
     """A measurement as JSON: its store row without the raw samples (they are in the dataset)."""
     row = m.to_row()
     row.pop("samples_ms")
+    row.pop("cpu_samples_ms")
     row["warnings"] = list(m.warnings)
     row["stored"] = m.stored  # read back from the dataset, not timed by this command
     return row

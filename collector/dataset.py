@@ -99,11 +99,12 @@ def import_help(src, out) -> int:
 
 def group_summary(t: pa.Table) -> list:
     """Per (device, runtime, space): rows, ok rows, rows that missed the CI target, exact min / median / max
-    of latency_ms over ok rows, newest measured_at. `latkit data show` and the dataset card both print it.
+    of latency_ms over ok rows, the median contention of the rows that have it (None: none has), newest
+    measured_at. `latkit data show` and the dataset card both print it.
     Plain pyarrow + numpy, so a measure-only install (no pandas) can show its data."""
     keys = ("device", "runtime", "space")
     col = {c: t[c].to_pylist() if c in t.column_names else [None] * t.num_rows
-           for c in keys + ("status", "latency_ms", "stopped_by", "measured_at")}
+           for c in keys + ("status", "latency_ms", "contention", "stopped_by", "measured_at")}
     groups = {}
     for i, k in enumerate(zip(*(col[c] for c in keys))):
         groups.setdefault(k, []).append(i)
@@ -112,10 +113,12 @@ def group_summary(t: pa.Table) -> list:
         rows = groups[k]
         ok = [i for i in rows if col["status"][i] == "ok"]
         lat = np.array([col["latency_ms"][i] for i in ok if col["latency_ms"][i] is not None], dtype=float)
+        contention = [col["contention"][i] for i in ok if col["contention"][i] is not None]
         stamps = [col["measured_at"][i] for i in rows if col["measured_at"][i] is not None]
         out.append({"device": k[0], "runtime": k[1], "space": k[2], "rows": len(rows), "ok": len(ok),
                     "missed_ci": sum(col["stopped_by"][i] not in (None, "ci_target") for i in ok),
                     "latency_ms": [float(lat.min()), float(np.median(lat)), float(lat.max())] if len(lat) else None,
+                    "contention": float(np.median(contention)) if contention else None,
                     "newest": max(stamps) if stamps else None})
     return out
 

@@ -50,6 +50,9 @@ LATENCY_STATISTIC = {"cpu": "p10", "cuda": "median"}
 
 NOISY_ROBUST_CV = 0.10  # above this IQR/1.349/median a row carries a "noisy" warning
 LAUNCH_BOUND = 0.8      # an eager CUDA row whose host launch time is >= this share of its latency is launch-bound
+# above this contention (latency_ms / cpu_ms - 1: the share of wall time the host gave to other processes) a row
+# carries a "contended" warning; a quiet host gives ~0 (README "How latkit times a model")
+CONTENDED = 0.05
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,8 @@ class Measurement:
     status: str
     samples_ms: tuple = ()
     stats: Optional[Stats] = None
+    cpu_samples_ms: tuple = ()         # the calling thread's CPU time of each run (CPU, threads=1, agent >= 0.3.6)
+    cpu_ms: Optional[float] = None     # their p10, the statistic latency_ms is on a CPU
     warmup: int = 0
     warmup_s: float = 0.0
     load_ms: Optional[float] = None    # model load and session set-up on the device
@@ -154,8 +159,9 @@ class Measurement:
 
     @classmethod
     def from_result(cls, job: Job, result: dict, fingerprint: str = "") -> "Measurement":
-        samples = tuple(result["samples_ms"])
+        samples, cpu = tuple(result["samples_ms"]), _thread_clock(job, result)
         return cls(job=job, status="ok", samples_ms=samples, stats=Stats.of(samples, accelerator=job.settings.accelerator),
+                   cpu_samples_ms=cpu, cpu_ms=_p10(cpu),
                    warmup=result["warmup"],
                    warmup_s=result.get("warmup_s", 0.0), load_ms=result.get("load_s", 0.0) * 1e3,
                    first_ms=result.get("first_ms"), runtime_version=result["runtime_version"],
@@ -183,10 +189,12 @@ class Measurement:
         if len(rounds) == 1:
             return rounds[0]
         first, samples = rounds[0], tuple(s for r in rounds for s in r.samples_ms)
+        cpu = tuple(c for r in rounds for c in r.cpu_samples_ms) if all(r.cpu_samples_ms for r in rounds) else ()
         medians = tuple(m for r in rounds for m in r.round_ms)
         reasons = {r.stopped_by for r in rounds}
         return dataclasses.replace(
-            first, samples_ms=samples, stats=Stats.of(samples, medians, first.job.settings.accelerator), warmup=sum(r.warmup for r in rounds),
+            first, samples_ms=samples, stats=Stats.of(samples, medians, first.job.settings.accelerator),
+            cpu_samples_ms=cpu, cpu_ms=_p10(cpu), warmup=sum(r.warmup for r in rounds),
             warmup_s=sum(r.warmup_s for r in rounds), telemetry_after=rounds[-1].telemetry_after,
             stopped_by="ci_target" if reasons == {"ci_target"} else sorted(reasons - {"ci_target"})[0],
             ci_rel=max(r.ci_rel for r in rounds if r.ci_rel is not None) if any(r.ci_rel is not None for r in rounds)
@@ -217,6 +225,11 @@ class Measurement:
         return self.stats.latency_ms if self.stats else None
 
     @property
+    def contention(self) -> Optional[float]:
+        """latency_ms / cpu_ms - 1: the share of wall time the host took away (other processes' slices)."""
+        return self.stats.latency_ms / self.cpu_ms - 1.0 if self.cpu_ms and self.stats else None
+
+    @property
     def launch_bound(self) -> Optional[bool]:
         """An eager CUDA forward whose host launch time is about its latency: the row timed the host CPU."""
         if self.launch_ms is None or self.stats is None:
@@ -245,7 +258,11 @@ class Measurement:
         if self.launch_bound:
             out.append(f"launch-bound: the host takes {self.launch_ms:.3f} ms to launch a forward of "
                        f"{s.latency_ms:.3f} ms; time with CUDA graphs")
-        if self.energy_warning:
+        if self.contention is not None and self.contention > CONTENDED:
+            out.append(f"contended: wall clock {self.contention * 100:.0f} % above the thread's CPU time "
+                       f"({s.latency_ms:.4g} vs cpu_ms {self.cpu_ms:.4g} ms); the host ran other work: measure when "
+                       "it is idle, or use cpu_ms")
+        if self.energy_warning:  # last: a stored row's energy reason is read back from here
             out.append(self.energy_warning)
         return tuple(out)
 
@@ -293,6 +310,7 @@ class Measurement:
             "settings": st.canonical(), "key": j.key, "sampler": j.sampler,
             "role": j.role, "role_round": j.role_round,
             "warmup": self.warmup, "samples_ms": list(self.samples_ms),
+            "cpu_samples_ms": list(self.cpu_samples_ms) or None, "cpu_ms": self.cpu_ms, "contention": self.contention,
             "rounds": len(self.round_ms) if self.status == "ok" else None, "round_ms": list(self.round_ms) or None,
             "round_started_at": rounds_at or None, "round_finished_at": ends or None,
             "started_at": rounds_at[0] if rounds_at else None, "finished_at": ends[-1] if ends else None,
@@ -314,6 +332,17 @@ class Measurement:
                 row[f"telemetry_{when}_{k}"] = tel.get(k)
         row["gpu_clocks_locked"] = self.telemetry_before.get("gpu_clocks_locked")
         return row
+
+
+def _thread_clock(job: Job, result: dict) -> tuple:
+    """The reply's cpu_samples_ms where they time the model's work: on a CPU with one thread (with more, the
+    pool's threads are not in the calling thread's clock: no figure rather than a misleading one)."""
+    st = job.settings
+    return tuple(result.get("cpu_samples_ms") or ()) if st.accelerator == "cpu" and st.threads == 1 else ()
+
+
+def _p10(samples) -> Optional[float]:
+    return float(np.percentile(np.asarray(samples, dtype=np.float64), 10)) if samples else None
 
 
 def _energy_of(rounds: Sequence[Measurement]) -> dict:

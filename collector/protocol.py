@@ -7,9 +7,9 @@ wrong, raised at once, never a value that reaches the store or a wait for the jo
 Bounds, and why:
 - A reply line may hold REPLY_BYTES plus SAMPLE_BYTES per sample the request allows (repeats_max_count): the
   largest legitimate reply fits (a probe is ~3 KB, a measure reply ~2 KB besides its samples; a sample's JSON
-  text is at most 24 characters and its separator 2), and the host never holds more than that of one line.
-  A fixed bound of tens of MB would let every device cost the host that much per reply at the default cap
-  of 10,000 samples (~1.3 MB).
+  text is at most 24 characters and its separator 2, twice on a CPU: samples_ms and cpu_samples_ms), and the
+  host never holds more than that of one line. A fixed bound of tens of MB would let every device cost the
+  host that much per reply at the default cap of 10,000 samples (~1.6 MB).
 - Strings: identifiers (versions, dtypes, timestamps) are printable and at most IDENT characters; free text
   (error messages, probe facts, throttle reasons) at most TEXT (MESSAGE for error messages) characters of any
   kind, shown through collector.text.clean wherever it is printed.
@@ -31,11 +31,12 @@ from .measurement import ERROR_KINDS, TELEMETRY
 from .text import clean
 
 REPLY_BYTES = 1 << 20
-SAMPLE_BYTES = 32
+SAMPLE_BYTES = 64  # two lists (samples_ms, cpu_samples_ms) of one number each per sample
 DEFAULT_CAP = 10000  # the agent's repeats_max_count where a request sends none
 IDENT, TEXT, MESSAGE = 256, 4096, 8192
 ITEMS, DEPTH = 4096, 8
 STOPS = ("ci_target", "max_count", "max_time")
+SAMPLE_LISTS = ("samples_ms", "cpu_samples_ms")  # one entry per timed run: bounded by the cap, not by ITEMS
 ENERGY_METHODS = ("rapl", "nvml")
 MAX_POWER_W = 1e5     # more than any one device draws (the agent itself refuses a counter step over 5 kW)
 MAX_ENERGY_S = 86400  # a request's energy span: its timed runs, at most an hour by the settings, and a little
@@ -160,10 +161,10 @@ def _object(v, path: str) -> dict:
 
 def check_result(op: str, result, fields: dict) -> Any:
     """`result` if it has the shape of a successful `op` reply (raises Bad otherwise). A measure reply's
-    samples are bounded by the cap, not by ITEMS."""
+    samples (SAMPLE_LISTS) are bounded by the cap, not by ITEMS."""
     if not isinstance(result, dict):
         raise Bad(f"its result is {clean(json.dumps(result), 40)}, not an object")
-    bounded({k: v for k, v in result.items() if not (op == "measure" and k == "samples_ms")}, "result")
+    bounded({k: v for k, v in result.items() if not (op == "measure" and k in SAMPLE_LISTS)}, "result")
     CHECKS.get(op, lambda r, f: None)(result, fields)
     return result
 
@@ -217,6 +218,19 @@ def _samples(v, cap: int) -> None:
             raise Bad(f"samples_ms[{i}] = {clean(json.dumps(x), 40)}, not a finite latency > 0 ms")
 
 
+def _cpu_samples(v, samples: list) -> None:
+    """cpu_samples_ms (agent >= 0.3.6 on a CPU; older agents and GPUs send none): the calling thread's CPU time
+    of each run, one per sample in the same order, each a finite number of milliseconds >= 0."""
+    if v is None:
+        return
+    if not isinstance(v, list) or len(v) != len(samples):
+        raise Bad(f"cpu_samples_ms = {clean(json.dumps(v), 40)}, not a list of {len(samples)} CPU times (one per "
+                  "sample)")
+    for i, x in enumerate(v):
+        if isinstance(x, bool) or not isinstance(x, (int, float)) or not 0 <= x < math.inf:  # NaN fails too
+            raise Bad(f"cpu_samples_ms[{i}] = {clean(json.dumps(x), 40)}, not a finite CPU time >= 0 ms")
+
+
 def _inputs(v) -> None:
     if not isinstance(v, list) or len(v) > 64:
         raise Bad("inputs is not a list of at most 64 input descriptions")
@@ -257,6 +271,7 @@ def _applied(v) -> None:
 
 def _measure(r: dict, fields: dict) -> None:
     _samples(r.get("samples_ms"), sample_cap(fields))
+    _cpu_samples(r.get("cpu_samples_ms"), r["samples_ms"])
     _whole(r.get("warmup"), "warmup")
     _text(r.get("runtime_version"), "runtime_version", IDENT, ident=True)
     _text(r.get("agent_version"), "agent_version", IDENT, ident=True)

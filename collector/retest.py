@@ -26,8 +26,9 @@ from .scheduler import collect
 from .spaces import SPACES
 from .store import Store
 
-# energy_mj and power_w where both passes read the counter (rows measured with --energy)
-STATISTICS = ("latency_ms", "median_ms", "min_ms", "p10_ms", "mode_ms", "mean_ms", "energy_mj", "power_w")
+# energy_mj and power_w where both passes read the counter (rows measured with --energy); cpu_ms where both passes
+# have the thread's CPU clock (CPU rows with threads=1 of agent >= 0.3.6)
+STATISTICS = ("latency_ms", "median_ms", "min_ms", "p10_ms", "mode_ms", "mean_ms", "cpu_ms", "energy_mj", "power_w")
 
 
 def settings_of(row_settings: str) -> Settings:

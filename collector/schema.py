@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 
 import pyarrow as pa
 
-from .measurement import TELEMETRY
+from .measurement import CONTENDED, TELEMETRY
 
 _TS = pa.timestamp("us", tz="UTC")
 _STR, _I64, _F64, _BOOL = pa.string(), pa.int64(), pa.float64(), pa.bool_()
@@ -101,6 +101,16 @@ COLUMNS: tuple = tuple([
     Column("warmup", _I64, "", "untimed warmup runs before them"),
     Column("samples_ms", pa.list_(pa.float32()), "ms", "every timed run, in order (rounds one after the other); "
                                                    "float32 (7 significant digits), statistics from float64"),
+    Column("cpu_samples_ms", pa.list_(pa.float32()), "ms",
+           "the calling thread's CPU time (thread_time_ns) of each timed run, beside samples_ms in the same order: "
+           "with one thread the runtime computes in that thread, so it counts the model's own work, not the slices "
+           "the host gave to other processes. CPU rows with threads=1 of agent >= 0.3.6; null otherwise (with more "
+           "threads the pool's work is not in that clock)"),
+    Column("cpu_ms", _F64, "ms", "p10 of cpu_samples_ms (latency_ms's statistic on a CPU): the latency without the "
+                                 "host's other work, for data collected on shared or loaded hosts (on a quiet host ~ "
+                                 "latency_ms); still counts cache and memory interference from other cores"),
+    Column("contention", _F64, "", "latency_ms / cpu_ms - 1: the share of wall time the host took away (above "
+                                   f"{CONTENDED:g} the row warns \"contended\"); null where cpu_ms is"),
     Column("load_ms", _F64, "ms", "model load and session set-up, of the session's fresh load (which may have been "
                                   "an earlier request's: session_reused)"),
     Column("first_ms", _F64, "ms", "the first inference after that load (GPU: first eager forward)"),
@@ -123,7 +133,7 @@ COLUMNS: tuple = tuple([
     Column("cooldown_s", _F64, "s", "seconds waited for --cooldown-temp"),
     Column("throttle", _STR, "", "why the device ran below rated speed (\"\" = nothing seen, null = cannot tell)"),
     Column("warnings", _STR, "", "\"; \"-joined: noisy, missed CI target, throttled, launch-bound, CUDA-graph fallback, "
-                                 "why energy asked for is null (\"energy: ...\", last)"),
+                                 "contended, why energy asked for is null (\"energy: ...\", last)"),
     *[Column(f"telemetry_{when}_{k}", _F64, _TELEMETRY_UNITS[k][0], f"{_TELEMETRY_UNITS[k][1]} {when} timing")
       for when in ("before", "after") for k in TELEMETRY],
     Column("gpu_clocks_locked", _BOOL, "", "application clocks differ from the defaults (nvidia-smi -ac); null = unknown"),

@@ -28,7 +28,8 @@ def ok_result(req):
     s = dict(agent.DEFAULT_SETTINGS, **(req.get("settings") or {}))
     now = agent._utc(time.time())
     tel = {"freq_mhz": 2000.0, "temp_c": 40.0, "load1": 0.1}
-    return {"samples_ms": [1.0 + i / 100 for i in range(20)], "warmup": 5, "warmup_s": 0.01, "first_ms": 2.0,
+    return {"samples_ms": [1.0 + i / 100 for i in range(20)], "cpu_samples_ms": [0.99 + i / 100 for i in range(20)],
+            "warmup": 5, "warmup_s": 0.01, "first_ms": 2.0,
             "stopped_by": "ci_target", "ci_rel": 0.001, "runtime_version": "1.0", "inputs": req.get("inputs") or [],
             "load_s": 0.01, "applied": {"threads": s["threads"], "cores": s["cores"]},
             "telemetry_before": tel, "telemetry_after": tel, "settings": s, "agent_version": agent.AGENT_VERSION,
@@ -69,7 +70,11 @@ FIELD = {"nan": ("samples_ms", [1.0, float("nan"), 1.0]), "inf": ("samples_ms", 
          "over_cap": ("samples_ms", [1.0] * 10001), "long_version": ("runtime_version", "x" * 100_000),
          "escape_version": ("runtime_version", "1.0\x1b[2J"), "missing": ("samples_ms", None),
          "bad_time": ("started_at", "yesterday"), "bad_telemetry": ("telemetry_before", [1, 2]),
-         "bad_stop": ("stopped_by", "whenever"), "warmup_string": ("warmup", "five")}
+         "bad_stop": ("stopped_by", "whenever"), "warmup_string": ("warmup", "five"),
+         "cpu_short": ("cpu_samples_ms", [1.0] * 19), "cpu_long": ("cpu_samples_ms", [1.0] * 10001),
+         "cpu_nan": ("cpu_samples_ms", [1.0, float("nan")] + [1.0] * 18),
+         "cpu_negative": ("cpu_samples_ms", [1.0, -1.0] + [1.0] * 18),
+         "cpu_string": ("cpu_samples_ms", ["1.0"] + [1.0] * 19)}
 
 
 def hostile_measure(out, req) -> bool:

@@ -121,27 +121,27 @@ def test_protocol_minimums_and_caps():
     agent = load_agent_module()
     s = dict(agent.DEFAULT_SETTINGS, warmup_min_count=3, warmup_min_s=0.0, repeats_min_count=15,
              repeats_min_s=0.0, repeats_max_count=40, ci_target=1e-9)
-    t = agent.time_callable(agent.wall_timer(lambda: time.sleep(0.001)), s)
+    t = agent.time_callable(agent.cpu_timer(lambda: time.sleep(0.001)), s)
     assert t["warmup"] == 3 and len(t["samples_ms"]) == 40 and min(t["samples_ms"]) >= 1.0
     assert t["stopped_by"] == "max_count" and t["first_ms"] >= 1.0
 
     # min time beats the time cap: it stops at the first run that has both 5 runs and 50 ms (a loaded host may
     # reach 50 ms in fewer runs, so the count is checked against the samples themselves)
     s.update(repeats_min_count=5, repeats_min_s=0.05, repeats_max_count=10000, repeats_max_s=0.01, ci_target=1e-9)
-    t = agent.time_callable(agent.wall_timer(lambda: time.sleep(0.001)), s)
+    t = agent.time_callable(agent.cpu_timer(lambda: time.sleep(0.001)), s)
     reached = next(n for n, total in enumerate(itertools.accumulate(t["samples_ms"]), 1) if total >= 50.0)
     assert len(t["samples_ms"]) == max(5, reached) and t["stopped_by"] == "max_time"
     # ... but not the count cap, which bounds every reply (the host refuses more samples than it sent as the cap)
     s.update(repeats_max_count=10, repeats_max_s=60.0)
-    t = agent.time_callable(agent.wall_timer(lambda: time.sleep(0.001)), s)
+    t = agent.time_callable(agent.cpu_timer(lambda: time.sleep(0.001)), s)
     assert len(t["samples_ms"]) == 10 and sum(t["samples_ms"]) < 50.0 and t["stopped_by"] == "max_count"
 
     s.update(repeats_min_count=20, repeats_min_s=0.0, repeats_max_count=10000, repeats_max_s=0.1, ci_target=1.0)
-    t = agent.time_callable(agent.wall_timer(lambda: time.sleep(0.001)), s)
+    t = agent.time_callable(agent.cpu_timer(lambda: time.sleep(0.001)), s)
     assert len(t["samples_ms"]) < 40 and t["stopped_by"] == "ci_target"  # a loose target stops soon
 
     s.update(repeats_max_s=0.05, ci_target=1e-9)
-    t = agent.time_callable(agent.wall_timer(lambda: time.sleep(0.001)), s)
+    t = agent.time_callable(agent.cpu_timer(lambda: time.sleep(0.001)), s)
     assert t["stopped_by"] == "max_time" and t["ci_rel"] > 1e-9
 
 

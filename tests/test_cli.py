@@ -111,8 +111,9 @@ def test_device_list_and_probe():
 def test_data_show(dataset):
     r = latkit("data", "show", dataset)
     assert r.returncode == 0
-    lines = [line for line in r.stdout.splitlines() if "onnxruntime" in line]
+    lines = [line for line in r.stdout.splitlines() if "onnxruntime" in line and "│" in line]  # the table's rows
     assert len(lines) == 1 and " local " in lines[0] and " custom " in lines[0]
+    assert "local/onnxruntime/custom: median contention " in r.stdout  # rows of agent >= 0.3.6 have cpu_ms
 
 
 def test_version():
@@ -128,6 +129,7 @@ def test_json_documents(dataset, artifacts):
         return json.loads(r.stdout)
     m = doc("measure", artifacts["onnx"].path, "--out", dataset, *FAST)
     assert m["status"] == "ok" and m["latency_ms"] > 0 and m["device"] == "local" and "samples_ms" not in m
+    assert "cpu_samples_ms" not in m and m["cpu_ms"] > 0
     groups = doc("data", "show", dataset)
     assert {(g["device"], g["runtime"]) for g in groups} >= {("local", "onnxruntime")}
     assert all(g["min_ms"] <= g["median_ms"] <= g["max_ms"] for g in groups if g["ok"])

@@ -76,7 +76,7 @@ def honest_peak(tmp_path_factory):
     return peak
 
 
-LINE = "a line of more than 1,368,576 bytes (the bound of a reply to measure)"  # 1 MiB + 32 B x 10,000 samples
+LINE = "a line of more than 1,688,576 bytes (the bound of a reply to measure)"  # 1 MiB + 64 B x 10,000 samples
 # mode -> (the error_kind of the stored row, or None for no row; what the one stderr line must say)
 MEASURE = {
     "endless": ("protocol_error", LINE),
@@ -89,6 +89,12 @@ MEASURE = {
     "negative": ("protocol_error", "samples_ms[1] = -1.0, not a finite latency > 0 ms"),
     "zero": ("protocol_error", "samples_ms[0] = 0.0, not a finite latency > 0 ms"),
     "string": ("protocol_error", 'samples_ms[0] = "1.0", not a finite latency > 0 ms'),
+    "cpu_short": ("protocol_error", "cpu_samples_ms = [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0,... (55 more "
+                                    "characters), not a list of 20 CPU times (one per sample)"),
+    "cpu_long": ("protocol_error", "not a list of 20 CPU times (one per sample)"),
+    "cpu_nan": ("protocol_error", "cpu_samples_ms[1] = NaN, not a finite CPU time >= 0 ms"),
+    "cpu_negative": ("protocol_error", "cpu_samples_ms[1] = -1.0, not a finite CPU time >= 0 ms"),
+    "cpu_string": ("protocol_error", 'cpu_samples_ms[0] = "1.0", not a finite CPU time >= 0 ms'),
     "bool": ("protocol_error", "samples_ms[0] = true, not a finite latency > 0 ms"),
     "missing": ("protocol_error", "samples_ms = null, not a list of latencies"),
     "long_version": ("protocol_error", "result.runtime_version has 100000 characters (at most 4096)"),
