@@ -22,6 +22,7 @@ from .text import clean
 ARCH_FIT = (("budget", 500), ("sampler", "balanced"))
 GRAPH_FIT = (("models", None), ("export_missing", False))
 GRAPH_AUTO = "kernels"  # `--model auto` with --space onnx
+ARCH_FILE_BYTES = 64 * 2 ** 20  # an arch list for predict --file (all 15,625 NB201 archs: ~1.4 MB)
 
 
 def _only(args, options, where: str, other: str) -> None:
@@ -278,8 +279,8 @@ def _arch_lines(paths, model, space: str) -> list:
             raise LatkitError(f"--file {f} is {'a folder' if Path(f).is_dir() else 'an ONNX file'}, but {model} "
                               f"predicts arch strings of {space}; give a text file of one arch per line, or for ONNX "
                               "files a graph model (latkit predictor fit --space onnx)")
-        try:
-            text = Path(f).read_text()
+        try:  # a regular file within bounds: a FIFO would hang the read, /dev/zero never end
+            text = validate.read_bytes(f, "--file", ARCH_FILE_BYTES).decode()
         except UnicodeDecodeError:
             raise LatkitError(f"--file {f} is not text; give one arch string per line") from None
         found = [line.strip() for line in text.splitlines() if line.strip()]

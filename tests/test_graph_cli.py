@@ -191,6 +191,12 @@ def test_the_wrong_file_for_the_wrong_model_says_what_to_do(user, fitted):
     # an arch model keeps its usage, --space now optional (the file names its space)
     out = ok(user, "predictor", "predict", "--model", arch_model, "--file", "archs.txt")
     assert out.startswith("arch\tlatency_ms\n" + NB201_ARCH + "\t")
+    os.mkfifo(root / "archs.fifo")  # an arch list that is a FIFO or endless is refused, never read forever
+    assert "is a FIFO, not a regular file" in refused(user, "predictor", "predict", "--model", arch_model, "--file",
+                                                      "archs.fifo")
+    with open(root / "huge.txt", "wb") as f:
+        f.truncate(65 * 2 ** 20)  # sparse: 65 MB of zeros
+    assert "is larger than 64 MB" in refused(user, "predictor", "predict", "--model", arch_model, "--file", "huge.txt")
     err = refused(user, "predictor", "adapt", "--model", arch_model, "--device", "local", "--file", "models")
     assert "predicts arch strings of nb201" in err and "leave out --model" in err
     err = refused(user, "predictor", "adapt", "--space", "onnx", "--device", "local")
