@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -175,13 +174,9 @@ def test_rounds_pool_cpu_samples_and_gpu_or_more_threads_keep_none():
 
 def test_older_files_read_with_cpu_columns_null_and_migrate(tmp_path):
     """A file written before the CPU-clock columns: read with them null, rewritten with them by `data migrate`."""
-    from test_store import make_measurement
+    from test_store import file_without
     assert set(CPU_COLUMNS) <= set(SCHEMA.names)
-    old = pa.Table.from_pylist([make_measurement(i).to_row() for i in range(3)], schema=SCHEMA).drop_columns(
-        list(CPU_COLUMNS))
-    path = tmp_path / "data" / "device_=dev1" / "space_=custom" / "part-old.parquet"
-    path.parent.mkdir(parents=True)
-    pq.write_table(old, path)
+    file_without(tmp_path / "data" / "device_=dev1" / "space_=custom" / "part-old.parquet", CPU_COLUMNS)
     t = Store(tmp_path).read()
     assert t.num_rows == 3 and all(t[c].null_count == 3 for c in CPU_COLUMNS)
     r = latkit("data", "migrate", tmp_path)

@@ -15,7 +15,6 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -282,14 +281,10 @@ def test_the_host_bounds_the_energy_fields(change):
 
 def test_older_files_read_with_energy_null_and_migrate(tmp_path):
     """A file written before the energy columns: read with them null, rewritten with them by `data migrate`."""
-    from test_store import make_measurement
+    from test_store import file_without
     energy = {"energy_mj", "power_w", "idle_power_w", "energy_s", "energy_runs", "energy_method"}
     assert energy <= set(SCHEMA.names)
-    old = pa.Table.from_pylist([make_measurement(i).to_row() for i in range(3)], schema=SCHEMA).drop_columns(
-        sorted(energy))
-    path = tmp_path / "data" / "device=dev1" / "space=custom" / "part-old.parquet"
-    path.parent.mkdir(parents=True)
-    pq.write_table(old, path)
+    file_without(tmp_path / "data" / "device=dev1" / "space=custom" / "part-old.parquet", energy)
     t = Store(tmp_path).read()
     assert t.num_rows == 3 and all(t[c].null_count == 3 for c in energy)
     r = latkit("data", "migrate", tmp_path)

@@ -30,6 +30,13 @@ def make_measurement(i, status="ok", device="dev1"):
         "telemetry_after": {"freq_mhz": 2100.0, "temp_c": 40.0, "load1": 0.6}}, "fp")
 
 
+def file_without(path, columns, n: int = 3) -> None:
+    """A data file of a latkit from before `columns`: n rows of the current schema, those columns left out."""
+    old = pa.Table.from_pylist([make_measurement(i).to_row() for i in range(n)], schema=SCHEMA)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(old.drop_columns(sorted(columns)), path)
+
+
 def test_append_read_partitions(tmp_path):
     store = Store(tmp_path)
     assert store.read().num_rows == 0 and store.done_keys() == set()
