@@ -30,6 +30,7 @@ from .exporters import export
 from .formats import EXPORT_FORMAT
 from .job import Artifact, InputSpec, Job, sha256_file
 from .store import Store
+from .validate import write_atomic
 
 ROLE = "reference"
 SPACE = "reference"
@@ -131,7 +132,8 @@ def _tmp(path: Path) -> Path:
 
 
 def _place(path: Path, write) -> Path:
-    """`write(tmp)` to a temporary name beside `path`, renamed onto it; the temporary goes if either fails."""
+    """`write(tmp)` to a temporary name beside `path`, renamed onto it; the temporary goes if either fails
+    (validate.write_atomic for bytes; this for torch.export.save, which writes a file by its name)."""
     tmp = _tmp(path)
     try:
         write(tmp)
@@ -148,7 +150,7 @@ def _twin_of(art: Artifact, folder: Path) -> Path:
     if out.is_file():
         return out
     if art.format == "tflite":  # a flatbuffer is read from its root offset: bytes after it are never looked at
-        return _place(out, lambda tmp: tmp.write_bytes(art.path.read_bytes() + b"latkit reference twin b\0"))
+        return write_atomic(out, art.path.read_bytes() + b"latkit reference twin b\0")
     import torch
     return _place(out, lambda tmp: torch.export.save(torch.export.load(str(art.path)), str(tmp),
                                                      extra_files={"latkit_reference": "b"}))
@@ -156,7 +158,7 @@ def _twin_of(art: Artifact, folder: Path) -> Path:
 
 def _write_once(path: Path, data: bytes) -> Path:
     if not (path.is_file() and sha256_file(path) == hashlib.sha256(data).hexdigest()):
-        _place(path, lambda tmp: tmp.write_bytes(data))
+        write_atomic(path, data)
     return path
 
 
