@@ -31,8 +31,10 @@ def cmd_measure(args) -> int:
                     force=args.force, registry=Registry(args.registry), wait=not args.no_wait)
     if args.json:
         print_json(_row_json(m))
-    elif m.status == "ok":
-        print(clean(m.summary(), None))
+    elif m.status == "ok":  # a line per warning, each cleaned (clean() would show the newline between as \n)
+        print(clean(m.summary(warnings=False), None))
+        for w in m.warnings:
+            print(clean(f"  warning: {w}", None))
     if m.status != "ok":  # the row is stored; the failure is one line on stderr (main prints it), exit 1
         raise Failure(f"{clean(m.summary(), 2000)} (the error row is kept in {args.out}; fix the cause and run "
                       "again with --force to measure it again)")

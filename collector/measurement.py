@@ -266,7 +266,7 @@ class Measurement:
             out.append(self.energy_warning)
         return tuple(out)
 
-    def summary(self) -> str:
+    def summary(self, warnings: bool = True) -> str:
         j = self.job
         head = f"{j.artifact.arch} on {j.device}/{j.settings.runtime} (threads={j.settings.threads})"
         if self.stored:
@@ -277,7 +277,7 @@ class Measurement:
         return (f"{head}: {s.latency_ms:.4f} ms, median {s.median_ms:.4f}, p10-p90 {s.p10_ms:.4f}-{s.p90_ms:.4f} ms, "
                 f"robust CV {s.robust_cv * 100:.2f}%, {s.repeats} repeats in {len(self.round_ms)} round(s), "
                 f"input {self.input_shape or '?'}" + self._energy_text()
-                + "".join(f"\n  warning: {w}" for w in self.warnings))
+                + "".join(f"\n  warning: {w}" for w in (self.warnings if warnings else ())))
 
     def _energy_text(self) -> str:
         if self.energy_mj is None:

@@ -156,6 +156,7 @@ def test_without_a_counter_energy_is_null_and_warnings_say_why(tmp_path, artifac
                env=env)
     assert r.returncode == 0, r.stderr
     assert f"warning: energy: no RAPL package domain under {tmp_path}/bare/sys/class/powercap" in r.stdout
+    assert "  warning: energy: no RAPL" in r.stdout.splitlines()[-1] and "\\n" not in r.stdout  # a line of its own
     r = latkit("measure", artifacts["onnx"].path, "--rounds", "1", "--out", out, "--registry", none, env=env)
     assert r.returncode == 0, r.stderr
     rows = {json.loads(x["settings"]).get("energy", False): x for x in Store(out).read().to_pylist()}
