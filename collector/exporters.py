@@ -7,6 +7,11 @@ arch; any other module by a key hashing its structure, weights and inputs. An in
 file's size and mtime: a file whose size changed is corrupt, one whose mtime changed is re-hashed, and
 either way a corrupt file is exported again. What a converter prints is captured; when an export fails it
 is kept in <cache>/logs/<key>.log, named in the error and shown with -v.
+
+Graphs outlive weights: every ONNX export also leaves `<cache>/graphs/<sha256>.onnx`, the same file with its
+large tensors' values dropped (`keep_graph`, ~1 % of the size). The cache bound evicts model files, never
+these, so a graph model (`predictor fit --space onnx`) still reads every graph a big collection measured
+after its weights are gone (a zoo collection writes ~30 MB of weights per network).
 """
 from __future__ import annotations
 
@@ -33,6 +38,7 @@ DEFAULT_CACHE = Path(os.environ.get("LATKIT_CACHE", Path.home() / ".cache" / "la
 # Bump when latkit exports a (space, arch) differently in a way the package versions do not show
 # (a change to a space's network, to the weight seeding or to the converters' options).
 EXPORT_RECIPE = 1
+GRAPHS = "graphs"  # the cache's folder of weightless ONNX graphs, named by the full file's sha256
 
 
 @lru_cache(maxsize=None)
@@ -177,6 +183,30 @@ def input_specs(shapes: Sequence[tuple], dtypes: Sequence[str]) -> tuple:
                  for i, (s, d) in enumerate(zip(shapes, dtypes)))
 
 
+def keep_graph(cache: Path, path: Path, sha: str, min_bytes: int = 1024) -> Path:
+    """Write `<cache>/graphs/<sha>.onnx`: the ONNX file at `path` with every initializer over `min_bytes`
+    declared as external data that is never written (dims and type kept, values dropped). Shape arithmetic
+    keeps its small constants; predictor/graphs.py encodes it (external="shapes") as the full file."""
+    import onnx
+    model = onnx.load(str(path), load_external_data=False)
+    for t in model.graph.initializer:
+        size = t.ByteSize()
+        if size > min_bytes and t.data_location != onnx.TensorProto.EXTERNAL:
+            for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
+                t.ClearField(field)
+            t.data_location = onnx.TensorProto.EXTERNAL
+            del t.external_data[:]
+            for k, v in (("location", f"{sha}.onnx.weights-not-kept"), ("offset", "0"), ("length", str(size))):
+                t.external_data.add(key=k, value=v)
+    folder = cache / GRAPHS
+    folder.mkdir(exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=folder, prefix=".graph-")
+    with os.fdopen(fd, "wb") as f:
+        f.write(model.SerializeToString())
+    os.replace(tmp, folder / f"{sha}.onnx")
+    return folder / f"{sha}.onnx"
+
+
 def export_cached(cache: Path, key: str, fmt: str, make, space: str, arch: str, inputs: tuple,
                   spec: Optional[dict] = None) -> Artifact:
     """The artifact of index entry `key`; on a miss `make()` gives (module, example inputs) to export."""
@@ -211,6 +241,11 @@ def export_cached(cache: Path, key: str, fmt: str, make, space: str, arch: str, 
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    if fmt == "onnx":
+        try:
+            keep_graph(cache, path, sha)
+        except Exception as e:  # noqa: BLE001  (the model is exported; only its weightless copy is missing)
+            log.warning("could not keep the graph of %s (%s); graph models need the file itself", path.name, e)
     st = path.stat()
     _write_index(cache / "index" / f"{key}.json", {"sha256": sha, "format": fmt, "size": st.st_size,
                                                      "mtime_ns": st.st_mtime_ns, "spec": spec})

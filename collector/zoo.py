@@ -10,9 +10,16 @@ Names. A zoo name is `FAMILY[k=v,...]@RES`, every part but FAMILY optional:
     resnet18                     resnet18 at the zoo's resolution (224)
     resnet18@160                 the same network at 160x160
     mobilenet_v2[width_mult=0.75]@192   a width variant (a keyword of torchvision's builder) at 192
+    efficientnet_b0[depth=0.75,width=1.25]@160   latkit's own width / depth multipliers (see VARIANTS)
     fasterrcnn_mobilenet_v3_large_fpn.backbone   the backbone (+FPN) of a detector, its feature maps out
 
-`canonical(name)` writes keywords sorted and drops `@224`, so equal networks have one name; the weights are
+`width` and `depth` are latkit's keywords, the same for every family that has them (`VARIANTS`): they
+multiply the channels of every stage (rounded as the family rounds them) and the blocks per stage (at
+least 1), building the family's own torchvision classes, the way EfficientNet and RegNet define their
+families. 1.0 is the family itself. They give `collect --space zoo` (collector/spaces/zoo.py) thousands of
+distinct real networks for a graph predictor (issue 25).
+
+`canonical(name)` writes keywords sorted and drops `@224` and a width or depth of 1, so equal networks have one name; the weights are
 seeded from the canonical name (sha256), so a name is a network, on every machine. `ZOO` is the fixed set
 (its order and names are kept stable: tests check them); variants of its families are built on demand
 (issue 25 wants width/depth/resolution variants for a graph predictor).
@@ -88,6 +95,19 @@ FAMILIES = [
 ENTRIES = {e.family: e for e in FAMILIES}
 ZOO = tuple(e.family for e in FAMILIES)  # the fixed set, each at RESOLUTION
 
+# Families with latkit's width / depth keywords, and what each can vary.
+VARIANTS = {
+    "mobilenet_v2": ("width", "depth"), "mobilenet_v3_small": ("width",), "mobilenet_v3_large": ("width",),
+    "mnasnet0_5": ("width",), "mnasnet1_0": ("width",),
+    "shufflenet_v2_x0_5": ("width", "depth"), "shufflenet_v2_x1_0": ("width", "depth"),
+    "efficientnet_b0": ("width", "depth"), "efficientnet_b1": ("width", "depth"),
+    "regnet_x_400mf": ("width", "depth"), "regnet_y_400mf": ("width", "depth"),
+    "regnet_y_800mf": ("width", "depth"), "regnet_x_1_6gf": ("width", "depth"),
+    "resnet18": ("depth",), "resnet34": ("depth",), "resnet50": ("width", "depth"),
+    "densenet121": ("width", "depth"), "convnext_tiny": ("width", "depth"),
+}
+MULTIPLIER = (0.25, 4.0)  # the range of width and depth
+
 _NAME = re.compile(r"^(?P<family>[a-z0-9_.]+)(?:\[(?P<kw>[^\]]*)\])?(?:@(?P<res>[0-9]+))?$")
 
 
@@ -142,11 +162,29 @@ def parse(name: str, resolution: Optional[int] = None) -> ZooModel:
         kwargs.append((k.strip(), _value(v.strip())))
     if len({k for k, _ in kwargs}) != len(kwargs):
         raise LatkitError(f"zoo model {name!r} repeats a keyword")
+    kwargs = _multipliers(name, m["family"], kwargs)
     res = resolution or (int(m["res"]) if m["res"] else RESOLUTION)
     e = ENTRIES[m["family"]]
     if res < e.min_resolution or res > 2048:
         raise LatkitError(f"zoo model {name!r}: resolution {res} is outside {e.min_resolution}-2048")
     return ZooModel(m["family"], tuple(sorted(kwargs)), res)
+
+
+def _multipliers(name: str, family: str, kwargs: list) -> list:
+    """kwargs with width / depth checked and written as floats, a multiplier of 1 dropped (the family itself)."""
+    out = []
+    for k, v in kwargs:
+        if k not in ("width", "depth"):
+            out.append((k, v))
+            continue
+        if k not in VARIANTS.get(family, ()):
+            has = [f for f, ks in VARIANTS.items() if k in ks]
+            raise LatkitError(f"zoo model {name!r}: {family} has no {k} variants; families with {k}: {', '.join(has)}")
+        if isinstance(v, bool) or not MULTIPLIER[0] <= v <= MULTIPLIER[1]:
+            raise LatkitError(f"zoo model {name!r}: {k} {v!r} is outside {MULTIPLIER[0]}-{MULTIPLIER[1]}")
+        if float(v) != 1.0:
+            out.append((k, float(v)))
+    return out
 
 
 def canonical(name: str) -> str:
@@ -248,8 +286,11 @@ def build(name: str, resolution: Optional[int] = None):
     if e.resolution_kwarg:
         kw[e.resolution_kwarg] = zm.resolution
     torch.manual_seed(weight_seed(zm.name))
+    width, depth = kw.pop("width", 1.0), kw.pop("depth", 1.0)
     try:
-        net = fn(weights=None, **kw)
+        # regnets always through _variant (same calls, same weights): it computes their widths off the meta device
+        own = (width, depth) != (1.0, 1.0) or e.family.startswith("regnet")
+        net = _variant(e.family, width, depth, kw) if own else fn(weights=None, **kw)
     except TypeError as err:
         raise LatkitError(f"zoo model {zm.name}: {err}") from None
     if e.attr:
@@ -259,6 +300,68 @@ def build(name: str, resolution: Optional[int] = None):
     if e.attention:
         net = _no_fastpath(net)
     return net.eval()
+
+
+def _blocks(n: int, depth: float) -> int:
+    return max(1, int(n * depth + 0.5))  # halves up: 2 x 0.75 -> 2, 2 x 1.25 -> 3
+
+
+def _channels(c: int, width: float, q: int = 8) -> int:
+    return max(q, int(c * width / q + 0.5) * q)
+
+
+def _variant(family: str, width: float, depth: float, kw: dict):
+    """The network of `family` with channels x width and blocks per stage x depth (see VARIANTS), built from
+    torchvision's own classes and block configurations; `kw`: other builder keywords (num_classes, ...)."""
+    import functools
+
+    import torch
+    from torch import nn
+    from torchvision.models import convnext, densenet, efficientnet, mnasnet, mobilenetv2, mobilenetv3, regnet, \
+        resnet, shufflenetv2
+    if family == "mobilenet_v2":
+        setting = [[1, 16, 1, 1], [6, 24, 2, 2], [6, 32, 3, 2], [6, 64, 4, 2], [6, 96, 3, 1], [6, 160, 3, 2],
+                   [6, 320, 1, 1]]  # torchvision's MobileNetV2 default (t, c, n, s)
+        kw.setdefault("width_mult", width)
+        return mobilenetv2.MobileNetV2(inverted_residual_setting=[[t, c, _blocks(n, depth), s] for t, c, n, s in setting],
+                                       **kw)
+    if family.startswith("mobilenet_v3"):
+        setting, last = mobilenetv3._mobilenet_v3_conf(family, width_mult=width)
+        return mobilenetv3.MobileNetV3(setting, last, **kw)
+    if family.startswith("mnasnet"):
+        return mnasnet.MNASNet({"mnasnet0_5": 0.5, "mnasnet1_0": 1.0}[family] * width, **kw)
+    if family.startswith("shufflenet_v2"):
+        mid = {"shufflenet_v2_x0_5": (48, 96, 192), "shufflenet_v2_x1_0": (116, 232, 464)}[family]
+        return shufflenetv2.ShuffleNetV2([_blocks(n, depth) for n in (4, 8, 4)],
+                                         [24, *(_channels(c, width, 4) for c in mid), 1024], **kw)
+    if family.startswith("efficientnet_b"):
+        base_w, base_d = {"efficientnet_b0": (1.0, 1.0), "efficientnet_b1": (1.0, 1.1)}[family]
+        setting, last = efficientnet._efficientnet_conf(family, width_mult=base_w * width, depth_mult=base_d * depth)
+        return efficientnet.EfficientNet(setting, 0.2, last_channel=last, **kw)
+    if family.startswith("regnet"):
+        d, w0, wa, wm, g, se = {"regnet_x_400mf": (22, 24, 24.48, 2.54, 16, None),
+                                "regnet_y_400mf": (16, 48, 27.89, 2.09, 8, 0.25),
+                                "regnet_y_800mf": (14, 56, 38.84, 2.4, 16, 0.25),
+                                "regnet_x_1_6gf": (18, 80, 34.01, 2.25, 24, None)}[family]
+        with torch.device("cpu"):  # the widths are computed with tensors: not on the meta device (flops)
+            params = regnet.BlockParams.from_init_params(depth=_blocks(d, depth), w_0=_channels(w0, width),
+                                                         w_a=wa * width, w_m=wm, group_width=g, se_ratio=se)
+        return regnet.RegNet(params, norm_layer=functools.partial(nn.BatchNorm2d, eps=1e-05, momentum=0.1), **kw)
+    if family.startswith("resnet"):
+        block, layers = {"resnet18": (resnet.BasicBlock, (2, 2, 2, 2)), "resnet34": (resnet.BasicBlock, (3, 4, 6, 3)),
+                         "resnet50": (resnet.Bottleneck, (3, 4, 6, 3))}[family]
+        if width != 1.0:
+            kw["width_per_group"] = _channels(64, width)
+        return resnet.ResNet(block, [_blocks(n, depth) for n in layers], **kw)
+    if family == "densenet121":
+        return densenet.DenseNet(_channels(32, width, 4), tuple(_blocks(n, depth) for n in (6, 12, 24, 16)),
+                                 _channels(64, width), **kw)
+    if family == "convnext_tiny":
+        dims = [_channels(c, width) for c in (96, 192, 384, 768)]
+        setting = [convnext.CNBlockConfig(c, nxt, _blocks(n, depth))
+                   for c, nxt, n in zip(dims, dims[1:] + [None], (3, 3, 9, 3))]
+        return convnext.ConvNeXt(setting, stochastic_depth_prob=kw.pop("stochastic_depth_prob", 0.1), **kw)
+    raise LatkitError(f"zoo family {family} has no width / depth variants")  # VARIANTS and this list disagree
 
 
 def spec(name: str, fmt: str, batch_size: int = 1, resolution: Optional[int] = None):

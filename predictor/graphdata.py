@@ -6,13 +6,15 @@
     model, rep = adapt_graphs(model, "my-data", "pi4", ["few/"])  # `latkit predictor adapt --model M --file few/`
 
 A row of a latkit dataset yields a graph when its model file is found: by `model_sha256` in the export
-cache (`$LATKIT_CACHE`, ~/.cache/latkit/exports) or in `models` folders (files named `<sha256>.onnx`, or any
+cache (`$LATKIT_CACHE`, ~/.cache/latkit/exports; or the weightless copy every ONNX export leaves in its
+`graphs/` folder, which outlives an evicted file) or in `models` folders (files named `<sha256>.onnx`, or any
 .onnx there whose content hash matches). Search-space rows whose file is gone (or which were timed in
 another format: TorchScript on a GPU) are exported again from their recipe (space, arch, batch, resolution)
 when `export_missing` is set (needs torch; "cached": only recipe exports the cache already holds); the re-export is the same network, so the same graph, whatever
 its bytes. Rows of one graph on one device and runtime (retests, repeated collections) are merged by their
 median latency. `family` groups graphs for held-out evaluation: the space for search-space archs, else the
-leading letters of the file name (resnet50 -> resnet) or a `families` mapping.
+leading letters of the zoo name or file name (resnet50 -> resnet, efficientnet_b0[width=0.5]@96 ->
+efficientnet) or a `families` mapping.
 """
 from __future__ import annotations
 
@@ -55,8 +57,8 @@ def _index_models(folders: Sequence) -> dict:
 def family_of(space: str, arch: str, families: Optional[dict] = None) -> str:
     if families and arch in families:
         return families[arch]
-    if space and space != "custom":
-        return space
+    if space and space not in ("custom", "zoo"):
+        return space  # a search space is one family; zoo archs and files are named by theirs
     m = re.match(r"[A-Za-z]+", Path(str(arch)).name)
     return m.group(0).lower() if m else "other"
 
@@ -72,7 +74,7 @@ def graph_rows(data_dir, device: Optional[str] = None, runtime: Optional[str] = 
     import pandas as pd
     import pyarrow.compute as pc
 
-    from latkit.collector.exporters import DEFAULT_CACHE
+    from latkit.collector.exporters import DEFAULT_CACHE, GRAPHS
     from latkit.collector.store import Store
     store = Store(data_dir)
     if not store.exists() or not store.files():
@@ -97,8 +99,9 @@ def graph_rows(data_dir, device: Optional[str] = None, runtime: Optional[str] = 
     for i, ((sha, dev, rt), g) in enumerate(groups):
         first = g.iloc[0]
         path, source = index.get(sha), "file"
-        if path is None and (cache / f"{sha}.onnx").is_file():
-            path = str(cache / f"{sha}.onnx")
+        for kept in (cache / f"{sha}.onnx", cache / GRAPHS / f"{sha}.onnx"):  # the file, or its weightless graph
+            if path is None and kept.is_file():
+                path = str(kept)
         if path is None and export_missing and first.space not in ("custom", "", None):
             path, source = _recipe(first, cache, only_cached=export_missing == "cached"), "recipe"
         if path is None:
@@ -233,19 +236,20 @@ def onnx_files(paths: Sequence) -> list:
     return out
 
 
-def predict_files(model: GraphSurrogate, paths: Sequence, batch: int = 1, external: str = "refuse",
+def predict_files(model: GraphSurrogate, paths: Sequence, batch: int = 1, external: str = "shapes",
                   errors: str = "raise") -> list:
     """`latkit predictor predict --model M --file my.onnx` (or folders): one dict per file with file,
     latency_ms, std_ms, flops (analytic), kernels (after fusion), onnx_nodes and outside (model.outside: ""
     within the training graphs' range). `batch`: the size of a symbolic first input dimension; `external`:
-    graphs.encode's (refuse, or shapes for models whose weights are in a separate data file). A file that
+    graphs.encode's (shapes: a model whose weights are in a separate data file is encoded from its declared
+    shapes, the data file never opened; refuse). A file that
     cannot be read is a LatkitError naming it, or with errors="keep" a dict of its file and error (the
     others are still predicted)."""
     from .graphs import encode
     rows, graphs = [], []
     for f in onnx_files(paths):
         try:
-            graphs.append(as_graph(f) if batch == 1 and external == "refuse" else
+            graphs.append(as_graph(f) if batch == 1 and external == "shapes" else
                           encode(f, batch=batch, external=external))
             rows.append({"file": f})
         except LatkitError as e:

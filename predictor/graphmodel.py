@@ -52,7 +52,9 @@ _cache: "OrderedDict[tuple, Graph]" = OrderedDict()
 
 
 def as_graph(x) -> Graph:
-    """A Graph from a Graph or a path to an .onnx file (cached by path, size and mtime)."""
+    """A Graph from a Graph or a path to an .onnx file (cached by path, size and mtime). Tensors kept in
+    external data (torch's dynamo exporter, the export cache's weightless graphs) count by their declared
+    shapes; the data file is never opened: a latency model needs no weight values."""
     if isinstance(x, Graph):
         return x
     if not isinstance(x, (str, os.PathLike)):
@@ -64,7 +66,7 @@ def as_graph(x) -> Graph:
         raise LatkitError(f"cannot read {x}: {e.strerror or e}; give an existing .onnx file") from None
     g = _cache.get(key)
     if g is None:
-        g = encode(x)
+        g = encode(x, external="shapes")
         _cache[key] = g
         if len(_cache) > CACHE_SIZE:
             _cache.popitem(last=False)

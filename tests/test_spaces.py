@@ -105,7 +105,7 @@ def test_invalid_arch_names_position_and_allowed_values(space, arch, message):
 
 
 def test_unknown_space_lists_known():
-    with pytest.raises(LatkitError, match="unknown space 'nb101'; known spaces: nb201, fbnet, ofa"):
+    with pytest.raises(LatkitError, match="unknown space 'nb101'; known spaces: nb201, fbnet, ofa, zoo"):
         get_space("nb101")
 
 

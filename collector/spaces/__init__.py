@@ -1,18 +1,22 @@
-"""Search spaces: nb201, fbnet, ofa. Each turns canonical arch strings into real torch networks."""
+"""Search spaces: nb201, fbnet, ofa (`SPACES`: arch encodings for predictors of a space), and zoo (real
+networks varied in width, depth and resolution: collected, then predicted as ONNX graphs). Each turns
+canonical arch strings into real torch networks."""
 from ..errors import LatkitError
 from .base import Space, count_flops
 from .fbnet import FBNet
 from .nb201 import NB201
 from .ofa import OFA
+from .zoo import Zoo
 
 SPACES = {"nb201": NB201, "fbnet": FBNet, "ofa": OFA}
+COLLECTABLE = {**SPACES, "zoo": Zoo}  # what `collect --space` samples from
 
 
 def get_space(name: str, **options) -> Space:
     """The space called `name` (options such as num_classes go to its constructor)."""
-    if not isinstance(name, str) or name not in SPACES:
-        raise LatkitError(f"unknown space {name!r}; known spaces: {', '.join(SPACES)}")
-    return SPACES[name](**options)
+    if not isinstance(name, str) or name not in COLLECTABLE:
+        raise LatkitError(f"unknown space {name!r}; known spaces: {', '.join(COLLECTABLE)}")
+    return COLLECTABLE[name](**options)
 
 
 def as_space(space) -> Space:
@@ -20,4 +24,4 @@ def as_space(space) -> Space:
     return space if isinstance(space, Space) else get_space(space)
 
 
-__all__ = ["SPACES", "Space", "as_space", "get_space", "count_flops", "NB201", "FBNet", "OFA"]
+__all__ = ["SPACES", "COLLECTABLE", "Zoo", "Space", "as_space", "get_space", "count_flops", "NB201", "FBNet", "OFA"]
