@@ -99,7 +99,7 @@ def graph_rows(data_dir, device: Optional[str] = None, runtime: Optional[str] = 
     for i, ((sha, dev, rt), g) in enumerate(groups):
         first = g.iloc[0]
         path, source = index.get(sha), "file"
-        for kept in (cache / f"{sha}.onnx", cache / GRAPHS / f"{sha}.onnx"):  # the file, or its weightless graph
+        for kept in (cache / GRAPHS / f"{sha}.onnx", cache / f"{sha}.onnx"):  # the weightless graph, or the file
             if path is None and kept.is_file():
                 path = str(kept)
         if path is None and export_missing and first.space not in ("custom", "", None):
