@@ -23,7 +23,7 @@ from .devices import Registry
 from .errors import LatkitError
 from .job import FORMATS, Artifact, Job, Settings, sha256_file
 from .scheduler import collect
-from .spaces import SPACES
+from .spaces import COLLECTABLE
 from .store import Store
 
 # energy_mj and power_w where both passes read the counter (rows measured with --energy); cpu_ms where both passes
@@ -47,9 +47,9 @@ def _artifact(row: dict, models: dict) -> Artifact:
     """The exact file the row timed: re-exported from its arch (spaces), or found by hash among `models`."""
     if row["model_sha256"] in models:
         return Artifact.from_file(models[row["model_sha256"]], space=row["space"], arch=row["arch"])
-    if row["space"] in SPACES:
+    if row["space"] in COLLECTABLE:
         shape = [int(d) for d in row["input_shape"].split(";")[0].split("x")]
-        sp = SPACES[row["space"]]()
+        sp = COLLECTABLE[row["space"]]()
         res = shape[-1] if shape[-1] != sp.resolution(row["arch"]) else None
         art = space_artifacts(row["space"], [row["arch"]], row["runtime"], shape[0], res)[0]
         if art.sha256 == row["model_sha256"]:
