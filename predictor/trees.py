@@ -142,6 +142,7 @@ class Boosted:
         cond = cond.reshape(-1)
         self.feature, self.threshold = conds.f0.astype(np.intp), conds.f1
         self.missing, self.default_left = conds.f2, conds.f3
+        self.zero_rule = np.flatnonzero(self.missing == 1)
         self.n_nodes, self.n_trees = len(left), len(roots)
         order, self.steps = [roots], []  # per level: (its children's block, their parents, the parents' conditions)
         start = len(roots)
@@ -155,28 +156,41 @@ class Boosted:
         self._leaf_planes(node[leaf], new, roots, t["value"][leaf])
 
     def _leaf_planes(self, leaves, new, roots, values) -> None:
-        """Each tree's leaves numbered 0.. (bit b of that number: which leaves make plane b) and their values."""
+        """Each tree's leaves numbered 0..; bit b of that number says which leaves make plane b: the leaves
+        of all planes end to end (`plane_leaves`, in segments of one tree and plane starting at
+        `plane_starts`, the row of each in the planes array `plane_rows`) and the leaves' values."""
         tree = np.searchsorted(roots, leaves, side="right") - 1
         first = np.searchsorted(tree, np.arange(len(roots)))
         local = np.arange(len(leaves)) - first[tree]
         self.bits = max(1, int(local.max()).bit_length())
-        self.planes = []
+        parts, starts, rows, at = [], [], [], 0
         for b in range(self.bits):
             on = ((local >> b) & 1) == 1
-            trees_on, starts = np.unique(tree[on], return_index=True)
-            self.planes.append((new[leaves[on]], trees_on, starts))
+            trees_on, first_on = np.unique(tree[on], return_index=True)
+            parts.append(new[leaves[on]])
+            starts.append(first_on + at)
+            rows.append(b * len(roots) + trees_on)
+            at += int(on.sum())
+        self.plane_leaves, self.plane_starts, self.plane_rows = (np.concatenate(p) for p in (parts, starts, rows))
         self.table = np.zeros((len(roots), 1 << self.bits))
         self.table[tree, local] = values
 
     def goes_left(self, x: np.ndarray) -> np.ndarray:
-        """[rows, conditions] bool: True where a row goes left, by LightGBM's NumericalDecision."""
-        v = x[:, self.feature]
+        """[conditions, rows] bool: True where a row goes left, by LightGBM's NumericalDecision."""
+        v = np.ascontiguousarray(x.T)[self.feature]
+        left = v <= self.threshold[:, None]
+        if not np.isnan(v).any():  # only the zero-as-missing conditions differ from a plain comparison
+            z = self.zero_rule
+            if len(z):
+                vz = v[z]
+                left[z] = np.where(np.abs(vz) <= ZERO, self.default_left[z, None], left[z])
+            return left
         nan = np.isnan(v)
-        if nan.any():
-            v = np.where(nan & (self.missing != 2), 0.0, v)
-        left = v <= self.threshold
-        default = ((self.missing == 1) & (np.abs(v) <= ZERO)) | ((self.missing == 2) & nan)
-        return np.where(default, self.default_left, left) if default.any() else left
+        missing = self.missing[:, None]
+        v = np.where(nan & (missing != 2), 0.0, v)
+        left = v <= self.threshold[:, None]
+        default = ((missing == 1) & (np.abs(v) <= ZERO)) | ((missing == 2) & nan)
+        return np.where(default, self.default_left[:, None], left)
 
     def predict(self, x: np.ndarray, groups=None) -> np.ndarray:
         """Per row, the sum of the trees' leaf values; with `groups` (the tree counts of consecutive boosters,
@@ -193,7 +207,7 @@ class Boosted:
     def _predict(self, x: np.ndarray, bounds) -> np.ndarray:
         n, words, trees = len(x), -(-len(x) // 64), self.n_trees
         packed = np.zeros((len(self.feature), words * 8), np.uint8)
-        packed[:, :-(-n // 8)] = np.packbits(self.goes_left(x).T, axis=1, bitorder="little")
+        packed[:, :-(-n // 8)] = np.packbits(self.goes_left(x), axis=1, bitorder="little")
         go = np.ascontiguousarray(packed.view(np.uint64).T)  # [words, conditions]: bit r of a row set is row r
         sets = np.empty((words, self.n_nodes), np.uint64)
         sets[:, :trees] = ~np.uint64(0)
@@ -201,14 +215,15 @@ class Boosted:
             above = sets.take(parents, axis=1)
             np.bitwise_and(above, go.take(cond, axis=1), out=sets[:, lo:mid])
             np.bitwise_xor(above, sets[:, lo:mid], out=sets[:, mid:hi])  # the rest go right
+        gathered = np.bitwise_or.reduceat(sets.take(self.plane_leaves, axis=1), self.plane_starts, axis=1)
+        planes = np.zeros((self.bits * trees, words), np.uint64)
+        planes[self.plane_rows] = gathered.T  # row b * trees + t: the rows whose leaf of tree t has bit b set
+        bits = np.unpackbits(planes.view(np.uint8), axis=1, count=n, bitorder="little").reshape(self.bits, trees, n)
         small = np.uint8 if self.bits <= 8 else np.uint16 if self.bits <= 16 else np.uint32
-        local = np.zeros((trees, n), small)
-        for b, (leaves, trees_on, starts) in enumerate(self.planes):
-            plane = np.zeros((trees, words), np.uint64)
-            plane[trees_on] = np.bitwise_or.reduceat(sets.take(leaves, axis=1), starts, axis=1).T
-            local |= np.unpackbits(plane.view(np.uint8), axis=1, count=n, bitorder="little").astype(small) << small(b)
-        at = local.astype(np.intp) + (np.arange(trees) << self.bits)[:, None]
-        values = self.table.ravel()[at]  # [trees, rows]
+        local = bits[0].astype(small)
+        for b in range(1, self.bits):
+            local |= bits[b].astype(small, copy=False) << small(b)
+        values = self.table.ravel().take(local + (np.arange(trees) << self.bits)[:, None])  # [trees, rows]
         # tree by tree, in LightGBM's order: a slice of one booster's rows sums as that booster alone would
         return np.stack([values[a:b].sum(0) for a, b in zip(bounds[:-1], bounds[1:])])
 
