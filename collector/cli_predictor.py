@@ -298,8 +298,9 @@ def _predict_archs(args, model) -> int:
     if args.space and model.space != args.space:
         raise LatkitError(f"{args.model} predicts {model.space}, not {args.space}; give --space {model.space}")
     if args.batch_size is not None:
-        raise LatkitError(f"--batch-size sets the symbolic batch of ONNX files for a graph model; {args.model} predicts "
-                          f"{model.space} archs at the batch size of the data it was fitted on, so leave it out")
+        raise LatkitError(f"--batch-size sets the symbolic batch of ONNX files for a graph model; {args.model} "
+                          f"predicts {model.space} archs at the batch size of the data it was fitted on, so leave it "
+                          "out")
     space = get_space(model.space)
     archs = (space.enumerate() if args.all else _arch_lines(args.file, args.model, model.space) if args.file
              else args.arch)

@@ -265,8 +265,8 @@ def predict_files(model: GraphSurrogate, paths: Sequence, batch: int = 1, extern
     for r in (r for r in rows if "error" not in r):
         g, m, s, far = next(told)
         r.update({"latency_ms": float(m), "std_ms": float(s), "flops": g.totals()["flops"], "kernels": len(g),
-                  "onnx_nodes": g.n_onnx_nodes, "input_shape": ";".join("x".join(map(str, v)) for v in g.inputs.values()),
-                  "outside": far})
+                  "onnx_nodes": g.n_onnx_nodes, "outside": far,
+                  "input_shape": ";".join("x".join(map(str, v)) for v in g.inputs.values())})
     return rows
 
 

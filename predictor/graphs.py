@@ -307,7 +307,7 @@ def _infer(model, batch: int, shapes: Optional[dict]):
 
 
 _A_FLOAT, _A_INT, _A_STRING, _A_INTS = 1, 2, 3, 7  # onnx.AttributeProto types
-_ATTR_OPS = {"Conv", "ConvTranspose", "Gemm", "MaxPool", "AveragePool", "LpPool"}  # the ops whose attributes _kernel reads
+_ATTR_OPS = {"Conv", "ConvTranspose", "Gemm", "MaxPool", "AveragePool", "LpPool"}  # whose attributes _kernel reads
 
 
 def _attrs(node) -> dict:

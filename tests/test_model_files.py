@@ -309,8 +309,8 @@ def test_joined_boosters_predict_each_one_alone(tmp_path):
     both, counts = trees.joined(arrays)
     assert counts == [60, 1, 40, 80]
     joint = trees.Boosted(both, x.shape[1])
-    for rows in (test, test[:1], test[:70], np.r_[test[:70], test[5:9], test[:70]], np.r_[test[:1], test[:1], test[:1]]):
-        # several words of rows, one row, a partial word, rows repeated (evaluated once), one row thrice
+    # several words of rows, one row, a partial word, rows repeated (evaluated once), one row thrice
+    for rows in (test, test[:1], test[:70], np.r_[test[:70], test[5:9], test[:70]], np.repeat(test[:1], 3, 0)):
         got = joint.predict(rows, counts)
         assert got.shape == (4, len(rows))
         for g, a, b in zip(got, arrays, boosters):
