@@ -179,6 +179,10 @@ def _numel(shape) -> int:
 
 
 # -- reading ------------------------------------------------------------------------------------------
+_A_TENSOR, _A_GRAPH, _A_GRAPHS = 4, 5, 10  # onnx.AttributeProto types that hold a tensor or graphs
+_A_NESTED = (_A_TENSOR, _A_GRAPH, _A_GRAPHS)
+
+
 def load(path, max_bytes: int = MAX_FILE, max_nodes: int = MAX_NODES, external: str = "refuse"):
     """The ModelProto of an .onnx file, with the bounds of the module docstring."""
     onnx = need("onnx", "export", "reading ONNX graphs")
@@ -217,15 +221,13 @@ def check(model, what: str = "the model", max_nodes: int = MAX_NODES, external: 
                                   "exporter does by default), which latkit does not open; encode it from its "
                                   "declared shapes (external='shapes'; the data file is never read) or save the "
                                   "model with its weights inside (onnx.save(..., save_as_external_data=False))")
-        for node in g.node:
-            for a in node.attribute:
-                if a.type == onnx.AttributeProto.GRAPH:
-                    stack.append(a.g)
-                elif a.type == onnx.AttributeProto.GRAPHS:
-                    stack.extend(a.graphs)
-                elif (a.type == onnx.AttributeProto.TENSOR and a.t.data_location == onnx.TensorProto.EXTERNAL
-                      and external == "refuse"):
-                    raise LatkitError(f"{what} keeps a constant in external data, which latkit does not open")
+        for a in (a for node in g.node for a in node.attribute if a.type in _A_NESTED):
+            if a.type == _A_GRAPH:
+                stack.append(a.g)
+            elif a.type == _A_GRAPHS:
+                stack.extend(a.graphs)
+            elif a.t.data_location == onnx.TensorProto.EXTERNAL and external == "refuse":
+                raise LatkitError(f"{what} keeps a constant in external data, which latkit does not open")
 
 
 _ITEMSIZE: dict = {}
