@@ -199,7 +199,7 @@ class Boosted:
         if len(x) > 2 and x.ndim == 2 and x.shape[1]:  # equal rows (a network's repeated blocks) evaluated once
             rows = x.view(np.dtype((np.void, 8 * x.shape[1]))).ravel()  # bytes: -0.0 and 0.0 stay apart, still right
             _, first, back = np.unique(rows, return_index=True, return_inverse=True)
-            if 2 <= len(first) < len(x):  # 2 or more rows: numpy sums each row's trees in order, as with all rows
+            if 2 <= len(first) < len(x):  # not down to 1: numpy sums one row's trees pairwise, rows' in order
                 return self.predict(x[first], groups)[..., back.reshape(-1)]
         bounds = np.cumsum([0, *(groups or [self.n_trees])])
         if bounds[-1] != self.n_trees:
