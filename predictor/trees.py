@@ -200,12 +200,18 @@ class Boosted:
             rows = x.view(np.dtype((np.void, 8 * x.shape[1]))).ravel()  # bytes: -0.0 and 0.0 stay apart, still right
             _, first, back = np.unique(rows, return_index=True, return_inverse=True)
             if 2 <= len(first) < len(x):  # not down to 1: numpy sums one row's trees pairwise, rows' in order
-                return self.predict(x[first], groups)[..., back.reshape(-1)]
+                return self._chunks(x[first], groups)[..., back.reshape(-1)]
+        return self._chunks(x, groups)
+
+    def _chunks(self, x: np.ndarray, groups) -> np.ndarray:
         bounds = np.cumsum([0, *(groups or [self.n_trees])])
         if bounds[-1] != self.n_trees:
             raise ValueError(f"groups of {bounds[-1]} trees for {self.n_trees} trees")
         chunk = max(64, ((1 << 28) // self.n_nodes) // 64 * 64)  # rows per pass: the row sets stay ~32 MB
-        out = [self._predict(x[s:s + chunk], bounds) for s in range(0, len(x), chunk)]
+        cuts = [*range(0, len(x), chunk), len(x)]
+        if len(cuts) > 2 and cuts[-1] - cuts[-2] == 1:
+            del cuts[-2]  # a lone last row joins the chunk before it: it is summed as rows are, not as one row
+        out = [self._predict(x[a:b], bounds) for a, b in zip(cuts[:-1], cuts[1:])]
         out = np.concatenate(out, 1) if out else np.zeros((len(bounds) - 1, 0))
         return out if groups else out[0]
 
