@@ -11,7 +11,7 @@ from rich.table import Table
 
 from . import dataset, validate
 from .cli_common import (GRAPH_MODEL_NAMES, GRAPH_SPACE, MODEL_NAMES, SEED, Parents, console, default_first, jsonable,
-                         live_args, live_settings, log)
+                         live_args, live_settings, log, print_json, whole_of)
 from .devices import Registry
 from .errors import LatkitError
 from .progress import Steps
@@ -248,22 +248,25 @@ def cmd_predictor_predict(args) -> int:
 
 
 def _predict_graphs(args, model) -> int:
-    """One line per .onnx file; a file that cannot be read is one error line on stderr, the others are still
-    predicted (exit 1; exit 2 when no file could be read)."""
+    """One line per .onnx file (with --json one JSON list, an object per file); a file that cannot be read is
+    one error line on stderr (and an object of its file and error in the list), the others are still predicted
+    (exit 1; exit 2 when no file could be read)."""
     from latkit.predictor.graphdata import predict_files
     if args.space not in (None, GRAPH_SPACE):
         raise LatkitError(f"{args.model} is a graph model of ONNX files, not of {args.space}; leave out --space")
     if not args.file:
         raise LatkitError(f"{args.model} predicts ONNX files, not arch strings; give --file my.onnx (more files or "
                           "folders may follow)")
-    rows = predict_files(model, _graph_files(args.file, args.model), errors="keep")
+    rows = predict_files(model, _graph_files(args.file, args.model), batch=args.batch_size or 1, errors="keep")
     good = [r for r in rows if "error" not in r]
-    if good:
+    if args.json:
+        print_json([r if "error" in r or args.std else {k: v for k, v in r.items() if k != "std_ms"} for r in rows])
+    elif good:
         sys.stdout.write("file\tlatency_ms" + ("\tstd_ms" if args.std else "") + "\tflops\tkernels\toutside\n")
-    for r in good:
-        std = f"\t{r['std_ms']:.3g}" if args.std else ""
-        sys.stdout.write(f"{clean(r['file'], None)}\t{r['latency_ms']:.6g}{std}\t{r['flops']:.4g}\t{r['kernels']}\t"
-                         f"{clean(r['outside'], None)}\n")
+        for r in good:
+            std = f"\t{r['std_ms']:.3g}" if args.std else ""
+            sys.stdout.write(f"{clean(r['file'], None)}\t{r['latency_ms']:.6g}{std}\t{r['flops']:.4g}\t{r['kernels']}\t"
+                             f"{clean(r['outside'], None)}\n")
     sys.stdout.flush()
     for r in rows:
         if "error" in r:
@@ -294,11 +297,16 @@ def _predict_archs(args, model) -> int:
     from latkit.collector.spaces import get_space
     if args.space and model.space != args.space:
         raise LatkitError(f"{args.model} predicts {model.space}, not {args.space}; give --space {model.space}")
+    if args.batch_size is not None:
+        raise LatkitError(f"--batch-size sets the symbolic batch of ONNX files for a graph model; {args.model} "
+                          f"predicts {model.space} archs at the batch size of the data it was fitted on, so leave it "
+                          "out")
     space = get_space(model.space)
     archs = (space.enumerate() if args.all else _arch_lines(args.file, args.model, model.space) if args.file
              else args.arch)
     archs = [space.validate(a) for a in archs]
-    out, target = sys.stdout, getattr(model, "target_", "latency_ms")
+    target = getattr(model, "target_", "latency_ms")
+    std_name = f"std_{target.rsplit('_', 1)[1]}"  # std_ms, std_mj
     if args.std:
         try:
             pred, std = model.predict(archs, return_std=True)
@@ -306,14 +314,16 @@ def _predict_archs(args, model) -> int:
             raise LatkitError(f"{args.model} is a single {type(model).__name__} model without a spread; for --std use "
                               "a model saved by latkit predictor fit, build, adapt or transfer, or save "
                               "latkit.predictor.ensemble.Ensemble(model) from Python") from None
-        out.write(f"arch\t{target}\tstd_{target.rsplit('_', 1)[1]}\n")  # std_ms, std_mj
-        for a, p, s in zip(archs, pred, std):
-            out.write(f"{a}\t{p:.6g}\t{s:.3g}\n")
+    else:
+        pred, std = model.predict(archs), None
+    if args.json:
+        print_json([{"arch": a, target: float(p), **({std_name: float(std[i])} if args.std else {})}
+                    for i, (a, p) in enumerate(zip(archs, pred))])
         return 0
-    pred = model.predict(archs)
-    out.write(f"arch\t{target}\n")
-    for a, p in zip(archs, pred):
-        out.write(f"{a}\t{p:.6g}\n")
+    out = sys.stdout
+    out.write(f"arch\t{target}" + (f"\t{std_name}" if args.std else "") + "\n")
+    for i, (a, p) in enumerate(zip(archs, pred)):
+        out.write(f"{a}\t{p:.6g}" + (f"\t{std[i]:.3g}" if args.std else "") + "\n")
     return 0
 
 
@@ -428,4 +438,9 @@ def _predict(pred, par: Parents) -> None:
     which.add_argument("--all", action="store_true", help="every arch of the space (nb201)")
     pp.add_argument("--std", action="store_true", help="also print each prediction's standard deviation (in "
                                                         "the predicted column's unit)")
+    pp.add_argument("--batch-size", type=whole_of("batch_size"),
+                    help="a graph model: the size of a symbolic first input dimension of the files (default 1; "
+                         "1 to 4096; a fixed one stays)")
+    pp.add_argument("--json", action="store_true", help="print one JSON document on stdout instead of lines: a list "
+                                                         "of one object per file or arch")
     pp.set_defaults(func=cmd_predictor_predict)

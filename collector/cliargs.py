@@ -39,7 +39,7 @@ EXAMPLES = {
                         "--file few-models/"],
     "predictor predict": ["latkit predictor predict --model nb201-pi4.latkit-model --file archs.txt --std",
                           "latkit predictor predict --model my-data/models/onnx-pi4.latkit-model --file my.onnx "
-                          "my-models/ --std"],
+                          "my-models/ --std --batch-size 8 --json"],
     "data show": ["latkit data show my-data",
                   "latkit data show my-data --json"],
     "data card": ["latkit data card my-data --title 'NB201 on a Pi 4'"],

@@ -239,8 +239,9 @@ def onnx_files(paths: Sequence) -> list:
 def predict_files(model: GraphSurrogate, paths: Sequence, batch: int = 1, external: str = "shapes",
                   errors: str = "raise") -> list:
     """`latkit predictor predict --model M --file my.onnx` (or folders): one dict per file with file,
-    latency_ms, std_ms, flops (analytic), kernels (after fusion), onnx_nodes and outside (model.outside: ""
-    within the training graphs' range). `batch`: the size of a symbolic first input dimension; `external`:
+    latency_ms, std_ms, flops (analytic), kernels (after fusion), onnx_nodes, input_shape (the shapes used, as
+    the dataset column: "1x3x32x32", ";" between inputs, -1 unknown) and outside (model.outside: "" within the
+    training graphs' range). `batch`: the size of a symbolic first input dimension; `external`:
     graphs.encode's (shapes: a model whose weights are in a separate data file is encoded from its declared
     shapes, the data file never opened; refuse). A file that
     cannot be read is a LatkitError naming it, or with errors="keep" a dict of its file and error (the
@@ -264,7 +265,8 @@ def predict_files(model: GraphSurrogate, paths: Sequence, batch: int = 1, extern
     for r in (r for r in rows if "error" not in r):
         g, m, s, far = next(told)
         r.update({"latency_ms": float(m), "std_ms": float(s), "flops": g.totals()["flops"], "kernels": len(g),
-                  "onnx_nodes": g.n_onnx_nodes, "outside": far})
+                  "onnx_nodes": g.n_onnx_nodes, "outside": far,
+                  "input_shape": ";".join("x".join(map(str, v)) for v in g.inputs.values())})
     return rows
 
 

@@ -140,21 +140,25 @@ class Graph:
 
 def kernel_features(kernels) -> np.ndarray:
     n_ops, n_acts = len(OPS), len(ACTS)
-    out = np.zeros((len(kernels), len(FEATURES)), np.float32)
     op_i, act_i = {o: i for i, o in enumerate(OPS)}, {a: i for i, a in enumerate(ACTS)}
     lg = math.log1p
-    for r, k in enumerate(kernels):
-        out[r, op_i[k.op]] = 1
-        out[r, n_ops + act_i[k.act]] = 1
+    rows = []  # plain Python per kernel, one array at the end (a numpy row assignment per kernel costs more)
+    for k in kernels:
         src = k.in_shapes[0] if k.in_shapes else ()
         cin, hin, win = _chw(src)
         cout, hout, wout = _chw(k.out_shape)
         kh, kw = (k.kernel + (1, 1))[:2] if k.kernel else (0, 0)
-        out[r, n_ops + n_acts:] = (
+        rows.append((
+            op_i[k.op], n_ops + act_i[k.act],
             k.bn, k.bias, k.residual, kh, kw, k.stride, k.dilation, math.log(max(k.groups, 1)), lg(cin), lg(cout),
             lg(hin), lg(win), lg(hout), lg(wout), lg(k.flops), lg(k.mac_flops), lg(k.mem_bytes),
             lg(k.param_bytes), lg(sum(_numel(s) for s in k.in_shapes)), lg(_numel(k.out_shape)),
-            len(k.onnx_ops), k.shapes_known)
+            len(k.onnx_ops), k.shapes_known))
+    out = np.zeros((len(kernels), len(FEATURES)), np.float32)
+    if rows:
+        values = np.array(rows, np.float64)
+        out[:, n_ops + n_acts:] = values[:, 2:]
+        out[np.arange(len(rows))[:, None], values[:, :2].astype(np.intp)] = 1
     return out
 
 
@@ -162,7 +166,7 @@ def _chw(shape) -> tuple:
     """(channels, height, width) of an NCHW-like shape; (features, 1, 1) of 2-D; zeros when unknown."""
     s = [max(int(d), 0) for d in shape]
     if len(s) >= 4:
-        return s[1], s[2], int(np.prod(s[3:]))
+        return s[1], s[2], math.prod(s[3:])
     if len(s) == 3:
         return s[1], s[2], 1
     if len(s) == 2:
@@ -175,6 +179,10 @@ def _numel(shape) -> int:
 
 
 # -- reading ------------------------------------------------------------------------------------------
+_A_TENSOR, _A_GRAPH, _A_GRAPHS = 4, 5, 10  # onnx.AttributeProto types that hold a tensor or graphs
+_A_NESTED = (_A_TENSOR, _A_GRAPH, _A_GRAPHS)
+
+
 def load(path, max_bytes: int = MAX_FILE, max_nodes: int = MAX_NODES, external: str = "refuse"):
     """The ModelProto of an .onnx file, with the bounds of the module docstring."""
     onnx = need("onnx", "export", "reading ONNX graphs")
@@ -182,7 +190,7 @@ def load(path, max_bytes: int = MAX_FILE, max_nodes: int = MAX_NODES, external: 
         size = os.fstat(f.fileno()).st_size
         if size > max_bytes:
             raise LatkitError(f"{path} is {size} bytes, more than the {max_bytes} latkit reads as an ONNX graph")
-        data = f.read(max_bytes + 1)
+        data = f.read(size + 1)  # not max_bytes + 1: a buffer of that size costs milliseconds
     try:
         model = onnx.load_model_from_string(data)
     except Exception as e:  # protobuf's DecodeError and friends
@@ -213,15 +221,13 @@ def check(model, what: str = "the model", max_nodes: int = MAX_NODES, external: 
                                   "exporter does by default), which latkit does not open; encode it from its "
                                   "declared shapes (external='shapes'; the data file is never read) or save the "
                                   "model with its weights inside (onnx.save(..., save_as_external_data=False))")
-        for node in g.node:
-            for a in node.attribute:
-                if a.type == onnx.AttributeProto.GRAPH:
-                    stack.append(a.g)
-                elif a.type == onnx.AttributeProto.GRAPHS:
-                    stack.extend(a.graphs)
-                elif (a.type == onnx.AttributeProto.TENSOR and a.t.data_location == onnx.TensorProto.EXTERNAL
-                      and external == "refuse"):
-                    raise LatkitError(f"{what} keeps a constant in external data, which latkit does not open")
+        for a in (a for node in g.node for a in node.attribute if a.type in _A_NESTED):
+            if a.type == _A_GRAPH:
+                stack.append(a.g)
+            elif a.type == _A_GRAPHS:
+                stack.extend(a.graphs)
+            elif a.t.data_location == onnx.TensorProto.EXTERNAL and external == "refuse":
+                raise LatkitError(f"{what} keeps a constant in external data, which latkit does not open")
 
 
 _ITEMSIZE: dict = {}
@@ -288,11 +294,11 @@ def _infer(model, batch: int, shapes: Optional[dict]):
     except Exception as e:
         raise LatkitError(f"shape inference failed on this graph ({str(e).splitlines()[0][:120] if str(e) else e}); "
                           "give a model ONNX's shape inference can read") from None
-    for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
+    for vi in (*inferred.graph.value_info, *inferred.graph.output):
         t = vi.type.tensor_type
         if not t.HasField("shape"):
             continue
-        dims = tuple(int(d.dim_value) if d.HasField("dim_value") else -1 for d in t.shape.dim)
+        dims = tuple([v if (v := d.dim_value) or d.HasField("dim_value") else -1 for d in t.shape.dim])
         info.setdefault(vi.name, (dims, t.elem_type))
     # name -> (shape, bytes, known)
     meta = {}
@@ -303,6 +309,7 @@ def _infer(model, batch: int, shapes: Optional[dict]):
 
 
 _A_FLOAT, _A_INT, _A_STRING, _A_INTS = 1, 2, 3, 7  # onnx.AttributeProto types
+_ATTR_OPS = {"Conv", "ConvTranspose", "Gemm", "MaxPool", "AveragePool", "LpPool"}  # whose attributes _kernel reads
 
 
 def _attrs(node) -> dict:
@@ -347,7 +354,8 @@ def encode(model, batch: int = 1, shapes: Optional[dict] = None, fusion: str = "
     info, consts, used = _infer(model, batch, shapes)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     g = model.graph
-    plain = [_Node(n.op_type, n.domain, n.name, list(n.input), list(n.output), _attrs(n)) for n in g.node]
+    plain = [_Node(n.op_type, n.domain, n.name, list(n.input), list(n.output),
+                   _attrs(n) if n.op_type in _ATTR_OPS else {}) for n in g.node]
     nodes, const = _live_nodes(plain, info, consts)
     kernels = _fuse(nodes, info, const, fusion)
     # edges: kernel producing a tensor -> kernels consuming it

@@ -180,18 +180,37 @@ class KernelAdditive(GraphSurrogate):
         member["calib"] = _nnls_relative(np.stack([np.ones(n), total], 1), y)
         return member
 
-    @staticmethod
-    def _member_kernels(m: dict, F) -> np.ndarray:
-        """Uncalibrated kernel latencies of one member."""
-        linear = np.maximum(basis(F) @ m["linear"][1:], 1e-7)
-        if m["trees"] is None:
-            return linear
-        booster = m.get("_boosted") or trees.Boosted(m["trees"], len(FEATURES))
-        m["_boosted"] = booster
-        return linear * np.exp(booster.predict(F))
+    def _kernels(self, F) -> np.ndarray:
+        """[members, kernels]: each member's uncalibrated kernel latencies, all members' trees in one pass."""
+        B = basis(F)
+        out = np.stack([np.maximum(B @ m["linear"][1:], 1e-7) for m in self.members_]) if len(F) else \
+            np.zeros((len(self.members_), 0))
+        for booster, counts, idx in self._boosters():
+            out[idx] = out[idx] * np.exp(booster.predict(F, counts))
+        return out
 
-    def _member_predict(self, m: dict, F, seg, n) -> np.ndarray:
-        return np.maximum(m["calib"][0] + m["calib"][1] * _segsum(self._member_kernels(m, F), seg, n), 1e-9)
+    def _boosters(self) -> list:
+        """[(trees.Boosted, tree counts, member indices)]: the members' trees joined (trees.joined), up to
+        trees.MAX_NODES nodes each; built once per set of members."""
+        key = [m["trees"] for m in self.members_]
+        cached = self.__dict__.get("_joined")
+        if cached is not None and len(cached[0]) == len(key) and all(a is b for a, b in zip(cached[0], key)):
+            return cached[1]
+        groups, nodes = [], trees.MAX_NODES
+        for i, t in enumerate(key):
+            if t is None:
+                continue
+            if nodes + len(t["left"]) > trees.MAX_NODES:
+                groups.append([])
+                nodes = 0
+            groups[-1].append(i)
+            nodes += len(t["left"])
+        built = []
+        for idx in groups:
+            arrays, counts = trees.joined([key[i] for i in idx])
+            built.append((trees.Boosted(arrays, len(FEATURES)), counts, idx))  # checks the arrays
+        self.__dict__["_joined"] = (key, built)
+        return built
 
     def adapt(self, X, y, folds: int = 5) -> "KernelAdditive":
         """Few-shot to a new device from a few of its measured graphs. Two candidates: this model with each
@@ -204,7 +223,7 @@ class KernelAdditive(GraphSurrogate):
         check_is_fitted(self, "members_")
         graphs, y = self._training_data(X, y, widen=True)
         F, seg = stacked(graphs)
-        totals = [_segsum(self._member_kernels(m, F), seg, len(y)) for m in self.members_]
+        totals = [_segsum(k, seg, len(y)) for k in self._kernels(F)]
 
         def recalibrated(rows):
             return [_nnls_relative(np.stack([np.ones(len(rows)), t[rows]], 1), y[rows]) for t in totals]
@@ -235,14 +254,15 @@ class KernelAdditive(GraphSurrogate):
         check_is_fitted(self, "members_")
         graphs = as_graphs(X)
         F, seg = stacked(graphs)
-        logs = np.log(np.stack([self._member_predict(m, F, seg, len(graphs)) for m in self.members_]))
+        logs = np.log(np.stack([np.maximum(m["calib"][0] + m["calib"][1] * _segsum(k, seg, len(graphs)), 1e-9)
+                                for m, k in zip(self.members_, self._kernels(F))]))
         return spread(logs, return_std)
 
     def kernel_latency(self, graph) -> np.ndarray:
         """Predicted latency (ms) of each kernel of one graph (members' geometric mean, before calibration's
         overhead; the scale applied): where the time goes."""
         F = features(graph)
-        out = [np.log(np.maximum(self._member_kernels(m, F) * m["calib"][1], 1e-12)) for m in self.members_]
+        out = [np.log(np.maximum(k * m["calib"][1], 1e-12)) for m, k in zip(self.members_, self._kernels(F))]
         return np.exp(np.mean(out, 0))
 
     # -- model file -------------------------------------------------------------------------------------------
@@ -271,9 +291,7 @@ class KernelAdditive(GraphSurrogate):
                                  "calibration of 2")
             t = {k.split(".", 2)[2]: v for k, v in flat.items() if k.startswith(f"m{i}.trees.")}
             m = {"linear": lin.astype(np.float64), "calib": cal.astype(np.float64), "trees": t or None}
-            if t:
-                m["_boosted"] = trees.Boosted(t, len(FEATURES))  # checks the arrays
-            elif self.backfit_rounds:
+            if not t and self.backfit_rounds:
                 raise ValueError(f"its member {i} has no trees, but backfit_rounds={self.backfit_rounds}")
             members.append(m)
         known = {f"m{i}.{a}" for i in range(self.n_members) for a in ("linear", "calib")}
@@ -282,3 +300,4 @@ class KernelAdditive(GraphSurrogate):
         if extra:
             raise ValueError(f"it holds {extra[0]!r}, which is no member of its {self.n_members}")
         self.members_ = members
+        self._boosters()  # checks the trees' arrays

@@ -119,9 +119,11 @@ class Boosted:
     Every split is one of few distinct conditions (feature, threshold, missing rule: ~100 among the 8,400
     splits of a default nb201 model), so a chunk of rows first evaluates each distinct condition once, with
     LightGBM's missing-value rules, as bits (one per row, packed 64 to a word). Then each level of every tree
-    at once gives each child the set of rows that reach it (its parent's set AND the condition, or its
-    negation) and each tree's leaf index is assembled from bit planes: a few whole-array operations per
-    level, instead of one walk step per (tree, row)."""
+    at once gives each child the set of rows that reach it (its parent's set AND the condition, or the rest
+    of the parent's set) and each tree's leaf index is assembled from bit planes: a few whole-array
+    operations per level, instead of one walk step per (tree, row). Nodes are renumbered level by level
+    (roots, then each level's left children, then its right children), so that a level's children are one
+    contiguous block of the row sets, written in place."""
 
     def __init__(self, trees: dict, n_features: int):
         if not isinstance(trees, dict) or set(trees) != set(BOOSTED_KEYS):
@@ -140,57 +142,113 @@ class Boosted:
         cond = cond.reshape(-1)
         self.feature, self.threshold = conds.f0.astype(np.intp), conds.f1
         self.missing, self.default_left = conds.f2, conds.f3
-        self.n_nodes, self.roots = len(left), roots
-        self.steps = []  # per level: (children, their parents, the parents' conditions, 0 / ~0 for left / right)
+        self.zero_rule = np.flatnonzero(self.missing == 1)
+        self.n_nodes, self.n_trees = len(left), len(roots)
+        order, self.steps = [roots], []  # per level: (its children's block, their parents, the parents' conditions)
+        start = len(roots)
         for parents in levels(left, right, roots, ~leaf):
-            flip = np.r_[np.zeros(len(parents), np.uint64), np.full(len(parents), ~np.uint64(0))]
-            self.steps.append((np.r_[left[parents], right[parents]], np.r_[parents, parents],
-                               np.r_[cond[parents], cond[parents]], flip[:, None]))
-        self._leaf_planes(node[leaf], roots, t["value"][leaf])
+            order.append(np.r_[left[parents], right[parents]])
+            self.steps.append((start, start + len(parents), start + 2 * len(parents), parents, cond[parents]))
+            start += 2 * len(parents)
+        new = np.empty(len(left), np.intp)
+        new[np.concatenate(order)] = node  # each node is a root or one parent's child: numbered once
+        self.steps = [(lo, mid, hi, new[p], c) for lo, mid, hi, p, c in self.steps]
+        self._leaf_planes(node[leaf], new, roots, t["value"][leaf])
 
-    def _leaf_planes(self, leaves, roots, values) -> None:
-        """Each tree's leaves numbered 0.. (bit b of that number: which leaves make plane b) and their values."""
+    def _leaf_planes(self, leaves, new, roots, values) -> None:
+        """Each tree's leaves numbered 0..; bit b of that number says which leaves make plane b: the leaves
+        of all planes end to end (`plane_leaves`, in segments of one tree and plane starting at
+        `plane_starts`, the row of each in the planes array `plane_rows`) and the leaves' values."""
         tree = np.searchsorted(roots, leaves, side="right") - 1
         first = np.searchsorted(tree, np.arange(len(roots)))
         local = np.arange(len(leaves)) - first[tree]
         self.bits = max(1, int(local.max()).bit_length())
-        self.planes = []
+        parts, starts, rows, at = [], [], [], 0
         for b in range(self.bits):
             on = ((local >> b) & 1) == 1
-            trees_on, starts = np.unique(tree[on], return_index=True)
-            self.planes.append((leaves[on], trees_on, starts))
+            trees_on, first_on = np.unique(tree[on], return_index=True)
+            parts.append(new[leaves[on]])
+            starts.append(first_on + at)
+            rows.append(b * len(roots) + trees_on)
+            at += int(on.sum())
+        self.plane_leaves, self.plane_starts, self.plane_rows = (np.concatenate(p) for p in (parts, starts, rows))
         self.table = np.zeros((len(roots), 1 << self.bits))
         self.table[tree, local] = values
 
     def goes_left(self, x: np.ndarray) -> np.ndarray:
-        """[rows, conditions] bool: True where a row goes left, by LightGBM's NumericalDecision."""
-        v = x[:, self.feature]
+        """[conditions, rows] bool: True where a row goes left, by LightGBM's NumericalDecision."""
+        v = np.ascontiguousarray(x.T)[self.feature]
+        left = v <= self.threshold[:, None]
+        if not np.isnan(v).any():  # only the zero-as-missing conditions differ from a plain comparison
+            z = self.zero_rule
+            if len(z):
+                vz = v[z]
+                left[z] = np.where(np.abs(vz) <= ZERO, self.default_left[z, None], left[z])
+            return left
         nan = np.isnan(v)
-        if nan.any():
-            v = np.where(nan & (self.missing != 2), 0.0, v)
-        left = v <= self.threshold
-        default = ((self.missing == 1) & (np.abs(v) <= ZERO)) | ((self.missing == 2) & nan)
-        return np.where(default, self.default_left, left) if default.any() else left
+        missing = self.missing[:, None]
+        v = np.where(nan & (missing != 2), 0.0, v)
+        left = v <= self.threshold[:, None]
+        default = ((missing == 1) & (np.abs(v) <= ZERO)) | ((missing == 2) & nan)
+        return np.where(default, self.default_left[:, None], left)
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float64)
+    def predict(self, x: np.ndarray, groups=None) -> np.ndarray:
+        """Per row, the sum of the trees' leaf values; with `groups` (the tree counts of consecutive boosters,
+        as `joined` made them) one sum per booster, [len(groups), rows], each the one that booster alone gives."""
+        x = np.ascontiguousarray(x, dtype=np.float64)
+        if len(x) > 2 and x.ndim == 2 and x.shape[1]:  # equal rows (a network's repeated blocks) evaluated once
+            rows = x.view(np.dtype((np.void, 8 * x.shape[1]))).ravel()  # bytes: -0.0 and 0.0 stay apart, still right
+            _, first, back = np.unique(rows, return_index=True, return_inverse=True)
+            if 2 <= len(first) < len(x):  # not down to 1: numpy sums one row's trees pairwise, rows' in order
+                return self._chunks(x[first], groups)[..., back.reshape(-1)]
+        return self._chunks(x, groups)
+
+    def _chunks(self, x: np.ndarray, groups) -> np.ndarray:
+        bounds = np.cumsum([0, *(groups or [self.n_trees])])
+        if bounds[-1] != self.n_trees:
+            raise ValueError(f"groups of {bounds[-1]} trees for {self.n_trees} trees")
         chunk = max(64, ((1 << 28) // self.n_nodes) // 64 * 64)  # rows per pass: the row sets stay ~32 MB
-        return np.concatenate([self._predict(x[s:s + chunk]) for s in range(0, len(x), chunk)] or [np.zeros(0)])
+        cuts = [*range(0, len(x), chunk), len(x)]
+        if len(cuts) > 2 and cuts[-1] - cuts[-2] == 1:
+            del cuts[-2]  # a lone last row joins the chunk before it: it is summed as rows are, not as one row
+        out = [self._predict(x[a:b], bounds) for a, b in zip(cuts[:-1], cuts[1:])]
+        out = np.concatenate(out, 1) if out else np.zeros((len(bounds) - 1, 0))
+        return out if groups else out[0]
 
-    def _predict(self, x: np.ndarray) -> np.ndarray:
-        n, words = len(x), -(-len(x) // 64)
+    def _predict(self, x: np.ndarray, bounds) -> np.ndarray:
+        n, words, trees = len(x), -(-len(x) // 64), self.n_trees
         packed = np.zeros((len(self.feature), words * 8), np.uint8)
-        packed[:, :-(-n // 8)] = np.packbits(self.goes_left(x).T, axis=1, bitorder="little")
-        go = packed.view(np.uint64)  # [conditions, words]: bit r of a row set is row r
-        sets = np.empty((self.n_nodes, words), np.uint64)
-        sets[self.roots] = ~np.uint64(0)
-        for child, parent, cond, flip in self.steps:
-            sets[child] = sets[parent] & (go[cond] ^ flip)
+        packed[:, :-(-n // 8)] = np.packbits(self.goes_left(x), axis=1, bitorder="little")
+        go = np.ascontiguousarray(packed.view(np.uint64).T)  # [words, conditions]: bit r of a row set is row r
+        sets = np.empty((words, self.n_nodes), np.uint64)
+        sets[:, :trees] = ~np.uint64(0)
+        for lo, mid, hi, parents, cond in self.steps:
+            above = sets.take(parents, axis=1)
+            np.bitwise_and(above, go.take(cond, axis=1), out=sets[:, lo:mid])
+            np.bitwise_xor(above, sets[:, lo:mid], out=sets[:, mid:hi])  # the rest go right
+        gathered = np.bitwise_or.reduceat(sets.take(self.plane_leaves, axis=1), self.plane_starts, axis=1)
+        planes = np.zeros((self.bits * trees, words), np.uint64)
+        planes[self.plane_rows] = gathered.T  # row b * trees + t: the rows whose leaf of tree t has bit b set
+        bits = np.unpackbits(planes.view(np.uint8), axis=1, count=n, bitorder="little").reshape(self.bits, trees, n)
         small = np.uint8 if self.bits <= 8 else np.uint16 if self.bits <= 16 else np.uint32
-        local = np.zeros((len(self.roots), n), small)
-        for b, (leaves, trees_on, starts) in enumerate(self.planes):
-            plane = np.zeros((len(self.roots), words), np.uint64)
-            plane[trees_on] = np.bitwise_or.reduceat(sets[leaves], starts, axis=0)
-            local |= np.unpackbits(plane.view(np.uint8), axis=1, count=n, bitorder="little").astype(small) << small(b)
-        at = local.astype(np.intp) + (np.arange(len(self.roots)) << self.bits)[:, None]
-        return self.table.ravel()[at].sum(0)  # tree by tree, in LightGBM's order
+        local = bits[0].astype(small)
+        for b in range(1, self.bits):
+            local |= bits[b].astype(small, copy=False) << small(b)
+        values = self.table.ravel().take(local + (np.arange(trees) << self.bits)[:, None])  # [trees, rows]
+        # tree by tree, in LightGBM's order: a slice of one booster's rows sums as that booster alone would
+        return np.stack([values[a:b].sum(0) for a, b in zip(bounds[:-1], bounds[1:])])
+
+
+def joined(tree_sets) -> tuple:
+    """Several boosters' node arrays (BOOSTED_KEYS) as one (each one's node indices shifted past the ones
+    before), so that one Boosted evaluates them all in a single pass; and each one's tree count, the
+    `groups` of Boosted.predict."""
+    out, offset, counts = {k: [] for k in BOOSTED_KEYS}, 0, []
+    for t in tree_sets:
+        if not isinstance(t, dict) or set(t) != set(BOOSTED_KEYS):
+            raise ValueError(f"its boosted trees hold {sorted(t)}, not {list(BOOSTED_KEYS)}")
+        for k in BOOSTED_KEYS:
+            out[k].append(_ints(t[k], k) + offset if k in ("left", "right", "roots") else t[k])
+        offset += len(t["left"])
+        counts.append(len(t["roots"]))
+    return {k: np.concatenate(v) for k, v in out.items()}, counts

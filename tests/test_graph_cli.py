@@ -169,6 +169,68 @@ def test_a_bad_file_is_one_line_and_the_others_are_still_predicted(user, fitted)
     assert "cannot read --file missing.onnx" in err
 
 
+def dynamic_batch(src: Path, dst: Path) -> Path:
+    """A copy of an exported file whose first input and output dimension is the symbolic `batch`."""
+    import onnx
+    m = onnx.load(str(src), load_external_data=False)
+    for v in (*m.graph.input, *m.graph.output):
+        v.type.tensor_type.shape.dim[0].dim_param = "batch"
+    del m.graph.value_info[:]
+    onnx.save(m, str(dst))
+    return dst
+
+
+def test_predict_json_and_batch_size(user, fitted):
+    """--json: one JSON list, an object per file (std_ms with --std), the numbers the lines print; --batch-size
+    fills a symbolic batch (4 images: 4 times the FLOPs, more time than 1) and leaves a fixed one as it is; a
+    bad file is an object of its file and error, and one line on stderr; a model of a space refuses
+    --batch-size in one line, and prints its archs as JSON too."""
+    model, _ = fitted
+    root = user["root"]
+    fixed = root / "models" / "c16x2_r32.onnx"
+    dyn = dynamic_batch(fixed, root / "new" / "dyn.onnx")
+
+    def predicted(*extra, more=(), code=0):
+        r = latkit(user, "predictor", "predict", "--model", model, "--file", "new/dyn.onnx", fixed, *more, *extra)
+        assert r.returncode == code, r.stderr
+        return json.loads(r.stdout), r.stderr
+
+    one, _ = predicted("--json", "--std")
+    assert [Path(r["file"]).name for r in one] == ["dyn.onnx", fixed.name]
+    assert all(r["latency_ms"] > 0 and r["std_ms"] > 0 and r["kernels"] > 0 and r["onnx_nodes"] > 0 for r in one)
+    assert [r["input_shape"] for r in one] == ["1x3x32x32", "1x3x32x32"]
+    assert one[0]["latency_ms"] == one[1]["latency_ms"]  # batch 1: the same graph
+    lines = tsv(ok(user, "predictor", "predict", "--model", model, "--file", "new/dyn.onnx", "--std"))
+    assert float(lines[0]["latency_ms"]) == pytest.approx(one[0]["latency_ms"], rel=1e-5)
+    assert float(lines[0]["std_ms"]) == pytest.approx(one[0]["std_ms"], rel=1e-2)
+    four, _ = predicted("--json", "--batch-size", "4")
+    assert "std_ms" not in four[0] and four[0]["input_shape"] == "4x3x32x32"
+    assert four[0]["flops"] == pytest.approx(4 * one[0]["flops"], rel=1e-12)
+    assert four[0]["latency_ms"] > 1.5 * one[0]["latency_ms"], (four, one)
+    assert four[1]["input_shape"] == "1x3x32x32" and four[1]["latency_ms"] == one[1]["latency_ms"]  # fixed batch
+    text = tsv(ok(user, "predictor", "predict", "--model", model, "--file", dyn, "--batch-size", "4"))
+    assert float(text[0]["latency_ms"]) == pytest.approx(four[0]["latency_ms"], rel=1e-5)
+    (root / "bad").mkdir(exist_ok=True)
+    (root / "bad" / "short.onnx").write_bytes(fixed.read_bytes()[:200])
+    rows, err = predicted("--json", more=[root / "bad" / "short.onnx"], code=1)
+    assert [sorted(r) for r in rows[-1:]] == [["error", "file"]] and "is not an ONNX model" in rows[-1]["error"]
+    assert err.count("\n") == 1 and err.startswith("latkit: error: ") and "short.onnx" in err
+    assert "must be a whole number" in refused(user, "predictor", "predict", "--model", model, "--file", dyn,
+                                               "--batch-size", "0")
+    from latkit.collector.samplers import sample
+    from latkit.collector.spaces import get_space
+    from latkit.predictor.models import make_model
+    arch_model = root / "nb201-json.latkit-model"
+    archs = sample(get_space("nb201"), 12, "uniform", 0)
+    make_model("ridge", "nb201").fit(archs, [1.0 + i for i in range(12)]).save(arch_model)
+    err = refused(user, "predictor", "predict", "--model", arch_model, "--arch", NB201_ARCH, "--batch-size", "4")
+    assert "--batch-size sets the symbolic batch of ONNX files" in err and "leave it out" in err
+    got = json.loads(ok(user, "predictor", "predict", "--model", arch_model, "--arch", NB201_ARCH, archs[0], "--json"))
+    assert [sorted(r) for r in got] == [["arch", "latency_ms"]] * 2 and got[0]["arch"] == NB201_ARCH
+    assert got[1]["latency_ms"] == pytest.approx(float(tsv(ok(user, "predictor", "predict", "--model", arch_model,
+                                                                  "--arch", archs[0]))[0]["latency_ms"]), rel=1e-5)
+
+
 def test_the_wrong_file_for_the_wrong_model_says_what_to_do(user, fitted):
     from latkit.collector.samplers import sample
     from latkit.collector.spaces import get_space

@@ -14,7 +14,7 @@ onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from latkit.collector.errors import LatkitError  # noqa: E402
-from latkit.predictor import graphs  # noqa: E402
+from latkit.predictor import graphs, trees  # noqa: E402
 from latkit.predictor.graphs import encode  # noqa: E402
 
 RNG = np.random.default_rng(0)
@@ -323,6 +323,56 @@ def test_kernel_additive_learns_an_additive_device_and_beats_flops(nets, tmp_pat
     ka.adapt(paths[:8], 3 * y[:8])
     assert ka.adapted_["choice"] == "recalibrated"     # same kernel costs x 3: 2 numbers beat a fresh fit on 8
     assert report(ka.predict(paths[te]), 3 * y[te])["mape"] < r["mape"] + 10
+
+
+def walk(t: dict, x: np.ndarray) -> np.ndarray:
+    """Per row, the sum of the leaf values of boosted trees' node arrays (predictor/trees.py), one node at a
+    time, tree after tree, with LightGBM's missing-value rule: the reference the vectorised pass must match."""
+    ends = list(t["roots"][1:]) + [len(t["left"])]
+    out = np.zeros(len(x))
+    for r, row in enumerate(x):
+        total = 0.0
+        for root in t["roots"]:
+            i = int(root)
+            while t["left"][i] != i or t["right"][i] != i:
+                v, rule = float(row[t["feature"][i]]), int(t["missing"][i])
+                if np.isnan(v) and rule != 2:
+                    v = 0.0
+                if (rule == 1 and abs(v) <= trees.ZERO) or (rule == 2 and np.isnan(v)):
+                    left = bool(t["default_left"][i])
+                else:
+                    left = v <= t["threshold"][i]
+                i = int(t["left"][i] if left else t["right"][i])
+            total += t["value"][i]
+        out[r] = total
+    assert len(ends) == len(t["roots"])
+    return out
+
+
+def test_kernel_model_predicts_what_walking_each_tree_gives(nets, tmp_path):
+    """The members' trees evaluated in one pass (trees.joined), bit sets per level, give what a walk of each
+    tree gives, and a saved model predicts exactly what it predicted before it was saved."""
+    from latkit.predictor.kernels import KernelAdditive, basis, stacked
+    from latkit.predictor.models import load as load_model
+    _, paths, y = nets
+    ka = KernelAdditive(n_members=3, n_estimators=30, num_leaves=15, backfit_rounds=1).fit(paths[:40], y[:40])
+    graphs = [encode(p) for p in paths[40:70]]
+    mean, std = ka.predict(graphs, return_std=True)
+    ka.save(tmp_path / "k.latkit-model")
+    again = load_model(tmp_path / "k.latkit-model")
+    for got in (again.predict(graphs, return_std=True), again.predict(paths[40:70], return_std=True)):
+        assert np.array_equal(got[0], mean) and np.array_equal(got[1], std)
+    F, seg = stacked(graphs)
+    logs = []
+    for m in again.members_:
+        kernel = np.maximum(basis(F) @ m["linear"][1:], 1e-7) * np.exp(walk(m["trees"], F.astype(np.float64)))
+        total = np.bincount(seg, weights=kernel, minlength=len(graphs))
+        logs.append(np.log(np.maximum(m["calib"][0] + m["calib"][1] * total, 1e-9)))
+    logs = np.array(logs)
+    assert np.allclose(mean, np.exp(logs.mean(0)), rtol=1e-12, atol=0)
+    assert np.allclose(std, np.exp(logs.mean(0)) * logs.std(0), rtol=1e-9, atol=1e-15)
+    one = [again.predict([g])[0] for g in graphs[:5]]  # one graph at a time: its own rows only
+    assert np.allclose(one, mean[:5], rtol=1e-12, atol=0)
 
 
 def test_graphnet_fits_saves_and_adapts(nets, tmp_path):

@@ -292,6 +292,34 @@ def test_numpy_trees_follow_lightgbm_on_missing_values(options):
     assert np.allclose(got, booster.predict(test), rtol=1e-9, atol=0)
 
 
+def test_joined_boosters_predict_each_one_alone(tmp_path):
+    """Several boosters' trees joined into one Boosted give, per booster, exactly what that booster's own
+    Boosted gives and what LightGBM gives, NaN and zero inputs included (a zero-as-missing booster among them)."""
+    x, y, test = lightgbm_data(4)
+    rng = np.random.default_rng(4)
+    x, test = x.copy(), test.copy()
+    x[rng.random(x.shape) < 0.1] = np.nan
+    test[rng.random(test.shape) < 0.2] = np.nan
+    test[rng.random(test.shape) < 0.1] = 0.0
+    boosters = [lightgbm.LGBMRegressor(n_estimators=n, num_leaves=leaves, min_child_samples=5, verbose=-1, n_jobs=1,
+                                       random_state=i, **options).fit(x, y[:500]).booster_
+                for i, (n, leaves, options) in enumerate([(60, 31, {}), (1, 2, {}), (40, 7, {"zero_as_missing": True}),
+                                                          (80, 63, {"use_missing": False})])]
+    arrays = [trees.from_lightgbm(b) for b in boosters]
+    both, counts = trees.joined(arrays)
+    assert counts == [60, 1, 40, 80]
+    joint = trees.Boosted(both, x.shape[1])
+    # several words of rows, one row, a partial word, rows repeated (evaluated once), one row thrice
+    for rows in (test, test[:1], test[:70], np.r_[test[:70], test[5:9], test[:70]], np.repeat(test[:1], 3, 0)):
+        got = joint.predict(rows, counts)
+        assert got.shape == (4, len(rows))
+        for g, a, b in zip(got, arrays, boosters):
+            assert np.array_equal(g, trees.Boosted(a, x.shape[1]).predict(rows))
+            assert np.allclose(g, b.predict(rows), rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="groups of 100 trees for 181 trees"):
+        joint.predict(test, [100])
+
+
 def test_fit_out_never_overwrites_what_is_not_a_model(tmp_path, files):
     """`fit --out` over a user's file or a FIFO: one line, exit 2, the file untouched and nothing hangs;
     over a model file it writes the new model."""
