@@ -304,7 +304,7 @@ class _Loop:
                 log.info("%s", sch.off)
                 break
         sch.done(self.jobs_done())
-        self.bound_cache()  # the twins are not pending: a bounded cache may let them go until the next check
+        self.bound_cache()
         self.report.reference_s += time.perf_counter() - t
         if len(got) == 2 and sch.off == "":
             a, b = got
@@ -361,8 +361,10 @@ class _Loop:
         _counted(self.report, m)
 
     def bound_cache(self) -> None:
-        if self.request.cache_max_gb is not None:
-            bound_device_cache(self.runner, self.request.cache_max_gb, {j.artifact.sha256 for j, _ in self.pending})
+        if self.request.cache_max_gb is not None:  # the reference twins (170 KB) stay for the next check
+            keep = {j.artifact.sha256 for j, _ in self.pending} | {a.sha256 for a in (self.schedule and
+                                                                                    self.schedule.twins or ())}
+            bound_device_cache(self.runner, self.request.cache_max_gb, keep)
 
     def link_failed(self, e: TransportError, failures: int) -> None:
         """After a broken link: rows flushed, the agent gone, a wait before the next try (or give up)."""

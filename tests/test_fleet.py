@@ -305,6 +305,34 @@ def test_bounded_device_model_cache(registry, models, tmp_path):
     assert rows[-1]["model_sha256"] in kept and rows[0]["model_sha256"] not in kept  # least recently used went
 
 
+def test_a_bounded_cache_keeps_the_reference_twins_between_checks(registry, models, tmp_path):
+    """With --cache-max-gb the data's files come and go, but the reference pair is shipped once per run: a
+    check every job, a bound of ~2 data files, and the twins' files on the device are still the first copies."""
+    from latkit.collector.device_loop import DeviceRequest, run_device
+    from latkit.collector.reports import DeviceReport
+    dev = registry.get("dev0")
+    folder = Path(dev.workdir) / "models"
+    for f in folder.iterdir():  # a fresh device cache: every file of this run is shipped by this run
+        f.unlink()
+    arts = models["onnx"][:5]
+    bound = 2.2 * max(a.path.stat().st_size for a in arts)
+    jobs = make_jobs(arts, ["dev0"], settings=QUICK)
+    report = DeviceReport("dev0", total=len(jobs))
+    run_device(dev, jobs, Store(tmp_path / "d"), report, DeviceRequest(reference=True, reference_every_jobs=1,
+                                                                       reference_every_s=3600,
+                                                                       cache_max_gb=bound / 2 ** 30))
+    assert report.measured == 5 and len(report.checks) == 6, report.message
+    first: dict = {}  # twin -> the start of its first timing
+    for r in side_store(Store(tmp_path / "d")).read().to_pylist():
+        first[r["model_sha256"]] = min(first.get(r["model_sha256"], r["started_at"]), r["started_at"])
+    twins = set(first)
+    left = {f.name.split(".")[0]: f.stat().st_mtime for f in folder.iterdir() if f.is_file()}
+    assert len(twins) == 2 and twins <= set(left), "the twins were evicted"
+    assert all(left[t] <= first[t].timestamp() for t in twins), "a twin was shipped again after its first timing"
+    data = [s for s in left if s not in twins]
+    assert len(data) < 5  # the bound did evict data files
+
+
 def test_next_model_ships_while_this_one_is_timed(registry, fleet, models):
     """dev0 (both CPUs) gets the next model during the current measurement; dev2 (sshd and agent pinned to
     CPU 0, timing on its only CPU) does not: an upload there would share the CPU with the timed runs."""
