@@ -18,8 +18,10 @@ from sums, in two steps:
    (a kernel's latency = linear cost x exp(trees): outside the training range the trees' correction stays
    bounded and the linear costs carry on); a final line (overhead + scale x the sum) calibrates the sums
    on the training graphs.
-`n_members` bootstrap copies over graphs give the standard deviation (spread of their log-predictions,
-as predictor/ensemble.py). Trees are kept as node arrays (predictor/trees.py) and saved as data.
+`n_members` bootstrap copies over graphs give the standard deviation: the spread of their log-predictions
+(as predictor/ensemble.py), combined with the out-of-bag error (each training graph predicted by the
+members that did not draw it; `oob_std_`), without which the std covered a fifth of held-out graphs'
+errors within 2 std (scripts/bench_graphs.py, `in ±2 std`). Trees are kept as node arrays (predictor/trees.py) and saved as data.
 
 FlopsLinear: latency = a + b x FLOPs (non-negative, relative least squares); its std is the relative
 residual spread on the training graphs times the prediction.
@@ -140,15 +142,28 @@ class KernelAdditive(GraphSurrogate):
         graphs, y = self._training_data(X, y)
         F, seg = stacked(graphs)
         rng = np.random.default_rng(self.random_state)
-        self.members_ = []
+        self.members_, drawn = [], np.zeros((self.n_members, len(y)), bool)
         for i in range(self.n_members):
             rows = rng.choice(len(y), len(y), replace=True) if self.n_members > 1 else np.arange(len(y))
+            drawn[i, rows] = True
             # kernels of the resampled graphs, each graph as often as drawn
             starts = np.r_[0, np.cumsum(np.bincount(seg, minlength=len(y)))]
             idx = np.concatenate([np.arange(starts[r], starts[r + 1]) for r in rows])
             mseg = np.repeat(np.arange(len(rows)), [starts[r + 1] - starts[r] for r in rows])
             self.members_.append(self._fit_member(F[idx], mseg, y[rows], int(self.random_state) + i))
+        self.oob_std_ = self._out_of_bag(self._logs(F, seg, len(y)), ~drawn, y)
         return self
+
+    @staticmethod
+    def _out_of_bag(logs: np.ndarray, unseen: np.ndarray, y: np.ndarray) -> float:
+        """The RMS log error of each training graph predicted by the members that did not draw it: the error
+        of a graph like the training ones, which the members' spread alone understates (they share their
+        bias). `predict`'s std adds it (0 with one member)."""
+        has = unseen.any(0)
+        if not has.any():
+            return 0.0
+        oob = (logs * unseen).sum(0)[has] / unseen.sum(0)[has]
+        return float(np.sqrt(np.mean((oob - np.log(y[has])) ** 2)))
 
     def _fit_member(self, F, seg, y, seed) -> dict:
         n = len(y)
@@ -254,9 +269,16 @@ class KernelAdditive(GraphSurrogate):
         check_is_fitted(self, "members_")
         graphs = as_graphs(X)
         F, seg = stacked(graphs)
-        logs = np.log(np.stack([np.maximum(m["calib"][0] + m["calib"][1] * _segsum(k, seg, len(graphs)), 1e-9)
+        mean, std = spread(self._logs(F, seg, len(graphs)), True)
+        if not return_std:
+            return mean
+        oob = getattr(self, "oob_std_", 0.0)
+        return mean, np.sqrt(std ** 2 + (mean * oob) ** 2)
+
+    def _logs(self, F, seg, n: int) -> np.ndarray:
+        """[members, graphs] log latencies."""
+        return np.log(np.stack([np.maximum(m["calib"][0] + m["calib"][1] * _segsum(k, seg, n), 1e-9)
                                 for m, k in zip(self.members_, self._kernels(F))]))
-        return spread(logs, return_std)
 
     def kernel_latency(self, graph) -> np.ndarray:
         """Predicted latency (ms) of each kernel of one graph (members' geometric mean, before calibration's
@@ -276,11 +298,15 @@ class KernelAdditive(GraphSurrogate):
             flat[f"m{i}.calib"] = m["calib"]
             if m["trees"] is not None:
                 flat.update({f"m{i}.trees.{k}": v for k, v in m["trees"].items()})
-        return {"members_": flat}
+        return {"members_": flat, "oob_std_": float(getattr(self, "oob_std_", 0.0))}
 
     def _restore(self, state: dict) -> None:
-        if set(state) != {"members_"} or not isinstance(state["members_"], dict):
-            raise ValueError("its state is not a kernel-additive model's (members_)")
+        if not {"members_"} <= set(state) <= {"members_", "oob_std_"} or not isinstance(state["members_"], dict):
+            raise ValueError("its state is not a kernel-additive model's (members_, oob_std_)")
+        oob = state.get("oob_std_", 0.0)  # files before it: the members' spread alone
+        if isinstance(oob, bool) or not isinstance(oob, (int, float)) or not 0 <= oob < 10:
+            raise ValueError(f"its out-of-bag error {oob!r} is not a number in 0-10")
+        self.oob_std_ = float(oob)
         flat = state["members_"]
         members = []
         for i in range(self.n_members):

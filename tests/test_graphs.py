@@ -370,7 +370,10 @@ def test_kernel_model_predicts_what_walking_each_tree_gives(nets, tmp_path):
         logs.append(np.log(np.maximum(m["calib"][0] + m["calib"][1] * total, 1e-9)))
     logs = np.array(logs)
     assert np.allclose(mean, np.exp(logs.mean(0)), rtol=1e-12, atol=0)
-    assert np.allclose(std, np.exp(logs.mean(0)) * logs.std(0), rtol=1e-9, atol=1e-15)
+    assert again.oob_std_ == ka.oob_std_ > 0  # the members' spread and the out-of-bag error, in quadrature
+    assert np.allclose(std, np.exp(logs.mean(0)) * np.hypot(logs.std(0), ka.oob_std_), rtol=1e-9, atol=1e-15)
+    held_out = np.sqrt(np.mean(np.log(mean / y[40:70]) ** 2))  # the out-of-bag error foretells it
+    assert ka.oob_std_ / 3 < held_out < 3 * ka.oob_std_, (ka.oob_std_, held_out)
     one = [again.predict([g])[0] for g in graphs[:5]]  # one graph at a time: its own rows only
     assert np.allclose(one, mean[:5], rtol=1e-12, atol=0)
 
