@@ -268,12 +268,19 @@ def replay_protocols(d: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def bench_graphs(d: dict) -> str:
+    """scripts/bench_graphs.py's own Markdown (imported here: it needs latkit's predictor)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from bench_graphs import markdown
+    return markdown(d) + "\n"
+
+
 RENDERERS = {"bench_store.json": bench_store, "bench_fleet.json#export": bench_fleet_export,
              "bench_fleet.json#overhead": bench_fleet_overhead,
              "bench_measure.json": bench_measure, "bench_predictor.json#transfer": bench_predictor_transfer,
              "bench_predictor.json#fit": bench_predictor_fit,
              "bench_predictor.json#live": bench_predictor_live, "bench_predictor.json#predict": bench_predictor_predict,
-             "bench_models.json": bench_models,
+             "bench_models.json": bench_models, "bench_graphs.json": bench_graphs,
              "bench_models_loaded.json": lambda d: bench_models(d, LOADED_STATS),
              "replay_protocols.json": replay_protocols}
 
