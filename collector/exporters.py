@@ -201,9 +201,13 @@ def keep_graph(cache: Path, path: Path, sha: str, min_bytes: int = 1024) -> Path
     folder = cache / GRAPHS
     folder.mkdir(exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=folder, prefix=".graph-")
-    with os.fdopen(fd, "wb") as f:
-        f.write(model.SerializeToString())
-    os.replace(tmp, folder / f"{sha}.onnx")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(model.SerializeToString())
+        os.replace(tmp, folder / f"{sha}.onnx")
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     return folder / f"{sha}.onnx"
 
 
