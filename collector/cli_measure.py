@@ -122,14 +122,15 @@ def add_collect(sub, par: Parents) -> None:
     """`latkit collect`: many models (files or a space's archs) on many devices."""
     c = sub.add_parser("collect", parents=[par.registry], help="time many models on many devices in parallel (resumable)")
     c.add_argument("--models", nargs="+", metavar="DIR_OR_FILE", help="model files or folders")
-    c.add_argument("--space", help="search space to sample archs from: nb201, fbnet, ofa")
+    c.add_argument("--space", help="search space to sample archs from: nb201, fbnet, ofa; or zoo (real torchvision "
+                                   "networks in width, depth and input-size variants)")
     c.add_argument("--n", type=validate.arg_whole(1), help="number of archs to sample (with --space)")
     c.add_argument("--sampler", default="uniform", choices=default_first(SAMPLERS, "uniform"),
                    help="how archs are drawn from --space: uniform (default), balanced over FLOPs, diverse")
     c.add_argument("--seed", type=SEED, default=0, help="sampler seed (default 0)")
     c.add_argument("--resolution", type=validate.arg_whole(1),
                    help="input side (default: the space's; nb201, fbnet: 16-512 step 4; ofa: 128-224 step 4, "
-                        "and the sampled archs carry it as r)")
+                        "and the sampled archs carry it as r; zoo: 32-2048, default 64-224 step 16, carried as @R)")
     c.add_argument("--export-workers", type=validate.arg_whole(1, 256), metavar="N",
                    help="export the sampled archs on N processes while the devices time them (default: the host's "
                         "cores - 1, none on the cores a local device is pinned to with --cores; an unpinned local "
