@@ -388,14 +388,16 @@ class _Loop:
                     self.report.status = DeviceStatus.STOPPED
                     return
                 try:
+                    started = self.runner.started
                     m = self.step()
                 except TransportError as e:
                     failures += 1
                     self.link_failed(e, failures)
                     continue
+                if started:  # a request answered by a running agent (a round, a check): the link works again
+                    failures = 0
                 if m is None:
                     continue
-                failures = 0
                 self.store(m)
                 yield m
                 if m.error_kind == "protocol_error":  # its row is kept; a device that lies measures nothing more

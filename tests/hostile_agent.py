@@ -115,6 +115,10 @@ def hostile_measure(out, req) -> bool:
         out.write(FRAME + opened(rid, result, "samples_ms")[:40])
         out.flush()
         os._exit(3)
+    elif MODE == "exit_every_second":  # each agent process answers one measure, then dies on the next
+        if MEASURES[0] % 2 == 0:
+            os._exit(3)
+        reply(out, rid, result)
     elif MODE == "forever":  # the right reply, then copies of it for ever
         while True:
             reply(out, rid, result)

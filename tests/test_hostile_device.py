@@ -178,6 +178,18 @@ def test_agent_exiting_mid_reply_is_a_broken_link_not_a_row(tmp_path):
     assert rows(tmp_path / "out") == [] and took < FAST_S
 
 
+def test_a_link_that_breaks_after_every_round_still_finishes(tmp_path):
+    """--retries counts failures in a row: an agent that answers one round and dies on the next makes progress
+    between its deaths, so 2 models x 2 rounds (4 restarts) finish with --retries 1 (gave up after 2 before)."""
+    code, stdout, err, took, _ = latkit(
+        tmp_path, "collect", "--models", models(tmp_path, 2), "--devices", "dev", "--out", tmp_path / "out", "-q",
+        "--registry", registry(tmp_path, {"dev": "exit_every_second"}), "--rounds", "2", "--retries", "1",
+        "--no-reference")
+    assert code == 0 and err == [], (err, stdout)
+    got = Store(tmp_path / "out").read(columns=["status", "rounds"]).to_pylist()
+    assert got == [{"status": "ok", "rounds": 2}] * 2
+
+
 def test_escape_sequences_in_probe_fields_are_shown_escaped(tmp_path):
     """A cpu_model with a line break, a terminal retitle, a screen clear and a colour: `device add` (over
     loopback ssh) prints it escaped on one line; `device show` and `device list` print nothing raw either."""
