@@ -31,7 +31,7 @@ from latkit.collector.devices import Registry
 from latkit.collector.errors import LatkitError
 from latkit.collector.job import Settings
 from latkit.collector.samplers import pool, sample_from
-from latkit.collector.spaces import get_space
+from latkit.collector.spaces import arch_space
 
 from .ensemble import Ensemble
 from .esm import choose_model
@@ -47,7 +47,7 @@ def build(space: str, device: str = "local", target_acc: float = 0.95, max_archs
           heldout: int = 30, batch: int = 20, settings: Optional[Settings] = None, seed: int = 0,
           members: int = 5, registry: Optional[Registry] = None, log=print) -> tuple:
     """Returns (fitted Ensemble, report dict). `data`: the dataset the loop measures into and resumes from."""
-    sp = get_space(space)
+    sp = arch_space(space)
     validate.number(target_acc, "--target-acc", 0, 1, lo_open=True)
     validate.whole(batch, "--batch", lo=5)
     validate.whole(heldout, "--heldout", lo=5)

@@ -7,7 +7,7 @@ import numpy as np
 
 from latkit.collector.dataset import read_latency
 from latkit.collector.errors import LatkitError
-from latkit.collector.spaces import as_space
+from latkit.collector.spaces import arch_space
 
 
 class LatencyTable:
@@ -17,7 +17,7 @@ class LatencyTable:
     the same pipelines fit it."""
 
     def __init__(self, path, space, target: str = "latency_ms"):
-        space = as_space(space)  # a Space or its name; an unknown name: a clear error first
+        space = arch_space(space)  # a Space or its name; an unknown one, or zoo: a clear error first
         t = read_latency(path, space.name, target)
         if t.num_rows == 0:
             fix = ("pick the space the data holds" if target == "latency_ms" else

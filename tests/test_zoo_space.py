@@ -163,3 +163,14 @@ def test_predict_reads_a_model_whose_weights_are_in_an_external_data_file(tmp_pa
     lines = [line.split("\t") for line in out.stdout.rstrip("\n").split("\n")[1:]]
     assert [x[0] for x in lines] == ["inside.onnx", "outside.onnx"] and lines[0][1:] == lines[1][1:]
     assert float(lines[0][1]) > 0
+
+
+def test_predictors_of_arch_strings_refuse_the_zoo_in_one_line(tmp_path):
+    """The zoo has no arch encoding: `predictor fit|build --space zoo` says to fit a graph model instead, at
+    once (before reading rows or building networks)."""
+    from conftest import ROOT
+    for args in (["fit", "--space", "zoo", "--data", ROOT / "datasets" / "local-cpu-zoo", "--device", "local"],
+                 ["build", "--space", "zoo", "--device", "local", "--out", tmp_path / "b"]):
+        r = latkit(tmp_path, dict(os.environ), "predictor", *args)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+        assert "zoo archs have no arch encoding" in r.stderr and "predictor fit --space onnx" in r.stderr

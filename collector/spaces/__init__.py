@@ -19,9 +19,20 @@ def get_space(name: str, **options) -> Space:
     return COLLECTABLE[name](**options)
 
 
+def arch_space(space) -> Space:
+    """`as_space`, for a predictor of arch strings: refuses a space without an arch encoding (zoo) in one line
+    that says what to fit instead, before any data is read."""
+    sp = as_space(space)
+    if sp.name not in SPACES:
+        raise LatkitError(f"{sp.name} archs have no arch encoding (they differ in structure, not in choices on one "
+                          "template); fit a graph model on their ONNX files: latkit predictor fit --space onnx "
+                          "--data DIR --device D")
+    return sp
+
+
 def as_space(space) -> Space:
     """`space` itself when it is a Space, else the space of that name: APIs take either, resolve once."""
     return space if isinstance(space, Space) else get_space(space)
 
 
-__all__ = ["SPACES", "COLLECTABLE", "Zoo", "Space", "as_space", "get_space", "count_flops", "NB201", "FBNet", "OFA"]
+__all__ = ["SPACES", "COLLECTABLE", "Zoo", "Space", "arch_space", "as_space", "get_space", "count_flops", "NB201", "FBNet", "OFA"]
