@@ -98,11 +98,17 @@ def cmd_data_retest(args) -> int:
     from .retest import retest
     r = retest(args.dir, args.n, args.seed, args.models or (), Registry(args.registry), progress=not args.quiet,
                job_timeout=args.job_timeout)
-    table = Table("statistic", "spearman", "median rel. diff", "p90 rel. diff", "max rel. diff")
+    table = Table("statistic", "spearman", "median rel. diff", "p90 rel. diff", "max rel. diff", "shift",
+                  "median less shift")
     for k, v in r["statistics"].items():
         diffs = (f"{v[f'{q}_rel_diff'] * 100:.2f} %" for q in ("median", "p90", "max"))
-        table.add_row(k, f"{v['spearman']:.4f}", *diffs)
+        table.add_row(k, f"{v['spearman']:.4f}", *diffs, f"{v['shift'] * 100:+.2f} %",
+                      f"{v['median_rel_diff_less_shift'] * 100:.2f} %")
     console.print(table)
+    shift = r["statistics"]["latency_ms"]["shift"]
+    print(f"the second measurement ran {abs(shift) * 100:.2f} % {'slower' if shift > 0 else 'faster'} overall (the "
+          "median ratio): a host that moved between the two moves every row alike; 'median less shift' is what "
+          "is left")
     print(f"{r['n']} rows measured again into {args.dir}/{r['side_table']}; the card's test-retest section "
           f"is refreshed by latkit data card {args.dir}")
     if (Path(args.dir) / "README.md").exists():

@@ -50,7 +50,7 @@ def cmd_collect(args) -> int:
     common = dict(registry=Registry(args.registry), retries=args.retries, job_timeout=args.job_timeout,
                   progress=not args.quiet, retry_errors=args.retry_errors, wait=not args.no_wait,
                   executor=parse_executor(args.executor), cache_max_gb=args.cache_max_gb,
-                  reference=not args.no_reference)
+                  reference=not args.no_reference, reference_every_s=args.reference_every)
     if args.space:
         if not args.n:
             raise LatkitError("--space needs --n (how many archs to sample)")
@@ -155,5 +155,8 @@ def add_collect(sub, par: Parents) -> None:
                    help="do not time the reference network (by default each device times an A/A pair of it first, "
                         f"every {REFERENCE_EVERY_S:g} s or {REFERENCE_EVERY_JOBS} jobs and last, into the side table "
                         f"OUT/{SIDE}/: the host's drift and noise floor)")
+    c.add_argument("--reference-every", type=validate.arg_number(0, 86400, lo_open=True), default=REFERENCE_EVERY_S,
+                   metavar="SECONDS", help=f"seconds between checks of the reference (default {REFERENCE_EVERY_S:g}; "
+                   f"a check also comes every {REFERENCE_EVERY_JOBS} jobs): shorter tells a drift's span closer")
     c.set_defaults(func=cmd_collect)
 

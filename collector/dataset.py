@@ -148,10 +148,30 @@ def summary(path) -> dict:
     }
 
 
+RETEST_JSON_BYTES = 1 << 20  # a retest.json latkit writes is a few KB
+FIGURES = ("spearman", "median_rel_diff", "p90_rel_diff", "max_rel_diff", "shift", "median_rel_diff_less_shift")
+
+
 def latest_retest(path) -> Optional[dict]:
-    """The figures of the newest `latkit data retest` of a dataset (its retest.json), or None."""
+    """The figures of the newest `latkit data retest` of a dataset (its retest.json), or None. A shared dataset's
+    file is data: one that is no regular file, too large, or not the figures latkit writes is a LatkitError."""
     found = sorted(Path(path).glob("_retest/*/retest.json"))
-    return json.loads(found[-1].read_text()) if found else None
+    if not found:
+        return None
+    what = "the retest figures"
+    try:
+        rt = json.loads(validate.read_bytes(found[-1], what, RETEST_JSON_BYTES))
+        number = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool)  # noqa: E731
+        ok = isinstance(rt["n"], int) and all(isinstance(rt[k], str) for k in ("stamp", "side_table"))
+        ok = ok and all(isinstance(v, dict) and all(number(v[k]) for k in FIGURES[:3])
+                        and all(number(v.get(k, 0.0)) for k in FIGURES[3:]) for v in rt["statistics"].values())
+        ok = ok and all(number(w["a_ms"]) and number(w["b_ms"]) and isinstance(w["arch"], str)
+                        and isinstance(w["device"], str) for w in rt["worst"])
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
+        ok = False
+    if not ok:
+        raise LatkitError(f"{what} {found[-1]} are not what latkit data retest writes; run the retest again")
+    return rt
 
 
 LICENCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+-]{0,63}")  # an SPDX id (CC-BY-4.0, Apache-2.0) or "other"
@@ -203,17 +223,29 @@ def write_card(path, title: Optional[str] = None, licence: str = "CC-BY-4.0", no
     lines += ["", f"Sampler: {clean(', '.join(s['samplers']), 2000) or 'none (single models)'}.", ""]
     lines += reference_section(s["reference"])
     lines += ["## Columns", "", *schema.markdown(), ""]
-    rt = latest_retest(path)
+    try:
+        rt = latest_retest(path)
+    except LatkitError as e:
+        rt, lines = None, lines + ["## Test-retest", "", clean(str(e), 600), ""]
     if rt:
         lines += ["## Test-retest", "", f"{rt['n']} rows measured again ({clean(rt['stamp'])}, shuffled, side table "
-                  f"`{clean(rt['side_table'])}`):", "", "| statistic | Spearman | median rel. diff | p90 rel. diff |",
-                  "|---|---|---|---|"]
+                  f"`{clean(rt['side_table'])}`). Shift: how much slower the second measurement ran overall (the "
+                  "median ratio; a host that moved between them moves every row alike), and the median difference "
+                  "once it is divided out:", "",
+                  "| statistic | Spearman | median rel. diff | p90 rel. diff | max rel. diff | shift | median less shift |",
+                  "|---|---|---|---|---|---|---|"]
         lines += [f"| {md_cell(k)} | {v['spearman']:.4f} | {v['median_rel_diff'] * 100:.2f} % | "
-                  f"{v['p90_rel_diff'] * 100:.2f} % |" for k, v in rt["statistics"].items()]
+                  f"{v['p90_rel_diff'] * 100:.2f} % | {_pct(v.get('max_rel_diff'))} | {_pct(v.get('shift'), '+')} | "
+                  f"{_pct(v.get('median_rel_diff_less_shift'))} |" for k, v in rt["statistics"].items()]
         lines += ["", "Largest differences of latency_ms: " + ", ".join(
             f"{clean(w['arch'], 48)} on {clean(w['device'])} ({w['a_ms']:.4g} vs {w['b_ms']:.4g} ms)"
             for w in rt["worst"]), ""]
     return validate.write_atomic(out, "\n".join(lines))
+
+
+def _pct(x, sign: str = "") -> str:
+    """A fraction as a percentage for the card ("-" where an older retest.json has no such figure)."""
+    return "-" if x is None else f"{x * 100:{sign}.2f} %"
 
 
 def reference_section(drifts: list) -> list:

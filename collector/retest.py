@@ -71,11 +71,16 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
 
 
 def compare(a: Sequence[float], b: Sequence[float]) -> dict:
-    """Spearman hides what a predictor's ±10 % cannot: the median, p90 and max of |b - a| / a beside it."""
+    """Spearman hides what a predictor's ±10 % cannot: the median, p90 and max of |b - a| / a beside it. `shift`
+    is how much slower pass b ran overall (the median of b / a, less 1): a host that sped up or slowed down between
+    the passes moves every row alike, which the median |b - a| / a after dividing it out
+    (`median_rel_diff_less_shift`) tells apart from rows that disagree."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     rel = np.abs(b - a) / a
+    shift = float(np.median(b / a))
     return {"spearman": spearman(a, b), "median_rel_diff": float(np.median(rel)),
-            "p90_rel_diff": float(np.percentile(rel, 90)), "max_rel_diff": float(np.max(rel))}
+            "p90_rel_diff": float(np.percentile(rel, 90)), "max_rel_diff": float(np.max(rel)),
+            "shift": shift - 1, "median_rel_diff_less_shift": float(np.median(np.abs(b / (a * shift) - 1)))}
 
 
 def retest(path, n: int = 50, seed: int = 0, models: Sequence = (), registry: Optional[Registry] = None,

@@ -12,6 +12,7 @@ from .devices import Device
 from .errors import LatkitError
 from .executor import CollectRequest, Executor
 from .job import Job
+from .reference import REFERENCE_EVERY_S
 from .local_executor import LocalExecutor, feed
 from .ray_executor import RayExecutor
 from .reports import CollectReport, DeviceReport, DeviceStatus
@@ -40,18 +41,20 @@ def collect(jobs: Iterable[Job], devices: Sequence[Device], out="latkit-data", r
             backoff_s: float = 1.0, job_timeout: float = 600.0, max_workers: int = 64, progress: bool = True,
             retry_errors: bool = False, wait: bool = True, cache_max_gb: Optional[float] = None,
             executor: Union[None, str, Executor] = None, refs: Optional[dict] = None,
-            expected: Optional[int] = None, reference: bool = True) -> CollectReport:
+            expected: Optional[int] = None, reference: bool = True,
+            reference_every_s: float = REFERENCE_EVERY_S) -> CollectReport:
     """Run every job on its device (Job.device names it). Returns per-device counts and failures.
     `jobs` may be lazy (an iterator, e.g. of models still exporting): then devices time while later jobs are
     made (`expected`: jobs per device, for progress until the iterator ends). Ctrl-C or SIGTERM (raised as
     Interrupted by the CLI's handler) stops every device within seconds. `executor`: see executor_of; `refs`
     are a Ray export's object refs. `cache_max_gb` bounds each device's model cache. `reference`: each device times
-the reference network's A/A pair now and then into `<out>/_reference/` (collector/reference.py); each
-DeviceReport's `drift()` says how far the host drifted."""
+    the reference network's A/A pair first, every `reference_every_s` seconds (or 25 jobs) and last into
+    `<out>/_reference/` (collector/reference.py); each DeviceReport's `drift()` says how far the host drifted."""
     request = CollectRequest(out=out, device=DeviceRequest(retries=retries, backoff_s=backoff_s,
                                                            job_timeout=job_timeout, wait=wait,
                                                            retry_errors=retry_errors, cache_max_gb=cache_max_gb,
-                                                           reference=reference),
+                                                           reference=reference,
+                                                           reference_every_s=reference_every_s),
                              max_workers=max_workers, progress=progress, expected=expected, refs=refs)
     engine = executor_of(executor)
     engine.refuse(request)

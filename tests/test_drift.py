@@ -1,13 +1,18 @@
 """The reference network and the drift: every collection times an A/A pair of a fixed network now and then into
 the side table `_reference/` (never among the data), and `collect`, `data show` and the card report the host's
 noise floor and drift, with a warning naming the span a host drifted in. Real agents, real onnxruntime."""
+import contextlib
 import hashlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -246,3 +251,80 @@ def test_drift_below_the_noise_is_quiet_and_slow_drift_names_its_whole_span():
     assert of_checks("dev", "onnxruntime", []) is None
     one = of_checks("dev", "onnxruntime", slow[:1])
     assert not one.drifted and "one check" in one.line()
+
+
+def _children(pid: int) -> list:
+    """The pids whose parent is `pid` (from /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _stall(pid: int, stop: threading.Event) -> None:
+    """What an oversubscribed host does to a guest: the process is stopped ~half of every millisecond."""
+    try:
+        while not stop.is_set():
+            os.kill(pid, signal.SIGSTOP)
+            time.sleep(0.0005)
+            os.kill(pid, signal.SIGCONT)
+            time.sleep(0.0005)
+    except ProcessLookupError:
+        pass
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+
+
+def test_a_host_that_stalls_for_a_while_mid_collect_gets_the_warning_at_its_end(reg, models, tmp_path):
+    """A real drift, not crafted rows: 3 s into a `collect` (a reference check every second) the host stalls the
+    agent for 4 s. The reference, timed by the real agent, slows down; the end of `collect` warns naming a span
+    that meets the stall, and `data show` and the card find the same drift in the side table. Every row is kept."""
+    out = tmp_path / "d"
+    cmd = [sys.executable, "-m", "latkit.collector.cli", "collect", "--models", str(models), "--devices", "loc",
+           "--registry", str(reg.path), "--out", str(out), "-q", "--reference-every", "1", "--rounds", "12",
+           "--min-time", "0.1", "--max-time", "0.1", "--repeats", "5"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    stop, stalls = threading.Event(), []
+    try:
+        deadline = time.monotonic() + 60
+        while not (agents := _children(proc.pid)) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert agents, "no agent started"
+        time.sleep(3)
+        began = datetime.now(timezone.utc)
+        stalls = [threading.Thread(target=_stall, args=(pid, stop)) for pid in agents]
+        for t in stalls:
+            t.start()
+        time.sleep(4)
+        stop.set()
+        ended = datetime.now(timezone.utc)
+        stdout, stderr = proc.communicate(timeout=240)
+    finally:
+        stop.set()
+        for t in stalls:
+            t.join()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr
+    assert Store(out).read(["key"]).num_rows == 5  # every row kept
+    (d,) = dataset_drift(out)
+    timeline = [(f"{r['started_at']:%H:%M:%S.%f}", r["arch"][-1], round(r["latency_ms"], 3)) for r in reference_rows(out)]
+    assert d.checks >= 6 and d.drifted and d.drift > 0.1, (d.line(), f"stall {began:%H:%M:%S.%f}-{ended:%H:%M:%S.%f}",
+                                                           timeline)
+    assert d.end > ended, "the collection ended before the stall did: it measured nothing after it"
+    warning = next(x for x in stderr.splitlines() if "warning:" in x and "loc's reference" in x)
+    assert "rows timed then may be off by as much" in warning
+    span = (d.step_from, d.step_to) if f"between {d.step_from:%Y-%m-%d %H:%M:%S}" in warning else \
+        (d.drift_from, d.drift_to)
+    assert f"between {span[0]:%Y-%m-%d %H:%M:%S} and {span[1]:%Y-%m-%d %H:%M:%S} UTC" in warning
+    assert span[0] <= ended and span[1] >= began, (span, began, ended)  # the span meets the stall
+    line = next(x for x in stdout.splitlines() if x.startswith("reference on loc"))
+    assert f"over {d.checks} check(s)" in line
+    assert d.warning() in latkit("data", "show", out).stderr
+    assert "Warning: loc's reference" in write_card(out).read_text()

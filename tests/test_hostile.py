@@ -2,6 +2,7 @@
 stderr and exit 2, fast, writes nothing outside its folder, and never ends in the catch-all 'please report it'."""
 from __future__ import annotations
 
+import json
 import os
 import resource
 import subprocess
@@ -255,3 +256,31 @@ def test_card_options_cannot_inject_lines(tmp_path):
     card = (d / "README.md").read_text()
     assert card.startswith("---\nlicense: mit\n") and "\nlicense: evil" not in card and "\x1b" not in card
     assert "# x\\x1b]0;t\\x07\\n---\\nlicense: evil" in card
+
+
+@pytest.mark.parametrize("case", ["dev-zero", "huge", "wrong-types", "deep", "not-json"])
+def test_a_shared_datasets_retest_figures_are_data(artifacts, tmp_path, fast, case):
+    """A dataset's `_retest/*/retest.json` comes with the dataset: the card reads it with a size cap, never
+    through a device file, and checks its types; a bad one is one line in the card, the card is still written."""
+    from latkit.collector import measure
+    data = tmp_path / "shared"
+    measure(artifacts["onnx"], settings=fast, out=data)
+    f = data / "_retest" / "20261206T000000Z" / "retest.json"
+    f.parent.mkdir(parents=True)
+    good = {"n": 2, "stamp": "x", "side_table": "_retest/x", "worst": [],
+            "statistics": {"latency_ms": {"spearman": 1.0, "median_rel_diff": 0.01, "p90_rel_diff": 0.02}}}
+    {"dev-zero": lambda: f.symlink_to("/dev/zero"),
+     "huge": lambda: f.write_text(" " * (1 << 21) + "{}"),
+     "wrong-types": lambda: f.write_text(json.dumps(dict(good, worst=[{"arch": 1, "device": "d", "a_ms": 1,
+                                                                        "b_ms": 1}]))),
+     "deep": lambda: f.write_text("[" * 100_000 + "]" * 100_000),
+     "not-json": lambda: f.write_bytes(b"\xff\xfe{")}[case]()
+    r = latkit("data", "card", data)
+    assert r.returncode == 0, r.stderr
+    card = (data / "README.md").read_text()
+    assert "## Test-retest" in card and "are not what latkit data retest writes" in card or \
+        "is a character device" in card or "larger than 1 MB" in card, card[-800:]
+    f.unlink()
+    f.write_text(json.dumps(good))
+    assert latkit("data", "card", data).returncode == 0
+    assert "| latency_ms | 1.0000 | 1.00 % | 2.00 % | - | - | - |" in (data / "README.md").read_text()

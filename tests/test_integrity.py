@@ -498,6 +498,13 @@ def test_retest_measures_again_into_a_side_table(reg, models, tmp_path):
     assert figures["n"] == 5 and -1 <= figures["statistics"]["latency_ms"]["spearman"] <= 1
     lat = figures["statistics"]["latency_ms"]
     assert 0 <= lat["median_rel_diff"] <= lat["p90_rel_diff"] <= lat["max_rel_diff"] and "max rel. diff" in r.stdout
+    rows = {x["key"]: x["latency_ms"] for x in Store(out).read().to_pylist()}
+    again = {x["key"]: x["latency_ms"] for x in Store(out / figures["side_table"]).read().to_pylist()}
+    ratio = sorted(again[k] / rows[k] for k in again)
+    assert lat["shift"] == pytest.approx(ratio[2] - 1)  # the median ratio of the 5, less 1
+    assert lat["median_rel_diff_less_shift"] == pytest.approx(sorted(abs(x / ratio[2] - 1) for x in ratio)[2])
+    word = "slower" if lat["shift"] > 0 else "faster"
+    assert f"the second measurement ran {abs(lat['shift']) * 100:.2f} % {word} overall" in r.stdout
     assert "## Test-retest" in (out / "README.md").read_text()
     r = latkit("data", "retest", out, "--n", "3", "--registry", reg.path, "--quiet")
     assert r.returncode == 2 and "not among --models" in r.stderr
