@@ -91,16 +91,27 @@ def nb201_files(runtime: str, n: int) -> list:
 # ---------------------------------------------------------------- timers
 
 
-def latkit_pass(arts, runtime, settings, out) -> dict:
-    """One `collect` of every file on `local`: wall seconds per model, load, {arch: row}."""
+def latkit_pass(arts, runtime, settings, out, reference=False) -> dict:
+    """One `collect` of every file on `local`: wall seconds per model, load, {arch: row}; with `reference`, the
+    reference's checks as collect makes them by default (their time counted in the seconds per model)."""
     l0, t0 = load_now(), time.perf_counter()
     report = collect_models(arts, ["local"], runtime, settings, out=out, progress=False,
-                            reference=False)
+                            reference=reference)
     wall = time.perf_counter() - t0
     if not report.ok:
         raise SystemExit(f"latkit pass failed: {report.devices[0].message}")
     rows = {r["arch"]: r for r in Store(out).read().to_pylist() if r["status"] == "ok"}
-    return {"seconds_per_model": wall / len(arts), "load_1min": [l0, load_now()], "rows": rows}
+    checks = report.devices[0].checks if reference else []
+    return {"seconds_per_model": wall / len(arts), "load_1min": [l0, load_now()], "rows": rows,
+            "reference": [[c.a_ms, c.b_ms] for c in checks]}
+
+
+def reference_figures(pa: dict, pb: dict) -> dict:
+    """How far the reference moved between the passes (the median of each pass's checks) beside its A/A floor."""
+    level = [float(np.median([(a + b) / 2 for a, b in p["reference"]])) for p in (pa, pb)]
+    floor = [abs(b - a) / a for p in (pa, pb) for a, b in p["reference"]]
+    return {"shift": level[1] / level[0] - 1, "ms": level, "aa_floor": float(np.median(floor)),
+            "checks": [len(pa["reference"]), len(pb["reference"])]}
 
 
 def _runner(art: Artifact, runtime: str, profile_dir=None):
@@ -263,7 +274,7 @@ def cpu_set(label, runtime, arts, aa, seconds, keep, console) -> dict:
                    ("cpu median", "cpu p10", "wall median", "wall p10"))
 
 
-def run_set(label, runtime, arts, aa, settings, passes, keep, peer, console) -> dict:
+def run_set(label, runtime, arts, aa, settings, passes, keep, peer, console, reference=False) -> dict:
     names = [a.arch for a in arts]
     folder = Path(keep) / "twins" / f"{label}-{runtime}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -275,7 +286,7 @@ def run_set(label, runtime, arts, aa, settings, passes, keep, peer, console) -> 
         if out.exists():
             shutil.rmtree(out)
         console.print(f"{label} {runtime}: latkit pass {k + 1} ({len(files)} files) ...")
-        runs[("latkit", k)] = latkit_pass(files, runtime, settings, str(out))
+        runs[("latkit", k)] = latkit_pass(files, runtime, settings, str(out), reference)
         budget = runs[("latkit", 0)]["seconds_per_model"]
         if peer:
             console.print(f"{label} {runtime}: torch.utils.benchmark pass {k + 1} ({0.9 * budget:.2f} s / model) ...")
@@ -291,6 +302,8 @@ def run_set(label, runtime, arts, aa, settings, passes, keep, peer, console) -> 
             res["timers"][name] = figures(runs[(key, 0)], runs[(key, 1)], names, res["aa"], stats)
     if ("latkit", 1) in runs:
         res["timers"]["latkit"].update(latkit_extras(runs[("latkit", 0)], runs[("latkit", 1)], names))
+        if reference:
+            res["timers"]["latkit"]["reference"] = reference_figures(runs[("latkit", 0)], runs[("latkit", 1)])
     return res
 
 
@@ -305,6 +318,8 @@ def main():
                     "rounds=8,repeats_max_s=0.5 to record samples for replay_protocols.py)")
     ap.add_argument("--passes", type=int, default=2)
     ap.add_argument("--no-peer", action="store_true", help="latkit's passes only (recording for replay)")
+    ap.add_argument("--reference", action="store_true", help="latkit's passes time the reference as collect does by "
+                    "default (off: the passes time the files only); reports how far it moved between the passes")
     ap.add_argument("--cpu-timer", type=float, metavar="SECONDS", help="instead of latkit's passes: two passes of "
                     "the thread-CPU-time timer (cpu_pass, a proposal) at SECONDS per model, added to the run TAG")
     ap.add_argument("--json", default="scripts/bench_models.json", help="where to write the figures (merged "
@@ -346,7 +361,8 @@ def main():
                     r = res["runs"][f"{args.tag} {label} {runtime}"]
                     r["timers"][f"thread CPU time {args.cpu_timer:g} s (proposal)"] = f
                 else:
-                    r = run_set(label, runtime, arts, pair, settings, args.passes, keep, not args.no_peer, console)
+                    r = run_set(label, runtime, arts, pair, settings, args.passes, keep, not args.no_peer, console,
+                                args.reference)
                     r["settings"] = json.loads(settings.canonical())
                 res["runs"][f"{args.tag} {label} {runtime}"] = r
                 path.write_text(json.dumps(res, indent=1))

@@ -238,6 +238,11 @@ def bench_models(d: dict, stats=QUIET_STATS) -> str:
                      f"goals (median <= 3 %, max <= 10 %, Spearman >= 0.995, <= 2.5 s / model) "
                      + ", ".join(f"{k} {'met' if v else 'missed'}" for k, v in met.items())
                      + (f"; A/A floor {a['median_rel_diff'] * 100:.2f} % (median of {a['n']})" if a else "")
+                     + (f"; pass 2 ran {c['shift'] * 100:+.2f} % (median ratio), median difference less that "
+                        f"{c['median_rel_diff_less_shift'] * 100:.2f} %" if "shift" in c else "")
+                     + (f"; the reference moved {lk['reference']['shift'] * 100:+.2f} % (A/A floor "
+                        f"{lk['reference']['aa_floor'] * 100:.2f} %, {sum(lk['reference']['checks'])} checks)"
+                        if lk.get("reference") else "")
                      + f"; stopped by {stops}.")
     return "\n".join(lines) + "\n"
 

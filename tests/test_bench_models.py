@@ -53,12 +53,16 @@ def test_a_tiny_run_end_to_end(tmp_path, export_cache, fast):
     from rich.console import Console
     small_onnx_models(tmp_path, (4, 8, 16), export_cache)
     arts = [Artifact.from_file(tmp_path / f"w{w}.onnx", arch=f"w{w}") for w in (4, 8, 16)]
-    r = bench.run_set("zoo", "onnxruntime", arts, ["w8"], fast, 2, tmp_path / "keep", True, Console(quiet=True))
+    r = bench.run_set("zoo", "onnxruntime", arts, ["w8"], fast, 2, tmp_path / "keep", True, Console(quiet=True),
+                      reference=True)
     assert r["aa"] == ["w8"] and r["models"] == ["w4", "w8", "w16"]
     assert set(r["timers"]) == {"latkit", "torch.utils.benchmark", "onnxruntime profiling"}
     lk = r["timers"]["latkit"]
     assert lk["n"] == 3 and set(lk["statistics"]) == set(bench.STATS) and lk["aa"]["latency_ms"]["n"] == 2
     assert all(0 < x for x in lk["latency_ms_range"]) and lk["stopped_by"]
+    ref = lk["reference"]  # each pass checked the reference first and last
+    assert ref["checks"] == [2, 2] and ref["shift"] == pytest.approx(ref["ms"][1] / ref["ms"][0] - 1)
+    assert 0 <= ref["aa_floor"] < 0.5 and -0.5 < lk["statistics"]["latency_ms"]["shift"] < 0.5
     for name in ("torch.utils.benchmark", "onnxruntime profiling"):
         assert r["timers"][name]["n"] == 3 and r["timers"][name]["aa"]["median"]["n"] == 2
     for k in (1, 2):
