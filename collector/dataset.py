@@ -255,11 +255,12 @@ def reference_section(drifts: list) -> list:
         return lines + ["No reference timings (only `latkit collect` times the reference: these rows came from "
                         "`latkit measure`, `collect --no-reference` or a latkit before it): the hosts' noise floor "
                         "and drift during the collection are unknown.", ""]
-    lines += [f"Each device timed a fixed reference network as an A/A pair (the same network under two names, back "
-              f"to back, one round each) first, every {REFERENCE_EVERY_S:g} s or {REFERENCE_EVERY_JOBS} jobs, and "
-              f"last in every collection; its rows are in the side table `{SIDE}/`, never among the data. The A/A "
-              "floor (median |b - a| / a) is how far two timings of one network at one moment differ: rows of the "
-              "device are not comparable closer than that. The drift is the reference's range over the checks; "
+    lines += [f"Each device timed a fixed reference network as an A/A pair (the same network under two names, a "
+              f"round each in the order a b b a) first, every {REFERENCE_EVERY_S:g} s or {REFERENCE_EVERY_JOBS} jobs (the "
+              f"defaults), and last in every collection; its rows are in the side table `{SIDE}/`, never among the "
+              "data. The A/A floor (median |b - a| / a) is how far two timings of one network at one moment differ: "
+              "rows of the device are not comparable closer than that (timings minutes apart differ by more when "
+              "the host moves: `latkit data retest` measures that). The drift is the reference's range over the checks; "
               f"above {DRIFT_FACTOR:g}x the noise (the larger of the floor and the median ci_rel) it is a warning.", "",
               "| device | runtime | checks | from / to (UTC) | reference ms first / min / max / last | drift | "
               "largest step | A/A floor | noise |", "|---|---|---|---|---|---|---|---|---|"]

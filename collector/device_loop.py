@@ -283,8 +283,10 @@ class _Loop:
         return self.report.measured + self.report.errors
 
     def check(self) -> None:
-        """One A/A check: the reference twins timed back to back under the first job's settings, their rows into the
-        side table (each a new row: Schedule.key), the pair into the report. A twin that fails ends the checks."""
+        """One A/A check: the reference twins timed a round each in the order a b b a (ABBA: what comes first, and
+        a drift that is linear over the check, weigh on both alike) under the first job's settings, a row per twin
+        into the side table (each a new row: Schedule.key), the pair into the report. A twin that fails ends the
+        checks."""
         sch = self.schedule
         self.template = self.template or self.pending[0][0]
         twins = sch.jobs(self.template, DEFAULT_CACHE)
@@ -293,16 +295,19 @@ class _Loop:
             log.info("%s", sch.off)
             return
         self.report.reference_runtime = self.template.settings.runtime
-        t, got = self.first_request(), []
-        for job in twins:
+        t, rounds = self.first_request(), {job.key: [] for job in twins}
+        for job in (twins[0], twins[1], twins[1], twins[0]):
             m = self.runner.measure(job)
-            self.write(job, dict(m.to_row(), key=sch.key(job), sampler=sch.sampler), side=True)
-            got.append(m)
             if m.status != "ok":
+                self.write(job, dict(m.to_row(), key=sch.key(job), sampler=sch.sampler), side=True)
                 sch.off = f"reference on {self.device.name} failed: {m.error_kind}: {m.error}"
                 self.report.reference_note = sch.off
                 log.info("%s", sch.off)
                 break
+            rounds[job.key].append(m)
+        got = [Measurement.combine(rounds[job.key]) for job in twins] if sch.off == "" else []
+        for job, m in zip(twins, got):
+            self.write(job, dict(m.to_row(), key=sch.key(job), sampler=sch.sampler), side=True)
         sch.done(self.jobs_done())
         self.bound_cache()
         self.report.reference_s += time.perf_counter() - t

@@ -1,6 +1,7 @@
 """How far a host drifted during a collection, against its own noise, from the reference's A/A checks.
 
-A check (collector/reference.py) times twins "a" and "b" of one network back to back. Two numbers follow:
+A check (collector/reference.py) times twins "a" and "b" of one network, a round each in the order a b b a. Two
+numbers follow:
 - the A/A floor: the median over checks of |b - a| / a, what two timings of the same network at the same
   moment disagree by (the host's own noise, at this protocol);
 - the drift: how far the reference moved over the run, (max - min) / min of the checks' mean of a and b,

@@ -2,7 +2,8 @@
 
 Each device of a `collect` times a small fixed network at the start, every REFERENCE_EVERY_S seconds or
 REFERENCE_EVERY_JOBS jobs (whichever comes first) and at the end, as an A/A pair: the same network under two
-names (twins "a" and "b", a few bytes of metadata apart, so the agent loads two sessions), back to back.
+names (twins "a" and "b", a few bytes of metadata apart, so the agent loads two sessions), a round each in the
+order a b b a.
 Their rows (role "reference", space "reference", arch "reference-a" / "reference-b") go to a side table,
 `<dataset>/_reference/`, never among the data: no reader of `data/` (latkit's, pyarrow's, a predictor's) can
 mix them in. Each timing is a new row: its key adds the run and the timing's number to the job key.
@@ -284,8 +285,8 @@ class Schedule:
         self.last_at, self.jobs_at_last = time.monotonic(), jobs
 
     def jobs(self, job: Job, cache: Path) -> Optional[tuple]:
-        """The twins' jobs on `job`'s device under its settings (one round each: a check is two requests), or
-        None (and `off` says why) when no reference can be made for its runtime."""
+        """The twins' jobs on `job`'s device under its settings (two rounds each: a check is four requests, a b b
+        a), or None (and `off` says why) when no reference can be made for its runtime."""
         if self.twins is None:
             try:
                 self.twins = artifacts(job.settings.runtime, cache)
@@ -293,7 +294,7 @@ class Schedule:
                 why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 self.off = f"no reference on {job.device}: {why}"
                 return None
-        settings = dataclasses.replace(job.settings, rounds=1, batch_size=None)
+        settings = dataclasses.replace(job.settings, rounds=2, batch_size=None)
         return tuple(Job(a, job.device, settings, role=ROLE) for a in self.twins)
 
     @property

@@ -134,7 +134,10 @@ def test_collect_times_reference_pairs_into_the_side_table_and_reports_them(reg,
     assert [r["arch"] for r in rows] == ["reference-a", "reference-b"] * 2
     assert len({r["key"] for r in rows}) == 4 and len({r["model_sha256"] for r in rows}) == 2
     assert {r["space"] for r in rows} == {"reference"} and all(r["status"] == "ok" for r in rows)
-    assert json.loads(rows[0]["settings"])["rounds"] == 1 and rows[0]["threads"] == 1
+    assert json.loads(rows[0]["settings"])["rounds"] == 2 and rows[0]["threads"] == 1
+    for a, b in (rows[:2], rows[2:]):  # a round each in the order a b b a: a's rounds enclose b's
+        assert len(a["round_started_at"]) == len(b["round_started_at"]) == 2
+        assert a["round_started_at"][0] < b["round_started_at"][0] < b["round_started_at"][1] < a["round_started_at"][1]
     data = Store(out).read().to_pylist()
     assert len(data) == 5 and not {r["role"] for r in data} - {""} and len(Store(out).done_keys()) == 5
     # what reads the data never sees the reference: latency tables (fit), data show, graphs (graph models)
