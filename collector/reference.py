@@ -9,10 +9,9 @@ Their rows (role "reference", space "reference", arch "reference-a" / "reference
 mix them in. Each timing is a new row: its key adds the run and the timing's number to the job key.
 collector/drift.py turns the rows into the A/A floor and the drift.
 
-The network is a small MobileNetV2 whose activations overflow a core's L2 cache (below: why). The ONNX reference
-is written here, protobuf field by field with numpy's seeded weights, so its bytes (and sha256) are the same on
-every host, with neither torch nor onnx installed; TFLite's is exported from the same network by torch; the
-torch runtime times a dense network instead (`_dense_module`: why there).
+The ONNX reference is written here, protobuf field by field with numpy's seeded weights, so its bytes (and
+sha256) are the same on every host and latkit version, with neither torch nor onnx installed; the other
+runtimes' references are exported from the same network by torch (collector/exporters.py).
 """
 from __future__ import annotations
 
@@ -40,17 +39,14 @@ SIDE = "_reference"  # the side table's folder in a dataset
 TWINS = ("a", "b")
 REFERENCE_EVERY_S = 60.0
 REFERENCE_EVERY_JOBS = 25
-INPUT = (1, 8, 112, 112)
-# The network, a small MobileNetV2: a dense 3x3 convolution 8->16 at 112x112 (ReLU), two inverted residual blocks
-# (1x1 16->96, depthwise 3x3, 1x1 96->16, ReLU after the first two, the input added back), global average pool, a
-# 16x10 matmul: ~230 MFLOP, ~2.3 ms on one core here, 38 KB of weights. Its expanded activations (4.8 MB) are
-# larger than a core's L2 cache, so it sees what moves real networks' speed (the shared cache and memory, which
-# other tenants of a host use too) and not only the core's clock: the zoo's mobile networks shifted by 2-4 %
-# between passes minutes apart where a network held in L2 (latkit's first reference, three 3x3 convolutions
-# at 64x64, rows before 2026-12-06) moved 0.1-0.2 % and this one 1.7-2.5 % with them (README "Real networks").
-STEM = (16, 8)  # out, in channels
-BLOCKS = 2
-EXPAND = 6
+INPUT = (1, 8, 64, 64)
+# The network: three 3x3 convolutions on 64x64 (8->32->32->32 channels, ReLU), global average pool, a 32x10
+# matmul: ~170 MFLOP, 1-2 ms on one CPU core, 83 KB of weights. It is held in a core's L2 cache, so it times the
+# core (its clock, its share of the host) precisely and not the shared cache and memory: a small MobileNetV2 that
+# overflows L2 followed one shift of real networks between passes, but its own level wandered by 1.6-3.9 % within
+# runs on a quiet host (3 warnings in 4 runs) and by 5-8 % from one agent process to the next (README "Real
+# networks"), more than what it was to detect.
+CONVS = ((32, 8), (32, 32), (32, 32))
 CLASSES = 10
 
 
@@ -93,44 +89,27 @@ def _value_info(name: str, shape: tuple) -> bytes:
     return _bytes(1, name) + _bytes(2, _bytes(1, _int(1, 1) + _bytes(2, dims)))
 
 
-def _node(op: str, inputs, outputs, **attrs) -> bytes:
-    """NodeProto: input (1), output (2), name (3), op_type (4), attributes (5): AttributeProto name (1) with an
-    int i (3, type INT = 2) or ints (8, type INTS = 7)."""
-    def attr(k, v):
-        if isinstance(v, int):
-            return _bytes(5, _bytes(1, k) + _int(3, v) + _int(20, 2))
-        return _bytes(5, _bytes(1, k) + b"".join(_int(8, x) for x in v) + _int(20, 7))
+def _node(op: str, inputs, outputs, **ints) -> bytes:
+    """NodeProto: input (1), output (2), name (3), op_type (4), attributes (5) of ints (8, type INTS = 7)."""
+    attrs = b"".join(_bytes(5, _bytes(1, k) + b"".join(_int(8, v) for v in vs) + _int(20, 7))
+                     for k, vs in ints.items())
     return b"".join(_bytes(1, i) for i in inputs) + b"".join(_bytes(2, o) for o in outputs) + \
-        _bytes(3, f"{op}_{outputs[0]}") + _bytes(4, op) + b"".join(attr(k, v) for k, v in attrs.items())
-
-
-def _conv(rng, name: str, x: str, cout: int, cin: int, k: int, groups: int = 1) -> tuple:
-    """A convolution with bias (He-scaled seeded weights), its output named `name`: (nodes, initializers)."""
-    w = rng.standard_normal((cout, cin // groups, k, k)) * np.sqrt(2.0 / (cin // groups * k * k))
-    b = rng.standard_normal(cout) * 0.01
-    node = _node("Conv", [x, f"{name}_w", f"{name}_b"], [name], kernel_shape=[k, k], pads=[k // 2] * 4,
-                 **({"group": groups} if groups > 1 else {}))
-    return [node], [_tensor(f"{name}_w", w), _tensor(f"{name}_b", b)]
+        _bytes(3, f"{op}_{outputs[0]}") + _bytes(4, op) + attrs
 
 
 def onnx_bytes(twin: str) -> bytes:
     """The reference network as ONNX (IR 7, opset 13), weights from numpy's seeded legacy generator (stable
     across numpy versions); the twins differ in the model's doc_string only."""
     rng = np.random.RandomState(0)
-    cout, cin = STEM
-    nodes, inits = _conv(rng, "stem", "input_0", cout, cin, 3)
-    nodes.append(_node("Relu", ["stem"], ["x0"]))
-    for i in range(BLOCKS):
-        x, wide = f"x{i}", cout * EXPAND
-        for name, src, co, ci, k, g in ((f"e{i}", x, wide, cout, 1, 1), (f"d{i}", f"e{i}r", wide, wide, 3, wide),
-                                        (f"p{i}", f"d{i}r", cout, wide, 1, 1)):
-            n, t = _conv(rng, name, src, co, ci, k, g)
-            nodes, inits = nodes + n, inits + t
-            if name[0] != "p":
-                nodes.append(_node("Relu", [name], [f"{name}r"]))
-        nodes.append(_node("Add", [x, f"p{i}"], [f"x{i + 1}"]))
-    inits.append(_tensor("fc", rng.standard_normal((cout, CLASSES)) * 0.1))
-    nodes += [_node("GlobalAveragePool", [f"x{BLOCKS}"], ["pool"]), _node("Flatten", ["pool"], ["flat"]),
+    nodes, inits, x = [], [], "input_0"
+    for i, (cout, cin) in enumerate(CONVS):
+        w = rng.standard_normal((cout, cin, 3, 3)) * np.sqrt(2.0 / (cin * 9))
+        inits += [_tensor(f"w{i}", w), _tensor(f"b{i}", rng.standard_normal(cout) * 0.01)]
+        nodes += [_node("Conv", [x, f"w{i}", f"b{i}"], [f"c{i}"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+                  _node("Relu", [f"c{i}"], [f"r{i}"])]
+        x = f"r{i}"
+    inits += [_tensor("fc", rng.standard_normal((CONVS[-1][0], CLASSES)) * 0.1)]
+    nodes += [_node("GlobalAveragePool", [x], ["pool"]), _node("Flatten", ["pool"], ["flat"]),
               _node("MatMul", ["flat", "fc"], ["output_0"])]
     graph = b"".join(_bytes(1, n) for n in nodes) + _bytes(2, "latkit_reference") + \
         b"".join(_bytes(5, t) for t in inits) + _bytes(11, _value_info("input_0", INPUT)) + \
@@ -142,44 +121,14 @@ def onnx_bytes(twin: str) -> bytes:
 # ---------------------------------------------------------------- the files, cached
 
 
-def _mobile_module():
-    """The mobile network in torch (its own seeded weights), for TFLite: litert-torch converts it."""
-    import torch
-
-    class Block(torch.nn.Module):
-        def __init__(self, c: int):
-            super().__init__()
-            w = c * EXPAND
-            self.body = torch.nn.Sequential(torch.nn.Conv2d(c, w, 1), torch.nn.ReLU(),
-                                            torch.nn.Conv2d(w, w, 3, padding=1, groups=w), torch.nn.ReLU(),
-                                            torch.nn.Conv2d(w, c, 1))
-
-        def forward(self, x):
-            return x + self.body(x)
-
-    torch.manual_seed(0)
-    cout, cin = STEM
-    return torch.nn.Sequential(torch.nn.Conv2d(cin, cout, 3, padding=1), torch.nn.ReLU(),
-                               *(Block(cout) for _ in range(BLOCKS)), torch.nn.AdaptiveAvgPool2d(1),
-                               torch.nn.Flatten(), torch.nn.Linear(cout, CLASSES, bias=False)).eval()
-
-
-def _dense_module():
-    """The dense network, for the torch runtime: three 3x3 convolutions 8->32->32->32 at 64x64 (ReLU), global
-    average pool, a 32x10 linear layer; ~2 ms. torch's own CPU kernels run the mobile network's depthwise
-    convolution at 112x112 in ~25 ms with twins 4 % apart (A/A floor over 9 checks here; this one: 0.8 %), so
-    there the mobile network would hide a drift behind its own noise."""
+def _torch_module():
     import torch
     torch.manual_seed(0)
     layers = []
-    for cout, cin in ((32, 8), (32, 32), (32, 32)):
+    for cout, cin in CONVS:
         layers += [torch.nn.Conv2d(cin, cout, 3, padding=1), torch.nn.ReLU()]
     return torch.nn.Sequential(*layers, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
-                               torch.nn.Linear(32, CLASSES, bias=False)).eval()
-
-
-# the torch module and input each format's reference is exported from (ONNX's is written by hand, as mobile)
-TORCH_NETWORKS = {"pt2": (_dense_module, (1, 8, 64, 64)), "tflite": (_mobile_module, INPUT)}
+                               torch.nn.Linear(CONVS[-1][0], CLASSES, bias=False)).eval()
 
 
 def _tmp(path: Path) -> Path:
@@ -239,15 +188,13 @@ def _make(runtime: str, cache: Path) -> tuple:
         raise LatkitError(f"latkit has no reference network for runtime {runtime}")
     folder = cache / "reference"
     folder.mkdir(parents=True, exist_ok=True)
+    inputs = (InputSpec("input_0", INPUT),)
     if fmt == "onnx":
-        shape = INPUT
         paths = [_write_once(folder / f"reference-{t}.onnx", onnx_bytes(t)) for t in TWINS]
     else:
         torch = need("torch", "export", f"the {runtime} reference network")
-        module, shape = TORCH_NETWORKS[fmt]
-        a = export(module(), (torch.zeros(shape),), fmt, SPACE, "reference-a", cache_dir=folder)
+        a = export(_torch_module(), (torch.zeros(INPUT),), fmt, SPACE, "reference-a", cache_dir=folder)
         paths = [a.path, _twin_of(a, folder)]
-    inputs = (InputSpec("input_0", shape),)
     return tuple(Artifact.from_file(p, space=SPACE, arch=f"reference-{t}", inputs=inputs) for p, t in zip(paths, TWINS))
 
 
