@@ -255,8 +255,9 @@ def reference_section(drifts: list) -> list:
         return lines + ["No reference timings (only `latkit collect` times the reference: these rows came from "
                         "`latkit measure`, `collect --no-reference` or a latkit before it): the hosts' noise floor "
                         "and drift during the collection are unknown.", ""]
-    lines += [f"Each device timed a fixed reference network as an A/A pair (the same network under two names, a "
-              f"round each in the order a b b a) first, every {REFERENCE_EVERY_S:g} s or {REFERENCE_EVERY_JOBS} jobs (the "
+    lines += [f"Each device timed a fixed reference network as an A/A pair (the same network under two names side "
+              f"by side: a round each in the order a b b a, one round each back to back before latkit of 2026-12-06) "
+              f"first, every {REFERENCE_EVERY_S:g} s or {REFERENCE_EVERY_JOBS} jobs (the "
               f"defaults), and last in every collection; its rows are in the side table `{SIDE}/`, never among the "
               "data. The A/A floor (median |b - a| / a) is how far two timings of one network at one moment differ: "
               "rows of the device are not comparable closer than that (timings minutes apart differ by more when "
