@@ -315,7 +315,8 @@ class _Loop:
             a, b = got
             at = a.round_started_at[0] if a.round_started_at and a.round_started_at[0] else a.measured_at
             self.report.checks.append(Check(at, a.latency_ms, b.latency_ms,
-                                            max((x.ci_rel for x in got if x.ci_rel is not None), default=None)))
+                                            max((x.ci_rel for x in got if x.ci_rel is not None), default=None),
+                                            max((t for x in got for t in x.round_finished_at if t), default=None)))
 
     def end_check(self) -> None:
         """The last check, after the last job; a device that cannot give it now keeps its rows and says why."""

@@ -5,8 +5,8 @@ numbers follow:
 - the A/A floor: the median over checks of |b - a| / a, what two timings of the same network at the same
   moment disagree by (the host's own noise, at this protocol);
 - the drift: how far the reference moved over the run, (max - min) / min of the checks' mean of a and b,
-  with its span (from the earlier to the later of the two checks), and the largest change between
-  neighbouring checks with its span.
+  with its span (from the start of the earlier of the two checks to the end of the later: the host may have
+  changed while a check ran), and the largest change between neighbouring checks with its span.
 The noise a drift is held against is the larger of the A/A floor and the median ci_rel of the reference rows
 (the precision the protocol reached). A drift above DRIFT_FACTOR x that noise warns: the rows timed in the
 span may be off by as much. Three, because the range of many checks' means exceeds one noise unit on a host
@@ -28,12 +28,20 @@ DRIFT_FACTOR = 3.0
 
 @dataclass(frozen=True)
 class Check:
-    """One A/A check: when twin a started, both latencies, and the worse ci_rel of the two."""
+    """One A/A check: when it started (twin a) and ended (its last round), both latencies, and the worse ci_rel
+    of the two."""
 
     at: datetime
     a_ms: float
     b_ms: float
     ci_rel: Optional[float] = None
+    end: Optional[datetime] = None
+
+    @property
+    def until(self) -> datetime:
+        """When the check ended (its start where the rows do not say): a host that changed while it ran changed
+        before this."""
+        return self.end or self.at
 
     @property
     def ms(self) -> float:
@@ -111,8 +119,8 @@ def of_checks(device: str, runtime: str, checks: Sequence[Check]) -> Optional[Dr
     k = int(np.argmax(steps))
     return Drift(device, runtime, len(cs), cs[0].at, cs[-1].at, float(ms[0]), float(ms[-1]), float(ms[lo]),
                  float(ms[hi]), floor, max(floor, float(np.median(cis)) if cis else 0.0),
-                 float(ms[hi] / ms[lo] - 1), cs[min(lo, hi)].at, cs[max(lo, hi)].at, float(steps[k]), cs[k].at,
-                 cs[min(k + 1, len(cs) - 1)].at)
+                 float(ms[hi] / ms[lo] - 1), cs[min(lo, hi)].at, cs[max(lo, hi)].until, float(steps[k]), cs[k].at,
+                 cs[min(k + 1, len(cs) - 1)].until)
 
 
 def checks_of_rows(rows: Sequence[dict]) -> dict:
@@ -127,12 +135,15 @@ def checks_of_rows(rows: Sequence[dict]) -> dict:
         if a["device"] == b["device"] and a["arch"].endswith("-a") and b["arch"].endswith("-b") \
                 and (a["runtime"], a["settings"], a["sampler"]) == (b["runtime"], b["settings"], b["sampler"]):
             ci = [x for x in (a["ci_rel"], b["ci_rel"]) if x is not None]
+            ends = [x for x in (a.get("finished_at"), b.get("finished_at")) if x is not None]
             out.setdefault((a["device"], a["runtime"], a["settings"], a["sampler"]), []).append(
-                Check(a["started_at"], a["latency_ms"], b["latency_ms"], max(ci) if ci else None))
+                Check(a["started_at"], a["latency_ms"], b["latency_ms"], max(ci) if ci else None,
+                      max(ends) if ends else None))
     return out
 
 
-COLUMNS = ["device", "runtime", "settings", "sampler", "arch", "status", "latency_ms", "ci_rel", "started_at"]
+COLUMNS = ["device", "runtime", "settings", "sampler", "arch", "status", "latency_ms", "ci_rel", "started_at",
+           "finished_at"]
 
 
 def dataset_drift(path) -> list:

@@ -116,3 +116,30 @@ def test_thread_cpu_timer_gives_both_clocks_for_every_file_and_twin(tmp_path, ex
     p = bench.cpu_pass(arts, "onnxruntime", 0.02, rounds=2)
     for a in ("w4", "w8"):  # CPU time of the calling thread never exceeds the wall clock by much
         assert 0 < p["stats"]["cpu median"][a] <= p["stats"]["wall median"][a] * 1.05 + 0.01
+
+
+def test_bench_drift_levels_correlations_and_pairs():
+    """scripts/bench_drift.py's figures on made-up passes: a network that moves with the host (+2 % in pass 2)
+    correlates +1 with the passes' levels, one that does not correlates ~0; pairs divide out their shift."""
+    drift = pytest.importorskip("bench_drift")
+    ms = {"fast": [1.0, 1.02, 1.0], "slow": [10.0, 10.2, 10.0], "still": [5.0, 5.0, 5.01], "fast~aa": [1.001, 1.02, 1.0]}
+    passes = [{"ms": {m: v[k] for m, v in ms.items()}, "checks": [[2.0, 2.0], [2.0, 2.002]], "seconds": 1.0,
+               "reference_drift": 0.0, "warned": False} for k in range(3)]
+    f = drift.figures(passes, ["fast", "slow", "still"], ["fast~aa"])
+    assert f["pass_level"][1] > f["pass_level"][0] and f["models"]["fast"]["corr"] == pytest.approx(1.0)
+    assert abs(f["models"]["still"]["corr"]) < 0.6 and f["reference_ms"] == pytest.approx([2.0005] * 3)
+    pair = f["pairs"]["0-1"]
+    assert pair["shift"] == pytest.approx(0.02) and pair["median_rel_diff_less_shift"] == pytest.approx(0.0, abs=1e-9)
+    assert pair["aa_median"] == pytest.approx(0.0005, rel=0.01) and pair["reference_shift"] == 0.0
+
+
+def test_bench_drift_one_pass_on_local(tmp_path, export_cache):
+    """One pass of three small files with the reference every half second: their latencies and >= 2 checks."""
+    drift = pytest.importorskip("bench_drift")
+    from latkit.collector import Settings
+    from latkit.collector.job import Artifact
+    small_onnx_models(tmp_path, (4, 8, 16), export_cache)
+    files = [Artifact.from_file(tmp_path / f"w{w}.onnx", arch=f"w{w}") for w in (4, 8, 16)]
+    p = drift.one_pass(files, tmp_path / "p0", 0.5, Settings(rounds=2, repeats_min_s=0.05, repeats_max_s=0.1))
+    assert set(p["ms"]) == {"w4", "w8", "w16"} and all(v > 0 for v in p["ms"].values())
+    assert len(p["checks"]) >= 2 and p["reference_drift"] is not None and p["seconds"] > 0

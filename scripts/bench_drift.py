@@ -1,0 +1,142 @@
+"""How the host moves between passes minutes apart, and what the reference network sees of it.
+
+scripts/bench_models.py compares two passes; this one looks at why they differ. It times the model zoo (or
+`--models` files) in `--passes` passes of `collect` on `local` at the default settings, the reference checked
+every `--every` seconds (a b b a), a few zoo networks with an A/A twin, and `--candidate FILE` networks (with a
+twin each) among the files, so that a network proposed as a reference is timed like the data. It reports:
+- per pass: its level (the median over models of log(latency_ms / the model's geometric mean over the passes)),
+  the reference's level (the median of its checks) and its drift within the run, and whether it warned;
+- per model: its level in each pass and the correlation with the passes' levels (networks that move with the
+  host have ~1, networks that only jitter ~0);
+- per pair of passes: the median |difference|, the median once the pair's shift is divided out, the A/A median
+  of the twins, and how far the reference moved.
+Figures go to `--json` (the README's "Real networks" quotes them).
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from latkit.collector import Artifact, Registry, Settings, Store
+from latkit.collector.api import make_jobs
+from latkit.collector.retest import compare
+from latkit.collector.scheduler import collect
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_models as bench  # noqa: E402  (scripts/ is no package)
+
+
+def mobile_candidate(folder: Path) -> Path:
+    """The network tried as the reference (README "Real networks"): a dense 3x3 convolution 8->16 at 112x112, two
+    inverted residual blocks (1x1 16->96, depthwise 3x3, 1x1 96->16, the input added back), pool, 16x10; its
+    expanded activations (4.8 MB) overflow a core's L2 cache. Exported to ONNX by latkit's exporter."""
+    import torch
+    from latkit.collector import export
+
+    class Block(torch.nn.Module):
+        def __init__(self, c: int, wide: int):
+            super().__init__()
+            self.body = torch.nn.Sequential(torch.nn.Conv2d(c, wide, 1), torch.nn.ReLU(),
+                                            torch.nn.Conv2d(wide, wide, 3, padding=1, groups=wide), torch.nn.ReLU(),
+                                            torch.nn.Conv2d(wide, c, 1))
+
+        def forward(self, x):
+            return x + self.body(x)
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.ReLU(), Block(16, 96), Block(16, 96),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(16, 10)).eval()
+    art = export(net, (torch.zeros(1, 8, 112, 112),), "onnx", arch="mobile", cache_dir=folder)
+    return art.path
+
+
+def one_pass(files, out: Path, every: float, settings: Settings) -> dict:
+    """A `collect` of every file with the reference every `every` s: {arch: latency_ms}, the checks, the drift."""
+    t0 = time.perf_counter()
+    report = collect(make_jobs(files, ["local"], "onnxruntime", settings), [Registry().get("local")], out=str(out),
+                     progress=False, reference=True, reference_every_s=every)
+    dev = report.devices[0]
+    if not report.ok:
+        raise SystemExit(f"pass failed: {dev.message}")
+    drift = dev.drift()
+    rows = {r["arch"]: r["latency_ms"] for r in Store(out).read(columns=["arch", "status", "latency_ms"]).to_pylist()
+            if r["status"] == "ok"}
+    return {"ms": rows, "checks": [[c.a_ms, c.b_ms] for c in dev.checks], "seconds": time.perf_counter() - t0,
+            "reference_drift": drift.drift if drift else None, "warned": bool(drift and drift.warning())}
+
+
+def figures(passes: list, models: list, twins: list) -> dict:
+    """Pass levels, model levels and their correlation, and every pair of passes compared."""
+    lat = np.log([[p["ms"][m] for p in passes] for m in models])
+    lat -= lat.mean(axis=1, keepdims=True)
+    level = np.median(lat, axis=0)
+    ref = [float(np.median([(a + b) / 2 for a, b in p["checks"]])) for p in passes]
+    out = {"pass_level": [float(x) for x in level], "reference_ms": ref,
+           "reference_drift": [p["reference_drift"] for p in passes], "warned": [p["warned"] for p in passes],
+           "seconds_per_pass": [p["seconds"] for p in passes],
+           "models": {m: {"ms": float(np.exp(np.mean(np.log([p["ms"][m] for p in passes])))),
+                          "level": [float(x) for x in row],
+                          "corr": float(np.corrcoef(row, level)[0, 1]) if np.std(row) and np.std(level) else None}
+                      for m, row in zip(models, lat)}, "pairs": {}}
+    for i, j in itertools.combinations(range(len(passes)), 2):
+        a, b = passes[i]["ms"], passes[j]["ms"]
+        c = compare([a[m] for m in models], [b[m] for m in models])
+        aa = [abs(p["ms"][t] - p["ms"][t[:-3]]) / p["ms"][t[:-3]] for p in (passes[i], passes[j]) for t in twins]
+        out["pairs"][f"{i}-{j}"] = dict(c, aa_median=float(np.median(aa)) if aa else None,
+                                        reference_shift=ref[j] / ref[i] - 1)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--passes", type=int, default=4)
+    ap.add_argument("--every", type=float, default=8.0, help="seconds between reference checks (default 8)")
+    ap.add_argument("--models", nargs="*", help="ONNX files instead of the zoo")
+    ap.add_argument("--candidate", action="append", default=[], help="an ONNX network proposed as a reference, "
+                    "timed among the files with a twin; 'mobile' builds the one the README tells of")
+    ap.add_argument("--aa", default=",".join(bench.AA_DEFAULT), help="zoo networks timed with an A/A twin")
+    ap.add_argument("--json", default="scripts/bench_drift.json")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-drift-"))
+    if args.models:
+        arts = [Artifact.from_file(p, arch=Path(p).stem) for p in args.models]
+    else:
+        from latkit.collector import zoo
+        arts, failed = bench.zoo_files("onnxruntime", list(zoo.ZOO), work)
+    arts += [Artifact.from_file(mobile_candidate(work) if p == "mobile" else p, arch=f"candidate-{Path(p).stem[:12]}")
+             for p in args.candidate]
+    paired = set(args.aa.split(",")) | {a.arch for a in arts if a.arch.startswith("candidate-")}
+    twins = [bench.twin(a, work) for a in arts if a.arch in paired]
+    files = arts + twins
+    passes = []
+    for k in range(args.passes):
+        print(f"pass {k + 1} of {args.passes} ({len(files)} files) ...", flush=True)
+        passes.append(one_pass(files, work / f"p{k}", args.every, Settings()))
+    res = figures(passes, [a.arch for a in arts], [t.arch for t in twins])
+    p = bench.probe("local")
+    res.update(machine=f"{p['cpu_model']}, {p['cpu_count']} CPUs", date=time.strftime("%Y-%m-%d %H:%M"),
+               every_s=args.every, load_1min=bench.load_now())
+    Path(args.json).write_text(json.dumps(res, indent=1))
+    print("pass levels (%):", " ".join(f"{x * 100:+.2f}" for x in res["pass_level"]),
+          "| reference ms:", " ".join(f"{x:.4f}" for x in res["reference_ms"]), "| warned:", res["warned"])
+    for pair, c in res["pairs"].items():
+        print(f"passes {pair}: median |diff| {c['median_rel_diff'] * 100:.2f} %, less shift "
+              f"{c['median_rel_diff_less_shift'] * 100:.2f} % (shift {c['shift'] * 100:+.2f} %), A/A "
+              f"{(c['aa_median'] or 0) * 100:.2f} %, reference moved {c['reference_shift'] * 100:+.2f} %")
+    for m, f in sorted(res["models"].items(), key=lambda kv: kv[1]["ms"]):
+        corr = f"{f['corr']:+.2f}" if f["corr"] is not None else "-"
+        print(f"  {m[:40]:40s} {f['ms']:8.3f} ms  levels " + " ".join(f"{x * 100:+.2f}" for x in f["level"])
+              + f"  corr {corr}")
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
