@@ -41,7 +41,7 @@ REFERENCE_EVERY_S = 60.0
 REFERENCE_EVERY_JOBS = 25
 INPUT = (1, 8, 64, 64)
 # The network: three 3x3 convolutions on 64x64 (8->32->32->32 channels, ReLU), global average pool, a 32x10
-# matmul: ~170 MFLOP, 1-2 ms on one CPU core, 83 KB of weights. It is held in a core's L2 cache, so it times the
+# matmul: ~170 MFLOP, 1-2 ms on one CPU core, 85 KB of weights. It is held in a core's L2 cache, so it times the
 # core (its clock, its share of the host) precisely and not the shared cache and memory: a small MobileNetV2 that
 # overflows L2 followed one shift of real networks between passes, but its own level wandered by 1.6-3.9 % within
 # runs on a quiet host (3 warnings in 4 runs) and by 5-8 % from one agent process to the next (README "Real
