@@ -24,10 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from latkit.collector import Artifact, Registry, Settings, Store
-from latkit.collector.api import make_jobs
+from latkit.collector import Artifact, Settings
 from latkit.collector.retest import compare
-from latkit.collector.scheduler import collect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_models as bench  # noqa: E402  (scripts/ is no package)
@@ -58,18 +56,13 @@ def mobile_candidate(folder: Path) -> Path:
 
 
 def one_pass(files, out: Path, every: float, settings: Settings) -> dict:
-    """A `collect` of every file with the reference every `every` s: {arch: latency_ms}, the checks, the drift."""
-    t0 = time.perf_counter()
-    report = collect(make_jobs(files, ["local"], "onnxruntime", settings), [Registry().get("local")], out=str(out),
-                     progress=False, reference=True, reference_every_s=every)
-    dev = report.devices[0]
-    if not report.ok:
-        raise SystemExit(f"pass failed: {dev.message}")
-    drift = dev.drift()
-    rows = {r["arch"]: r["latency_ms"] for r in Store(out).read(columns=["arch", "status", "latency_ms"]).to_pylist()
-            if r["status"] == "ok"}
-    return {"ms": rows, "checks": [[c.a_ms, c.b_ms] for c in dev.checks], "seconds": time.perf_counter() - t0,
-            "reference_drift": drift.drift if drift else None, "warned": bool(drift and drift.warning())}
+    """A `collect` of every file with the reference every `every` s (bench_models.latkit_pass): {arch:
+    latency_ms}, the checks, the drift within the run and whether it warned."""
+    p = bench.latkit_pass(files, "onnxruntime", settings, str(out), reference=True, reference_every_s=every)
+    drift = p["drift"]
+    return {"ms": {a: r["latency_ms"] for a, r in p["rows"].items()}, "checks": p["reference"],
+            "seconds": p["seconds_per_model"] * len(files), "reference_drift": drift.drift if drift else None,
+            "warned": bool(drift and drift.warning())}
 
 
 def figures(passes: list, models: list, twins: list) -> dict:

@@ -91,19 +91,20 @@ def nb201_files(runtime: str, n: int) -> list:
 # ---------------------------------------------------------------- timers
 
 
-def latkit_pass(arts, runtime, settings, out, reference=False) -> dict:
+def latkit_pass(arts, runtime, settings, out, reference=False, **kwargs) -> dict:
     """One `collect` of every file on `local`: wall seconds per model, load, {arch: row}; with `reference`, the
-    reference's checks as collect makes them by default (their time counted in the seconds per model)."""
+    reference's checks as collect makes them by default (their time counted in the seconds per model) and the
+    drift it saw. Other keywords go to collect (`reference_every_s`)."""
     l0, t0 = load_now(), time.perf_counter()
     report = collect_models(arts, ["local"], runtime, settings, out=out, progress=False,
-                            reference=reference)
+                            reference=reference, **kwargs)
     wall = time.perf_counter() - t0
     if not report.ok:
         raise SystemExit(f"latkit pass failed: {report.devices[0].message}")
     rows = {r["arch"]: r for r in Store(out).read().to_pylist() if r["status"] == "ok"}
     checks = report.devices[0].checks if reference else []
     return {"seconds_per_model": wall / len(arts), "load_1min": [l0, load_now()], "rows": rows,
-            "reference": [[c.a_ms, c.b_ms] for c in checks]}
+            "reference": [[c.a_ms, c.b_ms] for c in checks], "drift": report.devices[0].drift() if reference else None}
 
 
 def reference_figures(pa: dict, pb: dict) -> dict:
