@@ -19,12 +19,13 @@ from .exporters import DEFAULT_CACHE, cached
 from .job import FORMATS, RUNTIME_FOR_FORMAT, WHOLE, Artifact, Job, Settings
 from .measurement import TELEMETRY, Measurement, Stats, fingerprint
 from .pipeline import ExportRequest
+from .reference import SIDE
 from .reports import CollectReport, DeviceReport, DeviceStatus
 from .runner import DeviceRunner
 from .samplers import sample
 from .scheduler import collect, executor_of
 from .spaces import as_space
-from .store import Store
+from .store import Store, no_dataset
 from .transports import kind_of
 # The export pipeline moved to pipeline.py; these names stay importable from here (scripts, tests, predictor/).
 from .pipeline import (EXPORT_FORMAT, ExportPlan, arch_spec, export_arch, export_plan,  # noqa: F401, E402
@@ -301,7 +302,7 @@ def data_summary(path="latkit-data") -> list:
     latency_ms and the newest measurement (the dataset card states the same figures)."""
     store = Store(path)
     if not store.exists():
-        raise LatkitError(f"no dataset at {path}; measure something first (latkit measure MODEL --out {path})")
+        raise no_dataset(path, f"measure something first (latkit measure MODEL --out {path})")
     if not store.files():  # a folder of models, of other tables, or an empty one: not an empty table
         raise not_a_dataset(path)
     return group_summary(store.read(columns=["device", "runtime", "space", "status", "latency_ms", "contention",
@@ -313,4 +314,6 @@ def not_a_dataset(path) -> LatkitError:
     hint = f"give the folder `--out` wrote, or measure into this one (latkit measure MODEL --out {path})"
     if list(Path(path).glob("*_latency.parquet")):
         hint = f"it holds latency tables: import them with `latkit data import-help {path} OUT`"
+    elif (Path(path) / SIDE).is_dir():  # a collect stopped after its first reference timing, before any model
+        hint = "a collection into it timed only the reference network before it stopped; run it again to resume"
     return LatkitError(f"{path} is not a latkit dataset (no rows under {path}/data); {hint}")

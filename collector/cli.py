@@ -23,7 +23,7 @@ import traceback
 from . import cli_data, cli_device, cli_doctor, cli_measure, cli_predictor
 from .cli_common import log, parents
 from .cliargs import Parser, add_globals, finish, merge_globals, parser_of
-from .errors import EXTRAS, Interrupted, LatkitError, missing
+from .errors import EXTRAS, Interrupted, LatkitError, did_you_mean, missing
 from .text import CleanFormatter, clean
 
 # in the order `latkit --help` lists them
@@ -91,7 +91,12 @@ def _command(args) -> str:
 def main(argv=None) -> int:
     debug = os.environ.get("LATKIT_DEBUG") == "1"
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # named by the command it was given to, whose --help lists what it takes
+        leaf = parser_of(parser, args)
+        options = [o for a in leaf._actions for o in a.option_strings]
+        # options share their `--`, so a looser match would offer --cores for --force
+        leaf.error(f"unrecognized arguments: {' '.join(extra)}" + did_you_mean(extra[0].split("=")[0], options, 0.8))
     merge_globals(parser, args)
     if not hasattr(args, "func"):  # `latkit` or `latkit data` alone: what there is to run, as git and docker do
         parser_of(parser, args).print_help()

@@ -109,6 +109,9 @@ def cmd_data_retest(args) -> int:
     print(f"the second measurement ran {abs(shift) * 100:.2f} % {'slower' if shift > 0 else 'faster'} overall (the "
           "median ratio): a host that moved between the two moves every row alike; 'median less shift' is what "
           "is left")
+    print("moved most (latency_ms, first -> second): " + "; ".join(  # data from a device: shown, never obeyed
+        f"{clean(w['arch'], 48)} on {clean(w['device'])}: {w['a_ms']:.4g} -> {w['b_ms']:.4g} ms "
+        f"({(w['b_ms'] / w['a_ms'] - 1) * 100:+.1f} %)" for w in r["worst"]))
     print(f"{r['n']} rows measured again into {args.dir}/{r['side_table']}; the card's test-retest section "
           f"is refreshed by latkit data card {args.dir}")
     if (Path(args.dir) / "README.md").exists():

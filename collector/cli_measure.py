@@ -10,6 +10,7 @@ from . import api, validate
 from .cli_common import SEED, Parents, console, default_first, log, print_json, protocol_args, settings_of_args
 from .devices import Registry
 from .errors import Failure, LatkitError
+from .measurement import PERMANENT_ERRORS
 from .ray_executor import parse_executor
 from .reference import REFERENCE_EVERY_JOBS, REFERENCE_EVERY_S, SIDE
 from .samplers import SAMPLERS
@@ -68,7 +69,7 @@ def cmd_collect(args) -> int:
     drifts = {d.device: d.drift() for d in report.devices}
     if args.json:
         print_json({"ok": report.ok and not failed, "summary": report.line(),
-                     "devices": [{**{k: v for k, v in dataclasses.asdict(d).items() if k not in ("failed", "checks")},
+                     "devices": [{**{k: v for k, v in dataclasses.asdict(d).items() if k not in ("failed", "checks", "round_note")},
                                   "remaining": d.remaining,
                                   "reference": drifts[d.device].as_dict() if drifts[d.device] else None}
                                  for d in report.devices],
@@ -89,6 +90,11 @@ def cmd_collect(args) -> int:
     for drift in drifts.values():
         if drift and drift.warning():
             log.warning("warning: %s", drift.warning())
+    kept = sum(d.skipped_errors for d in report.devices)
+    if kept:  # skipped, so not listed as failed, but still no latency: a re-run must not pass for a clean one
+        log.warning(f"warning: {kept} model(s) skipped as stored errors that would fail again "
+                    f"({', '.join(sorted(PERMANENT_ERRORS))}); fix the files, or after upgrading the runtime re-run "
+                    "with --retry-errors")
     down = [d.device for d in report.devices if d.status != "done"]
     if down or failed:
         what = [f"{len(down)} device(s) failed ({', '.join(down)})"] if down else []

@@ -274,22 +274,27 @@ def _predict_graphs(args, model) -> int:
     return 0 if len(good) == len(rows) else 1 if good else 2  # as collect: exit 1 when some of the work failed
 
 
-def _arch_lines(paths, model, space: str) -> list:
-    """The arch strings of --file text files, one per line."""
+def _arch_lines(paths, model, space) -> list:
+    """The arch strings of --file text files, one per line, each checked with its file and line named (a TSV
+    that predict wrote, given back, fails on its header line)."""
     archs = []
     for f in paths:
         if Path(f).is_dir() or str(f).lower().endswith(".onnx"):
             raise LatkitError(f"--file {f} is {'a folder' if Path(f).is_dir() else 'an ONNX file'}, but {model} "
-                              f"predicts arch strings of {space}; give a text file of one arch per line, or for ONNX "
-                              "files a graph model (latkit predictor fit --space onnx)")
+                              f"predicts arch strings of {space.name}; give a text file of one arch per line, or for "
+                              "ONNX files a graph model (latkit predictor fit --space onnx)")
         try:  # a regular file within bounds: a FIFO would hang the read, /dev/zero never end
             text = validate.read_bytes(f, "--file", ARCH_FILE_BYTES).decode()
         except UnicodeDecodeError:
             raise LatkitError(f"--file {f} is not text; give one arch string per line") from None
-        found = [line.strip() for line in text.splitlines() if line.strip()]
+        found = [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
         if not found:
             raise LatkitError(f"--file {f} holds no archs; give one arch string per line")
-        archs += found
+        for n, line in found:
+            try:
+                archs.append(space.validate(line))
+            except LatkitError as e:
+                raise LatkitError(f"--file {f} line {n}: {e}") from None
     return archs
 
 
@@ -302,9 +307,8 @@ def _predict_archs(args, model) -> int:
                           f"predicts {model.space} archs at the batch size of the data it was fitted on, so leave it "
                           "out")
     space = get_space(model.space)
-    archs = (space.enumerate() if args.all else _arch_lines(args.file, args.model, model.space) if args.file
-             else args.arch)
-    archs = [space.validate(a) for a in archs]
+    archs = (_arch_lines(args.file, args.model, space) if args.file
+             else [space.validate(a) for a in (space.enumerate() if args.all else args.arch)])
     target = getattr(model, "target_", "latency_ms")
     std_name = f"std_{target.rsplit('_', 1)[1]}"  # std_ms, std_mj
     if args.std:

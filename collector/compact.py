@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from .errors import LatkitError, need
 from .reference import SIDE
 from .schema import PARTITIONS, SCHEMA, conform, current
-from .store import MANIFEST, Store, foreign_columns, partition_folder
+from .store import MANIFEST, Store, foreign_columns, no_dataset, partition_folder
 
 ROW_GROUP = 65536  # rows per row group of a compacted file
 CHUNK_BYTES = 128 * 2 ** 20  # files read at once, by size on disk (a single-row file is ~25 KB, mostly footer)
@@ -83,7 +83,7 @@ def upgrade(path) -> CompactReport:
 def _rewrite(path, merge: bool) -> CompactReport:
     store = Store(path)
     if not store.exists():
-        raise LatkitError(f"no dataset at {path}; collect into it first")
+        raise no_dataset(path, "collect into it first")
     with _compaction_lock(store), ThreadPoolExecutor(_IO_THREADS) as pool:
         infos = store.listing()
         before = len(infos)
@@ -240,7 +240,7 @@ def migrate(path) -> dict:
     that was killed."""
     root = Path(path)
     if not root.is_dir():
-        raise LatkitError(f"no dataset at {path}; give a dataset folder")
+        raise no_dataset(path, "give a dataset folder")
     done = {}
     sides = sorted(p for p in root.glob("_retest/*") if p.is_dir()) + [p for p in [root / SIDE] if p.is_dir()]
     for folder in [root] + sides:

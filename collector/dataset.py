@@ -16,7 +16,7 @@ from . import schema, validate
 from .drift import DRIFT_FACTOR, dataset_drift
 from .errors import LatkitError, need
 from .reference import REFERENCE_EVERY_JOBS, REFERENCE_EVERY_S, SIDE
-from .store import Store
+from .store import Store, no_dataset
 from .text import clean, md_cell
 
 LATENCY_COLUMNS = ["space", "arch", "device", "latency_ms"]
@@ -37,6 +37,10 @@ def read_latency(path, space: Optional[str] = None, target: str = "latency_ms") 
     columns = [*LATENCY_COLUMNS[:3], target]
     p = Path(path)
     if p.is_file():
+        kind = validate.file_kind(p)
+        if kind != "a Parquet table":  # pyarrow's own words ("magic bytes not found in footer") say less
+            raise LatkitError(f"{p} is not a Parquet file but {kind}; give a latkit dataset folder or a Parquet "
+                              "latency table")
         try:
             t = pq.read_table(p)
         except (pa.ArrowException, OSError) as e:
@@ -56,7 +60,7 @@ def read_latency(path, space: Optional[str] = None, target: str = "latency_ms") 
     else:
         store = Store(path)
         if not store.exists() or not store.files():
-            raise LatkitError(f"no dataset at {path}; give a latkit dataset folder or a Parquet latency table")
+            raise no_dataset(path, "give a latkit dataset folder or a Parquet latency table")
         t = store.read(columns=columns, filter=pc.field("status") == "ok")
     if space is not None:
         t = t.filter(pc.equal(t["space"], space))
@@ -127,7 +131,7 @@ def summary(path) -> dict:
     """What a dataset card states, computed from the rows themselves."""
     store = Store(path)
     if not store.exists() or not store.files():
-        raise LatkitError(f"no dataset at {path}; collect into it first")
+        raise no_dataset(path, "collect into it first")
     t = store.read(columns=["space", "device", "device_fingerprint", "runtime", "runtime_version", "agent_version",
                             "settings", "sampler", "status", "latency_ms", "measured_at", "batch_size",
                             "input_shape", "threads", "cores", "stopped_by"])

@@ -28,6 +28,7 @@ from .errors import Failure, LatkitError, TransportError
 from .exporters import DEFAULT_CACHE
 from .job import Job
 from .measurement import Measurement
+from .progress import bars
 from .reference import REFERENCE_EVERY_JOBS, REFERENCE_EVERY_S, Schedule, side_store
 from .reports import DeviceReport, DeviceStatus
 from .runner import DeviceRunner
@@ -234,6 +235,7 @@ class _Loop:
         self.pending: list = round_queue(source.jobs) if batch else []  # (job, round) still to time
         self.parts: dict = {}  # key -> the job's rounds so far
         self.windows = 0
+        self.round: Optional[int] = None  # the round of the request before (note_round)
         self.more = not batch  # the source may have more jobs
         self.schedule = Schedule(request.reference_every_s, request.reference_every_jobs) if request.reference else None
         self.template: Optional[Job] = None  # the job whose device and settings every reference check takes
@@ -271,7 +273,21 @@ class _Loop:
             self.report.start_s = now - self.t0
         return now
 
+    def note_round(self) -> None:
+        """Say which round begins: a model is a row only after its last round, so a window's first rows come
+        rounds - 1 rounds in (~30 s on a CPU), and a collection must not look hung until then."""
+        job, r = self.pending[0]
+        if r == self.round:
+            return
+        self.round = r
+        n = next((i for i, (_, q) in enumerate(self.pending) if q != r), len(self.pending))
+        self.report.round_note = f"round {r + 1} of {job.settings.rounds}, {n} model(s)"
+        if job.settings.rounds > 1 and n > 1 and not bars():  # a bar shows it (progress.CollectProgress)
+            log.info("%s: %s%s", self.device.name, self.report.round_note,
+                     "; a model is stored after its last round" if r == 0 else "")
+
     def measure(self) -> Measurement:
+        self.note_round()
         job = self.pending[0][0]
         self.rows.writer(job, self.runner)  # the store's probe, before the first row of this agent
         t_job = self.first_request()

@@ -38,17 +38,17 @@ def need(module: str, extra: str, what: str):
         raise missing(module, what, extra) from None
 
 
-def closest(word: str, choices) -> "str | None":
-    """The choice most like a mistyped `word` (difflib's ratio >= 0.6), or None."""
+def closest(word: str, choices, cutoff: float = 0.6) -> "str | None":
+    """The choice most like a mistyped `word` (difflib's ratio >= cutoff), or None."""
     import difflib
-    found = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1)
+    found = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=cutoff)
     return found[0] if found else None
 
 
-def did_you_mean(word: str, choices) -> str:
+def did_you_mean(word: str, choices, cutoff: float = 0.6) -> str:
     """"; did you mean 'x'?" for a mistyped name with a close choice, else "": a typo gets the fix in the same
     line that refuses it."""
-    match = closest(word, choices)
+    match = closest(word, choices, cutoff)
     return f"; did you mean {match!r}?" if match else ""
 
 

@@ -31,11 +31,12 @@ log = logging.getLogger("latkit")
 
 
 def feed(jobs: Iterable[Job], streams: dict, reports: dict, done: set, stop: threading.Event,
-         errors: list) -> None:
+         errors: list, kept: set | frozenset = frozenset()) -> None:
     """Deal a lazy iterable of jobs into the devices' streams (the feeder thread of a streamed collection):
-    keys already stored are counted as skipped, a device that has stopped gets no more; each device's total
-    becomes exact when the iterable ends. An error (an export that failed) stops every device and is kept in
-    `errors` for collect to raise; the rows measured before it are kept."""
+    keys already stored are counted as skipped (those in `kept`, stored errors, also as such), a device that
+    has stopped gets no more; each device's total becomes exact when the iterable ends. An error (an export
+    that failed) stops every device and is kept in `errors` for collect to raise; the rows measured before it
+    are kept."""
     seen, count = set(), {name: 0 for name in streams}
     try:
         for job in jobs:
@@ -51,6 +52,7 @@ def feed(jobs: Iterable[Job], streams: dict, reports: dict, done: set, stop: thr
             rep.total = max(rep.total, count[job.device])
             if job.key in done:
                 rep.skipped += 1
+                rep.skipped_errors += job.key in kept
                 continue
             streams[job.device].put(job, lambda: not stop.is_set() and rep.active)
         for name, n in count.items():
@@ -64,7 +66,8 @@ def feed(jobs: Iterable[Job], streams: dict, reports: dict, done: set, stop: thr
             s.end()
 
 
-def _queues(jobs, names: Sequence[str], done: set, request: CollectRequest, streamed: bool) -> tuple:
+def _queues(jobs, names: Sequence[str], done: set, request: CollectRequest, streamed: bool,
+            kept: set | frozenset = frozenset()) -> tuple:
     """Each device's report and jobs: a Stream a feeder fills, or the list of its jobs not yet stored."""
     reports, todo = {}, {}
     if streamed:
@@ -77,7 +80,8 @@ def _queues(jobs, names: Sequence[str], done: set, request: CollectRequest, stre
     for name in names:
         mine = list({j.key: j for j in jobs if j.device == name}.values())
         keep = [j for j in mine if j.key not in done]
-        reports[name] = DeviceReport(name, total=len(mine), skipped=len(mine) - len(keep))
+        reports[name] = DeviceReport(name, total=len(mine), skipped=len(mine) - len(keep),
+                                     skipped_errors=sum(j.key in kept for j in mine))
         todo[name] = keep
     return reports, todo
 
@@ -123,11 +127,11 @@ class LocalExecutor(Executor):
         store.check_writable()  # before any device time is spent
         store.devices()  # a corrupt device probe is named now, not when the first device has started
         by_name = {d.name: d for d in devices}
-        done = store.done_keys(include_errors=not request.device.retry_errors)
-        reports, todo = _queues(jobs, list(by_name), done, request, streamed)
+        done, kept = store.skip_keys(include_errors=not request.device.retry_errors)
+        reports, todo = _queues(jobs, list(by_name), done, request, streamed, kept)
         report = CollectReport(list(reports.values()))
         stop, active, errors = threading.Event(), set(), []
-        feeder = threading.Thread(target=feed, args=(jobs, todo, reports, done, stop, errors), daemon=True,
+        feeder = threading.Thread(target=feed, args=(jobs, todo, reports, done, stop, errors, kept), daemon=True,
                                   name="latkit-feed") if streamed else None
         pool = ThreadPoolExecutor(max_workers=max(1, min(request.max_workers, len(by_name))))
         try:

@@ -49,17 +49,19 @@ class CollectProgress:
     def __init__(self, report, enabled: bool):
         self.report, self.enabled, self.bars = report, enabled, enabled and bars()
         self._lock = threading.Lock()
+        self.devices: dict = {}  # a bar's task id -> its DeviceReport
 
     def __enter__(self):
         if not self.bars:
             return self
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
         self.progress = Progress(TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeRemainingColumn(), TextColumn("{task.fields[state]}"), console=_stderr_console())
+                                 TimeRemainingColumn(), _live_column(self.state), console=_stderr_console())
         self.progress.start()
         total = sum(d.total for d in self.report.devices)
         self.overall = self.progress.add_task("all devices", total=total, state="")
         self.tasks = {d.device: self.progress.add_task(d.device, total=d.total, state="") for d in self.report.devices}
+        self.devices = {self.tasks[d.device]: d for d in self.report.devices}
         self.update()
         return self
 
@@ -82,6 +84,12 @@ class CollectProgress:
                                  completed=sum(d.total - d.remaining for d in self.report.devices),
                                  state=f"{failed} device(s) failed" if failed else "")
 
+    def state(self, task) -> str:
+        """A bar's last column, read at every refresh: a running device's round shows before its first row."""
+        d = self.devices.get(task.id)
+        running = d is not None and d.status == DeviceStatus.RUNNING and d.round_note
+        return task.fields["state"] + (f" · {d.round_note}" if running else "")
+
     def __exit__(self, *exc):
         if self.bars:
             self.update()
@@ -90,6 +98,18 @@ class CollectProgress:
             for d in self.report.devices:
                 log.info("%s: %s, %d measured, %d errors, %d already done, %d left%s", d.device, d.status, d.measured,
                          d.errors, d.skipped, d.remaining, f" ({d.message})" if d.message else "")
+
+
+def _live_column(text_of):
+    """A rich column whose text `text_of(task)` is read at every refresh, not only when the task is updated."""
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class Live(ProgressColumn):
+        def render(self, task):
+            return Text(text_of(task))
+
+    return Live()
 
 
 class Steps:

@@ -131,7 +131,7 @@ class RayExecutor(Executor):
         ray = _ray(self.address)
         store = Store(request.out)
         store.check_writable()
-        done = store.done_keys(include_errors=not request.device.retry_errors)
+        done, kept = store.skip_keys(include_errors=not request.device.retry_errors)
         refs = dict(request.refs or {})
         claimed = set(ray.cluster_resources())
         actor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(DeviceDriver)
@@ -140,7 +140,8 @@ class RayExecutor(Executor):
         for dev in devices:
             mine = list({j.key: j for j in jobs if j.device == dev.name}.values())
             todo = [j for j in mine if j.key not in done]
-            reports[dev.name] = DeviceReport(dev.name, total=len(mine), skipped=len(mine) - len(todo))
+            reports[dev.name] = DeviceReport(dev.name, total=len(mine), skipped=len(mine) - len(todo),
+                                             skipped_errors=sum(j.key in kept for j in mine))
             if not todo:
                 reports[dev.name].status = DeviceStatus.DONE
                 continue
@@ -164,7 +165,9 @@ def _gather(ray, running: dict, reports: dict) -> CollectReport:
             name, _ = running[ready[0]]
             got, node = ray.get(ready[0])
             reports[name] = dataclasses.replace(got, total=reports[name].total,
-                                                skipped=reports[name].skipped + got.skipped, node=node)
+                                                skipped=reports[name].skipped + got.skipped,
+                                                skipped_errors=reports[name].skipped_errors + got.skipped_errors,
+                                                node=node)
     except (KeyboardInterrupt, Interrupted) as e:
         for _, driver in running.values():
             ray.kill(driver, no_restart=True)  # its agent exits with it; the device lease goes too

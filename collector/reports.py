@@ -24,6 +24,7 @@ class DeviceReport:
     device: str
     total: int
     skipped: int = 0
+    skipped_errors: int = 0  # of the skipped, models stored as permanent errors (--retry-errors measures them)
     measured: int = 0
     errors: int = 0  # rows with status=error (model failures, timeouts) stored by this run
     status: DeviceStatus = DeviceStatus.PENDING
@@ -42,6 +43,7 @@ class DeviceReport:
     reference_runtime: str = ""  # the runtime the reference was timed with ("" none)
     reference_s: float = 0.0  # host time spent on the reference checks
     reference_note: str = ""  # why the reference was not (or no longer) timed
+    round_note: str = ""  # the round being timed ("round 2 of 4, 31 models"): a model is a row after its last round
 
     def drift(self) -> Optional[Drift]:
         """The reference's drift over this run's checks (None without any)."""

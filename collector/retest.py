@@ -24,7 +24,7 @@ from .errors import LatkitError
 from .job import FORMATS, Artifact, Job, Settings, sha256_file
 from .scheduler import collect
 from .spaces import COLLECTABLE
-from .store import Store
+from .store import Store, no_dataset
 
 # energy_mj and power_w where both passes read the counter (rows measured with --energy); cpu_ms where both passes
 # have the thread's CPU clock (CPU rows with threads=1 of agent >= 0.3.6)
@@ -91,7 +91,7 @@ def retest(path, n: int = 50, seed: int = 0, models: Sequence = (), registry: Op
         raise LatkitError(f"--n must be >= 2 to compare rankings, got {n}")
     store = Store(path)
     if not store.exists() or not store.files():
-        raise LatkitError(f"no dataset at {path}; collect into it first")
+        raise no_dataset(path, "collect into it first")
     rows = store.read(filter=(pc.field("status") == "ok") & (pc.field("runtime") != "published")).to_pylist()
     if len(rows) < 2:
         raise LatkitError(f"{path} has {len(rows)} measured ok rows; a retest needs at least 2")

@@ -73,6 +73,15 @@ def partition_folder(base: str, values: tuple) -> str:
     return "/".join([base, *(f"{k}={v}" for k, v in zip(FOLDER_KEYS, values))])
 
 
+def no_dataset(uri, hint: str) -> LatkitError:
+    """The error for a dataset path that holds none: `no dataset at URI; HINT`, or, for a file there, what the file
+    is (a predictor file or a Parquet table given to `data show` must not be told to measure into it)."""
+    if "://" not in str(uri) and Path(uri).is_file():
+        return LatkitError(f"{uri} is {validate.file_kind(uri)}, not a latkit dataset; give the dataset's folder (the "
+                           "--out of collect or measure, which holds data/)")
+    return LatkitError(f"no dataset at {uri}; {hint}")
+
+
 def check_row(row: dict) -> None:
     """Reject a row that would be stored wrong: from_pylist drops unknown keys silently (a typo would become a
     null column), and the partition values become folder names."""
@@ -343,12 +352,19 @@ class Store:
 
     def done_keys(self, include_errors: bool = True) -> set:
         """Keys a re-run skips: measured ok, and (by default) failed for a reason that would only fail
-        again under the same key (corrupt file, unsupported op, timeout: PERMANENT_ERRORS). Reads the key,
-        status and error_kind columns only."""
+        again under the same key (corrupt file, unsupported op, bad model: PERMANENT_ERRORS)."""
+        return self.skip_keys(include_errors)[0]
+
+    def skip_keys(self, include_errors: bool = True) -> tuple:
+        """(done_keys, the permanent errors among them: what a re-run skips but should still name), from one read
+        of the key and status columns."""
         done = pc.field("status") == "ok"
         if include_errors:
             done = done | pc.field("error_kind").isin(sorted(PERMANENT_ERRORS))
-        return set(self.read(columns=["key"], filter=done)["key"].to_pylist())
+        t = self.read(columns=["key", "status"], filter=done)
+        keys, status = t["key"].to_pylist(), t["status"].to_pylist()
+        ok = {k for k, s in zip(keys, status) if s == "ok"}
+        return set(keys), set(keys) - ok
 
 
 class BatchWriter:

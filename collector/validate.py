@@ -186,6 +186,28 @@ def open_regular(path, what: str) -> int:
     return fd
 
 
+# First bytes of the files latkit's commands take, so a file given to the wrong command is named for what it is.
+MAGIC = ((b"PAR1", "a Parquet table"), (b"PARE", "a Parquet table"), (b"\x08", "an ONNX model"),
+         (b"PK\x03\x04", "a zip archive"))
+
+
+def file_kind(path) -> str:
+    """What a regular file's first bytes say it is ("a Parquet table", "a text file", ...), "a file" when they
+    say nothing: the error for a dataset given as a predictor, or the reverse, names what was given."""
+    try:
+        with os.fdopen(open_regular(path, "file"), "rb") as f:
+            head = f.read(512)
+    except (LatkitError, OSError):
+        return "a file"
+    if head.startswith(b"PK\x03\x04") and str(path).endswith(".latkit-model"):
+        return "a latkit predictor file (give it to latkit predictor predict --model)"
+    kind = next((what for magic, what in MAGIC if head.startswith(magic)), None)
+    if kind or not head:
+        return kind or "an empty file"
+    text = b"\0" not in head and head.decode(errors="replace").count("\ufffd") <= 3  # 512 bytes may cut a character
+    return "a text file" if text else "a file"
+
+
 def readable_file(path, what: str) -> Path:
     """`path` if it is a regular file this process can read, else a LatkitError naming `what`."""
     p = Path(path)

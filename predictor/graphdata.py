@@ -75,10 +75,10 @@ def graph_rows(data_dir, device: Optional[str] = None, runtime: Optional[str] = 
     import pyarrow.compute as pc
 
     from latkit.collector.exporters import DEFAULT_CACHE, GRAPHS
-    from latkit.collector.store import Store
+    from latkit.collector.store import Store, no_dataset
     store = Store(data_dir)
     if not store.exists() or not store.files():
-        raise LatkitError(f"no dataset at {data_dir}; give a latkit dataset folder")
+        raise no_dataset(data_dir, "give a latkit dataset folder")
     flt = pc.field("status") == "ok"
     if device is not None:
         flt = flt & (pc.field("device") == device)

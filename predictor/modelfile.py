@@ -40,6 +40,7 @@ import struct
 import zipfile
 import zlib
 from importlib import metadata
+from pathlib import Path
 
 import numpy as np
 
@@ -94,11 +95,19 @@ def read(path, build) -> object:
     """The model in `path`: `build(kind, params, state)` makes it from the file's data (and raises ValueError,
     TypeError or KeyError on data that does not fit); anything else is refused in one line. The model's
     `target_` is the column it predicts."""
+    found = sorted(str(p) for p in Path(path).glob("models/*.latkit-model"))[:3] if Path(path).is_dir() else []
+    if found:  # a dataset folder given for its model
+        raise LatkitError(f"predictor file {path} is a folder, not a regular file; give one of its models: "
+                          f"{', '.join(found)}")
     with os.fdopen(validate.open_regular(path, "predictor file"), "rb") as f:
         size = os.fstat(f.fileno()).st_size
-        if f.read(1) == b"\x80":  # a pickle (protocol >= 2), as latkit wrote before format 1
+        head = f.read(4)
+        if head[:1] == b"\x80":  # a pickle (protocol >= 2), as latkit wrote before format 1
             raise LatkitError(f"{path} is an old pickle-based model file, which latkit no longer reads (it could "
                               "run code); re-fit with latkit predictor fit")
+        if head in (b"PAR1", b"PARE"):  # the data where its model was meant
+            raise LatkitError(f"{path} is not a valid latkit model but a Parquet table (rows to fit on); give the "
+                              ".latkit-model file that latkit predictor fit saved")
         try:
             if size > MAX_FILE:
                 raise ValueError(f"it is {size} bytes, more than a model file's {MAX_FILE}")

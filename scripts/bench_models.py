@@ -107,9 +107,19 @@ def latkit_pass(arts, runtime, settings, out, reference=False, **kwargs) -> dict
             "reference": [[c.a_ms, c.b_ms] for c in checks], "drift": report.devices[0].drift() if reference else None}
 
 
+def aa_diffs(passes, names) -> list:
+    """|twin - original| / original for each network of `names` timed with its twin, in every pass ({arch: value})."""
+    return [abs(p[f"{n}~aa"] - p[n]) / p[n] for p in passes for n in names if n in p and f"{n}~aa" in p]
+
+
+def reference_level(checks) -> float:
+    """A pass's reference level: the median over its checks [a_ms, b_ms] of the twins' mean."""
+    return float(np.median([(a + b) / 2 for a, b in checks]))
+
+
 def reference_figures(pa: dict, pb: dict) -> dict:
     """How far the reference moved between the passes (the median of each pass's checks) beside its A/A floor."""
-    level = [float(np.median([(a + b) / 2 for a, b in p["reference"]])) for p in (pa, pb)]
+    level = [reference_level(p["reference"]) for p in (pa, pb)]
     floor = [abs(b - a) / a for p in (pa, pb) for a, b in p["reference"]]
     return {"shift": level[1] / level[0] - 1, "ms": level, "aa_floor": float(np.median(floor)),
             "checks": [len(pa["reference"]), len(pb["reference"])]}
@@ -236,8 +246,7 @@ def figures(pa: dict, pb: dict, names, aa, stats) -> dict:
         common = [n for n in names if all(n in has(p) for p in (pa, pb))]
         out["statistics"][stat] = compare([get(pa, n) for n in common], [get(pb, n) for n in common])
         out["n"] = len(common)
-        diffs = [abs(get(p, f"{n}~aa") - get(p, n)) / get(p, n) for p in (pa, pb) for n in aa
-                 if n in has(p) and f"{n}~aa" in has(p)]
+        diffs = aa_diffs([{n: get(p, n) for n in has(p)} for p in (pa, pb)], aa)
         if diffs:
             out["aa"][stat] = {"median_rel_diff": float(np.median(diffs)), "max_rel_diff": float(np.max(diffs)),
                                "n": len(diffs)}

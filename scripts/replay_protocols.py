@@ -35,6 +35,9 @@ from latkit.agents.agent import CI_QUANTILE, quantile_ci_rel
 from latkit.collector.retest import compare
 from latkit.collector.store import Store
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_models  # noqa: E402  (scripts/ is no package)
+
 
 def stop(x, min_count, min_s, max_s, ci_target, q=CI_QUANTILE["cpu"]):
     """How many samples of x the agent's time_callable keeps (None: x ends before it would stop)."""
@@ -275,7 +278,7 @@ def evaluate_many(sets: dict, p: Protocol, stats) -> dict:
             names = [a for a in s["models"] if a in v[0] and a in v[1]]
             a, b = np.array([v[0][n] for n in names]), np.array([v[1][n] for n in names])
             rel = np.abs(b - a) / a
-            aa = [abs(w[f"{n}~aa"] - w[n]) / w[n] for w in v for n in s["aa"] if n in w and f"{n}~aa" in w]
+            aa = bench_models.aa_diffs(v, s["aa"])
             out[st][label] = {"spearman": compare(a, b)["spearman"], "median_rel_diff": float(np.median(rel)),
                               "max_rel_diff": float(rel.max()), "seconds_per_model": float(np.mean(secs)),
                               "seconds_max": float(np.max(secs)),

@@ -14,6 +14,7 @@ import pytest
 
 from latkit.collector import dataset
 from latkit.collector.spaces import get_space
+from latkit.predictor.models import make_model
 from conftest import ROOT
 
 
@@ -52,6 +53,13 @@ def w(tmp_path_factory, artifacts):
     (w / "notparquet.parquet").write_text("hello")
     (w / "oldlayout" / "device=d1" / "space=nb201").mkdir(parents=True)
     dataset.import_help(w / "table.parquet", w / "data")
+    dataset.import_help(w / "table.parquet", w / "refonly" / "_reference")  # rows in the side table only, as a
+    # collect interrupted after timing the reference leaves its --out
+    archs = get_space("nb201").sample(30, np.random.default_rng(1))  # a real predictor file, given where data goes
+    (w / "data" / "models").mkdir()
+    make_model("ridge", "nb201").fit(archs, np.linspace(1, 2, 30)).save(w / "data" / "models" / "nb201-d1.latkit-model")
+    shutil.copy(w / "data" / "models" / "nb201-d1.latkit-model", w / "pred.latkit-model")
+    (w / "pred.tsv").write_text("arch\tlatency_ms\n" + "".join(f"{a}\t1.5\n" for a in archs[:3]))  # predict's output
     for name, what in (("foreign", "foreign"), ("notpq", "text"), ("devjson", "json")):
         shutil.copytree(w / "data", w / name)
         part = w / name / "data" / "device_=d1" / "space_=nb201"
@@ -179,6 +187,30 @@ CASES = [
     ("predict-nothing", f"predictor predict {P}", 2, "one of the arguments --arch --file --all is required"),
     ("predict-two-sources", f"predictor predict {P} --all --file {{w}}/afile", 2, "not allowed with argument"),
     ("predict-garbage-model", f"predictor predict {P} --all", 2, "garbage.latkit-model"),
+    # the wrong kind of file, as a newcomer gives it: a predictor where a dataset goes and the reverse
+    ("data-show-predictor-file", "data show {w}/pred.latkit-model", 2,
+     "pred.latkit-model is a latkit predictor file (give it to latkit predictor predict --model), not a latkit "
+     "dataset"),
+    ("data-show-parquet-file", "data show {w}/table.parquet", 2,
+     "table.parquet is a Parquet table, not a latkit dataset; give the dataset's folder"),
+    ("data-show-only-reference", "data show {w}/refonly", 2,
+     "no rows under {w}/refonly/data); a collection into it timed only the reference network before it stopped; "
+     "run it again to resume"),
+    ("data-card-predictor-file", "data card {w}/pred.latkit-model", 2, "pred.latkit-model is a latkit predictor file"),
+    ("data-retest-text-file", "data retest {w}/model.txt", 2, "model.txt is a text file, not a latkit dataset"),
+    ("fit-predictor-file", "predictor fit --data {w}/pred.latkit-model --space nb201 --device d1", 2,
+     "pred.latkit-model is not a Parquet file but a latkit predictor file"),
+    ("transfer-predictor-file", "predictor transfer --data {w}/pred.latkit-model --space nb201 --source d1 "
+     "--target d2", 2, "pred.latkit-model is not a Parquet file but a latkit predictor file"),
+    ("predict-model-parquet", "predictor predict --model {w}/table.parquet --all", 2,
+     "table.parquet is not a valid latkit model but a Parquet table (rows to fit on)"),
+    ("predict-model-dataset", "predictor predict --model {w}/data --all", 2,
+     "give one of its models: {w}/data/models/nb201-d1.latkit-model"),
+    ("predict-file-own-output", "predictor predict --model {w}/pred.latkit-model --file {w}/pred.tsv", 2,
+     "--file {w}/pred.tsv line 1: invalid nb201 arch: 'arch\\tlatency_ms'"),
+    ("collect-unknown-option", f"collect --models {{w}}/m.onnx {C} --force", 2,
+     "unrecognized arguments: --force (see latkit collect --help)"),
+    ("measure-option-typo", f"measure {M} --forse", 2, "unrecognized arguments: --forse; did you mean '--force'?"),
     ("quiet-and-verbose", "data show {w}/data -q -v", 2, "not allowed with argument"),
     ("show-device-unknown", "device show nope --registry {w}/reg.toml", 2, "unknown device 'nope'"),
     ("ssh-config-missing", "device add b --host b --ssh-config {w}/nosuch --registry {w}/new.toml", 2,

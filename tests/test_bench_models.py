@@ -3,6 +3,7 @@ the comparison figures, a whole tiny run on `local` with the peers, the replay o
 timings."""
 import json
 import math
+import subprocess
 import sys
 
 import numpy as np
@@ -131,6 +132,25 @@ def test_bench_drift_levels_correlations_and_pairs():
     pair = f["pairs"]["0-1"]
     assert pair["shift"] == pytest.approx(0.02) and pair["median_rel_diff_less_shift"] == pytest.approx(0.0, abs=1e-9)
     assert pair["aa_median"] == pytest.approx(0.0005, rel=0.01) and pair["reference_shift"] == 0.0
+    sp = f["spread"]["all"]["models"]["fast"]  # moves 2 % with its twin: between passes, not within
+    assert sp["between_sd"] > 0.01 > 0.001 > sp["within_sd"] and f["spread"]["all"]["passes"] == 3
+    for k, p in enumerate(passes):
+        p["aslr"] = "on" if k % 2 == 0 else "off"
+    assert drift.figures(passes, ["fast"], ["fast~aa"])["spread"]["on"]["passes"] == 2
+
+
+def test_bench_drift_aslr_reaches_the_processes_it_starts():
+    """`--aslr alternate` turns randomisation off for the agent through the personality an exec'd child inherits."""
+    drift = pytest.importorskip("bench_drift")
+    read = ["cat", "/proc/self/personality"]
+    before = subprocess.run(read, capture_output=True, text=True, check=True).stdout
+    with drift.aslr(False):
+        off = subprocess.run(read, capture_output=True, text=True, check=True).stdout
+        with drift.aslr(True):
+            on = subprocess.run(read, capture_output=True, text=True, check=True).stdout
+        assert subprocess.run(read, capture_output=True, text=True, check=True).stdout == off  # restored
+    assert int(off, 16) & drift.ADDR_NO_RANDOMIZE and not int(on, 16) & drift.ADDR_NO_RANDOMIZE
+    assert subprocess.run(read, capture_output=True, text=True, check=True).stdout == before
 
 
 def test_bench_drift_one_pass_on_local(tmp_path, export_cache):

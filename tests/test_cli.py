@@ -40,6 +40,18 @@ def test_measure_appends_and_skips_known_key(dataset, artifacts):
     assert Store(dataset).read().num_rows == 2
 
 
+def test_measure_prints_one_line_and_one_per_warning(artifacts, tmp_path):
+    """README: `latkit measure` prints one line (and one more per warning of the row) and appends one row."""
+    r = latkit("measure", artifacts["onnx"].path, "--out", tmp_path / "d", *FAST)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    (row,) = Store(tmp_path / "d").read(["latency_ms", "warnings"]).to_pylist()
+    first, *more = r.stdout.splitlines()
+    assert re.match(rf"{artifacts['onnx'].path.name} on local/onnxruntime \(threads=1\): {row['latency_ms']:.4f} ms, ",
+                    first), first
+    assert all(x.startswith("  warning: ") for x in more), r.stdout
+    assert "; ".join(x[len("  warning: "):] for x in more) == row["warnings"]  # the row's warnings, one a line
+
+
 @pytest.mark.parametrize("args,message", [
     (["measure", "/no/such/model.onnx"], "model file /no/such/model.onnx not found; check the path"),
     (["measure", "{onnx}", "--device", "nope"], "unknown device 'nope'; known devices: local"),
@@ -137,12 +149,13 @@ def test_json_documents(dataset, artifacts):
     assert devices[0]["name"] == "local" and devices[0]["reachable"] is None
     assert doc("device", "list")[0]["reachable"] is True
     assert doc("device", "probe", "local")["cpu_count"] >= 1
+    assert doc("device", "show", "local") == {"name": "local", "transport": "local", "tags": ["builtin"]}
 
 
 def test_collect_lists_failed_models_logs_progress_and_exits_1(artifacts, tmp_path):
     """Off a terminal, progress is log lines on stderr (no bars, no control codes); the models that failed are
-    listed and the exit code is 1. A permanent error is skipped by the re-run, which then exits 0; -q keeps
-    stderr empty."""
+    listed and the exit code is 1. A permanent error is skipped by the re-run, which then exits 0 and, -q or not,
+    says so in one warning line (a re-run must not pass for a clean collection); --json counts it."""
     models = tmp_path / "models"
     models.mkdir()
     (models / "good.onnx").write_bytes(artifacts["onnx"].path.read_bytes())
@@ -157,5 +170,29 @@ def test_collect_lists_failed_models_logs_progress_and_exits_1(artifacts, tmp_pa
     assert "\x1b[" not in r.stderr and any(re.match(r"latkit: local: \d/2 good\.onnx: [\d.]+ ms$", x) for x in err)
     assert err[-1].startswith("latkit: error: 1 model(s) failed")
     r = latkit(*args, "-q")
-    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert r.returncode == 0 and r.stderr == ("latkit: warning: 1 model(s) skipped as stored errors that would fail "
+                                              "again (bad_model, corrupt_model, unsupported_op); fix the files, or "
+                                              "after upgrading the runtime re-run with --retry-errors\n"), r.stderr
     assert " done " in r.stdout and "failed" not in r.stdout
+    assert json.loads(latkit(*args, "--json", "-q").stdout)["devices"][0]["skipped_errors"] == 1
+
+
+def test_retry_errors_measures_permanent_errors_again_and_only_them(artifacts, tmp_path):
+    """README: a re-run skips a permanent error (corrupt_model); `--retry-errors` measures it again (a new error
+    row, exit 1, listed), while the ok rows stay skipped."""
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "good.onnx").write_bytes(artifacts["onnx"].path.read_bytes())
+    (models / "bad.onnx").write_bytes(b"garbage" * 100)
+    out = tmp_path / "d"
+    args = ["collect", "--models", models, "--devices", "local", "--out", out, "--rounds", "1", "--no-reference",
+            "-q", "--json", *FAST]
+    assert latkit(*args).returncode == 1
+    assert json.loads(latkit(*args).stdout)["devices"][0]["skipped"] == 2  # both rows count as done
+    r = latkit(*args, "--retry-errors")
+    assert r.returncode == 1 and "1 model(s) failed" in r.stderr
+    (dev,) = json.loads(r.stdout)["devices"]
+    assert (dev["skipped"], dev["measured"], dev["errors"]) == (1, 0, 1)
+    rows = Store(out).read(["arch", "status", "error_kind"]).to_pylist()
+    assert sorted((x["arch"], x["status"], x["error_kind"]) for x in rows) == [
+        ("bad.onnx", "error", "corrupt_model"), ("bad.onnx", "error", "corrupt_model"), ("good.onnx", "ok", "")]

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from latkit.collector.spaces import get_space
-from conftest import ROOT
+from conftest import ROOT, small_onnx_models
 
 CLI = [sys.executable, "-m", "latkit.collector.cli"]
 
@@ -81,12 +81,11 @@ def test_import_help_logs_each_table(table, tmp_path):
     assert q.returncode == 0 and q.stderr == "" and q.stdout == f"imported 180 rows into {tmp_path / 'out2'}\n"
 
 
-def test_on_a_terminal_the_progress_is_drawn_on_stderr_only(table, tmp_path):
-    """stderr a terminal, stdout a pipe (`latkit ... > result.txt`): rich draws on the terminal, the pipe gets
-    the result alone."""
+def on_a_terminal(args, columns: int, timeout: float) -> tuple:
+    """(exit code, what was drawn, stdout) of `latkit ARGS` with stderr a terminal (a pty) and stdout a pipe."""
     master, slave = pty.openpty()
-    p = subprocess.Popen([*CLI, *map(str, fit_args(table, tmp_path))], stdout=subprocess.PIPE, stderr=slave,
-                         cwd=ROOT, env=dict(os.environ, TERM="xterm", COLUMNS="120"), text=True)
+    p = subprocess.Popen([*CLI, *map(str, args)], stdout=subprocess.PIPE, stderr=slave, cwd=ROOT,
+                         env=dict(os.environ, TERM="xterm", COLUMNS=str(columns)), text=True)
     os.close(slave)
     drawn = b""
     while True:
@@ -98,10 +97,48 @@ def test_on_a_terminal_the_progress_is_drawn_on_stderr_only(table, tmp_path):
             break
         drawn += chunk
     out = p.stdout.read()
-    assert p.wait(timeout=60) == 0
+    code = p.wait(timeout=timeout)
     os.close(master)
+    return code, drawn, out
+
+
+def test_on_a_terminal_the_progress_is_drawn_on_stderr_only(table, tmp_path):
+    """stderr a terminal, stdout a pipe (`latkit ... > result.txt`): rich draws on the terminal, the pipe gets
+    the result alone."""
+    code, drawn, out = on_a_terminal(fit_args(table, tmp_path), columns=120, timeout=60)
+    assert code == 0
     assert out.startswith("nb201 on d1: spearman=") and len(out.splitlines()) == 1 and "\x1b" not in out
     assert b"\x1b[" in drawn and b"predictor fit" in drawn and b"latkit: predictor fit" not in drawn
+
+
+def collect_args(tmp_path, export_cache) -> list:
+    """Three small models timed in 2 rounds: each becomes a row only after round 2."""
+    (tmp_path / "models").mkdir(parents=True)
+    small_onnx_models(tmp_path / "models", (4, 8, 16), export_cache)
+    return ["collect", "--models", tmp_path / "models", "--devices", "local", "--out", tmp_path / "d", "--rounds", "2",
+            "--no-reference", "--repeats", "3", "--min-time", "0.05", "--max-time", "0.1"]
+
+
+def test_collect_says_which_round_it_times_before_the_first_row(tmp_path, export_cache):
+    """A model is a row after its last round, so a window's rows come late: off a terminal each round gets a line,
+    the first before any row; -q says nothing."""
+    r = latkit(*collect_args(tmp_path, export_cache))
+    assert r.returncode == 0, r.stderr
+    err = r.stderr.splitlines()
+    first = err.index("latkit: local: round 1 of 2, 3 model(s); a model is stored after its last round")
+    second = err.index("latkit: local: round 2 of 2, 3 model(s)")
+    rows = [i for i, x in enumerate(err) if re.match(r"latkit: local: \d/3 w\d+\.onnx: [\d.]+ ms$", x)]
+    assert len(rows) == 3 and first < second < min(rows), err
+    q = latkit(*collect_args(tmp_path / "q", export_cache), "-q")
+    assert q.returncode == 0 and q.stderr == "", q.stderr
+
+
+def test_on_a_terminal_the_collect_bar_shows_the_round(tmp_path, export_cache):
+    """The device's bar reads the round at every refresh: the first rows come only in round 2."""
+    code, drawn, out = on_a_terminal(collect_args(tmp_path, export_cache), columns=160, timeout=120)
+    assert code == 0, drawn[-2000:]
+    assert b"round 1 of 2, 3 model(s)" in drawn and b"latkit: local: round" not in drawn, drawn[-2000:]
+    assert "local" in out and "\x1b" not in out, out  # the result table, no control codes
 
 
 def test_collect_space_without_torch_says_so_first_and_only(tmp_path):

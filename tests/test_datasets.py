@@ -140,3 +140,19 @@ def test_read_latency_bad_input(tmp_path):
     pq.write_table(pa.table({"x": [1]}), tmp_path / "t.parquet")
     with pytest.raises(LatkitError, match="lacks columns"):
         read_latency(tmp_path / "t.parquet")
+
+
+def test_plot_of_several_devices_adds_the_device_vs_device_heatmap(tmp_path):
+    """README: `data plot` writes DATA/plots/: a latency histogram per space and, with more than one device, the
+    device-vs-device Spearman heatmap over the archs they share."""
+    full = pq.read_table(HELP_DIR / "fbnet_latency.parquet").to_pandas()
+    archs = sorted(full["arch"].unique())[:40]
+    part = full[full["device"].isin(["raspi4", "pixel3", "titan_rtx_32"]) & full["arch"].isin(archs)]
+    (tmp_path / "src").mkdir()
+    pq.write_table(pa.Table.from_pandas(part, preserve_index=False), tmp_path / "src" / "fbnet_latency.parquet")
+    assert latkit("data", "import-help", tmp_path / "src", tmp_path / "d").returncode == 0
+    r = latkit("data", "plot", tmp_path / "d")
+    assert r.returncode == 0, r.stderr
+    plots = tmp_path / "d" / "plots"
+    assert r.stdout.split() == [str(plots / "fbnet_latency_hist.png"), str(plots / "fbnet_spearman.png")]
+    assert all(p.read_bytes()[:4] == b"\x89PNG" and p.stat().st_size > 5000 for p in plots.iterdir())

@@ -137,3 +137,20 @@ def test_the_energy_counter_is_a_fact_with_its_reason_in_json(tmp_path):
                        env=dict(os.environ, LATKIT_SYSROOT=str(tmp_path / "bare")))
     dev, = json.loads(r.stdout)["devices"]
     assert dev["summary"].endswith("energy n/a") and "no RAPL package domain" in dev["energy"]["rapl"], dev
+
+
+def test_a_device_without_a_runtime_is_a_problem(tmp_path):
+    """README: no runtime is a problem (exit 1, named). A device whose Python is a bare venv (the agent needs only
+    the stdlib) is reachable and has nothing to time with."""
+    import venv
+    venv.create(tmp_path / "bare", with_pip=False)
+    reg = tmp_path / "devices.toml"
+    reg.write_text(f'[devices.bare]\ntransport = "local"\npython = "{tmp_path}/bare/bin/python"\n'
+                   f'workdir = "{tmp_path}/wd"\nlease = "{tmp_path}/lease"\n')
+    r = latkit("doctor", "--devices", "bare", "--registry", reg)
+    assert r.returncode == 1, r.stdout + r.stderr
+    line, = r.stdout.splitlines()
+    assert line.startswith("bare: problem: runtimes none; ") and "GB free in " in line, line
+    assert "problem: no runtime imports there; install onnxruntime, ai-edge-litert or torch in its Python" in line
+    assert r.stderr == ("latkit: error: 1 device(s) not fit for timing (bare): fix the problems named above, then "
+                        "run latkit doctor again\n")

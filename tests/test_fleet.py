@@ -1,6 +1,8 @@
 """The SSH fleet for real: sshd on 127.0.0.2-4, paramiko, agents deployed by hash, faults injected for real."""
 import dataclasses
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -105,6 +107,80 @@ def test_changed_host_key_always_refused(fleet, tmp_path):
         with pytest.raises(LatkitError, match=r"host key of .* changed .* refused.*remove its line"):
             add_device("x", d.host, d.port, d.user, d.key, d.python, d.workdir, trust_host_key=trust, registry=reg)
     assert reg.devices() == reg.devices()[:1]
+
+
+def test_a_host_key_changed_after_registration_fails_that_device_only(registry, models, tmp_path):
+    """README: a changed host key is always refused, also for a device registered long ago (reinstalled, or a
+    machine in its place). `collect` marks that device failed with one line naming it and what to do, never
+    records the new key, stores no row of it; the other device measures."""
+    reg, out = tmp_path / "devices.toml", tmp_path / "d"
+    shutil.copy(registry.path, reg)
+    d = registry.get("dev0")
+    _keygen(tmp_path / "other")
+    other = " ".join((tmp_path / "other.pub").read_text().split()[:2])
+    host = f"[{d.host}]:{d.port} "
+    known = [host + other if line.startswith(host) else line
+             for line in registry.known_hosts.read_text().splitlines()]
+    assert known != registry.known_hosts.read_text().splitlines()
+    (tmp_path / "known_hosts").write_text("\n".join(known) + "\n")
+    r = latkit("collect", "--models", *[a.path for a in models["tflite"][:2]], "--devices", "dev0,dev1", "--registry",
+               reg, "--out", out, "--json", "-q", "--no-reference", "--rounds", "1", "--min-time", "0.05",
+               "--max-time", "0.2")
+    assert r.returncode == 1 and r.stderr.splitlines()[-1].startswith("latkit: error: 1 device(s) failed (dev0)")
+    by = {x["device"]: x for x in json.loads(r.stdout)["devices"]}
+    assert by["dev0"]["status"] == "failed" and by["dev0"]["measured"] == 0, by["dev0"]
+    assert f"host key of dev0 at {d.user}@{d.host}:{d.port} changed" in by["dev0"]["message"]
+    assert "refused" in by["dev0"]["message"] and "--trust-host-key" in by["dev0"]["message"]
+    assert by["dev1"]["status"] == "done" and by["dev1"]["measured"] == 2
+    assert set(Store(out).read(["device"])["device"].to_pylist()) == {"dev1"}
+    assert (tmp_path / "known_hosts").read_text().splitlines() == known  # the new key was not recorded
+
+
+def test_device_probe_refreshes_the_stored_fingerprint(registry, tmp_path):
+    """README: `device probe` refreshes the fingerprint the registry keeps (after a device's runtime was upgraded,
+    `device list` shows the new one) and the time of the last probe; other entries stay as they were."""
+    from latkit.collector.measurement import fingerprint
+    shutil.copy(registry.known_hosts, tmp_path / "known_hosts")
+    reg = Registry(tmp_path / "devices.toml")
+    for d in registry.devices()[1:]:
+        reg.save(d)
+    reg.save(dataclasses.replace(registry.get("dev2"), fingerprint="0" * 16, last_probe="2020-01-01T00:00:00Z"))
+    r = latkit("device", "probe", "dev2", "--registry", reg.path)
+    assert r.returncode == 0, r.stderr
+    fresh = reg.get("dev2")
+    assert fresh.fingerprint == fingerprint(json.loads(r.stdout)) == registry.get("dev2").fingerprint
+    assert fresh.last_probe > "2020-01-01T00:00:00Z"
+    assert [reg.get(n) for n in ("dev0", "dev1")] == [registry.get(n) for n in ("dev0", "dev1")]
+
+
+def test_the_users_own_known_hosts_is_checked_too(fleet, registry, tmp_path):
+    """README: host keys are checked against ~/.ssh/known_hosts as well as latkit's: a device the user's ssh
+    already knows is added without --trust-host-key (nothing recorded beside the registry); a different key
+    there is refused, trusted or not, naming that file as the one to fix."""
+    d = fleet[0]
+    host = f"[{d.host}]:{d.port} "
+    (tmp_path / "home" / ".ssh").mkdir(parents=True)
+    users = tmp_path / "home" / ".ssh" / "known_hosts"
+    users.write_text(next(x for x in registry.known_hosts.read_text().splitlines() if x.startswith(host)) + "\n")
+    env = dict(os.environ, HOME=str(tmp_path / "home"))
+
+    def add(reg, *more):
+        return subprocess.run([sys.executable, "-m", "latkit.collector.cli", "device", "add", "x", "--host", d.host,
+                               "--port", str(d.port), "--user", d.user, "--key", d.key, "--python", d.python,
+                               "--workdir", d.workdir, "--registry", str(reg), *more], capture_output=True, text=True,
+                              timeout=120, cwd=ROOT, env=env)
+    r = add(tmp_path / "a" / "devices.toml")
+    assert r.returncode == 0, r.stderr
+    assert Registry(tmp_path / "a" / "devices.toml").get("x").fingerprint
+    assert not (tmp_path / "a" / "known_hosts").exists()
+    _keygen(tmp_path / "other")
+    users.write_text(host + " ".join((tmp_path / "other.pub").read_text().split()[:2]) + "\n")
+    for more in ((), ("--trust-host-key",)):
+        r = add(tmp_path / "b" / "devices.toml", *more)
+        line, = r.stderr.splitlines()
+        assert r.returncode == 2 and f"host key of x at {d.user}@{d.host}:{d.port} changed" in line, line
+        assert f"remove its line from {users} and add the device again" in line
+    assert not (tmp_path / "b" / "devices.toml").exists()
 
 
 def test_wrong_key(fleet, tmp_path, registry):

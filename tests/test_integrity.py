@@ -256,6 +256,14 @@ def test_slow_model_is_a_timeout_row_and_the_rest_is_measured(reg, models, tmp_p
     assert rows["big.onnx"]["status"] == "error" and rows["big.onnx"]["error_kind"] == "timeout"
     assert rows["w4.onnx"]["status"] == "ok" and rows["w5.onnx"]["status"] == "ok"
     assert agents_of(str(tmp_path / "loc")) == []
+    # a timeout is not permanent (README): the same command measures that model again, and only that one
+    r = latkit("collect", "--models", slow, "--devices", "loc", "--registry", reg.path, "--out", out,
+               "--job-timeout", "3", "--rounds", "1", "--no-reference", "--json", *QUICK)
+    assert r.returncode == 1, r.stderr
+    (dev,) = json.loads(r.stdout)["devices"]
+    assert (dev["skipped"], dev["errors"]) == (2, 1)
+    assert sorted((x["arch"], x["error_kind"]) for x in Store(out).read().to_pylist()) == [
+        ("big.onnx", "timeout"), ("big.onnx", "timeout"), ("w4.onnx", ""), ("w5.onnx", "")]
 
 
 # -- banners and wrappers ----------------------------------------------------------------------------------
@@ -505,6 +513,13 @@ def test_retest_measures_again_into_a_side_table(reg, models, tmp_path):
     assert lat["median_rel_diff_less_shift"] == pytest.approx(sorted(abs(x / ratio[2] - 1) for x in ratio)[2])
     word = "slower" if lat["shift"] > 0 else "faster"
     assert f"the second measurement ran {abs(lat['shift']) * 100:.2f} % {word} overall" in r.stdout
+    # README: it names the rows that moved most, largest first, with both latencies
+    moved = next(x for x in r.stdout.splitlines() if x.startswith("moved most (latency_ms, first -> second): "))
+    worst = max(again, key=lambda k: abs(again[k] / rows[k] - 1))
+    arch = next(x["arch"] for x in Store(out).read(["key", "arch"]).to_pylist() if x["key"] == worst)
+    first = moved.split(": ", 1)[1].split("; ")[0]
+    assert first.startswith(f"{arch} on loc: {rows[worst]:.4g} -> {again[worst]:.4g} ms ("), moved
+    assert len(moved.split("; ")) == 5
     assert "## Test-retest" in (out / "README.md").read_text()
     r = latkit("data", "retest", out, "--n", "3", "--registry", reg.path, "--quiet")
     assert r.returncode == 2 and "not among --models" in r.stderr

@@ -1,7 +1,7 @@
 """Crafted `.latkit-model` files: each is refused by `latkit predictor predict` in one line, exit 2, within
 seconds and bounded memory (zip bombs, lying headers, hostile .npy headers and JSON, out-of-range
 hyperparameters, broken trees, special files); LightGBM's trees evaluated with numpy equal LightGBM's own
-predictions; `fit --out` never overwrites a file that is not a model."""
+predictions; `fit`, `build` and `adapt --out` never overwrite a file that is not a model."""
 import io
 import json
 import os
@@ -342,3 +342,18 @@ def test_fit_out_never_overwrites_what_is_not_a_model(tmp_path, files):
     code, err, _, _ = run_cli("predictor", "predict", "--model", model, "--space", "fbnet", "--file", pipe)
     assert code == 2 and err.splitlines() == [
         f"latkit: error: --file {pipe} is a FIFO, not a regular file; give a file"], err
+
+
+@pytest.mark.parametrize("command", [["build", "--space", "nb201", "--max-archs", "20", "--heldout", "5"],
+                                     ["adapt", "--space", "nb201", "--n", "5"]])
+def test_build_and_adapt_out_never_overwrite_what_is_not_a_model(tmp_path, command):
+    """README: `fit`/`build`/`adapt --out` never overwrite a file that is not a model. Refused in one line before
+    anything is measured: the file untouched, no dataset and no report folder made."""
+    notes, data = tmp_path / "notes.txt", tmp_path / "d"
+    notes.write_text("my notes")
+    code, err, took, _ = run_cli("predictor", *command, "--device", "local", "--data", data, "--out", notes)
+    assert code == 2 and err.splitlines() == [
+        f"latkit: error: cannot write {notes}: it is a file but no latkit model, which latkit does not overwrite; "
+        "give --out a new path or a .latkit-model file to replace"], err
+    assert notes.read_text() == "my notes" and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    assert took < 30  # nothing was measured

@@ -107,7 +107,7 @@ def test_a_failed_device_does_not_stall_the_stream(tmp_path, reg):
 
 def test_feed_skips_stored_keys_and_drops_jobs_of_a_stopped_device():
     """The feeder never blocks on the full queue of a device that has stopped taking jobs; stored keys count
-    as skipped, and totals are exact at the end of the stream."""
+    as skipped (a stored permanent error also as such), and totals are exact at the end of the stream."""
     art = Artifact(Path("m.onnx"), "0" * 64, "onnx")
     jobs = [Job(dataclasses.replace(art, sha256=f"{i:064d}"), d, Settings()) for i in range(6) for d in ("a", "b")]
     streams = {"a": Stream(maxsize=2), "b": Stream(maxsize=2)}
@@ -117,13 +117,13 @@ def test_feed_skips_stored_keys_and_drops_jobs_of_a_stopped_device():
     got = []
     drain = threading.Thread(target=lambda: [got.extend(w) for w in iter(lambda: streams["a"].window(stop), None)])
     drain.start()
-    t = threading.Thread(target=feed, args=(iter(jobs), streams, reports, done, stop, errors))
+    t = threading.Thread(target=feed, args=(iter(jobs), streams, reports, done, stop, errors, done))
     t.start()
     t.join(10)
     assert not t.is_alive(), "the feeder blocked on a device that stopped taking jobs"
     drain.join(10)
     assert not errors and [j.key for j in got] == [j.key for j in jobs[2::2]]
-    assert (reports["a"].total, reports["a"].skipped, reports["b"].total) == (6, 1, 6)
+    assert (reports["a"].total, reports["a"].skipped, reports["a"].skipped_errors, reports["b"].total) == (6, 1, 1, 6)
 
 
 def test_sigint_while_exporting_and_timing_then_resume(tmp_path, reg):

@@ -110,6 +110,16 @@ class SSHTransport(Transport):
         except (OSError, paramiko.SSHException, EOFError) as e:
             raise TransportError(f"cannot reach {what} from {prev}: {e or type(e).__name__}") from None
 
+    def _known_in(self, hop: sshconfig.Hop) -> Path:
+        """The known_hosts file whose key for `hop` was checked: paramiko looks in the user's ~/.ssh/known_hosts
+        first, then in latkit's beside the registry."""
+        users = Path("~/.ssh/known_hosts").expanduser()
+        name = hop.host if hop.port == 22 else f"[{hop.host}]:{hop.port}"
+        try:
+            return users if users.is_file() and paramiko.HostKeys(str(users)).lookup(name) else self.known_hosts
+        except (OSError, paramiko.SSHException):
+            return self.known_hosts
+
     def _login(self, hop: sshconfig.Hop, sock, what: str, explicit_key: bool) -> paramiko.SSHClient:
         """A client logged in to `hop` (over `sock`, a channel through the previous hop, if given)."""
         ssh = paramiko.SSHClient()
@@ -132,7 +142,7 @@ class SSHTransport(Transport):
         except paramiko.BadHostKeyException as e:
             ssh.close()
             raise LatkitError(f"host key of {what} changed (now {_fp(e.key)}, known {_fp(e.expected_key)}); refused."
-                              f" If it was reinstalled, remove its line from {self.known_hosts} "
+                              f" If it was reinstalled, remove its line from {self._known_in(hop)} "
                               "and add the device again with --trust-host-key") from None
         except paramiko.AuthenticationException:
             ssh.close()
