@@ -31,6 +31,7 @@ from .measurement import Measurement
 from .progress import bars
 from .reference import REFERENCE_EVERY_JOBS, REFERENCE_EVERY_S, Schedule, side_store
 from .reports import DeviceReport, DeviceStatus
+from .rounds import prune, rounds_store, saved, taken
 from .runner import DeviceRunner
 from .store import Store
 
@@ -168,11 +169,11 @@ class _Rows:
         self.probed.clear()
         self.done.clear()
 
-    def writer(self, job: Job, runner: DeviceRunner, side: bool = False):
-        """The batch writer of `job`'s store, or with `side` of its reference side table."""
+    def writer(self, job: Job, runner: DeviceRunner, side: Optional[Callable[[Store], Store]] = None):
+        """The batch writer of `job`'s store, or of the side table `side(store)` (reference, saved rounds)."""
         store = self.store_of(job)
-        if side:
-            store = side_store(store)
+        if side is not None:
+            store = side(store)
         if store.root not in self.writers:
             self.writers[store.root] = (store, store.writer())
         if store.root not in self.probed and runner.probe is not None:  # None: its agent was killed (a timeout)
@@ -234,6 +235,8 @@ class _Loop:
         batch = isinstance(source, Batch)
         self.pending: list = round_queue(source.jobs) if batch else []  # (job, round) still to time
         self.parts: dict = {}  # key -> the job's rounds so far
+        self.saved: dict = {}  # Store.root -> key -> rows of rounds an earlier run saved (collector/rounds.py)
+        self.saved_in: dict = {}  # Store.root -> the store whose side table holds rounds of this device
         self.windows = 0
         self.round: Optional[int] = None  # the round of the request before (note_round)
         self.more = not batch  # the source may have more jobs
@@ -252,6 +255,7 @@ class _Loop:
         self.pending = [(j, r) for j, r in self.pending if j.key not in gone]
         for k in gone:
             self.parts.pop(k, None)
+        self.take_saved()
 
     def refill(self) -> None:
         """The next window of the source, less what is stored, in shuffled rounds; `more` False once it ends."""
@@ -263,6 +267,31 @@ class _Loop:
         self.report.skipped += len(block) - len(fresh)
         self.pending = round_queue(fresh, seed=self.source.first_seed + self.windows) if fresh else []
         self.windows += 1
+        self.take_saved()
+
+    def take_saved(self) -> None:
+        """Rounds of pending jobs that an earlier run timed on this hardware and runtime and saved (a stop comes
+        between rounds: collector/rounds.py) count as timed: they leave the queue, and each job's row combines them
+        with the rounds timed now. Not with `force`, which times every round afresh."""
+        if self.request.force:
+            return
+        got: dict = {}
+        for j, _ in self.pending:
+            store = self.store_of(j)
+            if store.root not in self.saved:
+                self.saved[store.root] = saved(store, self.runner.fingerprint)
+                if self.saved[store.root]:
+                    self.saved_in[store.root] = store
+            rows = self.saved[store.root].pop(j.key, None)
+            if rows and j.settings.rounds > 1:
+                got[j.key] = taken(j, rows)
+        if not got:
+            return
+        self.parts.update(got)
+        self.pending = [(j, r) for j, r in self.pending if r >= len(got.get(j.key, ()))]
+        n = sum(map(len, got.values()))
+        self.report.rounds_taken += n
+        log.info("%s: %d round(s) of %d model(s) timed by an earlier run taken back", self.device.name, n, len(got))
 
     def first_request(self) -> float:
         """Now (perf_counter), noting the first measure request of the run in the report."""
@@ -315,7 +344,7 @@ class _Loop:
         for job in (twins[0], twins[1], twins[1], twins[0]):
             m = self.runner.measure(job)
             if m.status != "ok":
-                self.write(job, dict(m.to_row(), key=sch.key(job), sampler=sch.sampler), side=True)
+                self.write(job, dict(m.to_row(), key=sch.key(job), sampler=sch.sampler), side=side_store)
                 sch.off = f"reference on {self.device.name} failed: {m.error_kind}: {m.error}"
                 self.report.reference_note = sch.off
                 log.info("%s", sch.off)
@@ -323,7 +352,7 @@ class _Loop:
             rounds[job.key].append(m)
         got = [Measurement.combine(rounds[job.key]) for job in twins] if sch.off == "" else []
         for job, m in zip(twins, got):
-            self.write(job, dict(m.to_row(), key=sch.key(job), sampler=sch.sampler), side=True)
+            self.write(job, dict(m.to_row(), key=sch.key(job), sampler=sch.sampler), side=side_store)
         sch.done(self.jobs_done())
         self.bound_cache()
         self.report.reference_s += time.perf_counter() - t
@@ -361,16 +390,18 @@ class _Loop:
         _account(self.report, m)
         if m.status == "ok":
             self.parts.setdefault(job.key, []).append(m)
-            if len(self.parts[job.key]) < job.settings.rounds:
+            if len(self.parts[job.key]) < job.settings.rounds:  # saved, so that a stop before its last loses none
+                self.write(job, m.to_row(), side=rounds_store)
+                self.saved_in.setdefault(self.store_of(job).root, self.store_of(job))
                 return None
             return Measurement.combine(self.parts.pop(job.key))
         self.parts.pop(job.key, None)  # an error ends the job: its later rounds are dropped
         self.pending = [(j, r) for j, r in self.pending if j.key != job.key]
         return m
 
-    def write(self, job: Job, row: dict, side: bool = False) -> None:
-        """Buffer a row in `job`'s store (or, with `side`, its reference side table); a write that fails fails
-        the device."""
+    def write(self, job: Job, row: dict, side: Optional[Callable[[Store], Store]] = None) -> None:
+        """Buffer a row in `job`'s store (or in its side table `side(store)`); a write that fails fails the
+        device."""
         store, writer = self.rows.writer(job, self.runner, side)
         try:
             writer.add(row)
@@ -387,6 +418,18 @@ class _Loop:
             keep = {j.artifact.sha256 for j, _ in self.pending} | {a.sha256 for a in (self.schedule and
                                                                                     self.schedule.twins or ())}
             bound_device_cache(self.runner, self.request.cache_max_gb, keep)
+
+    def drop_saved(self) -> None:
+        """At the end of the jobs: the rows flushed, then the device's saved rounds removed from each store whose
+        models are all stored now (a stop or an error keeps them for the next run)."""
+        if not self.saved_in or self.parts:
+            return
+        self.rows.flush()
+        for store in self.saved_in.values():
+            try:
+                prune(store, self.device.name)
+            except (OSError, LatkitError) as e:  # dead weight, never a reason to fail a device that measured
+                log.info("%s: saved rounds left in %s: %s", self.device.name, rounds_store(store).uri, e)
 
     def link_failed(self, e: TransportError, failures: int) -> None:
         """After a broken link: rows flushed, the agent gone, a wait before the next try (or give up)."""
@@ -426,6 +469,8 @@ class _Loop:
                     raise Failure(m.error)
             if self.schedule and not self.stop.is_set() and self.schedule.pending_end(self.jobs_done()):
                 self.end_check()
+            if not self.stop.is_set():
+                self.drop_saved()
             self.report.status = DeviceStatus.DONE if not self.stop.is_set() else DeviceStatus.STOPPED
         except (GeneratorExit, LatkitError):
             raise  # the caller stopped early, or the device cannot go on: the agent is shut down politely below

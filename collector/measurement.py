@@ -183,6 +183,40 @@ class Measurement:
         return cls(job=job, status="error", error_kind=kind, error=message, device_fingerprint=fingerprint)
 
     @classmethod
+    def from_row(cls, job: Job, row: dict) -> "Measurement":
+        """The Measurement of a stored row of `job`, marked `stored` (its to_row() is that row)."""
+        if row["status"] != "ok":
+            m = cls.failed(job, row["error_kind"], row["error"], row["device_fingerprint"])
+            return dataclasses.replace(m, measured_at=row["measured_at"], stored=True)
+        samples = tuple(row["samples_ms"])
+        stats = (Stats(**{f.name: row[f.name] for f in dataclasses.fields(Stats)}) if row["median_ms"] is not None
+                 else Stats.of(samples))
+        applied = {"threads": row["threads_applied"], "dtype": row["dtype"], "cuda_graphs": row["cuda_graphs"],
+                   "graph_fallback": row["graph_fallback"], "cudnn_benchmark": row["cudnn_benchmark"],
+                   "tf32": row["tf32"],
+                   "cores": [int(c) for c in row["cores_applied"].split(",") if c] if row["cores_applied"] else None}
+        reused = row["round_session_reused"] or ([row["session_reused"]] if row["session_reused"] is not None else [])
+        return cls(
+            job=job, status="ok", samples_ms=samples, stats=stats,
+            cpu_samples_ms=tuple(row.get("cpu_samples_ms") or ()), cpu_ms=row.get("cpu_ms"), warmup=row["warmup"],
+            load_ms=row["load_ms"],
+            first_ms=row["first_ms"], runtime_version=row["runtime_version"], agent_version=row["agent_version"],
+            inputs=tuple({"shape": [int(d) for d in s.split("x")]} for s in row["input_shape"].split(";") if s),
+            telemetry_before={**{k: row[f"telemetry_before_{k}"] for k in TELEMETRY},
+                              **({"gpu_clocks_locked": row["gpu_clocks_locked"]}
+                                 if row["gpu_clocks_locked"] is not None else {})},
+            telemetry_after={k: row[f"telemetry_after_{k}"] for k in TELEMETRY},
+            applied={k: v for k, v in applied.items() if v is not None}, stopped_by=row["stopped_by"] or "",
+            ci_rel=row["ci_rel"], cooldown_s=row["cooldown_s"], throttle=row["throttle"],
+            peak_rss_mb=row["peak_rss_mb"],
+            gpu_peak_mb=row["gpu_peak_mb"], launch_ms=row["launch_ms"], **_stored_energy(row),
+            round_ms=tuple(row["round_ms"] or ()),
+            round_session_reused=tuple(reused),
+            round_started_at=tuple(row["round_started_at"] or ()),
+            round_finished_at=tuple(row["round_finished_at"] or ()),
+            device_fingerprint=row["device_fingerprint"], measured_at=row["measured_at"], stored=True)
+
+    @classmethod
     def combine(cls, rounds: Sequence["Measurement"]) -> "Measurement":
         """One row from a job's shuffled rounds (all ok, in time order): samples pooled, latency_ms from
         the round medians, load and first inference of the session (the agent reports its fresh load's)."""
@@ -208,7 +242,7 @@ class Measurement:
             round_session_reused=tuple(u for r in rounds for u in r.round_session_reused),
             round_started_at=tuple(t for r in rounds for t in r.round_started_at),
             round_finished_at=tuple(t for r in rounds for t in r.round_finished_at),
-            measured_at=rounds[-1].measured_at)
+            measured_at=rounds[-1].measured_at, stored=False)
 
     @property
     def energy_mj(self) -> Optional[float]:
@@ -332,6 +366,19 @@ class Measurement:
                 row[f"telemetry_{when}_{k}"] = tel.get(k)
         row["gpu_clocks_locked"] = self.telemetry_before.get("gpu_clocks_locked")
         return row
+
+
+def _stored_energy(row: dict) -> dict:
+    """A stored row's energy as Measurement fields (energy_j from energy_mj x energy_runs; the reason is the
+    warnings' last part, from "energy:" on); rows from before the energy columns have none."""
+    read = row.get("energy_mj") is not None and row.get("energy_runs")
+    warnings = row["warnings"] or ""
+    at = 0 if warnings.startswith("energy: ") else warnings.find("; energy: ")
+    return {"energy_method": row.get("energy_method") or "",
+            "energy_j": row["energy_mj"] * row["energy_runs"] / 1e3 if read else None,
+            "energy_s": row.get("energy_s") if read else None, "energy_runs": row.get("energy_runs") if read else None,
+            "idle_power_w": row.get("idle_power_w"),
+            "energy_warning": warnings[at:].removeprefix("; ") if at >= 0 else ""}
 
 
 def _thread_clock(job: Job, result: dict) -> tuple:

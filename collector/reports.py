@@ -44,6 +44,7 @@ class DeviceReport:
     reference_s: float = 0.0  # host time spent on the reference checks
     reference_note: str = ""  # why the reference was not (or no longer) timed
     round_note: str = ""  # the round being timed ("round 2 of 4, 31 models"): a model is a row after its last round
+    rounds_taken: int = 0  # rounds an earlier, stopped run timed and saved, taken back here (collector/rounds.py)
 
     def drift(self) -> Optional[Drift]:
         """The reference's drift over this run's checks (None without any)."""

@@ -4,6 +4,7 @@
     <dataset>/devices/<device>-<fingerprint>.json                the probe behind each fingerprint
     <dataset>/README.md, plots/, _retest/<stamp>/                card, figures, retest side tables
     <dataset>/_reference/                                        the reference's A/A checks (collector/reference.py)
+    <dataset>/_rounds/                                           rounds of models not yet stored (collector/rounds.py)
 
 So pyarrow, pandas, DuckDB, polars and Hugging Face `datasets` read `<dataset>/data` as it is, with no options:
 `device` and `space` are plain-string columns of every file, and the folder keys (`device_`, `space_`) are other

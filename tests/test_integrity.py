@@ -234,6 +234,58 @@ def test_signal_stops_collection_then_resume(sig, code, reg, models, tmp_path):
     assert len(counts) == 12 and set(counts.values()) == {1}
 
 
+def test_a_sigkill_between_rounds_keeps_the_rounds_timed(reg, models, tmp_path):
+    """README: a round a device timed is saved (`_rounds/`) until its model's row is stored. SIGKILL the
+    orchestrator in round 2 of 3 and run the same command: it takes back every saved round of a model not yet
+    stored, times only the missing ones, each row holds its 3 rounds (the saved ones with their original times),
+    and the saved rounds go once every model is a row."""
+    from latkit.collector.rounds import rounds_store
+    out = tmp_path / "d"
+    args = ["collect", "--models", models, "--devices", "loc", "--registry", reg.path, "--out", out, "--json",
+            "--rounds", "3", "--min-time", "0.3", "--max-time", "0.3", "--max-repeats", "10000000", "--no-reference"]
+    proc = spawn(*args)
+    side = rounds_store(Store(out))
+    deadline = time.time() + 120
+    while side.read(columns=["key"]).num_rows < 8 and time.time() < deadline:  # round 1 (6 models) and some of 2
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    stored = set(Store(out).read(columns=["key"])["key"].to_pylist())
+    saved = [x for x in side.read().to_pylist() if x["key"] not in stored]
+    assert len(saved) >= 6 and len(stored) < 6, (len(saved), len(stored))
+    r = latkit(*args)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["devices"][0]["rounds_taken"] == len(saved)
+    rows = {x["key"]: x for x in Store(out).read().to_pylist()}
+    assert len(rows) == 6 and {x["rounds"] for x in rows.values()} == {3}
+    for x in saved:  # a saved round is in its model's row: its samples and when it ran
+        row = rows[x["key"]]
+        assert x["round_started_at"][0] in row["round_started_at"] and x["round_ms"][0] in row["round_ms"]
+        assert set(x["samples_ms"]) <= set(row["samples_ms"])
+    assert side.read(columns=["key"]).num_rows == 0 and not (Path(side.data) / "device_=loc").exists()
+
+
+def test_saved_rounds_are_taken_back_only_for_the_same_hardware_and_runtime(reg, models, tmp_path):
+    """A saved round counts only for its job's key on an agent of the same fingerprint (the same hardware and
+    runtime), and never with --force."""
+    from latkit.collector.rounds import rounds_store
+    args = ["--models", models / "w4.onnx", "--devices", "loc", "--registry", reg.path, "--json", "--rounds", "2",
+            "--no-reference", *QUICK]
+    r = latkit("collect", *args, "--out", tmp_path / "first")
+    assert r.returncode == 0, r.stderr
+    row = Store(tmp_path / "first").read().to_pylist()[0]
+    for name, fingerprint, more, taken in (("same", row["device_fingerprint"], (), 1),
+                                           ("other", "0" * 16, (), 0),
+                                           ("forced", row["device_fingerprint"], ("--force",), 0)):
+        out = tmp_path / name
+        rounds_store(Store(out)).append([dict(row, device_fingerprint=fingerprint)])
+        r = latkit("collect", *args, *more, "--out", out)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["devices"][0]["rounds_taken"] == taken, name
+        new, = Store(out).read().to_pylist()
+        assert (row["round_started_at"][0] in new["round_started_at"]) == bool(taken), name
+
+
 # -- a hung model is a row ----------------------------------------------------------------------------------
 
 
