@@ -277,7 +277,7 @@ class _Loop:
             return
         got: dict = {}
         for j, _ in self.pending:
-            store = self.store_of(j)
+            store = self.rows.store_of(j)
             if store.root not in self.saved:
                 self.saved[store.root] = saved(store, self.runner.fingerprint)
                 if self.saved[store.root]:
@@ -392,7 +392,8 @@ class _Loop:
             self.parts.setdefault(job.key, []).append(m)
             if len(self.parts[job.key]) < job.settings.rounds:  # saved, so that a stop before its last loses none
                 self.write(job, m.to_row(), side=rounds_store)
-                self.saved_in.setdefault(self.store_of(job).root, self.store_of(job))
+                store = self.rows.store_of(job)
+                self.saved_in.setdefault(store.root, store)
                 return None
             return Measurement.combine(self.parts.pop(job.key))
         self.parts.pop(job.key, None)  # an error ends the job: its later rounds are dropped

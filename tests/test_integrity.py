@@ -267,23 +267,27 @@ def test_a_sigkill_between_rounds_keeps_the_rounds_timed(reg, models, tmp_path):
 
 def test_saved_rounds_are_taken_back_only_for_the_same_hardware_and_runtime(reg, models, tmp_path):
     """A saved round counts only for its job's key on an agent of the same fingerprint (the same hardware and
-    runtime), and never with --force."""
+    runtime), and never with `measure --force`."""
     from latkit.collector.rounds import rounds_store
-    args = ["--models", models / "w4.onnx", "--devices", "loc", "--registry", reg.path, "--json", "--rounds", "2",
-            "--no-reference", *QUICK]
-    r = latkit("collect", *args, "--out", tmp_path / "first")
+    opts = ["--registry", reg.path, "--rounds", "2", *QUICK]
+    r = latkit("collect", "--models", models / "w4.onnx", "--devices", "loc", "--no-reference", "--out",
+               tmp_path / "first", *opts)
     assert r.returncode == 0, r.stderr
     row = Store(tmp_path / "first").read().to_pylist()[0]
-    for name, fingerprint, more, taken in (("same", row["device_fingerprint"], (), 1),
-                                           ("other", "0" * 16, (), 0),
-                                           ("forced", row["device_fingerprint"], ("--force",), 0)):
+    for name, fingerprint, taken in (("same", row["device_fingerprint"], 1), ("other", "0" * 16, 0),
+                                     ("forced", row["device_fingerprint"], 0)):
         out = tmp_path / name
         rounds_store(Store(out)).append([dict(row, device_fingerprint=fingerprint)])
-        r = latkit("collect", *args, *more, "--out", out)
+        if name == "forced":
+            r = latkit("measure", models / "w4.onnx", "--device", "loc", "--force", "--out", out, *opts)
+        else:
+            r = latkit("collect", "--models", models / "w4.onnx", "--devices", "loc", "--no-reference", "--json",
+                       "--out", out, *opts)
+            assert json.loads(r.stdout)["devices"][0]["rounds_taken"] == taken, name
         assert r.returncode == 0, r.stderr
-        assert json.loads(r.stdout)["devices"][0]["rounds_taken"] == taken, name
         new, = Store(out).read().to_pylist()
         assert (row["round_started_at"][0] in new["round_started_at"]) == bool(taken), name
+        assert new["rounds"] == 2 + taken and set(row["samples_ms"]) <= set(new["samples_ms"]) or not taken, name
 
 
 # -- a hung model is a row ----------------------------------------------------------------------------------
