@@ -13,6 +13,7 @@ contract, global flags, examples, completion) in cliargs.py.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import os
 import re
@@ -103,6 +104,8 @@ def main(argv=None) -> int:
         return 0
     _setup_logging(args)
     signal.signal(signal.SIGTERM, _terminate)
+    if hasattr(signal, "SIGUSR1"):  # `kill -USR1 <pid>`: every thread's stack on stderr (a stop that hangs)
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         code = args.func(args)
         sys.stdout.flush()

@@ -330,13 +330,16 @@ def test_orchestrator_sigkill_then_rerun(registry, models, tmp_path):
     # the first: the kill lands with ~4 s of the run left
     proc = subprocess.Popen([sys.executable, "-m", "latkit.collector.cli", *map(str, args)], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while Store(out).read(columns=["key"]).num_rows < 3 and time.time() < deadline:
+    t0, seen = time.time(), [(0.0, 0)]  # (seconds, rows) at each change: what a failure needs to be understood
+    while seen[-1][1] < 3 and time.time() < t0 + 120:
         time.sleep(0.05)
+        n = Store(out).read(columns=["key"]).num_rows
+        if n != seen[-1][1]:
+            seen.append((round(time.time() - t0, 2), n))
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     partial = Store(out).read(columns=["key"]).num_rows
-    assert 3 <= partial < 16
+    assert 3 <= partial < 16, (partial, seen, proc.returncode)
     r = latkit(*args)
     assert r.returncode == 0, r.stderr
     counts = rows_per_key(out)
