@@ -279,7 +279,7 @@ class _Loop:
         for j, _ in self.pending:
             store = self.rows.store_of(j)
             if store.root not in self.saved:
-                self.saved[store.root] = saved(store, self.runner.fingerprint)
+                self.saved[store.root] = saved(store, self.device.name, self.runner.fingerprint)
                 if self.saved[store.root]:
                     self.saved_in[store.root] = store
             rows = self.saved[store.root].pop(j.key, None)

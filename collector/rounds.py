@@ -10,6 +10,8 @@ ends with every model of it stored.
 """
 from __future__ import annotations
 
+import math
+
 import pyarrow.compute as pc
 
 from .job import Job
@@ -24,22 +26,37 @@ def rounds_store(store: Store) -> Store:
     return Store(f"{store.uri.rstrip('/')}/{SIDE}")
 
 
-def saved(store: Store, fingerprint: str) -> dict:
-    """key -> the rows of the rounds saved in `store`'s side table by agents with `fingerprint`, oldest first: read
-    once, as a device's loop first looks (before it saves any of its own)."""
+def saved(store: Store, device: str, fingerprint: str) -> dict:
+    """key -> the rows of the rounds `device` saved in `store`'s side table with an agent of `fingerprint`, oldest
+    first: read once, as the device's loop first looks (before it saves any of its own)."""
     side = rounds_store(store)
     if not side.exists():
         return {}
     out: dict = {}
-    t = side.read(filter=(pc.field("device_fingerprint") == fingerprint) & (pc.field("status") == "ok"))
+    t = side.read(filter=(pc.field("device") == device) & (pc.field("device_fingerprint") == fingerprint)
+                  & (pc.field("status") == "ok"))
     for row in sorted(t.to_pylist(), key=lambda r: r["measured_at"]):
         out.setdefault(row["key"], []).append(row)
     return out
 
 
 def taken(job: Job, rows: list) -> list:
-    """The saved rounds of `job` as Measurements, at most rounds - 1 of them (its last is timed now)."""
-    return [Measurement.from_row(job, row) for row in rows[:job.settings.rounds - 1]]
+    """The saved rounds of `job` as Measurements, at most rounds - 1 of them (its last is timed now). A dataset may
+    come from elsewhere: a row that is not one round of finite, positive samples is passed over (timed again)."""
+    out = []
+    for row in rows:
+        try:
+            if _one_round(row):
+                out.append(Measurement.from_row(job, row))
+        except (ValueError, TypeError, KeyError):
+            continue
+    return out[:job.settings.rounds - 1]
+
+
+def _one_round(row: dict) -> bool:
+    samples, rounds = row["samples_ms"] or [], row["round_ms"] or []
+    return (row["rounds"] == 1 and len(rounds) == 1 and len(row["round_started_at"] or []) == 1 and len(samples) > 0
+            and all(math.isfinite(x) and x > 0 for x in [*samples, *rounds]))
 
 
 def prune(store: Store, device: str) -> bool:
