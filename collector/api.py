@@ -20,6 +20,7 @@ from .job import FORMATS, RUNTIME_FOR_FORMAT, WHOLE, Artifact, Job, Settings
 from .measurement import Measurement, fingerprint
 from .pipeline import ExportRequest
 from .reference import SIDE
+from .rounds import SIDE as ROUNDS
 from .reports import CollectReport, DeviceReport, DeviceStatus
 from .runner import DeviceRunner
 from .samplers import sample
@@ -275,6 +276,9 @@ def not_a_dataset(path) -> LatkitError:
     hint = f"give the folder `--out` wrote, or measure into this one (latkit measure MODEL --out {path})"
     if list(Path(path).glob("*_latency.parquet")):
         hint = f"it holds latency tables: import them with `latkit data import-help {path} OUT`"
+    elif (Path(path) / ROUNDS).is_dir():  # a collect stopped before any model's last round
+        hint = "a collection into it stopped before any model's last round; run it again to resume (the rounds it " \
+               "timed are kept)"
     elif (Path(path) / SIDE).is_dir():  # a collect stopped after its first reference timing, before any model
         hint = "a collection into it timed only the reference network before it stopped; run it again to resume"
     return LatkitError(f"{path} is not a latkit dataset (no rows under {path}/data); {hint}")

@@ -31,7 +31,7 @@ from .measurement import Measurement
 from .progress import bars
 from .reference import REFERENCE_EVERY_JOBS, REFERENCE_EVERY_S, Schedule, side_store
 from .reports import DeviceReport, DeviceStatus
-from .rounds import prune, rounds_store, saved, taken
+from .rounds import prune, read_saved, rounds_store, take_back
 from .runner import DeviceRunner
 from .store import Store
 
@@ -162,6 +162,7 @@ class _Rows:
     def __init__(self, store_of: Callable[[Job], Store], request: DeviceRequest):
         self.store_of, self.request = store_of, request
         self.writers: dict = {}  # Store.root -> (store, writer)
+        self.sides: dict = {}  # (Store.root, side) -> side(store)
         self.probed: set = set()
         self.done: dict = {}  # Store.root -> keys stored when the lease was taken
 
@@ -173,10 +174,11 @@ class _Rows:
         """The batch writer of `job`'s store, or of the side table `side(store)` (reference, saved rounds)."""
         store = self.store_of(job)
         if side is not None:
-            store = side(store)
+            store = self.sides.setdefault((store.root, side), side(store))
         if store.root not in self.writers:
             self.writers[store.root] = (store, store.writer())
-        if store.root not in self.probed and runner.probe is not None:  # None: its agent was killed (a timeout)
+        # saved rounds are scratch, not a dataset to share: their probe is the data's
+        if store.root not in self.probed and runner.probe is not None and side is not rounds_store:
             store.record_devices({runner.fingerprint: dict(runner.probe, device=runner.device.name)})
             self.probed.add(store.root)
         return self.writers[store.root]
@@ -270,21 +272,23 @@ class _Loop:
         self.take_saved()
 
     def take_saved(self) -> None:
-        """Rounds of pending jobs that an earlier run timed on this hardware and runtime and saved (a stop comes
-        between rounds: collector/rounds.py) count as timed: they leave the queue, and each job's row combines them
-        with the rounds timed now. Not with `force`, which times every round afresh."""
+        """Rounds of pending jobs that an earlier run timed on this hardware, runtime and agent version and saved (a
+        stop comes between rounds: collector/rounds.py) count as timed: they leave the queue, and each job's row
+        combines them with the rounds timed now. Not with `force`, which times every round afresh."""
         if self.request.force:
             return
         got: dict = {}
         for j, _ in self.pending:
+            if j.settings.rounds == 1:
+                continue
             store = self.rows.store_of(j)
             if store.root not in self.saved:
-                self.saved[store.root] = saved(store, self.device.name, self.runner.fingerprint)
+                self.saved[store.root] = read_saved(store, self.device.name, self.runner.probe or {})
                 if self.saved[store.root]:
                     self.saved_in[store.root] = store
-            rows = self.saved[store.root].pop(j.key, None)
-            if rows and j.settings.rounds > 1:
-                got[j.key] = taken(j, rows)
+            back = take_back(j, self.saved[store.root].pop(j.key, []))
+            if back:
+                got[j.key] = back
         if not got:
             return
         self.parts.update(got)
@@ -421,15 +425,15 @@ class _Loop:
             bound_device_cache(self.runner, self.request.cache_max_gb, keep)
 
     def drop_saved(self) -> None:
-        """At the end of the jobs: the rows flushed, then the device's saved rounds removed from each store whose
-        models are all stored now (a stop or an error keeps them for the next run)."""
-        if not self.saved_in or self.parts:
+        """At the end of the jobs, while the lease is held: the rows flushed, then the device's saved rounds removed
+        from each store where stored rows supersede them all (a stop keeps them for the next run)."""
+        if not self.saved_in or self.parts or not self.runner.started:
             return
         self.rows.flush()
         for store in self.saved_in.values():
             try:
                 prune(store, self.device.name)
-            except (OSError, LatkitError) as e:  # dead weight, never a reason to fail a device that measured
+            except (OSError, ValueError, LatkitError) as e:  # dead weight, never a reason to fail a device
                 log.info("%s: saved rounds left in %s: %s", self.device.name, rounds_store(store).uri, e)
 
     def link_failed(self, e: TransportError, failures: int) -> None:

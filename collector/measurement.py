@@ -208,6 +208,7 @@ class Measurement:
             telemetry_after={k: row[f"telemetry_after_{k}"] for k in TELEMETRY},
             applied={k: v for k, v in applied.items() if v is not None}, stopped_by=row["stopped_by"] or "",
             ci_rel=row["ci_rel"], cooldown_s=row["cooldown_s"], throttle=row["throttle"],
+            cooled=None if row["cooldown_s"] is None else "did not cool to" not in (row["warnings"] or ""),
             peak_rss_mb=row["peak_rss_mb"],
             gpu_peak_mb=row["gpu_peak_mb"], launch_ms=row["launch_ms"], **_stored_energy(row),
             round_ms=tuple(row["round_ms"] or ()),

@@ -52,7 +52,7 @@ CLASSES = 10
 
 def side_store(store: Store) -> Store:
     """The reference side table of the dataset `store`."""
-    return Store(f"{store.uri.rstrip('/')}/{SIDE}")
+    return store.side(SIDE)
 
 
 # ---------------------------------------------------------------- the ONNX file, protobuf by hand

@@ -141,6 +141,15 @@ class Store:
     def local(self) -> bool:
         return isinstance(self.fs, pafs.LocalFileSystem)
 
+    def side(self, name: str) -> "Store":
+        """The side table `<dataset>/<name>/` (the reference's checks, saved rounds): a dataset of its own on this
+        one's filesystem, below its root (a URI's query string, `?endpoint_override=...`, stays the dataset's)."""
+        side = object.__new__(Store)
+        side.fs, side.root = self.fs, f"{self.root}/{name}"
+        side.uri = side.root if self.local else f"{self.fs.type_name}://{side.root}"
+        side.data, side._layout_ok = f"{side.root}/data", False
+        return side
+
     def legacy(self) -> bool:
         """Whether the folder holds rows in the layout before `data/` (Hive folders beside the card)."""
         try:

@@ -55,6 +55,8 @@ def w(tmp_path_factory, artifacts):
     dataset.import_help(w / "table.parquet", w / "data")
     dataset.import_help(w / "table.parquet", w / "refonly" / "_reference")  # rows in the side table only, as a
     # collect interrupted after timing the reference leaves its --out
+    for side in ("_reference", "_rounds"):  # and one stopped in its first window, before any model's last round
+        dataset.import_help(w / "table.parquet", w / "roundsonly" / side)
     archs = get_space("nb201").sample(30, np.random.default_rng(1))  # a real predictor file, given where data goes
     (w / "data" / "models").mkdir()
     make_model("ridge", "nb201").fit(archs, np.linspace(1, 2, 30)).save(w / "data" / "models" / "nb201-d1.latkit-model")
@@ -196,6 +198,9 @@ CASES = [
     ("data-show-only-reference", "data show {w}/refonly", 2,
      "no rows under {w}/refonly/data); a collection into it timed only the reference network before it stopped; "
      "run it again to resume"),
+    ("data-show-only-rounds", "data show {w}/roundsonly", 2,
+     "no rows under {w}/roundsonly/data); a collection into it stopped before any model's last round; run it again "
+     "to resume (the rounds it timed are kept)"),
     ("data-card-predictor-file", "data card {w}/pred.latkit-model", 2, "pred.latkit-model is a latkit predictor file"),
     ("data-retest-text-file", "data retest {w}/model.txt", 2, "model.txt is a text file, not a latkit dataset"),
     ("fit-predictor-file", "predictor fit --data {w}/pred.latkit-model --space nb201 --device d1", 2,

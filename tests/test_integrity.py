@@ -10,9 +10,11 @@ import sys
 import time
 import warnings
 from collections import Counter
+from datetime import datetime, timezone
 from pathlib import Path
 
 import psutil
+import pyarrow.compute as pc
 import pytest
 
 from latkit.collector import Artifact, Job, Registry, Settings, Store
@@ -223,12 +225,13 @@ def test_signal_stops_collection_then_resume(sig, code, reg, models, tmp_path):
     proc.send_signal(sig)
     try:
         _, err = proc.communicate(timeout=5)
+        lines = err.strip().splitlines()
     except subprocess.TimeoutExpired:  # slower than it should be: latkit's threads' stacks say what held it up
         proc.send_signal(signal.SIGUSR1)
         _, err = proc.communicate(timeout=30)
         warnings.warn(f"the stop took {time.time() - t0:.1f} s; stacks at 5 s: {err}")
+        lines = [x for x in err.strip().splitlines() if x.startswith("latkit")]  # less the stacks
     assert time.time() - t0 < 15 and proc.returncode == code
-    lines = [x for x in err.strip().splitlines() if x.startswith("latkit")]
     assert len(lines) == 1 and "Traceback" not in err, err
     assert lines[0].startswith(f"latkit: interrupted by {sig.name}: ") and " left on 2 device(s)" in lines[0]
     assert "run the same command again to resume" in lines[0]
@@ -283,7 +286,7 @@ def test_a_sigkill_between_rounds_keeps_the_rounds_timed(reg, models, tmp_path):
         row = rows[x["key"]]
         assert x["round_started_at"][0] in row["round_started_at"] and x["round_ms"][0] in row["round_ms"]
         assert set(x["samples_ms"]) <= set(row["samples_ms"])
-    assert side.read(columns=["key"]).num_rows == 0 and not (Path(side.data) / "device_=loc").exists()
+    assert not Path(side.root).exists()  # every saved round's model is a row: the scratch folder is gone
 
 
 def test_saved_rounds_are_taken_back_only_for_the_same_hardware_and_runtime(reg, models, tmp_path):
@@ -303,9 +306,12 @@ def test_saved_rounds_are_taken_back_only_for_the_same_hardware_and_runtime(reg,
                                ("forced", one, 0), ("two-rounds", row, 0),
                                ("nan", dict(one, samples_ms=[float("nan")] * 3), 0),
                                ("empty", dict(one, samples_ms=[]), 0), ("negative", dict(one, round_ms=[-1.0]), 0),
-                               ("shape", dict(one, input_shape="1xax3"), 0)):
+                               ("shape", dict(one, input_shape="1xax3"), 0), ("after-an-error", one, 0)):
         out = tmp_path / name
         rounds_store(Store(out)).append([saved])
+        if name == "after-an-error":  # a later round failed (a timeout): the model is timed afresh
+            Store(out).append([dict(one, status="error", error_kind="timeout", error="no result within 3 s",
+                                    measured_at=datetime.now(timezone.utc))])
         if name == "forced":
             r = latkit("measure", models / "w4.onnx", "--device", "loc", "--force", "--out", out, *opts)
         else:
@@ -314,7 +320,7 @@ def test_saved_rounds_are_taken_back_only_for_the_same_hardware_and_runtime(reg,
             assert r.returncode == 0, (name, r.stderr)
             assert json.loads(r.stdout)["devices"][0]["rounds_taken"] == taken, name
         assert r.returncode == 0, r.stderr
-        new, = Store(out).read().to_pylist()
+        new, = Store(out).read(filter=pc.field("status") == "ok").to_pylist()
         assert new["rounds"] == 2 and new["device_fingerprint"] == fp, name
         assert (one["round_started_at"][0] in new["round_started_at"]) == bool(taken), name
         assert all(x > 0 for x in new["samples_ms"]), name
