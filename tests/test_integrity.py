@@ -260,9 +260,9 @@ def test_sigusr1_prints_every_threads_stack_and_goes_on(reg, models, tmp_path):
 
 def test_a_sigkill_between_rounds_keeps_the_rounds_timed(reg, models, tmp_path):
     """README: a round a device timed is saved (`_rounds/`) until its model's row is stored. SIGKILL the
-    orchestrator in round 2 of 3 and run the same command: it takes back every saved round of a model not yet
-    stored, times only the missing ones, each row holds its 3 rounds (the saved ones with their original times),
-    and the saved rounds go once every model is a row."""
+    orchestrator in round 2 of 3 and run the same command (its agent killed once on the way): it takes back every
+    saved round of a model not yet stored, once, times only the missing ones, each row holds its 3 rounds (the
+    saved ones with their original times), and the saved rounds go once every model is a row."""
     from latkit.collector.rounds import rounds_store
     out = tmp_path / "d"
     args = ["collect", "--models", models, "--devices", "loc", "--registry", reg.path, "--out", out, "--json",
@@ -274,12 +274,24 @@ def test_a_sigkill_between_rounds_keeps_the_rounds_timed(reg, models, tmp_path):
         time.sleep(0.05)
     proc.kill()
     proc.wait()
+    deadline = time.time() + 10
+    while agents_of(str(tmp_path / "loc")) and time.time() < deadline:  # its agent dies with it
+        time.sleep(0.05)
     stored = set(Store(out).read(columns=["key"])["key"].to_pylist())
     saved = [x for x in side.read().to_pylist() if x["key"] not in stored]
     assert len(saved) >= 6 and len(stored) < 6, (len(saved), len(stored))
-    r = latkit(*args)
-    assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["devices"][0]["rounds_taken"] == len(saved)
+    proc = spawn(*args)  # and its agent dies once on the way: the fresh one takes nothing back twice
+    for said in proc.stderr:  # said once the lease is taken, before the first round is timed
+        if "timed by an earlier run taken back" in said:
+            break
+    assert f"loc: {len(saved)} round(s) of" in said and "timed by an earlier run taken back" in said, said
+    time.sleep(0.5)
+    for p in agents_of(str(tmp_path / "loc")):
+        p.kill()
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    report = json.loads(stdout)["devices"][0]
+    assert report["rounds_taken"] == len(saved) and report["agent_starts"] == 2, (report, stderr)
     rows = {x["key"]: x for x in Store(out).read().to_pylist()}
     assert len(rows) == 6 and {x["rounds"] for x in rows.values()} == {3}
     for x in saved:  # a saved round is in its model's row: its samples and when it ran
