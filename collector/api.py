@@ -274,11 +274,12 @@ def data_summary(path="latkit-data") -> list:
 def not_a_dataset(path) -> LatkitError:
     """The error for an existing folder that holds no latkit rows (no Parquet files under `data/`)."""
     hint = f"give the folder `--out` wrote, or measure into this one (latkit measure MODEL --out {path})"
+    sides = Store(path).folders("")  # on the dataset's filesystem: an s3:// collection stops too
     if list(Path(path).glob("*_latency.parquet")):
         hint = f"it holds latency tables: import them with `latkit data import-help {path} OUT`"
-    elif (Path(path) / ROUNDS).is_dir():  # a collect stopped before any model's last round
+    elif ROUNDS in sides:  # a collect stopped before any model's last round
         hint = "a collection into it stopped before any model's last round; run it again to resume (the rounds it " \
                "timed are kept)"
-    elif (Path(path) / SIDE).is_dir():  # a collect stopped after its first reference timing, before any model
+    elif SIDE in sides:  # a collect stopped after its first reference timing, before any model
         hint = "a collection into it timed only the reference network before it stopped; run it again to resume"
     return LatkitError(f"{path} is not a latkit dataset (no rows under {path}/data); {hint}")

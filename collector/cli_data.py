@@ -10,6 +10,7 @@ from .cli_common import SEED, Parents, console, log, print_json
 from .devices import Registry
 from .drift import dataset_drift
 from .progress import Steps
+from .store import Store
 from .text import cell, clean
 
 
@@ -112,10 +113,10 @@ def cmd_data_retest(args) -> int:
     print("moved most (latency_ms, first -> second): " + "; ".join(  # data from a device: shown, never obeyed
         f"{clean(w['arch'], 48)} on {clean(w['device'])}: {w['a_ms']:.4g} -> {w['b_ms']:.4g} ms "
         f"({(w['b_ms'] / w['a_ms'] - 1) * 100:+.1f} %)" for w in r["worst"]))
-    print(f"{r['n']} rows measured again into {args.dir}/{r['side_table']}; the card's test-retest section "
+    store = Store(args.dir)
+    print(f"{r['n']} rows measured again into {store.uri_of(r['side_table'])}; the card's test-retest section "
           f"is refreshed by latkit data card {args.dir}")
-    if (Path(args.dir) / "README.md").exists():
-        dataset.write_card(args.dir)
+    dataset.refresh_card(args.dir)
     return 0
 
 

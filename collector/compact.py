@@ -238,6 +238,9 @@ def migrate(path) -> dict:
     current one (`upgrade`), so every reader reads old and new rows as one table. Rows keep every value; raw
     samples become float32 (the schema's type). Returns {folder: rows}. Running it again finishes a migration
     that was killed."""
+    if not Store(path).local:  # older latkits wrote local folders; a move is many renames, which object stores lack
+        raise LatkitError(f"latkit data migrate works on a local folder, and {path} is not one; copy the dataset to "
+                          "a local folder, migrate it there, and copy it back")
     root = Path(path)
     if not root.is_dir():
         raise no_dataset(path, "give a dataset folder")

@@ -115,27 +115,21 @@ def retest(path, n: int = 50, seed: int = 0, models: Sequence = (), registry: Op
                               "an older latkit?")
         jobs.append(job)
         original[key] = r
-    stamp, side = side_table(store)
-    report = collect(jobs, [reg.get(d) for d in sorted({j.device for j in jobs})], out=side, progress=progress,
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    side = store.side(f"_retest/{stamp}")  # on the dataset's filesystem: an s3:// dataset's retest stays there
+    report = collect(jobs, [reg.get(d) for d in sorted({j.device for j in jobs})], out=side.uri, progress=progress,
                      job_timeout=job_timeout, reference=False)
     if not report.ok:
         raise LatkitError("; ".join(f"{d.device}: {d.message}" for d in report.devices if d.message)
-                          + f"; the measurements so far are in {side}")
+                          + f"; the measurements so far are in {side.uri}")
     return compare_side(store, stamp, original, seed)
-
-
-def side_table(store: Store) -> tuple:
-    """(stamp, uri) of a fresh side table for a retest of `store`: `<dataset>/_retest/<UTC stamp>`."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    return stamp, f"{store.root}/_retest/{stamp}"
 
 
 def compare_side(store: Store, stamp: str, original: dict, seed: int = 0) -> dict:
     """Compare the rows measured again into the side table `stamp` with `original` (key -> the dataset's
     row, in the order picked) and write the figures to retest.json there, where the dataset card finds
     them. Returns the figures."""
-    side = f"{store.root}/_retest/{stamp}"
-    again = {r["key"]: r for r in Store(side).read(filter=pc.field("status") == "ok").to_pylist()}
+    again = {r["key"]: r for r in store.side(f"_retest/{stamp}").read(filter=pc.field("status") == "ok").to_pylist()}
     keys = [k for k in original if k in again]
     if len(keys) < 2:
         raise LatkitError(f"{len(keys)} of {len(original)} rows were measured again; a retest needs at least 2")
@@ -148,7 +142,6 @@ def compare_side(store: Store, stamp: str, original: dict, seed: int = 0) -> dic
     figures["worst"] = [{"arch": original[k]["arch"], "device": original[k]["device"],
                          "a_ms": original[k]["latency_ms"], "b_ms": again[k]["latency_ms"], "rel_diff": d}
                         for d, k in rel[:5]]
-    store.fs.create_dir(side, recursive=True)
-    with store.fs.open_output_stream(f"{side}/retest.json") as f:
-        f.write(json.dumps(figures, indent=1, default=str).encode())
+    store.write_bytes(f"_retest/{stamp}/retest.json", json.dumps(figures, indent=1, default=str),
+                      "make the dataset writable")
     return figures

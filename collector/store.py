@@ -142,13 +142,65 @@ class Store:
         return isinstance(self.fs, pafs.LocalFileSystem)
 
     def side(self, name: str) -> "Store":
-        """The side table `<dataset>/<name>/` (the reference's checks, saved rounds): a dataset of its own on this
-        one's filesystem, below its root (a URI's query string, `?endpoint_override=...`, stays the dataset's)."""
+        """The side table `<dataset>/<name>/` (the reference's checks, saved rounds, a retest): a dataset of its own
+        on this one's filesystem, below its root; its URI opens it again (`Store(side.uri)`, as a Ray worker does)."""
         side = object.__new__(Store)
-        side.fs, side.root = self.fs, f"{self.root}/{name}"
-        side.uri = side.root if self.local else f"{self.fs.type_name}://{side.root}"
+        side.fs, side.root, side.uri = self.fs, f"{self.root}/{name}", self.uri_of(name)
         side.data, side._layout_ok = f"{side.root}/data", False
         return side
+
+    def uri_of(self, rel: str) -> str:
+        """`<dataset>/<rel>` as a path or URI a user can give latkit: a URI's query string (`?endpoint_override=`)
+        stays at its end."""
+        if self.local:
+            return f"{self.root}/{rel}"
+        base, _, query = self.uri.partition("?")
+        return f"{base.rstrip('/')}/{rel}" + (f"?{query}" if query else "")
+
+    def read_bytes(self, rel: str, what: str, limit: int) -> Optional[bytes]:
+        """`<dataset>/<rel>` (a card, a retest's figures: files of a dataset that may come from elsewhere), None if
+        there is none; refused in one line past `limit` bytes, or where a local one is a link or no regular file."""
+        if self.local:
+            p = Path(self.root, rel)
+            return validate.read_bytes(p, what, limit) if p.exists() or p.is_symlink() else None
+        try:
+            with self.fs.open_input_stream(f"{self.root}/{rel}") as f:
+                data = f.read(limit + 1)
+        except FileNotFoundError:
+            return None
+        except OSError as e:  # a folder of that name, an object store that refuses
+            raise LatkitError(f"cannot read {what} {self.uri_of(rel)}: {str(e).splitlines()[0]}") from None
+        if len(data) > limit:
+            raise LatkitError(f"{what} {self.uri_of(rel)} is larger than {limit / 2 ** 20:g} MB; that is no file "
+                              "latkit wrote")
+        return data
+
+    def write_bytes(self, rel: str, data, advice: str) -> Path | str:
+        """Write `<dataset>/<rel>` whole or not at all (a local link there is replaced, never followed; a local
+        `rel` never leads out of the dataset); its Path, or its URI on a remote filesystem. `advice`: what to do
+        when it cannot be written."""
+        if self.local:
+            p = Path(self.root, rel)
+            if p.parent != Path(self.root):  # plots/: a link there out of the dataset is refused
+                validate.own_folder(self.root, p.parent, advice)
+            return validate.write_atomic(validate.writable_file(p, advice), data)
+        path = f"{self.root}/{rel}"
+        tmp = f"{path.rsplit('/', 1)[0]}/.{path.rsplit('/', 1)[1]}.{uuid.uuid4().hex}.tmp"
+        try:
+            with self.fs.open_output_stream(tmp) as f:
+                f.write(data.encode() if isinstance(data, str) else data)
+            self.fs.move(tmp, path)
+        except OSError as e:
+            raise LatkitError(f"cannot write {self.uri_of(rel)}: {str(e).splitlines()[0]}; {advice}") from None
+        return self.uri_of(rel)
+
+    def folders(self, rel: str) -> list:
+        """The names of the folders in `<dataset>/<rel>`, sorted ([] where there is none)."""
+        try:
+            infos = self.fs.get_file_info(pafs.FileSelector(f"{self.root}/{rel}".rstrip("/"), allow_not_found=True))
+        except OSError:  # a file of that name
+            return []
+        return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
 
     def legacy(self) -> bool:
         """Whether the folder holds rows in the layout before `data/` (Hive folders beside the card)."""
