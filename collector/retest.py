@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import random
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional, Sequence
@@ -17,6 +19,7 @@ from typing import Optional, Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 
 from .api import space_artifacts
 from .devices import Registry
@@ -25,6 +28,9 @@ from .job import FORMATS, Artifact, Job, Settings, sha256_file
 from .scheduler import collect
 from .spaces import COLLECTABLE
 from .store import Store, no_dataset
+
+log = logging.getLogger("latkit")
+STAMP = re.compile(r"\d{8}T\d{6}Z")  # a retest's side table: `_retest/<UTC stamp>`
 
 # energy_mj and power_w where both passes read the counter (rows measured with --energy); cpu_ms where both passes
 # have the thread's CPU clock (CPU rows with threads=1 of agent >= 0.3.6)
@@ -115,7 +121,10 @@ def retest(path, n: int = 50, seed: int = 0, models: Sequence = (), registry: Op
                               "an older latkit?")
         jobs.append(job)
         original[key] = r
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = stopped(store)
+    if stamp:  # its rows are kept and its saved rounds taken back: only what it had not timed is timed now
+        log.info("resuming the retest stopped in _retest/%s", stamp)
+    stamp = stamp or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     side = store.side(f"_retest/{stamp}")  # on the dataset's filesystem: an s3:// dataset's retest stays there
     report = collect(jobs, [reg.get(d) for d in sorted({j.device for j in jobs})], out=side.uri, progress=progress,
                      job_timeout=job_timeout, reference=False)
@@ -123,6 +132,15 @@ def retest(path, n: int = 50, seed: int = 0, models: Sequence = (), registry: Op
         raise LatkitError("; ".join(f"{d.device}: {d.message}" for d in report.devices if d.message)
                           + f"; the measurements so far are in {side.uri}")
     return compare_side(store, stamp, original, seed)
+
+
+def stopped(store: Store) -> Optional[str]:
+    """The stamp of the newest retest if it stopped before its figures were written (none were), else None."""
+    stamps = [s for s in store.folders("_retest") if STAMP.fullmatch(s)]
+    last = stamps[-1] if stamps else None
+    if last and store.fs.get_file_info(f"{store.root}/_retest/{last}/retest.json").type == pafs.FileType.NotFound:
+        return last
+    return None
 
 
 def compare_side(store: Store, stamp: str, original: dict, seed: int = 0) -> dict:

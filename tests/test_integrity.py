@@ -627,3 +627,34 @@ def test_retest_measures_again_into_a_side_table(reg, models, tmp_path):
     assert "## Test-retest" in (out / "README.md").read_text()
     r = latkit("data", "retest", out, "--n", "3", "--registry", reg.path, "--quiet")
     assert r.returncode == 2 and "not among --models" in r.stderr
+
+
+def test_a_stopped_retest_resumes_where_it_stopped(reg, models, tmp_path):
+    """Ctrl-C during `data retest` keeps what it timed: the same command again goes on in the same side table,
+    takes back the saved rounds, times only the rest, and writes the figures there (one side table, no scratch)."""
+    from latkit.collector.rounds import rounds_store
+    out = tmp_path / "d"
+    assert latkit("collect", "--models", models, "--devices", "loc", "--registry", reg.path, "--out", out,
+                  "--rounds", "3", "--min-time", "0.3", "--max-time", "0.3", "--max-repeats", "10000000",
+                  "--no-reference", "--quiet").returncode == 0
+    args = ["data", "retest", out, "--n", "6", "--models", models, "--registry", reg.path]
+    proc = spawn(*args)
+    deadline = time.time() + 120
+    while not list(out.glob("_retest/*/_rounds/data/*/*/part-*.parquet")) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    [side] = list((out / "_retest").iterdir())
+    saved = rounds_store(Store(side)).read(columns=["key"]).num_rows
+    assert saved >= 1 and not (side / "retest.json").exists()
+    r = latkit(*args)
+    assert r.returncode == 0, r.stderr
+    assert f"resuming the retest stopped in _retest/{side.name}" in r.stderr
+    assert f"{saved} round(s) of" in r.stderr and "timed by an earlier run taken back" in r.stderr, r.stderr
+    assert list((out / "_retest").iterdir()) == [side] and json.loads((side / "retest.json").read_text())["n"] == 6
+    rows = Store(side).read(columns=["key", "rounds"]).to_pylist()
+    assert len(rows) == 6 and {x["rounds"] for x in rows} == {3} and len({x["key"] for x in rows}) == 6
+    assert not (side / "_rounds").exists()
+    r = latkit(*args)  # a finished retest is not resumed: the next one is a retest of its own
+    assert r.returncode == 0 and "resuming" not in r.stderr and len(list((out / "_retest").iterdir())) == 2
