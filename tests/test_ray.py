@@ -1,5 +1,6 @@
 """`collect --executor ray`: a real multi-node Ray cluster on this machine (every node on 127.0.0.1). A device is
 driven from the node that claims it; killing that node mid-run loses no row and stores none twice."""
+import dataclasses
 import os
 import threading
 import time
@@ -12,6 +13,7 @@ ray = pytest.importorskip("ray")
 
 from latkit.collector import Settings, Store, api  # noqa: E402
 from latkit.collector.ray_executor import RESOURCE, parse_executor  # noqa: E402
+from latkit.collector.rounds import rounds_store  # noqa: E402
 from latkit.collector.errors import LatkitError  # noqa: E402
 from conftest import small_onnx_models  # noqa: E402
 
@@ -71,11 +73,14 @@ def test_a_device_runs_on_the_node_that_claims_it_with_exports_as_tasks(cluster,
 
 
 def test_a_killed_node_loses_no_row_and_stores_none_twice(cluster, reg, models, tmp_path):
-    """The node driving the device dies mid-run; a new node that claims the device finishes the study."""
+    """The node driving the device dies mid-run, in round 2 of 2; a new node that claims the device finishes the
+    study and takes back the first rounds the dead node timed (saved in `_rounds/` of the dataset)."""
     first = cluster.add_node(num_cpus=1, resources={RESOURCE.format("loc"): 1})
     out, result = tmp_path / "d", {}
+    settings = dataclasses.replace(SETTINGS, rounds=2)
     run = threading.Thread(target=lambda: result.setdefault("report", api.collect_models(
-        api.model_files([models]), ["loc"], settings=SETTINGS, out=out, registry=reg, progress=False, executor=cluster.address)))
+        api.model_files([models]), ["loc"], settings=settings, out=out, registry=reg, progress=False,
+        executor=cluster.address)))
     run.start()
     deadline = time.time() + 240
     while run.is_alive() and time.time() < deadline and (
@@ -83,6 +88,7 @@ def test_a_killed_node_loses_no_row_and_stores_none_twice(cluster, reg, models, 
         time.sleep(0.2)
     stored_before = Store(out).read(columns=["key"]).num_rows
     assert 2 <= stored_before < 8, "the run must be killed mid-way"
+    saved = {x["key"] for x in rounds_store(Store(out)).read(columns=["key"]).to_pylist()}
     cluster.remove_node(first)
     deadline = time.time() + 30
     while agents_in(tmp_path / "loc") and time.time() < deadline:
@@ -94,8 +100,12 @@ def test_a_killed_node_loses_no_row_and_stores_none_twice(cluster, reg, models, 
         assert not run.is_alive()
         report = result["report"]
         assert report.ok and report.devices[0].node == second.node_id
-        counts = Counter(Store(out).read(columns=["key"])["key"].to_pylist())
+        rows = Store(out).read(columns=["key", "rounds"]).to_pylist()
+        counts = Counter(x["key"] for x in rows)
         assert len(counts) == 8 and set(counts.values()) == {1}  # none lost, none doubled
+        assert {x["rounds"] for x in rows} == {2}
+        taken = report.devices[0].rounds_taken  # the saved first rounds of models the dead node had not stored
+        assert 1 <= taken <= len(saved), (taken, len(saved), stored_before)
         assert report.devices[0].measured + report.devices[0].skipped >= 8 - stored_before
     finally:
         cluster.remove_node(second)
