@@ -78,11 +78,19 @@ class FleetDevice:
     pid: Optional[int] = None
     banner: bool = False  # its login prints a banner on stdout (BANNER_LOGIN)
 
+    def add_kwargs(self) -> dict:
+        """`add_device`'s arguments for this device: the loopback devices share a machine, so each has a lease of
+        its own (one shared lease would time them one after another)."""
+        return dict(name=self.name, host=self.host, port=self.port, user=self.user, key=self.key, python=self.python,
+                    workdir=self.workdir, tags=["loopback"] + (["pinned"] if self.cores else []),
+                    trust_host_key=True, lease=f"{self.dir}/lease")
+
     def add_command(self, registry: Optional[str] = None) -> list:
-        cmd = ["latkit", "device", "add", self.name, "--host", self.host, "--port", str(self.port), "--user",
-               self.user, "--key", self.key, "--python", self.python, "--workdir", self.workdir,
-               "--tags", "loopback" + (",pinned" if self.cores else ""), "--trust-host-key",
-               "--lease", f"{self.dir}/lease"]  # loopback devices share a machine: a lease each
+        """The same as `latkit device add ...`."""
+        k = self.add_kwargs()
+        cmd = ["latkit", "device", "add", k["name"], "--host", k["host"], "--port", str(k["port"]), "--user", k["user"],
+               "--key", k["key"], "--python", k["python"], "--workdir", k["workdir"], "--tags", ",".join(k["tags"]),
+               "--trust-host-key", "--lease", k["lease"]]
         return cmd + (["--registry", registry] if registry else [])
 
 

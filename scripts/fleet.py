@@ -30,8 +30,7 @@ def up(args) -> None:
         CURRENT.write_text(str(base))
     for d in fleet:
         if args.register:
-            add_device(d.name, d.host, d.port, d.user, d.key, d.python, d.workdir, ["loopback"],
-                       trust_host_key=True, registry=Registry(args.registry))
+            add_device(**d.add_kwargs(), registry=Registry(args.registry))
             print(f"registered {d.name} at {d.user}@{d.host}:{d.port}")
         else:
             print(shlex.join(d.add_command(args.registry)))

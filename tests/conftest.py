@@ -120,10 +120,8 @@ def registry(fleet, tmp_path_factory):
     """A registry with the three fleet devices added (host keys trusted on first contact)."""
     from latkit.collector import Registry, add_device
     reg = Registry(tmp_path_factory.mktemp("registry") / "devices.toml")
-    for d in fleet:
-        # the loopback devices share one machine: each gets its own lease (a real fleet uses the default)
-        add_device(d.name, d.host, d.port, d.user, d.key, d.python, d.workdir, ["loopback"], trust_host_key=True,
-                   registry=reg, lease=f"{d.dir}/lease")
+    for d in fleet:  # as `scripts/fleet up --register` does (each device its own lease)
+        add_device(**d.add_kwargs(), registry=reg)
     return reg
 
 

@@ -437,3 +437,33 @@ def test_next_model_ships_while_this_one_is_timed(registry, fleet, models):
             again = r.measure(Job(b, name, QUICK))
             assert again.round_session_reused == (True,)  # one agent, which kept the session
     assert not any(Path(registry.get(n).workdir, "models", c.name).exists() for n in ("dev0", "dev2"))
+
+
+def test_the_fleet_script_registers_devices_that_time_at_once(models, tmp_path):
+    """README: `scripts/fleet up --register` starts real sshd devices and registers them, each with a lease of its
+    own (they share this machine), so `collect` times them at once; `scripts/fleet down` stops them."""
+    from latkit.collector.loopback import new_fleet_dir
+    state, reg, out = new_fleet_dir(), tmp_path / "devices.toml", tmp_path / "d"
+    fleet = [sys.executable, str(ROOT / "scripts" / "fleet.py")]
+    try:
+        r = subprocess.run([*fleet, "up", "--register", "--n", "2", "--dir", str(state), "--registry", str(reg)],
+                           capture_output=True, text=True, timeout=300, cwd=ROOT)
+        assert r.returncode == 0, r.stderr
+        assert "registered dev0 at" in r.stdout and "registered dev1 at" in r.stdout
+        devices = {d.name: d for d in Registry(reg).devices() if d.name != "local"}
+        assert sorted(devices) == ["dev0", "dev1"] and len({d.lease for d in devices.values()} - {None}) == 2
+        assert list(devices["dev1"].tags) == ["loopback", "pinned"]
+        r = latkit("collect", "--models", *[a.path for a in models["onnx"][:4]], "--devices", "dev0,dev1",
+                   "--registry", reg, "--out", out, "--min-time", "0.3", "--max-time", "0.3",
+                   "--max-repeats", "10000000", "--rounds", "1", "--no-reference", "--quiet")
+        assert r.returncode == 0, r.stderr
+        spans = {}
+        for x in Store(out).read(columns=["device", "round_started_at", "measured_at"]).to_pylist():
+            start, end = spans.get(x["device"], (x["round_started_at"][0], x["measured_at"]))
+            spans[x["device"]] = (min(start, x["round_started_at"][0]), max(end, x["measured_at"]))
+        (a0, a1), (b0, b1) = spans["dev0"], spans["dev1"]
+        assert max(a0, b0) < min(a1, b1), spans  # the two devices timed at the same time, not one after the other
+    finally:
+        r = subprocess.run([*fleet, "down", "--dir", str(state)], capture_output=True, text=True, timeout=60, cwd=ROOT)
+        shutil.rmtree(state, ignore_errors=True)
+    assert r.returncode == 0 and "fleet stopped" in r.stdout, r.stderr
