@@ -10,6 +10,7 @@ from typing import Optional
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from . import schema, validate
@@ -197,7 +198,7 @@ def write_card(path, title: Optional[str] = None, licence: str = "CC-BY-4.0", no
     if store.local:
         validate.writable_file(Path(store.root, "README.md"), advice)  # refused before anything is computed
     old = _old_card(store)
-    folder = store.root.rsplit("/", 1)[-1]
+    folder = Path(store.root).resolve().name if store.local else store.root.rsplit("/", 1)[-1]
     if MARKER in old:
         head = _strip_front_matter(old.split(MARKER)[0]).rstrip("\n")
     else:
@@ -256,7 +257,8 @@ def write_card(path, title: Optional[str] = None, licence: str = "CC-BY-4.0", no
 
 def refresh_card(path) -> None:
     """Write the card anew where the dataset has one (after a retest: its section moves with the figures)."""
-    if _old_card(Store(path)):
+    store = Store(path)
+    if store.fs.get_file_info(f"{store.root}/README.md").type != pafs.FileType.NotFound:
         write_card(path)
 
 

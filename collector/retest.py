@@ -8,8 +8,10 @@ relative difference |b - a| / a.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
+import os
 import random
 import re
 from datetime import datetime, timezone
@@ -17,10 +19,12 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
+import psutil
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
+from . import validate
 from .api import space_artifacts
 from .devices import Registry
 from .errors import LatkitError
@@ -30,7 +34,8 @@ from .spaces import COLLECTABLE
 from .store import Store, no_dataset
 
 log = logging.getLogger("latkit")
-STAMP = re.compile(r"\d{8}T\d{6}Z")  # a retest's side table: `_retest/<UTC stamp>`
+STAMP = re.compile(r"[0-9]{8}T[0-9]{6}Z")  # a retest's side table: `_retest/<UTC stamp>`
+RECORDS = Path.home() / ".cache" / "latkit" / "retests"  # what each retest on this host times, while it runs
 
 # energy_mj and power_w where both passes read the counter (rows measured with --energy); cpu_ms where both passes
 # have the thread's CPU clock (CPU rows with threads=1 of agent >= 0.3.6)
@@ -121,26 +126,48 @@ def retest(path, n: int = 50, seed: int = 0, models: Sequence = (), registry: Op
                               "an older latkit?")
         jobs.append(job)
         original[key] = r
-    stamp = stopped(store)
+    record = RECORDS / f"{hashlib.sha256('/'.join([store.uri, *sorted(picked)]).encode()).hexdigest()[:32]}.json"
+    stamp = stopped(store, record)
     if stamp:  # its rows are kept and its saved rounds taken back: only what it had not timed is timed now
-        log.info("resuming the retest stopped in _retest/%s", stamp)
+        log.warning("resuming the retest of these rows stopped in _retest/%s: only what it had not timed is timed",
+                    stamp)
     stamp = stamp or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     side = store.side(f"_retest/{stamp}")  # on the dataset's filesystem: an s3:// dataset's retest stays there
+    if store.local:  # a link there out of the dataset is refused before anything is written through it
+        validate.own_folder(store.root, Path(side.root), "remove it")
+    validate.write_atomic(validate.writable_file(record, "make ~/.cache/latkit writable"), json.dumps(
+        {"dataset": store.uri, "stamp": stamp, "pid": os.getpid(), "started": psutil.Process().create_time()}))
     report = collect(jobs, [reg.get(d) for d in sorted({j.device for j in jobs})], out=side.uri, progress=progress,
                      job_timeout=job_timeout, reference=False)
     if not report.ok:
         raise LatkitError("; ".join(f"{d.device}: {d.message}" for d in report.devices if d.message)
-                          + f"; the measurements so far are in {side.uri}")
-    return compare_side(store, stamp, original, seed)
+                          + f"; the measurements so far are in {side.uri}: run the same command again to resume")
+    figures = compare_side(store, stamp, original, seed)
+    record.unlink(missing_ok=True)
+    return figures
 
 
-def stopped(store: Store) -> Optional[str]:
-    """The stamp of the newest retest if it stopped before its figures were written (none were), else None."""
-    stamps = [s for s in store.folders("_retest") if STAMP.fullmatch(s)]
-    last = stamps[-1] if stamps else None
-    if last and store.fs.get_file_info(f"{store.root}/_retest/{last}/retest.json").type == pafs.FileType.NotFound:
-        return last
-    return None
+def stopped(store: Store, record: Path) -> Optional[str]:
+    """The stamp of this host's retest of the same rows if it stopped before its figures (its side table is there,
+    without retest.json), else None; a LatkitError while it still runs. The record of what a retest times is kept
+    on this host, never in the dataset: a dataset from elsewhere cannot make a retest take rows it ships as timed."""
+    try:
+        rec = json.loads(validate.read_bytes(record, "the retest record", 4096)) if record.is_file() else {}
+        stamp, pid, started = str(rec["stamp"]), int(rec["pid"]), float(rec["started"])
+    except (LatkitError, ValueError, KeyError, TypeError):
+        return None  # none, or not one latkit wrote: a retest of its own
+    try:
+        if pid != os.getpid() and psutil.Process(pid).create_time() == started:
+            raise LatkitError(f"a retest of these rows of {store.uri} is running (pid {pid}); wait for it to end")
+    except psutil.Error:  # it ended
+        pass
+    if not STAMP.fullmatch(stamp) or stamp not in store.folders("_retest"):
+        return None
+    try:
+        done = store.fs.get_file_info(f"{store.root}/_retest/{stamp}/retest.json").type != pafs.FileType.NotFound
+    except OSError as e:
+        raise LatkitError(f"cannot read {store.uri_of('_retest/' + stamp)}: {str(e).splitlines()[0]}") from None
+    return None if done else stamp
 
 
 def compare_side(store: Store, stamp: str, original: dict, seed: int = 0) -> dict:

@@ -191,6 +191,10 @@ class Store:
                 f.write(data.encode() if isinstance(data, str) else data)
             self.fs.move(tmp, path)
         except OSError as e:
+            try:
+                self.fs.delete_file(tmp)
+            except OSError:
+                pass
             raise LatkitError(f"cannot write {self.uri_of(rel)}: {str(e).splitlines()[0]}; {advice}") from None
         return self.uri_of(rel)
 

@@ -4,6 +4,7 @@ retest says how well a dataset repeats. Real processes throughout: agents, sshd,
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -642,6 +643,8 @@ def test_a_stopped_retest_resumes_where_it_stopped(reg, models, tmp_path):
     deadline = time.time() + 120
     while not list(out.glob("_retest/*/_rounds/data/*/*/part-*.parquet")) and time.time() < deadline:
         time.sleep(0.05)
+    r = latkit(*args)  # the same retest again while it runs: refused, not joined
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "is running (pid" in r.stderr, r.stderr
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
@@ -650,7 +653,7 @@ def test_a_stopped_retest_resumes_where_it_stopped(reg, models, tmp_path):
     assert saved >= 1 and not (side / "retest.json").exists()
     r = latkit(*args)
     assert r.returncode == 0, r.stderr
-    assert f"resuming the retest stopped in _retest/{side.name}" in r.stderr
+    assert f"resuming the retest of these rows stopped in _retest/{side.name}" in r.stderr
     assert f"{saved} round(s) of" in r.stderr and "timed by an earlier run taken back" in r.stderr, r.stderr
     assert list((out / "_retest").iterdir()) == [side] and json.loads((side / "retest.json").read_text())["n"] == 6
     rows = Store(side).read(columns=["key", "rounds"]).to_pylist()
@@ -658,3 +661,10 @@ def test_a_stopped_retest_resumes_where_it_stopped(reg, models, tmp_path):
     assert not (side / "_rounds").exists()
     r = latkit(*args)  # a finished retest is not resumed: the next one is a retest of its own
     assert r.returncode == 0 and "resuming" not in r.stderr and len(list((out / "_retest").iterdir())) == 2
+    # a side table without figures that this host did not leave (a dataset from elsewhere ships it, newest of
+    # all) is never resumed: its rows would pass for timed again
+    shipped = out / "_retest" / "29991231T235959Z"
+    shutil.copytree(out / "data", shipped / "data")
+    r = latkit(*args, "--seed", "1")
+    assert r.returncode == 0 and "resuming" not in r.stderr and not (shipped / "retest.json").exists(), r.stderr
+    assert len(list((out / "_retest").glob("*/retest.json"))) == 3

@@ -88,12 +88,12 @@ def test_a_killed_node_loses_no_row_and_stores_none_twice(cluster, reg, models, 
         time.sleep(0.2)
     stored_before = Store(out).read(columns=["key"]).num_rows
     assert 2 <= stored_before < 8, "the run must be killed mid-way"
-    saved = {x["key"] for x in rounds_store(Store(out)).read(columns=["key"]).to_pylist()}
     cluster.remove_node(first)
     deadline = time.time() + 30
     while agents_in(tmp_path / "loc") and time.time() < deadline:
         time.sleep(0.2)
     assert not agents_in(tmp_path / "loc"), "the dead node's agent outlived it"
+    saved = {x["key"] for x in rounds_store(Store(out)).read(columns=["key"]).to_pylist()}  # all it saved
     second = cluster.add_node(num_cpus=1, resources={RESOURCE.format("loc"): 1})
     try:
         run.join(timeout=300)
