@@ -9,13 +9,13 @@ from typing import Iterable, Iterator, Optional, Sequence
 import pyarrow.compute as pc
 
 from . import validate
-from .cache import max_bytes, prune_host
+from .cache import DEFAULT_CACHE, max_bytes, prune_host
 from .dataset import group_summary
 from .device_loop import DeviceRequest, run_device
 from .devices import Device, Registry, now_utc
 from .errors import Failure, LatkitError, need
 from .executor import CollectRequest
-from .exporters import DEFAULT_CACHE, cached
+from .exporters import cached
 from .job import FORMATS, RUNTIME_FOR_FORMAT, WHOLE, Artifact, Job, Settings
 from .measurement import Measurement, fingerprint
 from .pipeline import ExportRequest

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
@@ -11,6 +12,7 @@ from typing import Iterable, Optional
 from . import validate
 
 log = logging.getLogger("latkit")
+DEFAULT_CACHE = Path(os.environ.get("LATKIT_CACHE", Path.home() / ".cache" / "latkit" / "exports"))  # export cache
 
 
 @dataclass(frozen=True)

@@ -21,11 +21,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
 
-from .cache import evictions, max_bytes
+from .cache import DEFAULT_CACHE, evictions, max_bytes
 from .devices import Device
 from .drift import Check
 from .errors import Failure, LatkitError, TransportError
-from .exporters import DEFAULT_CACHE
 from .job import Job
 from .measurement import Measurement
 from .progress import bars

@@ -28,13 +28,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Optional, Sequence
 
+from .cache import DEFAULT_CACHE
 from .errors import Failure, LatkitError
 from .formats import CONVERTERS, EXTENSIONS
 from .job import Artifact, InputSpec, sha256_file
 
 log = logging.getLogger("latkit")
 
-DEFAULT_CACHE = Path(os.environ.get("LATKIT_CACHE", Path.home() / ".cache" / "latkit" / "exports"))
 # Bump when latkit exports a (space, arch) differently in a way the package versions do not show
 # (a change to a space's network, to the weight seeding or to the converters' options).
 EXPORT_RECIPE = 1

@@ -10,6 +10,7 @@ from typing import Optional
 
 from . import validate
 from .errors import LatkitError
+from .external import packed
 from .formats import FORMATS, RUNTIME_FOR_FORMAT, RUNTIMES  # noqa: F401 - named here by the CLI and retest
 
 # Allowed values of the numeric settings; the CLI's options take theirs from here too.
@@ -163,8 +164,10 @@ class Artifact:
         fmt = FORMATS.get(path.suffix.lower())
         if fmt is None:
             raise LatkitError(f"cannot tell the format of {path.name}; use one of {', '.join(sorted(FORMATS))}")
-        return cls(path=path.resolve(), sha256=sha256_file(path), format=fmt, space=space,
-                   arch=arch if arch is not None else path.name, inputs=tuple(inputs))
+        arch = arch if arch is not None else path.name
+        path = packed(path)  # an .onnx with its weights beside it: one file with them, which is what a device gets
+        return cls(path=path.resolve(), sha256=sha256_file(path), format=fmt, space=space, arch=arch,
+                   inputs=tuple(inputs))
 
     @property
     def name(self) -> str:

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
 from . import validate
+from .cache import DEFAULT_CACHE
 from .devices import Device
-from .exporters import DEFAULT_CACHE, ExportSpec, cached, check_format, export_cached, exporter_versions, input_specs
+from .exporters import ExportSpec, cached, check_format, export_cached, exporter_versions, input_specs
 from .formats import EXPORT_FORMAT
 from .job import Artifact, Settings
 from .progress import progress_iter

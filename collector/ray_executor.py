@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .device_loop import DeviceRequest, run_device
+from .cache import DEFAULT_CACHE
 from .devices import Device
 from .errors import Interrupted, LatkitError, need
 from .executor import CollectRequest, Exported, Executor
-from .exporters import DEFAULT_CACHE
 from .job import Artifact, sha256_file
 from .pipeline import ExportRequest, export_arch
 from .reports import CollectReport, DeviceReport, DeviceStatus

@@ -377,7 +377,8 @@ def export(name: str, fmt: str = "onnx", batch_size: int = 1, resolution: Option
     """Export zoo model `name` to `fmt` (onnx, tflite, pt2, torchscript) through latkit's exporters, cached by
     spec; returns the Artifact (space "zoo", arch the canonical name). A failed export raises Failure with
     the converter's log kept, as for any model."""
-    from .exporters import DEFAULT_CACHE, check_format, export_cached, input_specs
+    from .cache import DEFAULT_CACHE
+    from .exporters import check_format, export_cached, input_specs
     check_format(fmt)
     s = spec(name, fmt, batch_size, resolution)
     zm = parse(s.arch, s.resolution)

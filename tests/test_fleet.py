@@ -467,3 +467,42 @@ def test_the_fleet_script_registers_devices_that_time_at_once(models, tmp_path):
         r = subprocess.run([*fleet, "down", "--dir", str(state)], capture_output=True, text=True, timeout=60, cwd=ROOT)
         shutil.rmtree(state, ignore_errors=True)
     assert r.returncode == 0 and "fleet stopped" in r.stdout, r.stderr
+
+
+def test_an_onnx_file_with_its_weights_beside_it_is_timed_over_ssh(registry, tmp_path):
+    """torch.onnx.export's default writes `model.onnx` and its weights `model.onnx.data`; a device gets one file, so
+    the host packs them into one: timed over SSH, its key covers the weights, a copy without its weights file or
+    one whose weights lead out of its folder is refused on the host in one line, and no row is stored for it."""
+    import onnx
+    import torch
+    onnx_dir = tmp_path / "m"
+    onnx_dir.mkdir()
+    for seed in (0, 1):  # the same network, other weights
+        torch.manual_seed(seed)
+        (onnx_dir / f"s{seed}").mkdir()
+        torch.onnx.export(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU()).eval(),
+                          (torch.randn(1, 3, 16, 16),), str(onnx_dir / f"s{seed}" / "model.onnx"))
+    assert (onnx_dir / "s0" / "model.onnx.data").is_file()  # else this torch no longer writes external data
+    out = tmp_path / "d"
+    measure = ["measure", "--device", "dev0", "--registry", registry.path, "--out", out, "--min-time", "0.05",
+               "--max-time", "0.1", "--repeats", "5"]
+    runs = [latkit(*measure[:1], onnx_dir / s / "model.onnx", *measure[1:]) for s in ("s0", "s0", "s1")]
+    assert [r.returncode for r in runs] == [0, 0, 0], [r.stderr for r in runs]
+    assert "not timed again" in runs[1].stdout and "not timed again" not in runs[2].stdout  # other weights
+    rows = Store(out).read(columns=["key", "model_sha256", "status", "arch"]).to_pylist()
+    assert len(rows) == 2 and {x["status"] for x in rows} == {"ok"} and {x["arch"] for x in rows} == {"model.onnx"}
+
+    lonely = tmp_path / "lonely.onnx"
+    lonely.write_bytes((onnx_dir / "s0" / "model.onnx").read_bytes())
+    escape = tmp_path / "escape" / "model.onnx"
+    escape.parent.mkdir()
+    m = onnx.load(str(onnx_dir / "s0" / "model.onnx"), load_external_data=False)
+    for t in m.graph.initializer:
+        for e in t.external_data:
+            if e.key == "location":
+                e.value = "../m/s0/model.onnx.data"  # a file that exists, out of the model's folder
+    onnx.save(m, str(escape))
+    for bad, said in ((lonely, "which is not beside it"), (escape, "points outside the directory")):
+        r = latkit(*measure[:1], bad, *measure[1:])
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and said in r.stderr, r.stderr
+    assert Store(out).read(columns=["key"]).num_rows == 2
