@@ -131,13 +131,23 @@ def make_jobs(artifacts: Sequence[Artifact], devices: Sequence[str], runtime: Op
     """Every artifact on every device; the runtime defaults to the one the file format calls for. A runtime
     that cannot read some of the files is refused here, before anything is shipped."""
     base = settings or Settings()
+    shapeless = [a for a in artifacts if a.format == "torchscript" and not a.inputs and not base.input_shapes]
+    if shapeless:  # refused here, not by the device: nothing is shipped or stored for them
+        raise LatkitError(f"{shapeless[0].arch} is a TorchScript file, which declares no input shapes; give them "
+                          "(--input-shape 1x3x224x224, once per input) or export it with torch.export to .pt2")
+    if base.input_shapes and not any(a.format == "torchscript" and not a.inputs for a in artifacts):
+        raise LatkitError(f"--input-shape applies to TorchScript (.pt) files, which declare no inputs; "
+                          f"{artifacts[0].arch if len(artifacts) == 1 else 'none of these models'} "
+                          f"{'declares its own' if len(artifacts) == 1 else 'is one'}")
     wrong = [a for a in artifacts if runtime and RUNTIME_FOR_FORMAT[a.format] != runtime]
     if wrong:
         names = ", ".join(f"{a.path.name} ({a.format}, for {RUNTIME_FOR_FORMAT[a.format]})" for a in wrong[:3])
         raise LatkitError(f"runtime {runtime} cannot run {'' if len(wrong) == 1 else f'{len(wrong)} models: '}{names}"
                           f"{', ...' if len(wrong) > 3 else ''}; leave --runtime out to time each file with the "
                           "runtime its extension calls for")
-    return [Job(a, d, dataclasses.replace(base, runtime=runtime or RUNTIME_FOR_FORMAT[a.format]))
+    return [Job(a, d, dataclasses.replace(base, runtime=runtime or RUNTIME_FOR_FORMAT[a.format],
+                                          input_shapes=None if a.inputs or a.format != "torchscript"
+                                          else base.input_shapes))  # given shapes key only the rows they shape
             for d in devices for a in artifacts]
 
 

@@ -88,7 +88,8 @@ def settings_of_args(args) -> Settings:
                     repeats_min_count=args.repeats, repeats_max_count=args.max_repeats, repeats_min_s=args.min_time,
                     repeats_max_s=args.max_time, ci_target=args.ci_target, accelerator=args.accelerator, dtype=args.dtype,
                     cuda_graphs=args.cuda_graphs, include_copies=args.include_copies, rounds=args.rounds,
-                    cooldown_temp_c=args.cooldown_temp, cooldown_max_s=args.cooldown_max, energy=args.energy)
+                    cooldown_temp_c=args.cooldown_temp, cooldown_max_s=args.cooldown_max, energy=args.energy,
+                    input_shapes=tuple(getattr(args, "input_shape", ())) or None)
 
 
 def live_settings(args) -> Settings:
@@ -123,6 +124,9 @@ def protocol_args(p: argparse.ArgumentParser) -> None:
                    help="before each model wait until the device's hottest sensor reads <= C degrees")
     p.add_argument("--cooldown-max", type=number_of("cooldown_max_s"), default=Settings.cooldown_max_s, metavar="S",
                    help="wait at most S seconds for --cooldown-temp (default 300)")
+    p.add_argument("--input-shape", action="append", type=validate.arg_shape, metavar="1x3x224x224", default=[],
+                   help="an input of TorchScript (.pt) files, which declare none (float32; once per input, in order; "
+                        "part of the key)")
     p.add_argument("--energy", action="store_true",
                    help="also energy per inference: RAPL on a CPU, NVML on cuda (costs an idle span and >= 0.2 s / "
                         "1 s of runs per round; README \"Energy\")")

@@ -53,6 +53,9 @@ def cmd_collect(args) -> int:
                   executor=parse_executor(args.executor), cache_max_gb=args.cache_max_gb,
                   reference=not args.no_reference, reference_every_s=args.reference_every)
     if args.space:
+        if args.input_shape:
+            raise LatkitError("--input-shape applies to TorchScript files given with --models; a space's networks "
+                              "are exported with their inputs (--resolution, --batch-size)")
         if not args.n:
             raise LatkitError("--space needs --n (how many archs to sample)")
         settings = dataclasses.replace(settings_of_args(args), batch_size=None)  # the export fixes the batch size

@@ -64,6 +64,7 @@ class Settings:
     cooldown_max_s: float = 300.0
     rounds: Optional[int] = None  # None: 4 on the CPU, 1 on a GPU
     energy: bool = False  # read the energy counter around the timed runs (an idle span and >= 0.2 s / 1 s each)
+    input_shapes: Optional[tuple] = None  # float32 inputs of a TorchScript file, which declares none (--input-shape)
 
     def __post_init__(self):
         cuda = self.accelerator == "cuda"
@@ -86,6 +87,8 @@ class Settings:
                                                             for c in self.cores})))
         if self.repeats_max_count < self.repeats_min_count:
             raise LatkitError("repeats_max_count must be >= repeats_min_count")
+        if self.input_shapes is not None:
+            object.__setattr__(self, "input_shapes", tuple(validate.shape(s) for s in self.input_shapes))
         if not isinstance(self.energy, bool):
             raise LatkitError(f"energy must be True or False, got {self.energy!r}")
         if self.accelerator not in ("cpu", "cuda"):
@@ -99,16 +102,19 @@ class Settings:
         """What the agent's measure op takes (everything but the runtime, which travels beside it, and the
         rounds, which the scheduler runs)."""
         d = dataclasses.asdict(self)
-        for host_only in ("runtime", "rounds"):
+        for host_only in ("runtime", "rounds", "input_shapes"):  # inputs travel beside the settings
             d.pop(host_only)
         d["cores"] = list(self.cores) if self.cores else None
         return d
 
     def canonical(self) -> str:
-        """The key's JSON; energy only when on, so the keys of rows from before it stay as they were."""
+        """The key's JSON; energy only when on and input shapes only when given, so the keys of rows from before
+        them stay as they were."""
         d = dataclasses.asdict(self)
         if not self.energy:
             del d["energy"]
+        if self.input_shapes is None:
+            del d["input_shapes"]
         return json.dumps(d, sort_keys=True, separators=(",", ":"))
 
 
@@ -185,6 +191,12 @@ class Job:
     sampler: str = field(default="", compare=False)  # how the arch was chosen; not part of the key
     role: str = field(default="", compare=False)  # what the row is for (collector/schema.py ROLES); not in the key
     role_round: Optional[int] = field(default=None, compare=False)  # the round of a "round" row
+
+    @property
+    def inputs(self) -> tuple:
+        """What the device feeds the model: the artifact's own inputs, else the settings' shapes (TorchScript)."""
+        return self.artifact.inputs or tuple(InputSpec(f"input{i}", s)
+                                             for i, s in enumerate(self.settings.input_shapes or ()))
 
     @property
     def key(self) -> str:

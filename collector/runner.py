@@ -86,7 +86,7 @@ class DeviceRunner:
         try:
             result = self.transport.call("measure", timeout=self.timeout, model=model, runtime=job.settings.runtime,
                                          settings=job.settings.agent_settings(),
-                                         inputs=[i.to_dict() for i in job.artifact.inputs])
+                                         inputs=[i.to_dict() for i in job.inputs])
         except CallTimeout:
             self.close()  # the transport has killed the agent: start a fresh one for the next job
             return Measurement.failed(job, "timeout", f"no result within {self.timeout:g} s (--job-timeout); the "

@@ -85,6 +85,29 @@ def arg_whole(lo: Optional[int] = None, hi: Optional[int] = None):
     return whole_number
 
 
+MAX_INPUT_ELEMENTS = 2 ** 28  # 1 GB of float32: an input beyond it is a typo, not a model to time
+
+
+SHAPE = f"a shape such as 1x3x224x224 (1-8 whole dimensions >= 1, at most {MAX_INPUT_ELEMENTS} elements)"
+
+
+def shape(dims) -> tuple:
+    """An input shape as a tuple of whole dimensions, else a LatkitError."""
+    ok = (isinstance(dims, (list, tuple)) and 1 <= len(dims) <= 8
+          and all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in dims))
+    if not ok or math.prod(dims) > MAX_INPUT_ELEMENTS:
+        raise LatkitError(f"an input shape must be {SHAPE}; got {dims!r}")
+    return tuple(dims)
+
+
+def arg_shape(text: str) -> tuple:
+    """An argparse type for an input shape, `1x3x224x224`."""
+    try:
+        return shape(tuple(int(d) for d in text.lower().split("x")))
+    except (ValueError, LatkitError):
+        raise argparse.ArgumentTypeError(f"must be {SHAPE}, got {text!r}") from None
+
+
 def arg_number(lo: Optional[float] = None, hi: Optional[float] = None, lo_open: bool = False, hi_open: bool = False):
     """An argparse type for finite numbers within the bounds."""
     def finite_number(text: str) -> float:

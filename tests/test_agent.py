@@ -113,7 +113,8 @@ def test_settings_defaults_match_agent():
     agent = load_agent_module()
     host = Settings().agent_settings()
     assert host == agent.DEFAULT_SETTINGS
-    assert {f.name for f in dataclasses.fields(Settings)} == set(agent.DEFAULT_SETTINGS) | {"runtime", "rounds"}
+    assert {f.name for f in dataclasses.fields(Settings)} == set(agent.DEFAULT_SETTINGS) | {"runtime", "rounds",
+                                                                                            "input_shapes"}
 
 
 def test_protocol_minimums_and_caps():

@@ -35,6 +35,7 @@ def w(tmp_path_factory, artifacts):
     """A folder of things to get wrong: a model, registries, datasets and tables, each broken in one way."""
     w = tmp_path_factory.mktemp("bad")
     shutil.copy(artifacts["onnx"].path, w / "m.onnx")
+    shutil.copy(artifacts["torchscript"].path, w / "ts.pt")  # a TorchScript file: no input shapes in it
     (w / "model.txt").write_text("not a model")
     (w / "afile").write_text("a file, not a folder")
     (w / "garbage.latkit-model").write_bytes(b"PK\x03\x04 not a zip at all")
@@ -108,6 +109,16 @@ CASES = [
     ("model-missing", "measure {w}/nope.onnx --registry {w}/reg.toml --device loc --out {w}/out", 2,
      "model file {w}/nope.onnx not found"),
     ("model-format", "measure {w}/model.txt --registry {w}/reg.toml --device loc", 2, "cannot tell the format of"),
+    ("torchscript-no-shape", "measure {w}/ts.pt --registry {w}/reg.toml --device loc --out {w}/out", 2,
+     "ts.pt is a TorchScript file, which declares no input shapes; give them (--input-shape 1x3x224x224"),
+    ("torchscript-collect", "collect --models {w}/ts.pt " + C, 2, "ts.pt is a TorchScript file"),
+    ("input-shape-space", "collect --space nb201 --n 2 --input-shape 1x3x32x32 " + C, 2,
+     "--input-shape applies to TorchScript files given with --models"),
+    ("input-shape-zero", f"measure {M} --input-shape 1x3x0", 2, "argument --input-shape: must be a shape such as"),
+    ("input-shape-huge", f"measure {M} --input-shape 100000x100000", 2, "argument --input-shape: must be a shape"),
+    ("input-shape-text", f"measure {M} --input-shape 1x3xabc", 2, "argument --input-shape: must be a shape"),
+    ("input-shape-onnx", f"measure {M} --input-shape 1x3x32x32", 2,
+     "--input-shape applies to TorchScript (.pt) files, which declare no inputs; m.onnx declares its own"),
     ("device-unknown", "measure {w}/m.onnx --registry {w}/reg.toml --device ../evil --out {w}/out", 2,
      "unknown device '../evil'"),
     ("out-under-file", "measure {w}/m.onnx --registry {w}/reg.toml --device loc --out {w}/afile/sub", 2,

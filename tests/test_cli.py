@@ -40,6 +40,22 @@ def test_measure_appends_and_skips_known_key(dataset, artifacts):
     assert Store(dataset).read().num_rows == 2
 
 
+def test_a_torchscript_file_is_timed_with_the_input_shapes_given(artifacts, tmp_path):
+    """README: `.pt` (TorchScript) files declare no inputs: `--input-shape` gives them; the key holds them, so other
+    shapes are other rows, and the same again is not timed again."""
+    out, ts = tmp_path / "d", artifacts["torchscript"].path
+    runs = [latkit("measure", ts, "--out", out, "--input-shape", shape, *FAST) for shape in
+            ("1x3x32x32", "1x3x32x32", "1x3x64x64")]
+    assert [r.returncode for r in runs] == [0, 0, 0], [r.stderr for r in runs]
+    assert "local/torch" in runs[0].stdout and "input 1x3x32x32" in runs[0].stdout
+    assert "not timed again" in runs[1].stdout and "input 1x3x64x64" in runs[2].stdout
+    rows = Store(out).read(columns=["input_shape", "status", "settings"]).to_pylist()
+    assert sorted(x["input_shape"] for x in rows) == ["1x3x32x32", "1x3x64x64"] and {x["status"] for x in rows} == {"ok"}
+    assert sorted(json.loads(x["settings"])["input_shapes"] for x in rows) == [[[1, 3, 32, 32]], [[1, 3, 64, 64]]]
+    r = latkit("data", "retest", out, "--n", "2", "--models", ts.parent, "--quiet")  # the rows say their shapes
+    assert r.returncode == 0 and "2 rows measured again" in r.stdout, r.stderr
+
+
 def test_measure_prints_one_line_and_one_per_warning(artifacts, tmp_path):
     """README: `latkit measure` prints one line (and one more per warning of the row) and appends one row."""
     r = latkit("measure", artifacts["onnx"].path, "--out", tmp_path / "d", *FAST)
