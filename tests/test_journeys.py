@@ -171,3 +171,7 @@ def test_demo(tmp_path):
     assert "mobilenet_ish_128" in r.stdout and "surrogate" in r.stdout and "std_ms" in r.stdout
     assert (tmp_path / "d" / "models" / "nb201-local.latkit-model").is_file()
     assert Store(tmp_path / "d").read(["key"]).num_rows == 30 + 6
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "demo.py"), "--n", "30", "--out", tmp_path / "d"],
+                       capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert Store(tmp_path / "d").read(["key"]).num_rows == 30 + 6  # its docstring: re-running resumes
