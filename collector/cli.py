@@ -82,6 +82,9 @@ def _stdout_gone() -> int:
     return 128 + signal.SIGPIPE
 
 
+MEASURING = {"measure", "collect", "data retest", "predictor build", "predictor adapt"}  # commands that time models
+
+
 def _command(args) -> str:
     """The subcommand as typed, e.g. `predictor fit`."""
     words = [getattr(args, "command", None)]
@@ -117,12 +120,11 @@ def main(argv=None) -> int:
             traceback.print_exc()
         print(f"latkit: error: {_one_line(e)}", file=sys.stderr)
         return e.exit_code
-    except Interrupted as e:
-        print(f"latkit: {e.summary or f'interrupted by {e.signame}; rows measured so far are kept'}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print("latkit: interrupted by SIGINT; rows measured so far are kept", file=sys.stderr)
-        return 130
+    except (Interrupted, KeyboardInterrupt) as e:
+        name, code = (e.signame, e.exit_code) if isinstance(e, Interrupted) else ("SIGINT", 130)
+        kept = "; rows measured so far are kept" if _command(args) in MEASURING else ""  # not after a fit's seeds
+        print(f"latkit: {getattr(e, 'summary', None) or f'interrupted by {name}{kept}'}", file=sys.stderr)
+        return code
     except Exception as e:  # a bug, or an environment problem latkit did not foresee: one line, not a traceback
         if debug:
             raise

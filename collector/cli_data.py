@@ -40,7 +40,10 @@ def cmd_data_show(args) -> int:
         print(clean(d.line(), None))
         if d.warning():
             log.warning("warning: %s", d.warning())
-    if not drifts:
+    if not drifts and all(g["runtime"] == "published" for g in groups):
+        print(f"no reference timings in {clean(args.dir, 300)}: its rows are published tables (latkit data "
+              "import-help), whose hosts' noise floor and drift are unknown")
+    elif not drifts:
         print(f"no reference timings in {clean(args.dir, 300)}: the host's noise floor and drift are unknown "
               "(only `collect` times the reference: these rows came from `measure`, `collect --no-reference` or an older "
               "latkit)")

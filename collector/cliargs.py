@@ -65,9 +65,12 @@ class Parser(argparse.ArgumentParser):
         """A command word that is not one: name it with its group (`data shwo`) and the closest command."""
         if isinstance(action, argparse._SubParsersAction) and value not in action.choices:
             group = self.prog.split(" ", 1)[1] + " " if " " in self.prog else ""
+            inner = [f"'{group}{name} {value}'" for name, sub in action.choices.items()  # `predict`: a group's
+                     for a in sub._actions if isinstance(a, argparse._SubParsersAction) and value in a.choices]
             close = closest(value, action.choices)
             raise argparse.ArgumentError(None, f"unknown command '{group}{value}'" + (
-                f"; did you mean '{group}{close}'?" if close else f"; choose one of {', '.join(action.choices)}"))
+                f"; did you mean {' or '.join(inner)}?" if inner else f"; did you mean '{group}{close}'?" if close
+                else f"; choose one of {', '.join(action.choices)}"))
         super()._check_value(action, value)
 
 

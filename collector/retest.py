@@ -67,8 +67,8 @@ def _artifact(row: dict, models: dict) -> Artifact:
             return art
         raise LatkitError(f"re-exporting {row['space']} arch {row['arch'][:40]} gave another file than the one "
                           "measured (exporter versions changed?); give the model files with --models")
-    raise LatkitError(f"model {row['arch']} ({row['model_sha256'][:12]}) is not among --models; give the folder "
-                      "holding the measured files")
+    raise LatkitError(f"model {row['arch']} ({row['model_sha256'][:12]}) is not among the files of --models; give "
+                      "--models with the folder holding the measured files")
 
 
 def spearman(a: Sequence[float], b: Sequence[float]) -> float:
@@ -138,6 +138,7 @@ def retest(path, n: int = 50, seed: int = 0, models: Sequence = (), registry: Op
     side = store.side(f"_retest/{stamp}")  # on the dataset's filesystem: an s3:// dataset's retest stays there
     if store.local:  # a link there out of the dataset is refused before anything is written through it
         validate.own_folder(store.root, Path(side.root), "remove it")
+    side.check_writable(advice="a retest writes into the dataset: make it writable")
     validate.write_atomic(validate.writable_file(record, "make ~/.cache/latkit writable"), json.dumps(
         {"dataset": store.uri, "stamp": stamp, "pid": os.getpid(), "started": psutil.Process().create_time()}))
     report = collect(jobs, [reg.get(d) for d in sorted({j.device for j in jobs})], out=side.uri, progress=progress,

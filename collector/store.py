@@ -221,14 +221,14 @@ class Store:
                                   f"`latkit data migrate {self.uri}` once")
             self._layout_ok = True
 
-    def check_writable(self, min_free_mb: int = 64) -> None:
+    def check_writable(self, min_free_mb: int = 64, advice: str = "choose another --out") -> None:
         """Fail before any device time is spent if rows could not be kept (unwritable, or a full local disk). A
         local dataset that does not exist yet is not made here (its first write makes it), so a refusal after
-        this check leaves no folder behind."""
+        this check leaves no folder behind. `advice`: what to do instead."""
         if self.local and not os.path.isdir(self.root):
             why = validate.cannot_create(Path(self.root))
             if why:
-                raise LatkitError(f"cannot write to {self.uri}: {why}; choose another --out")
+                raise LatkitError(f"cannot write to {self.uri}: {why}; {advice}")
         else:
             probe = f"{self.root}/.latkit-write-test-{uuid.uuid4().hex}"
             try:
@@ -238,12 +238,14 @@ class Store:
                 self.fs.delete_file(probe)
             except OSError as e:
                 reason = e.strerror if getattr(e, "strerror", None) else str(e).splitlines()[0]
-                raise LatkitError(f"cannot write to {self.uri}: {reason}; choose another --out") from None
+                raise LatkitError(f"cannot write to {self.uri}: {reason}; {advice}") from None
             self._check_layout()
         if self.local:
-            free_mb = shutil.disk_usage(validate.existing(Path(self.root))).free // 2 ** 20
-            if free_mb < min_free_mb:
-                raise LatkitError(f"only {free_mb} MiB free at {self.uri}; free some space or choose another --out")
+            usage = shutil.disk_usage(validate.existing(Path(self.root)))
+            if usage.total == 0:  # /proc, /sys: no storage at all
+                raise LatkitError(f"cannot write to {self.uri}: it is on a filesystem without storage; {advice}")
+            if usage.free // 2 ** 20 < min_free_mb:
+                raise LatkitError(f"only {usage.free // 2 ** 20} MiB free at {self.uri}; free some space or {advice}")
 
     def append(self, rows: Iterable[dict]) -> int:
         """Write rows now, one new file per partition; returns the number written."""

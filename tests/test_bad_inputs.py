@@ -86,6 +86,8 @@ CASES = [
     # (id, arguments, exit code, words the one line must hold)
     ("unknown-command", "frobnicate", 2, "unknown command 'frobnicate'; choose one of measure, collect"),
     ("unknown-subcommand", "data frobnicate", 2, "unknown command 'data frobnicate'; choose one of show, card"),
+    ("command-of-a-group", "predict --model x", 2, "unknown command 'predict'; did you mean 'predictor predict'?"),
+    ("command-of-groups", "show", 2, "unknown command 'show'; did you mean 'device show' or 'data show'?"),
     ("measure-no-model", "measure", 2, "required: model"),
     ("threads-0", f"measure {M} --threads 0", 2, "argument --threads: must be a whole number >= 1"),
     ("threads-text", f"measure {M} --threads abc", 2, "argument --threads: must be a whole number"),
@@ -121,6 +123,8 @@ CASES = [
      "--input-shape applies to TorchScript (.pt) files, which declare no inputs; m.onnx declares its own"),
     ("device-unknown", "measure {w}/m.onnx --registry {w}/reg.toml --device ../evil --out {w}/out", 2,
      "unknown device '../evil'"),
+    ("out-proc", "measure {w}/m.onnx --registry {w}/reg.toml --device loc --out /proc/latkit-test", 2,
+     "cannot write to /proc/latkit-test: it is on a filesystem without storage; choose another --out"),
     ("out-under-file", "measure {w}/m.onnx --registry {w}/reg.toml --device loc --out {w}/afile/sub", 2,
      "cannot write to {w}/afile/sub"),
     ("out-s3-unreachable", "measure {w}/m.onnx --registry {w}/reg.toml --device loc "

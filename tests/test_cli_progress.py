@@ -3,6 +3,7 @@ spinner on one, nothing with -q. And a missing extra is the first and only thing
 import os
 import pty
 import re
+import signal
 import subprocess
 import sys
 
@@ -65,6 +66,18 @@ def test_transfer_logs_each_seed(table):
     assert "mean spearman" in r.stdout and "latkit:" not in r.stdout
     q = latkit(*transfer_args(table), "-q")
     assert q.returncode == 0 and q.stderr == "" and "mean spearman" in q.stdout
+
+
+def test_a_stopped_transfer_speaks_of_no_rows(table):
+    """Ctrl-C stops `predictor transfer` in one line, exit 130; it times nothing, so it says nothing of rows kept."""
+    args = transfer_args(table)
+    args[args.index("--seeds") + 1] = "100"
+    proc = subprocess.Popen([*CLI, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=ROOT)
+    assert "seed 1/100" in proc.stderr.readline()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err.strip().splitlines()[-1] == "latkit: interrupted by SIGINT", err
 
 
 def test_import_help_logs_each_table(table, tmp_path):

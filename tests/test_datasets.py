@@ -128,6 +128,9 @@ def test_import_help_schema_and_readers(tmp_path, collected):
     assert row["latency_ms"] == pytest.approx(sample_row["latency_ms"]) and row["space"] == "fbnet"
     assert rows[("titan_rtx_32", sample_row["arch"])]["batch_size"] == 32
     assert latkit("data", "import-help", src, out).stdout.strip() == f"imported 0 rows into {out}"
+    said = latkit("data", "show", out).stdout.strip().splitlines()[-1]  # no reference: no collect ever ran there
+    assert said == f"no reference timings in {out}: its rows are published tables (latkit data import-help), whose " \
+                   "hosts' noise floor and drift are unknown"
     # predictors read a raw HELP table, an imported one and a collected one the same way
     a, b, c = read_latency(src / "fbnet_latency.parquet"), read_latency(out), read_latency(collected, "fbnet")
     assert a.schema.equals(b.schema) and b.schema.equals(c.schema) and a.num_rows == b.num_rows == 15000

@@ -627,7 +627,7 @@ def test_retest_measures_again_into_a_side_table(reg, models, tmp_path):
     assert len(moved.split("; ")) == 5
     assert "## Test-retest" in (out / "README.md").read_text()
     r = latkit("data", "retest", out, "--n", "3", "--registry", reg.path, "--quiet")
-    assert r.returncode == 2 and "not among --models" in r.stderr
+    assert r.returncode == 2 and "not among the files of --models; give --models with the folder" in r.stderr
 
 
 def test_a_stopped_retest_resumes_where_it_stopped(reg, models, tmp_path):

@@ -157,6 +157,11 @@ class SSHTransport(Transport):
                                   f"HostName and it is no known host name ({e.strerror}); add one or fix the name"
                                   ) from None
             raise TransportError(f"cannot reach {what}: {e.strerror}") from None
+        except paramiko.ssh_exception.NoValidConnectionsError as e:  # "[Errno None] Unable to connect ...": say why
+            ssh.close()
+            why = "; ".join(sorted({(getattr(x, "strerror", None) or str(x)).lower() for x in e.errors.values()}))
+            raise TransportError(f"cannot reach {what}: {why or 'no connection'}; is sshd running there, on that "
+                                 "port?") from None
         except (OSError, socket.timeout, paramiko.SSHException, EOFError) as e:
             ssh.close()
             raise TransportError(f"cannot reach {what}: {e or type(e).__name__}") from None
