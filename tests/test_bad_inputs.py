@@ -1,6 +1,7 @@
 """Bad input, as a new user or a script gives it: every subcommand answers with one line on stderr naming
 what was wrong, exit 2 when the command was wrong and 1 when a device failed, never a traceback, and fast
 (refused before any exporting, timing or training)."""
+import os
 import shlex
 import shutil
 import subprocess
@@ -274,6 +275,19 @@ def test_predict_all_into_head_ends_quietly(tmp_path):
     make_model("ridge", "nb201").fit(archs, np.linspace(1, 2, 30)).save(tmp_path / "m.latkit-model")
     cmd = (f"{shlex.quote(sys.executable)} -m latkit.collector.cli predictor predict --model {tmp_path}/m.latkit-model "
            "--space nb201 --all | head -3")
-    r = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    r = subprocess.run(["bash", "-c", f"set -o pipefail; {cmd}"], capture_output=True, text=True, timeout=120,
+                       cwd=ROOT)
     assert r.stdout.splitlines()[0] == "arch\tlatency_ms" and len(r.stdout.splitlines()) == 3
     assert r.stderr == "", r.stderr
+    assert r.returncode == 141  # latkit's own exit (pipefail): the README's 141, as a tool stopped by SIGPIPE
+
+
+def test_latkit_debug_shows_the_traceback_behind_the_one_line(w):
+    """README: a traceback appears only with LATKIT_DEBUG=1; the one line still ends stderr."""
+    args = shlex.split("measure {w}/nope.onnx --registry {w}/reg.toml --device loc --out {w}/out".format(w=w))
+    plain = latkit(*args)
+    debug = subprocess.run([sys.executable, "-m", "latkit.collector.cli", *args], capture_output=True, text=True,
+                           timeout=120, cwd=ROOT, env={**os.environ, "LATKIT_DEBUG": "1"})
+    assert "Traceback" not in plain.stderr and plain.returncode == debug.returncode == 2
+    assert "Traceback (most recent call last)" in debug.stderr and "LatkitError" in debug.stderr
+    assert debug.stderr.strip().splitlines()[-1] == plain.stderr.strip()

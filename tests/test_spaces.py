@@ -186,3 +186,18 @@ def test_a_space_is_a_value_that_owns_its_encodings(name):
     assert counts.shape[1] == len(s.graph_vocab) - 2 - (name == "nb201")  # nb201 counts every op but none
     with pytest.raises(LatkitError, match=f"invalid {name} arch"):
         s.graph("nonsense")
+
+
+@pytest.mark.parametrize("sampler", ["uniform", "balanced"])
+def test_ofa_at_a_resolution_samples_only_archs_of_it_and_refuses_others(sampler):
+    """README: with `--space ofa --resolution R` every sampled arch has r = R (the stored arch names its input); a
+    resolution that contradicts an arch's r is refused; one off the 128-224 step-4 grid too."""
+    sp = get_space("ofa").at_resolution(160)
+    archs = sample(sp, 12, sampler, seed=3)
+    assert len(set(archs)) == 12 and {json.loads(a)["r"] for a in archs} == {160}
+    assert sp.input_shape(archs[0]) == (1, 3, 160, 160)
+    other = json.dumps(dict(json.loads(archs[0]), r=128))
+    with pytest.raises(LatkitError, match="ofa arch has r=128 but resolution 160 was asked"):
+        sp.resolution(other)
+    with pytest.raises(LatkitError):
+        get_space("ofa").at_resolution(130)
