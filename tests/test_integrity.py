@@ -668,3 +668,20 @@ def test_a_stopped_retest_resumes_where_it_stopped(reg, models, tmp_path):
     r = latkit(*args, "--seed", "1")
     assert r.returncode == 0 and "resuming" not in r.stderr and not (shipped / "retest.json").exists(), r.stderr
     assert len(list((out / "_retest").glob("*/retest.json"))) == 3
+
+
+def test_a_retest_of_space_rows_exports_them_again_and_checks_the_hash(reg, tmp_path):
+    """README: rows of a search space are re-exported from their arch for a retest, the same file checked by hash;
+    a row whose file the exporter no longer makes is refused in one line (no --models needed)."""
+    out = tmp_path / "d"
+    r = latkit("collect", "--space", "nb201", "--n", "3", "--devices", "loc", "--registry", reg.path, "--out", out,
+               "--rounds", "1", "--no-reference", *QUICK)
+    assert r.returncode == 0, r.stderr
+    r = latkit("data", "retest", out, "--n", "3", "--registry", reg.path, "--quiet")
+    assert r.returncode == 0 and "3 rows measured again" in r.stdout, r.stderr
+    rows = Store(out).read().to_pylist()
+    rows[0] = dict(rows[0], model_sha256="0" * 64)  # as if another exporter had made the file measured
+    Store(tmp_path / "d2").append(rows)
+    r = latkit("data", "retest", tmp_path / "d2", "--n", "3", "--registry", reg.path, "--quiet")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "gave another file than the one measured (exporter versions changed?); give the model files" in r.stderr
