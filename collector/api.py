@@ -141,7 +141,7 @@ def make_jobs(artifacts: Sequence[Artifact], devices: Sequence[str], runtime: Op
                           f"{'declares its own' if len(artifacts) == 1 else 'is one'}")
     wrong = [a for a in artifacts if runtime and RUNTIME_FOR_FORMAT[a.format] != runtime]
     if wrong:
-        names = ", ".join(f"{a.path.name} ({a.format}, for {RUNTIME_FOR_FORMAT[a.format]})" for a in wrong[:3])
+        names = ", ".join(f"{a.arch[:60]} ({a.format}, for {RUNTIME_FOR_FORMAT[a.format]})" for a in wrong[:3])
         raise LatkitError(f"runtime {runtime} cannot run {'' if len(wrong) == 1 else f'{len(wrong)} models: '}{names}"
                           f"{', ...' if len(wrong) > 3 else ''}; leave --runtime out to time each file with the "
                           "runtime its extension calls for")

@@ -241,7 +241,7 @@ class Schedule:
                 why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 self.off = f"no reference on {job.device}: {why}"
                 return None
-        settings = dataclasses.replace(job.settings, rounds=2, batch_size=None)
+        settings = dataclasses.replace(job.settings, rounds=2, batch_size=None, input_shapes=None)  # its own inputs
         return tuple(Job(a, job.device, settings, role=ROLE) for a in self.twins)
 
     @property

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from latkit.collector import Registry
+from latkit.collector import LatkitError, Registry
 
 
 def latkit(*args, env=None, cwd=None, timeout=60):
@@ -284,3 +286,96 @@ def test_a_shared_datasets_retest_figures_are_data(artifacts, tmp_path, fast, ca
     f.write_text(json.dumps(good))
     assert latkit("data", "card", data).returncode == 0
     assert "| latency_ms | 1.0000 | 1.00 % | 2.00 % | - | - | - |" in (data / "README.md").read_text()
+
+
+def _external_model(folder: Path, tensors: int = 1) -> tuple:
+    """A small ONNX model whose `tensors` initializers keep their weights in `w.data` beside it: (path, model)."""
+    import onnx
+    from onnx import TensorProto, helper
+    weights = (np.arange(64, dtype=np.float32) / 64).tobytes()
+    (folder / "w.data").write_bytes(weights)
+    inits = []
+    for i in range(tensors):
+        t = TensorProto(name=f"w{i}", data_type=TensorProto.FLOAT, dims=[64], data_location=TensorProto.EXTERNAL)
+        for k, v in (("location", "w.data"), ("offset", "0"), ("length", str(len(weights)))):
+            t.external_data.add(key=k, value=v)
+        inits.append(t)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [64])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [64])
+    nodes = [helper.make_node("Add", ["x", "w0"], ["y"])]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits), opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, str(folder / "m.onnx"))
+    return folder / "m.onnx", model
+
+
+def _rewrite(path: Path, model, **entry) -> None:
+    """Set (or add) these external-data entries of every initializer and save the model again."""
+    import onnx
+    for t in model.graph.initializer:
+        have = {e.key: e for e in t.external_data}
+        for k, v in entry.items():
+            if k in have:
+                have[k].value = v
+            else:
+                t.external_data.add(key=k, value=v)
+    onnx.save(model, str(path))
+
+
+@pytest.mark.parametrize("case,said", [
+    ("absolute", "outside its folder"), ("dotdot", "outside its folder"), ("link", "a link or no regular file"),
+    ("linked-folder", "a link or no regular file"), ("fifo", "a link or no regular file"),
+    ("past-the-end", "which holds 256"), ("unknown-key", "unknown keys ['basepath']"),
+    ("missing", "which is not beside it"), ("long-name", "cannot be read"), ("shared-file-over-2gb", "2 GB")])
+def test_an_onnx_files_weights_references_are_data(tmp_path, monkeypatch, case, said):
+    """A model file is data: what its external-data entries name is checked by latkit before onnx reads a byte, and
+    a bad one is refused in one line (a host file such as a key never gets packed and shipped)."""
+    from latkit.collector import Artifact
+    from latkit.collector import external
+    monkeypatch.setattr(external, "DEFAULT_CACHE", tmp_path / "cache")
+    (tmp_path / "m").mkdir()
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"\0" * 256)
+    path, model = _external_model(tmp_path / "m", tensors=64 if case == "shared-file-over-2gb" else 1)
+    packed = Artifact.from_file(path)  # the good one packs: one file, its weights inside
+    assert packed.path.parent == tmp_path / "cache" and packed.arch == "m.onnx"
+    if case == "absolute":
+        _rewrite(path, model, location=str(secret))
+    elif case == "dotdot":
+        _rewrite(path, model, location="../secret")
+    elif case == "link":
+        (tmp_path / "m" / "ln.data").symlink_to(secret)
+        _rewrite(path, model, location="ln.data")
+    elif case == "linked-folder":
+        (tmp_path / "m" / "sub").symlink_to(tmp_path, target_is_directory=True)
+        _rewrite(path, model, location="sub/secret")
+    elif case == "fifo":
+        os.mkfifo(tmp_path / "m" / "p.data")
+        _rewrite(path, model, location="p.data")
+    elif case == "past-the-end":
+        _rewrite(path, model, offset="200", length="100")
+    elif case == "unknown-key":
+        _rewrite(path, model, basepath="/")
+    elif case == "missing":
+        (tmp_path / "m" / "w.data").unlink()
+    elif case == "long-name":
+        _rewrite(path, model, location="x" * 5000)
+    else:  # 64 tensors read one file: counted once per tensor, so a small file cannot stand for 64 x its size
+        monkeypatch.setattr(external, "MAX_BYTES", 64 * 256 - 1)
+    with pytest.raises(LatkitError, match=re.escape(said)):
+        Artifact.from_file(path)
+
+
+def test_a_model_that_only_names_location_is_not_taken_for_external_data(tmp_path, monkeypatch):
+    """An input called `location`, or metadata with that key, is no weights reference: such a model ships as it is,
+    even where onnx is not installed."""
+    import onnx
+    from onnx import TensorProto, helper
+    from latkit.collector import Artifact
+    x = helper.make_tensor_value_info("location", TensorProto.FLOAT, [4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])
+    model = helper.make_model(helper.make_graph([helper.make_node("Relu", ["location"], ["y"])], "g", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    model.metadata_props.add(key="location", value="here")
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    monkeypatch.setitem(sys.modules, "onnx", None)  # as on a measure-only install
+    assert Artifact.from_file(tmp_path / "m.onnx").path == (tmp_path / "m.onnx").resolve()
