@@ -154,3 +154,28 @@ def test_a_device_without_a_runtime_is_a_problem(tmp_path):
     assert "problem: no runtime imports there; install onnxruntime, ai-edge-litert or torch in its Python" in line
     assert r.stderr == ("latkit: error: 1 device(s) not fit for timing (bare): fix the problems named above, then "
                         "run latkit doctor again\n")
+
+
+@pytest.mark.parametrize("change,status,said", [
+    ({}, "ok", None),
+    ({"disk_free_mb": 900}, "problem", "problem: only 0.9 GB free in /w; free space there"),
+    ({"disk_free_mb": 3000}, "warn", "warning: only 2.9 GB free in /w"),
+    ({"loadavg": [3.5, 1, 1]}, "warn", "warning: load 3.5 on 2 CPUs: other work shares the machine"),
+    ({"busy": [{"name": "make", "pid": 7, "cpu_share": 0.9, "cpus": [1]}]}, "warn",
+     "warning: busy: make (pid 7, 90 %) (the device is not pinned"),
+    ({"busy": [{"name": "make", "pid": 7, "cpu_share": 0.9, "cpus": [1]}], "cpus": [1]}, "problem",
+     "problem: busy on its pinned cpu 1: make (pid 7, 90 %)"),
+    ({"sensors": []}, "warn", "warning: no thermal sensor readable"),
+    ({"governors": {"performance": [0], "powersave": [1]}}, "warn", "warning: governor powersave on cpu 1"),
+])
+def test_each_verdict_is_a_problem_or_a_warning_as_the_readme_says(change, status, said):
+    """README "Before a long collection": under 1 GB free and a busy process on the pinned cores are problems
+    (exit 1); a load above the core count, busy processes on an unpinned device, no thermal sensor and a governor
+    other than performance are warnings (exit 0)."""
+    from latkit.collector.doctor import judge, line
+    health = {"cpu_count": 2, "cpus": [0, 1], "loadavg": [0.2, 0.1, 0.1], "busy": [], "disk_free_mb": 50_000,
+              "workdir": "/w", "sensors": [{"name": "cpu", "temp_c": 45.0}], "governors": {"performance": [0, 1]}}
+    r = judge("pi", {"runtimes": {"onnxruntime": {"version": "1.32.0"}}}, {**health, **change})
+    assert r["status"] == status, r
+    if said:
+        assert said in line(r), line(r)
