@@ -134,8 +134,7 @@ def retest(path, n: int = 50, seed: int = 0, models: Sequence = (), registry: Op
     if stamp:  # its rows are kept and its saved rounds taken back: only what it had not timed is timed now
         log.warning("resuming the retest of these rows stopped in _retest/%s: only what it had not timed is timed",
                     stamp)
-    stamp = stamp or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    side = store.side(f"_retest/{stamp}")  # on the dataset's filesystem: an s3:// dataset's retest stays there
+    stamp, side = side_table(store, stamp)
     if store.local:  # a link there out of the dataset is refused before anything is written through it
         validate.own_folder(store.root, Path(side.root), "remove it")
     side.check_writable(advice="a retest writes into the dataset: make it writable")
@@ -149,6 +148,13 @@ def retest(path, n: int = 50, seed: int = 0, models: Sequence = (), registry: Op
     figures = compare_side(store, stamp, original, seed)
     record.unlink(missing_ok=True)
     return figures
+
+
+def side_table(store: Store, stamp: Optional[str] = None) -> tuple:
+    """(stamp, Store) of the side table of a retest of `store`, `<dataset>/_retest/<UTC stamp>`, a fresh one unless
+    `stamp` is given: on the dataset's filesystem, so an s3:// dataset's retest stays there."""
+    stamp = stamp or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return stamp, store.side(f"_retest/{stamp}")
 
 
 def stopped(store: Store, record: Path) -> Optional[str]:

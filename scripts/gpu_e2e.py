@@ -181,7 +181,7 @@ def finish_tests(run: dict, work: Path, log) -> dict:
 def collect(args, plan: Plan, work: Path, stores: dict, log) -> dict:
     """Phases (b)-(d): export while the device times; one agent for the big batch, batch 1 and the retest
     (it starts while the first exports run)."""
-    from latkit.collector import Device, Job, Store
+    from latkit.collector import Device, Job
     from latkit.collector.api import iter_space_artifacts
     from latkit.collector.retest import compare_side, side_table
     from latkit.collector.samplers import sample
@@ -198,8 +198,8 @@ def collect(args, plan: Plan, work: Path, stores: dict, log) -> dict:
                                 ahead=args.export_ahead, cache_dir=work / "exports")
     big, small = settings(args, args.batch), settings(args, 1)
     dev = Device("local", lease=args.lease)
-    stamp, side = side_table(stores["big"])
-    stores["retest"], stores["energy_retest"] = Store(side), Store(side_table(stores["energy"])[1])
+    stamp, stores["retest"] = side_table(stores["big"])
+    stores["energy_retest"] = side_table(stores["energy"])[1]
     state = {"stop": "", "export_wait_s": 0.0, "archs": 0}
     left, keep, retest_jobs = {}, [], []
 

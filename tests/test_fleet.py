@@ -324,10 +324,12 @@ def test_hung_model_is_a_timeout_row(registry, fleet, models, tmp_path):
 def test_orchestrator_sigkill_then_rerun(registry, models, tmp_path):
     out = tmp_path / "d"
     args = ["collect", "--models", *[a.path for a in models["tflite"]], "--devices", "dev0,dev1", "--registry",
-            registry.path, "--out", out, "--min-time", "0.8", "--max-time", "1.0", "--rounds", "1", "--quiet"]
+            registry.path, "--out", out, "--min-time", "0.8", "--max-time", "1.0", "--max-repeats", "10000000",
+            "--rounds", "1", "--quiet"]
     # one round a job, so rows come one by one (with several rounds every job ends in the last one, and a loaded
-    # host's CI once saw all 16 rows in the first files it read); ~7 s of timing per device, rows written 2 s after
-    # the first: the kill lands with ~4 s of the run left
+    # host's CI once saw all 16 rows in the first files it read); the sample cap raised, or these tiny models stop
+    # at 10,000 runs (~0.2 s) and a whole device's rows land in one batch (CI saw 0 rows, then 16): ~7 s of timing
+    # per device, rows written 2 s after the first, so the kill lands with ~4 s of the run left
     proc = subprocess.Popen([sys.executable, "-m", "latkit.collector.cli", *map(str, args)], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     t0, seen = time.time(), [(0.0, 0)]  # (seconds, rows) at each change: what a failure needs to be understood
