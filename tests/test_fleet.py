@@ -504,7 +504,7 @@ def test_an_onnx_file_with_its_weights_beside_it_is_timed_over_ssh(registry, tmp
             if e.key == "location":
                 e.value = "../m/s0/model.onnx.data"  # a file that exists, out of the model's folder
     onnx.save(m, str(escape))
-    for bad, said in ((lonely, "which is not beside it"), (escape, "points outside the directory")):
+    for bad, said in ((lonely, "which is not beside it"), (escape, "outside its folder")):
         r = latkit(*measure[:1], bad, *measure[1:])
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and said in r.stderr, r.stderr
     assert Store(out).read(columns=["key"]).num_rows == 2
