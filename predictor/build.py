@@ -71,10 +71,12 @@ def build(space: str, device: str = "local", target_acc: float = 0.95, max_archs
     train = own.take(start, "balanced", "round", 0) if 0 not in rounds else rounds[0]
     round_measure = own.measured[-1] if 0 not in rounds else 0.0
     t0 = time.perf_counter()
-    name = choose_model(space, train, own.latencies(train), seed, n_jobs=2)
+    name = choose_model(space, sorted(train), own.latencies(sorted(train)), seed, n_jobs=2)
     history, prev_err, r = [], None, 0
     while True:
-        model = Ensemble(make_model(name, space, seed, n_jobs=2), members, seed).fit(train, own.latencies(train))
+        fit_on = sorted(train)  # the bagging draws by position: a resumed build, which reads the rows back in
+        # another order, must fit the same models and so take the same decisions
+        model = Ensemble(make_model(name, space, seed, n_jobs=2), members, seed).fit(fit_on, own.latencies(fit_on))
         m = report(model.predict(held), y_held)
         history.append({"round": r, "n_train": len(train), "n_measured": len(train) + len(held),
                         "acc10": m["acc10"], "spearman": m["spearman"], "mape": m["mape"], "bins": prev_err,
