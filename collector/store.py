@@ -184,17 +184,9 @@ class Store:
             if p.parent != Path(self.root):  # plots/: a link there out of the dataset is refused
                 validate.own_folder(self.root, p.parent, advice)
             return validate.write_atomic(validate.writable_file(p, advice), data)
-        path = f"{self.root}/{rel}"
-        tmp = f"{path.rsplit('/', 1)[0]}/.{path.rsplit('/', 1)[1]}.{uuid.uuid4().hex}.tmp"
         try:
-            with self.fs.open_output_stream(tmp) as f:
-                f.write(data.encode() if isinstance(data, str) else data)
-            self.fs.move(tmp, path)
+            self._put(f"{self.root}/{rel}", data.encode() if isinstance(data, str) else data)
         except OSError as e:
-            try:
-                self.fs.delete_file(tmp)
-            except OSError:
-                pass
             raise LatkitError(f"cannot write {self.uri_of(rel)}: {str(e).splitlines()[0]}; {advice}") from None
         return self.uri_of(rel)
 
@@ -280,10 +272,21 @@ class Store:
 
     def write_json(self, path: str, doc) -> None:
         """`doc` as JSON at `path`, whole or not at all (temporary file, then rename)."""
+        self._put(path, json.dumps(doc, indent=1, sort_keys=True).encode())
+
+    def _put(self, path: str, data: bytes) -> None:
+        """`data` at `path` on the dataset's filesystem through a temporary file beside it and a move."""
         tmp = f"{path.rsplit('/', 1)[0]}/.{path.rsplit('/', 1)[1]}.{uuid.uuid4().hex}.tmp"
-        with self.fs.open_output_stream(tmp) as f:
-            f.write(json.dumps(doc, indent=1, sort_keys=True).encode())
-        self.fs.move(tmp, path)
+        try:
+            with self.fs.open_output_stream(tmp) as f:
+                f.write(data)
+            self.fs.move(tmp, path)
+        except OSError:
+            try:  # no temporary file left behind
+                self.fs.delete_file(tmp)
+            except OSError:
+                pass
+            raise
 
     def writer(self, max_rows: int = 256, max_seconds: float = 2.0) -> "BatchWriter":
         return BatchWriter(self, max_rows, max_seconds)
